@@ -1,0 +1,1 @@
+//! Celery's wire formats (placeholder; being written).

@@ -1,0 +1,1 @@
+//! Test harness for celeriac's end-to-end tests (placeholder; being written).
