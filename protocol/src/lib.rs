@@ -1,1 +1,31 @@
-//! Celery's wire formats (placeholder; being written).
+//! Celery's wire formats, and nothing else: no sockets, no files, no clocks
+//! beyond what a caller passes in.
+//!
+//! Every other celeriac crate touches message bytes only through this crate's
+//! typed model:
+//! - [`value`] and [`time`]: the data Python sends (unbounded ints, bytes,
+//!   datetimes, UUIDs, Decimals) with insertion-ordered maps;
+//! - [`json`], [`msgpack`], [`yaml`] and [`codec`]: kombu's serializers and
+//!   compression; pickle is recognised and refused;
+//! - [`message`]: kombu's transport-neutral message (headers, properties, body);
+//! - [`envelope`]: the JSON envelope kombu's Redis transport pushes onto lists;
+//! - [`task`] and [`signature`]: Celery task messages, protocol v2 (and v1, read
+//!   and upgraded), with canvas signatures;
+//! - [`result`]: the records result backends store.
+
+pub mod codec;
+pub mod envelope;
+pub mod json;
+pub mod message;
+pub mod msgpack;
+pub mod result;
+pub mod signature;
+pub mod task;
+pub mod time;
+pub mod value;
+pub mod yaml;
+
+pub use codec::{CodecError, Compression, ContentType};
+
+pub use time::{PyDate, PyDateTime, PyTime};
+pub use value::{BigInt, Decimal, Map, Value};

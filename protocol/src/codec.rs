@@ -1,0 +1,297 @@
+//! Serializers and compression, named as kombu names them.
+//!
+//! A body travels as `content_type` + `content_encoding` + bytes, optionally
+//! compressed (the `compression` header holds the compression's mime type). This
+//! module turns those bytes into a [`Value`] and back. Pickle is recognised so it
+//! can be refused with a clear error: a Rust process must never unpickle.
+
+use std::fmt;
+use std::io::{Read, Write};
+
+use crate::value::Value;
+use crate::{json, msgpack, yaml};
+
+/// The content types a celeriac process can read or write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ContentType {
+    /// `application/json`, kombu's default, with its `__type__` markers.
+    Json,
+    /// `application/x-msgpack`.
+    Msgpack,
+    /// `application/x-yaml` (PyYAML `safe_dump`/`safe_load`).
+    Yaml,
+    /// `application/x-python-serialize`: recognised, never decoded.
+    Pickle,
+    /// `application/data`: raw bytes.
+    Binary,
+    /// `text/plain`: a raw string.
+    Text,
+}
+
+impl ContentType {
+    /// Looks a mime type or kombu serializer name up (`"application/json"` or `"json"`).
+    pub fn parse(name: &str) -> Option<ContentType> {
+        Some(match name {
+            "application/json" | "json" => ContentType::Json,
+            "application/x-msgpack" | "msgpack" => ContentType::Msgpack,
+            "application/x-yaml" | "yaml" => ContentType::Yaml,
+            "application/x-python-serialize" | "pickle" => ContentType::Pickle,
+            "application/data" => ContentType::Binary,
+            "text/plain" | "application/text" => ContentType::Text,
+            _ => return None,
+        })
+    }
+
+    /// The mime type kombu puts in `content_type`.
+    pub fn mime(self) -> &'static str {
+        match self {
+            ContentType::Json => "application/json",
+            ContentType::Msgpack => "application/x-msgpack",
+            ContentType::Yaml => "application/x-yaml",
+            ContentType::Pickle => "application/x-python-serialize",
+            ContentType::Binary => "application/data",
+            ContentType::Text => "text/plain",
+        }
+    }
+
+    /// The serializer name used in Celery settings (`task_serializer = "json"`).
+    pub fn serializer_name(self) -> &'static str {
+        match self {
+            ContentType::Json => "json",
+            ContentType::Msgpack => "msgpack",
+            ContentType::Yaml => "yaml",
+            ContentType::Pickle => "pickle",
+            ContentType::Binary => "raw",
+            ContentType::Text => "raw",
+        }
+    }
+
+    /// The `content_encoding` kombu pairs with this content type.
+    pub fn encoding(self) -> &'static str {
+        match self {
+            ContentType::Json | ContentType::Yaml | ContentType::Text => "utf-8",
+            ContentType::Msgpack | ContentType::Pickle | ContentType::Binary => "binary",
+        }
+    }
+}
+
+impl fmt::Display for ContentType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.mime())
+    }
+}
+
+/// Compression of a message body, as kombu's `compression` header names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Compression {
+    /// `application/x-gzip`: zlib's `compress()` (zlib framing, despite the name).
+    Zlib,
+    /// `application/x-bz2`.
+    Bzip2,
+    /// `application/x-lzma`: Python's `lzma.compress`, the xz container.
+    Lzma,
+    /// `application/zstd`.
+    Zstd,
+    /// `application/x-brotli`.
+    Brotli,
+}
+
+impl Compression {
+    /// Looks a mime type or one of kombu's aliases up (`"zlib"`, `"gzip"`, `"bzip2"`, `"xz"` ...).
+    pub fn parse(name: &str) -> Option<Compression> {
+        Some(match name {
+            "application/x-gzip" | "zlib" | "gzip" => Compression::Zlib,
+            "application/x-bz2" | "bz2" | "bzip2" | "bzip" => Compression::Bzip2,
+            "application/x-lzma" | "lzma" | "xz" => Compression::Lzma,
+            "application/zstd" | "zstd" | "zstandard" => Compression::Zstd,
+            "application/x-brotli" | "brotli" => Compression::Brotli,
+            _ => return None,
+        })
+    }
+
+    /// The mime type kombu writes in the `compression` header.
+    pub fn mime(self) -> &'static str {
+        match self {
+            Compression::Zlib => "application/x-gzip",
+            Compression::Bzip2 => "application/x-bz2",
+            Compression::Lzma => "application/x-lzma",
+            Compression::Zstd => "application/zstd",
+            Compression::Brotli => "application/x-brotli",
+        }
+    }
+
+    /// Compresses a serialized body.
+    pub fn compress(self, data: &[u8]) -> Result<Vec<u8>, CodecError> {
+        let io = |e: std::io::Error| CodecError::Compression { compression: self, reason: e.to_string() };
+        match self {
+            Compression::Zlib => {
+                let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+                enc.write_all(data).map_err(io)?;
+                enc.finish().map_err(io)
+            }
+            Compression::Bzip2 => {
+                let mut enc = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::best());
+                enc.write_all(data).map_err(io)?;
+                enc.finish().map_err(io)
+            }
+            Compression::Lzma => {
+                let mut enc = liblzma::write::XzEncoder::new(Vec::new(), 6);
+                enc.write_all(data).map_err(io)?;
+                enc.finish().map_err(io)
+            }
+            Compression::Zstd => zstd::encode_all(data, 3).map_err(io),
+            Compression::Brotli => {
+                let mut out = Vec::new();
+                let params = brotli::enc::BrotliEncoderParams::default();
+                brotli::BrotliCompress(&mut &data[..], &mut out, &params).map_err(io)?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// Decompresses a body, refusing output larger than `limit` bytes so a small
+    /// malicious message cannot exhaust memory.
+    pub fn decompress(self, data: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> {
+        let io = |e: std::io::Error| CodecError::Compression { compression: self, reason: e.to_string() };
+        let mut out = Vec::new();
+        let cap = limit as u64 + 1;
+        match self {
+            Compression::Zlib => flate2::read::ZlibDecoder::new(data).take(cap).read_to_end(&mut out),
+            Compression::Bzip2 => bzip2::read::BzDecoder::new(data).take(cap).read_to_end(&mut out),
+            Compression::Lzma => {
+                // Python's lzma.decompress auto-detects the .xz and legacy .lzma formats.
+                let stream = liblzma::stream::Stream::new_auto_decoder(u64::MAX, 0).map_err(|e| io(e.into()))?;
+                liblzma::read::XzDecoder::new_stream(data, stream).take(cap).read_to_end(&mut out)
+            }
+            Compression::Zstd => zstd::stream::read::Decoder::new(data).and_then(|d| d.take(cap).read_to_end(&mut out)),
+            Compression::Brotli => brotli::Decompressor::new(data, 4096).take(cap).read_to_end(&mut out),
+        }
+        .map_err(io)?;
+        if out.len() > limit {
+            return Err(CodecError::TooLarge { limit });
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.mime())
+    }
+}
+
+/// The largest decompressed body accepted by default: 256 MiB.
+pub const DEFAULT_DECOMPRESSED_LIMIT: usize = 256 * 1024 * 1024;
+
+/// Why a body could not be decoded or encoded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CodecError {
+    /// The content type is pickle, which celeriac never decodes.
+    #[error(
+        "refusing to decode a pickle body (application/x-python-serialize): unpickling runs \
+         arbitrary code; have the producer use task_serializer='json' (or msgpack/yaml)"
+    )]
+    PickleRefused,
+    /// The content type is not one kombu defines.
+    #[error("unknown content type {0:?}: celeriac reads application/json, application/x-msgpack and application/x-yaml")]
+    UnknownContentType(String),
+    /// The compression header names a method celeriac does not know.
+    #[error("unknown compression {0:?}: celeriac reads zlib (application/x-gzip), bz2, lzma, zstd and brotli")]
+    UnknownCompression(String),
+    /// Decompression failed.
+    #[error("cannot decompress {compression} body: {reason}")]
+    Compression {
+        /// The method that failed.
+        compression: Compression,
+        /// What the decompressor reported.
+        reason: String,
+    },
+    /// The decompressed body exceeds the configured limit.
+    #[error("decompressed body is larger than the {limit}-byte limit")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A JSON body could not be read or written.
+    #[error(transparent)]
+    Json(#[from] json::JsonError),
+    /// A msgpack body could not be read or written.
+    #[error("msgpack: {0}")]
+    Msgpack(String),
+    /// A YAML body could not be read or written.
+    #[error("yaml: {0}")]
+    Yaml(String),
+    /// The value cannot be written with the chosen content type.
+    #[error("cannot encode: {0}")]
+    Unencodable(String),
+    /// A text body is not UTF-8.
+    #[error("text/plain body is not valid UTF-8")]
+    TextNotUtf8,
+}
+
+/// Decodes a (decompressed) body of the given content type.
+pub fn decode(content_type: ContentType, body: &[u8]) -> Result<Value, CodecError> {
+    match content_type {
+        ContentType::Json => Ok(json::from_slice(body)?),
+        ContentType::Msgpack => msgpack::from_slice(body),
+        ContentType::Yaml => yaml::from_slice(body),
+        ContentType::Pickle => Err(CodecError::PickleRefused),
+        ContentType::Binary => Ok(Value::Bytes(body.to_vec())),
+        ContentType::Text => String::from_utf8(body.to_vec()).map(Value::Str).map_err(|_| CodecError::TextNotUtf8),
+    }
+}
+
+/// Encodes a value with the given content type (before any compression).
+pub fn encode(content_type: ContentType, value: &Value) -> Result<Vec<u8>, CodecError> {
+    match content_type {
+        ContentType::Json => Ok(json::to_vec(value)?),
+        ContentType::Msgpack => msgpack::to_vec(value),
+        ContentType::Yaml => yaml::to_vec(value),
+        ContentType::Pickle => Err(CodecError::PickleRefused),
+        ContentType::Binary => match value {
+            Value::Bytes(b) => Ok(b.clone()),
+            other => Err(CodecError::Unencodable(format!("application/data carries bytes, not {}", other.type_name()))),
+        },
+        ContentType::Text => match value {
+            Value::Str(s) => Ok(s.as_bytes().to_vec()),
+            other => Err(CodecError::Unencodable(format!("text/plain carries a str, not {}", other.type_name()))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_compression_round_trips() {
+        let data = b"[[2, 2], {}, {\"callbacks\": null}]".repeat(50);
+        for c in [Compression::Zlib, Compression::Bzip2, Compression::Lzma, Compression::Zstd, Compression::Brotli] {
+            let packed = c.compress(&data).unwrap();
+            assert_ne!(packed, data);
+            assert_eq!(c.decompress(&packed, DEFAULT_DECOMPRESSED_LIMIT).unwrap(), data, "{c}");
+            assert_eq!(Compression::parse(c.mime()), Some(c));
+        }
+    }
+
+    #[test]
+    fn decompression_bomb_is_refused() {
+        let data = vec![0u8; 1 << 20];
+        let packed = Compression::Zlib.compress(&data).unwrap();
+        assert_eq!(Compression::Zlib.decompress(&packed, 1000), Err(CodecError::TooLarge { limit: 1000 }));
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        for c in [Compression::Zlib, Compression::Bzip2, Compression::Lzma, Compression::Zstd, Compression::Brotli] {
+            assert!(c.decompress(b"\x00\x01garbage", 1000).is_err(), "{c}");
+        }
+    }
+
+    #[test]
+    fn pickle_is_refused_with_a_clear_error() {
+        let err = decode(ContentType::Pickle, b"\x80\x04K\x01.").unwrap_err();
+        assert_eq!(err, CodecError::PickleRefused);
+        assert!(err.to_string().contains("task_serializer='json'"));
+    }
+}

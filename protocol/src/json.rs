@@ -1,0 +1,573 @@
+//! kombu's JSON, read and written exactly as Python does it.
+//!
+//! Writing matches `kombu.utils.json.dumps` byte for byte: `", "` and `": "`
+//! separators, ASCII-only output with `\uXXXX` escapes (surrogate pairs above the
+//! BMP), Python's `repr` for floats, `NaN`/`Infinity` for the non-finite ones, and
+//! `{"__type__": ..., "__value__": ...}` markers for datetime, date, time, UUID,
+//! Decimal and bytes. Reading accepts everything Python's `json.loads` accepts
+//! (including `NaN`, `Infinity` and integers of any size) and turns markers back
+//! into typed values, refusing unknown markers as kombu's `object_hook` does.
+
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+
+use crate::time::{PyDate, PyDateTime, PyTime};
+use crate::value::{BigInt, Decimal, Map, Value};
+
+/// Nesting deeper than this is refused: Python's own decoder stops near 1000
+/// levels with a `RecursionError`, and a bound keeps malformed input from
+/// exhausting the stack.
+pub const MAX_DEPTH: usize = 512;
+
+/// Why a JSON text could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JsonError {
+    /// The bytes are not UTF-8; kombu decodes them as UTF-8 before parsing.
+    #[error("JSON body is not valid UTF-8 (at byte {0})")]
+    NotUtf8(usize),
+    /// The text is not JSON as Python reads it.
+    #[error("invalid JSON at byte {offset}: {reason}")]
+    Syntax {
+        /// Byte offset of the problem.
+        offset: usize,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A `__type__` marker that kombu would not decode either.
+    #[error("invalid kombu type marker: {0}")]
+    Marker(String),
+    /// A value that JSON cannot carry.
+    #[error("cannot write JSON: {0}")]
+    Unencodable(String),
+}
+
+/// Reads kombu JSON from bytes (which must be UTF-8, as kombu requires).
+pub fn from_slice(bytes: &[u8]) -> Result<Value, JsonError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| JsonError::NotUtf8(e.valid_up_to()))?;
+    from_str(text)
+}
+
+/// Reads kombu JSON from text.
+pub fn from_str(text: &str) -> Result<Value, JsonError> {
+    let mut parser = Parser { src: text.as_bytes(), text, pos: 0 };
+    parser.skip_ws();
+    let value = parser.value(0)?;
+    parser.skip_ws();
+    if parser.pos != parser.src.len() {
+        return Err(parser.error("extra data after the JSON value"));
+    }
+    Ok(value)
+}
+
+/// Writes a value as kombu's `dumps` would, byte for byte.
+pub fn to_string(value: &Value) -> Result<String, JsonError> {
+    let mut out = String::with_capacity(128);
+    write_value(&mut out, value)?;
+    Ok(out)
+}
+
+/// Writes a value as kombu's `dumps` would, into bytes.
+pub fn to_vec(value: &Value) -> Result<Vec<u8>, JsonError> {
+    to_string(value).map(String::into_bytes)
+}
+
+/// Appends a value as kombu JSON to `out`.
+pub fn write_value(out: &mut String, value: &Value) -> Result<(), JsonError> {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::BigInt(b) => out.push_str(b.as_str()),
+        Value::Float(f) => write_float(out, *f),
+        Value::Str(s) => write_str(out, s),
+        Value::Bytes(b) => match std::str::from_utf8(b) {
+            Ok(s) => write_marker(out, "bytes", |o| write_str(o, s)),
+            Err(_) => {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(b);
+                write_marker(out, "base64", |o| write_str(o, &encoded))
+            }
+        },
+        Value::List(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_value(out, item)?;
+            }
+            out.push(']');
+        }
+        Value::Map(map) => write_map(out, map)?,
+        Value::DateTime(dt) => write_marker(out, "datetime", |o| write_str(o, &dt.to_iso())),
+        Value::Date(d) => write_marker(out, "date", |o| write_str(o, &d.to_iso())),
+        Value::Time(t) => write_marker(out, "time", |o| write_str(o, &t.to_iso())),
+        Value::Decimal(d) => write_marker(out, "decimal", |o| write_str(o, d.as_str())),
+        Value::Uuid(u) => write_marker(out, "uuid", |o| {
+            o.push_str("{\"hex\": ");
+            write_str(o, &u.simple().to_string());
+            o.push_str(", \"version\": ");
+            // Python's UUID.version is None unless the variant is RFC 4122.
+            match (u.get_variant(), u.get_version_num()) {
+                (uuid::Variant::RFC4122, v) => {
+                    let _ = write!(o, "{v}");
+                }
+                _ => o.push_str("null"),
+            }
+            o.push('}');
+        }),
+    }
+    Ok(())
+}
+
+/// Appends a map as kombu JSON to `out`.
+pub fn write_map(out: &mut String, map: &Map) -> Result<(), JsonError> {
+    out.push('{');
+    for (i, (key, item)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_str(out, key);
+        out.push_str(": ");
+        write_value(out, item)?;
+    }
+    out.push('}');
+    Ok(())
+}
+
+fn write_marker(out: &mut String, marker: &str, value: impl FnOnce(&mut String)) {
+    out.push_str("{\"__type__\": \"");
+    out.push_str(marker);
+    out.push_str("\", \"__value__\": ");
+    value(out);
+    out.push('}');
+}
+
+/// Appends a string literal with Python's `ensure_ascii=True` escaping.
+pub fn write_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+        }
+    }
+    out.push('"');
+}
+
+/// Appends a float as Python's `float.__repr__` (and `json.dumps`) writes it.
+pub fn write_float(out: &mut String, f: f64) {
+    if f.is_nan() {
+        out.push_str("NaN");
+    } else if f.is_infinite() {
+        out.push_str(if f > 0.0 { "Infinity" } else { "-Infinity" });
+    } else {
+        out.push_str(&python_float_repr(f));
+    }
+}
+
+/// Python's `repr(float)`: the shortest digits that round-trip, in fixed
+/// notation for decimal exponents from -4 to 15, else as `1.5e+300`.
+pub fn python_float_repr(f: f64) -> String {
+    // `{:e}` gives the shortest round-trip digits as `d.ddde±x`.
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let negative = mantissa.starts_with('-');
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let mut out = String::with_capacity(digits.len() + 8);
+    if negative {
+        out.push('-');
+    }
+    if (-4..16).contains(&exp) {
+        if exp < 0 {
+            out.push_str("0.");
+            for _ in 0..(-exp - 1) {
+                out.push('0');
+            }
+            out.push_str(&digits);
+        } else {
+            let int_len = exp as usize + 1;
+            if digits.len() <= int_len {
+                out.push_str(&digits);
+                for _ in digits.len()..int_len {
+                    out.push('0');
+                }
+                out.push_str(".0");
+            } else {
+                out.push_str(&digits[..int_len]);
+                out.push('.');
+                out.push_str(&digits[int_len..]);
+            }
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        let _ = write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.unsigned_abs());
+    }
+    out
+}
+
+struct Parser<'a> {
+    src: &'a [u8],
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn error(&self, reason: impl Into<String>) -> JsonError {
+        JsonError::Syntax { offset: self.pos, reason: reason.into() }
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.src.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    fn eat_literal(&mut self, literal: &str, value: Value) -> Result<Value, JsonError> {
+        if self.src[self.pos..].starts_with(literal.as_bytes()) {
+            self.pos += literal.len();
+            Ok(value)
+        } else {
+            Err(self.error("unexpected character"))
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Value, JsonError> {
+        if depth > MAX_DEPTH {
+            return Err(self.error(format!("nesting deeper than {MAX_DEPTH} levels")));
+        }
+        match self.src.get(self.pos) {
+            None => Err(self.error("unexpected end of input")),
+            Some(b'n') => self.eat_literal("null", Value::Null),
+            Some(b't') => self.eat_literal("true", Value::Bool(true)),
+            Some(b'f') => self.eat_literal("false", Value::Bool(false)),
+            Some(b'N') => self.eat_literal("NaN", Value::Float(f64::NAN)),
+            Some(b'I') => self.eat_literal("Infinity", Value::Float(f64::INFINITY)),
+            Some(b'"') => self.string().map(Value::Str),
+            Some(b'[') => self.list(depth),
+            Some(b'{') => self.object(depth),
+            Some(b'-') if self.src[self.pos..].starts_with(b"-Infinity") => {
+                self.pos += "-Infinity".len();
+                Ok(Value::Float(f64::NEG_INFINITY))
+            }
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(_) => Err(self.error("unexpected character")),
+        }
+    }
+
+    fn list(&mut self, depth: usize) -> Result<Value, JsonError> {
+        self.pos += 1;
+        let mut items = Vec::new();
+        self.skip_ws();
+        if self.src.get(self.pos) == Some(&b']') {
+            self.pos += 1;
+            return Ok(Value::List(items));
+        }
+        loop {
+            self.skip_ws();
+            items.push(self.value(depth + 1)?);
+            self.skip_ws();
+            match self.src.get(self.pos) {
+                Some(b',') => self.pos += 1,
+                Some(b']') => {
+                    self.pos += 1;
+                    return Ok(Value::List(items));
+                }
+                _ => return Err(self.error("expected ',' or ']'")),
+            }
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<Value, JsonError> {
+        self.pos += 1;
+        let mut map = Map::new();
+        self.skip_ws();
+        if self.src.get(self.pos) == Some(&b'}') {
+            self.pos += 1;
+            return Ok(Value::Map(map));
+        }
+        loop {
+            self.skip_ws();
+            if self.src.get(self.pos) != Some(&b'"') {
+                return Err(self.error("expected a string key"));
+            }
+            let key = self.string()?;
+            self.skip_ws();
+            if self.src.get(self.pos) != Some(&b':') {
+                return Err(self.error("expected ':'"));
+            }
+            self.pos += 1;
+            self.skip_ws();
+            let item = self.value(depth + 1)?;
+            // Python keeps the last value of a repeated key (at the first key's place).
+            map.insert(key, item);
+            self.skip_ws();
+            match self.src.get(self.pos) {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    return decode_marker(map);
+                }
+                _ => return Err(self.error("expected ',' or '}'")),
+            }
+        }
+    }
+
+    fn number(&mut self) -> Result<Value, JsonError> {
+        let start = self.pos;
+        if self.src.get(self.pos) == Some(&b'-') {
+            self.pos += 1;
+        }
+        match self.src.get(self.pos) {
+            Some(b'0') => self.pos += 1,
+            Some(b'1'..=b'9') => {
+                while let Some(b'0'..=b'9') = self.src.get(self.pos) {
+                    self.pos += 1;
+                }
+            }
+            _ => return Err(self.error("expected a digit")),
+        }
+        let mut is_float = false;
+        if self.src.get(self.pos) == Some(&b'.') && matches!(self.src.get(self.pos + 1), Some(b'0'..=b'9')) {
+            is_float = true;
+            self.pos += 1;
+            while let Some(b'0'..=b'9') = self.src.get(self.pos) {
+                self.pos += 1;
+            }
+        }
+        if let Some(b'e' | b'E') = self.src.get(self.pos) {
+            let mark = self.pos;
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.src.get(self.pos) {
+                self.pos += 1;
+            }
+            if matches!(self.src.get(self.pos), Some(b'0'..=b'9')) {
+                is_float = true;
+                while let Some(b'0'..=b'9') = self.src.get(self.pos) {
+                    self.pos += 1;
+                }
+            } else {
+                // Python's scanner stops before a bare `e`; what follows is then extra data.
+                self.pos = mark;
+            }
+        }
+        let text = &self.text[start..self.pos];
+        if is_float {
+            text.parse::<f64>().map(Value::Float).map_err(|_| self.error("invalid number"))
+        } else if let Ok(i) = text.parse::<i64>() {
+            Ok(Value::Int(i))
+        } else {
+            let normalized = if text == "-0" { "0" } else { text };
+            BigInt::parse(normalized).map(Value::BigInt).ok_or_else(|| self.error("invalid integer"))
+        }
+    }
+
+    fn string(&mut self) -> Result<String, JsonError> {
+        self.pos += 1;
+        let mut out = String::new();
+        let mut run_start = self.pos;
+        loop {
+            let Some(&b) = self.src.get(self.pos) else {
+                return Err(self.error("unterminated string"));
+            };
+            match b {
+                b'"' => {
+                    out.push_str(&self.text[run_start..self.pos]);
+                    self.pos += 1;
+                    return Ok(out);
+                }
+                b'\\' => {
+                    out.push_str(&self.text[run_start..self.pos]);
+                    self.pos += 1;
+                    self.escape(&mut out)?;
+                    run_start = self.pos;
+                }
+                0..=0x1f => return Err(self.error("control character in string")),
+                _ => self.pos += 1,
+            }
+        }
+    }
+
+    fn escape(&mut self, out: &mut String) -> Result<(), JsonError> {
+        let Some(&b) = self.src.get(self.pos) else {
+            return Err(self.error("unterminated escape"));
+        };
+        self.pos += 1;
+        let c = match b {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{08}',
+            b'f' => '\u{0c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let first = self.hex4()?;
+                if (0xD800..0xDC00).contains(&first) {
+                    if self.src[self.pos..].starts_with(b"\\u") {
+                        self.pos += 2;
+                        let second = self.hex4()?;
+                        if (0xDC00..0xE000).contains(&second) {
+                            let code = 0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00);
+                            char::from_u32(code).ok_or_else(|| self.error("invalid surrogate pair"))?
+                        } else {
+                            return Err(self.error("lone surrogate in string (not representable)"));
+                        }
+                    } else {
+                        return Err(self.error("lone surrogate in string (not representable)"));
+                    }
+                } else {
+                    char::from_u32(first).ok_or_else(|| self.error("lone surrogate in string (not representable)"))?
+                }
+            }
+            _ => return Err(self.error("invalid escape")),
+        };
+        out.push(c);
+        Ok(())
+    }
+
+    fn hex4(&mut self) -> Result<u32, JsonError> {
+        let hex = self.src.get(self.pos..self.pos + 4).ok_or_else(|| self.error("short \\u escape"))?;
+        let mut v = 0u32;
+        for &h in hex {
+            v = v * 16 + (h as char).to_digit(16).ok_or_else(|| self.error("invalid \\u escape"))?;
+        }
+        self.pos += 4;
+        Ok(v)
+    }
+}
+
+/// kombu's `object_hook`: a dict whose keys are exactly `__type__` and
+/// `__value__` is a typed value; any other dict stays a dict.
+fn decode_marker(map: Map) -> Result<Value, JsonError> {
+    if map.len() != 2 || !map.contains_key("__type__") || !map.contains_key("__value__") {
+        return Ok(Value::Map(map));
+    }
+    let marker = map.get("__type__").and_then(Value::as_str).unwrap_or_default();
+    let value = &map["__value__"];
+    let text = || value.as_str().ok_or_else(|| JsonError::Marker(format!("{marker} value is not a string")));
+    let bad = |e: &dyn std::fmt::Display| JsonError::Marker(format!("{marker}: {e}"));
+    Ok(match marker {
+        "datetime" => Value::DateTime(PyDateTime::parse_iso(text()?).map_err(|e| bad(&e))?),
+        "date" => Value::Date(PyDate::parse_iso(text()?).map_err(|e| bad(&e))?),
+        "time" => Value::Time(PyTime::parse_iso(text()?).map_err(|e| bad(&e))?),
+        "decimal" => Value::Decimal(Decimal::parse(text()?).ok_or_else(|| bad(&"not a decimal number"))?),
+        "bytes" => Value::Bytes(text()?.as_bytes().to_vec()),
+        "base64" => Value::Bytes(
+            base64::engine::general_purpose::STANDARD.decode(text()?).map_err(|e| bad(&e))?,
+        ),
+        "uuid" => {
+            let hex = value
+                .get("hex")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(&"expected {\"hex\": ...}"))?;
+            Value::Uuid(uuid::Uuid::try_parse(hex).map_err(|e| bad(&e))?)
+        }
+        other => return Err(JsonError::Marker(format!("unsupported __type__ {other:?}"))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt(text: &str) -> String {
+        to_string(&from_str(text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn writes_python_separators_and_escapes() {
+        let text = r#"[[2, 2], {"k": "caf\u00e9 \ud83d\ude00 \"q\" \\ \n\u007f"}, {"callbacks": null}]"#;
+        assert_eq!(rt(text), text);
+    }
+
+    #[test]
+    fn floats_match_python_repr() {
+        let cases = [
+            (0.1, "0.1"),
+            (1.0, "1.0"),
+            (-0.0, "-0.0"),
+            (1e300, "1e+300"),
+            (1.5e-7, "1.5e-07"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (123456789012345.6, "123456789012345.6"),
+            (1e16, "1e+16"),
+            (9999999999999998.0, "9999999999999998.0"),
+            (2.5, "2.5"),
+            (100.0, "100.0"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (5e-324, "5e-324"),
+        ];
+        for (f, want) in cases {
+            assert_eq!(python_float_repr(f), want, "{f}");
+        }
+        assert_eq!(rt("[NaN, Infinity, -Infinity]"), "[NaN, Infinity, -Infinity]");
+    }
+
+    #[test]
+    fn big_integers_survive() {
+        assert_eq!(rt("[1180591620717411303424, -1267650600228229401496703205376, 9223372036854775808]"),
+            "[1180591620717411303424, -1267650600228229401496703205376, 9223372036854775808]");
+        assert_eq!(from_str("-0").unwrap(), Value::Int(0));
+        assert_eq!(from_str("1.0").unwrap(), Value::Float(1.0));
+        assert_eq!(from_str("1E2").unwrap(), Value::Float(100.0));
+    }
+
+    #[test]
+    fn markers_decode_and_reencode() {
+        let text = r#"[{"__type__": "datetime", "__value__": "2024-01-02T03:04:05.678901+00:00"}, {"__type__": "date", "__value__": "2024-01-02"}, {"__type__": "time", "__value__": "03:04:05"}, {"__type__": "uuid", "__value__": {"hex": "12345678123456781234567812345678", "version": null}}, {"__type__": "decimal", "__value__": "1.10"}, {"__type__": "bytes", "__value__": "hello"}, {"__type__": "base64", "__value__": "/wA="}]"#;
+        let v = from_str(text).unwrap();
+        let items = v.as_list().unwrap();
+        assert!(matches!(items[0], Value::DateTime(_)));
+        assert_eq!(items[5], Value::Bytes(b"hello".to_vec()));
+        assert_eq!(items[6], Value::Bytes(vec![0xff, 0]));
+        assert_eq!(to_string(&v).unwrap(), text);
+        // The older form without "version" is read too.
+        let old = from_str(r#"{"__type__": "uuid", "__value__": {"hex": "12345678123441238234567812345678"}}"#).unwrap();
+        assert_eq!(to_string(&old).unwrap(), r#"{"__type__": "uuid", "__value__": {"hex": "12345678123441238234567812345678", "version": 4}}"#);
+    }
+
+    #[test]
+    fn unknown_marker_is_refused_like_kombu() {
+        assert!(matches!(from_str(r#"{"__type__": "set", "__value__": [1]}"#), Err(JsonError::Marker(_))));
+        // Three keys: an ordinary dict.
+        assert!(matches!(from_str(r#"{"__type__": "set", "__value__": [1], "x": 1}"#), Ok(Value::Map(_))));
+    }
+
+    #[test]
+    fn malformed_input_is_an_error_not_a_panic() {
+        for bad in ["", "[", "[1,", "{\"a\"", "{\"a\":}", "\"\\ud800\"", "\"\\u12\"", "01", "[1]x", "-", "tru", "\"\u{1}\"", "1.", "{1: 2}", "[1 2]"] {
+            assert!(from_str(bad).is_err(), "{bad:?}");
+        }
+        assert!(from_slice(b"\xff").is_err());
+        let deep = "[".repeat(MAX_DEPTH + 10);
+        assert!(from_str(&deep).is_err());
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_last_value_at_the_first_place() {
+        assert_eq!(rt(r#"{"a": 1, "b": 2, "a": 3}"#), r#"{"a": 3, "b": 2}"#);
+    }
+}
