@@ -14,6 +14,7 @@
 //! - [`result`]: the records result backends store.
 
 pub mod codec;
+pub mod error;
 pub mod envelope;
 pub mod json;
 pub mod message;
@@ -26,6 +27,11 @@ pub mod value;
 pub mod yaml;
 
 pub use codec::{CodecError, Compression, ContentType};
+pub use envelope::Envelope;
+pub use error::ProtocolError;
+pub use message::Message;
+pub use signature::Signature;
+pub use task::{TaskHeaders, TaskMessage};
 
 pub use time::{PyDate, PyDateTime, PyTime};
 pub use value::{BigInt, Decimal, Map, Value};

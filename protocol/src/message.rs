@@ -1,1 +1,101 @@
-//! placeholder
+//! kombu's transport-neutral message: headers, properties, and a serialized body.
+//!
+//! Both transports carry the same thing. On Redis it is wrapped in the JSON
+//! envelope of [`crate::envelope`]; on AMQP the headers become
+//! `application_headers` and the properties become basic properties. Nothing here
+//! knows about tasks; [`crate::task`] reads a task out of a `Message`.
+
+use crate::codec::{self, CodecError, Compression, ContentType};
+use crate::error::ProtocolError;
+use crate::value::{Map, Value};
+
+/// A message as kombu's `Producer.publish` makes it and a consumer receives it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    /// Application headers (for a task: `task`, `id`, `eta`, ...; `compression` if compressed).
+    pub headers: Map,
+    /// Publisher properties in the order they were given (`correlation_id`,
+    /// `reply_to`, `delivery_mode`, `expiration`, and any extras such as `origin`);
+    /// the priority is kept apart in [`Message::priority`].
+    pub properties: Map,
+    /// The message priority (0-255; kombu always sends one, default 0).
+    pub priority: u8,
+    /// The body's mime type, e.g. `application/json`.
+    pub content_type: String,
+    /// The body's text encoding, e.g. `utf-8` or `binary`.
+    pub content_encoding: String,
+    /// The serialized body, compressed when `headers.compression` is set.
+    pub body: Vec<u8>,
+}
+
+impl Message {
+    /// Serializes `value` with `content_type`, compresses it if asked, and records
+    /// both the way kombu does (`compression` header holds the mime type).
+    pub fn with_body(
+        mut headers: Map,
+        properties: Map,
+        priority: u8,
+        content_type: ContentType,
+        compression: Option<Compression>,
+        value: &Value,
+    ) -> Result<Message, CodecError> {
+        let mut body = codec::encode(content_type, value)?;
+        if let Some(c) = compression {
+            body = c.compress(&body)?;
+            headers.insert("compression".into(), Value::Str(c.mime().into()));
+        }
+        Ok(Message {
+            headers,
+            properties,
+            priority,
+            content_type: content_type.mime().to_owned(),
+            content_encoding: content_type.encoding().to_owned(),
+            body,
+        })
+    }
+
+    /// The content type, if celeriac knows it.
+    pub fn content_type(&self) -> Result<ContentType, CodecError> {
+        ContentType::parse(&self.content_type).ok_or_else(|| CodecError::UnknownContentType(self.content_type.clone()))
+    }
+
+    /// The compression named by the `compression` header, if any.
+    pub fn compression(&self) -> Result<Option<Compression>, CodecError> {
+        match self.headers.get("compression") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Str(name)) => Compression::parse(name)
+                .map(Some)
+                .ok_or_else(|| CodecError::UnknownCompression(name.clone())),
+            Some(other) => Err(CodecError::UnknownCompression(format!("{other:?}"))),
+        }
+    }
+
+    /// Decompresses and deserializes the body, refusing pickle and bodies that
+    /// inflate beyond `limit` bytes.
+    pub fn decode_body(&self, limit: usize) -> Result<Value, ProtocolError> {
+        let content_type = self.content_type()?;
+        if content_type == ContentType::Pickle {
+            return Err(CodecError::PickleRefused.into());
+        }
+        let value = match self.compression()? {
+            Some(c) => codec::decode(content_type, &c.decompress(&self.body, limit)?)?,
+            None => codec::decode(content_type, &self.body)?,
+        };
+        Ok(value)
+    }
+
+    /// The `correlation_id` property (the task id for task messages).
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.properties.get("correlation_id").and_then(Value::as_str)
+    }
+
+    /// The `reply_to` property (the client's reply queue, used by the rpc backend).
+    pub fn reply_to(&self) -> Option<&str> {
+        self.properties.get("reply_to").and_then(Value::as_str)
+    }
+
+    /// The `delivery_mode` property: 2 persistent (tasks), 1 transient (events, replies).
+    pub fn delivery_mode(&self) -> Option<i64> {
+        self.properties.get("delivery_mode").and_then(Value::as_i64)
+    }
+}

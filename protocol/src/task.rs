@@ -1,1 +1,652 @@
-//! placeholder
+//! Celery task messages: protocol v2 read and written, protocol v1 (and the
+//! v1-body-with-v2-headers "hybrid") read and upgraded to the same model.
+//!
+//! Detection follows Celery's consumer: a `task` header means v2; otherwise a
+//! dict body with a `task` key is v1; anything else is not a task message. Every
+//! header Python sends is a typed field; headers celeriac does not know (custom
+//! `apply_async(headers=...)`, `redelivered`, future Celery additions) are kept in
+//! order and written back after the standard ones, as Celery writes them.
+
+use crate::codec::{Compression, ContentType, DEFAULT_DECOMPRESSED_LIMIT};
+use crate::error::ProtocolError;
+use crate::message::Message;
+use crate::signature::{self, Signature};
+use crate::time::PyDateTime;
+use crate::value::{Map, Value};
+
+/// Which protocol a message used on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// Protocol 1: empty headers, everything in a dict body.
+    V1,
+    /// Protocol 2 (Celery ≥ 4 default): metadata in headers, body `[args, kwargs, embed]`.
+    #[default]
+    V2,
+    /// A `task` header with a v1-style dict body (Celery's `hybrid_to_proto2` case).
+    Hybrid,
+}
+
+/// A number of seconds as Python sent it: an `int` stays an `int` on the way back.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Seconds {
+    /// A whole number of seconds.
+    Int(i64),
+    /// A fractional number of seconds.
+    Float(f64),
+}
+
+impl Seconds {
+    /// The value in seconds.
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Seconds::Int(i) => i as f64,
+            Seconds::Float(f) => f,
+        }
+    }
+
+    fn to_value(self) -> Value {
+        match self {
+            Seconds::Int(i) => Value::Int(i),
+            Seconds::Float(f) => Value::Float(f),
+        }
+    }
+}
+
+/// The `timelimit` header: `[hard, soft]`, hard first (Celery's docs say otherwise; the code does this).
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct TimeLimits {
+    /// `time_limit`: the task is killed after this long.
+    pub hard: Option<Seconds>,
+    /// `soft_time_limit`: the task is told to stop after this long.
+    pub soft: Option<Seconds>,
+}
+
+/// The metadata of a task message (the v2 headers).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct TaskHeaders {
+    /// Producer language; `"py"` from Python.
+    pub lang: Option<String>,
+    /// Registered task name.
+    pub task: String,
+    /// Task id (also the `correlation_id` property).
+    pub id: String,
+    /// Display name override used in logs and events.
+    pub shadow: Option<String>,
+    /// Run no earlier than this instant.
+    pub eta: Option<PyDateTime>,
+    /// Revoke (as expired) if not started by this instant.
+    pub expires: Option<PyDateTime>,
+    /// Group id, for group and chord members.
+    pub group: Option<String>,
+    /// Position in the group; the chord join's ordering.
+    pub group_index: Option<i64>,
+    /// How many times the task was retried.
+    pub retries: i64,
+    /// Hard and soft time limits.
+    pub timelimit: TimeLimits,
+    /// Id of the workflow's first task.
+    pub root_id: Option<String>,
+    /// Id of the task that sent this one.
+    pub parent_id: Option<String>,
+    /// `repr(args)`, for logs and events.
+    pub argsrepr: Option<String>,
+    /// `repr(kwargs)`, for logs and events.
+    pub kwargsrepr: Option<String>,
+    /// Producer node name, `gen<pid>@<host>`.
+    pub origin: Option<String>,
+    /// Skip storing the result; `None` means "as the task is configured" (Celery 5.7 sends null).
+    pub ignore_result: Option<bool>,
+    /// How many times `Task.replace` replaced this task.
+    pub replaced_task_nesting: i64,
+    /// Names of stamp headers (stamping API).
+    pub stamped_headers: Option<Vec<String>>,
+    /// Stamps, `{name: value}`.
+    pub stamps: Map,
+    /// Every other header (custom headers, `redelivered`, `meth`, ...), in order.
+    pub extra: Map,
+}
+
+/// `embed`, the third element of a v2 body: what happens after the task.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Embed {
+    /// Tasks to call with the result (`link`).
+    pub callbacks: Option<Vec<Signature>>,
+    /// Tasks to call on failure (`link_error`).
+    pub errbacks: Option<Vec<Signature>>,
+    /// The rest of a chain, in reverse order: the next step is the last element.
+    pub chain: Option<Vec<Signature>>,
+    /// The chord body, on chord header members.
+    pub chord: Option<Signature>,
+    /// Unknown embed keys, in order.
+    pub extra: Map,
+}
+
+/// A decoded Celery task message.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct TaskMessage {
+    /// The protocol it arrived in (and is written back in).
+    pub protocol: Protocol,
+    /// The metadata.
+    pub headers: TaskHeaders,
+    /// Positional arguments.
+    pub args: Vec<Value>,
+    /// Keyword arguments.
+    pub kwargs: Map,
+    /// Callbacks, errbacks, chain and chord.
+    pub embed: Embed,
+}
+
+impl TaskMessage {
+    /// A new protocol-2 message for `task` with the given id; `root_id` is the id,
+    /// as Celery sets it for a task sent outside any workflow.
+    pub fn new(task: impl Into<String>, id: impl Into<String>) -> TaskMessage {
+        let id = id.into();
+        TaskMessage {
+            protocol: Protocol::V2,
+            headers: TaskHeaders {
+                lang: Some("rs".into()),
+                task: task.into(),
+                root_id: Some(id.clone()),
+                id,
+                ..TaskHeaders::default()
+            },
+            ..TaskMessage::default()
+        }
+    }
+
+    /// Reads a task from a message, with the default decompression limit.
+    pub fn from_message(message: &Message) -> Result<TaskMessage, ProtocolError> {
+        TaskMessage::from_message_with_limit(message, DEFAULT_DECOMPRESSED_LIMIT)
+    }
+
+    /// Reads a task from a message, refusing bodies that inflate beyond `limit` bytes.
+    pub fn from_message_with_limit(message: &Message, limit: usize) -> Result<TaskMessage, ProtocolError> {
+        let body = message.decode_body(limit)?;
+        TaskMessage::from_parts(&message.headers, body)
+    }
+
+    /// Reads a task from message headers and a decoded body, telling v2, v1 and hybrid apart.
+    pub fn from_parts(headers: &Map, body: Value) -> Result<TaskMessage, ProtocolError> {
+        if headers.contains_key("task") {
+            match body {
+                Value::List(parts) => {
+                    let mut task = TaskMessage { protocol: Protocol::V2, ..TaskMessage::default() };
+                    task.headers = TaskHeaders::from_map(headers)?;
+                    let [args, kwargs, embed]: [Value; 3] = parts.try_into().map_err(|parts: Vec<Value>| {
+                        ProtocolError::Body(format!("expected [args, kwargs, embed], got a list of {}", parts.len()))
+                    })?;
+                    task.args = body_args(args)?;
+                    task.kwargs = body_kwargs(kwargs)?;
+                    task.embed = Embed::from_value(embed)?;
+                    Ok(task)
+                }
+                Value::Map(body) => {
+                    // v1 fields from the body, overlaid by the real headers.
+                    let mut merged = v1_headers(&body);
+                    for (k, v) in headers {
+                        merged.insert(k.clone(), v.clone());
+                    }
+                    let mut task = TaskMessage::from_v1_body(body)?;
+                    task.protocol = Protocol::Hybrid;
+                    task.headers = TaskHeaders::from_map(&merged)?;
+                    Ok(task)
+                }
+                other => Err(ProtocolError::Body(format!(
+                    "expected [args, kwargs, embed], got a {}",
+                    other.type_name()
+                ))),
+            }
+        } else {
+            match body {
+                Value::Map(body) if body.contains_key("task") => {
+                    let mut task = TaskMessage::from_v1_body(body.clone())?;
+                    task.headers = TaskHeaders::from_map(&v1_headers(&body))?;
+                    Ok(task)
+                }
+                _ => Err(ProtocolError::NotATask(
+                    "no `task` header (protocol 2) and no `task` key in the body (protocol 1)".into(),
+                )),
+            }
+        }
+    }
+
+    fn from_v1_body(body: Map) -> Result<TaskMessage, ProtocolError> {
+        let mut embed = Embed {
+            callbacks: signature::list_from_value(body.get("callbacks"), "callbacks")?,
+            errbacks: signature::list_from_value(body.get("errbacks"), "errbacks")?,
+            ..Embed::default()
+        };
+        embed.chord = match body.get("chord") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(Signature::from_value(v)?),
+        };
+        Ok(TaskMessage {
+            protocol: Protocol::V1,
+            headers: TaskHeaders::default(),
+            args: body_args(body.get("args").cloned().unwrap_or(Value::List(Vec::new())))?,
+            kwargs: body_kwargs(body.get("kwargs").cloned().unwrap_or(Value::Map(Map::new())))?,
+            embed,
+        })
+    }
+
+    /// The body value: `[args, kwargs, embed]` for v2, the v1 dict otherwise.
+    pub fn body_value(&self) -> Value {
+        match self.protocol {
+            Protocol::V2 => Value::List(vec![
+                Value::List(self.args.clone()),
+                Value::Map(self.kwargs.clone()),
+                self.embed.to_value(),
+            ]),
+            Protocol::V1 | Protocol::Hybrid => Value::Map(self.v1_body()),
+        }
+    }
+
+    /// The headers to send: the v2 headers (empty for v1).
+    pub fn header_map(&self) -> Map {
+        match self.protocol {
+            Protocol::V2 | Protocol::Hybrid => self.headers.to_map(),
+            Protocol::V1 => Map::new(),
+        }
+    }
+
+    /// Builds the message to publish. `properties` are the publisher's
+    /// (`correlation_id`, `reply_to`, `delivery_mode`, ...), in order.
+    pub fn to_message(
+        &self,
+        properties: Map,
+        priority: u8,
+        content_type: ContentType,
+        compression: Option<Compression>,
+    ) -> Result<Message, ProtocolError> {
+        Ok(Message::with_body(self.header_map(), properties, priority, content_type, compression, &self.body_value())?)
+    }
+
+    /// The properties Celery sends with a task: `correlation_id` = id, `reply_to`,
+    /// `delivery_mode` 2 (persistent), and `expiration` in milliseconds when `expires` is set.
+    pub fn default_properties(&self, reply_to: Option<&str>, expiration_ms: Option<u64>) -> Map {
+        let mut props = Map::new();
+        props.insert("correlation_id".into(), Value::Str(self.headers.id.clone()));
+        props.insert("reply_to".into(), reply_to.map(str::to_owned).into());
+        props.insert("delivery_mode".into(), Value::Int(2));
+        if let Some(ms) = expiration_ms {
+            props.insert("expiration".into(), Value::Str(ms.to_string()));
+        }
+        props
+    }
+
+    /// The name to show in logs and events: `shadow` if set, else the task name.
+    pub fn display_name(&self) -> &str {
+        self.headers.shadow.as_deref().unwrap_or(&self.headers.task)
+    }
+
+    /// Celery's `as_task_v1` layout, known keys in its order, then extras.
+    fn v1_body(&self) -> Map {
+        let h = &self.headers;
+        let mut extra = h.extra.clone();
+        let utc = extra.shift_remove("utc").unwrap_or(Value::Bool(true));
+        let taskset = extra.shift_remove("taskset").unwrap_or(Value::Null);
+        let mut body = Map::new();
+        body.insert("task".into(), Value::Str(h.task.clone()));
+        body.insert("id".into(), Value::Str(h.id.clone()));
+        body.insert("args".into(), Value::List(self.args.clone()));
+        body.insert("kwargs".into(), Value::Map(self.kwargs.clone()));
+        body.insert("group".into(), h.group.clone().into());
+        body.insert("group_index".into(), h.group_index.into());
+        body.insert("retries".into(), Value::Int(h.retries));
+        body.insert("eta".into(), h.eta.map(|d| d.to_iso()).into());
+        body.insert("expires".into(), h.expires.map(|d| d.to_iso()).into());
+        body.insert("utc".into(), utc);
+        body.insert("callbacks".into(), signature::list_to_value(&self.embed.callbacks));
+        body.insert("errbacks".into(), signature::list_to_value(&self.embed.errbacks));
+        body.insert("timelimit".into(), h.timelimit_value());
+        body.insert("taskset".into(), taskset);
+        body.insert("chord".into(), self.embed.chord.as_ref().map_or(Value::Null, Signature::to_value));
+        if self.protocol == Protocol::V1 {
+            for (k, v) in extra {
+                body.entry(k).or_insert(v);
+            }
+        }
+        body
+    }
+}
+
+fn body_args(value: Value) -> Result<Vec<Value>, ProtocolError> {
+    match value {
+        Value::List(l) => Ok(l),
+        Value::Null => Ok(Vec::new()),
+        other => Err(ProtocolError::Body(format!("args is a {}, expected a list", other.type_name()))),
+    }
+}
+
+fn body_kwargs(value: Value) -> Result<Map, ProtocolError> {
+    match value {
+        Value::Map(m) => Ok(m),
+        Value::Null => Ok(Map::new()),
+        other => Err(ProtocolError::Body(format!(
+            "kwargs is a {}, expected a mapping (Celery: 'Task keyword arguments must be a mapping')",
+            other.type_name()
+        ))),
+    }
+}
+
+/// The header view of a v1 body: the keys Celery's `hybrid_to_proto2` lifts,
+/// plus v1's own `utc`, `taskset` and any unknown keys (kept as extras so a v1
+/// message is written back as it came).
+fn v1_headers(body: &Map) -> Map {
+    let mut headers = Map::new();
+    for (k, v) in body {
+        match k.as_str() {
+            "args" | "kwargs" | "callbacks" | "errbacks" | "chord" | "chain" => {}
+            _ => {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if !headers.contains_key("group") {
+        if let Some(taskset) = body.get("taskset").filter(|v| !v.is_null()) {
+            headers.insert("group".into(), taskset.clone());
+        }
+    }
+    headers
+}
+
+const V2_KEYS: [&str; 19] = [
+    "lang",
+    "task",
+    "id",
+    "shadow",
+    "eta",
+    "expires",
+    "group",
+    "group_index",
+    "retries",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
+    "replaced_task_nesting",
+    "stamped_headers",
+    "stamps",
+];
+
+impl TaskHeaders {
+    /// Reads v2 headers, keeping unknown ones in `extra` (and dropping the
+    /// message-level `compression` header, which belongs to [`Message`]).
+    pub fn from_map(map: &Map) -> Result<TaskHeaders, ProtocolError> {
+        let mut h = TaskHeaders {
+            task: req_str(map, "task")?,
+            id: req_str(map, "id")?,
+            lang: opt_str(map, "lang")?,
+            shadow: opt_str(map, "shadow")?,
+            eta: opt_datetime(map, "eta")?,
+            expires: opt_datetime(map, "expires")?,
+            group: opt_str(map, "group")?,
+            group_index: opt_int(map, "group_index")?,
+            retries: opt_int(map, "retries")?.unwrap_or(0),
+            timelimit: timelimits(map)?,
+            root_id: opt_str(map, "root_id")?,
+            parent_id: opt_str(map, "parent_id")?,
+            argsrepr: opt_str(map, "argsrepr")?,
+            kwargsrepr: opt_str(map, "kwargsrepr")?,
+            origin: opt_str(map, "origin")?,
+            ignore_result: match map.get("ignore_result") {
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(b)) => Some(*b),
+                // Python reads it for truthiness.
+                Some(Value::Int(i)) => Some(*i != 0),
+                Some(other) => return Err(ProtocolError::header("ignore_result", format!("a {}", other.type_name()))),
+            },
+            replaced_task_nesting: opt_int(map, "replaced_task_nesting")?.unwrap_or(0),
+            stamped_headers: match map.get("stamped_headers") {
+                None | Some(Value::Null) => None,
+                Some(Value::List(items)) => Some(
+                    items
+                        .iter()
+                        .map(|v| v.as_str().map(str::to_owned))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| ProtocolError::header("stamped_headers", "expected a list of names"))?,
+                ),
+                Some(other) => return Err(ProtocolError::header("stamped_headers", format!("a {}", other.type_name()))),
+            },
+            stamps: match map.get("stamps") {
+                None | Some(Value::Null) => Map::new(),
+                Some(Value::Map(m)) => m.clone(),
+                Some(other) => return Err(ProtocolError::header("stamps", format!("a {}", other.type_name()))),
+            },
+            extra: Map::new(),
+        };
+        for (k, v) in map {
+            if !V2_KEYS.contains(&k.as_str()) && k != "compression" {
+                h.extra.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(h)
+    }
+
+    /// Writes the headers in Celery's emission order, then the extras.
+    pub fn to_map(&self) -> Map {
+        let mut m = Map::with_capacity(V2_KEYS.len() + self.extra.len());
+        m.insert("lang".into(), self.lang.clone().into());
+        m.insert("task".into(), Value::Str(self.task.clone()));
+        m.insert("id".into(), Value::Str(self.id.clone()));
+        m.insert("shadow".into(), self.shadow.clone().into());
+        m.insert("eta".into(), self.eta.map(|d| d.to_iso()).into());
+        m.insert("expires".into(), self.expires.map(|d| d.to_iso()).into());
+        m.insert("group".into(), self.group.clone().into());
+        m.insert("group_index".into(), self.group_index.into());
+        m.insert("retries".into(), Value::Int(self.retries));
+        m.insert("timelimit".into(), self.timelimit_value());
+        m.insert("root_id".into(), self.root_id.clone().into());
+        m.insert("parent_id".into(), self.parent_id.clone().into());
+        m.insert("argsrepr".into(), self.argsrepr.clone().into());
+        m.insert("kwargsrepr".into(), self.kwargsrepr.clone().into());
+        m.insert("origin".into(), self.origin.clone().into());
+        m.insert("ignore_result".into(), self.ignore_result.into());
+        m.insert("replaced_task_nesting".into(), Value::Int(self.replaced_task_nesting));
+        m.insert(
+            "stamped_headers".into(),
+            self.stamped_headers
+                .as_ref()
+                .map_or(Value::Null, |names| Value::List(names.iter().map(|n| Value::Str(n.clone())).collect())),
+        );
+        m.insert("stamps".into(), Value::Map(self.stamps.clone()));
+        for (k, v) in &self.extra {
+            m.insert(k.clone(), v.clone());
+        }
+        m
+    }
+
+    fn timelimit_value(&self) -> Value {
+        let side = |s: Option<Seconds>| s.map_or(Value::Null, Seconds::to_value);
+        Value::List(vec![side(self.timelimit.hard), side(self.timelimit.soft)])
+    }
+
+    /// True when kombu marked the message as restored or requeued.
+    pub fn redelivered(&self) -> bool {
+        self.extra.get("redelivered").and_then(Value::as_bool).unwrap_or(false)
+    }
+}
+
+impl Embed {
+    /// Reads the embed dict of a v2 body (null is read as empty).
+    pub fn from_value(value: Value) -> Result<Embed, ProtocolError> {
+        let map = match value {
+            Value::Map(m) => m,
+            Value::Null => Map::new(),
+            other => return Err(ProtocolError::Body(format!("embed is a {}, expected a dict", other.type_name()))),
+        };
+        let mut embed = Embed {
+            callbacks: signature::list_from_value(map.get("callbacks"), "callbacks")?,
+            errbacks: signature::list_from_value(map.get("errbacks"), "errbacks")?,
+            chain: signature::list_from_value(map.get("chain"), "chain")?,
+            chord: match map.get("chord") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(Signature::from_value(v).map_err(|e| ProtocolError::Body(format!("chord: {e}")))?),
+            },
+            extra: Map::new(),
+        };
+        for (k, v) in map {
+            if !matches!(k.as_str(), "callbacks" | "errbacks" | "chain" | "chord") {
+                embed.extra.insert(k, v);
+            }
+        }
+        Ok(embed)
+    }
+
+    /// Writes the embed dict: `callbacks`, `errbacks`, `chain`, `chord`, then extras.
+    pub fn to_value(&self) -> Value {
+        let mut m = Map::with_capacity(4 + self.extra.len());
+        m.insert("callbacks".into(), signature::list_to_value(&self.callbacks));
+        m.insert("errbacks".into(), signature::list_to_value(&self.errbacks));
+        m.insert("chain".into(), signature::list_to_value(&self.chain));
+        m.insert("chord".into(), self.chord.as_ref().map_or(Value::Null, Signature::to_value));
+        for (k, v) in &self.extra {
+            m.insert(k.clone(), v.clone());
+        }
+        Value::Map(m)
+    }
+}
+
+fn req_str(map: &Map, name: &str) -> Result<String, ProtocolError> {
+    opt_str(map, name)?.ok_or_else(|| ProtocolError::header(name, "missing"))
+}
+
+fn opt_str(map: &Map, name: &str) -> Result<Option<String>, ProtocolError> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Str(s)) => Ok(Some(s.clone())),
+        // Ids sent as UUID objects (kombu's uuid marker) are read as their text.
+        Some(Value::Uuid(u)) => Ok(Some(u.hyphenated().to_string())),
+        Some(other) => Err(ProtocolError::header(name, format!("a {}, expected a string", other.type_name()))),
+    }
+}
+
+fn opt_int(map: &Map, name: &str) -> Result<Option<i64>, ProtocolError> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Int(i)) => Ok(Some(*i)),
+        Some(other) => Err(ProtocolError::header(name, format!("a {}, expected an int", other.type_name()))),
+    }
+}
+
+fn opt_datetime(map: &Map, name: &str) -> Result<Option<PyDateTime>, ProtocolError> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Str(s)) => PyDateTime::parse_iso(s).map(Some).map_err(|e| ProtocolError::header(name, e.to_string())),
+        Some(Value::DateTime(d)) => Ok(Some(*d)),
+        Some(other) => Err(ProtocolError::header(name, format!("a {}, expected an ISO-8601 string", other.type_name()))),
+    }
+}
+
+fn timelimits(map: &Map) -> Result<TimeLimits, ProtocolError> {
+    let side = |v: &Value| match v {
+        Value::Null => Ok(None),
+        Value::Int(i) => Ok(Some(Seconds::Int(*i))),
+        Value::Float(f) if f.is_finite() && *f >= 0.0 => Ok(Some(Seconds::Float(*f))),
+        other => Err(ProtocolError::header("timelimit", format!("{other:?} is not a number of seconds"))),
+    };
+    match map.get("timelimit") {
+        None | Some(Value::Null) => Ok(TimeLimits::default()),
+        Some(Value::List(items)) if items.len() == 2 => Ok(TimeLimits { hard: side(&items[0])?, soft: side(&items[1])? }),
+        Some(other) => Err(ProtocolError::header("timelimit", format!("{other:?} is not [hard, soft]"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Envelope;
+    use crate::json;
+
+    fn v2_headers() -> Map {
+        let text = r#"{"lang": "py", "task": "tasks.add", "id": "11111111-1111-4111-8111-111111111111", "shadow": null, "eta": "2026-11-24T12:59:38.873607-05:00", "expires": null, "group": null, "group_index": null, "retries": 0, "timelimit": [1, 0.5], "root_id": "11111111-1111-4111-8111-111111111111", "parent_id": null, "argsrepr": "(2, 2)", "kwargsrepr": "{}", "origin": "gen10158@vm", "ignore_result": false, "replaced_task_nesting": 0, "stamped_headers": null, "stamps": {}, "x-custom": {"a": [1]}}"#;
+        json::from_str(text).unwrap().as_map().unwrap().clone()
+    }
+
+    #[test]
+    fn v2_headers_round_trip_with_custom_headers_last() {
+        let map = v2_headers();
+        let h = TaskHeaders::from_map(&map).unwrap();
+        assert_eq!(h.timelimit.hard, Some(Seconds::Int(1)));
+        assert_eq!(h.timelimit.soft, Some(Seconds::Float(0.5)));
+        assert_eq!(h.eta.unwrap().to_iso(), "2026-11-24T12:59:38.873607-05:00");
+        assert_eq!(h.extra.keys().collect::<Vec<_>>(), ["x-custom"]);
+        assert_eq!(json::to_string(&Value::Map(h.to_map())).unwrap(), json::to_string(&Value::Map(map)).unwrap());
+    }
+
+    #[test]
+    fn v1_body_is_upgraded_and_written_back_as_v1() {
+        let body = json::from_str(r#"{"task": "p1.add", "id": "eeeeeeee-0000-4000-8000-000000000001", "args": [2, 2], "kwargs": {}, "group": null, "group_index": null, "retries": 0, "eta": "2026-11-24T17:59:08.851498+00:00", "expires": "2026-11-24T17:59:58.851498+00:00", "utc": true, "callbacks": null, "errbacks": null, "timelimit": [null, null], "taskset": null, "chord": null}"#).unwrap();
+        let text = json::to_string(&body).unwrap();
+        let task = TaskMessage::from_parts(&Map::new(), body).unwrap();
+        assert_eq!(task.protocol, Protocol::V1);
+        assert_eq!(task.headers.task, "p1.add");
+        assert_eq!(task.args, vec![Value::Int(2), Value::Int(2)]);
+        assert!(task.headers.expires.is_some());
+        assert!(task.header_map().is_empty());
+        assert_eq!(json::to_string(&task.body_value()).unwrap(), text);
+    }
+
+    #[test]
+    fn hybrid_takes_body_fields_and_header_overrides() {
+        let mut headers = Map::new();
+        headers.insert("task".into(), "tasks.mul".into());
+        headers.insert("id".into(), "abc".into());
+        headers.insert("retries".into(), Value::Int(2));
+        let body = json::from_str(r#"{"task": "tasks.ignored", "id": "zzz", "args": [3], "kwargs": {"y": 4}, "retries": 1}"#).unwrap();
+        let task = TaskMessage::from_parts(&headers, body).unwrap();
+        assert_eq!(task.protocol, Protocol::Hybrid);
+        assert_eq!((task.headers.task.as_str(), task.headers.id.as_str(), task.headers.retries), ("tasks.mul", "abc", 2));
+        assert_eq!(task.kwargs.get("y"), Some(&Value::Int(4)));
+    }
+
+    #[test]
+    fn not_a_task_and_bad_shapes_are_errors() {
+        assert!(matches!(TaskMessage::from_parts(&Map::new(), Value::List(vec![])), Err(ProtocolError::NotATask(_))));
+        let headers = v2_headers();
+        for body in ["[[1], {}]", "[1, {}, {}]", "[[1], [], {}]", "[[1], {}, []]", "[[1], {}, {\"chain\": 5}]", "\"x\""] {
+            assert!(TaskMessage::from_parts(&headers, json::from_str(body).unwrap()).is_err(), "{body}");
+        }
+        let mut bad = headers.clone();
+        bad.insert("eta".into(), "tomorrow".into());
+        assert!(matches!(TaskHeaders::from_map(&bad), Err(ProtocolError::Header { .. })));
+        bad = headers.clone();
+        bad.insert("timelimit".into(), json::from_str("[1]").unwrap());
+        assert!(TaskHeaders::from_map(&bad).is_err());
+        bad = headers;
+        bad.shift_remove("id");
+        assert!(TaskHeaders::from_map(&bad).is_err());
+    }
+
+    #[test]
+    fn compressed_message_round_trips() {
+        let mut task = TaskMessage::new("tasks.add", "id-1");
+        task.args = vec![Value::Int(1), Value::Str("é".into())];
+        let props = task.default_properties(Some("reply"), None);
+        for ct in [ContentType::Json, ContentType::Msgpack] {
+            let msg = task.to_message(props.clone(), 3, ct, Some(Compression::Zlib)).unwrap();
+            assert_eq!(msg.headers.get("compression"), Some(&Value::Str("application/x-gzip".into())));
+            let env = Envelope::new(msg, "", "celery");
+            let back = Envelope::from_slice(env.to_json().unwrap().as_bytes()).unwrap();
+            assert_eq!(back.message.priority, 3);
+            assert_eq!(TaskMessage::from_message(&back.message).unwrap(), task);
+        }
+    }
+
+    #[test]
+    fn pickle_is_refused_before_anything_else() {
+        let msg = Message {
+            headers: v2_headers(),
+            properties: Map::new(),
+            priority: 0,
+            content_type: "application/x-python-serialize".into(),
+            content_encoding: "binary".into(),
+            body: b"\x80\x04\x95".to_vec(),
+        };
+        let err = TaskMessage::from_message(&msg).unwrap_err();
+        assert!(err.to_string().contains("refusing to decode a pickle body"), "{err}");
+    }
+}

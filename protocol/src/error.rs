@@ -1,0 +1,41 @@
+//! The error every decoding step of a message can end in.
+//!
+//! A worker that gets one of these must not ack the message away: it rejects it
+//! to a dead-letter queue (or requeues it) and logs the reason, which is this
+//! error's text.
+
+use crate::codec::CodecError;
+
+/// Why bytes from a broker are not a usable Celery message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The Redis list element is not kombu's JSON envelope.
+    #[error("not a kombu message envelope: {0}")]
+    Envelope(String),
+    /// The body could not be decompressed or deserialized.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// Neither a protocol v2 message (no `task` header) nor a v1 body with `task`.
+    #[error("not a Celery task message: {0}")]
+    NotATask(String),
+    /// A header has the wrong type or an unreadable value.
+    #[error("invalid header {name:?}: {reason}")]
+    Header {
+        /// The header's name.
+        name: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The body does not have the shape Celery gives it.
+    #[error("invalid task body: {0}")]
+    Body(String),
+    /// A canvas signature (link, chain, chord) is malformed.
+    #[error("invalid signature: {0}")]
+    Signature(String),
+}
+
+impl ProtocolError {
+    pub(crate) fn header(name: &str, reason: impl Into<String>) -> ProtocolError {
+        ProtocolError::Header { name: name.to_owned(), reason: reason.into() }
+    }
+}
