@@ -50,7 +50,8 @@ pub enum Value {
 
 impl PartialEq for Value {
     /// Equality that makes round trips checkable: floats compare by bit pattern
-    /// (so `-0.0 != 0.0`), except that every NaN equals every NaN.
+    /// (so `-0.0 != 0.0`), except that every NaN equals every NaN; an `int` never
+    /// equals a `float`.
     fn eq(&self, other: &Self) -> bool {
         use Value::*;
         match (self, other) {
@@ -62,7 +63,9 @@ impl PartialEq for Value {
             (Str(a), Str(b)) => a == b,
             (Bytes(a), Bytes(b)) => a == b,
             (List(a), List(b)) => a == b,
-            (Map(a), Map(b)) => a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x == y),
+            // As in Python, dicts are equal whatever their order; byte-level
+            // comparisons of encodings are what check order.
+            (Map(a), Map(b)) => a == b,
             (DateTime(a), DateTime(b)) => a == b,
             (Date(a), Date(b)) => a == b,
             (Time(a), Time(b)) => a == b,
