@@ -1,6 +1,8 @@
 //! Property tests: whatever celeriac encodes, it decodes to the same value, and
 //! no input makes a decoder panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed assertion
+
 use celeriac_protocol::codec::{self, Compression, ContentType};
 use celeriac_protocol::envelope::Envelope;
 use celeriac_protocol::task::{Protocol, Seconds, TaskMessage, TimeLimits};
