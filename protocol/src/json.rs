@@ -106,17 +106,10 @@ pub fn write_value(out: &mut String, value: &Value) -> Result<(), JsonError> {
         Value::Date(d) => write_marker(out, "date", |o| write_str(o, &d.to_iso())),
         Value::Time(t) => write_marker(out, "time", |o| write_str(o, &t.to_iso())),
         Value::Decimal(d) => write_marker(out, "decimal", |o| write_str(o, d.as_str())),
+        // kombu 5.7 writes only the hex (older kombu added "version"; both are read).
         Value::Uuid(u) => write_marker(out, "uuid", |o| {
             o.push_str("{\"hex\": ");
             write_str(o, &u.simple().to_string());
-            o.push_str(", \"version\": ");
-            // Python's UUID.version is None unless the variant is RFC 4122.
-            match (u.get_variant(), u.get_version_num()) {
-                (uuid::Variant::RFC4122, v) => {
-                    let _ = write!(o, "{v}");
-                }
-                _ => o.push_str("null"),
-            }
             o.push('}');
         }),
     }
@@ -537,16 +530,16 @@ mod tests {
 
     #[test]
     fn markers_decode_and_reencode() {
-        let text = r#"[{"__type__": "datetime", "__value__": "2024-01-02T03:04:05.678901+00:00"}, {"__type__": "date", "__value__": "2024-01-02"}, {"__type__": "time", "__value__": "03:04:05"}, {"__type__": "uuid", "__value__": {"hex": "12345678123456781234567812345678", "version": null}}, {"__type__": "decimal", "__value__": "1.10"}, {"__type__": "bytes", "__value__": "hello"}, {"__type__": "base64", "__value__": "/wA="}]"#;
+        let text = r#"[{"__type__": "datetime", "__value__": "2024-01-02T03:04:05.678901+00:00"}, {"__type__": "date", "__value__": "2024-01-02"}, {"__type__": "time", "__value__": "03:04:05"}, {"__type__": "uuid", "__value__": {"hex": "12345678123456781234567812345678"}}, {"__type__": "decimal", "__value__": "1.10"}, {"__type__": "bytes", "__value__": "hello"}, {"__type__": "base64", "__value__": "/wA="}]"#;
         let v = from_str(text).unwrap();
         let items = v.as_list().unwrap();
         assert!(matches!(items[0], Value::DateTime(_)));
         assert_eq!(items[5], Value::Bytes(b"hello".to_vec()));
         assert_eq!(items[6], Value::Bytes(vec![0xff, 0]));
         assert_eq!(to_string(&v).unwrap(), text);
-        // The older form without "version" is read too.
-        let old = from_str(r#"{"__type__": "uuid", "__value__": {"hex": "12345678123441238234567812345678"}}"#).unwrap();
-        assert_eq!(to_string(&old).unwrap(), r#"{"__type__": "uuid", "__value__": {"hex": "12345678123441238234567812345678", "version": 4}}"#);
+        // Older kombu's form with "version" is read too, and written as 5.7 writes it.
+        let old = from_str(r#"{"__type__": "uuid", "__value__": {"hex": "12345678123441238234567812345678", "version": 4}}"#).unwrap();
+        assert_eq!(to_string(&old).unwrap(), r#"{"__type__": "uuid", "__value__": {"hex": "12345678123441238234567812345678"}}"#);
     }
 
     #[test]

@@ -134,6 +134,10 @@ pub struct TaskMessage {
     pub kwargs: Map,
     /// Callbacks, errbacks, chain and chord.
     pub embed: Embed,
+    /// Protocol 1 only: the message headers sent beside the task (custom
+    /// `headers=` of `apply_async`), which v1 keeps outside the body. Written
+    /// back as they came.
+    pub v1_message_headers: Map,
 }
 
 impl TaskMessage {
@@ -201,6 +205,7 @@ impl TaskMessage {
                 Value::Map(body) if body.contains_key("task") => {
                     let mut task = TaskMessage::from_v1_body(body.clone())?;
                     task.headers = TaskHeaders::from_map(&v1_headers(&body))?;
+                    task.v1_message_headers = headers.clone();
                     Ok(task)
                 }
                 _ => Err(ProtocolError::NotATask(
@@ -226,6 +231,7 @@ impl TaskMessage {
             args: body_args(body.get("args").cloned().unwrap_or(Value::List(Vec::new())))?,
             kwargs: body_kwargs(body.get("kwargs").cloned().unwrap_or(Value::Map(Map::new())))?,
             embed,
+            v1_message_headers: Map::new(),
         })
     }
 
@@ -241,11 +247,11 @@ impl TaskMessage {
         }
     }
 
-    /// The headers to send: the v2 headers (empty for v1).
+    /// The headers to send: the v2 headers (for v1, the message headers it came with).
     pub fn header_map(&self) -> Map {
         match self.protocol {
             Protocol::V2 | Protocol::Hybrid => self.headers.to_map(),
-            Protocol::V1 => Map::new(),
+            Protocol::V1 => self.v1_message_headers.clone(),
         }
     }
 
