@@ -36,15 +36,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn value(
-        setting: &str,
-        value: impl std::fmt::Display,
-        reason: impl Into<String>,
-    ) -> Self {
-        ConfigError::Value {
-            setting: setting.into(),
-            value: value.to_string(),
-            reason: reason.into(),
-        }
+    pub(crate) fn value(setting: &str, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
+        ConfigError::Value { setting: setting.into(), value: value.to_string(), reason: reason.into() }
     }
 }

@@ -24,18 +24,12 @@ pub struct Loaded {
 pub fn load(file: Option<&Path>) -> Result<Loaded, ConfigError> {
     let text = match file {
         Some(path) => Some((
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?,
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?,
             format!(" in {}", path.display()),
         )),
         None => None,
     };
-    build(
-        text.as_ref().map(|(t, o)| (t.as_str(), o.as_str())),
-        std::env::vars(),
-    )
+    build(text.as_ref().map(|(t, o)| (t.as_str(), o.as_str())), std::env::vars())
 }
 
 /// Loads settings from TOML text and the given environment (for tests and
@@ -48,10 +42,7 @@ pub fn load_from_str(
     build(Some((toml, origin)), env)
 }
 
-fn build(
-    file: Option<(&str, &str)>,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Loaded, ConfigError> {
+fn build(file: Option<(&str, &str)>, env: impl IntoIterator<Item = (String, String)>) -> Result<Loaded, ConfigError> {
     let origin = file.map(|(_, o)| o.to_string()).unwrap_or_default();
     let invalid = |origin: &str, e: config::ConfigError| ConfigError::Invalid {
         origin: origin.to_string(),
@@ -63,10 +54,7 @@ fn build(
     if let Some((text, _)) = file {
         builder = builder.add_source(File::from_str(text, FileFormat::Toml));
     }
-    let settings: Settings = builder
-        .build()
-        .and_then(Config::try_deserialize)
-        .map_err(|e| invalid(&origin, e))?;
+    let settings: Settings = builder.build().and_then(Config::try_deserialize).map_err(|e| invalid(&origin, e))?;
 
     // Then the environment, one known setting at a time. Values are typed the
     // way a shell user means them: numbers, booleans, and comma lists where
@@ -84,16 +72,12 @@ fn build(
             "CELERY_BROKER_URL" => "broker_url".to_string(),
             "CELERY_RESULT_BACKEND" => "result_backend".to_string(),
             _ => match name.strip_prefix("CELERIAC_") {
-                Some(rest) if defaults.get(rest.to_ascii_lowercase()).is_some() => {
-                    rest.to_ascii_lowercase()
-                }
+                Some(rest) if defaults.get(rest.to_ascii_lowercase()).is_some() => rest.to_ascii_lowercase(),
                 _ => continue,
             },
         };
         let is_list = defaults.get(&key).is_some_and(serde_json::Value::is_array);
-        builder = builder
-            .set_override(key.as_str(), env_value(&value, is_list))
-            .map_err(|e| invalid(&origin, e))?;
+        builder = builder.set_override(key.as_str(), env_value(&value, is_list)).map_err(|e| invalid(&origin, e))?;
         from_env.push(name);
     }
     if from_env.is_empty() {
@@ -103,12 +87,7 @@ fn build(
     let settings: Settings = builder
         .build()
         .and_then(Config::try_deserialize)
-        .map_err(|e| {
-            invalid(
-                &format!("{origin} with the environment ({})", from_env.join(", ")),
-                e,
-            )
-        })?;
+        .map_err(|e| invalid(&format!("{origin} with the environment ({})", from_env.join(", ")), e))?;
     settings.validate()?;
     Ok(Loaded { settings, from_env })
 }
@@ -116,12 +95,7 @@ fn build(
 /// An environment value typed as a shell user means it.
 fn env_value(text: &str, is_list: bool) -> config::Value {
     if is_list {
-        let items: Vec<String> = text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect();
+        let items: Vec<String> = text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
         return config::Value::from(items);
     }
     let t = text.trim();

@@ -39,21 +39,10 @@ enum RouteSpelling {
 impl From<RouteSpelling> for Route {
     fn from(s: RouteSpelling) -> Route {
         match s {
-            RouteSpelling::Queue(q) => Route {
-                queue: Some(q),
-                ..Route::default()
-            },
-            RouteSpelling::Full {
-                queue,
-                exchange,
-                routing_key,
-                priority,
-            } => Route {
-                queue,
-                exchange,
-                routing_key,
-                priority,
-            },
+            RouteSpelling::Queue(q) => Route { queue: Some(q), ..Route::default() },
+            RouteSpelling::Full { queue, exchange, routing_key, priority } => {
+                Route { queue, exchange, routing_key, priority }
+            }
         }
     }
 }
@@ -102,12 +91,10 @@ impl Settings {
     /// The route for `task`: the first matching `task_routes` entry (exact name
     /// or glob) filled in from `task_queues`, else the default queue.
     pub fn route_for(&self, task: &str) -> Route {
-        let matched = self.task_routes.get(task).or_else(|| {
-            self.task_routes
-                .iter()
-                .find(|(pattern, _)| glob_match(pattern, task))
-                .map(|(_, r)| r)
-        });
+        let matched = self
+            .task_routes
+            .get(task)
+            .or_else(|| self.task_routes.iter().find(|(pattern, _)| glob_match(pattern, task)).map(|(_, r)| r));
         match matched {
             Some(route) => self.complete(route.clone()),
             None => self.default_route(),
@@ -116,32 +103,19 @@ impl Settings {
 
     /// Fills a route's exchange and routing key from its queue's settings.
     pub fn complete(&self, mut route: Route) -> Route {
-        let queue = route
-            .queue
-            .clone()
-            .unwrap_or_else(|| self.task_default_queue.clone());
+        let queue = route.queue.clone().unwrap_or_else(|| self.task_default_queue.clone());
         let declared = self.task_queues.get(&queue);
         if route.exchange.is_none() {
-            route.exchange = Some(
-                declared
-                    .and_then(|q| q.exchange.clone())
-                    .unwrap_or_else(|| {
-                        if queue == self.task_default_queue {
-                            self.task_default_exchange
-                                .clone()
-                                .unwrap_or_else(|| queue.clone())
-                        } else {
-                            queue.clone()
-                        }
-                    }),
-            );
+            route.exchange = Some(declared.and_then(|q| q.exchange.clone()).unwrap_or_else(|| {
+                if queue == self.task_default_queue {
+                    self.task_default_exchange.clone().unwrap_or_else(|| queue.clone())
+                } else {
+                    queue.clone()
+                }
+            }));
         }
         if route.routing_key.is_none() {
-            route.routing_key = Some(
-                declared
-                    .and_then(|q| q.routing_key.clone())
-                    .unwrap_or_else(|| queue.clone()),
-            );
+            route.routing_key = Some(declared.and_then(|q| q.routing_key.clone()).unwrap_or_else(|| queue.clone()));
         }
         if route.priority.is_none() {
             route.priority = self.task_default_priority;

@@ -319,12 +319,7 @@ pub struct TlsSettings {
 
 impl Default for TlsSettings {
     fn default() -> Self {
-        TlsSettings {
-            ssl_cert_reqs: "required".into(),
-            ssl_ca_certs: None,
-            ssl_certfile: None,
-            ssl_keyfile: None,
-        }
+        TlsSettings { ssl_cert_reqs: "required".into(), ssl_ca_certs: None, ssl_certfile: None, ssl_keyfile: None }
     }
 }
 
@@ -420,10 +415,9 @@ impl Settings {
     /// rate limits, URLs. Called by [`crate::load`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         const SERIALIZERS: [&str; 3] = ["json", "msgpack", "yaml"];
-        for (setting, value) in [
-            ("task_serializer", &self.task_serializer),
-            ("result_serializer", &self.result_serializer),
-        ] {
+        for (setting, value) in
+            [("task_serializer", &self.task_serializer), ("result_serializer", &self.result_serializer)]
+        {
             if value == "pickle" {
                 return Err(ConfigError::value(
                     setting,
@@ -432,26 +426,11 @@ impl Settings {
                 ));
             }
             if !SERIALIZERS.contains(&value.as_str()) {
-                return Err(ConfigError::value(
-                    setting,
-                    value,
-                    "expected one of json, msgpack, yaml",
-                ));
+                return Err(ConfigError::value(setting, value, "expected one of json, msgpack, yaml"));
             }
         }
-        for name in self
-            .accept_content
-            .iter()
-            .chain(self.result_accept_content.iter().flatten())
-        {
-            let known = [
-                "json",
-                "msgpack",
-                "yaml",
-                "application/json",
-                "application/x-msgpack",
-                "application/x-yaml",
-            ];
+        for name in self.accept_content.iter().chain(self.result_accept_content.iter().flatten()) {
+            let known = ["json", "msgpack", "yaml", "application/json", "application/x-msgpack", "application/x-yaml"];
             if name.contains("pickle") || name == "application/x-python-serialize" {
                 return Err(ConfigError::value(
                     "accept_content",
@@ -460,59 +439,35 @@ impl Settings {
                 ));
             }
             if !known.contains(&name.as_str()) {
-                return Err(ConfigError::value(
-                    "accept_content",
-                    name,
-                    "expected json, msgpack or yaml",
-                ));
+                return Err(ConfigError::value("accept_content", name, "expected json, msgpack or yaml"));
             }
         }
-        for (setting, value) in [
-            ("task_compression", &self.task_compression),
-            ("result_compression", &self.result_compression),
-        ] {
+        for (setting, value) in
+            [("task_compression", &self.task_compression), ("result_compression", &self.result_compression)]
+        {
             if let Some(v) = value {
-                if !["gzip", "zlib", "bzip2", "lzma", "xz", "zstd", "brotli"].contains(&v.as_str())
-                {
-                    return Err(ConfigError::value(
-                        setting,
-                        v,
-                        "expected gzip, zlib, bzip2, lzma, zstd or brotli",
-                    ));
+                if !["gzip", "zlib", "bzip2", "lzma", "xz", "zstd", "brotli"].contains(&v.as_str()) {
+                    return Err(ConfigError::value(setting, v, "expected gzip, zlib, bzip2, lzma, zstd or brotli"));
                 }
             }
         }
         if !(1..=2).contains(&self.task_protocol) {
-            return Err(ConfigError::value(
-                "task_protocol",
-                self.task_protocol,
-                "expected 1 or 2",
-            ));
+            return Err(ConfigError::value("task_protocol", self.task_protocol, "expected 1 or 2"));
         }
         if self.worker_concurrency == Some(0) {
-            return Err(ConfigError::value(
-                "worker_concurrency",
-                0,
-                "must be at least 1",
-            ));
+            return Err(ConfigError::value("worker_concurrency", 0, "must be at least 1"));
         }
-        for (setting, value) in [
-            ("task_time_limit", self.task_time_limit),
-            ("task_soft_time_limit", self.task_soft_time_limit),
-        ] {
+        for (setting, value) in
+            [("task_time_limit", self.task_time_limit), ("task_soft_time_limit", self.task_soft_time_limit)]
+        {
             if let Some(v) = value {
                 if !(v.is_finite() && v > 0.0) {
-                    return Err(ConfigError::value(
-                        setting,
-                        v,
-                        "must be a positive number of seconds",
-                    ));
+                    return Err(ConfigError::value(setting, v, "must be a positive number of seconds"));
                 }
             }
         }
         if let Some(rate) = &self.task_default_rate_limit {
-            parse_rate_limit(rate)
-                .map_err(|reason| ConfigError::value("task_default_rate_limit", rate, reason))?;
+            parse_rate_limit(rate).map_err(|reason| ConfigError::value("task_default_rate_limit", rate, reason))?;
         }
         let vt = self.broker_transport_options.visibility_timeout;
         if !(vt.is_finite() && vt > 0.0) {
@@ -522,8 +477,7 @@ impl Settings {
                 "must be a positive number of seconds",
             ));
         }
-        if !["round_robin", "sorted", "priority"]
-            .contains(&self.broker_transport_options.queue_order_strategy.as_str())
+        if !["round_robin", "sorted", "priority"].contains(&self.broker_transport_options.queue_order_strategy.as_str())
         {
             return Err(ConfigError::value(
                 "broker_transport_options.queue_order_strategy",
@@ -531,27 +485,17 @@ impl Settings {
                 "expected round_robin, sorted or priority",
             ));
         }
-        for (setting, url) in [
-            ("broker_url", Some(&self.broker_url)),
-            ("result_backend", self.result_backend.as_ref()),
-        ] {
+        for (setting, url) in [("broker_url", Some(&self.broker_url)), ("result_backend", self.result_backend.as_ref())]
+        {
             if let Some(url) = url {
                 if !url.contains("://") {
-                    return Err(ConfigError::value(
-                        setting,
-                        url,
-                        "expected a URL such as redis://host:6379/0",
-                    ));
+                    return Err(ConfigError::value(setting, url, "expected a URL such as redis://host:6379/0"));
                 }
             }
         }
         for (name, entry) in &self.beat_schedule {
             if entry.task.trim().is_empty() {
-                return Err(ConfigError::value(
-                    &format!("beat_schedule.{name}.task"),
-                    "\"\"",
-                    "must name a task",
-                ));
+                return Err(ConfigError::value(&format!("beat_schedule.{name}.task"), "\"\"", "must name a task"));
             }
             if let ScheduleSetting::Seconds(s) = entry.schedule {
                 if !(s.is_finite() && s > 0.0) {
@@ -568,17 +512,12 @@ impl Settings {
 
     /// Concurrency: the setting, else the number of CPUs.
     pub fn concurrency(&self) -> usize {
-        self.worker_concurrency.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(usize::from)
-                .unwrap_or(1)
-        })
+        self.worker_concurrency.unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1))
     }
 
     /// Prefetch limit: concurrency x multiplier (0 means unlimited, as in Celery).
     pub fn prefetch_count(&self) -> usize {
-        self.concurrency()
-            .saturating_mul(self.worker_prefetch_multiplier)
+        self.concurrency().saturating_mul(self.worker_prefetch_multiplier)
     }
 
     /// Where a task goes when no route applies: the default queue, and its
@@ -586,16 +525,8 @@ impl Settings {
     pub fn default_route(&self) -> crate::Route {
         let queue = self.task_default_queue.clone();
         crate::Route {
-            exchange: Some(
-                self.task_default_exchange
-                    .clone()
-                    .unwrap_or_else(|| queue.clone()),
-            ),
-            routing_key: Some(
-                self.task_default_routing_key
-                    .clone()
-                    .unwrap_or_else(|| queue.clone()),
-            ),
+            exchange: Some(self.task_default_exchange.clone().unwrap_or_else(|| queue.clone())),
+            routing_key: Some(self.task_default_routing_key.clone().unwrap_or_else(|| queue.clone())),
             queue: Some(queue),
             priority: self.task_default_priority,
         }
@@ -612,19 +543,13 @@ pub fn parse_rate_limit(text: &str) -> Result<Option<f64>, String> {
                 Some('s') => 1.0,
                 Some('m') => 60.0,
                 Some('h') => 3600.0,
-                _ => {
-                    return Err(format!(
-                        "unknown unit in rate limit {text:?}; use /s, /m or /h"
-                    ))
-                }
+                _ => return Err(format!("unknown unit in rate limit {text:?}; use /s, /m or /h")),
             };
             (c.trim(), per)
         }
         None => (text, 1.0),
     };
-    let count: f64 = count
-        .parse()
-        .map_err(|_| format!("rate limit {text:?} is not a number per /s, /m or /h"))?;
+    let count: f64 = count.parse().map_err(|_| format!("rate limit {text:?} is not a number per /s, /m or /h"))?;
     if !(count.is_finite() && count >= 0.0) {
         return Err(format!("rate limit {text:?} must not be negative"));
     }

@@ -10,10 +10,7 @@ fn no_env() -> Vec<(String, String)> {
 }
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 #[test]
@@ -33,9 +30,7 @@ fn defaults_are_celerys() {
 #[test]
 fn the_example_worker_file_loads() {
     let text = include_str!("../examples/worker.toml");
-    let s = load_from_str(text, " in worker.toml", no_env())
-        .unwrap()
-        .settings;
+    let s = load_from_str(text, " in worker.toml", no_env()).unwrap().settings;
     assert!(s.task_queues.contains_key("workflow.staging"));
     assert!(s.result_extended);
 }
@@ -45,17 +40,9 @@ fn an_unknown_setting_is_named_in_the_error() {
     let err = load_from_str("broker_urll = \"redis://x\"\n", " in w.toml", no_env()).unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, ConfigError::Invalid { .. }), "{err:?}");
-    assert!(
-        text.contains("broker_urll") && text.contains("w.toml"),
-        "{text}"
-    );
+    assert!(text.contains("broker_urll") && text.contains("w.toml"), "{text}");
 
-    let err = load_from_str(
-        "[broker_transport_options]\nvisibilty_timeout = 5\n",
-        "",
-        no_env(),
-    )
-    .unwrap_err();
+    let err = load_from_str("[broker_transport_options]\nvisibilty_timeout = 5\n", "", no_env()).unwrap_err();
     assert!(err.to_string().contains("visibilty_timeout"), "{err}");
 }
 
@@ -69,20 +56,11 @@ fn a_wrongly_typed_setting_is_named_in_the_error() {
 fn invalid_values_are_refused_with_a_reason() {
     for (text, setting) in [
         ("task_serializer = \"pickle\"\n", "task_serializer"),
-        (
-            "accept_content = [\"json\", \"pickle\"]\n",
-            "accept_content",
-        ),
+        ("accept_content = [\"json\", \"pickle\"]\n", "accept_content"),
         ("worker_concurrency = 0\n", "worker_concurrency"),
-        (
-            "task_default_rate_limit = \"10/fortnight\"\n",
-            "task_default_rate_limit",
-        ),
+        ("task_default_rate_limit = \"10/fortnight\"\n", "task_default_rate_limit"),
         ("broker_url = \"localhost\"\n", "broker_url"),
-        (
-            "[broker_transport_options]\nvisibility_timeout = 0\n",
-            "visibility_timeout",
-        ),
+        ("[broker_transport_options]\nvisibility_timeout = 0\n", "visibility_timeout"),
     ] {
         let err = load_from_str(text, "", no_env()).unwrap_err();
         assert!(matches!(err, ConfigError::Value { .. }), "{text}: {err:?}");
@@ -117,10 +95,7 @@ fn the_environment_overrides_the_file() {
 #[test]
 fn a_bad_environment_value_names_the_variable() {
     let err = load_from_str("", "", env(&[("CELERIAC_WORKER_CONCURRENCY", "lots")])).unwrap_err();
-    assert!(
-        err.to_string().contains("CELERIAC_WORKER_CONCURRENCY"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("CELERIAC_WORKER_CONCURRENCY"), "{err}");
 }
 
 #[test]
@@ -140,20 +115,13 @@ exchange = "workflow"
     assert_eq!(r.queue.as_deref(), Some("transfer.fast"));
     assert_eq!(r.routing_key.as_deref(), Some("transfer.fast"));
     let r = s.route_for("transfer.move");
-    assert_eq!(
-        (r.queue.as_deref(), r.priority),
-        (Some("transfer.bulk"), Some(3))
-    );
+    assert_eq!((r.queue.as_deref(), r.priority), (Some("transfer.bulk"), Some(3)));
     let r = s.route_for("workflow.run");
     assert_eq!(r.exchange.as_deref(), Some("workflow"));
     assert_eq!(r.routing_key.as_deref(), Some("hpc.#"));
     let r = s.route_for("tasks.add");
     assert_eq!(
-        (
-            r.queue.as_deref(),
-            r.exchange.as_deref(),
-            r.routing_key.as_deref()
-        ),
+        (r.queue.as_deref(), r.exchange.as_deref(), r.routing_key.as_deref()),
         (Some("celery"), Some("celery"), Some("celery"))
     );
 }
@@ -175,16 +143,8 @@ timezone = "Europe/Berlin"
     let t = &s.beat_schedule["trigger-manager"];
     assert_eq!(t.schedule, ScheduleSetting::Seconds(30.0));
     assert!(t.no_overlap && t.enabled);
-    assert_eq!(
-        s.beat_schedule["nightly"].schedule,
-        ScheduleSetting::Text("0 3 * * *".into())
-    );
-    let err = load_from_str(
-        "[beat_schedule.x]\ntask = \"t\"\nschedule = 5\nevery = 3\n",
-        "",
-        no_env(),
-    )
-    .unwrap_err();
+    assert_eq!(s.beat_schedule["nightly"].schedule, ScheduleSetting::Text("0 3 * * *".into()));
+    let err = load_from_str("[beat_schedule.x]\ntask = \"t\"\nschedule = 5\nevery = 3\n", "", no_env()).unwrap_err();
     assert!(err.to_string().contains("every"), "{err}");
 }
 

@@ -193,7 +193,9 @@ pub enum CodecError {
     )]
     PickleRefused,
     /// The content type is not one kombu defines.
-    #[error("unknown content type {0:?}: celeriac reads application/json, application/x-msgpack and application/x-yaml")]
+    #[error(
+        "unknown content type {0:?}: celeriac reads application/json, application/x-msgpack and application/x-yaml"
+    )]
     UnknownContentType(String),
     /// The compression header names a method celeriac does not know.
     #[error("unknown compression {0:?}: celeriac reads zlib (application/x-gzip), bz2, lzma, zstd and brotli")]

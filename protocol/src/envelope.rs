@@ -110,7 +110,9 @@ impl Envelope {
                 redelivered: match m.shift_remove("redelivered") {
                     None | Some(Value::Null) => None,
                     Some(Value::Bool(b)) => Some(b),
-                    Some(other) => return Err(env_err(format!("delivery_info.redelivered is a {}", other.type_name()))),
+                    Some(other) => {
+                        return Err(env_err(format!("delivery_info.redelivered is a {}", other.type_name())))
+                    }
                 },
                 extra: m,
             },

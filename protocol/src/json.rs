@@ -467,14 +467,9 @@ fn decode_marker(map: Map) -> Result<Value, JsonError> {
         "time" => Value::Time(PyTime::parse_iso(text()?).map_err(|e| bad(&e))?),
         "decimal" => Value::Decimal(Decimal::parse(text()?).ok_or_else(|| bad(&"not a decimal number"))?),
         "bytes" => Value::Bytes(text()?.as_bytes().to_vec()),
-        "base64" => Value::Bytes(
-            base64::engine::general_purpose::STANDARD.decode(text()?).map_err(|e| bad(&e))?,
-        ),
+        "base64" => Value::Bytes(base64::engine::general_purpose::STANDARD.decode(text()?).map_err(|e| bad(&e))?),
         "uuid" => {
-            let hex = value
-                .get("hex")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(&"expected {\"hex\": ...}"))?;
+            let hex = value.get("hex").and_then(Value::as_str).ok_or_else(|| bad(&"expected {\"hex\": ...}"))?;
             Value::Uuid(uuid::Uuid::try_parse(hex).map_err(|e| bad(&e))?)
         }
         other => return Err(JsonError::Marker(format!("unsupported __type__ {other:?}"))),
@@ -521,8 +516,10 @@ mod tests {
 
     #[test]
     fn big_integers_survive() {
-        assert_eq!(rt("[1180591620717411303424, -1267650600228229401496703205376, 9223372036854775808]"),
-            "[1180591620717411303424, -1267650600228229401496703205376, 9223372036854775808]");
+        assert_eq!(
+            rt("[1180591620717411303424, -1267650600228229401496703205376, 9223372036854775808]"),
+            "[1180591620717411303424, -1267650600228229401496703205376, 9223372036854775808]"
+        );
         assert_eq!(from_str("-0").unwrap(), Value::Int(0));
         assert_eq!(from_str("1.0").unwrap(), Value::Float(1.0));
         assert_eq!(from_str("1E2").unwrap(), Value::Float(100.0));
@@ -538,8 +535,13 @@ mod tests {
         assert_eq!(items[6], Value::Bytes(vec![0xff, 0]));
         assert_eq!(to_string(&v).unwrap(), text);
         // Older kombu's form with "version" is read too, and written as 5.7 writes it.
-        let old = from_str(r#"{"__type__": "uuid", "__value__": {"hex": "12345678123441238234567812345678", "version": 4}}"#).unwrap();
-        assert_eq!(to_string(&old).unwrap(), r#"{"__type__": "uuid", "__value__": {"hex": "12345678123441238234567812345678"}}"#);
+        let old =
+            from_str(r#"{"__type__": "uuid", "__value__": {"hex": "12345678123441238234567812345678", "version": 4}}"#)
+                .unwrap();
+        assert_eq!(
+            to_string(&old).unwrap(),
+            r#"{"__type__": "uuid", "__value__": {"hex": "12345678123441238234567812345678"}}"#
+        );
     }
 
     #[test]
@@ -551,7 +553,23 @@ mod tests {
 
     #[test]
     fn malformed_input_is_an_error_not_a_panic() {
-        for bad in ["", "[", "[1,", "{\"a\"", "{\"a\":}", "\"\\ud800\"", "\"\\u12\"", "01", "[1]x", "-", "tru", "\"\u{1}\"", "1.", "{1: 2}", "[1 2]"] {
+        for bad in [
+            "",
+            "[",
+            "[1,",
+            "{\"a\"",
+            "{\"a\":}",
+            "\"\\ud800\"",
+            "\"\\u12\"",
+            "01",
+            "[1]x",
+            "-",
+            "tru",
+            "\"\u{1}\"",
+            "1.",
+            "{1: 2}",
+            "[1 2]",
+        ] {
             assert!(from_str(bad).is_err(), "{bad:?}");
         }
         assert!(from_slice(b"\xff").is_err());

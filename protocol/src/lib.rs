@@ -14,8 +14,8 @@
 //! - [`result`]: the records result backends store.
 
 pub mod codec;
-pub mod error;
 pub mod envelope;
+pub mod error;
 pub mod json;
 pub mod message;
 pub mod msgpack;

@@ -63,9 +63,9 @@ impl Message {
     pub fn compression(&self) -> Result<Option<Compression>, CodecError> {
         match self.headers.get("compression") {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Str(name)) => Compression::parse(name)
-                .map(Some)
-                .ok_or_else(|| CodecError::UnknownCompression(name.clone())),
+            Some(Value::Str(name)) => {
+                Compression::parse(name).map(Some).ok_or_else(|| CodecError::UnknownCompression(name.clone()))
+            }
             Some(other) => Err(CodecError::UnknownCompression(format!("{other:?}"))),
         }
     }

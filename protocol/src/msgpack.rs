@@ -7,9 +7,9 @@
 use rmpv::Value as Mp;
 
 use crate::codec::CodecError;
-use crate::value::{Map, Value};
 #[cfg(test)]
 use crate::value::BigInt;
+use crate::value::{Map, Value};
 
 /// Nesting bound, as for JSON.
 const MAX_DEPTH: usize = crate::json::MAX_DEPTH;
@@ -57,7 +57,9 @@ fn convert_in(mp: Mp) -> Result<Value, CodecError> {
             let mut map = Map::with_capacity(pairs.len());
             for (k, v) in pairs {
                 let key = match k {
-                    Mp::String(s) => s.into_str().ok_or_else(|| CodecError::Msgpack("map key is not valid UTF-8".into()))?,
+                    Mp::String(s) => {
+                        s.into_str().ok_or_else(|| CodecError::Msgpack("map key is not valid UTF-8".into()))?
+                    }
                     other => {
                         return Err(CodecError::Msgpack(format!(
                             "map key {other} is not a string; celeriac carries dicts with str keys only"
@@ -115,8 +117,10 @@ mod tests {
             .decode("k5IBoXiBoWuRAYSpY2FsbGJhY2tzwKhlcnJiYWNrc8ClY2hhaW7ApWNob3JkwA==")
             .unwrap();
         let v = from_slice(&raw).unwrap();
-        assert_eq!(crate::json::to_string(&v).unwrap(),
-            r#"[[1, "x"], {"k": [1]}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#);
+        assert_eq!(
+            crate::json::to_string(&v).unwrap(),
+            r#"[[1, "x"], {"k": [1]}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#
+        );
         assert_eq!(to_vec(&v).unwrap(), raw);
     }
 

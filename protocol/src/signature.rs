@@ -172,7 +172,9 @@ pub(crate) fn list_from_value(value: Option<&Value>, what: &str) -> Result<Optio
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
             .map_err(|e| ProtocolError::Body(format!("{what}: {e}"))),
-        Some(other) => Err(ProtocolError::Body(format!("{what} is a {}, expected a list of signatures", other.type_name()))),
+        Some(other) => {
+            Err(ProtocolError::Body(format!("{what} is a {}, expected a list of signatures", other.type_name())))
+        }
     }
 }
 

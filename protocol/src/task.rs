@@ -195,10 +195,9 @@ impl TaskMessage {
                     task.headers = TaskHeaders::from_map(&merged)?;
                     Ok(task)
                 }
-                other => Err(ProtocolError::Body(format!(
-                    "expected [args, kwargs, embed], got a {}",
-                    other.type_name()
-                ))),
+                other => {
+                    Err(ProtocolError::Body(format!("expected [args, kwargs, embed], got a {}", other.type_name())))
+                }
             }
         } else {
             match body {
@@ -415,7 +414,9 @@ impl TaskHeaders {
                         .collect::<Option<Vec<_>>>()
                         .ok_or_else(|| ProtocolError::header("stamped_headers", "expected a list of names"))?,
                 ),
-                Some(other) => return Err(ProtocolError::header("stamped_headers", format!("a {}", other.type_name()))),
+                Some(other) => {
+                    return Err(ProtocolError::header("stamped_headers", format!("a {}", other.type_name())))
+                }
             },
             stamps: match map.get("stamps") {
                 None | Some(Value::Null) => Map::new(),
@@ -541,9 +542,13 @@ fn opt_int(map: &Map, name: &str) -> Result<Option<i64>, ProtocolError> {
 fn opt_datetime(map: &Map, name: &str) -> Result<Option<PyDateTime>, ProtocolError> {
     match map.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Str(s)) => PyDateTime::parse_iso(s).map(Some).map_err(|e| ProtocolError::header(name, e.to_string())),
+        Some(Value::Str(s)) => {
+            PyDateTime::parse_iso(s).map(Some).map_err(|e| ProtocolError::header(name, e.to_string()))
+        }
         Some(Value::DateTime(d)) => Ok(Some(*d)),
-        Some(other) => Err(ProtocolError::header(name, format!("a {}, expected an ISO-8601 string", other.type_name()))),
+        Some(other) => {
+            Err(ProtocolError::header(name, format!("a {}, expected an ISO-8601 string", other.type_name())))
+        }
     }
 }
 
@@ -556,7 +561,9 @@ fn timelimits(map: &Map) -> Result<TimeLimits, ProtocolError> {
     };
     match map.get("timelimit") {
         None | Some(Value::Null) => Ok(TimeLimits::default()),
-        Some(Value::List(items)) if items.len() == 2 => Ok(TimeLimits { hard: side(&items[0])?, soft: side(&items[1])? }),
+        Some(Value::List(items)) if items.len() == 2 => {
+            Ok(TimeLimits { hard: side(&items[0])?, soft: side(&items[1])? })
+        }
         Some(other) => Err(ProtocolError::header("timelimit", format!("{other:?} is not [hard, soft]"))),
     }
 }
@@ -602,10 +609,15 @@ mod tests {
         headers.insert("task".into(), "tasks.mul".into());
         headers.insert("id".into(), "abc".into());
         headers.insert("retries".into(), Value::Int(2));
-        let body = json::from_str(r#"{"task": "tasks.ignored", "id": "zzz", "args": [3], "kwargs": {"y": 4}, "retries": 1}"#).unwrap();
+        let body =
+            json::from_str(r#"{"task": "tasks.ignored", "id": "zzz", "args": [3], "kwargs": {"y": 4}, "retries": 1}"#)
+                .unwrap();
         let task = TaskMessage::from_parts(&headers, body).unwrap();
         assert_eq!(task.protocol, Protocol::Hybrid);
-        assert_eq!((task.headers.task.as_str(), task.headers.id.as_str(), task.headers.retries), ("tasks.mul", "abc", 2));
+        assert_eq!(
+            (task.headers.task.as_str(), task.headers.id.as_str(), task.headers.retries),
+            ("tasks.mul", "abc", 2)
+        );
         assert_eq!(task.kwargs.get("y"), Some(&Value::Int(4)));
     }
 
@@ -613,7 +625,8 @@ mod tests {
     fn not_a_task_and_bad_shapes_are_errors() {
         assert!(matches!(TaskMessage::from_parts(&Map::new(), Value::List(vec![])), Err(ProtocolError::NotATask(_))));
         let headers = v2_headers();
-        for body in ["[[1], {}]", "[1, {}, {}]", "[[1], [], {}]", "[[1], {}, []]", "[[1], {}, {\"chain\": 5}]", "\"x\""] {
+        for body in ["[[1], {}]", "[1, {}, {}]", "[[1], [], {}]", "[[1], {}, []]", "[[1], {}, {\"chain\": 5}]", "\"x\""]
+        {
             assert!(TaskMessage::from_parts(&headers, json::from_str(body).unwrap()).is_err(), "{body}");
         }
         let mut bad = headers.clone();

@@ -196,10 +196,7 @@ fn parse_date_prefix(text: &str) -> Result<(civil::Date, &str), IsoParseError> {
 }
 
 /// Parses `hh[:mm[:ss[.f…]]]` then an optional `Z` or `±hh[:mm[:ss[.ffffff]]]`.
-fn parse_time_and_offset(
-    whole: &str,
-    text: &str,
-) -> Result<(civil::Time, Option<Offset>), IsoParseError> {
+fn parse_time_and_offset(whole: &str, text: &str) -> Result<(civil::Time, Option<Offset>), IsoParseError> {
     let split = text.find(['+', '-', 'Z', 'z']).unwrap_or(text.len());
     let (time_part, tz_part) = text.split_at(split);
     let time = parse_clock(whole, time_part, true)?;
@@ -255,8 +252,7 @@ fn parse_clock(whole: &str, text: &str, allow_fraction: bool) -> Result<civil::T
         Some(_) => return Err(err(whole, "invalid fraction of a second")),
     };
     let get = |i: usize| fields.get(i).copied().unwrap_or(0);
-    civil::Time::new(get(0) as i8, get(1) as i8, get(2) as i8, nanos)
-        .map_err(|_| err(whole, "time field out of range"))
+    civil::Time::new(get(0) as i8, get(1) as i8, get(2) as i8, nanos).map_err(|_| err(whole, "time field out of range"))
 }
 
 #[cfg(test)]
@@ -292,7 +288,17 @@ mod tests {
 
     #[test]
     fn refuses_nonsense_without_panicking() {
-        for bad in ["", "2024", "2024-13-01", "2024-02-30T00:00", "2024-01-02T25:00", "2024-01-02T03:04:05+", "x024-01-02", "2024-01-02T03:04:05.", "2024-01-02T3"] {
+        for bad in [
+            "",
+            "2024",
+            "2024-13-01",
+            "2024-02-30T00:00",
+            "2024-01-02T25:00",
+            "2024-01-02T03:04:05+",
+            "x024-01-02",
+            "2024-01-02T03:04:05.",
+            "2024-01-02T3",
+        ] {
             assert!(PyDateTime::parse_iso(bad).is_err(), "{bad}");
         }
     }

@@ -305,8 +305,7 @@ impl Decimal {
         let digits_ok = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || b == b'_');
         let mantissa_ok = digits_ok(int_part)
             && digits_ok(frac_part)
-            && (int_part.bytes().any(|b| b.is_ascii_digit())
-                || frac_part.bytes().any(|b| b.is_ascii_digit()));
+            && (int_part.bytes().any(|b| b.is_ascii_digit()) || frac_part.bytes().any(|b| b.is_ascii_digit()));
         let exponent_ok = exponent.is_none_or(|e| {
             let e = e.strip_prefix(['-', '+']).unwrap_or(e);
             !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit())

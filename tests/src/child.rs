@@ -16,10 +16,7 @@ pub struct ChildGuard {
 impl ChildGuard {
     /// Guards `child`; `name` is used in messages.
     pub fn new(name: impl Into<String>, child: Child) -> Self {
-        ChildGuard {
-            child: Some(child),
-            name: name.into(),
-        }
+        ChildGuard { child: Some(child), name: name.into() }
     }
 
     /// The process id.
@@ -34,9 +31,7 @@ impl ChildGuard {
 
     /// Whether it has exited, without waiting.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Sends `signal` (a name such as `KILL`, `TERM`, `INT`) to the process group.
@@ -72,10 +67,7 @@ impl ChildGuard {
             status.is_some()
         });
         if status.is_none() {
-            eprintln!(
-                "harness: {} (pid {pid}) ignored SIGTERM for {grace:?}; killing it",
-                self.name
-            );
+            eprintln!("harness: {} (pid {pid}) ignored SIGTERM for {grace:?}; killing it", self.name);
             send_signal("KILL", &format!("-{pid}"));
             let _ = child.kill();
             status = child.wait().ok();

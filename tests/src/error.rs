@@ -37,9 +37,6 @@ pub enum HarnessError {
 
 impl HarnessError {
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        HarnessError::Io {
-            what: what.into(),
-            source,
-        }
+        HarnessError::Io { what: what.into(), source }
     }
 }

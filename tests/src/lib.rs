@@ -33,11 +33,9 @@ pub use redis::RedisServer;
 /// or empty; `scripts/test` sets the latter. A developer running one test with
 /// plain `cargo test` on a machine without the peers gets a skip message instead.
 pub fn peers_required() -> bool {
-    ["CELERIAC_REQUIRE_PEERS", "CI"].iter().any(|name| {
-        std::env::var(name)
-            .map(|v| !matches!(v.trim(), "" | "0" | "false" | "no"))
-            .unwrap_or(false)
-    })
+    ["CELERIAC_REQUIRE_PEERS", "CI"]
+        .iter()
+        .any(|name| std::env::var(name).map(|v| !matches!(v.trim(), "" | "0" | "false" | "no")).unwrap_or(false))
 }
 
 /// Turns a peer that could not be provided into a skip (`None`, with a message

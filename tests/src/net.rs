@@ -7,12 +7,8 @@ use crate::HarnessError;
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound, then released).
 pub fn free_port() -> Result<u16, HarnessError> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError::io("binding a free port", e))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| HarnessError::io("reading a bound port", e))
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError::io("binding a free port", e))?;
+    listener.local_addr().map(|a| a.port()).map_err(|e| HarnessError::io("reading a bound port", e))
 }
 
 /// Polls `ready` until it returns true or `timeout` passes; returns whether it did.
@@ -42,11 +38,7 @@ pub(crate) fn which(program: &str) -> Option<std::path::PathBuf> {
     }
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
-        .chain(
-            ["/usr/sbin", "/usr/local/sbin", "/sbin"]
-                .iter()
-                .map(Into::into),
-        )
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].iter().map(Into::into))
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
 }

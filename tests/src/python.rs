@@ -18,9 +18,7 @@ pub fn venv_python() -> PathBuf {
 /// The interpreter to run Python peers with: `CELERIAC_PYTHON` if set, else the
 /// project virtualenv's.
 pub fn python() -> Result<PathBuf, HarnessError> {
-    let path = std::env::var_os("CELERIAC_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(venv_python);
+    let path = std::env::var_os("CELERIAC_PYTHON").map(PathBuf::from).unwrap_or_else(venv_python);
     if path.is_file() {
         Ok(path)
     } else {

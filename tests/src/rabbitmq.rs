@@ -43,12 +43,8 @@ impl RabbitNode {
             .map(PathBuf::from)
             .find(|p| p.is_file())
             .or_else(|| which("rabbitmq-server"))
-            .ok_or(HarnessError::NotInstalled {
-                program: "rabbitmq-server".into(),
-            })?;
-        let epmd_bin = which("epmd").ok_or(HarnessError::NotInstalled {
-            program: "epmd (erlang)".into(),
-        })?;
+            .ok_or(HarnessError::NotInstalled { program: "rabbitmq-server".into() })?;
+        let epmd_bin = which("epmd").ok_or(HarnessError::NotInstalled { program: "epmd (erlang)".into() })?;
         let dir = tempfile::Builder::new()
             .prefix("celeriac-rabbit-")
             .tempdir()
@@ -72,11 +68,8 @@ impl RabbitNode {
         let epmd = ChildGuard::new("epmd", epmd);
 
         let log = d.join("server.log");
-        let log_file = std::fs::File::create(&log)
-            .map_err(|e| HarnessError::io("creating the RabbitMQ log", e))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|e| HarnessError::io("cloning the log handle", e))?;
+        let log_file = std::fs::File::create(&log).map_err(|e| HarnessError::io("creating the RabbitMQ log", e))?;
+        let log_err = log_file.try_clone().map_err(|e| HarnessError::io("cloning the log handle", e))?;
         let server = Command::new(server_bin)
             .current_dir(d)
             .envs(node_env(d, &node_name, epmd_port))
@@ -100,9 +93,7 @@ impl RabbitNode {
         let mut server = ChildGuard::new(format!("rabbitmq {node_name}"), server);
         watch_owner(&[server.id(), epmd.id()]);
 
-        let ready = wait_until(READY_TIMEOUT, || {
-            server.try_wait().is_some() || speaks_amqp(port)
-        });
+        let ready = wait_until(READY_TIMEOUT, || server.try_wait().is_some() || speaks_amqp(port));
         if !ready || server.try_wait().is_some() {
             return Err(HarnessError::NotReady {
                 what: format!("RabbitMQ node {node_name} on port {port}"),
@@ -110,13 +101,7 @@ impl RabbitNode {
                 log: tail(&log, 3000),
             });
         }
-        Ok(RabbitNode {
-            server,
-            epmd,
-            port,
-            node_name,
-            dir,
-        })
+        Ok(RabbitNode { server, epmd, port, node_name, dir })
     }
 
     /// `amqp://guest:guest@127.0.0.1:<port>//`, the spelling kombu and lapin share.
@@ -202,10 +187,6 @@ pub fn shared_amqp_url() -> Result<String, HarnessError> {
     static NODE: OnceLock<Result<RabbitNode, String>> = OnceLock::new();
     match NODE.get_or_init(|| RabbitNode::start().map_err(|e| e.to_string())) {
         Ok(node) => Ok(node.url()),
-        Err(e) => Err(HarnessError::NotReady {
-            what: "the shared RabbitMQ node".into(),
-            seconds: 0,
-            log: e.clone(),
-        }),
+        Err(e) => Err(HarnessError::NotReady { what: "the shared RabbitMQ node".into(), seconds: 0, log: e.clone() }),
     }
 }

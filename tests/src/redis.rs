@@ -58,9 +58,7 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), HarnessError> {
-        let program = which("redis-server").ok_or(HarnessError::NotInstalled {
-            program: "redis-server".into(),
-        })?;
+        let program = which("redis-server").ok_or(HarnessError::NotInstalled { program: "redis-server".into() })?;
         let log = self.log_path();
         let child = Command::new(program)
             .args(["--port", &self.port.to_string()])
@@ -82,9 +80,7 @@ impl RedisServer {
             .map_err(|e| HarnessError::io("starting redis-server", e))?;
         let mut guard = ChildGuard::new(format!("redis-server :{}", self.port), child);
         let port = self.port;
-        let ready = wait_until(READY_TIMEOUT, || {
-            guard.try_wait().is_some() || answers(port)
-        });
+        let ready = wait_until(READY_TIMEOUT, || guard.try_wait().is_some() || answers(port));
         if !ready || guard.try_wait().is_some() {
             return Err(HarnessError::NotReady {
                 what: format!("redis-server on port {port}"),

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 fn resp(port: u16, command: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     stream.write_all(command).unwrap();
     let mut buf = vec![0u8; 256];
     let n = stream.read(&mut buf).unwrap();
@@ -29,10 +27,7 @@ fn redis_starts_answers_and_stops_on_drop() {
     assert_eq!(resp(port, b"GET k\r\n"), b"$1\r\nv\r\n");
     assert!(redis.socket_path().exists());
     drop(redis);
-    assert!(
-        TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "redis still listening after drop"
-    );
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "redis still listening after drop");
 }
 
 #[test]
@@ -64,18 +59,10 @@ fn rabbitmq_accepts_amqp_connections() {
     let Some(url) = celeriac_tests::amqp() else {
         return;
     };
-    let port: u16 = url
-        .rsplit(':')
-        .next()
-        .and_then(|s| s.split('/').next())
-        .and_then(|p| p.parse().ok())
-        .expect("port in url");
+    let port: u16 =
+        url.rsplit(':').next().and_then(|s| s.split('/').next()).and_then(|p| p.parse().ok()).expect("port in url");
     let reply = resp(port, b"AMQP\x00\x00\x09\x01");
-    assert_eq!(
-        reply.first(),
-        Some(&1u8),
-        "expected a Connection.Start method frame, got {reply:?}"
-    );
+    assert_eq!(reply.first(), Some(&1u8), "expected a Connection.Start method frame, got {reply:?}");
 }
 
 #[test]
@@ -84,17 +71,10 @@ fn python_virtualenv_has_the_pinned_celery() {
         return;
     };
     let out = std::process::Command::new(python)
-        .args([
-            "-c",
-            "import celery, kombu; print(celery.__version__, kombu.__version__)",
-        ])
+        .args(["-c", "import celery, kombu; print(celery.__version__, kombu.__version__)"])
         .output()
         .expect("run python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("5."), "unexpected versions: {text}");
 }

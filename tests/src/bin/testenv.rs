@@ -22,11 +22,7 @@ fn main() {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "{}={}", celeriac_tests::AMQP_URL_ENV, node.url());
     let _ = out.flush();
-    eprintln!(
-        "celeriac-testenv: RabbitMQ node {} on port {}; close stdin to stop it",
-        node.node_name(),
-        node.port()
-    );
+    eprintln!("celeriac-testenv: RabbitMQ node {} on port {}; close stdin to stop it", node.node_name(), node.port());
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
     node.stop();
