@@ -11,7 +11,8 @@
 //! - [`envelope`]: the JSON envelope kombu's Redis transport pushes onto lists;
 //! - [`task`] and [`signature`]: Celery task messages, protocol v2 (and v1, read
 //!   and upgraded), with canvas signatures;
-//! - [`result`]: the records result backends store.
+//! - [`result`]: the records result backends store;
+//! - [`serde_value`]: task arguments into Rust types and results back, via serde.
 
 pub mod codec;
 pub mod envelope;
@@ -20,6 +21,7 @@ pub mod json;
 pub mod message;
 pub mod msgpack;
 pub mod result;
+pub mod serde_value;
 pub mod signature;
 pub mod task;
 pub mod time;
@@ -30,6 +32,7 @@ pub use codec::{CodecError, Compression, ContentType};
 pub use envelope::Envelope;
 pub use error::ProtocolError;
 pub use message::Message;
+pub use serde_value::{from_value, to_value, ValueError};
 pub use signature::Signature;
 pub use task::{TaskHeaders, TaskMessage};
 
