@@ -1,0 +1,209 @@
+//! `Ctx`: what a running task knows about itself and can ask of its worker.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_protocol::envelope::DeliveryInfo;
+use celeriac_protocol::task::TaskHeaders;
+use celeriac_protocol::time::PyDateTime;
+use celeriac_protocol::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::TaskError;
+
+/// What the worker does for a task on request (store a state, ...). The
+/// runtime implements it; unit tests can supply their own.
+pub trait WorkerServices: Send + Sync + 'static {
+    /// Stores a custom state (`PROGRESS`, ...) with `meta` for `task_id`.
+    fn update_state(
+        &self,
+        task_id: &str,
+        state: &str,
+        meta: Value,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), TaskError>>;
+    /// Whether `task_id` has been revoked.
+    fn is_revoked(&self, task_id: &str) -> bool;
+}
+
+/// Services that do nothing: for running a handler outside a worker.
+#[derive(Debug, Default)]
+pub struct NoServices;
+
+impl WorkerServices for NoServices {
+    fn update_state(
+        &self,
+        _task_id: &str,
+        _state: &str,
+        _meta: Value,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), TaskError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn is_revoked(&self, _task_id: &str) -> bool {
+        false
+    }
+}
+
+/// The request a task runs for: the message's metadata and where it came from.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    /// The task message headers (id, name, retries, root/parent/group ids, eta, ...).
+    pub headers: TaskHeaders,
+    /// Positional arguments as sent.
+    pub args: Vec<Value>,
+    /// Keyword arguments as sent.
+    pub kwargs: Map,
+    /// Exchange and routing key the message arrived with.
+    pub delivery_info: DeliveryInfo,
+    /// The worker's node name (`celeriac@host`).
+    pub hostname: String,
+    /// Whether the message was delivered before (restored or requeued).
+    pub redelivered: bool,
+}
+
+/// The task's context: an extractor (`ctx: Ctx`) giving the request's
+/// metadata, retry helpers, state updates and the soft time limit / revoke
+/// signals. Cheap to clone.
+#[derive(Clone)]
+pub struct Ctx {
+    inner: Arc<CtxInner>,
+}
+
+struct CtxInner {
+    request: RequestInfo,
+    services: Arc<dyn WorkerServices>,
+    soft_limit: CancellationToken,
+    terminate: CancellationToken,
+    soft_limit_hit: AtomicBool,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx").field("id", &self.id()).field("name", &self.name()).finish()
+    }
+}
+
+impl Ctx {
+    /// A context for `request`; the runtime cancels `soft_limit` when the soft
+    /// time limit passes and `terminate` on `revoke --terminate`.
+    pub fn new(
+        request: RequestInfo,
+        services: Arc<dyn WorkerServices>,
+        soft_limit: CancellationToken,
+        terminate: CancellationToken,
+    ) -> Ctx {
+        Ctx {
+            inner: Arc::new(CtxInner {
+                request,
+                services,
+                soft_limit,
+                terminate,
+                soft_limit_hit: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// A context with no worker behind it (for calling a task in tests).
+    pub fn detached(request: RequestInfo) -> Ctx {
+        Ctx::new(request, Arc::new(NoServices), CancellationToken::new(), CancellationToken::new())
+    }
+
+    /// The whole request.
+    pub fn request(&self) -> &RequestInfo {
+        &self.inner.request
+    }
+
+    /// Task id.
+    pub fn id(&self) -> &str {
+        &self.inner.request.headers.id
+    }
+
+    /// Task name.
+    pub fn name(&self) -> &str {
+        &self.inner.request.headers.task
+    }
+
+    /// How many times it was retried before this run.
+    pub fn retries(&self) -> i64 {
+        self.inner.request.headers.retries
+    }
+
+    /// Id of the first task of the workflow.
+    pub fn root_id(&self) -> Option<&str> {
+        self.inner.request.headers.root_id.as_deref()
+    }
+
+    /// Id of the task that sent this one.
+    pub fn parent_id(&self) -> Option<&str> {
+        self.inner.request.headers.parent_id.as_deref()
+    }
+
+    /// Id of the group it belongs to.
+    pub fn group_id(&self) -> Option<&str> {
+        self.inner.request.headers.group.as_deref()
+    }
+
+    /// When it was scheduled to run, if it had an ETA or countdown.
+    pub fn eta(&self) -> Option<&PyDateTime> {
+        self.inner.request.headers.eta.as_ref()
+    }
+
+    /// All headers, including custom ones (`headers.extra`).
+    pub fn headers(&self) -> &TaskHeaders {
+        &self.inner.request.headers
+    }
+
+    /// The worker's node name.
+    pub fn hostname(&self) -> &str {
+        &self.inner.request.hostname
+    }
+
+    /// Exchange and routing key it arrived with.
+    pub fn delivery_info(&self) -> &DeliveryInfo {
+        &self.inner.request.delivery_info
+    }
+
+    /// A retry after the task's default delay: `return Err(ctx.retry("busy"))`.
+    pub fn retry(&self, reason: impl Into<String>) -> TaskError {
+        TaskError::retry(reason)
+    }
+
+    /// A retry after `countdown`.
+    pub fn retry_in(&self, reason: impl Into<String>, countdown: Duration) -> TaskError {
+        TaskError::retry_in(reason, countdown)
+    }
+
+    /// Stores a custom state (e.g. `PROGRESS` with `{"done": 3, "total": 10}`)
+    /// that Python's `AsyncResult.state`/`.info` show.
+    pub async fn update_state(&self, state: &str, meta: Value) -> Result<(), TaskError> {
+        self.inner.services.update_state(self.id(), state, meta).await
+    }
+
+    /// Whether this task has been revoked meanwhile.
+    pub fn is_revoked(&self) -> bool {
+        self.inner.terminate.is_cancelled() || self.inner.services.is_revoked(self.id())
+    }
+
+    /// Whether the soft time limit has passed: the task should wrap up.
+    pub fn soft_time_limit_exceeded(&self) -> bool {
+        self.inner.soft_limit.is_cancelled()
+    }
+
+    /// Completes when the soft time limit passes (never, without one): for
+    /// `tokio::select!` against the work, to clean up in time.
+    pub async fn soft_time_limit(&self) {
+        self.inner.soft_limit.cancelled().await;
+        self.inner.soft_limit_hit.store(true, Ordering::Relaxed);
+    }
+
+    /// Completes when the task is revoked with `terminate`.
+    pub async fn terminated(&self) {
+        self.inner.terminate.cancelled().await;
+    }
+
+    /// The error to return after noticing the soft time limit: Python sees
+    /// `SoftTimeLimitExceeded`, as from a Python task.
+    pub fn soft_time_limit_error(&self) -> TaskError {
+        TaskError::custom("billiard.exceptions", "SoftTimeLimitExceeded", "SoftTimeLimitExceeded()")
+    }
+}

@@ -1,0 +1,167 @@
+//! How a task ends other than by returning a value, as Celery knows the cases.
+
+use std::time::Duration;
+
+use celeriac_protocol::time::PyDateTime;
+use celeriac_protocol::Value;
+
+/// What a task returns instead of a value: a failure Python will see as an
+/// exception, a retry, a rejection, or "ignore this message".
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TaskError {
+    /// The task failed. Python clients see an exception of `exc_type` from
+    /// `exc_module` with `message` as its argument.
+    #[error("{exc_type}({message:?})")]
+    Failure {
+        /// Exception class name (`ValueError`, `TransferError`).
+        exc_type: String,
+        /// Module Python imports the class from (`builtins`, or the module of
+        /// a custom exception the Python side defines).
+        exc_module: String,
+        /// The exception's message.
+        message: String,
+        /// A traceback-like text for the result's `traceback` field.
+        traceback: Option<String>,
+        /// Whether `autoretry_for` may retry this failure (by its `exc_type`).
+        kind: Option<String>,
+    },
+    /// Retry the task later (Celery's `self.retry`).
+    #[error("Retry in {}: {reason}", retry_when(.countdown, .eta))]
+    Retry {
+        /// Why, as shown in logs and stored in the RETRY state.
+        reason: String,
+        /// The exception type to store with the RETRY state (default `Retry`).
+        exc_type: Option<String>,
+        /// Delay before the retry (default: the task's `default_retry_delay`).
+        countdown: Option<Duration>,
+        /// Exact time of the retry; wins over `countdown`.
+        eta: Option<PyDateTime>,
+        /// Overrides the task's `max_retries` for this retry.
+        max_retries: Option<u32>,
+    },
+    /// Reject the message (Celery's `Reject`): requeue it, or drop it.
+    #[error("Rejected (requeue={requeue}): {reason}")]
+    Reject {
+        /// Why.
+        reason: String,
+        /// Put it back on the queue instead of dropping it.
+        requeue: bool,
+    },
+    /// Do nothing more with this message: no result, no ack bookkeeping beyond
+    /// the ack (Celery's `Ignore`).
+    #[error("Ignored")]
+    Ignore,
+}
+
+fn retry_when(countdown: &Option<Duration>, eta: &Option<PyDateTime>) -> String {
+    match (eta, countdown) {
+        (Some(eta), _) => eta.to_iso(),
+        (None, Some(d)) => format!("{}s", d.as_secs_f64()),
+        (None, None) => "the default delay".into(),
+    }
+}
+
+impl TaskError {
+    /// A failure reported to Python as `builtins.<exc_type>` (e.g. `ValueError`,
+    /// `RuntimeError`, `KeyError`), so Python re-raises a real built-in exception.
+    pub fn builtin(exc_type: &str, message: impl Into<String>) -> TaskError {
+        TaskError::custom("builtins", exc_type, message)
+    }
+
+    /// A failure of a custom exception class `exc_module.exc_type`.
+    pub fn custom(exc_module: &str, exc_type: &str, message: impl Into<String>) -> TaskError {
+        TaskError::Failure {
+            exc_type: exc_type.into(),
+            exc_module: exc_module.into(),
+            message: message.into(),
+            traceback: None,
+            kind: None,
+        }
+    }
+
+    /// A plain failure: Python sees `RuntimeError(message)`.
+    pub fn fail(message: impl Into<String>) -> TaskError {
+        TaskError::builtin("RuntimeError", message)
+    }
+
+    /// A retry after the task's default delay.
+    pub fn retry(reason: impl Into<String>) -> TaskError {
+        TaskError::Retry { reason: reason.into(), exc_type: None, countdown: None, eta: None, max_retries: None }
+    }
+
+    /// A retry after `countdown`.
+    pub fn retry_in(reason: impl Into<String>, countdown: Duration) -> TaskError {
+        TaskError::Retry {
+            reason: reason.into(),
+            exc_type: None,
+            countdown: Some(countdown),
+            eta: None,
+            max_retries: None,
+        }
+    }
+
+    /// Reject the message; `requeue` puts it back for another worker.
+    pub fn reject(reason: impl Into<String>, requeue: bool) -> TaskError {
+        TaskError::Reject { reason: reason.into(), requeue }
+    }
+
+    /// Marks a failure with the error kind `autoretry_for` matches on.
+    pub fn with_kind(mut self, k: impl Into<String>) -> TaskError {
+        if let TaskError::Failure { kind, .. } = &mut self {
+            *kind = Some(k.into());
+        }
+        self
+    }
+
+    /// Attaches a traceback text to a failure.
+    pub fn with_traceback(mut self, text: impl Into<String>) -> TaskError {
+        if let TaskError::Failure { traceback, .. } = &mut self {
+            *traceback = Some(text.into());
+        }
+        self
+    }
+
+    /// The kind `autoretry_for` compares against: the explicit kind, else the
+    /// exception type name.
+    pub fn kind(&self) -> Option<&str> {
+        match self {
+            TaskError::Failure { kind: Some(k), .. } => Some(k),
+            TaskError::Failure { exc_type, .. } => Some(exc_type),
+            _ => None,
+        }
+    }
+
+    /// The exception as Celery stores it: `{exc_type, exc_message, exc_module}`.
+    pub fn exception_value(&self) -> Value {
+        let (exc_type, module, message) = match self {
+            TaskError::Failure { exc_type, exc_module, message, .. } => {
+                (exc_type.as_str(), exc_module.as_str(), message.clone())
+            }
+            TaskError::Retry { reason, exc_type, .. } => (
+                exc_type.as_deref().unwrap_or("Retry"),
+                if exc_type.is_some() { "builtins" } else { "celery.exceptions" },
+                reason.clone(),
+            ),
+            TaskError::Reject { reason, .. } => ("Reject", "celery.exceptions", reason.clone()),
+            TaskError::Ignore => ("Ignore", "celery.exceptions", String::new()),
+        };
+        exception(exc_type, module, vec![Value::Str(message)])
+    }
+}
+
+/// `{"exc_type": ..., "exc_message": [...], "exc_module": ...}` in Celery's key order.
+pub fn exception(exc_type: &str, exc_module: &str, args: Vec<Value>) -> Value {
+    let mut m = celeriac_protocol::Map::new();
+    m.insert("exc_type".into(), exc_type.into());
+    m.insert("exc_message".into(), Value::List(args));
+    m.insert("exc_module".into(), exc_module.into());
+    Value::Map(m)
+}
+
+/// Lets `?` turn argument decoding errors into a task failure Python sees as
+/// `TypeError`, as it would for wrong arguments.
+impl From<celeriac_protocol::ValueError> for TaskError {
+    fn from(e: celeriac_protocol::ValueError) -> TaskError {
+        TaskError::builtin("TypeError", e.0)
+    }
+}
