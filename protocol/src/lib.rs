@@ -32,6 +32,7 @@ pub use codec::{CodecError, Compression, ContentType};
 pub use envelope::Envelope;
 pub use error::ProtocolError;
 pub use message::Message;
+pub use result::{ExceptionInfo, GroupMeta, ResultMeta, ResultTuple, State};
 pub use serde_value::{from_value, to_value, ValueError};
 pub use signature::Signature;
 pub use task::{TaskHeaders, TaskMessage};

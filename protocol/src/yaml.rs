@@ -34,6 +34,18 @@
 //!
 //! Writing uses flow style with double-quoted strings, which PyYAML reads back to
 //! the identical object; it does not try to match `safe_dump`'s block layout.
+//! Datetimes are written as `!!timestamp "2024-01-02 03:04:05+00:00"` (tagged and
+//! quoted, so PyYAML before 5.1, which refused `:` in flow-context plain scalars,
+//! reads them too) and bytes as `!!binary "<base64>"`.
+//!
+//! Where the syntax (not the resolution) of YAML 1.1 and 1.2 differs, this reads
+//! what `yaml-rust2` reads. Checked against PyYAML 6.0.3 on random documents,
+//! that shows in inputs `safe_dump` does not write: raw NEL/LS/PS characters
+//! (`safe_dump(allow_unicode=True)` only; PyYAML takes them for line breaks, here
+//! they are text), a redefined anchor (PyYAML refuses it), an empty flow key
+//! `{: x}` (refused by PyYAML) and a bare `-` inside a flow collection (refused
+//! here). Keys that Python merges because they compare equal (`1`, `1.0`, `True`)
+//! stay separate here.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
