@@ -3,6 +3,8 @@
 
     check_reencoded.py --redis-url URL --messages FILE [--results FILE]
 
+At least one of --messages and --results is needed.
+
 --messages FILE is a JSON object mapping a message fixture name
 (tests/fixtures/messages/<name>.json) to the Redis envelope string celeriac wrote for
 it. Each envelope is LPUSHed onto a fresh scratch list and consumed by a real kombu
@@ -290,10 +292,12 @@ def _load_map(path: str, what: str):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Check celeriac re-encodings with real kombu/Celery.")
     parser.add_argument("--redis-url", required=True, help="a scratch Redis (keys are written there)")
-    parser.add_argument("--messages", required=True, help="JSON object: message fixture name -> envelope string")
+    parser.add_argument("--messages", help="JSON object: message fixture name -> envelope string")
     parser.add_argument("--results", help="JSON object: result fixture name -> stored value string")
     args = parser.parse_args(argv)
-    messages = _load_map(args.messages, "messages")
+    if not args.messages and not args.results:
+        parser.error("give --messages, --results or both")
+    messages = _load_map(args.messages, "messages") if args.messages else {}
     results = _load_map(args.results, "results") if args.results else None
     empty = [path for path, data in ((args.messages, messages), (args.results, results))
              if path and not data]

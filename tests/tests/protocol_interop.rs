@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use celeriac_protocol::envelope::Envelope;
+use celeriac_protocol::result::{GroupMeta, ResultMeta};
 use celeriac_protocol::{json, Map, TaskMessage, Value};
 
 fn fixtures(kind: &str) -> Vec<(String, Map)> {
@@ -106,4 +107,33 @@ fn the_checker_catches_a_wrong_encoding() {
         .unwrap()
         .status;
     assert!(!status.success(), "a wrong header was not detected");
+}
+
+/// Decodes a stored result record with celeriac's typed model and writes it again.
+fn reencode_result(name: &str, fixture: &Map) -> String {
+    let raw = fixture.get("value").and_then(Value::as_str).unwrap();
+    match fixture.get("kind").and_then(Value::as_str) {
+        Some("chord_size") => raw.trim().parse::<u64>().map(|n| n.to_string()).unwrap(),
+        Some("group") => {
+            let meta = GroupMeta::from_value(&json::from_str(raw).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            json::to_string(&meta.to_value()).unwrap()
+        }
+        _ => {
+            let meta = ResultMeta::from_value(&json::from_str(raw).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            json::to_string(&meta.to_value()).unwrap()
+        }
+    }
+}
+
+#[test]
+fn celery_reads_celeriacs_rewritten_result_records() {
+    let (Some(redis), Some(_)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
+    let entries: Vec<(String, String)> =
+        fixtures("results").iter().map(|(name, fx)| (name.clone(), reencode_result(name, fx))).collect();
+    assert!(entries.len() >= 10, "only {} result fixtures", entries.len());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("results.json");
+    write_json_object(&file, &entries);
+    let out = run_checker(&redis.url(), &[("--results", &file)]);
+    assert!(out.contains(&format!("{} passed, 0 failed", entries.len())), "{out}");
 }
