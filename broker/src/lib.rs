@@ -1,4 +1,56 @@
-//! Broker transports for celeriac: Redis with kombu's exact keys and ack emulation,
-//! AMQP through lapin, and an in-memory broker for unit tests.
+//! Broker transports for celeriac, behind one [`Broker`]/[`Consumer`]/[`Delivery`] API.
 //!
-//! Nothing lives here yet: the Redis transport is the next piece of work.
+//! - [`RedisBroker`]: Redis exactly as kombu 5.7 uses it: list per queue with
+//!   priority sub-queues, `_kombu.binding.*` sets, fanout over PUB/SUB, and ack
+//!   emulation in `unacked`/`unacked_index` with the visibility-timeout sweep, so
+//!   Python and Rust workers consume the same queues and restore each other's
+//!   messages after a crash;
+//! - [`MemoryBroker`]: the same semantics in memory, for unit tests;
+//! - AMQP (lapin) is to come.
+//!
+//! The crate moves [`celeriac_protocol::Message`]s and never looks inside a
+//! body. Modules: [`options`] (URL and transport options), [`keys`] (Redis key
+//! names), [`topic`] (topic routing), [`exchange`], [`backoff`], and the
+//! consumer/delivery types.
+
+pub mod backoff;
+mod broker;
+mod consumer;
+mod delivery;
+pub mod error;
+pub mod exchange;
+pub mod keys;
+pub mod memory;
+pub mod options;
+pub mod producer;
+pub mod redis;
+pub mod topic;
+mod window;
+
+pub use broker::Broker;
+pub use consumer::Consumer;
+pub use delivery::Delivery;
+pub use error::BrokerError;
+pub use exchange::ExchangeKind;
+pub use memory::MemoryBroker;
+pub use options::{CertReqs, FanoutPrefix, QueueOrderStrategy, RedisEndpoint, RedisOptions, Secret, TlsOptions};
+pub use producer::{Expires, Outgoing, Producer, ProducerConfig, SendOptions};
+pub use redis::{FanoutMessage, RedisBroker, RestoreOutcome, Subscription};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_move_between_tasks_and_threads() {
+        send_sync::<Broker>();
+        send_sync::<RedisBroker>();
+        send_sync::<MemoryBroker>();
+        send_sync::<Consumer>();
+        send_sync::<Delivery>();
+        send_sync::<Subscription>();
+        send_sync::<BrokerError>();
+    }
+}

@@ -1,0 +1,176 @@
+//! A message handed to a consumer, and its settlement: ack, reject or requeue,
+//! each at most once.
+
+use std::sync::Arc;
+
+use celeriac_protocol::{Envelope, Message, Value};
+
+use crate::error::BrokerError;
+use crate::window::Window;
+
+/// What a transport does to settle a delivery.
+#[derive(Debug)]
+pub(crate) enum Settler {
+    /// Redis: kombu's ack emulation in `unacked`/`unacked_index`.
+    Redis(Arc<crate::redis::Inner>),
+    /// The in-memory broker.
+    Memory(crate::memory::MemoryBroker),
+}
+
+/// How a delivery was settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settled {
+    Acked,
+    Rejected,
+    Requeued,
+}
+
+impl Settled {
+    fn word(self) -> &'static str {
+        match self {
+            Settled::Acked => "acked",
+            Settled::Rejected => "rejected",
+            Settled::Requeued => "requeued",
+        }
+    }
+}
+
+/// A message received from a queue, held (counted against the consumer's
+/// prefetch and recorded as unacked) until settled.
+///
+/// Settle it with [`Delivery::ack`], [`Delivery::reject`] or
+/// [`Delivery::requeue`]. Repeating the same call is a no-op; a different one
+/// after settling is an error. A failed settle (Redis unreachable for longer
+/// than `settle_timeout`) leaves the delivery unsettled, so it can be retried.
+/// Dropping an unsettled delivery keeps its prefetch slot and its `unacked`
+/// record, like a message a kombu consumer never acked: it comes back through
+/// [`crate::Consumer::restore_unacked`] or the visibility timeout.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The message with kombu's delivery bookkeeping, as it was in the queue.
+    pub envelope: Envelope,
+    /// The queue it came from (without priority suffix or key prefix).
+    pub queue: String,
+    settler: Settler,
+    window: Arc<Window>,
+    seq: u64,
+    settled: Option<Settled>,
+}
+
+impl Delivery {
+    pub(crate) fn new(envelope: Envelope, queue: String, settler: Settler, window: Arc<Window>, seq: u64) -> Delivery {
+        Delivery { envelope, queue, settler, window, seq, settled: None }
+    }
+
+    /// kombu's delivery tag (a uuid4 set at publish time; the `unacked` key).
+    pub fn delivery_tag(&self) -> &str {
+        &self.envelope.delivery_tag
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.envelope.message
+    }
+
+    /// Whether the message was restored or requeued before (kombu sets
+    /// `delivery_info.redelivered` and the `redelivered` header).
+    pub fn redelivered(&self) -> bool {
+        self.envelope.delivery_info.redelivered == Some(true)
+            || matches!(self.envelope.message.headers.get("redelivered"), Some(Value::Bool(true)))
+    }
+
+    /// Whether it was acked, rejected or requeued.
+    pub fn is_settled(&self) -> bool {
+        self.settled.is_some()
+    }
+
+    fn check(&self, want: Settled) -> Result<bool, BrokerError> {
+        match self.settled {
+            None => Ok(false),
+            Some(done) if done == want => Ok(true),
+            Some(done) => Err(BrokerError::AlreadySettled { tag: self.delivery_tag().to_owned(), how: done.word() }),
+        }
+    }
+
+    /// Acknowledges the message: it is done and leaves `unacked` (kombu's
+    /// `ZREM unacked_index` + `HDEL unacked`).
+    pub async fn ack(&mut self) -> Result<(), BrokerError> {
+        if self.check(Settled::Acked)? {
+            return Ok(());
+        }
+        self.remove().await?;
+        self.settled = Some(Settled::Acked);
+        Ok(())
+    }
+
+    /// Rejects the message without requeueing: dropped, as kombu's
+    /// `reject(requeue=False)` does (callers that must not lose it publish it to
+    /// a dead-letter queue first).
+    pub async fn reject(&mut self) -> Result<(), BrokerError> {
+        if self.check(Settled::Rejected)? {
+            return Ok(());
+        }
+        self.remove().await?;
+        self.settled = Some(Settled::Rejected);
+        Ok(())
+    }
+
+    /// Puts the message back at the far end of its queue with `redelivered`
+    /// set (kombu's `reject(requeue=True)`: `restore_by_tag(leftmost=True)`, an `LPUSH`).
+    pub async fn requeue(&mut self) -> Result<(), BrokerError> {
+        if self.check(Settled::Requeued)? {
+            return Ok(());
+        }
+        let held = self.window.held(self.seq).ok_or_else(|| self.handed_back())?;
+        match &self.settler {
+            Settler::Redis(inner) => inner.requeue_held(&held).await?,
+            Settler::Memory(broker) => broker.requeue_held(&held),
+        }
+        self.window.release(self.seq);
+        self.settled = Some(Settled::Requeued);
+        Ok(())
+    }
+
+    /// Tells the broker the message is still being worked on (for ETA tasks held
+    /// for long): its `unacked_index` time becomes now, so no visibility sweep
+    /// restores it for another `visibility_timeout`.
+    pub async fn extend_visibility(&mut self) -> Result<(), BrokerError> {
+        if let Some(done) = self.settled {
+            return Err(BrokerError::AlreadySettled { tag: self.delivery_tag().to_owned(), how: done.word() });
+        }
+        let held = self.window.held(self.seq).ok_or_else(|| self.handed_back())?;
+        match &self.settler {
+            Settler::Redis(inner) => inner.extend_held(&self.window, self.seq, &held).await,
+            Settler::Memory(broker) => {
+                broker.extend_held(&held);
+                Ok(())
+            }
+        }
+    }
+
+    fn handed_back(&self) -> BrokerError {
+        BrokerError::AlreadySettled { tag: self.delivery_tag().to_owned(), how: "handed back by restore_unacked" }
+    }
+
+    async fn remove(&mut self) -> Result<(), BrokerError> {
+        let held = self.window.held(self.seq).ok_or_else(|| self.handed_back())?;
+        match &self.settler {
+            Settler::Redis(inner) => inner.ack_held(&held).await?,
+            Settler::Memory(broker) => broker.ack_held(&held),
+        }
+        self.window.release(self.seq);
+        Ok(())
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if self.settled.is_none() && !self.window.is_restoring() && self.window.held(self.seq).is_some() {
+            tracing::warn!(
+                delivery_tag = %self.envelope.delivery_tag,
+                queue = %self.queue,
+                "delivery dropped without ack, reject or requeue; it stays unacked until restore_unacked or the visibility timeout"
+            );
+        }
+    }
+}

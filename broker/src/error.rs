@@ -1,0 +1,144 @@
+//! The broker's error type: what went wrong, and what a person can do about it.
+
+use std::time::Duration;
+
+/// Everything a broker operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker URL or an option is not usable.
+    #[error("invalid broker configuration: {0}")]
+    Config(String),
+
+    /// A TLS file named in the options could not be read.
+    #[error("cannot read the TLS {what} file {path}: {source}; check the ssl_* options of the broker URL")]
+    TlsFile {
+        /// Which file (`CA certificates`, `client certificate`, `client key`).
+        what: &'static str,
+        /// Its path.
+        path: String,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+
+    /// Redis could not be reached, or the connection broke.
+    #[error("cannot talk to Redis at {url}: {source}; is the server up and reachable?")]
+    Connection {
+        /// The broker URL, password masked.
+        url: String,
+        /// The client's error.
+        source: redis::RedisError,
+    },
+
+    /// Redis refused the credentials (`AUTH`) or the ACL user lacks a permission.
+    #[error("Redis at {url} refused us: {source}; check the user and password in the broker URL and the user's ACL")]
+    Auth {
+        /// The broker URL, password masked.
+        url: String,
+        /// The server's answer.
+        source: redis::RedisError,
+    },
+
+    /// Redis answered a command with an error.
+    #[error("Redis command {command} failed: {source}")]
+    Command {
+        /// What we were doing.
+        command: &'static str,
+        /// The server's answer.
+        source: redis::RedisError,
+    },
+
+    /// An operation kept failing on transient errors for longer than allowed.
+    #[error("{operation} did not succeed within {waited:?}; last error: {last}")]
+    GaveUp {
+        /// What we were doing.
+        operation: &'static str,
+        /// How long we retried.
+        waited: Duration,
+        /// The last error seen.
+        last: Box<BrokerError>,
+    },
+
+    /// A message could not be turned into the Redis envelope, or read from it.
+    #[error(transparent)]
+    Protocol(#[from] celeriac_protocol::ProtocolError),
+
+    /// A popped list element is not a kombu envelope.
+    #[error(
+        "undecodable message on queue {queue:?}: {reason}{}",
+        if *.dead_lettered { " (moved to the dead-letter queue)" } else { "" }
+    )]
+    Undecodable {
+        /// The queue it came from.
+        queue: String,
+        /// Why it could not be read.
+        reason: String,
+        /// The element as it was stored.
+        raw: Vec<u8>,
+        /// Whether it was moved to the configured dead-letter queue (otherwise
+        /// it is only in this error, or still in `unacked` if it had a tag).
+        dead_lettered: bool,
+    },
+
+    /// Publishing to the anonymous exchange needs a routing key (the queue name).
+    #[error("cannot publish to the anonymous exchange without a routing key; give the queue name as routing key")]
+    NoRoutingKey,
+
+    /// The delivery was already acked, rejected or requeued.
+    #[error("delivery {tag} was already {how}; a delivery is settled once")]
+    AlreadySettled {
+        /// Its delivery tag.
+        tag: String,
+        /// How it was settled.
+        how: &'static str,
+    },
+
+    /// The consumer was closed.
+    #[error("the consumer is closed")]
+    Closed,
+}
+
+impl BrokerError {
+    /// Whether retrying (after reconnecting) may succeed: lost connections,
+    /// timeouts, a server still loading its data, a failover in progress.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BrokerError::Connection { .. })
+    }
+
+    /// Sorts a Redis error into [`BrokerError::Auth`], [`BrokerError::Connection`]
+    /// (transient) or [`BrokerError::Command`].
+    pub(crate) fn from_redis(url: &str, command: &'static str, source: redis::RedisError) -> BrokerError {
+        if is_auth_redis(&source) {
+            BrokerError::Auth { url: url.to_owned(), source }
+        } else if is_transient_redis(&source) {
+            BrokerError::Connection { url: url.to_owned(), source }
+        } else {
+            BrokerError::Command { command, source }
+        }
+    }
+}
+
+/// Whether a Redis client error means "the connection is gone or not ready yet".
+pub(crate) fn is_transient_redis(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(ServerErrorKind::BusyLoading)
+                | ErrorKind::Server(ServerErrorKind::MasterDown)
+                | ErrorKind::Server(ServerErrorKind::ReadOnly)
+                | ErrorKind::Server(ServerErrorKind::TryAgain)
+                | ErrorKind::MasterNameNotFoundBySentinel
+                | ErrorKind::NoValidReplicasFoundBySentinel
+        )
+}
+
+/// Whether a Redis error is an authentication or ACL refusal.
+pub(crate) fn is_auth_redis(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(e.kind(), ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm))
+        || e.code().is_some_and(|c| c == "NOAUTH" || c == "WRONGPASS" || c == "NOPERM")
+}

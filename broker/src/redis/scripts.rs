@@ -1,0 +1,319 @@
+//! The Lua scripts of the Redis transport.
+//!
+//! They only touch kombu's keys, with kombu's values; what they add is
+//! atomicity. Popping a message and recording it in `unacked`/`unacked_index`
+//! happen in one script, so no crash can lose a message between the two (kombu
+//! does them in two round trips). Settling checks that the `unacked_index`
+//! score is still the one this consumer wrote, so a late ack can never remove
+//! the record of a later delivery of the same message (after a restore, another
+//! consumer holds it under the same tag with a new score): that is how acks
+//! stay single across reconnects. Restores compare the `unacked` value with the
+//! one read before, which is what kombu's `WATCH unacked` ... `MULTI` achieves.
+//!
+//! No script writes anything before its last possible error, because Redis does
+//! not roll back a failed script's earlier writes.
+
+use redis::Script;
+
+/// Shared Lua helpers: Python `json.dumps` of a string, and recording one
+/// popped element as kombu's `QoS.append` does.
+const PRELUDE: &str = r#"
+local function pystr(s)
+  local out = {'"'}
+  local i, n = 1, #s
+  -- A missing continuation byte (invalid UTF-8) reads as 0x80, never as an error.
+  local function cont(k) return (s:byte(k) or 128) % 64 end
+  while i <= n do
+    local c = s:byte(i)
+    local w = 1
+    local cp
+    if c == 34 then out[#out + 1] = '\\"'
+    elseif c == 92 then out[#out + 1] = '\\\\'
+    elseif c == 10 then out[#out + 1] = '\\n'
+    elseif c == 13 then out[#out + 1] = '\\r'
+    elseif c == 9 then out[#out + 1] = '\\t'
+    elseif c == 8 then out[#out + 1] = '\\b'
+    elseif c == 12 then out[#out + 1] = '\\f'
+    elseif c >= 32 and c <= 126 then out[#out + 1] = string.char(c)
+    else
+      if c < 128 then cp = c
+      elseif c >= 240 then w = 4; cp = (c % 8) * 262144 + cont(i + 1) * 4096 + cont(i + 2) * 64 + cont(i + 3)
+      elseif c >= 224 then w = 3; cp = (c % 16) * 4096 + cont(i + 1) * 64 + cont(i + 2)
+      else w = 2; cp = (c % 32) * 64 + cont(i + 1) end
+      if cp >= 65536 then
+        cp = cp - 65536
+        out[#out + 1] = string.format('\\u%04x\\u%04x', 55296 + math.floor(cp / 1024), 56320 + cp % 1024)
+      else
+        out[#out + 1] = string.format('\\u%04x', cp)
+      end
+    end
+    i = i + w
+  end
+  out[#out + 1] = '"'
+  return table.concat(out)
+end
+
+-- The delivery tag, exchange and routing key of a list element, or nil if it
+-- is not a kombu envelope.
+local function envelope_info(raw)
+  local ok, m = pcall(cjson.decode, raw)
+  if not ok or type(m) ~= 'table' then return nil end
+  local p = m['properties']
+  if type(p) ~= 'table' then return nil end
+  local tag, di = p['delivery_tag'], p['delivery_info']
+  if type(tag) ~= 'string' or type(di) ~= 'table' then return nil end
+  local ex, rk = di['exchange'], di['routing_key']
+  if type(ex) ~= 'string' or type(rk) ~= 'string' then return nil end
+  return tag, ex, rk
+end
+
+local function check_types()
+  local t1 = redis.call('TYPE', KEYS[1])['ok']
+  local t2 = redis.call('TYPE', KEYS[2])['ok']
+  if (t1 ~= 'hash' and t1 ~= 'none') or (t2 ~= 'zset' and t2 ~= 'none') then
+    return redis.error_reply('WRONGTYPE the unacked keys hold ' .. t1 .. ' and ' .. t2 .. ', not a hash and a sorted set')
+  end
+  return nil
+end
+"#;
+
+/// Pops up to `ARGV[1]` elements in kombu's BRPOP order and records each in
+/// `unacked`/`unacked_index`.
+///
+/// KEYS: 1 `unacked`, 2 `unacked_index`.
+/// ARGV: 1 count, 2 score (delivery time), 3 `1` to rotate queues round-robin,
+/// 4 number of steps S, 5..4+S step suffixes, then the prefixed queue names in
+/// cycle order. Returns a flat list of `[queue index, step index (both 0-based),
+/// raw, tag]` per element, in pop order; the tag is '' when Lua's JSON decoder
+/// could not read the element, which is then left for celeriac to record.
+const POP: &str = r#"
+local err = check_types()
+if err then return err end
+local max = tonumber(ARGV[1])
+local score = ARGV[2]
+local rotate = ARGV[3] == '1'
+local nsteps = tonumber(ARGV[4])
+local base = 4 + nsteps
+local order = {}
+for i = base + 1, #ARGV do order[#order + 1] = i - base end
+local lens = {}
+local out = {}
+for _ = 1, max do
+  local found_pos, found_q, found_s, found_key = nil, nil, nil, nil
+  for s = 1, nsteps do
+    for pos = 1, #order do
+      local q = order[pos]
+      local key = ARGV[base + q] .. ARGV[4 + s]
+      local n = lens[key]
+      if n == nil then
+        local r = redis.pcall('LLEN', key)
+        if type(r) == 'number' then n = r else n = 0 end
+        lens[key] = n
+      end
+      if n > 0 then found_pos, found_q, found_s, found_key = pos, q, s, key; break end
+    end
+    if found_key then break end
+  end
+  if not found_key then break end
+  local raw = redis.call('RPOP', found_key)
+  lens[found_key] = lens[found_key] - 1
+  if rotate then
+    table.remove(order, found_pos)
+    order[#order + 1] = found_q
+  end
+  local tag, ex, rk = envelope_info(raw)
+  if tag then
+    redis.call('ZADD', KEYS[2], score, tag)
+    redis.call('HSET', KEYS[1], tag, '[' .. raw .. ', ' .. pystr(ex) .. ', ' .. pystr(rk) .. ']')
+  else
+    tag = ''
+  end
+  out[#out + 1] = found_q - 1
+  out[#out + 1] = found_s - 1
+  out[#out + 1] = raw
+  out[#out + 1] = tag
+end
+return out
+"#;
+
+/// Records one element already popped by `BRPOP`.
+///
+/// KEYS: 1 `unacked`, 2 `unacked_index`. ARGV: 1 score, 2 raw element.
+/// Returns the tag, or '' when Lua's JSON decoder could not read the element.
+const TRACK: &str = r#"
+local err = check_types()
+if err then return err end
+local tag, ex, rk = envelope_info(ARGV[2])
+if tag then
+  redis.call('ZADD', KEYS[2], ARGV[1], tag)
+  redis.call('HSET', KEYS[1], tag, '[' .. ARGV[2] .. ', ' .. pystr(ex) .. ', ' .. pystr(rk) .. ']')
+  return tag
+end
+return ''
+"#;
+
+/// Records an element celeriac read itself (one Lua's JSON decoder refused,
+/// e.g. with `NaN`): `ZADD` + `HSET` of the given kombu value.
+///
+/// KEYS: 1 `unacked`, 2 `unacked_index`. ARGV: 1 tag, 2 score, 3 value.
+const RECORD: &str = r#"
+local err = check_types()
+if err then return err end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"#;
+
+/// Whether the `unacked_index` score of ARGV[1] is one of ARGV[first..].
+/// Absent scores count as "ours" (nothing else can hold the message then).
+const SCORE_GUARD: &str = r#"
+local function held_by_us(index_key, tag, first)
+  local s = redis.call('ZSCORE', index_key, tag)
+  if not s then return true, false end
+  local sn = tonumber(s)
+  for i = first, #ARGV do
+    if tonumber(ARGV[i]) == sn then return true, true end
+  end
+  return false, true
+end
+"#;
+
+/// Ack (and reject without requeue): `ZREM unacked_index` + `HDEL unacked`,
+/// only while the score is ours.
+///
+/// KEYS: 1 `unacked`, 2 `unacked_index`. ARGV: 1 tag, 2.. our scores.
+/// Returns 1 removed, 0 nothing to remove, -1 held by a later delivery.
+const ACK: &str = r#"
+local ours, indexed = held_by_us(KEYS[2], ARGV[1], 2)
+if not ours then return -1 end
+if indexed then redis.call('ZREM', KEYS[2], ARGV[1]) end
+return redis.call('HDEL', KEYS[1], ARGV[1])
+"#;
+
+/// Moves a message from `unacked` back to its queue(s) (`restore_by_tag`).
+///
+/// KEYS: 1 `unacked`, 2 `unacked_index`, 3.. destination lists.
+/// ARGV: 1 tag, 2 the `unacked` value read before ('' if there was none),
+/// 3 `L` (LPUSH, requeue) or `R` (RPUSH, restore), 4 the payload to push,
+/// 5.. accepted scores (none: any).
+/// Returns 1 restored, 0 nothing to restore, -1 the value changed (read again),
+/// -2 held by a later delivery.
+const RESTORE: &str = r#"
+if #ARGV >= 5 then
+  local ours = held_by_us(KEYS[2], ARGV[1], 5)
+  if not ours then return -2 end
+end
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then
+  if ARGV[2] ~= '' then return -1 end
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+if v ~= ARGV[2] then return -1 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+local push = 'RPUSH'
+if ARGV[3] == 'L' then push = 'LPUSH' end
+for i = 3, #KEYS do redis.call(push, KEYS[i], ARGV[4]) end
+return 1
+"#;
+
+/// Raises the `unacked_index` score of a message we hold, so no sweep restores it.
+///
+/// KEYS: 1 `unacked_index`. ARGV: 1 tag, 2 new score, 3.. our scores.
+/// Returns 1 extended, 0 not in the index, -1 held by a later delivery.
+const EXTEND: &str = r#"
+local ours, indexed = held_by_us(KEYS[1], ARGV[1], 3)
+if not indexed then return 0 end
+if not ours then return -1 end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
+return 1
+"#;
+
+/// Replaces a non-canonical `unacked` value (one written from a list element
+/// that was not in Python's JSON layout) with the canonical one, if still ours.
+///
+/// KEYS: 1 `unacked`, 2 `unacked_index`. ARGV: 1 tag, 2 value, 3.. our scores.
+const FIX_VALUE: &str = r#"
+local ours, indexed = held_by_us(KEYS[2], ARGV[1], 3)
+if not (ours and indexed) then return 0 end
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// Hands an element back to the consuming end of its list, undoing a pop
+/// (used for messages popped from a queue just cancelled).
+///
+/// KEYS: 1 `unacked`, 2 `unacked_index`, 3 the list. ARGV: 1 tag ('' if it was
+/// not recorded), 2 raw element, 3.. our scores.
+const GIVE_BACK: &str = r#"
+if ARGV[1] ~= '' then
+  local ours, indexed = held_by_us(KEYS[2], ARGV[1], 3)
+  if not (ours and indexed) then return 0 end
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('RPUSH', KEYS[3], ARGV[2])
+return 1
+"#;
+
+/// Moves an element celeriac cannot read to the dead-letter list, dropping its
+/// `unacked` record if it has one.
+///
+/// KEYS: 1 `unacked`, 2 `unacked_index`, 3 dead-letter list. ARGV: 1 tag ('' if
+/// not recorded), 2 raw element, 3.. our scores.
+const DEAD_LETTER: &str = r#"
+if ARGV[1] ~= '' then
+  local ours, indexed = held_by_us(KEYS[2], ARGV[1], 3)
+  if not ours then return 0 end
+  if indexed then redis.call('ZREM', KEYS[2], ARGV[1]) end
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('LPUSH', KEYS[3], ARGV[2])
+return 1
+"#;
+
+/// redis-py's `Lock.release` (`LUA_RELEASE_SCRIPT`), which kombu's sweep uses to
+/// drop `unacked_mutex`: delete only if the token is still ours.
+const RELEASE_LOCK: &str = r#"
+local token = redis.call('get', KEYS[1])
+if not token or token ~= ARGV[1] then
+    return 0
+end
+redis.call('del', KEYS[1])
+return 1
+"#;
+
+/// The compiled scripts (each keeps its SHA1 for `EVALSHA`).
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    pub pop: Script,
+    pub track: Script,
+    pub record: Script,
+    pub ack: Script,
+    pub restore: Script,
+    pub extend: Script,
+    pub fix_value: Script,
+    pub give_back: Script,
+    pub dead_letter: Script,
+    pub release_lock: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        let with = |parts: &[&str]| Script::new(&parts.concat());
+        Scripts {
+            pop: with(&[PRELUDE, POP]),
+            track: with(&[PRELUDE, TRACK]),
+            record: with(&[PRELUDE, RECORD]),
+            ack: with(&[SCORE_GUARD, ACK]),
+            restore: with(&[SCORE_GUARD, RESTORE]),
+            extend: with(&[SCORE_GUARD, EXTEND]),
+            fix_value: with(&[SCORE_GUARD, FIX_VALUE]),
+            give_back: with(&[SCORE_GUARD, GIVE_BACK]),
+            dead_letter: with(&[SCORE_GUARD, DEAD_LETTER]),
+            release_lock: Script::new(RELEASE_LOCK),
+        }
+    }
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Waits for task results with Python Celery and prints them as JSON lines.
+
+    get_results.py --backend URL [--timeout S] ID...
+
+Each line: {"id", "state", "result" | "exc_type", "exc_module", "exc_args"}.
+Exit 1 if any result did not arrive in time.
+"""
+
+import argparse
+import json
+import sys
+
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeout
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--backend", required=True)
+    p.add_argument("--timeout", type=float, default=20.0)
+    p.add_argument("ids", nargs="+")
+    a = p.parse_args()
+    app = Celery("reader", broker=a.backend, backend=a.backend)
+    status = 0
+    for task_id in a.ids:
+        res = app.AsyncResult(task_id)
+        line = {"id": task_id}
+        try:
+            value = res.get(timeout=a.timeout, propagate=True, disable_sync_subtasks=False)
+            line.update(state=res.state, result=value)
+        except CeleryTimeout:
+            line.update(state="TIMEOUT")
+            status = 1
+        except Exception as exc:  # the task's exception, re-raised by Celery
+            line.update(state=res.state, exc_type=type(exc).__name__, exc_module=type(exc).__module__,
+                        exc_args=[str(x) for x in exc.args])
+        print(json.dumps(line, default=str), flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

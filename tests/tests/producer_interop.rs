@@ -1,0 +1,164 @@
+//! The Rust producer against Python Celery: tasks celeriac sends are run by a
+//! real Python worker, and Python reads their results, with every option
+//! (countdown, eta, expires, priority, queue, custom headers, time limits, link
+//! and link_error) arriving as Python's own `apply_async` would send it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed assertion
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use celeriac_broker::{Broker, Expires, Producer, ProducerConfig, SendOptions};
+use celeriac_protocol::{json, Map, Signature, Value};
+use celeriac_tests::{ChildGuard, RedisServer};
+
+/// Starts a Python Celery worker (solo pool) on `queues` and waits until it
+/// says it is ready.
+fn python_worker(redis: &RedisServer, queues: &str) -> ChildGuard {
+    let python = celeriac_tests::python().unwrap();
+    let apps = celeriac_tests::repo_root().join("tests/python/apps");
+    let mut child = Command::new(python)
+        .args(["-m", "celery", "-A", "mixed", "worker", "--pool=solo", "-Q", queues, "-l", "info"])
+        .args(["--without-gossip", "--without-mingle", "--without-heartbeat", "-n", "py@%h"])
+        .current_dir(&apps)
+        .env("PYTHONPATH", &apps)
+        .env("CELERIAC_TEST_BROKER", redis.url())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let guard = ChildGuard::new("python celery worker", child);
+    let mut log = String::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains(" ready.") {
+            // Keep draining its log so the worker never blocks on a full pipe.
+            return guard_with_drain(guard);
+        }
+    }
+    panic!("the Python worker exited before it was ready:\n{log}");
+}
+
+fn guard_with_drain(mut guard: ChildGuard) -> ChildGuard {
+    if let Some(stderr) = guard.child_mut().and_then(|c| c.stderr.take()) {
+        std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    }
+    guard
+}
+
+/// Python's view of the results: one JSON object per id.
+fn python_results(redis: &RedisServer, ids: &[String]) -> Vec<Map> {
+    let python = celeriac_tests::python().unwrap();
+    let out = Command::new(python)
+        .arg(celeriac_tests::repo_root().join("tests/python/get_results.py"))
+        .args(["--backend", &redis.url(), "--timeout", "30"])
+        .args(ids)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "results did not arrive:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    text.lines().map(|l| json::from_str(l).unwrap().as_map().unwrap().clone()).collect()
+}
+
+fn producer(redis: &RedisServer) -> Producer {
+    Producer::new(Broker::from_url(&redis.url()).unwrap(), ProducerConfig::default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_worker_runs_what_celeriac_sends() {
+    let (Some(redis), Some(_)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
+    let _worker = python_worker(&redis, "celery,workflow.hpc");
+    let p = producer(&redis);
+
+    let add = p.send_task("tasks.add", vec![2.into(), 3.into()], Map::new(), SendOptions::default()).await.unwrap();
+
+    let mut kwargs = Map::new();
+    kwargs.insert("path".into(), "/data/ü".into());
+    let mut headers = Map::new();
+    headers.insert("x-tenant".into(), "acme".into());
+    let echo = p
+        .send_task(
+            "tasks.echo",
+            vec![Value::Int(1), "two".into()],
+            kwargs,
+            SendOptions {
+                queue: Some("workflow.hpc".into()),
+                priority: Some(7),
+                countdown: Some(Duration::from_millis(300)),
+                expires: Some(Expires::In(Duration::from_secs(600))),
+                headers,
+                time_limit: Some(60.0),
+                soft_time_limit: Some(30.5),
+                ..SendOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let fail = p.send_task("tasks.fail", vec!["bad input".into()], Map::new(), SendOptions::default()).await.unwrap();
+
+    let results = python_results(&redis, &[add, echo, fail]);
+    assert_eq!(results[0].get("result"), Some(&Value::Int(5)), "{:?}", results[0]);
+
+    let e = results[1].get("result").and_then(Value::as_map).unwrap();
+    assert_eq!(e.get("args"), Some(&Value::List(vec![Value::Int(1), "two".into()])));
+    assert_eq!(e.get("kwargs").and_then(|k| k.get("path")), Some(&Value::Str("/data/ü".into())));
+    assert_eq!(e.get("routing_key"), Some(&Value::Str("workflow.hpc".into())));
+    assert_eq!(e.get("priority"), Some(&Value::Int(7)));
+    assert!(e.get("eta").and_then(Value::as_str).is_some(), "eta lost: {e:?}");
+    assert!(e.get("expires").and_then(Value::as_str).is_some(), "expires lost: {e:?}");
+    assert_eq!(e.get("headers").and_then(|h| h.get("x-tenant")), Some(&Value::Str("acme".into())));
+    assert_eq!(e.get("timelimit"), Some(&Value::List(vec![Value::Int(60), Value::Float(30.5)])));
+
+    let f = &results[2];
+    assert_eq!(f.get("state"), Some(&Value::Str("FAILURE".into())));
+    assert_eq!(f.get("exc_type"), Some(&Value::Str("ValueError".into())));
+    assert_eq!(f.get("exc_args"), Some(&Value::List(vec!["bad input".into()])));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_and_errbacks_sent_from_rust_are_followed_by_python() {
+    let (Some(redis), Some(_)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
+    let _worker = python_worker(&redis, "celery");
+    let p = producer(&redis);
+
+    // add(2, 3) | mul(_, 10): the link gets the parent's result prepended.
+    let mut link = Signature::new("tasks.mul");
+    link.args = vec![Value::Int(10)];
+    let link_id = uuid::Uuid::new_v4().to_string();
+    link.options.insert("task_id".into(), link_id.clone().into());
+    p.send_task(
+        "tasks.add",
+        vec![2.into(), 3.into()],
+        Map::new(),
+        SendOptions { link: vec![link], ..SendOptions::default() },
+    )
+    .await
+    .unwrap();
+
+    // fail(...) with an errback: the errback gets the failed task's id.
+    let mut errback = Signature::new("tasks.echo");
+    let errback_id = uuid::Uuid::new_v4().to_string();
+    errback.options.insert("task_id".into(), errback_id.clone().into());
+    let failed = p
+        .send_task(
+            "tasks.fail",
+            vec!["x".into()],
+            Map::new(),
+            SendOptions { link_error: vec![errback], ..SendOptions::default() },
+        )
+        .await
+        .unwrap();
+
+    let results = python_results(&redis, &[link_id, errback_id]);
+    assert_eq!(results[0].get("result"), Some(&Value::Int(50)), "{:?}", results[0]);
+    let args = results[1].get("result").and_then(|r| r.get("args")).cloned();
+    assert_eq!(args, Some(Value::List(vec![Value::Str(failed)])), "{:?}", results[1]);
+}
