@@ -32,12 +32,14 @@ pub mod error;
 pub mod extract;
 pub mod handler;
 pub mod registry;
+pub mod runtime;
 pub mod task;
 
 pub use context::{Ctx, RequestInfo, WorkerServices};
 pub use error::TaskError;
 pub use extract::{Args, FromInvocation, Invocation, Kwargs, RawArgs};
 pub use registry::Registry;
+pub use runtime::{ResultStore, Worker, WorkerConfig};
 pub use task::{Task, TaskOptions};
 
 #[cfg(test)]

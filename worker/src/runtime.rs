@@ -1,0 +1,667 @@
+//! The worker loop: take deliveries from the broker, decode them, and run
+//! each task the way Celery's worker does (ack early or late, ETA timer,
+//! expiry and revocation, soft and hard time limits, retries, links), storing
+//! outcomes through a [`ResultStore`].
+//!
+//! Concurrency is a semaphore of `concurrency` permits; the broker's prefetch
+//! window (`concurrency x prefetch_multiplier`) bounds what is reserved. ETA
+//! tasks wait in timers without a permit, their visibility refreshed so no
+//! other worker restores them meanwhile.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use celeriac_broker::{Broker, BrokerError, Delivery, Producer};
+use celeriac_config::UnknownTaskPolicy;
+use celeriac_protocol::result::{ExceptionInfo, Extended, ResultMeta};
+use celeriac_protocol::time::PyDateTime;
+use celeriac_protocol::{Map, TaskMessage, Value};
+use futures_util::future::BoxFuture;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn, Instrument};
+
+use crate::context::{Ctx, RequestInfo, WorkerServices};
+use crate::extract::Invocation;
+use crate::{Registry, Task, TaskError};
+
+/// Where outcomes go (the Redis result backend in production).
+pub trait ResultStore: Send + Sync + 'static {
+    /// Stores a record; errors are logged by the worker, never fatal.
+    fn store(&self, meta: ResultMeta) -> BoxFuture<'static, Result<(), String>>;
+}
+
+/// Worker-wide settings (Celery's names in comments).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Node name (`-n`), e.g. `celeriac@host`.
+    pub hostname: String,
+    /// Queues to consume (`-Q`).
+    pub queues: Vec<String>,
+    /// Tasks run at once (`-c`).
+    pub concurrency: usize,
+    /// `worker_prefetch_multiplier` (0: unlimited).
+    pub prefetch_multiplier: usize,
+    /// `task_acks_late`.
+    pub acks_late: bool,
+    /// `task_acks_on_failure_or_timeout`.
+    pub acks_on_failure_or_timeout: bool,
+    /// `task_track_started`.
+    pub track_started: bool,
+    /// `task_ignore_result`.
+    pub ignore_result: bool,
+    /// `result_extended`.
+    pub result_extended: bool,
+    /// What to do with unknown tasks.
+    pub unknown_task: UnknownTaskPolicy,
+    /// Queue for undecodable messages and (by policy) unknown tasks.
+    pub dead_letter_queue: String,
+    /// Warm shutdown: how long running tasks may finish.
+    pub shutdown_timeout: Duration,
+    /// How often held ETA messages have their visibility refreshed.
+    pub eta_refresh: Duration,
+    /// `task_time_limit` for tasks that set none.
+    pub time_limit: Option<Duration>,
+    /// `task_soft_time_limit` for tasks that set none.
+    pub soft_time_limit: Option<Duration>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            hostname: format!("celeriac@{}", celeriac_broker::producer::hostname()),
+            queues: vec!["celery".into()],
+            concurrency: std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+            prefetch_multiplier: 4,
+            acks_late: false,
+            acks_on_failure_or_timeout: true,
+            track_started: false,
+            ignore_result: false,
+            result_extended: false,
+            unknown_task: UnknownTaskPolicy::Reject,
+            dead_letter_queue: "celeriac.dead_letter".into(),
+            shutdown_timeout: Duration::from_secs(30),
+            eta_refresh: Duration::from_secs(600),
+            time_limit: None,
+            soft_time_limit: None,
+        }
+    }
+}
+
+/// A worker: a registry of tasks, a broker, a producer (for retries and
+/// callbacks) and an optional result store.
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    registry: Registry,
+    broker: Broker,
+    producer: Producer,
+    results: Option<Arc<dyn ResultStore>>,
+    config: WorkerConfig,
+    revoked: Arc<RwLock<HashSet<String>>>,
+}
+
+/// What `Ctx` asks of the worker.
+struct Services {
+    results: Option<Arc<dyn ResultStore>>,
+    revoked: Arc<RwLock<HashSet<String>>>,
+}
+
+impl WorkerServices for Services {
+    fn update_state(&self, task_id: &str, state: &str, meta: Value) -> BoxFuture<'static, Result<(), TaskError>> {
+        let record = ResultMeta::new(task_id, state.into(), meta);
+        let results = self.results.clone();
+        Box::pin(async move {
+            match results {
+                Some(r) => r.store(record).await.map_err(TaskError::fail),
+                None => Ok(()),
+            }
+        })
+    }
+    fn is_revoked(&self, task_id: &str) -> bool {
+        self.revoked.read().map(|r| r.contains(task_id)).unwrap_or(false)
+    }
+}
+
+impl Worker {
+    /// A worker for `registry` on `broker`.
+    pub fn new(
+        registry: Registry,
+        broker: Broker,
+        producer: Producer,
+        results: Option<Arc<dyn ResultStore>>,
+        config: WorkerConfig,
+    ) -> Worker {
+        Worker { shared: Arc::new(Shared { registry, broker, producer, results, config, revoked: Arc::default() }) }
+    }
+
+    /// The revoked ids (shared with remote control).
+    pub fn revoked(&self) -> Arc<RwLock<HashSet<String>>> {
+        self.shared.revoked.clone()
+    }
+
+    /// Consumes until `shutdown` is cancelled, then shuts down warm: stops
+    /// consuming, lets running tasks finish within the shutdown timeout, and
+    /// hands everything reserved but not started back to the broker.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), BrokerError> {
+        let cfg = &self.shared.config;
+        let prefetch = cfg.concurrency.saturating_mul(cfg.prefetch_multiplier);
+        let mut consumer = self.shared.broker.consumer(&cfg.queues, prefetch);
+        let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+        let mut running = JoinSet::new();
+        info!(hostname = %cfg.hostname, queues = ?cfg.queues, concurrency = cfg.concurrency, "{} ready.", cfg.hostname);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Err(e) = done {
+                        error!("a task runner ended abnormally: {e}");
+                    }
+                }
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let shared = self.shared.clone();
+                        let permits = permits.clone();
+                        let stop = shutdown.clone();
+                        running.spawn(async move { shared.handle(delivery, permits, stop).await });
+                    }
+                    Some(Err(e)) => warn!("consumer: {e}"),
+                    None => break,
+                },
+            }
+        }
+        info!("warm shutdown: waiting up to {:?} for {} task(s)", cfg.shutdown_timeout, running.len());
+        let drained =
+            tokio::time::timeout(cfg.shutdown_timeout, async { while running.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            warn!("shutdown timeout passed; abandoning {} task(s), their messages go back to the queue", running.len());
+            running.abort_all();
+        }
+        match consumer.restore_unacked().await {
+            Ok(0) => {}
+            Ok(n) => info!("Restoring {n} unacknowledged message(s)"),
+            Err(e) => error!("could not restore unacknowledged messages: {e}"),
+        }
+        Ok(())
+    }
+}
+
+/// How one execution ended.
+enum Outcome {
+    Success(Value),
+    Failed(TaskError),
+    TimedOut(Duration),
+    Panicked(String),
+}
+
+impl Shared {
+    async fn handle(self: Arc<Self>, mut delivery: Delivery, permits: Arc<Semaphore>, stop: CancellationToken) {
+        let message = delivery.message().clone();
+        let task = match TaskMessage::from_message(&message) {
+            Ok(task) => task,
+            Err(e) => {
+                error!(tag = delivery.delivery_tag(), "cannot decode a message from {}: {e}", delivery.queue);
+                self.dead_letter(&mut delivery, &format!("undecodable: {e}")).await;
+                return;
+            }
+        };
+        let name = task.headers.task.clone();
+        let id = task.headers.id.clone();
+        let span = tracing::info_span!("task", %id, %name);
+        async move {
+            info!("Task {name}[{id}] received");
+            let Some(def) = self.registry.get(&name).cloned() else {
+                self.unknown(&mut delivery, &task).await;
+                return;
+            };
+            if self.is_revoked(&id) {
+                info!("Discarding revoked task: {name}[{id}]");
+                self.store(ResultMeta::revoked(&id, "revoked", PyDateTime::now_utc())).await;
+                settle(&mut delivery, Settle::Ack).await;
+                return;
+            }
+            if let Some(expires) = task.headers.expires.and_then(|e| e.to_timestamp().ok()) {
+                if expires <= jiff::Timestamp::now() {
+                    info!("Discarding expired task: {name}[{id}]");
+                    self.store(ResultMeta::revoked(&id, "expired", PyDateTime::now_utc())).await;
+                    settle(&mut delivery, Settle::Ack).await;
+                    return;
+                }
+            }
+            // ETA: wait without a permit, keeping the message's visibility fresh.
+            if let Some(eta) = task.headers.eta.and_then(|e| e.to_timestamp().ok()) {
+                loop {
+                    let wait = eta.duration_since(jiff::Timestamp::now());
+                    if wait.is_negative() || wait.is_zero() {
+                        break;
+                    }
+                    let step = Duration::try_from(wait).unwrap_or_default().min(self.config.eta_refresh);
+                    tokio::select! {
+                        _ = stop.cancelled() => return, // left unacked: restored on shutdown
+                        _ = tokio::time::sleep(step) => {}
+                    }
+                    if let Err(e) = delivery.extend_visibility().await {
+                        warn!("could not refresh the visibility of ETA task {id}: {e}");
+                    }
+                }
+            }
+            let Ok(_permit) = permits.acquire_owned().await else { return };
+            if stop.is_cancelled() {
+                return; // shutting down: leave it for restore
+            }
+            self.execute(&mut delivery, &def, task).await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn is_revoked(&self, id: &str) -> bool {
+        self.revoked.read().map(|r| r.contains(id)).unwrap_or(false)
+    }
+
+    async fn execute(&self, delivery: &mut Delivery, def: &Task, task: TaskMessage) {
+        let opts = def.options();
+        let cfg = &self.config;
+        let acks_late = opts.acks_late.unwrap_or(cfg.acks_late);
+        let ack_failures = opts.acks_on_failure_or_timeout.unwrap_or(cfg.acks_on_failure_or_timeout);
+        let ignore_result = opts.ignore_result.or(task.headers.ignore_result).unwrap_or(cfg.ignore_result);
+        let id = task.headers.id.clone();
+        let name = task.headers.task.clone();
+        if !acks_late {
+            settle(delivery, Settle::Ack).await;
+        }
+        if opts.track_started.unwrap_or(cfg.track_started) && !ignore_result {
+            self.store(self.extend(ResultMeta::started(&id, std::process::id(), &cfg.hostname), &task, delivery)).await;
+        }
+
+        let hard = task
+            .headers
+            .timelimit
+            .hard
+            .map(|s| Duration::from_secs_f64(s.as_f64().max(0.0)))
+            .or(opts.time_limit)
+            .or(cfg.time_limit);
+        let soft = task
+            .headers
+            .timelimit
+            .soft
+            .map(|s| Duration::from_secs_f64(s.as_f64().max(0.0)))
+            .or(opts.soft_time_limit)
+            .or(cfg.soft_time_limit);
+        let soft_token = CancellationToken::new();
+        let terminate = CancellationToken::new();
+        let request = RequestInfo {
+            headers: task.headers.clone(),
+            args: task.args.clone(),
+            kwargs: task.kwargs.clone(),
+            delivery_info: delivery.envelope.delivery_info.clone(),
+            hostname: cfg.hostname.clone(),
+            redelivered: delivery.redelivered(),
+        };
+        let services = Arc::new(Services { results: self.results.clone(), revoked: self.revoked.clone() });
+        let ctx = Ctx::new(request, services, soft_token.clone(), terminate.clone());
+        let inv = Invocation { args: task.args.clone(), kwargs: task.kwargs.clone(), ctx };
+        let started = Instant::now();
+        let mut handle = tokio::spawn(def.handler().call(inv));
+        let soft_timer = soft.map(|d| {
+            let t = soft_token.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                t.cancel();
+            })
+        });
+        let outcome = match hard {
+            Some(limit) => match tokio::time::timeout(limit, &mut handle).await {
+                Ok(joined) => joined_outcome(joined),
+                Err(_) => {
+                    handle.abort();
+                    Outcome::TimedOut(limit)
+                }
+            },
+            None => joined_outcome((&mut handle).await),
+        };
+        if let Some(t) = soft_timer {
+            t.abort();
+        }
+        let runtime = started.elapsed().as_secs_f64();
+
+        match outcome {
+            Outcome::Success(value) => {
+                info!(
+                    "Task {name}[{id}] succeeded in {runtime:.3}s: {}",
+                    celeriac_protocol::result::saferepr(&value, Some(1024), 3)
+                );
+                if !ignore_result {
+                    self.store(self.extend(
+                        ResultMeta::success(&id, value.clone(), PyDateTime::now_utc()),
+                        &task,
+                        delivery,
+                    ))
+                    .await;
+                }
+                self.send_callbacks(&task, &value).await;
+                if acks_late {
+                    settle(delivery, Settle::Ack).await;
+                }
+            }
+            Outcome::Failed(TaskError::Retry { reason, exc_type, countdown, eta, max_retries }) => {
+                let delay = countdown.unwrap_or(opts.default_retry_delay);
+                self.retry_or_fail(
+                    delivery,
+                    def,
+                    &task,
+                    &reason,
+                    exc_type.as_deref(),
+                    delay,
+                    eta,
+                    max_retries.or(opts.max_retries),
+                    acks_late,
+                )
+                .await;
+            }
+            Outcome::Failed(err @ TaskError::Failure { .. }) if autoretries(def, &err) => {
+                let retries = u32::try_from(task.headers.retries.max(0)).unwrap_or(u32::MAX);
+                let delay = backoff(opts, retries);
+                let reason = err.to_string();
+                self.retry_or_fail(delivery, def, &task, &reason, err.kind(), delay, None, opts.max_retries, acks_late)
+                    .await;
+            }
+            Outcome::Failed(TaskError::Reject { reason, requeue }) => {
+                info!("Task {name}[{id}] rejected (requeue={requeue}): {reason}");
+                settle(delivery, if requeue { Settle::Requeue } else { Settle::Reject }).await;
+            }
+            Outcome::Failed(TaskError::Ignore) => {
+                settle(delivery, Settle::Ack).await;
+            }
+            Outcome::Failed(err) => {
+                let exc = exception_of(&err);
+                error!("Task {name}[{id}] raised unexpected: {}", exc.python_repr());
+                self.fail(delivery, &task, &exc, traceback_of(&err), acks_late, ack_failures).await;
+            }
+            Outcome::TimedOut(limit) => {
+                error!("Task {name}[{id}] hard time limit ({}s) exceeded", limit.as_secs_f64());
+                let exc = ExceptionInfo::new(
+                    "billiard.exceptions",
+                    "TimeLimitExceeded",
+                    vec![Value::Float(limit.as_secs_f64())],
+                );
+                self.fail(delivery, &task, &exc, None, acks_late, ack_failures).await;
+            }
+            Outcome::Panicked(msg) => {
+                error!("Task {name}[{id}] panicked: {msg}");
+                let exc = ExceptionInfo::builtin("RuntimeError", format!("task panicked: {msg}"));
+                self.fail(delivery, &task, &exc, None, acks_late, ack_failures).await;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn retry_or_fail(
+        &self,
+        delivery: &mut Delivery,
+        def: &Task,
+        task: &TaskMessage,
+        reason: &str,
+        exc_type: Option<&str>,
+        delay: Duration,
+        eta: Option<PyDateTime>,
+        max_retries: Option<u32>,
+        acks_late: bool,
+    ) {
+        let retries = task.headers.retries;
+        let (id, name) = (&task.headers.id, &task.headers.task);
+        if max_retries.is_some_and(|max| retries >= i64::from(max)) {
+            let exc = ExceptionInfo::new(
+                "celery.exceptions",
+                "MaxRetriesExceededError",
+                vec![Value::Str(format!("Can't retry {name}[{id}] args:{:?} kwargs:{:?}", task.args, task.kwargs))],
+            );
+            error!("Task {name}[{id}] max retries exceeded ({retries}): {reason}");
+            let _ = def;
+            self.fail(delivery, task, &exc, None, acks_late, true).await;
+            return;
+        }
+        let mut next = task.clone();
+        next.headers.retries = retries + 1;
+        next.headers.parent_id = Some(id.clone());
+        next.headers.eta = Some(eta.unwrap_or_else(|| {
+            let at = jiff::Timestamp::now()
+                .checked_add(jiff::SignedDuration::try_from(delay).unwrap_or(jiff::SignedDuration::ZERO))
+                .unwrap_or(jiff::Timestamp::MAX);
+            PyDateTime::from_timestamp(at, jiff::tz::Offset::UTC)
+        }));
+        let info = &delivery.envelope.delivery_info;
+        let priority = delivery.message().priority;
+        match self.producer.resend(&next, &info.exchange, &info.routing_key, priority).await {
+            Ok(()) => {
+                info!("Task {name}[{id}] retry: Retry in {}s: {reason}", delay.as_secs_f64());
+                let exc = ExceptionInfo::new(
+                    if exc_type.is_some() { "builtins" } else { "celery.exceptions" },
+                    exc_type.unwrap_or("Retry"),
+                    vec![Value::Str(reason.to_owned())],
+                );
+                self.store(self.extend(ResultMeta::retry(id, &exc, None), task, delivery)).await;
+                settle(delivery, Settle::Ack).await;
+            }
+            Err(e) => {
+                error!("could not publish the retry of {name}[{id}]: {e}; requeueing the original");
+                settle(delivery, Settle::Requeue).await;
+            }
+        }
+    }
+
+    async fn fail(
+        &self,
+        delivery: &mut Delivery,
+        task: &TaskMessage,
+        exc: &ExceptionInfo,
+        traceback: Option<String>,
+        acks_late: bool,
+        ack_failures: bool,
+    ) {
+        let id = &task.headers.id;
+        self.store(self.extend(ResultMeta::failure(id, exc, traceback, PyDateTime::now_utc()), task, delivery)).await;
+        // Errbacks get the failed task's id, as Celery sends them.
+        for errback in task.embed.errbacks.iter().flatten() {
+            let mut sig = errback.clone();
+            sig.args = vec![Value::Str(id.clone())];
+            self.send_signature(&sig, task).await;
+        }
+        if acks_late {
+            settle(delivery, if ack_failures { Settle::Ack } else { Settle::Requeue }).await;
+        }
+    }
+
+    async fn send_callbacks(&self, task: &TaskMessage, result: &Value) {
+        for link in task.embed.callbacks.iter().flatten() {
+            let mut sig = link.clone();
+            if !sig.immutable {
+                sig.args = sig.args_with_parent_result(result);
+            }
+            self.send_signature(&sig, task).await;
+        }
+        if let Some(chain) = &task.embed.chain {
+            if let Some((next, rest)) = chain.split_last() {
+                let mut sig = next.clone();
+                if !sig.immutable {
+                    sig.args = sig.args_with_parent_result(result);
+                }
+                if !rest.is_empty() {
+                    sig.options.insert("chain".into(), Value::List(rest.iter().map(|s| s.to_value()).collect()));
+                }
+                self.send_signature(&sig, task).await;
+            }
+        }
+    }
+
+    /// Sends a signature as a child of `parent`, honouring its options.
+    async fn send_signature(&self, sig: &celeriac_protocol::Signature, parent: &TaskMessage) {
+        let opt = |k: &str| sig.options.get(k).and_then(Value::as_str).map(str::to_owned);
+        let mut options = celeriac_broker::SendOptions {
+            task_id: opt("task_id"),
+            queue: opt("queue"),
+            exchange: opt("exchange"),
+            routing_key: opt("routing_key"),
+            priority: sig.options.get("priority").and_then(Value::as_i64).and_then(|p| u8::try_from(p).ok()),
+            parent_id: Some(parent.headers.id.clone()),
+            root_id: parent.headers.root_id.clone(),
+            group_id: opt("group_id"),
+            ..Default::default()
+        };
+        if let Some(Value::List(chain)) = sig.options.get("chain") {
+            options.chain = chain.iter().filter_map(|v| celeriac_protocol::Signature::from_value(v).ok()).collect();
+        }
+        for (key, list) in [("link", &mut options.link), ("link_error", &mut options.link_error)] {
+            match sig.options.get(key) {
+                Some(Value::List(items)) => {
+                    list.extend(items.iter().filter_map(|v| celeriac_protocol::Signature::from_value(v).ok()))
+                }
+                Some(v @ Value::Map(_)) => list.extend(celeriac_protocol::Signature::from_value(v).ok()),
+                _ => {}
+            }
+        }
+        if let Err(e) = self.producer.send_task(&sig.task, sig.args.clone(), sig.kwargs.clone(), options).await {
+            error!("could not send {} after {}[{}]: {e}", sig.task, parent.headers.task, parent.headers.id);
+        }
+    }
+
+    fn extend(&self, mut meta: ResultMeta, task: &TaskMessage, delivery: &Delivery) -> ResultMeta {
+        if self.config.result_extended {
+            meta.extended = Some(Extended::new(
+                &task.headers.task,
+                Value::List(task.args.clone()),
+                Value::Map(task.kwargs.clone()),
+                &self.config.hostname,
+                task.headers.retries,
+                Some(&delivery.envelope.delivery_info.routing_key),
+            ));
+        }
+        meta.parent_id = task.headers.parent_id.clone();
+        meta.group_id = task.headers.group.clone();
+        meta
+    }
+
+    async fn store(&self, meta: ResultMeta) {
+        if let Some(results) = &self.results {
+            if let Err(e) = results.store(meta).await {
+                error!("could not store a result: {e}");
+            }
+        }
+    }
+
+    async fn unknown(&self, delivery: &mut Delivery, task: &TaskMessage) {
+        let (id, name) = (&task.headers.id, &task.headers.task);
+        match self.config.unknown_task {
+            UnknownTaskPolicy::Reject => {
+                error!("Received unregistered task of type '{name}'. The message has been ignored and discarded.");
+                let exc = ExceptionInfo::new("celery.exceptions", "NotRegistered", vec![Value::Str(name.clone())]);
+                self.store(ResultMeta::failure(id, &exc, None, PyDateTime::now_utc())).await;
+                settle(delivery, Settle::Reject).await;
+            }
+            UnknownTaskPolicy::Requeue => {
+                warn!("Received unregistered task of type '{name}'; requeued for another worker");
+                settle(delivery, Settle::Requeue).await;
+            }
+            UnknownTaskPolicy::DeadLetter => {
+                warn!("Received unregistered task of type '{name}'; moved to {}", self.config.dead_letter_queue);
+                self.dead_letter(delivery, &format!("unregistered task {name}")).await;
+            }
+        }
+    }
+
+    /// Moves the message, untouched but for an `x-celeriac-error` header, to
+    /// the dead-letter queue; only then acks it. If that fails it is requeued.
+    async fn dead_letter(&self, delivery: &mut Delivery, reason: &str) {
+        let mut message = delivery.message().clone();
+        message.headers.insert("x-celeriac-error".into(), Value::Str(reason.to_owned()));
+        let mut info = Map::new();
+        info.insert("queue".into(), Value::Str(delivery.queue.clone()));
+        message.headers.insert("x-celeriac-origin".into(), Value::Map(info));
+        let dlq = &self.config.dead_letter_queue;
+        match self.broker.publish("", dlq, &message).await {
+            Ok(()) => settle(delivery, Settle::Ack).await,
+            Err(e) => {
+                error!("could not move a message to {dlq}: {e}; requeueing it");
+                settle(delivery, Settle::Requeue).await;
+            }
+        }
+    }
+}
+
+fn joined_outcome(joined: Result<Result<Value, TaskError>, tokio::task::JoinError>) -> Outcome {
+    match joined {
+        Ok(Ok(v)) => Outcome::Success(v),
+        Ok(Err(e)) => Outcome::Failed(e),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            Outcome::Panicked(msg)
+        }
+        Err(e) => Outcome::Panicked(e.to_string()),
+    }
+}
+
+fn autoretries(def: &Task, err: &TaskError) -> bool {
+    let kinds = &def.options().autoretry_for;
+    err.kind().is_some_and(|k| kinds.iter().any(|want| want == "*" || want == k))
+}
+
+/// Celery's `get_exponential_backoff_interval`: `base * 2^retries`, capped,
+/// with full jitter.
+fn backoff(opts: &crate::TaskOptions, retries: u32) -> Duration {
+    let Some(base) = opts.retry_backoff else { return opts.default_retry_delay };
+    let factor = 2u32.saturating_pow(retries.min(30));
+    let delay = base.saturating_mul(factor).min(opts.retry_backoff_max);
+    if opts.retry_jitter {
+        delay.mul_f64(rand::random::<f64>())
+    } else {
+        delay
+    }
+}
+
+fn exception_of(err: &TaskError) -> ExceptionInfo {
+    match err {
+        TaskError::Failure { exc_type, exc_module, message, .. } => {
+            ExceptionInfo::new(exc_module, exc_type, vec![Value::Str(message.clone())])
+        }
+        other => ExceptionInfo::builtin("RuntimeError", other.to_string()),
+    }
+}
+
+fn traceback_of(err: &TaskError) -> Option<String> {
+    match err {
+        TaskError::Failure { traceback: Some(t), .. } => Some(t.clone()),
+        TaskError::Failure { exc_type, message, .. } => {
+            Some(format!("Traceback (most recent call last):\n  (celeriac task)\n{exc_type}: {message}\n"))
+        }
+        _ => None,
+    }
+}
+
+enum Settle {
+    Ack,
+    Reject,
+    Requeue,
+}
+
+async fn settle(delivery: &mut Delivery, how: Settle) {
+    if delivery.is_settled() {
+        return;
+    }
+    let result = match how {
+        Settle::Ack => delivery.ack().await,
+        Settle::Reject => delivery.reject().await,
+        Settle::Requeue => delivery.requeue().await,
+    };
+    if let Err(e) = result {
+        error!(tag = delivery.delivery_tag(), "could not settle a delivery: {e}");
+    }
+}

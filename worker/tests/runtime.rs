@@ -1,0 +1,168 @@
+//! The worker loop on the in-memory broker: results stored, retries
+//! re-published, unknown and undecodable messages never lost.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed assertion
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_broker::{Broker, MemoryBroker, Producer, ProducerConfig, SendOptions};
+use celeriac_config::UnknownTaskPolicy;
+use celeriac_protocol::result::{ResultMeta, State};
+use celeriac_protocol::{Map, Message, Value};
+use celeriac_worker::{Args, Ctx, Registry, ResultStore, Task, TaskError, Worker, WorkerConfig};
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+struct Channel(mpsc::UnboundedSender<ResultMeta>);
+
+impl ResultStore for Channel {
+    fn store(&self, meta: ResultMeta) -> BoxFuture<'static, Result<(), String>> {
+        let _ = self.0.send(meta);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+async fn add(Args((a, b)): Args<(i64, i64)>) -> Result<i64, TaskError> {
+    Ok(a + b)
+}
+
+async fn flaky(ctx: Ctx) -> Result<&'static str, TaskError> {
+    if ctx.retries() < 2 {
+        return Err(ctx.retry_in("not yet", Duration::from_millis(10)));
+    }
+    Ok("done")
+}
+
+async fn boom(Args((msg,)): Args<(String,)>) -> Result<(), TaskError> {
+    Err(TaskError::builtin("ValueError", msg))
+}
+
+async fn slow() -> Result<(), TaskError> {
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    Ok(())
+}
+
+struct Setup {
+    producer: Producer,
+    broker: Broker,
+    results: mpsc::UnboundedReceiver<ResultMeta>,
+    stop: CancellationToken,
+    run: tokio::task::JoinHandle<()>,
+}
+
+fn start(policy: UnknownTaskPolicy) -> Setup {
+    let broker = Broker::Memory(MemoryBroker::default());
+    let producer = Producer::new(broker.clone(), ProducerConfig::default());
+    let registry = Registry::new()
+        .with(Task::new("tasks.add", add))
+        .with(Task::new("tasks.flaky", flaky))
+        .with(Task::new("tasks.boom", boom))
+        .with(Task::new("tasks.slow", slow).time_limit(Duration::from_millis(50)));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let config = WorkerConfig {
+        concurrency: 2,
+        unknown_task: policy,
+        shutdown_timeout: Duration::from_secs(5),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(registry, broker.clone(), producer.clone(), Some(Arc::new(Channel(tx))), config);
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let run = tokio::spawn(async move { worker.run(token).await.unwrap() });
+    Setup { producer, broker, results: rx, stop, run }
+}
+
+async fn next_final(rx: &mut mpsc::UnboundedReceiver<ResultMeta>) -> ResultMeta {
+    loop {
+        let meta = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+        if meta.status.is_ready() {
+            return meta;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_task_runs_and_its_result_is_stored() {
+    let mut s = start(UnknownTaskPolicy::Reject);
+    let id =
+        s.producer.send_task("tasks.add", vec![2.into(), 3.into()], Map::new(), SendOptions::default()).await.unwrap();
+    let meta = next_final(&mut s.results).await;
+    assert_eq!((meta.task_id.as_str(), &meta.status, &meta.result), (id.as_str(), &State::Success, &Value::Int(5)));
+    s.stop.cancel();
+    s.run.await.unwrap();
+}
+
+#[tokio::test]
+async fn retries_are_republished_until_they_succeed() {
+    let mut s = start(UnknownTaskPolicy::Reject);
+    s.producer.send_task("tasks.flaky", vec![], Map::new(), SendOptions::default()).await.unwrap();
+    let mut retries = 0;
+    let meta = loop {
+        let meta = tokio::time::timeout(Duration::from_secs(10), s.results.recv()).await.unwrap().unwrap();
+        if meta.status == State::Retry {
+            retries += 1;
+        } else if meta.status.is_ready() {
+            break meta;
+        }
+    };
+    assert_eq!(retries, 2);
+    assert_eq!(meta.result, Value::Str("done".into()));
+    s.stop.cancel();
+    s.run.await.unwrap();
+}
+
+#[tokio::test]
+async fn failures_and_time_limits_are_stored_as_python_exceptions() {
+    let mut s = start(UnknownTaskPolicy::Reject);
+    s.producer.send_task("tasks.boom", vec!["bad".into()], Map::new(), SendOptions::default()).await.unwrap();
+    let meta = next_final(&mut s.results).await;
+    let exc = meta.exception().unwrap().unwrap();
+    assert_eq!((meta.status, exc.exc_type.as_str()), (State::Failure, "ValueError"));
+    assert_eq!(exc.exc_message, vec![Value::Str("bad".into())]);
+
+    s.producer.send_task("tasks.slow", vec![], Map::new(), SendOptions::default()).await.unwrap();
+    let meta = next_final(&mut s.results).await;
+    assert_eq!(meta.exception().unwrap().unwrap().exc_type, "TimeLimitExceeded");
+    s.stop.cancel();
+    s.run.await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_tasks_fail_as_not_registered_by_default() {
+    let mut s = start(UnknownTaskPolicy::Reject);
+    s.producer.send_task("tasks.nope", vec![], Map::new(), SendOptions::default()).await.unwrap();
+    let meta = next_final(&mut s.results).await;
+    assert_eq!(meta.exception().unwrap().unwrap().exc_type, "NotRegistered");
+    s.stop.cancel();
+    s.run.await.unwrap();
+}
+
+#[tokio::test]
+async fn undecodable_and_unknown_messages_go_to_the_dead_letter_queue() {
+    let s = start(UnknownTaskPolicy::DeadLetter);
+    let junk = Message::with_body(
+        Map::new(),
+        Map::new(),
+        0,
+        celeriac_protocol::ContentType::Json,
+        None,
+        &Value::Str("not a task".into()),
+    )
+    .unwrap();
+    s.broker.publish("", "celery", &junk).await.unwrap();
+    s.producer.send_task("tasks.nope", vec![], Map::new(), SendOptions::default()).await.unwrap();
+    let mut moved = 0;
+    for _ in 0..200 {
+        moved = s.broker.queue_len("celeriac.dead_letter").await.unwrap();
+        if moved == 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(moved, 2, "both messages must be in the dead-letter queue");
+    s.stop.cancel();
+    s.run.await.unwrap();
+}
