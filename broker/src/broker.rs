@@ -90,7 +90,8 @@ impl Broker {
         }
     }
 
-    /// A consumer of `queues` with `prefetch` (0 = unlimited).
+    /// A consumer of `queues` with `prefetch` (0 = unlimited); call it from
+    /// within a Tokio runtime (it spawns its fetch task there).
     pub fn consumer(&self, queues: &[String], prefetch: usize) -> Consumer {
         match self {
             Broker::Redis(b) => b.consumer(queues, prefetch),

@@ -212,7 +212,8 @@ impl MemoryBroker {
         Subscription::new(rx, pattern, CancellationToken::new().drop_guard())
     }
 
-    /// A consumer of `queues` (see [`crate::RedisBroker::consumer`]).
+    /// A consumer of `queues` (see [`crate::RedisBroker::consumer`]); call it
+    /// from within a Tokio runtime.
     pub fn consumer(&self, queues: &[String], prefetch: usize) -> Consumer {
         let o = &self.inner.options;
         let window = Arc::new(Window::new(queues, prefetch, o.max_prefetch, o.queue_order_strategy));

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use celeriac_broker::{BrokerError, Consumer, Delivery, ExchangeKind, RedisBroker, RedisOptions};
+use celeriac_broker::{BrokerError, Consumer, Delivery, ExchangeKind, RedisBroker, RedisOptions, RestoreOutcome};
 use celeriac_protocol::{ContentType, Envelope, Message, TaskMessage, Value};
 use serde_json::json;
 
@@ -667,11 +667,9 @@ async fn a_late_ack_never_removes_a_later_delivery() {
     broker.publish("", "late", &task("tasks.x", "late-1", vec![], 0)).await.unwrap();
     let mut first = broker.consumer(&["late".to_owned()], 1);
     let mut stale = next(&mut first).await;
-    // Another process decides the message timed out and restores it...
-    let mut sweeper_options = fast(&url);
-    sweeper_options.visibility_timeout = Duration::ZERO;
-    let sweeper = RedisBroker::connect(sweeper_options).await.unwrap();
-    assert_eq!(sweeper.restore_visible().await.unwrap(), 1);
+    // Another process decides the message timed out and restores it (kombu's restore_by_tag)...
+    let sweeper = RedisBroker::connect(fast(&url)).await.unwrap();
+    assert_eq!(sweeper.restore_by_tag(stale.delivery_tag(), false).await.unwrap(), RestoreOutcome::Restored);
     // ...and a second consumer holds it now, under the same delivery tag.
     let mut second = broker.consumer(&["late".to_owned()], 1);
     let mut fresh = next(&mut second).await;

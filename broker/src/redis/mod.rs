@@ -453,7 +453,8 @@ impl RedisBroker {
 
     /// A consumer of `queues` holding at most `prefetch` unacked deliveries (0 =
     /// unlimited). It sweeps for messages past the visibility timeout at start
-    /// and every [`RedisOptions::restore_visible_every`].
+    /// and every [`RedisOptions::restore_visible_every`]. Its tasks are spawned
+    /// on the current Tokio runtime, so call it from within one.
     pub fn consumer(&self, queues: &[String], prefetch: usize) -> Consumer {
         consumer::start(self.inner.clone(), queues, prefetch)
     }
