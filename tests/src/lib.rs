@@ -6,25 +6,34 @@
 //! - [`RabbitNode`]: a private RabbitMQ node with its own node name, ports, epmd
 //!   and data dir; [`shared_amqp_url`] gives every test in a run one node;
 //! - [`python`]: the project virtualenv's interpreter with the pinned Celery;
+//! - [`CeleryWorker`]: a real Python Celery worker, readiness awaited from its log;
+//! - [`TestCertificates`] and [`RedisServer::start_tls`]: TLS with a private CA;
+//!   [`SentinelServer`]: a Sentinel watching a private Redis;
 //! - [`ChildGuard`]: a child process killed when the guard drops, so a failing
 //!   test leaves nothing running.
 //!
 //! Whether a missing peer skips a test or fails it is decided by
 //! [`peers_required`]: on CI (and under `scripts/test`) everything must be there.
 
+mod celery;
 mod child;
 mod error;
 mod net;
 mod python;
 mod rabbitmq;
 mod redis;
+mod sentinel;
+mod tls;
 
+pub use celery::{CeleryWorker, CeleryWorkerBuilder};
 pub use child::ChildGuard;
 pub use error::HarnessError;
 pub use net::{free_port, wait_until};
 pub use python::{python, repo_root, venv_python};
 pub use rabbitmq::{shared_amqp_url, RabbitNode, AMQP_URL_ENV};
 pub use redis::RedisServer;
+pub use sentinel::SentinelServer;
+pub use tls::TestCertificates;
 
 /// Whether missing peers (redis-server, RabbitMQ, the Python virtualenv) fail
 /// the test run instead of skipping the tests that need them.

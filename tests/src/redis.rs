@@ -19,6 +19,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct RedisServer {
     process: Option<ChildGuard>,
     port: u16,
+    tls_port: Option<u16>,
     extra_args: Vec<String>,
     dir: tempfile::TempDir,
 }
@@ -39,6 +40,7 @@ impl RedisServer {
         let mut server = RedisServer {
             process: None,
             port: free_port()?,
+            tls_port: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             dir,
         };
@@ -55,6 +57,33 @@ impl RedisServer {
                 }
             }
         }
+    }
+
+    /// Starts a server that also listens with TLS on a second port, with the
+    /// server certificate of `certs` and client certificates required.
+    pub fn start_tls(certs: &crate::TestCertificates) -> Result<RedisServer, HarnessError> {
+        let tls_port = free_port()?;
+        let (port, cert, key, ca) =
+            (tls_port.to_string(), certs.path("server.pem"), certs.path("server.key"), certs.path("ca.pem"));
+        let mut server = RedisServer::start_with(&[
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "yes",
+        ])?;
+        server.tls_port = Some(tls_port);
+        Ok(server)
+    }
+
+    /// The TLS port of a server from [`RedisServer::start_tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
     }
 
     fn spawn(&mut self) -> Result<(), HarnessError> {

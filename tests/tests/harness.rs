@@ -78,3 +78,12 @@ fn python_virtualenv_has_the_pinned_celery() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("5."), "unexpected versions: {text}");
 }
+
+#[test]
+fn test_certificates_hold_a_ca_and_two_signed_certificates() {
+    let Some(certs) = celeriac_tests::or_skip("openssl", celeriac_tests::TestCertificates::generate()) else { return };
+    for name in ["ca.pem", "server.pem", "server.key", "client.pem", "client.key"] {
+        let len = std::fs::metadata(certs.file(name)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 0, "{name} is missing or empty");
+    }
+}

@@ -5,52 +5,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed assertion
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use celeriac_broker::{Broker, Expires, Producer, ProducerConfig, SendOptions};
 use celeriac_protocol::{json, Map, Signature, Value};
-use celeriac_tests::{ChildGuard, RedisServer};
+use celeriac_tests::{CeleryWorker, RedisServer};
 
 /// Starts a Python Celery worker (solo pool) on `queues` and waits until it
 /// says it is ready.
-fn python_worker(redis: &RedisServer, queues: &str) -> ChildGuard {
+fn python_worker(redis: &RedisServer, queues: &str) -> CeleryWorker {
     let python = celeriac_tests::python().unwrap();
     let apps = celeriac_tests::repo_root().join("tests/python/apps");
-    let mut child = Command::new(python)
-        .args(["-m", "celery", "-A", "mixed", "worker", "--pool=solo", "-Q", queues, "-l", "info"])
-        .args(["--without-gossip", "--without-mingle", "--without-heartbeat", "-n", "py@%h"])
-        .current_dir(&apps)
-        .env("PYTHONPATH", &apps)
-        .env("CELERIAC_TEST_BROKER", redis.url())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
+    let worker = CeleryWorker::builder(&python, "mixed", &apps)
+        .queues(queues)
+        .args(&["--pool=solo", "-l", "info", "-n", "py@%h"])
+        .env("CELERIAC_TEST_BROKER", &redis.url())
+        .start()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let guard = ChildGuard::new("python celery worker", child);
-    let mut log = String::new();
-    for line in BufReader::new(stderr).lines() {
-        let line = line.unwrap();
-        log.push_str(&line);
-        log.push('\n');
-        if line.contains(" ready.") {
-            // Keep draining its log so the worker never blocks on a full pipe.
-            return guard_with_drain(guard);
-        }
-    }
-    panic!("the Python worker exited before it was ready:\n{log}");
-}
-
-fn guard_with_drain(mut guard: ChildGuard) -> ChildGuard {
-    if let Some(stderr) = guard.child_mut().and_then(|c| c.stderr.take()) {
-        std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
-    }
-    guard
+    worker.wait_ready(Duration::from_secs(60)).unwrap();
+    worker
 }
 
 /// Python's view of the results: one JSON object per id.

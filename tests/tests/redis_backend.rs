@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed assertion
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use celeriac_protocol::envelope::Envelope;
 use celeriac_protocol::result::{ExceptionInfo, Extended, GroupMeta, ResultMeta, ResultTuple, State};
 use celeriac_protocol::time::PyDateTime;
 use celeriac_protocol::{json, BigInt, Map, TaskMessage, Value};
-use celeriac_tests::{ChildGuard, RedisServer};
+use celeriac_tests::{CeleryWorker, RedisServer, SentinelServer, TestCertificates};
 use futures_util::future::join_all;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -1047,36 +1046,10 @@ async fn tls_with_certificate_verification() {
     if celeriac_tests::redis().is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let openssl = |args: &str| {
-        let out = std::process::Command::new("openssl").args(args.split_whitespace()).current_dir(d).output().unwrap();
-        assert!(out.status.success(), "openssl {args}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    std::fs::write(d.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-    openssl("req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=celeriac-test-ca");
-    for name in ["server", "client"] {
-        openssl(&format!("req -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr -subj /CN=localhost"));
-        openssl(&format!(
-            "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 2 -extfile ext.cnf"
-        ));
-    }
-    let tls_port = celeriac_tests::free_port().unwrap().to_string();
-    let file = |name: &str| d.join(name).display().to_string();
-    let (ca, client_cert, client_key) = (file("ca.pem"), file("client.pem"), file("client.key"));
-    let redis = RedisServer::start_with(&[
-        "--tls-port",
-        &tls_port,
-        "--tls-cert-file",
-        &file("server.pem"),
-        "--tls-key-file",
-        &file("server.key"),
-        "--tls-ca-cert-file",
-        &ca,
-        "--tls-auth-clients",
-        "yes",
-    ])
-    .unwrap();
+    let certs = TestCertificates::generate().unwrap();
+    let (ca, client_cert, client_key) = (certs.path("ca.pem"), certs.path("client.pem"), certs.path("client.key"));
+    let redis = RedisServer::start_tls(&certs).unwrap();
+    let tls_port = redis.tls_port().unwrap();
     let base = format!("rediss://127.0.0.1:{tls_port}/0");
     let client = format!("ssl_certfile={client_cert}&ssl_keyfile={client_key}");
     let url = format!("{base}?ssl_cert_reqs=required&ssl_ca_certs={ca}&{client}");
@@ -1108,34 +1081,10 @@ async fn tls_with_certificate_verification() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_finds_the_master() {
     let Some(redis) = celeriac_tests::redis() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let port = celeriac_tests::free_port().unwrap();
-    let conf = dir.path().join("sentinel.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor results 127.0.0.1 {} 1\n",
-            dir.path().display(),
-            redis.port()
-        ),
-    )
-    .unwrap();
-    let child = std::process::Command::new("redis-server")
-        .arg(&conf)
-        .arg("--sentinel")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let _sentinel = ChildGuard::new("redis-sentinel", child);
-    let url = format!("sentinel://127.0.0.1:{port}/3");
+    let sentinel = SentinelServer::start(redis.port(), "results").unwrap();
+    let url = format!("sentinel://127.0.0.1:{}/3", sentinel.port());
     let mut o = options(&url);
     o.transport.master_name = Some("results".into());
-    let up = celeriac_tests::wait_until(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    assert!(up, "redis-server --sentinel did not start");
     let backend = RedisBackend::connect(o).await.unwrap();
     let id = uid();
     backend.store(&ResultMeta::success(&id, Value::Int(3), now())).await.unwrap();
@@ -1147,26 +1096,15 @@ async fn sentinel_finds_the_master() {
 }
 
 /// A real `celery worker`, sharing results and chords with Rust.
-struct Worker {
-    guard: ChildGuard,
-    log: PathBuf,
-}
-
-fn start_worker(python: &Path, url: &str, log: PathBuf) -> Worker {
-    let file = std::fs::File::create(&log).unwrap();
-    let child = std::process::Command::new(python)
-        .args(["-m", "celery", "-A", "backend_peer", "worker", "--pool=solo", "-Q", "celery", "--without-gossip"])
-        .args(["--without-mingle", "--without-heartbeat", "-n", "peer@%h", "--loglevel=INFO"])
-        .current_dir(python_dir())
+fn start_worker(python: &Path, url: &str, log: PathBuf) -> CeleryWorker {
+    CeleryWorker::builder(python, "backend_peer", &python_dir())
+        .queues("celery")
+        .args(&["--pool=solo", "-n", "peer@%h", "--loglevel=INFO"])
         .env("CELERIAC_PEER_URL", url)
         .env("CELERIAC_PEER_CONF", "{}")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    Worker { guard: ChildGuard::new("celery worker", child), log }
+        .log(log)
+        .start()
+        .unwrap()
 }
 
 /// 3/7. A real Python worker runs tasks Rust waits for, and part of two chords
@@ -1214,8 +1152,8 @@ async fn a_python_worker_and_rust_share_results_and_chords() {
     for m in parts_a {
         assert!(matches!(run_part(m).await, ChordOutcome::NotReady { .. }));
     }
-    let worker = start_worker(&python, &url, redis.dir().join("worker.log"));
-    let log = worker.log.clone();
+    let mut worker = start_worker(&python, &url, redis.dir().join("worker.log"));
+    let log = worker.log_path().to_path_buf();
     let wait = |id: String| {
         let backend = backend.clone();
         async move { backend.result(&id).get(Some(Duration::from_secs(30))).await }
@@ -1241,8 +1179,7 @@ async fn a_python_worker_and_rust_share_results_and_chords() {
         }
     }
     // ...and once the worker has shut down warmly, so is its last chord call.
-    let mut guard = worker.guard;
-    let status = tokio::task::spawn_blocking(move || guard.stop(Duration::from_secs(20))).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || worker.stop(Duration::from_secs(20))).await.unwrap();
     assert!(status.is_some());
     let bodies = body_messages(&url).await;
     assert_eq!(bodies.len(), 1, "{}", std::fs::read_to_string(&log).unwrap());

@@ -5,13 +5,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use celeriac_broker::{BrokerError, Consumer, Delivery, ExchangeKind, RedisBroker, RedisOptions, RestoreOutcome};
 use celeriac_protocol::{ContentType, Envelope, Message, TaskMessage, Value};
+use celeriac_tests::{CeleryWorker, RedisServer, SentinelServer, TestCertificates};
 use serde_json::json;
 
 /// Longest wait for anything a test expects to happen.
@@ -61,23 +61,17 @@ fn celery_worker(
     queues: &str,
     pool: &str,
     env: &[(&str, &str)],
-) -> celeriac_tests::ChildGuard {
-    let mut cmd = Command::new(python);
-    cmd.args(["-m", "celery", "-A", "redis_transport_app", "worker", "--concurrency=1", "-Q", queues])
-        .arg(format!("--pool={pool}"))
-        .args(["--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=WARNING"])
-        .arg(format!("--hostname={queues}@celeriac-test"))
-        .current_dir(peers_dir())
-        .env("PYTHONPATH", peers_dir())
+) -> CeleryWorker {
+    let mut builder = CeleryWorker::builder(python, "redis_transport_app", &peers_dir())
+        .queues(queues)
+        .args(&["--concurrency=1", &format!("--pool={pool}"), "--loglevel=WARNING"])
+        .args(&[&format!("--hostname={queues}@celeriac-test")])
         .env("CELERIAC_BROKER_URL", broker_url)
-        .env("CELERIAC_SIDE_URL", side_url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .process_group(0);
+        .env("CELERIAC_SIDE_URL", side_url);
     for (k, v) in env {
-        cmd.env(k, v);
+        builder = builder.env(k, v);
     }
-    celeriac_tests::ChildGuard::new(format!("celery worker -Q {queues}"), cmd.spawn().expect("start celery worker"))
+    builder.start().expect("start celery worker")
 }
 
 /// A plain (synchronous) Redis connection for inspecting keys.
@@ -781,126 +775,19 @@ async fn topic_and_fanout_exchanges_route_like_kombu() {
     assert_eq!(m.envelope.message.headers.get("id"), Some(&Value::Str("ping".into())));
 }
 
-/// A CA, and a server and a client certificate it signed, made with the openssl CLI.
-fn make_certificates(dir: &Path) -> Option<()> {
-    let ext =
-        "[server]\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n\
-               [client]\nextendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n";
-    std::fs::write(dir.join("ext.cnf"), ext).ok()?;
-    let steps: [&[&str]; 5] = [
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=celeriac test CA",
-        ],
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-extensions",
-            "server",
-        ],
-        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=client"],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "client.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-extensions",
-            "client",
-        ],
-    ];
-    for args in steps {
-        let ok = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .ok()?
-            .success();
-        if !ok {
-            return None;
-        }
-    }
-    Some(())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_verifies_the_server_and_presents_a_client_certificate() {
     init_logs();
     let Some(python) = celeriac_tests::python_peer() else { return };
-    let certs = tempfile::tempdir().unwrap();
-    let dir = certs.path();
-    if make_certificates(dir).is_none() {
-        assert!(!celeriac_tests::peers_required(), "openssl is needed to make test certificates");
-        eprintln!("skipping: openssl could not make test certificates");
-        return;
-    }
-    let tls_port = celeriac_tests::free_port().unwrap().to_string();
-    let file = |name: &str| dir.join(name).display().to_string();
-    let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
-    let args = [
-        "--tls-port",
-        &tls_port,
-        "--tls-cert-file",
-        &cert,
-        "--tls-key-file",
-        &key,
-        "--tls-ca-cert-file",
-        &ca,
-        "--tls-auth-clients",
-        "yes",
-    ];
-    let Some(_redis) = celeriac_tests::or_skip("redis-server with TLS", celeriac_tests::RedisServer::start_with(&args))
-    else {
+    let Some(certs) = celeriac_tests::or_skip("openssl test certificates", TestCertificates::generate()) else {
         return;
     };
+    let Some(redis) = celeriac_tests::or_skip("redis-server with TLS", RedisServer::start_tls(&certs)) else {
+        return;
+    };
+    let tls_port = redis.tls_port().unwrap();
+    let ca = certs.path("ca.pem");
+    let file = |name: &str| certs.path(name);
     let base = format!("rediss://127.0.0.1:{tls_port}/0");
     let client = format!("ssl_certfile={}&ssl_keyfile={}", file("client.pem"), file("client.key"));
     let verified = format!("{base}?ssl_cert_reqs=required&ssl_ca_certs={ca}&{client}");
@@ -933,30 +820,8 @@ async fn sentinel_finds_the_master() {
     init_logs();
     let Some(master) = celeriac_tests::redis() else { return };
     let Some(python) = celeriac_tests::python_peer() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let port = celeriac_tests::free_port().unwrap();
-    let conf = dir.path().join("sentinel.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\n",
-            dir.path().display(),
-            master.port()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("redis-server")
-        .arg(&conf)
-        .arg("--sentinel")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("start redis-server --sentinel");
-    let _sentinel = celeriac_tests::ChildGuard::new("redis sentinel", child);
-    let up = celeriac_tests::wait_until(WAIT, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    assert!(up, "the sentinel did not start");
-
+    let sentinel = SentinelServer::start(master.port(), "mymaster").unwrap();
+    let port = sentinel.port();
     let url = format!("sentinel://127.0.0.1:{port};sentinel://127.0.0.1:1?master_name=mymaster");
     let broker = RedisBroker::connect(fast(&url)).await.unwrap();
     broker.publish("", "viasentinel", &task("tasks.s", "s1", vec![], 0)).await.unwrap();
