@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use celeriac_protocol::result::ExceptionInfo;
 use celeriac_protocol::time::PyDateTime;
 use celeriac_protocol::Value;
 
@@ -131,31 +132,33 @@ impl TaskError {
         }
     }
 
+    /// The exception Python sees for this outcome.
+    pub fn exception(&self) -> ExceptionInfo {
+        match self {
+            TaskError::Failure { exc_type, exc_module, message, .. } => {
+                ExceptionInfo::new(exc_module, exc_type, vec![Value::Str(message.clone())])
+            }
+            TaskError::Retry { reason, exc_type, .. } => retry_exception(exc_type.as_deref(), reason),
+            TaskError::Reject { reason, .. } => {
+                ExceptionInfo::new("celery.exceptions", "Reject", vec![Value::Str(reason.clone())])
+            }
+            TaskError::Ignore => ExceptionInfo::new("celery.exceptions", "Ignore", vec![Value::Str(String::new())]),
+        }
+    }
+
     /// The exception as Celery stores it: `{exc_type, exc_message, exc_module}`.
     pub fn exception_value(&self) -> Value {
-        let (exc_type, module, message) = match self {
-            TaskError::Failure { exc_type, exc_module, message, .. } => {
-                (exc_type.as_str(), exc_module.as_str(), message.clone())
-            }
-            TaskError::Retry { reason, exc_type, .. } => (
-                exc_type.as_deref().unwrap_or("Retry"),
-                if exc_type.is_some() { "builtins" } else { "celery.exceptions" },
-                reason.clone(),
-            ),
-            TaskError::Reject { reason, .. } => ("Reject", "celery.exceptions", reason.clone()),
-            TaskError::Ignore => ("Ignore", "celery.exceptions", String::new()),
-        };
-        exception(exc_type, module, vec![Value::Str(message)])
+        self.exception().to_value()
     }
 }
 
-/// `{"exc_type": ..., "exc_message": [...], "exc_module": ...}` in Celery's key order.
-pub fn exception(exc_type: &str, exc_module: &str, args: Vec<Value>) -> Value {
-    let mut m = celeriac_protocol::Map::new();
-    m.insert("exc_type".into(), exc_type.into());
-    m.insert("exc_message".into(), Value::List(args));
-    m.insert("exc_module".into(), exc_module.into());
-    Value::Map(m)
+/// The exception stored with a RETRY state: the named type (a built-in), or
+/// Celery's own `Retry`.
+pub(crate) fn retry_exception(exc_type: Option<&str>, reason: &str) -> ExceptionInfo {
+    match exc_type {
+        Some(t) => ExceptionInfo::new("builtins", t, vec![Value::Str(reason.to_owned())]),
+        None => ExceptionInfo::new("celery.exceptions", "Retry", vec![Value::Str(reason.to_owned())]),
+    }
 }
 
 /// Lets `?` turn argument decoding errors into a task failure Python sees as

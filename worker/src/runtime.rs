@@ -100,9 +100,9 @@ struct Shared {
     registry: Registry,
     broker: Broker,
     producer: Producer,
-    results: Option<Arc<dyn ResultStore>>,
     config: WorkerConfig,
-    revoked: Arc<RwLock<HashSet<String>>>,
+    /// The result store and revoked ids, shared with every task's `Ctx`.
+    services: Arc<Services>,
 }
 
 /// What `Ctx` asks of the worker.
@@ -136,12 +136,13 @@ impl Worker {
         results: Option<Arc<dyn ResultStore>>,
         config: WorkerConfig,
     ) -> Worker {
-        Worker { shared: Arc::new(Shared { registry, broker, producer, results, config, revoked: Arc::default() }) }
+        let services = Arc::new(Services { results, revoked: Arc::default() });
+        Worker { shared: Arc::new(Shared { registry, broker, producer, config, services }) }
     }
 
     /// The revoked ids (shared with remote control).
     pub fn revoked(&self) -> Arc<RwLock<HashSet<String>>> {
-        self.shared.revoked.clone()
+        self.shared.services.revoked.clone()
     }
 
     /// Consumes until `shutdown` is cancelled, then shuts down warm: stops
@@ -200,8 +201,7 @@ enum Outcome {
 
 impl Shared {
     async fn handle(self: Arc<Self>, mut delivery: Delivery, permits: Arc<Semaphore>, stop: CancellationToken) {
-        let message = delivery.message().clone();
-        let task = match TaskMessage::from_message(&message) {
+        let task = match TaskMessage::from_message(delivery.message()) {
             Ok(task) => task,
             Err(e) => {
                 error!(tag = delivery.delivery_tag(), "cannot decode a message from {}: {e}", delivery.queue);
@@ -214,11 +214,11 @@ impl Shared {
         let span = tracing::info_span!("task", %id, %name);
         async move {
             info!("Task {name}[{id}] received");
-            let Some(def) = self.registry.get(&name).cloned() else {
+            let Some(def) = self.registry.get(&name) else {
                 self.unknown(&mut delivery, &task).await;
                 return;
             };
-            if self.is_revoked(&id) {
+            if self.services.is_revoked(&id) {
                 info!("Discarding revoked task: {name}[{id}]");
                 self.store(ResultMeta::revoked(&id, "revoked", PyDateTime::now_utc())).await;
                 settle(&mut delivery, Settle::Ack).await;
@@ -253,14 +253,10 @@ impl Shared {
             if stop.is_cancelled() {
                 return; // shutting down: leave it for restore
             }
-            self.execute(&mut delivery, &def, task).await;
+            self.execute(&mut delivery, def, task).await;
         }
         .instrument(span)
         .await
-    }
-
-    fn is_revoked(&self, id: &str) -> bool {
-        self.revoked.read().map(|r| r.contains(id)).unwrap_or(false)
     }
 
     async fn execute(&self, delivery: &mut Delivery, def: &Task, task: TaskMessage) {
@@ -302,8 +298,7 @@ impl Shared {
             hostname: cfg.hostname.clone(),
             redelivered: delivery.redelivered(),
         };
-        let services = Arc::new(Services { results: self.results.clone(), revoked: self.revoked.clone() });
-        let ctx = Ctx::new(request, services, soft_token.clone(), terminate.clone());
+        let ctx = Ctx::new(request, self.services.clone(), soft_token.clone(), terminate.clone());
         let inv = Invocation { args: task.args.clone(), kwargs: task.kwargs.clone(), ctx };
         let started = Instant::now();
         let mut handle = tokio::spawn(def.handler().call(inv));
@@ -352,7 +347,6 @@ impl Shared {
                 let delay = countdown.unwrap_or(opts.default_retry_delay);
                 self.retry_or_fail(
                     delivery,
-                    def,
                     &task,
                     &reason,
                     exc_type.as_deref(),
@@ -367,7 +361,7 @@ impl Shared {
                 let retries = u32::try_from(task.headers.retries.max(0)).unwrap_or(u32::MAX);
                 let delay = backoff(opts, retries);
                 let reason = err.to_string();
-                self.retry_or_fail(delivery, def, &task, &reason, err.kind(), delay, None, opts.max_retries, acks_late)
+                self.retry_or_fail(delivery, &task, &reason, err.kind(), delay, None, opts.max_retries, acks_late)
                     .await;
             }
             Outcome::Failed(TaskError::Reject { reason, requeue }) => {
@@ -378,7 +372,7 @@ impl Shared {
                 settle(delivery, Settle::Ack).await;
             }
             Outcome::Failed(err) => {
-                let exc = exception_of(&err);
+                let exc = err.exception();
                 error!("Task {name}[{id}] raised unexpected: {}", exc.python_repr());
                 self.fail(delivery, &task, &exc, traceback_of(&err), acks_late, ack_failures).await;
             }
@@ -403,7 +397,6 @@ impl Shared {
     async fn retry_or_fail(
         &self,
         delivery: &mut Delivery,
-        def: &Task,
         task: &TaskMessage,
         reason: &str,
         exc_type: Option<&str>,
@@ -421,7 +414,6 @@ impl Shared {
                 vec![Value::Str(format!("Can't retry {name}[{id}] args:{:?} kwargs:{:?}", task.args, task.kwargs))],
             );
             error!("Task {name}[{id}] max retries exceeded ({retries}): {reason}");
-            let _ = def;
             self.fail(delivery, task, &exc, None, acks_late, true).await;
             return;
         }
@@ -439,11 +431,7 @@ impl Shared {
         match self.producer.resend(&next, &info.exchange, &info.routing_key, priority).await {
             Ok(()) => {
                 info!("Task {name}[{id}] retry: Retry in {}s: {reason}", delay.as_secs_f64());
-                let exc = ExceptionInfo::new(
-                    if exc_type.is_some() { "builtins" } else { "celery.exceptions" },
-                    exc_type.unwrap_or("Retry"),
-                    vec![Value::Str(reason.to_owned())],
-                );
+                let exc = crate::error::retry_exception(exc_type, reason);
                 self.store(self.extend(ResultMeta::retry(id, &exc, None), task, delivery)).await;
                 settle(delivery, Settle::Ack).await;
             }
@@ -546,7 +534,7 @@ impl Shared {
     }
 
     async fn store(&self, meta: ResultMeta) {
-        if let Some(results) = &self.results {
+        if let Some(results) = &self.services.results {
             if let Err(e) = results.store(meta).await {
                 error!("could not store a result: {e}");
             }
@@ -624,15 +612,6 @@ fn backoff(opts: &crate::TaskOptions, retries: u32) -> Duration {
         delay.mul_f64(rand::random::<f64>())
     } else {
         delay
-    }
-}
-
-fn exception_of(err: &TaskError) -> ExceptionInfo {
-    match err {
-        TaskError::Failure { exc_type, exc_module, message, .. } => {
-            ExceptionInfo::new(exc_module, exc_type, vec![Value::Str(message.clone())])
-        }
-        other => ExceptionInfo::builtin("RuntimeError", other.to_string()),
     }
 }
 
