@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use celeriac_protocol::codec::{Compression, ContentType};
-use celeriac_protocol::result::saferepr;
+use celeriac_protocol::result::{saferepr_dict, saferepr_tuple, SAFEREPR_MAXLEVELS};
 use celeriac_protocol::task::{Seconds, TaskMessage, TimeLimits};
 use celeriac_protocol::time::PyDateTime;
 use celeriac_protocol::{Map, Message, Signature, Value};
@@ -243,8 +243,8 @@ impl Producer {
         h.timelimit = TimeLimits { hard: o.time_limit.map(seconds), soft: o.soft_time_limit.map(seconds) };
         h.root_id = Some(o.root_id.clone().unwrap_or_else(|| id.clone()));
         h.parent_id = o.parent_id.clone();
-        h.argsrepr = Some(tuple_repr(&args));
-        h.kwargsrepr = Some(saferepr(&Value::Map(kwargs.clone()), Some(REPR_MAXSIZE), 3));
+        h.argsrepr = Some(saferepr_tuple(&args, Some(REPR_MAXSIZE), SAFEREPR_MAXLEVELS));
+        h.kwargsrepr = Some(saferepr_dict(&kwargs, Some(REPR_MAXSIZE), SAFEREPR_MAXLEVELS));
         h.origin = Some(self.config.origin.clone());
         h.ignore_result = o.ignore_result;
         h.extra = o.headers.clone();
@@ -302,17 +302,6 @@ fn millis_until(at: &PyDateTime, now: Timestamp) -> Option<u64> {
     u64::try_from(ms.max(0)).ok()
 }
 
-/// Python's `saferepr(tuple(args))`: `(1, 2)`, `(1,)`, `()`.
-fn tuple_repr(args: &[Value]) -> String {
-    let list = saferepr(&Value::List(args.to_vec()), Some(REPR_MAXSIZE), 3);
-    let inner = list.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(&list);
-    if args.len() == 1 && !inner.ends_with("...") {
-        format!("({inner},)")
-    } else {
-        format!("({inner})")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,9 +349,9 @@ mod tests {
 
     #[test]
     fn args_repr_is_a_python_tuple() {
-        assert_eq!(tuple_repr(&[]), "()");
-        assert_eq!(tuple_repr(&[Value::Int(1)]), "(1,)");
-        assert_eq!(tuple_repr(&["a".into(), Value::Null]), "('a', None)");
+        assert_eq!(saferepr_tuple(&[], Some(REPR_MAXSIZE), SAFEREPR_MAXLEVELS), "()");
+        assert_eq!(saferepr_tuple(&[Value::Int(1)], Some(REPR_MAXSIZE), SAFEREPR_MAXLEVELS), "(1,)");
+        assert_eq!(saferepr_tuple(&["a".into(), Value::Null], Some(REPR_MAXSIZE), SAFEREPR_MAXLEVELS), "('a', None)");
     }
 
     #[test]

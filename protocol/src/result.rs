@@ -1098,15 +1098,24 @@ pub const SAFEREPR_MAXLEVELS: usize = 3;
 /// once `maxlen` characters are out the rest becomes `, ...` followed by the
 /// open brackets' closers (Celery's own quirk gives e.g. `[1, 1, 1, , ...]`).
 pub fn saferepr(value: &Value, maxlen: Option<usize>, maxlevels: usize) -> String {
-    let mut sr = SafeRepr {
-        out: String::new(),
-        maxlen: maxlen.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
-        maxlevels,
-        level: 0,
-        open: Vec::new(),
-        done: false,
-    };
+    let mut sr = SafeRepr::new(maxlen, maxlevels);
     sr.value(value);
+    sr.out
+}
+
+/// [`saferepr`] of a Python tuple of `items` (`(1, 2)`, `(1,)`, `()`): how
+/// Celery writes a task's `argsrepr`. Takes a slice, so callers need not build
+/// (or copy) a list value first.
+pub fn saferepr_tuple(items: &[Value], maxlen: Option<usize>, maxlevels: usize) -> String {
+    let mut sr = SafeRepr::new(maxlen, maxlevels);
+    sr.seq(items, "(", if items.len() == 1 { ",)" } else { ")" });
+    sr.out
+}
+
+/// [`saferepr`] of a dict, from a borrowed map: a task's `kwargsrepr`.
+pub fn saferepr_dict(map: &Map, maxlen: Option<usize>, maxlevels: usize) -> String {
+    let mut sr = SafeRepr::new(maxlen, maxlevels);
+    sr.map(map);
     sr.out
 }
 
@@ -1130,44 +1139,64 @@ struct SafeRepr {
 }
 
 impl SafeRepr {
+    fn new(maxlen: Option<usize>, maxlevels: usize) -> SafeRepr {
+        SafeRepr {
+            out: String::new(),
+            maxlen: maxlen.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+            maxlevels,
+            level: 0,
+            open: Vec::new(),
+            done: false,
+        }
+    }
+
     fn value(&mut self, value: &Value) {
-        let (opener, closer) = match value {
-            Value::List(_) => ("[", "]"),
-            Value::Map(_) => ("{", "}"),
-            other => return self.emit(Token::Value(other)),
-        };
-        if self.maxlevels > 0 && self.level >= self.maxlevels {
-            return self.emit(Token::Literal(if opener == "[" { "[...]" } else { "{...}" }));
+        match value {
+            Value::List(items) => self.seq(items, "[", "]"),
+            Value::Map(map) => self.map(map),
+            other => self.emit(Token::Value(other)),
+        }
+    }
+
+    /// Whether a container opened now would be nested too deep (`[...]`).
+    fn too_deep(&self) -> bool {
+        self.maxlevels > 0 && self.level >= self.maxlevels
+    }
+
+    fn seq(&mut self, items: &[Value], opener: &'static str, closer: &'static str) {
+        if self.too_deep() {
+            return self.emit(Token::Literal(if opener == "(" { "(...)" } else { "[...]" }));
         }
         self.emit(Token::Open(opener, closer));
-        match value {
-            Value::List(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    if self.done {
-                        return;
-                    }
-                    self.value(item);
-                    if i + 1 < items.len() {
-                        self.emit(Token::Literal(", "));
-                    }
-                }
+        for (i, item) in items.iter().enumerate() {
+            if self.done {
+                return;
             }
-            Value::Map(map) => {
-                for (i, (k, v)) in map.iter().enumerate() {
-                    if self.done {
-                        return;
-                    }
-                    self.emit(Token::Key(k));
-                    self.emit(Token::Literal(": "));
-                    self.value(v);
-                    if i + 1 < map.len() {
-                        self.emit(Token::Literal(", "));
-                    }
-                }
+            self.value(item);
+            if i + 1 < items.len() {
+                self.emit(Token::Literal(", "));
             }
-            _ => {}
         }
         self.emit(Token::Close(closer));
+    }
+
+    fn map(&mut self, map: &Map) {
+        if self.too_deep() {
+            return self.emit(Token::Literal("{...}"));
+        }
+        self.emit(Token::Open("{", "}"));
+        for (i, (k, v)) in map.iter().enumerate() {
+            if self.done {
+                return;
+            }
+            self.emit(Token::Key(k));
+            self.emit(Token::Literal(": "));
+            self.value(v);
+            if i + 1 < map.len() {
+                self.emit(Token::Literal(", "));
+            }
+        }
+        self.emit(Token::Close("}"));
     }
 
     fn emit(&mut self, token: Token<'_>) {
@@ -1573,5 +1602,24 @@ mod tests {
         assert_eq!(saferepr(&v("[[[[[1]]]]]"), None, 3), "[[[[...]]]]");
         assert_eq!(saferepr(&v("[1, 1, 1]"), Some(0), 3), ", ...");
         assert_eq!(saferepr(&v("[[[[[1]]]]]"), None, 0), "[[[[[1]]]]]");
+    }
+
+    #[test]
+    fn saferepr_of_argument_tuples_matches_celery() {
+        // Expected strings from celery.utils.saferepr.saferepr of the same tuples.
+        assert_eq!(saferepr_tuple(&[Value::Int(1)], Some(1024), SAFEREPR_MAXLEVELS), "(1,)");
+        let nested = Value::List(vec![
+            Value::Int(1),
+            Value::List(vec![Value::Int(2), Value::List(vec![Value::Int(3), Value::List(vec![Value::Int(4)])])]),
+        ]);
+        assert_eq!(
+            saferepr_tuple(&[Value::Str("x".repeat(30)), nested], Some(20), SAFEREPR_MAXLEVELS),
+            "('xxxxxxxxxxxxxxxxxxx...', ...)"
+        );
+        let many: Vec<Value> = (0..400).map(Value::Int).collect();
+        assert!(saferepr_tuple(&many, Some(1024), SAFEREPR_MAXLEVELS).ends_with("4, 225, 226..., ...)"));
+        let mut kwargs = Map::new();
+        kwargs.insert("a".into(), Value::List(vec![Value::Int(1)]));
+        assert_eq!(saferepr_dict(&kwargs, Some(1024), SAFEREPR_MAXLEVELS), "{'a': [1]}");
     }
 }
