@@ -95,6 +95,20 @@ where
     false
 }
 
+/// Whether a waiter gets subscribed to `key` (one subscriber) within the wait.
+async fn subscribed(url: &str, key: &str) -> bool {
+    let con = raw(url).await;
+    poll_until(|| {
+        let (mut con, key) = (con.clone(), key.to_owned());
+        async move {
+            let (_, n): (String, i64) =
+                redis::cmd("PUBSUB").arg("NUMSUB").arg(&key).query_async(&mut con).await.unwrap();
+            n == 1
+        }
+    })
+    .await
+}
+
 /// Runs tests/python/backend_peer.py.
 struct Peer {
     python: PathBuf,
@@ -528,18 +542,7 @@ async fn survives_a_redis_restart() {
         let (backend, id) = (backend.clone(), id.clone());
         tokio::spawn(async move { backend.wait(&id, Some(Duration::from_secs(30))).await })
     };
-    let con = raw(&redis.url()).await;
-    let key = backend.keys().task(&id);
-    let subscribed = poll_until(|| {
-        let (mut con, key) = (con.clone(), key.clone());
-        async move {
-            let (_, n): (String, i64) =
-                redis::cmd("PUBSUB").arg("NUMSUB").arg(&key).query_async(&mut con).await.unwrap();
-            n == 1
-        }
-    })
-    .await;
-    assert!(subscribed, "the waiter never subscribed");
+    assert!(subscribed(&redis.url(), &backend.keys().task(&id)).await, "the waiter never subscribed");
     let redis = tokio::task::spawn_blocking(move || {
         redis.restart().unwrap();
         redis
@@ -1014,18 +1017,7 @@ async fn passwords_and_unix_sockets() {
         let (backend, later) = (over_socket.clone(), later.clone());
         tokio::spawn(async move { backend.wait(&later, Some(Duration::from_secs(10))).await })
     };
-    let con = raw(&url).await;
-    let key = over_socket.keys().task(&later);
-    let subscribed = poll_until(|| {
-        let (mut con, key) = (con.clone(), key.clone());
-        async move {
-            let (_, n): (String, i64) =
-                redis::cmd("PUBSUB").arg("NUMSUB").arg(&key).query_async(&mut con).await.unwrap();
-            n == 1
-        }
-    })
-    .await;
-    assert!(subscribed);
+    assert!(subscribed(&url, &over_socket.keys().task(&later)).await);
     backend.store(&ResultMeta::success(&later, Value::Int(2), now())).await.unwrap();
     assert_eq!(waiter.await.unwrap().unwrap().result, Value::Int(2));
     if let Some(python) = celeriac_tests::python_peer() {
