@@ -110,6 +110,47 @@ impl ExchangeRegistry {
     }
 }
 
+/// kombu's `_lookup` through the anonymous exchange: the queue named by the
+/// routing key, or the dead-letter queue when there is none.
+pub(crate) fn route_anonymous(routing_key: &str, deadletter: Option<&str>) -> Vec<String> {
+    if routing_key.is_empty() {
+        deadletter.into_iter().map(str::to_owned).collect()
+    } else {
+        vec![routing_key.to_owned()]
+    }
+}
+
+/// kombu's `_lookup` through a named exchange of `kind`, given its bindings as
+/// `(routing_key, pattern, queue)`: the matching queues, sorted and unique, or
+/// the dead-letter queue when none match. With `deliver`, a topic exchange
+/// never routes to the dead-letter queue (`TopicExchange.deliver` filters it out).
+pub(crate) fn route<'a>(
+    kind: ExchangeKind,
+    bindings: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    routing_key: &str,
+    deadletter: Option<&str>,
+    deliver: bool,
+) -> Vec<String> {
+    let mut queues: Vec<String> = bindings
+        .into_iter()
+        .filter(|(rk, pattern, _)| match kind {
+            ExchangeKind::Direct => *rk == routing_key,
+            ExchangeKind::Topic => crate::topic::pattern_matches(pattern, routing_key),
+            ExchangeKind::Fanout => true,
+        })
+        .map(|(_, _, q)| q.to_owned())
+        .collect();
+    queues.sort();
+    queues.dedup();
+    if queues.is_empty() {
+        queues.extend(deadletter.map(str::to_owned));
+    }
+    if deliver && kind == ExchangeKind::Topic {
+        queues.retain(|q| !q.is_empty() && Some(q.as_str()) != deadletter);
+    }
+    queues
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::consumer::{Consumer, Feed};
 use crate::delivery::{Delivery, Settler};
 use crate::error::BrokerError;
-use crate::exchange::{ExchangeKind, ExchangeRegistry};
+use crate::exchange::{self, ExchangeKind, ExchangeRegistry};
 use crate::keys::KeySpace;
 use crate::options::RedisOptions;
 use crate::redis::{now_secs, FanoutMessage, Subscription};
@@ -137,37 +137,18 @@ impl MemoryBroker {
     }
 
     fn lookup(&self, s: &State, exchange: &str, routing_key: &str, deliver: bool) -> Vec<String> {
-        let deadletter = self.inner.options.deadletter_queue.clone();
+        let deadletter = self.inner.options.deadletter_queue.as_deref();
         if exchange.is_empty() {
-            return if routing_key.is_empty() {
-                deadletter.into_iter().collect()
-            } else {
-                vec![routing_key.to_owned()]
-            };
+            return exchange::route_anonymous(routing_key, deadletter);
         }
         let kind = self.inner.registry.kind_of(exchange);
-        let mut queues: Vec<String> = s
+        let bindings = s
             .bindings
             .get(&self.inner.keys.binding_key(exchange))
             .into_iter()
             .flatten()
-            .filter_map(|m| self.inner.keys.parse_binding_member(m))
-            .filter(|(rk, pattern, _)| match kind {
-                ExchangeKind::Direct => *rk == routing_key,
-                ExchangeKind::Topic => topic::pattern_matches(pattern, routing_key),
-                ExchangeKind::Fanout => true,
-            })
-            .map(|(_, _, q)| q.to_owned())
-            .collect();
-        queues.sort();
-        queues.dedup();
-        if queues.is_empty() {
-            queues.extend(deadletter.clone());
-        }
-        if deliver && kind == ExchangeKind::Topic {
-            queues.retain(|q| !q.is_empty() && Some(q) != deadletter.as_ref());
-        }
-        queues
+            .filter_map(|m| self.inner.keys.parse_binding_member(m));
+        exchange::route(kind, bindings, routing_key, deadletter, deliver)
     }
 
     /// Publishes as the Redis transport does (see [`crate::RedisBroker::publish`]).

@@ -23,7 +23,7 @@ use celeriac_protocol::{Envelope, Message};
 use crate::backoff::Backoff;
 use crate::consumer::Consumer;
 use crate::error::BrokerError;
-use crate::exchange::{Binding, ExchangeKind, ExchangeRegistry};
+use crate::exchange::{self, Binding, ExchangeKind, ExchangeRegistry};
 use crate::keys::KeySpace;
 use crate::options::RedisOptions;
 use crate::topic;
@@ -130,13 +130,9 @@ impl Inner {
     /// With `deliver`, a topic exchange never routes to the dead-letter queue
     /// (`TopicExchange.deliver` filters it out).
     pub async fn lookup(&self, exchange: &str, routing_key: &str, deliver: bool) -> Result<Vec<String>, BrokerError> {
-        let deadletter = self.options.deadletter_queue.clone();
+        let deadletter = self.options.deadletter_queue.as_deref();
         if exchange.is_empty() {
-            return Ok(if routing_key.is_empty() {
-                deadletter.into_iter().collect()
-            } else {
-                vec![routing_key.to_owned()]
-            });
+            return Ok(exchange::route_anonymous(routing_key, deadletter));
         }
         let kind = self.registry.kind_of(exchange);
         let key = self.keys.binding_key(exchange);
@@ -144,30 +140,14 @@ impl Inner {
             .conn
             .run("SMEMBERS", |mut conn| async move { redis::cmd("SMEMBERS").arg(&key).query_async(&mut conn).await })
             .await?;
-        let mut queues: Vec<String> = Vec::new();
-        for member in &members {
-            let Some((rk, pattern, queue)) = self.keys.parse_binding_member(member) else {
+        let bindings = members.iter().filter_map(|member| {
+            let parsed = self.keys.parse_binding_member(member);
+            if parsed.is_none() {
                 tracing::warn!(exchange, member = member.as_str(), "ignoring a malformed binding member");
-                continue;
-            };
-            let hit = match kind {
-                ExchangeKind::Direct => rk == routing_key,
-                ExchangeKind::Topic => topic::pattern_matches(pattern, routing_key),
-                ExchangeKind::Fanout => true,
-            };
-            if hit {
-                queues.push(queue.to_owned());
             }
-        }
-        queues.sort();
-        queues.dedup();
-        if queues.is_empty() {
-            queues.extend(deadletter.clone());
-        }
-        if deliver && kind == ExchangeKind::Topic {
-            queues.retain(|q| !q.is_empty() && Some(q) != deadletter.as_ref());
-        }
-        Ok(queues)
+            parsed
+        });
+        Ok(exchange::route(kind, bindings, routing_key, deadletter, deliver))
     }
 }
 
