@@ -49,21 +49,18 @@ fn build(file: Option<(&str, &str)>, env: impl IntoIterator<Item = (String, Stri
         message: e.to_string(),
     };
 
-    // The file alone first, so an unknown key is blamed on the file.
-    let mut builder = Config::builder();
+    let mut base = Config::builder();
     if let Some((text, _)) = file {
-        builder = builder.add_source(File::from_str(text, FileFormat::Toml));
+        base = base.add_source(File::from_str(text, FileFormat::Toml));
     }
-    let settings: Settings = builder.build().and_then(Config::try_deserialize).map_err(|e| invalid(&origin, e))?;
+    // The file alone first, so an unknown key is blamed on the file.
+    let settings: Settings = base.clone().build().and_then(Config::try_deserialize).map_err(|e| invalid(&origin, e))?;
 
     // Then the environment, one known setting at a time. Values are typed the
     // way a shell user means them: numbers, booleans, and comma lists where
     // the setting is a list.
     let defaults = serde_json::to_value(Settings::default()).unwrap_or_default();
-    let mut builder = Config::builder();
-    if let Some((text, _)) = file {
-        builder = builder.add_source(File::from_str(text, FileFormat::Toml));
-    }
+    let mut builder = base;
     let mut from_env = Vec::new();
     let mut env: Vec<(String, String)> = env.into_iter().collect();
     env.sort();
