@@ -1495,15 +1495,9 @@ mod tests {
     /// reads, and writes back byte for byte under the same key.
     #[test]
     fn golden_fixtures_round_trip() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/results");
         let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            let fixture = json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            let name = path.display().to_string();
+        for (name, text) in celeriac_tests::fixture_files("results").unwrap() {
+            let fixture = json::from_str(&text).unwrap();
             let key = fixture.get("key").and_then(Value::as_str).unwrap();
             let text = fixture.get("value").and_then(Value::as_str).unwrap();
             let python = fixture.get("python").unwrap();
@@ -1539,7 +1533,7 @@ mod tests {
             }
             seen += 1;
         }
-        assert!(seen >= 27, "only {seen} fixtures in {}", dir.display());
+        assert!(seen >= 27, "only {seen} result fixtures");
     }
 
     /// Each expected string is what CPython 3.11 prints.

@@ -8,32 +8,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed assertion
 
-use std::path::{Path, PathBuf};
-
 use celeriac_protocol::codec::{CodecError, ContentType};
 use celeriac_protocol::envelope::Envelope;
 use celeriac_protocol::task::{Protocol, TaskMessage};
 use celeriac_protocol::{json, Map, ProtocolError, Value};
 
-fn fixture_dir(kind: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(kind)
-}
-
 fn load(kind: &str) -> Vec<(String, Map)> {
-    let dir = fixture_dir(kind);
-    let mut out = Vec::new();
-    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "json") {
-            let text = std::fs::read_to_string(&path).unwrap();
-            let value = json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-            out.push((name, value.as_map().unwrap().clone()));
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+    celeriac_tests::fixture_files(kind)
+        .unwrap()
+        .into_iter()
+        .map(|(name, text)| {
+            let value = json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            (name, value.as_map().unwrap().clone())
+        })
+        .collect()
 }
 
 fn str_field<'a>(map: &'a Map, key: &str) -> &'a str {

@@ -6,6 +6,7 @@
 //! - [`RabbitNode`]: a private RabbitMQ node with its own node name, ports, epmd
 //!   and data dir; [`shared_amqp_url`] gives every test in a run one node;
 //! - [`python`]: the project virtualenv's interpreter with the pinned Celery;
+//! - [`fixture_files`]: the golden fixtures captured from Celery and kombu;
 //! - [`CeleryWorker`]: a real Python Celery worker, readiness awaited from its log;
 //! - [`TestCertificates`] and [`RedisServer::start_tls`]: TLS with a private CA;
 //!   [`SentinelServer`]: a Sentinel watching a private Redis;
@@ -18,6 +19,7 @@
 mod celery;
 mod child;
 mod error;
+mod fixtures;
 mod net;
 mod python;
 mod rabbitmq;
@@ -28,6 +30,7 @@ mod tls;
 pub use celery::{CeleryWorker, CeleryWorkerBuilder};
 pub use child::ChildGuard;
 pub use error::HarnessError;
+pub use fixtures::fixture_files;
 pub use net::{free_port, wait_until};
 pub use python::{python, repo_root, venv_python};
 pub use rabbitmq::{shared_amqp_url, RabbitNode, AMQP_URL_ENV};

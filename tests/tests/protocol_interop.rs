@@ -12,18 +12,11 @@ use celeriac_protocol::result::{GroupMeta, ResultMeta};
 use celeriac_protocol::{json, Map, TaskMessage, Value};
 
 fn fixtures(kind: &str) -> Vec<(String, Map)> {
-    let dir = celeriac_tests::repo_root().join("tests/fixtures").join(kind);
-    let mut out: Vec<(String, Map)> = std::fs::read_dir(&dir)
+    celeriac_tests::fixture_files(kind)
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| {
-            let value = json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-            (p.file_stem().unwrap().to_string_lossy().into_owned(), value.as_map().unwrap().clone())
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+        .into_iter()
+        .map(|(name, text)| (name, json::from_str(&text).unwrap().as_map().unwrap().clone()))
+        .collect()
 }
 
 /// Decodes a fixture's envelope and builds a fresh one from the typed model.
