@@ -1,6 +1,5 @@
 //! `Ctx`: what a running task knows about itself and can ask of its worker.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,7 +73,6 @@ struct CtxInner {
     services: Arc<dyn WorkerServices>,
     soft_limit: CancellationToken,
     terminate: CancellationToken,
-    soft_limit_hit: AtomicBool,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -92,15 +90,7 @@ impl Ctx {
         soft_limit: CancellationToken,
         terminate: CancellationToken,
     ) -> Ctx {
-        Ctx {
-            inner: Arc::new(CtxInner {
-                request,
-                services,
-                soft_limit,
-                terminate,
-                soft_limit_hit: AtomicBool::new(false),
-            }),
-        }
+        Ctx { inner: Arc::new(CtxInner { request, services, soft_limit, terminate }) }
     }
 
     /// A context with no worker behind it (for calling a task in tests).
@@ -193,7 +183,6 @@ impl Ctx {
     /// `tokio::select!` against the work, to clean up in time.
     pub async fn soft_time_limit(&self) {
         self.inner.soft_limit.cancelled().await;
-        self.inner.soft_limit_hit.store(true, Ordering::Relaxed);
     }
 
     /// Completes when the task is revoked with `terminate`.
