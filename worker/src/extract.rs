@@ -7,15 +7,29 @@ use serde::de::DeserializeOwned;
 
 use crate::{Ctx, TaskError};
 
-/// What a handler is called with: the arguments and the context.
+/// What a handler is called with: the context, which carries the request
+/// and so the arguments.
 #[derive(Debug, Clone)]
 pub struct Invocation {
-    /// Positional arguments.
-    pub args: Vec<Value>,
-    /// Keyword arguments.
-    pub kwargs: Map,
     /// The context.
     pub ctx: Ctx,
+}
+
+impl Invocation {
+    /// An invocation for the request `ctx` holds.
+    pub fn new(ctx: Ctx) -> Invocation {
+        Invocation { ctx }
+    }
+
+    /// Positional arguments.
+    pub fn args(&self) -> &[Value] {
+        &self.ctx.request().args
+    }
+
+    /// Keyword arguments.
+    pub fn kwargs(&self) -> &Map {
+        &self.ctx.request().kwargs
+    }
 }
 
 /// A type a task can take as a parameter.
@@ -32,7 +46,7 @@ pub struct Args<T>(pub T);
 
 impl<T: DeserializeOwned> FromInvocation for Args<T> {
     fn from_invocation(inv: &Invocation) -> Result<Self, TaskError> {
-        from_value(Value::List(inv.args.clone()))
+        from_value(Value::List(inv.args().to_vec()))
             .map(Args)
             .map_err(|e| TaskError::builtin("TypeError", format!("{}() positional arguments: {e}", inv.ctx.name())))
     }
@@ -45,7 +59,7 @@ pub struct Kwargs<T>(pub T);
 
 impl<T: DeserializeOwned> FromInvocation for Kwargs<T> {
     fn from_invocation(inv: &Invocation) -> Result<Self, TaskError> {
-        from_value(Value::Map(inv.kwargs.clone()))
+        from_value(Value::Map(inv.kwargs().clone()))
             .map(Kwargs)
             .map_err(|e| TaskError::builtin("TypeError", format!("{}() keyword arguments: {e}", inv.ctx.name())))
     }
@@ -63,6 +77,6 @@ pub struct RawArgs(pub Vec<Value>, pub Map);
 
 impl FromInvocation for RawArgs {
     fn from_invocation(inv: &Invocation) -> Result<Self, TaskError> {
-        Ok(RawArgs(inv.args.clone(), inv.kwargs.clone()))
+        Ok(RawArgs(inv.args().to_vec(), inv.kwargs().clone()))
     }
 }

@@ -75,7 +75,9 @@ mod tests {
         let mut request = RequestInfo::default();
         request.headers.id = "t-1".into();
         request.headers.task = "x".into();
-        Invocation { args, kwargs, ctx: Ctx::detached(request) }
+        request.args = args;
+        request.kwargs = kwargs;
+        Invocation::new(Ctx::detached(request))
     }
 
     #[tokio::test]

@@ -299,7 +299,7 @@ impl Shared {
             redelivered: delivery.redelivered(),
         };
         let ctx = Ctx::new(request, self.services.clone(), soft_token.clone(), terminate.clone());
-        let inv = Invocation { args: task.args.clone(), kwargs: task.kwargs.clone(), ctx };
+        let inv = Invocation::new(ctx);
         let started = Instant::now();
         let mut handle = tokio::spawn(def.handler().call(inv));
         let soft_timer = soft.map(|d| {
