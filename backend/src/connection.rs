@@ -12,22 +12,12 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use celeriac_redisconn::Target;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{
-    Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, TlsCertificates,
-};
+use redis::Client;
 
 use crate::error::{is_retryable, BackendError};
 use crate::options::{BackendOptions, CertReqs, Endpoint, RetryPolicy, TlsOptions, DEFAULT_CONNECT_TIMEOUT};
-
-/// How the server is found.
-enum Target {
-    /// A fixed address.
-    Direct(Client),
-    /// The master a Sentinel names, looked up again after connection errors.
-    Sentinel { sentinel: tokio::sync::Mutex<SentinelClient> },
-}
 
 /// The connection in use, and which lookup it came from.
 #[derive(Clone)]
@@ -52,28 +42,6 @@ struct Inner {
     current: RwLock<Current>,
 }
 
-fn read_file(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, BackendError> {
-    std::fs::read(path).map_err(|source| BackendError::TlsFile { what, path: path.display().to_string(), source })
-}
-
-fn tls_certificates(tls: &TlsOptions) -> Result<TlsCertificates, BackendError> {
-    let client_tls = match (&tls.certfile, &tls.keyfile) {
-        (Some(cert), Some(key)) => Some(ClientTlsConfig {
-            client_cert: read_file("ssl_certfile", cert)?,
-            client_key: read_file("ssl_keyfile", key)?,
-        }),
-        (None, None) => None,
-        _ => {
-            return Err(BackendError::InvalidSetting {
-                setting: "ssl_certfile",
-                reason: "a client certificate needs both ssl_certfile and ssl_keyfile".into(),
-            })
-        }
-    };
-    let root_cert = tls.ca_certs.as_deref().map(|p| read_file("ssl_ca_certs", p)).transpose()?;
-    Ok(TlsCertificates { client_tls, root_cert })
-}
-
 fn warn_cert_reqs(tls: &TlsOptions, url: &str) {
     match tls.cert_reqs {
         CertReqs::Required => {}
@@ -94,60 +62,14 @@ impl Connection {
     /// connects.
     pub async fn connect(options: &BackendOptions) -> Result<Connection, BackendError> {
         let url = options.masked_url();
-        let config_err = |source: redis::RedisError| BackendError::Connect { url: url.clone(), source };
-        let mut settings = RedisConnectionInfo::default().set_db(options.db);
-        if let Some(user) = &options.username {
-            settings = settings.set_username(user);
+        if let Endpoint::Tls { tls, .. } = &options.endpoint {
+            warn_cert_reqs(tls, &url);
         }
-        if let Some(password) = &options.password {
-            settings = settings.set_password(password);
-        }
-        let info = |addr: ConnectionAddr| -> Result<ConnectionInfo, BackendError> {
-            Ok(addr.into_connection_info().map_err(config_err)?.set_redis_settings(settings.clone()))
-        };
-        let target = match &options.endpoint {
-            Endpoint::Tcp { host, port } => {
-                Target::Direct(Client::open(info(ConnectionAddr::Tcp(host.clone(), *port))?).map_err(config_err)?)
-            }
-            Endpoint::Unix { path } => {
-                Target::Direct(Client::open(info(ConnectionAddr::Unix(path.clone()))?).map_err(config_err)?)
-            }
-            Endpoint::Tls { host, port, tls } => {
-                warn_cert_reqs(tls, &url);
-                let addr = ConnectionAddr::TcpTls {
-                    host: host.clone(),
-                    port: *port,
-                    insecure: tls.cert_reqs == CertReqs::None,
-                    tls_params: None,
-                };
-                Target::Direct(Client::build_with_tls(info(addr)?, tls_certificates(tls)?).map_err(config_err)?)
-            }
-            Endpoint::Sentinel { nodes } => {
-                let master = options.transport.master_name.clone().ok_or_else(|| BackendError::InvalidSetting {
-                    setting: "master_name",
-                    reason: "a sentinel:// result backend needs result_backend_transport_options = \
-                             {\"master_name\": \"<the Sentinel service name>\"}"
-                        .into(),
-                })?;
-                let mut sentinel_settings = RedisConnectionInfo::default();
-                if let Some(password) = &options.transport.sentinel_password {
-                    sentinel_settings = sentinel_settings.set_password(password);
-                }
-                let node_infos = nodes
-                    .iter()
-                    .map(|(host, port)| {
-                        Ok(ConnectionAddr::Tcp(host.clone(), *port)
-                            .into_connection_info()
-                            .map_err(config_err)?
-                            .set_redis_settings(sentinel_settings.clone()))
-                    })
-                    .collect::<Result<Vec<_>, BackendError>>()?;
-                let node_info = SentinelNodeConnectionInfo::default().set_redis_connection_info(settings.clone());
-                let sentinel = SentinelClient::build(node_infos, master, Some(node_info), SentinelServerType::Master)
-                    .map_err(config_err)?;
-                Target::Sentinel { sentinel: tokio::sync::Mutex::new(sentinel) }
-            }
-        };
+        let settings =
+            celeriac_redisconn::redis_settings(options.db, options.username.as_deref(), options.password.as_deref());
+        let (master_name, sentinel_password) =
+            (options.transport.master_name.as_deref(), options.transport.sentinel_password.as_deref());
+        let target = options.endpoint.target(settings, master_name, sentinel_password, &url)?;
         let connect_timeout = options.socket_connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         // One quick reconnect attempt per command; the retry policy does the rest.
         let manager_config = ConnectionManagerConfig::new()
@@ -156,10 +78,7 @@ impl Connection {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(1));
-        let client = match &target {
-            Target::Direct(client) => client.clone(),
-            Target::Sentinel { sentinel } => resolve_master(sentinel, &url, connect_timeout).await?,
-        };
+        let client = resolve(&target, &url, connect_timeout).await?;
         let manager = new_manager(&client, manager_config.clone(), &url, connect_timeout).await?;
         if let Some(name) = &options.client_name {
             let mut con = manager.clone();
@@ -248,8 +167,10 @@ impl Connection {
     /// After a connection error under Sentinel: ask the Sentinels for the master
     /// again and connect to it, unless another caller already did.
     async fn refresh(&self, seen_generation: u64) {
-        let Target::Sentinel { sentinel } = &self.inner.target else { return };
-        let client = match resolve_master(sentinel, &self.inner.url, self.inner.connect_timeout).await {
+        if !matches!(self.inner.target, Target::Sentinel(_)) {
+            return;
+        }
+        let client = match resolve(&self.inner.target, &self.inner.url, self.inner.connect_timeout).await {
             Ok(client) => client,
             Err(e) => {
                 tracing::warn!(url = %self.inner.url, error = %e, "cannot look the master up through Sentinel");
@@ -276,22 +197,17 @@ impl Connection {
     }
 }
 
-async fn resolve_master(
-    sentinel: &tokio::sync::Mutex<SentinelClient>,
-    url: &str,
-    timeout: Duration,
-) -> Result<Client, BackendError> {
-    let mut sentinel = sentinel.lock().await;
-    match tokio::time::timeout(timeout, sentinel.async_get_client()).await {
-        Ok(result) => result.map_err(|source| BackendError::Connect { url: url.to_owned(), source }),
-        Err(_) => Err(BackendError::Connect {
-            url: url.to_owned(),
-            source: redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "timed out asking the Sentinels for the master",
-            )),
-        }),
-    }
+/// The server to talk to now (under Sentinel, the master it names).
+async fn resolve(target: &Target, url: &str, timeout: Duration) -> Result<Client, BackendError> {
+    let sentinel = match target {
+        Target::Direct(client) => return Ok(client.clone()),
+        Target::Sentinel(sentinel) => sentinel,
+    };
+    let master = tokio::time::timeout(timeout, sentinel.lock().await.async_get_client()).await.unwrap_or_else(|_| {
+        let timed_out = std::io::ErrorKind::TimedOut;
+        Err(redis::RedisError::from(std::io::Error::new(timed_out, "timed out asking the Sentinels for the master")))
+    });
+    master.map_err(|source| BackendError::Connect { url: url.to_owned(), source })
 }
 
 async fn new_manager(

@@ -119,6 +119,29 @@ impl BackendError {
     }
 }
 
+/// The shared connection code's errors, in the backend's words.
+impl From<celeriac_redisconn::Error> for BackendError {
+    fn from(e: celeriac_redisconn::Error) -> Self {
+        use celeriac_redisconn::Error;
+        match e {
+            Error::Url { url, problem } => BackendError::InvalidUrl { url, reason: problem.to_string() },
+            Error::NotSentinel { ref url, .. } => BackendError::InvalidUrl { url: url.clone(), reason: e.to_string() },
+            Error::CertReqs(_) => BackendError::InvalidSetting { setting: "ssl_cert_reqs", reason: e.to_string() },
+            Error::TlsFile { option, path, source } => {
+                BackendError::TlsFile { what: option, path: path.display().to_string(), source }
+            }
+            Error::HalfClientCert => BackendError::InvalidSetting { setting: "ssl_certfile", reason: e.to_string() },
+            Error::NoMasterName => BackendError::InvalidSetting {
+                setting: "master_name",
+                reason: "a sentinel:// result backend needs result_backend_transport_options = \
+                         {\"master_name\": \"<the Sentinel service name>\"}"
+                    .into(),
+            },
+            Error::Client { url, source } => BackendError::Connect { url, source },
+        }
+    }
+}
+
 /// Errors Celery's `ensure` retries: the connection broke, was refused or timed
 /// out, or (after a Sentinel failover) the server became a read-only replica.
 pub(crate) fn is_retryable(err: &redis::RedisError) -> bool {

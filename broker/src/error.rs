@@ -117,6 +117,38 @@ impl BrokerError {
     }
 }
 
+/// The shared connection code's errors, in the broker's words.
+impl From<celeriac_redisconn::Error> for BrokerError {
+    fn from(e: celeriac_redisconn::Error) -> Self {
+        use celeriac_redisconn::{Error, UrlProblem};
+        BrokerError::Config(match e {
+            Error::Url { url, problem } => match problem {
+                UrlProblem::BadEscape(near) => format!("bad percent escape in the broker URL near {near:?}"),
+                UrlProblem::InvalidUtf8 => "the broker URL decodes to invalid UTF-8".into(),
+                UrlProblem::NoScheme => format!("cannot parse broker URL {url}: expected scheme://..."),
+                UrlProblem::UnclosedBracket => format!("cannot parse broker URL {url}: unclosed [ in the host"),
+                UrlProblem::JunkAfterHost => format!("cannot parse broker URL {url}: junk after the host"),
+                UrlProblem::BadPort(_) => format!("cannot parse broker URL {url}: the port is not a number"),
+            },
+            Error::NotSentinel { scheme, .. } => format!("cannot mix {scheme}:// with sentinel:// in one broker URL"),
+            Error::CertReqs(value) => {
+                format!("unknown ssl_cert_reqs {:?}; use required, optional or none", value.to_ascii_lowercase())
+            }
+            Error::TlsFile { option, path, source } => {
+                let what = match option {
+                    "ssl_ca_certs" => "CA certificates",
+                    "ssl_certfile" => "client certificate",
+                    _ => "client key",
+                };
+                return BrokerError::TlsFile { what, path: path.display().to_string(), source };
+            }
+            Error::HalfClientCert => "ssl_certfile and ssl_keyfile must be given together".into(),
+            Error::NoMasterName => "'master_name' transport option must be specified for sentinel://".into(),
+            Error::Client { url, source } => format!("{url}: {source}"),
+        })
+    }
+}
+
 /// Whether a Redis client error means "the connection is gone or not ready yet".
 pub(crate) fn is_transient_redis(e: &redis::RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};

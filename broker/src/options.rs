@@ -18,13 +18,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use celeriac_protocol::envelope::BodyEncoding;
+use celeriac_redisconn::{mask_password, seconds, segments, sentinel_nodes, Dialect, Endpoint, UrlParts, TLS_PARAMS};
+pub use celeriac_redisconn::{CertReqs, TlsOptions, DEFAULT_PORT, DEFAULT_SENTINEL_PORT};
 
 use crate::error::BrokerError;
-
-/// Default Redis port.
-pub const DEFAULT_PORT: u16 = 6379;
-/// Default Sentinel port.
-pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
 
 /// The order in which a consumer's queues are tried (kombu's `queue_order_strategy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -63,46 +60,6 @@ pub enum FanoutPrefix {
     Disabled,
     /// A custom prefix; `{db}` in it is replaced by the database number.
     Custom(String),
-}
-
-/// Whether the server certificate is verified (kombu's `ssl_cert_reqs`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum CertReqs {
-    /// Verify the certificate and host name (`CERT_REQUIRED`, the default).
-    #[default]
-    Required,
-    /// Same as required for a client (`CERT_OPTIONAL` behaves so in Python's ssl too).
-    Optional,
-    /// Accept any certificate (`CERT_NONE`): encryption without authentication.
-    None,
-}
-
-impl std::str::FromStr for CertReqs {
-    type Err = BrokerError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "required" | "cert_required" => Ok(CertReqs::Required),
-            "optional" | "cert_optional" => Ok(CertReqs::Optional),
-            "none" | "cert_none" => Ok(CertReqs::None),
-            other => {
-                Err(BrokerError::Config(format!("unknown ssl_cert_reqs {other:?}; use required, optional or none")))
-            }
-        }
-    }
-}
-
-/// TLS settings for `rediss://` (kombu's `ssl` dict / `broker_use_ssl`).
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct TlsOptions {
-    /// Certificate verification (on by default).
-    pub cert_reqs: CertReqs,
-    /// PEM file with the CA certificates to trust instead of the system's.
-    pub ca_certs: Option<PathBuf>,
-    /// PEM client certificate, for servers that require client authentication.
-    pub certfile: Option<PathBuf>,
-    /// PEM private key of the client certificate.
-    pub keyfile: Option<PathBuf>,
 }
 
 /// Where the Redis server is.
@@ -277,56 +234,39 @@ impl RedisOptions {
 
     /// Sets the connection part (and any transport options in the query) from a URL.
     pub fn apply_url(&mut self, url: &str) -> Result<(), BrokerError> {
-        let segments: Vec<&str> = url.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
-        let first = segments.first().ok_or_else(|| BrokerError::Config("the broker URL is empty".into()))?;
-        let parsed = ParsedUrl::parse(first)?;
+        let first = segments(url).next().ok_or_else(|| BrokerError::Config("the broker URL is empty".into()))?;
+        let parsed = UrlParts::parse(first, Dialect::Kombu)?;
         match parsed.scheme.as_str() {
             "redis" | "rediss" => {
-                if segments.len() > 1 {
+                if segments(url).count() > 1 {
                     return Err(BrokerError::Config(format!(
                         "only sentinel:// URLs can be joined with ';' (got {})",
-                        mask_any(url)
+                        mask_password(url)
                     )));
                 }
-                self.endpoint = RedisEndpoint::Tcp {
-                    host: if parsed.host.is_empty() { "localhost".into() } else { parsed.host.clone() },
-                    port: parsed.port.unwrap_or(DEFAULT_PORT),
-                };
+                let (host, port) = parsed.host_port(DEFAULT_PORT);
+                self.endpoint = RedisEndpoint::Tcp { host, port };
                 self.db = parse_db(&parsed.path)?;
                 self.tls = (parsed.scheme == "rediss").then(TlsOptions::default);
             }
             "redis+socket" | "socket" | "unix" | "redis+unix" => {
-                if parsed.path.is_empty() || parsed.path == "/" {
-                    return Err(BrokerError::Config(format!(
+                let path = parsed.socket_path().ok_or_else(|| {
+                    BrokerError::Config(format!(
                         "{} needs the socket's path, e.g. redis+socket:///var/run/redis.sock",
-                        mask_any(url)
-                    )));
-                }
-                self.endpoint = RedisEndpoint::Unix { path: PathBuf::from(percent_decode(&parsed.path)?) };
+                        mask_password(url)
+                    ))
+                })?;
+                self.endpoint = RedisEndpoint::Unix { path };
                 self.db = 0;
                 self.tls = None;
             }
             "sentinel" => {
-                let mut nodes = Vec::new();
-                let mut later_queries = Vec::new();
-                for (i, segment) in segments.iter().enumerate() {
-                    let p = if i == 0 { parsed.clone() } else { ParsedUrl::parse(segment)? };
-                    if p.scheme != "sentinel" {
-                        return Err(BrokerError::Config(format!(
-                            "cannot mix {}:// with sentinel:// in one broker URL",
-                            p.scheme
-                        )));
-                    }
-                    nodes.push((
-                        if p.host.is_empty() { "localhost".to_owned() } else { p.host.clone() },
-                        p.port.unwrap_or(DEFAULT_SENTINEL_PORT),
-                    ));
-                    if i > 0 {
-                        later_queries.extend(p.query);
-                    }
+                let nodes = sentinel_nodes(url, Dialect::Kombu)?;
+                let addrs = nodes.iter().map(|node| node.host_port(DEFAULT_SENTINEL_PORT)).collect();
+                self.endpoint = RedisEndpoint::Sentinel { nodes: addrs, master_name: None };
+                for node in nodes.iter().skip(1) {
+                    self.apply_query(&node.query)?;
                 }
-                self.endpoint = RedisEndpoint::Sentinel { nodes, master_name: None };
-                self.apply_query(&later_queries)?;
                 self.db = parse_db(&parsed.path)?;
                 self.tls = None;
             }
@@ -344,20 +284,11 @@ impl RedisOptions {
 
     fn apply_query(&mut self, query: &[(String, String)]) -> Result<(), BrokerError> {
         for (key, value) in query {
-            let secs = || -> Result<Duration, BrokerError> {
-                value
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|s| s.is_finite() && *s >= 0.0)
-                    .map(Duration::from_secs_f64)
-                    .ok_or_else(|| BrokerError::Config(format!("{key}={value:?} is not a number of seconds")))
-            };
+            let not_seconds = || BrokerError::Config(format!("{key}={value:?} is not a number of seconds"));
+            let secs = || seconds(value).ok_or_else(not_seconds);
             match key.as_str() {
                 "virtual_host" | "db" => self.db = parse_db(value)?,
-                "ssl_cert_reqs" => self.tls_mut()?.cert_reqs = value.parse()?,
-                "ssl_ca_certs" => self.tls_mut()?.ca_certs = Some(PathBuf::from(value)),
-                "ssl_certfile" => self.tls_mut()?.certfile = Some(PathBuf::from(value)),
-                "ssl_keyfile" => self.tls_mut()?.keyfile = Some(PathBuf::from(value)),
+                tls if TLS_PARAMS.contains(&tls) => self.tls_mut()?.set(tls, value, Dialect::Kombu)?,
                 "master_name" => match &mut self.endpoint {
                     RedisEndpoint::Sentinel { master_name, .. } => *master_name = Some(value.clone()),
                     _ => return Err(BrokerError::Config("master_name is only for sentinel:// URLs".into())),
@@ -437,47 +368,20 @@ impl RedisOptions {
 
     /// The broker URL with the password masked, for logs: `redis://:**@host:6379/0`.
     pub fn masked_url(&self) -> String {
-        let userinfo = match (&self.username, &self.password) {
-            (user, Some(_)) => format!("{}:**@", user.as_deref().unwrap_or("")),
-            (Some(user), None) => format!("{user}@"),
-            (None, None) => String::new(),
-        };
-        match &self.endpoint {
-            RedisEndpoint::Tcp { host, port } => {
-                let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
-                format!("{scheme}://{userinfo}{}:{port}/{}", bracket(host), self.db)
-            }
-            RedisEndpoint::Unix { path } => {
-                format!("redis+socket://{userinfo}{}?virtual_host={}", path.display(), self.db)
-            }
-            RedisEndpoint::Sentinel { nodes, .. } => nodes
-                .iter()
-                .map(|(host, port)| format!("sentinel://{userinfo}{}:{port}/{}", bracket(host), self.db))
-                .collect::<Vec<_>>()
-                .join(";"),
-        }
+        let endpoint = self.connection_endpoint();
+        endpoint.masked_url(self.db, self.username.as_deref(), self.password.is_some(), Dialect::Kombu)
     }
-}
 
-fn bracket(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    }
-}
-
-/// Masks whatever sits between `:` and `@` in a URL we could not parse.
-fn mask_any(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!("{}{}:**{}", &url[..s + 3], &userinfo[..colon], &url[at..]),
-                None => url.to_owned(),
+    /// The endpoint in the shape the connection code takes (TLS in it, no master name).
+    pub(crate) fn connection_endpoint(&self) -> Endpoint {
+        match (&self.endpoint, &self.tls) {
+            (RedisEndpoint::Tcp { host, port }, Some(tls)) => {
+                Endpoint::Tls { host: host.clone(), port: *port, tls: tls.clone() }
             }
+            (RedisEndpoint::Tcp { host, port }, None) => Endpoint::Tcp { host: host.clone(), port: *port },
+            (RedisEndpoint::Unix { path }, _) => Endpoint::Unix { path: path.clone() },
+            (RedisEndpoint::Sentinel { nodes, .. }, _) => Endpoint::Sentinel { nodes: nodes.clone() },
         }
-        _ => url.to_owned(),
     }
 }
 
@@ -489,95 +393,6 @@ fn parse_db(path: &str) -> Result<i64, BrokerError> {
     trimmed.parse::<i64>().ok().filter(|db| *db >= 0).ok_or_else(|| {
         BrokerError::Config(format!("database is an int between 0 and the server's limit - 1, not {path:?}"))
     })
-}
-
-/// The parts of one `scheme://user:pass@host:port/path?query` URL.
-#[derive(Clone, Debug, Default, PartialEq)]
-struct ParsedUrl {
-    scheme: String,
-    username: Option<String>,
-    password: Option<String>,
-    host: String,
-    port: Option<u16>,
-    path: String,
-    query: Vec<(String, String)>,
-}
-
-impl ParsedUrl {
-    fn parse(url: &str) -> Result<ParsedUrl, BrokerError> {
-        let bad = |why: &str| BrokerError::Config(format!("cannot parse broker URL {}: {why}", mask_any(url)));
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected scheme://..."))?;
-        let (rest, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, q),
-            None => (rest, ""),
-        };
-        let (netloc, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        let (userinfo, hostport) = match netloc.rfind('@') {
-            Some(i) => (Some(&netloc[..i]), &netloc[i + 1..]),
-            None => (None, netloc),
-        };
-        let (username, password) = match userinfo {
-            None => (None, None),
-            Some(info) => match info.split_once(':') {
-                Some((u, p)) => (Some(percent_decode(u)?), Some(percent_decode(p)?)),
-                None => (Some(percent_decode(info)?), None),
-            },
-        };
-        let (host, port) = if let Some(stripped) = hostport.strip_prefix('[') {
-            let (h, after) = stripped.split_once(']').ok_or_else(|| bad("unclosed [ in the host"))?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => Some(p.parse::<u16>().map_err(|_| bad("the port is not a number"))?),
-                None if after.is_empty() => None,
-                None => return Err(bad("junk after the host")),
-            };
-            (h.to_owned(), port)
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) if !p.is_empty() => {
-                    (h.to_owned(), Some(p.parse::<u16>().map_err(|_| bad("the port is not a number"))?))
-                }
-                Some((h, _)) => (h.to_owned(), None),
-                None => (hostport.to_owned(), None),
-            }
-        };
-        let mut pairs = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            pairs.push((percent_decode(k)?, percent_decode(v)?));
-        }
-        Ok(ParsedUrl {
-            scheme: scheme.to_ascii_lowercase(),
-            username,
-            password,
-            host: percent_decode(&host)?,
-            port,
-            path: path.to_owned(),
-            query: pairs,
-        })
-    }
-}
-
-fn percent_decode(s: &str) -> Result<String, BrokerError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-            let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| {
-                BrokerError::Config(format!("bad percent escape in the broker URL near {:?}", &s[i..]))
-            })?;
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| BrokerError::Config("the broker URL decodes to invalid UTF-8".into()))
 }
 
 #[cfg(test)]

@@ -10,20 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use celeriac_redisconn::{Target, DEFAULT_CONNECT_TIMEOUT};
 use redis::aio::MultiplexedConnection;
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+use redis::{AsyncConnectionConfig, Client};
 
 use crate::error::BrokerError;
-use crate::options::{CertReqs, RedisEndpoint, RedisOptions};
-
-/// Connecting takes at most this long when `socket_connect_timeout` is unset.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-enum Target {
-    Direct(Client),
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
-}
+use crate::options::{RedisEndpoint, RedisOptions, Secret};
 
 /// Knows how to open connections to the configured server.
 pub(crate) struct Connector {
@@ -39,79 +31,17 @@ impl std::fmt::Debug for Connector {
     }
 }
 
-fn read_file(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, BrokerError> {
-    std::fs::read(path).map_err(|source| BrokerError::TlsFile { what, path: path.display().to_string(), source })
-}
-
 impl Connector {
     /// Builds the client (reading TLS files now, so a bad path fails early).
     pub fn new(options: &RedisOptions) -> Result<Connector, BrokerError> {
         let url = options.masked_url();
-        let config_err = |e: redis::RedisError| BrokerError::Config(format!("{url}: {e}"));
-        let mut settings = RedisConnectionInfo::default().set_db(options.db);
-        if let Some(user) = &options.username {
-            settings = settings.set_username(user);
-        }
-        if let Some(password) = &options.password {
-            settings = settings.set_password(password.expose());
-        }
-        let target = match &options.endpoint {
-            RedisEndpoint::Tcp { host, port } => {
-                let addr = match &options.tls {
-                    Some(tls) => {
-                        // rustls needs a process-wide provider for the no-verification mode.
-                        let _ = rustls::crypto::ring::default_provider().install_default();
-                        ConnectionAddr::TcpTls {
-                            host: host.clone(),
-                            port: *port,
-                            insecure: tls.cert_reqs == CertReqs::None,
-                            tls_params: None,
-                        }
-                    }
-                    None => ConnectionAddr::Tcp(host.clone(), *port),
-                };
-                let info = addr.into_connection_info().map_err(config_err)?.set_redis_settings(settings);
-                let client = match &options.tls {
-                    Some(tls) if tls.ca_certs.is_some() || tls.certfile.is_some() => {
-                        let root_cert = tls.ca_certs.as_deref().map(|p| read_file("CA certificates", p)).transpose()?;
-                        let client_tls = match (&tls.certfile, &tls.keyfile) {
-                            (Some(cert), Some(key)) => Some(ClientTlsConfig {
-                                client_cert: read_file("client certificate", cert)?,
-                                client_key: read_file("client key", key)?,
-                            }),
-                            _ => None,
-                        };
-                        Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert })
-                            .map_err(config_err)?
-                    }
-                    _ => Client::open(info).map_err(config_err)?,
-                };
-                Target::Direct(client)
-            }
-            RedisEndpoint::Unix { path } => {
-                let info = ConnectionAddr::Unix(path.clone())
-                    .into_connection_info()
-                    .map_err(config_err)?
-                    .set_redis_settings(settings);
-                Target::Direct(Client::open(info).map_err(config_err)?)
-            }
-            RedisEndpoint::Sentinel { nodes, master_name } => {
-                let master = master_name.clone().filter(|m| !m.is_empty()).ok_or_else(|| {
-                    BrokerError::Config("'master_name' transport option must be specified for sentinel://".into())
-                })?;
-                let addrs = nodes.iter().map(|(h, p)| ConnectionAddr::Tcp(h.clone(), *p));
-                let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
-                    .map_err(config_err)?
-                    .set_client_to_redis_db(options.db);
-                if let Some(user) = &options.username {
-                    builder = builder.set_client_to_redis_username(user);
-                }
-                if let Some(password) = &options.password {
-                    builder = builder.set_client_to_redis_password(password.expose());
-                }
-                Target::Sentinel(tokio::sync::Mutex::new(builder.build().map_err(config_err)?))
-            }
+        let password = options.password.as_ref().map(Secret::expose);
+        let settings = celeriac_redisconn::redis_settings(options.db, options.username.as_deref(), password);
+        let master_name = match &options.endpoint {
+            RedisEndpoint::Sentinel { master_name, .. } => master_name.as_deref().filter(|m| !m.is_empty()),
+            _ => None,
         };
+        let target = options.connection_endpoint().target(settings, master_name, None, &url)?;
         Ok(Connector {
             target,
             url,
