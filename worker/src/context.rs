@@ -58,6 +58,11 @@ pub struct RequestInfo {
     pub hostname: String,
     /// Whether the message was delivered before (restored or requeued).
     pub redelivered: bool,
+    /// The message's publisher properties (`correlation_id`, `reply_to`,
+    /// `app_id`, ...), as Python's `request.properties`.
+    pub properties: Map,
+    /// The message priority (Python's `delivery_info['priority']`).
+    pub priority: u8,
 }
 
 /// The task's context: an extractor (`ctx: Ctx`) giving the request's
@@ -151,6 +156,16 @@ impl Ctx {
     /// Exchange and routing key it arrived with.
     pub fn delivery_info(&self) -> &DeliveryInfo {
         &self.inner.request.delivery_info
+    }
+
+    /// The message's publisher properties.
+    pub fn properties(&self) -> &Map {
+        &self.inner.request.properties
+    }
+
+    /// The message priority (0 when the producer set none).
+    pub fn priority(&self) -> u8 {
+        self.inner.request.priority
     }
 
     /// A retry after the task's default delay: `return Err(ctx.retry("busy"))`.

@@ -297,6 +297,8 @@ impl Shared {
             delivery_info: delivery.envelope.delivery_info.clone(),
             hostname: cfg.hostname.clone(),
             redelivered: delivery.redelivered(),
+            properties: delivery.message().properties.clone(),
+            priority: delivery.message().priority,
         };
         let ctx = Ctx::new(request, self.services.clone(), soft_token.clone(), terminate.clone());
         let inv = Invocation::new(ctx);
