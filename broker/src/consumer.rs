@@ -55,6 +55,12 @@ impl Consumer {
         self.rx.recv().await
     }
 
+    /// A handle that changes the prefetch window and the consumed queues
+    /// while another task owns the consumer (ETA bookkeeping, remote control).
+    pub fn control(&self) -> ConsumerControl {
+        ConsumerControl { window: self.window.clone() }
+    }
+
     /// Changes the prefetch count (0 = unlimited), as `basic_qos` does.
     pub fn set_prefetch(&self, prefetch: usize) {
         self.window.set_prefetch(prefetch);
@@ -121,6 +127,55 @@ impl Consumer {
         self.closed = true;
         self.rx.close();
         while self.rx.try_recv().is_ok() {}
+    }
+}
+
+/// Changes a running consumer's prefetch window and queues. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ConsumerControl {
+    window: Arc<Window>,
+}
+
+impl ConsumerControl {
+    /// The prefetch count (0 = unlimited).
+    pub fn prefetch(&self) -> usize {
+        self.window.prefetch()
+    }
+
+    /// Changes the prefetch count, as `basic_qos` does.
+    pub fn set_prefetch(&self, prefetch: usize) {
+        self.window.set_prefetch(prefetch);
+    }
+
+    /// One more slot (unless unlimited): a held ETA message leaves the window
+    /// its room, as Celery's `qos.increment_eventually`.
+    pub fn increment_prefetch(&self) {
+        self.window.increment_prefetch();
+    }
+
+    /// One slot fewer (never below 1), when an ETA message is released.
+    pub fn decrement_prefetch(&self) {
+        self.window.decrement_prefetch();
+    }
+
+    /// Deliveries handed out and not settled yet.
+    pub fn in_flight(&self) -> usize {
+        self.window.in_flight()
+    }
+
+    /// Starts consuming `queue`; false if it already was.
+    pub fn add_queue(&self, queue: &str) -> bool {
+        self.window.add_queue(queue)
+    }
+
+    /// Stops consuming `queue`; false if it was not consumed.
+    pub fn cancel_queue(&self, queue: &str) -> bool {
+        self.window.cancel_queue(queue)
+    }
+
+    /// The consumed queues.
+    pub fn queues(&self) -> Vec<String> {
+        self.window.queues()
     }
 }
 

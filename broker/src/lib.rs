@@ -28,7 +28,7 @@ pub mod topic;
 mod window;
 
 pub use broker::Broker;
-pub use consumer::Consumer;
+pub use consumer::{Consumer, ConsumerControl};
 pub use delivery::Delivery;
 pub use error::BrokerError;
 pub use exchange::ExchangeKind;

@@ -170,6 +170,27 @@ impl Window {
         self.changed.notify_one();
     }
 
+    /// Raises the prefetch count by one, unless it is 0 (unlimited): Celery's
+    /// `qos.increment_eventually`, so a held ETA message does not take a slot
+    /// of the window.
+    pub fn increment_prefetch(&self) {
+        let mut s = self.lock();
+        if s.prefetch != 0 {
+            s.prefetch += 1;
+            drop(s);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Lowers the prefetch count by one, never to 0 (which would mean
+    /// unlimited): Celery's `qos.decrement_eventually`.
+    pub fn decrement_prefetch(&self) {
+        let mut s = self.lock();
+        if s.prefetch > 1 {
+            s.prefetch -= 1;
+        }
+    }
+
     /// The consumed queues, in the order given.
     pub fn queues(&self) -> Vec<String> {
         self.lock().queues.clone()

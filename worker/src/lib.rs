@@ -31,15 +31,18 @@ pub mod context;
 pub mod error;
 pub mod extract;
 pub mod handler;
+pub mod rate;
 pub mod registry;
 pub mod runtime;
+pub mod store;
 pub mod task;
 
 pub use context::{Ctx, RequestInfo, WorkerServices};
 pub use error::TaskError;
 pub use extract::{Args, FromInvocation, Invocation, Kwargs, RawArgs};
 pub use registry::Registry;
-pub use runtime::{ResultStore, Worker, WorkerConfig};
+pub use runtime::{Worker, WorkerConfig};
+pub use store::{ChordPartReturn, ResultStore};
 pub use task::{Task, TaskOptions};
 
 #[cfg(test)]

@@ -9,10 +9,12 @@
 //! other worker restores them meanwhile.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use celeriac_broker::{Broker, BrokerError, Delivery, Producer};
+use celeriac_backend::ChordOutcome;
+use celeriac_broker::{Broker, BrokerError, ConsumerControl, Delivery, Producer};
 use celeriac_config::UnknownTaskPolicy;
 use celeriac_protocol::result::{ExceptionInfo, Extended, ResultMeta};
 use celeriac_protocol::time::PyDateTime;
@@ -25,13 +27,9 @@ use tracing::{error, info, warn, Instrument};
 
 use crate::context::{Ctx, RequestInfo, WorkerServices};
 use crate::extract::Invocation;
+use crate::rate::RateLimits;
+use crate::store::{ChordPartReturn, ResultStore};
 use crate::{Registry, Task, TaskError};
-
-/// Where outcomes go (the Redis result backend in production).
-pub trait ResultStore: Send + Sync + 'static {
-    /// Stores a record; errors are logged by the worker, never fatal.
-    fn store(&self, meta: ResultMeta) -> BoxFuture<'static, Result<(), String>>;
-}
 
 /// Worker-wide settings (Celery's names in comments).
 #[derive(Debug, Clone)]
@@ -66,6 +64,17 @@ pub struct WorkerConfig {
     pub time_limit: Option<Duration>,
     /// `task_soft_time_limit` for tasks that set none.
     pub soft_time_limit: Option<Duration>,
+    /// `task_reject_on_worker_lost`: with acks_late, a task whose execution
+    /// was lost (it panicked) is requeued instead of failing with
+    /// `WorkerLostError`.
+    pub reject_on_worker_lost: bool,
+    /// `task_default_rate_limit` for tasks that set none (`"10/s"`).
+    pub default_rate_limit: Option<String>,
+    /// `worker_disable_rate_limits`.
+    pub disable_rate_limits: bool,
+    /// `worker_max_scheduled_tasks`: ETA tasks held at once before the prefetch
+    /// window stops growing for them (so the worker stops reserving).
+    pub max_scheduled_tasks: usize,
 }
 
 impl Default for WorkerConfig {
@@ -86,6 +95,10 @@ impl Default for WorkerConfig {
             eta_refresh: Duration::from_secs(600),
             time_limit: None,
             soft_time_limit: None,
+            reject_on_worker_lost: false,
+            default_rate_limit: None,
+            disable_rate_limits: false,
+            max_scheduled_tasks: 100_000,
         }
     }
 }
@@ -94,6 +107,7 @@ impl Default for WorkerConfig {
 /// callbacks) and an optional result store.
 pub struct Worker {
     shared: Arc<Shared>,
+    cold: CancellationToken,
 }
 
 struct Shared {
@@ -103,6 +117,10 @@ struct Shared {
     config: WorkerConfig,
     /// The result store and revoked ids, shared with every task's `Ctx`.
     services: Arc<Services>,
+    /// Per-task rate limits.
+    rate_limits: RateLimits,
+    /// ETA tasks held now.
+    scheduled: AtomicUsize,
 }
 
 /// What `Ctx` asks of the worker.
@@ -137,7 +155,38 @@ impl Worker {
         config: WorkerConfig,
     ) -> Worker {
         let services = Arc::new(Services { results, revoked: Arc::default() });
-        Worker { shared: Arc::new(Shared { registry, broker, producer, config, services }) }
+        let rate_limits = RateLimits::new();
+        if !config.disable_rate_limits {
+            for task in registry.tasks() {
+                let Some(text) = task.options().rate_limit.as_ref().or(config.default_rate_limit.as_ref()) else {
+                    continue;
+                };
+                match celeriac_config::parse_rate_limit(text) {
+                    Ok(rate) => rate_limits.set(task.name(), rate),
+                    Err(e) => error!("ignoring the rate limit {text:?} of {}: {e}", task.name()),
+                }
+            }
+        }
+        let shared =
+            Shared { registry, broker, producer, config, services, rate_limits, scheduled: AtomicUsize::new(0) };
+        Worker { shared: Arc::new(shared), cold: CancellationToken::new() }
+    }
+
+    /// Cancel this token to turn a warm shutdown cold: running tasks are
+    /// abandoned at once and every unacknowledged message goes back to the
+    /// broker (a second SIGTERM/SIGINT, or SIGQUIT).
+    pub fn cold_shutdown(&self) -> CancellationToken {
+        self.cold.clone()
+    }
+
+    /// The per-task rate limits (changed at run time by remote control).
+    pub fn rate_limits(&self) -> &RateLimits {
+        &self.shared.rate_limits
+    }
+
+    /// ETA/countdown tasks held now.
+    pub fn scheduled(&self) -> usize {
+        self.shared.scheduled.load(Ordering::Relaxed)
     }
 
     /// The revoked ids (shared with remote control).
@@ -152,6 +201,7 @@ impl Worker {
         let cfg = &self.shared.config;
         let prefetch = cfg.concurrency.saturating_mul(cfg.prefetch_multiplier);
         let mut consumer = self.shared.broker.consumer(&cfg.queues, prefetch);
+        let control = consumer.control();
         let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
         let mut running = JoinSet::new();
         info!(hostname = %cfg.hostname, queues = ?cfg.queues, concurrency = cfg.concurrency, "{} ready.", cfg.hostname);
@@ -168,7 +218,8 @@ impl Worker {
                         let shared = self.shared.clone();
                         let permits = permits.clone();
                         let stop = shutdown.clone();
-                        running.spawn(async move { shared.handle(delivery, permits, stop).await });
+                        let control = control.clone();
+                        running.spawn(async move { shared.handle(delivery, permits, control, stop).await });
                     }
                     Some(Err(e)) => warn!("consumer: {e}"),
                     None => break,
@@ -176,11 +227,22 @@ impl Worker {
             }
         }
         info!("warm shutdown: waiting up to {:?} for {} task(s)", cfg.shutdown_timeout, running.len());
-        let drained =
-            tokio::time::timeout(cfg.shutdown_timeout, async { while running.join_next().await.is_some() {} }).await;
-        if drained.is_err() {
-            warn!("shutdown timeout passed; abandoning {} task(s), their messages go back to the queue", running.len());
+        let finish = tokio::time::timeout(cfg.shutdown_timeout, async { while running.join_next().await.is_some() {} });
+        let drained = tokio::select! {
+            drained = finish => drained.is_ok(),
+            _ = self.cold.cancelled() => false,
+        };
+        if !drained {
+            if self.cold.is_cancelled() {
+                warn!("cold shutdown: abandoning {} task(s), their messages go back to the queue", running.len());
+            } else {
+                warn!(
+                    "shutdown timeout passed; abandoning {} task(s), their messages go back to the queue",
+                    running.len()
+                );
+            }
             running.abort_all();
+            while running.join_next().await.is_some() {}
         }
         match consumer.restore_unacked().await {
             Ok(0) => {}
@@ -200,7 +262,13 @@ enum Outcome {
 }
 
 impl Shared {
-    async fn handle(self: Arc<Self>, mut delivery: Delivery, permits: Arc<Semaphore>, stop: CancellationToken) {
+    async fn handle(
+        self: Arc<Self>,
+        mut delivery: Delivery,
+        permits: Arc<Semaphore>,
+        control: ConsumerControl,
+        stop: CancellationToken,
+    ) {
         let task = match TaskMessage::from_message(delivery.message()) {
             Ok(task) => task,
             Err(e) => {
@@ -220,20 +288,21 @@ impl Shared {
             };
             if self.services.is_revoked(&id) {
                 info!("Discarding revoked task: {name}[{id}]");
-                self.store(ResultMeta::revoked(&id, "revoked", PyDateTime::now_utc())).await;
+                self.finished(ResultMeta::revoked(&id, "revoked", PyDateTime::now_utc()), &task, true).await;
                 settle(&mut delivery, Settle::Ack).await;
                 return;
             }
             if let Some(expires) = task.headers.expires.and_then(|e| e.to_timestamp().ok()) {
                 if expires <= jiff::Timestamp::now() {
                     info!("Discarding expired task: {name}[{id}]");
-                    self.store(ResultMeta::revoked(&id, "expired", PyDateTime::now_utc())).await;
+                    self.finished(ResultMeta::revoked(&id, "expired", PyDateTime::now_utc()), &task, true).await;
                     settle(&mut delivery, Settle::Ack).await;
                     return;
                 }
             }
             // ETA: wait without a permit, keeping the message's visibility fresh.
             if let Some(eta) = task.headers.eta.and_then(|e| e.to_timestamp().ok()) {
+                let _held = Scheduled::hold(&self, &control);
                 loop {
                     let wait = eta.duration_since(jiff::Timestamp::now());
                     if wait.is_negative() || wait.is_zero() {
@@ -247,6 +316,13 @@ impl Shared {
                     if let Err(e) = delivery.extend_visibility().await {
                         warn!("could not refresh the visibility of ETA task {id}: {e}");
                     }
+                }
+            }
+            let wait = self.rate_limits.reserve(&name);
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = stop.cancelled() => return, // left unacked: restored on shutdown
+                    _ = tokio::time::sleep(wait) => {}
                 }
             }
             let Ok(_permit) = permits.acquire_owned().await else { return };
@@ -332,14 +408,8 @@ impl Shared {
                     "Task {name}[{id}] succeeded in {runtime:.3}s: {}",
                     celeriac_protocol::result::saferepr(&value, Some(1024), 3)
                 );
-                if !ignore_result {
-                    self.store(self.extend(
-                        ResultMeta::success(&id, value.clone(), PyDateTime::now_utc()),
-                        &task,
-                        delivery,
-                    ))
-                    .await;
-                }
+                let meta = self.extend(ResultMeta::success(&id, value.clone(), PyDateTime::now_utc()), &task, delivery);
+                self.finished(meta, &task, !ignore_result).await;
                 self.send_callbacks(&task, &value).await;
                 if acks_late {
                     settle(delivery, Settle::Ack).await;
@@ -388,9 +458,17 @@ impl Shared {
                 self.fail(delivery, &task, &exc, None, acks_late, ack_failures).await;
             }
             Outcome::Panicked(msg) => {
-                error!("Task {name}[{id}] panicked: {msg}");
-                let exc = ExceptionInfo::builtin("RuntimeError", format!("task panicked: {msg}"));
-                self.fail(delivery, &task, &exc, None, acks_late, ack_failures).await;
+                // A panic is the Rust worker's lost child process: Celery's
+                // WorkerLostError, or a requeue with reject_on_worker_lost.
+                let text = format!("Worker exited prematurely: task {name}[{id}] panicked: {msg}");
+                error!("Task handler raised error: WorkerLostError({text:?})");
+                let reject = opts.reject_on_worker_lost.unwrap_or(cfg.reject_on_worker_lost);
+                if acks_late && reject {
+                    settle(delivery, Settle::Requeue).await;
+                } else {
+                    let exc = ExceptionInfo::new("billiard.exceptions", "WorkerLostError", vec![Value::Str(text)]);
+                    self.fail(delivery, &task, &exc, None, acks_late, ack_failures).await;
+                }
             }
         }
     }
@@ -454,7 +532,8 @@ impl Shared {
         ack_failures: bool,
     ) {
         let id = &task.headers.id;
-        self.store(self.extend(ResultMeta::failure(id, exc, traceback, PyDateTime::now_utc()), task, delivery)).await;
+        let meta = self.extend(ResultMeta::failure(id, exc, traceback, PyDateTime::now_utc()), task, delivery);
+        self.finished(meta, task, true).await;
         // Errbacks get the failed task's id, as Celery sends them.
         for errback in task.embed.errbacks.iter().flatten() {
             let mut sig = errback.clone();
@@ -505,15 +584,8 @@ impl Shared {
         if let Some(Value::List(chain)) = sig.options.get("chain") {
             options.chain = chain.iter().filter_map(|v| celeriac_protocol::Signature::from_value(v).ok()).collect();
         }
-        for (key, list) in [("link", &mut options.link), ("link_error", &mut options.link_error)] {
-            match sig.options.get(key) {
-                Some(Value::List(items)) => {
-                    list.extend(items.iter().filter_map(|v| celeriac_protocol::Signature::from_value(v).ok()))
-                }
-                Some(v @ Value::Map(_)) => list.extend(celeriac_protocol::Signature::from_value(v).ok()),
-                _ => {}
-            }
-        }
+        options.link = option_signatures(sig, "link");
+        options.link_error = option_signatures(sig, "link_error");
         if let Err(e) = self.producer.send_task(&sig.task, sig.args.clone(), sig.kwargs.clone(), options).await {
             error!("could not send {} after {}[{}]: {e}", sig.task, parent.headers.task, parent.headers.id);
         }
@@ -533,6 +605,67 @@ impl Shared {
         meta.parent_id = task.headers.parent_id.clone();
         meta.group_id = task.headers.group.clone();
         meta
+    }
+
+    /// Stores a final state (when `store`), then, for a chord header task,
+    /// records its part of the join and sends or fails the body when it was
+    /// the last part (Celery's `mark_as_done`/`mark_as_failure`/`mark_as_revoked`).
+    async fn finished(&self, meta: ResultMeta, task: &TaskMessage, store: bool) {
+        let part = match (&task.embed.chord, &task.headers.group) {
+            (Some(_), Some(group_id)) => Some(ChordPartReturn {
+                group_id: group_id.clone(),
+                group_index: task.headers.group_index,
+                task_id: task.headers.id.clone(),
+                state: meta.status.clone(),
+                result: meta.result.clone(),
+            }),
+            _ => None,
+        };
+        if store {
+            self.store(meta).await;
+        }
+        if let Some(part) = part {
+            self.chord_part_return(part, task).await;
+        }
+    }
+
+    async fn chord_part_return(&self, part: ChordPartReturn, task: &TaskMessage) {
+        let Some(body) = &task.embed.chord else { return };
+        let Some(results) = &self.services.results else {
+            warn!(
+                "Task {}[{}] is part of a chord, but this worker has no result backend",
+                task.headers.task, part.task_id
+            );
+            return;
+        };
+        let group_id = part.group_id.clone();
+        match results.on_chord_part_return(part).await {
+            Ok(ChordOutcome::Ready(ready)) => {
+                let mut sig = body.clone();
+                if !sig.immutable {
+                    sig.args = sig.args_with_parent_result(&Value::List(ready.results));
+                }
+                self.send_signature(&sig, task).await;
+                if let Err(e) = results.finish_chord(ready.claim).await {
+                    error!("could not clean up chord {group_id}: {e}");
+                }
+            }
+            Ok(ChordOutcome::Failed(failure)) => {
+                let exc = failure.exception();
+                let body_id = body.options.get("task_id").and_then(Value::as_str).map(str::to_owned);
+                error!("Chord {group_id:?} raised: {}", exc.python_repr());
+                if let Some(body_id) = body_id {
+                    self.store(ResultMeta::failure(&body_id, &exc, None, PyDateTime::now_utc())).await;
+                    for errback in option_signatures(body, "link_error") {
+                        let mut sig = errback;
+                        sig.args = vec![Value::Str(body_id.clone())];
+                        self.send_signature(&sig, task).await;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => error!("could not record the chord part of {}: {e}", task.headers.id),
+        }
     }
 
     async fn store(&self, meta: ResultMeta) {
@@ -596,6 +729,49 @@ fn joined_outcome(joined: Result<Result<Value, TaskError>, tokio::task::JoinErro
             Outcome::Panicked(msg)
         }
         Err(e) => Outcome::Panicked(e.to_string()),
+    }
+}
+
+/// Counts a held ETA task, and gives the prefetch window a slot for it while
+/// fewer than `max_scheduled_tasks` are held (Celery's
+/// `qos.increment_eventually`); undone on drop.
+struct Scheduled<'a> {
+    shared: &'a Shared,
+    control: &'a ConsumerControl,
+    widened: bool,
+}
+
+impl<'a> Scheduled<'a> {
+    fn hold(shared: &'a Shared, control: &'a ConsumerControl) -> Scheduled<'a> {
+        let before = shared.scheduled.fetch_add(1, Ordering::Relaxed);
+        let widened = before < shared.config.max_scheduled_tasks;
+        if widened {
+            control.increment_prefetch();
+        } else if before == shared.config.max_scheduled_tasks {
+            warn!("{before} ETA tasks held (worker_max_scheduled_tasks): reserving no more until some are due");
+        }
+        Scheduled { shared, control, widened }
+    }
+}
+
+impl Drop for Scheduled<'_> {
+    fn drop(&mut self) {
+        self.shared.scheduled.fetch_sub(1, Ordering::Relaxed);
+        if self.widened {
+            self.control.decrement_prefetch();
+        }
+    }
+}
+
+/// The signatures under `key` (`link`, `link_error`) in a signature's
+/// options: one, a list of them, or none.
+fn option_signatures(sig: &celeriac_protocol::Signature, key: &str) -> Vec<celeriac_protocol::Signature> {
+    match sig.options.get(key) {
+        Some(Value::List(items)) => {
+            items.iter().filter_map(|v| celeriac_protocol::Signature::from_value(v).ok()).collect()
+        }
+        Some(v @ Value::Map(_)) => celeriac_protocol::Signature::from_value(v).ok().into_iter().collect(),
+        _ => Vec::new(),
     }
 }
 

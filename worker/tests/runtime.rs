@@ -53,20 +53,29 @@ struct Setup {
 }
 
 fn start(policy: UnknownTaskPolicy) -> Setup {
+    start_with(WorkerConfig { concurrency: 2, unknown_task: policy, ..WorkerConfig::default() })
+}
+
+async fn panics() -> Result<(), TaskError> {
+    panic!("index out of range")
+}
+
+async fn limited(Args((tx,)): Args<(String,)>) -> Result<String, TaskError> {
+    Ok(tx)
+}
+
+fn start_with(config: WorkerConfig) -> Setup {
     let broker = Broker::Memory(MemoryBroker::default());
     let producer = Producer::new(broker.clone(), ProducerConfig::default());
     let registry = Registry::new()
         .with(Task::new("tasks.add", add))
         .with(Task::new("tasks.flaky", flaky))
         .with(Task::new("tasks.boom", boom))
-        .with(Task::new("tasks.slow", slow).time_limit(Duration::from_millis(50)));
+        .with(Task::new("tasks.slow", slow).time_limit(Duration::from_millis(50)))
+        .with(Task::new("tasks.panics", panics))
+        .with(Task::new("tasks.limited", limited).rate_limit("5/s"));
     let (tx, rx) = mpsc::unbounded_channel();
-    let config = WorkerConfig {
-        concurrency: 2,
-        unknown_task: policy,
-        shutdown_timeout: Duration::from_secs(5),
-        ..WorkerConfig::default()
-    };
+    let config = WorkerConfig { shutdown_timeout: Duration::from_secs(5), ..config };
     let worker = Worker::new(registry, broker.clone(), producer.clone(), Some(Arc::new(Channel(tx))), config);
     let stop = CancellationToken::new();
     let token = stop.clone();
@@ -163,6 +172,54 @@ async fn undecodable_and_unknown_messages_go_to_the_dead_letter_queue() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(moved, 2, "both messages must be in the dead-letter queue");
+    s.stop.cancel();
+    s.run.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_panicking_task_fails_as_a_lost_worker() {
+    let mut s = start(UnknownTaskPolicy::Reject);
+    s.producer.send_task("tasks.panics", vec![], Map::new(), SendOptions::default()).await.unwrap();
+    let meta = next_final(&mut s.results).await;
+    let exc = meta.exception().unwrap().unwrap();
+    assert_eq!((exc.exc_module.as_deref(), exc.exc_type.as_str()), (Some("billiard.exceptions"), "WorkerLostError"));
+    s.stop.cancel();
+    s.run.await.unwrap();
+}
+
+#[tokio::test]
+async fn held_eta_tasks_do_not_fill_the_prefetch_window() {
+    // One slot, prefetch 1: without Celery's window widening the first ETA
+    // task would block everything behind it for a minute.
+    let mut s = start_with(WorkerConfig { concurrency: 1, prefetch_multiplier: 1, ..WorkerConfig::default() });
+    let later = SendOptions { countdown: Some(Duration::from_secs(60)), ..SendOptions::default() };
+    for _ in 0..3 {
+        s.producer.send_task("tasks.add", vec![1.into(), 1.into()], Map::new(), later.clone()).await.unwrap();
+    }
+    let now = s.producer.send_task("tasks.add", vec![2.into(), 2.into()], Map::new(), SendOptions::default());
+    let id = now.await.unwrap();
+    let meta = next_final(&mut s.results).await;
+    assert_eq!((meta.task_id, meta.result), (id, Value::Int(4)));
+    s.stop.cancel();
+    s.run.await.unwrap();
+    assert_eq!(s.broker.queue_len("celery").await.unwrap(), 3, "the ETA tasks go back to the queue on shutdown");
+}
+
+#[tokio::test]
+async fn rate_limited_tasks_are_spaced() {
+    let mut s = start(UnknownTaskPolicy::Reject);
+    let began = std::time::Instant::now();
+    for i in 0..3 {
+        s.producer
+            .send_task("tasks.limited", vec![i.to_string().into()], Map::new(), SendOptions::default())
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        next_final(&mut s.results).await;
+    }
+    // 5/s with a bucket of one: the third run waits two intervals (400 ms).
+    assert!(began.elapsed() >= Duration::from_millis(390), "ran within {:?}", began.elapsed());
     s.stop.cancel();
     s.run.await.unwrap();
 }
