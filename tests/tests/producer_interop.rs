@@ -136,3 +136,29 @@ async fn links_and_errbacks_sent_from_rust_are_followed_by_python() {
     let args = results[1].get("result").and_then(|r| r.get("args")).cloned();
     assert_eq!(args, Some(Value::List(vec![Value::Str(failed)])), "{:?}", results[1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_waits_for_what_a_python_worker_returns() {
+    use celeriac_backend::{GetError, RedisBackend};
+    use celeriac_worker::{Client, ResultError};
+    let (Some(redis), Some(_)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
+    let _worker = python_worker(&redis, "celery");
+    let backend = RedisBackend::from_url(&redis.url()).await.unwrap();
+    let client = Client::new(producer(&redis), Some(backend));
+    let wait = Some(Duration::from_secs(30));
+
+    let sum = client.send_task("tasks.add", vec![20.into(), 22.into()], Map::new(), SendOptions::default()).await;
+    assert_eq!(sum.unwrap().get(wait).await.unwrap(), Value::Int(42));
+
+    let failed = client.send_task("tasks.fail", vec!["no such run".into()], Map::new(), SendOptions::default());
+    match failed.await.unwrap().get(wait).await {
+        Err(ResultError::Get(GetError::Failed(f))) => {
+            assert_eq!(f.python_repr(), "ValueError('no such run')");
+        }
+        other => panic!("expected the ValueError Python raised, got {other:?}"),
+    }
+
+    let no_results = Client::new(producer(&redis), None);
+    let sent = no_results.send_task("tasks.add", vec![1.into(), 1.into()], Map::new(), SendOptions::default());
+    assert!(matches!(sent.await.unwrap().get(wait).await, Err(ResultError::NoBackend(_))));
+}

@@ -27,6 +27,7 @@
 //! (`Args`, `Kwargs`, `Ctx`), [`handler`] (functions as tasks), [`task`]
 //! (options), [`registry`], [`context`].
 
+pub mod client;
 pub mod context;
 pub mod error;
 pub mod extract;
@@ -37,6 +38,7 @@ pub mod runtime;
 pub mod store;
 pub mod task;
 
+pub use client::{AsyncResult, Client, ResultError};
 pub use context::{Ctx, RequestInfo, WorkerServices};
 pub use error::TaskError;
 pub use extract::{Args, FromInvocation, Invocation, Kwargs, RawArgs};
