@@ -152,9 +152,10 @@ async fn the_client_waits_for_what_a_python_worker_returns() {
 
     let failed = client.send_task("tasks.fail", vec!["no such run".into()], Map::new(), SendOptions::default());
     match failed.await.unwrap().get(wait).await {
-        Err(ResultError::Get(GetError::Failed(f))) => {
-            assert_eq!(f.python_repr(), "ValueError('no such run')");
-        }
+        Err(ResultError::Get(e)) => match *e {
+            GetError::Failed(f) => assert_eq!(f.python_repr(), "ValueError('no such run')"),
+            other => panic!("expected the ValueError Python raised, got {other:?}"),
+        },
         other => panic!("expected the ValueError Python raised, got {other:?}"),
     }
 

@@ -32,7 +32,13 @@ pub enum ResultError {
     NoBackend(String),
     /// The wait failed, timed out, or the task failed.
     #[error(transparent)]
-    Get(#[from] GetError),
+    Get(Box<GetError>),
+}
+
+impl From<GetError> for ResultError {
+    fn from(e: GetError) -> ResultError {
+        ResultError::Get(Box::new(e))
+    }
 }
 
 /// Sends tasks and reads their results. Cheap to clone.
