@@ -24,19 +24,24 @@ def main() -> int:
     app = Celery("reader", broker=a.backend, backend=a.backend)
     status = 0
     for task_id in a.ids:
-        res = app.AsyncResult(task_id)
-        line = {"id": task_id}
-        try:
-            value = res.get(timeout=a.timeout, propagate=True, disable_sync_subtasks=False)
-            line.update(state=res.state, result=value)
-        except CeleryTimeout:
-            line.update(state="TIMEOUT")
-            status = 1
-        except Exception as exc:  # the task's exception, re-raised by Celery
-            line.update(state=res.state, exc_type=type(exc).__name__, exc_module=type(exc).__module__,
-                        exc_args=[str(x) for x in exc.args])
+        line = wait_line(app.AsyncResult(task_id), a.timeout)
+        status |= line["state"] == "TIMEOUT"
         print(json.dumps(line, default=str), flush=True)
     return status
+
+
+def wait_line(res, timeout: float) -> dict:
+    """What `res.get()` gave: the value, or the exception Celery re-raised."""
+    line = {"id": res.id}
+    try:
+        value = res.get(timeout=timeout, propagate=True, disable_sync_subtasks=False)
+        line.update(state=res.state, result=value)
+    except CeleryTimeout:
+        line.update(state="TIMEOUT")
+    except Exception as exc:  # the task's exception, re-raised by Celery
+        line.update(state=res.state, exc_type=type(exc).__name__, exc_module=type(exc).__module__,
+                    exc_args=[str(x) for x in exc.args])
+    return line
 
 
 if __name__ == "__main__":

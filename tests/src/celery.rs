@@ -1,15 +1,11 @@
 //! A real Python Celery worker as a test peer: `python -m celery -A <app>
 //! worker` from the project virtualenv, its log kept in a file, stopped on drop.
 
-use std::io::{BufRead, BufReader, Write};
 use std::ops::{Deref, DerefMut};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
-use crate::child::ChildGuard;
+use crate::process::LoggedProcess;
 use crate::HarnessError;
 
 /// How to start a Celery worker; see [`CeleryWorker::builder`].
@@ -53,36 +49,16 @@ impl CeleryWorkerBuilder {
         let log = self
             .log
             .unwrap_or_else(|| std::env::temp_dir().join(format!("celeriac-{}-{}.log", self.app, std::process::id())));
-        let mut file = std::fs::File::create(&log).map_err(|e| HarnessError::io("creating the worker log", e))?;
-        let mut child = Command::new(&self.python)
+        let mut command = Command::new(&self.python);
+        command
             .args(["-m", "celery", "-A", &self.app, "worker"])
             .args(["--without-gossip", "--without-mingle", "--without-heartbeat"])
             .args(&self.args)
             .current_dir(&self.dir)
             .env("PYTHONPATH", &self.dir)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| HarnessError::io("starting celery worker", e))?;
-        let stderr = child.stderr.take();
-        let guard = ChildGuard::new(format!("celery worker -A {}", self.app), child);
-        // A thread copies its output to the log and reports the "ready." line,
-        // so readiness is an event, and the worker never blocks on a full pipe.
-        let (ready_tx, ready) = mpsc::channel();
-        if let Some(stderr) = stderr {
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let _ = writeln!(file, "{line}");
-                    if line.contains(" ready.") {
-                        let _ = ready_tx.send(());
-                    }
-                }
-            });
-        }
-        Ok(CeleryWorker { guard, log, ready })
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let process = LoggedProcess::spawn(command, &format!("celery worker -A {}", self.app), log, " ready.")?;
+        Ok(CeleryWorker { process })
     }
 }
 
@@ -90,9 +66,7 @@ impl CeleryWorkerBuilder {
 /// and stopping.
 #[derive(Debug)]
 pub struct CeleryWorker {
-    guard: ChildGuard,
-    log: PathBuf,
-    ready: mpsc::Receiver<()>,
+    process: LoggedProcess,
 }
 
 impl CeleryWorker {
@@ -107,37 +81,17 @@ impl CeleryWorker {
             log: None,
         }
     }
-
-    /// Waits until the worker logs that it is ready (needs `--loglevel=INFO`
-    /// or lower).
-    pub fn wait_ready(&self, timeout: Duration) -> Result<(), HarnessError> {
-        self.ready.recv_timeout(timeout).map_err(|_| HarnessError::NotReady {
-            what: "the Python Celery worker".into(),
-            seconds: timeout.as_secs(),
-            log: crate::net::tail(&self.log, 4000),
-        })
-    }
-
-    /// Its log file.
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
-    /// Its log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
 }
 
 impl Deref for CeleryWorker {
-    type Target = ChildGuard;
-    fn deref(&self) -> &ChildGuard {
-        &self.guard
+    type Target = LoggedProcess;
+    fn deref(&self) -> &LoggedProcess {
+        &self.process
     }
 }
 
 impl DerefMut for CeleryWorker {
-    fn deref_mut(&mut self) -> &mut ChildGuard {
-        &mut self.guard
+    fn deref_mut(&mut self) -> &mut LoggedProcess {
+        &mut self.process
     }
 }

@@ -7,7 +7,8 @@
 //!   and data dir; [`shared_amqp_url`] gives every test in a run one node;
 //! - [`python`]: the project virtualenv's interpreter with the pinned Celery;
 //! - [`fixture_files`]: the golden fixtures captured from Celery and kombu;
-//! - [`CeleryWorker`]: a real Python Celery worker, readiness awaited from its log;
+//! - [`CeleryWorker`]: a real Python Celery worker, readiness awaited from its log
+//!   ([`LoggedProcess`] does the same for any command, e.g. `celeriac worker`);
 //! - [`TestCertificates`] and [`RedisServer::start_tls`]: TLS with a private CA;
 //!   [`SentinelServer`]: a Sentinel watching a private Redis;
 //! - [`ChildGuard`]: a child process killed when the guard drops, so a failing
@@ -21,6 +22,7 @@ mod child;
 mod error;
 mod fixtures;
 mod net;
+mod process;
 mod python;
 mod rabbitmq;
 mod redis;
@@ -32,6 +34,7 @@ pub use child::ChildGuard;
 pub use error::HarnessError;
 pub use fixtures::fixture_files;
 pub use net::{free_port, wait_until};
+pub use process::LoggedProcess;
 pub use python::{python, repo_root, venv_python};
 pub use rabbitmq::{shared_amqp_url, RabbitNode, AMQP_URL_ENV};
 pub use redis::RedisServer;

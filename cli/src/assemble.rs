@@ -1,0 +1,174 @@
+//! From settings to parts: the broker, result backend, producer and worker
+//! configurations that `celeriac worker` (and later `celeriac beat`) run
+//! with. Only here do Celery's setting names meet the crates' option types.
+
+use std::time::Duration;
+
+use celeriac_backend::{BackendOptions, Endpoint, RedisBackend};
+use celeriac_broker::{Broker, ProducerConfig, RedisOptions, TlsOptions};
+use celeriac_config::{Settings, TlsSettings};
+use celeriac_protocol::codec::{Compression, ContentType};
+use celeriac_protocol::envelope::BodyEncoding;
+use celeriac_redisconn::Dialect;
+use celeriac_worker::WorkerConfig;
+
+use crate::error::CliError;
+
+fn secs(value: f64) -> Duration {
+    Duration::from_secs_f64(value.max(0.0))
+}
+
+/// The broker for `settings.broker_url`, with `broker_transport_options`
+/// and `broker_use_ssl` applied (options in the URL win, as in kombu).
+pub fn broker(settings: &Settings) -> Result<Broker, CliError> {
+    let url = &settings.broker_url;
+    if url.starts_with("memory://") {
+        return Ok(Broker::from_url(url)?);
+    }
+    let t = &settings.broker_transport_options;
+    let mut o = RedisOptions::default();
+    o.visibility_timeout = secs(t.visibility_timeout);
+    o.global_keyprefix = t.global_keyprefix.clone();
+    o.priority_steps = t.priority_steps.clone();
+    o.sep = t.sep.clone();
+    o.queue_order_strategy = t.queue_order_strategy.parse()?;
+    if let Some(p) = t.polling_interval {
+        o.brpop_timeout = secs(p);
+    }
+    o.fanout_prefix =
+        if t.fanout_prefix { celeriac_broker::FanoutPrefix::Db } else { celeriac_broker::FanoutPrefix::Disabled };
+    o.fanout_patterns = t.fanout_patterns;
+    o.unacked_restore_limit = t.unacked_restore_limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    o.socket_timeout = t.socket_timeout.map(secs);
+    o.socket_connect_timeout = t.socket_connect_timeout.map(secs);
+    o.health_check_interval = secs(t.health_check_interval);
+    o.client_name = t.client_name.clone();
+    o.body_encoding = match t.body_encoding.as_str() {
+        "base64" => BodyEncoding::Base64,
+        other => BodyEncoding::Text(other.to_owned()),
+    };
+    o.apply_url(url)?;
+    if let (Some(master), celeriac_broker::RedisEndpoint::Sentinel { master_name, .. }) =
+        (&t.master_name, &mut o.endpoint)
+    {
+        if master_name.is_none() {
+            *master_name = Some(master.clone());
+        }
+    }
+    if let Some(ssl) = &settings.broker_use_ssl {
+        let tls = o.tls.get_or_insert_with(TlsOptions::default);
+        apply_tls(tls, ssl, Dialect::Kombu)?;
+    }
+    Ok(Broker::Redis(celeriac_broker::RedisBroker::new(o)?))
+}
+
+fn apply_tls(tls: &mut TlsOptions, ssl: &TlsSettings, dialect: Dialect) -> Result<(), CliError> {
+    let pairs = [
+        ("ssl_cert_reqs", Some(&ssl.ssl_cert_reqs)),
+        ("ssl_ca_certs", ssl.ssl_ca_certs.as_ref()),
+        ("ssl_certfile", ssl.ssl_certfile.as_ref()),
+        ("ssl_keyfile", ssl.ssl_keyfile.as_ref()),
+    ];
+    for (key, value) in pairs {
+        if let Some(value) = value {
+            tls.set(key, value, dialect).map_err(|e| CliError::Setting(format!("TLS setting {key}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// The result backend options for `settings.result_backend`, or `None` when
+/// results are disabled (no backend configured, as Celery's DisabledBackend).
+pub fn backend_options(settings: &Settings) -> Result<Option<BackendOptions>, CliError> {
+    let Some(url) = settings.result_backend.as_deref().filter(|u| !u.is_empty()) else { return Ok(None) };
+    let mut o = BackendOptions::from_url(url)?;
+    o.result_expires = settings.result_expires.map(Duration::from_secs);
+    o.result_extended = settings.result_extended;
+    o.set_serializer(&settings.result_serializer)?;
+    o.set_compression(settings.result_compression.as_deref().unwrap_or(""))?;
+    let t = &settings.result_backend_transport_options;
+    if !t.global_keyprefix.is_empty() {
+        o.transport.global_keyprefix = t.global_keyprefix.clone();
+    }
+    if let Some(ordered) = t.result_chord_ordered {
+        o.transport.result_chord_ordered = ordered;
+    }
+    if t.master_name.is_some() {
+        o.transport.master_name = t.master_name.clone();
+    }
+    if let Some(ssl) = &settings.redis_backend_use_ssl {
+        // As Celery: the setting turns TLS on for a redis:// URL too.
+        if let Endpoint::Tcp { host, port } = &o.endpoint {
+            o.endpoint = Endpoint::Tls { host: host.clone(), port: *port, tls: TlsOptions::default() };
+        }
+        match &mut o.endpoint {
+            Endpoint::Tls { tls, .. } => apply_tls(tls, ssl, Dialect::Celery)?,
+            _ => {
+                return Err(CliError::Setting(
+                    "redis_backend_use_ssl needs a redis:// or rediss:// result backend".into(),
+                ))
+            }
+        }
+    }
+    Ok(Some(o))
+}
+
+/// Connects the result backend, if one is configured.
+pub async fn backend(settings: &Settings) -> Result<Option<RedisBackend>, CliError> {
+    match backend_options(settings)? {
+        Some(options) => Ok(Some(RedisBackend::connect(options).await?)),
+        None => Ok(None),
+    }
+}
+
+/// The producer's settings: serializer, compression, time zone, default queue.
+pub fn producer_config(settings: &Settings, origin: &str) -> Result<ProducerConfig, CliError> {
+    let mut config = ProducerConfig { default_queue: settings.task_default_queue.clone(), ..Default::default() };
+    config.serializer =
+        ContentType::parse(&settings.task_serializer).filter(|ct| !matches!(ct, ContentType::Pickle)).ok_or_else(
+            || CliError::Setting(format!("task_serializer {:?}: use json, msgpack or yaml", settings.task_serializer)),
+        )?;
+    config.compression = match settings.task_compression.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(Compression::parse(name).ok_or_else(|| {
+            CliError::Setting(format!("task_compression {name:?}: use gzip, bzip2, lzma, zstd or brotli"))
+        })?),
+    };
+    if let Some(zone) = settings.timezone.as_deref().filter(|_| !settings.enable_utc) {
+        config.timezone =
+            jiff::tz::TimeZone::get(zone).map_err(|e| CliError::Setting(format!("timezone {zone:?}: {e}")))?;
+    }
+    config.origin = origin.to_owned();
+    Ok(config)
+}
+
+/// The worker's settings, from Celery's names.
+pub fn worker_config(settings: &Settings) -> WorkerConfig {
+    let defaults = WorkerConfig::default();
+    WorkerConfig {
+        queues: vec![settings.task_default_queue.clone()],
+        concurrency: settings.worker_concurrency.unwrap_or(defaults.concurrency),
+        prefetch_multiplier: settings.worker_prefetch_multiplier,
+        acks_late: settings.task_acks_late,
+        acks_on_failure_or_timeout: settings.task_acks_on_failure_or_timeout,
+        track_started: settings.task_track_started,
+        ignore_result: settings.task_ignore_result,
+        result_extended: settings.result_extended,
+        unknown_task: settings.worker_unknown_task,
+        dead_letter_queue: settings.worker_dead_letter_queue.clone(),
+        shutdown_timeout: if settings.worker_soft_shutdown_timeout > 0.0 {
+            secs(settings.worker_soft_shutdown_timeout)
+        } else {
+            Duration::MAX
+        },
+        time_limit: settings.task_time_limit.map(secs),
+        soft_time_limit: settings.task_soft_time_limit.map(secs),
+        reject_on_worker_lost: settings.task_reject_on_worker_lost,
+        default_rate_limit: settings.task_default_rate_limit.clone(),
+        disable_rate_limits: settings.worker_disable_rate_limits,
+        max_scheduled_tasks: settings.worker_max_scheduled_tasks,
+        // The ETA refresh keeps held messages well inside the visibility timeout.
+        eta_refresh: secs(settings.broker_transport_options.visibility_timeout / 4.0).max(Duration::from_secs(1)),
+        ..defaults
+    }
+}

@@ -1,0 +1,264 @@
+//! `celeriac worker`: Celery's worker flags, settings from the file and the
+//! environment, the startup banner, and the signals of a Celery worker
+//! (SIGTERM/SIGINT warm shutdown, a second one or SIGQUIT cold).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use celeriac_broker::{Broker, Producer};
+use celeriac_config::Settings;
+use celeriac_worker::{Registry, ResultStore, Worker, WorkerConfig};
+use clap::Args;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::assemble;
+use crate::error::CliError;
+
+/// `celeriac worker` flags; each overrides the setting named beside it.
+#[derive(Args, Debug, Default)]
+pub struct WorkerArgs {
+    /// Broker URL (`broker_url`), e.g. redis://127.0.0.1:6379/0.
+    #[arg(short = 'b', long)]
+    pub broker: Option<String>,
+    /// Result backend URL (`result_backend`).
+    #[arg(long)]
+    pub result_backend: Option<String>,
+    /// Queues to consume, comma separated (default: `task_default_queue`).
+    #[arg(short = 'Q', long, value_delimiter = ',')]
+    pub queues: Vec<String>,
+    /// Tasks run at once (`worker_concurrency`; default: the number of CPUs).
+    #[arg(short = 'c', long)]
+    pub concurrency: Option<usize>,
+    /// Node name; `%h` is the host name, `%n` its first label, `%d` the domain.
+    #[arg(short = 'n', long, default_value = "celeriac@%h")]
+    pub hostname: String,
+    /// `worker_prefetch_multiplier`: messages reserved per slot.
+    #[arg(long)]
+    pub prefetch_multiplier: Option<usize>,
+    /// Send task events (`worker_send_task_events`), for Flower and `celery events`.
+    #[arg(short = 'E', long = "task-events")]
+    pub task_events: bool,
+    /// Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.
+    #[arg(short = 'l', long, default_value = "INFO")]
+    pub loglevel: String,
+    /// Settings file (TOML, Celery's setting names).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Task sets to register, comma separated: `builtin` (celeriac.ping, the
+    /// health heartbeat), `conformance` (Celery's integration-suite tasks).
+    #[arg(long, value_delimiter = ',', default_value = "builtin")]
+    pub tasks: Vec<String>,
+}
+
+/// Expands Celery's node-name placeholders against `host`.
+pub fn expand_hostname(template: &str, host: &str) -> String {
+    let (name, domain) = host.split_once('.').unwrap_or((host, ""));
+    let mut out = String::with_capacity(template.len() + host.len());
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('h') => out.push_str(host),
+            Some('n') => out.push_str(name),
+            Some('d') => out.push_str(domain),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// The settings after the file, the environment and the flags.
+fn settings(args: &WorkerArgs) -> Result<Settings, CliError> {
+    let mut settings = celeriac_config::load(args.config.as_deref())?.settings;
+    if let Some(url) = &args.broker {
+        settings.broker_url = url.clone();
+    }
+    if let Some(url) = &args.result_backend {
+        settings.result_backend = Some(url.clone());
+    }
+    if let Some(c) = args.concurrency {
+        settings.worker_concurrency = Some(c);
+    }
+    if let Some(m) = args.prefetch_multiplier {
+        settings.worker_prefetch_multiplier = m;
+    }
+    if args.task_events {
+        settings.worker_send_task_events = true;
+    }
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// Runs the worker until a signal stops it.
+pub async fn run(args: WorkerArgs) -> Result<(), CliError> {
+    let level = crate::logging::level(&args.loglevel).map_err(CliError::Setting)?;
+    crate::logging::init(level);
+    let settings = settings(&args)?;
+    let hostname = expand_hostname(&args.hostname, &celeriac_broker::producer::hostname());
+    if args.concurrency == Some(0) {
+        return Err(CliError::Setting("--concurrency must be at least 1".into()));
+    }
+
+    let broker = assemble::broker(&settings)?;
+    let backend = assemble::backend(&settings).await?;
+    let producer = Producer::new(broker.clone(), assemble::producer_config(&settings, &hostname)?);
+    let mut config = assemble::worker_config(&settings);
+    config.hostname = hostname.clone();
+    if !args.queues.is_empty() {
+        config.queues = args.queues.clone();
+    }
+
+    let task_config = celeriac_tasks::TaskSetConfig {
+        redis_url: redis_url(&settings),
+        redis_master_name: settings.broker_transport_options.master_name.clone(),
+        node_name: Some(hostname.clone()),
+        ..Default::default()
+    };
+    let registry = celeriac_tasks::registry(&args.tasks, &task_config).map_err(|e| CliError::Tasks(e.to_string()))?;
+    check_rate_limits(&registry)?;
+
+    for queue in &config.queues {
+        let (exchange, routing_key) = binding(&settings, queue);
+        broker.declare_queue(queue, &exchange, &routing_key).await?;
+    }
+    print!("{}", banner(&settings, &config, &broker, &registry));
+
+    let results = backend.map(|b| Arc::new(b) as Arc<dyn ResultStore>);
+    let worker = Worker::new(registry, broker, producer, results, config);
+    let warm = CancellationToken::new();
+    let cold = worker.cold_shutdown();
+    watch_signals(warm.clone(), cold)?;
+    worker.run(warm).await?;
+    info!("{hostname} stopped.");
+    Ok(())
+}
+
+/// Where the built-in tasks find Redis: the broker's URL when it is Redis,
+/// else the result backend's.
+fn redis_url(settings: &Settings) -> Option<String> {
+    let is_redis =
+        |url: &str| ["redis://", "rediss://", "redis+socket://", "unix://"].iter().any(|s| url.starts_with(s));
+    Some(settings.broker_url.clone())
+        .filter(|u| is_redis(u))
+        .or_else(|| settings.result_backend.clone().filter(|u| is_redis(u)))
+}
+
+/// A queue's exchange and routing key: from `task_queues` when declared
+/// there, else Celery's default (a direct exchange named like the queue).
+fn binding(settings: &Settings, queue: &str) -> (String, String) {
+    match settings.task_queues.get(queue) {
+        Some(q) => (
+            q.exchange.clone().unwrap_or_else(|| queue.to_owned()),
+            q.routing_key.clone().unwrap_or_else(|| queue.to_owned()),
+        ),
+        None => (queue.to_owned(), queue.to_owned()),
+    }
+}
+
+fn check_rate_limits(registry: &Registry) -> Result<(), CliError> {
+    for task in registry.tasks() {
+        if let Some(text) = &task.options().rate_limit {
+            celeriac_config::parse_rate_limit(text)
+                .map_err(|e| CliError::Setting(format!("rate limit of {}: {e}", task.name())))?;
+        }
+    }
+    Ok(())
+}
+
+/// SIGTERM or SIGINT: warm shutdown; a second one, or SIGQUIT: cold.
+fn watch_signals(warm: CancellationToken, cold: CancellationToken) -> Result<(), CliError> {
+    let mut term = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
+    let mut quit = signal(SignalKind::quit()).map_err(CliError::Signals)?;
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                _ = quit.recv() => "SIGQUIT",
+            };
+            if name == "SIGQUIT" || warm.is_cancelled() {
+                warn!("worker: Cold shutdown ({name})");
+                warm.cancel();
+                cold.cancel();
+                return;
+            }
+            warn!("worker: Warm shutdown ({name}); send it again for a cold shutdown");
+            warm.cancel();
+        }
+    });
+    Ok(())
+}
+
+/// Celery's startup banner, with celeriac's facts.
+fn banner(settings: &Settings, config: &WorkerConfig, broker: &Broker, registry: &Registry) -> String {
+    let results = match settings.result_backend.as_deref() {
+        Some(url) => celeriac_redisconn::mask_password(url),
+        None => "disabled://".to_owned(),
+    };
+    let events =
+        if settings.worker_send_task_events { "ON" } else { "OFF (enable -E to monitor tasks in this worker)" };
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M:%S UTC");
+    let system = format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH);
+    let mut out = format!(
+        "\n \
+-------------- {host} v{version}\n\
+--- ***** ----- \n\
+-- ******* ---- {system} {now}\n\
+- *** --- * --- \n\
+- ** ---------- [config]\n\
+- ** ---------- .> app:         celeriac\n\
+- ** ---------- .> transport:   {transport}\n\
+- ** ---------- .> results:     {results}\n\
+- *** --- * --- .> concurrency: {concurrency} (tokio)\n\
+-- ******* ---- .> task events: {events}\n\
+--- ***** ----- \n \
+-------------- [queues]\n",
+        host = config.hostname,
+        version = env!("CARGO_PKG_VERSION"),
+        transport = broker.masked_url(),
+        concurrency = config.concurrency,
+    );
+    for queue in &config.queues {
+        let (exchange, key) = binding(settings, queue);
+        out.push_str(&format!("                .> {queue:<16} exchange={exchange}(direct) key={key}\n"));
+    }
+    out.push_str("\n[tasks]\n");
+    let mut names: Vec<&str> = registry.names().collect();
+    names.sort_unstable();
+    for name in names {
+        out.push_str(&format!("  . {name}\n"));
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_expand_like_celery() {
+        assert_eq!(expand_hostname("celeriac@%h", "node1.dc.example"), "celeriac@node1.dc.example");
+        assert_eq!(expand_hostname("w1@%n", "node1.dc.example"), "w1@node1");
+        assert_eq!(expand_hostname("%n.%d", "node1.dc.example"), "node1.dc.example");
+        assert_eq!(expand_hostname("a%%b%x", "h"), "a%b%x");
+    }
+
+    #[test]
+    fn log_levels_take_celerys_names() {
+        assert_eq!(crate::logging::level("warning"), Ok("warn"));
+        assert_eq!(crate::logging::level("CRITICAL"), Ok("error"));
+        assert!(crate::logging::level("loud").is_err());
+    }
+}
