@@ -774,3 +774,502 @@ async fn return_request_time_limits(ctx: Ctx, RawArgs(args, kwargs): RawArgs) ->
     out.insert("soft_time_limit".into(), seconds_value(limits.soft));
     Ok(Value::Map(out))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use celeriac_protocol::time::PyDateTime;
+    use celeriac_worker::{Invocation, RequestInfo, WorkerServices};
+    use futures_util::future::BoxFuture;
+    use tokio_util::sync::CancellationToken;
+
+    /// Every task of `t/integration/tasks.py` at Celery 5.7.0.
+    const SUITE_TASKS: &[&str] = &[
+        "identity",
+        "add",
+        "mul",
+        "write_to_file_and_return_int",
+        "add_not_typed",
+        "add_ignore_result",
+        "add_with_result",
+        "raise_error",
+        "chain_add",
+        "chord_add",
+        "delayed_sum",
+        "delayed_sum_with_soft_guard",
+        "tsum",
+        "xsum",
+        "sum_and_record",
+        "add_replaced",
+        "record_replaced_task_nesting",
+        "add_replaced_with_chain",
+        "replace_with_chain",
+        "replace_with_chain_which_raises",
+        "replace_with_empty_chain",
+        "replace_with_chain_which_contains_a_group",
+        "add_to_all",
+        "add_to_all_to_chord",
+        "add_chord_to_chord",
+        "print_unicode",
+        "return_exception",
+        "sleeping",
+        "ids",
+        "collect_ids",
+        "retry",
+        "retry_unpickleable",
+        "retry_with_args_after_kwargs",
+        "retry_with_kwargs_after_args",
+        "retry_once",
+        "retry_once_ignore_result",
+        "retry_once_with_result",
+        "retry_once_priority",
+        "retry_once_headers",
+        "redis_echo",
+        "redis_echo_group_id",
+        "redis_count",
+        "second_order_replace1",
+        "second_order_replace2",
+        "build_chain_inside_task",
+        "fail",
+        "fail_unpickleable",
+        "fail_replaced",
+        "return_priority",
+        "return_request_eta",
+        "return_properties",
+        "auto_retry_class_task",
+        "return_nested_signature_chain_chain",
+        "return_nested_signature_chain_group",
+        "return_nested_signature_chain_chord",
+        "return_nested_signature_group_chain",
+        "return_nested_signature_group_group",
+        "return_nested_signature_group_chord",
+        "return_nested_signature_chord_chain",
+        "return_nested_signature_chord_group",
+        "return_nested_signature_chord_chord",
+        "rebuild_signature",
+        "errback_old_style",
+        "errback_new_style",
+        "errback_old_style_with_args",
+        "errback_new_style_with_args",
+        "replaced_with_me",
+        "add_pydantic",
+        "add_pydantic_string_annotations",
+        "replace_with_stamped_task",
+        "store_success_then_reject",
+        "reject_then_succeed",
+        "reject_without_requeue",
+        "soft_time_limit_must_exceed_time_limit",
+        "return_request_time_limits",
+        "task_with_declared_time_limits",
+    ];
+
+    fn full(short: &str) -> String {
+        if short == "auto_retry_class_task" || short.contains('.') {
+            short.to_owned()
+        } else {
+            task_name(short)
+        }
+    }
+
+    fn set() -> Registry {
+        registry(&TaskSetConfig::default().with_suite_redis_url("redis://127.0.0.1:1/0")).unwrap()
+    }
+
+    fn request(name: &str) -> RequestInfo {
+        let mut request = RequestInfo::default();
+        request.headers.id = "task-1".into();
+        request.headers.task = full(name);
+        request
+    }
+
+    fn with_args(name: &str, args: Vec<Value>) -> RequestInfo {
+        let mut r = request(name);
+        r.args = args;
+        r
+    }
+
+    fn kw(pairs: Vec<(&str, Value)>) -> Map {
+        pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    fn s(text: &str) -> Value {
+        Value::Str(text.into())
+    }
+
+    async fn run_ctx(reg: &Registry, ctx: Ctx) -> Outcome {
+        let task = reg.get(ctx.name()).unwrap_or_else(|| panic!("{} is not registered", ctx.name()));
+        task.handler().call(Invocation::new(ctx)).await
+    }
+
+    async fn run(reg: &Registry, request: RequestInfo) -> Outcome {
+        run_ctx(reg, Ctx::detached(request)).await
+    }
+
+    #[track_caller]
+    fn failure(outcome: Outcome) -> (String, String, String) {
+        match outcome {
+            Err(TaskError::Failure { exc_module, exc_type, message, .. }) => (exc_module, exc_type, message),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn retry_of(outcome: Outcome) -> (String, Option<Duration>, Option<u32>) {
+        match outcome {
+            Err(TaskError::Retry { reason, countdown, max_retries, eta: None, exc_type: None }) => {
+                (reason, countdown, max_retries)
+            }
+            other => panic!("expected a retry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_suite_task_is_registered_or_left_out_with_a_reason() {
+        let reg = set();
+        for short in SUITE_TASKS {
+            let left_out = LEFT_OUT.iter().any(|(name, _)| name == short);
+            assert_ne!(reg.get(&full(short)).is_some(), left_out, "{short}");
+        }
+        for (name, reason) in LEFT_OUT {
+            assert!(SUITE_TASKS.contains(name) && !reason.is_empty(), "{name}");
+        }
+        assert_eq!(reg.len(), SUITE_TASKS.len() - LEFT_OUT.len() + 1);
+        assert!(reg.get("celery.ping").is_some());
+    }
+
+    #[test]
+    fn options_follow_the_decorators() {
+        let reg = set();
+        let opts = |short: &str| reg.get(&full(short)).unwrap().options().clone();
+        assert_eq!(opts("retry").default_retry_delay, Duration::from_secs(1));
+        assert_eq!(opts("retry").max_retries, Some(3));
+        assert_eq!(opts("retry_unpickleable").default_retry_delay, Duration::from_secs(1));
+        for short in ["retry_once", "retry_once_priority", "retry_once_headers"] {
+            assert_eq!(opts(short).max_retries, Some(1), "{short}");
+        }
+        assert_eq!(opts("add_ignore_result").ignore_result, Some(true));
+        assert_eq!(opts("retry_once_ignore_result").ignore_result, Some(true));
+        assert_eq!(opts("add_with_result").ignore_result, Some(false));
+        assert_eq!(opts("retry_once_with_result").ignore_result, Some(false));
+        assert_eq!(opts("add").ignore_result, None);
+        assert_eq!(opts("reject_then_succeed").acks_late, Some(true));
+        assert_eq!(opts("store_success_then_reject").acks_late, Some(true));
+        assert_eq!(opts("reject_without_requeue").acks_late, None);
+        let declared = opts("task_with_declared_time_limits");
+        assert_eq!(
+            (declared.time_limit, declared.soft_time_limit),
+            (Some(Duration::from_secs(60)), Some(Duration::from_secs(45)))
+        );
+        let odd = opts("soft_time_limit_must_exceed_time_limit");
+        assert_eq!((odd.time_limit, odd.soft_time_limit), (Some(Duration::from_secs(1)), Some(Duration::from_secs(2))));
+        let auto = opts("auto_retry_class_task");
+        assert_eq!((auto.max_retries, auto.autoretry_for.as_slice()), (Some(1), ["ValueError".to_owned()].as_slice()));
+        assert_eq!((auto.retry_backoff, auto.retry_jitter), (Some(Duration::from_secs(1)), true));
+    }
+
+    #[tokio::test]
+    async fn arithmetic_tasks() {
+        let reg = set();
+        let ints = |v: &[i64]| v.iter().map(|&i| Value::Int(i)).collect::<Vec<_>>();
+        assert_eq!(run(&reg, with_args("add", ints(&[1, 2]))).await, Ok(Value::Int(3)));
+        assert_eq!(run(&reg, with_args("add", ints(&[1, 2, 3]))).await, Ok(Value::Int(6)));
+        assert_eq!(run(&reg, with_args("add", ints(&[1, 2, 0]))).await, Ok(Value::Int(3)));
+        let mut r = with_args("add", ints(&[4]));
+        r.kwargs = kw(vec![("y", Value::Int(4)), ("z", Value::Int(4))]);
+        assert_eq!(run(&reg, r).await, Ok(Value::Int(12)));
+        assert_eq!(run(&reg, with_args("add", vec![s("a"), s("b")])).await, Ok(s("ab")));
+        assert_eq!(run(&reg, with_args("mul", ints(&[6, 7]))).await, Ok(Value::Int(42)));
+        assert_eq!(run(&reg, with_args("add_ignore_result", ints(&[1, 2]))).await, Ok(Value::Int(3)));
+        assert_eq!(run(&reg, with_args("add_with_result", ints(&[1, 2]))).await, Ok(Value::Int(3)));
+        assert_eq!(run(&reg, with_args("tsum", vec![Value::List(ints(&[1, 2, 3]))])).await, Ok(Value::Int(6)));
+        let nested = Value::List(vec![Value::Int(1), Value::List(ints(&[2, 3])), Value::Int(4)]);
+        assert_eq!(run(&reg, with_args("xsum", vec![nested])).await, Ok(Value::Int(10)));
+        assert_eq!(run(&reg, with_args("identity", vec![s("x")])).await, Ok(s("x")));
+    }
+
+    #[tokio::test]
+    async fn wrong_arguments_fail_with_type_error() {
+        let reg = set();
+        let (module, exc_type, message) = failure(run(&reg, with_args("add_not_typed", vec![Value::Int(5)])).await);
+        assert_eq!((module.as_str(), exc_type.as_str()), ("builtins", "TypeError"));
+        assert_eq!(message, "add_not_typed() missing 1 required positional argument: 'y'");
+        let mut r = with_args("add_not_typed", vec![Value::Int(5)]);
+        r.kwargs = kw(vec![("wrong_arg", Value::Int(5))]);
+        assert_eq!(failure(run(&reg, r).await).2, "add_not_typed() got an unexpected keyword argument 'wrong_arg'");
+        let (_, exc_type, _) = failure(run(&reg, with_args("add", vec![Value::Int(1), s("a")])).await);
+        assert_eq!(exc_type, "TypeError");
+    }
+
+    #[tokio::test]
+    async fn failures_are_the_suites_exceptions() {
+        let reg = set();
+        let expected = (MODULE.to_owned(), "ExpectedException".to_owned(), "Task expected to fail".to_owned());
+        assert_eq!(failure(run(&reg, request("fail")).await), expected);
+        let (_, _, message) = failure(run(&reg, with_args("fail", vec![s("test")])).await);
+        assert_eq!(message, "('Task expected to fail', 'test')");
+
+        let unpickleable = failure(run(&reg, with_args("fail_unpickleable", vec![s("foo"), s("bar")])).await);
+        assert_eq!(unpickleable, (MODULE.to_owned(), "UnpickleableException".to_owned(), "foo".to_owned()));
+        let (_, exc_type, message) =
+            failure(run(&reg, with_args("fail_unpickleable", vec![s("foo"), Value::Null])).await);
+        assert_eq!((exc_type.as_str(), message.as_str()), ("TypeError", "bar must be provided"));
+
+        let raised = failure(run(&reg, with_args("raise_error", vec![Value::Int(1), Value::Int(2)])).await);
+        assert_eq!(raised, ("builtins".to_owned(), "ValueError".to_owned(), "deliberate error".to_owned()));
+
+        assert_eq!(run(&reg, request("reject_without_requeue")).await, Err(TaskError::reject("rejected", false)));
+    }
+
+    #[tokio::test]
+    async fn retry_retries_three_times_then_raises_or_returns() {
+        let reg = set();
+        let at = |retries: i64, args: Vec<Value>| {
+            let mut r = with_args("retry", args);
+            r.headers.retries = retries;
+            r
+        };
+        for retries in 0..3 {
+            let (reason, countdown, max) = retry_of(run(&reg, at(retries, vec![])).await);
+            assert_eq!(
+                (reason.as_str(), countdown, max),
+                ("ExpectedException()", Some(Duration::from_secs(5)), Some(3))
+            );
+        }
+        let (module, exc_type, _) = failure(run(&reg, at(3, vec![])).await);
+        assert_eq!((module.as_str(), exc_type.as_str()), (MODULE, "ExpectedException"));
+
+        // With a return value: the process-wide attempt counter lets the fourth run return it.
+        for retries in 0..3 {
+            retry_of(run(&reg, at(retries, vec![s("bar")])).await);
+        }
+        assert_eq!(run(&reg, at(3, vec![s("bar")])).await, Ok(s("bar")));
+        retry_of(run(&reg, at(0, vec![s("bar")])).await); // the counter starts again
+    }
+
+    #[tokio::test]
+    async fn retry_unpickleable_retries_then_raises_the_exception() {
+        let reg = set();
+        let call = |retries: i64| {
+            let mut r = with_args("retry_unpickleable", vec![s("foo"), s("bar")]);
+            r.kwargs = kw(vec![(
+                "retry_kwargs",
+                Value::Map(kw(vec![("countdown", Value::Int(10)), ("max_retries", Value::Int(1))])),
+            )]);
+            r.headers.retries = retries;
+            r
+        };
+        let (reason, countdown, max) = retry_of(run(&reg, call(0)).await);
+        assert_eq!(
+            (reason.as_str(), countdown, max),
+            ("UnpickleableException('foo')", Some(Duration::from_secs(10)), Some(1))
+        );
+        let (module, exc_type, message) = failure(run(&reg, call(1)).await);
+        assert_eq!((module.as_str(), exc_type.as_str(), message.as_str()), (MODULE, "UnpickleableException", "foo"));
+    }
+
+    #[tokio::test]
+    async fn retry_once_family() {
+        let reg = set();
+        let (_, countdown, max) = retry_of(run(&reg, request("retry_once")).await);
+        assert_eq!((countdown, max), (Some(Duration::from_millis(100)), Some(1)));
+        let mut r = request("retry_once");
+        r.kwargs = kw(vec![("countdown", Value::Null), ("expires", Value::Int(60))]);
+        assert_eq!(retry_of(run(&reg, r).await).1, None, "countdown=None uses the default delay");
+        // As an errback: called with the failed task's id.
+        let errback = with_args("retry_once", vec![s("failed-id")]);
+        retry_of(run(&reg, errback).await);
+        let mut r = request("retry_once");
+        r.headers.retries = 1;
+        assert_eq!(run(&reg, r).await, Ok(Value::Int(1)));
+
+        for short in ["retry_once_ignore_result", "retry_once_with_result"] {
+            assert_eq!(retry_of(run(&reg, request(short)).await).1, Some(Duration::ZERO));
+            let mut r = request(short);
+            r.headers.retries = 1;
+            assert_eq!(run(&reg, r).await, Ok(Value::Int(1)));
+        }
+
+        retry_of(run(&reg, request("retry_once_priority")).await);
+        let mut r = request("retry_once_priority");
+        r.headers.retries = 1;
+        r.priority = 7;
+        assert_eq!(run(&reg, r).await, Ok(Value::Int(7)));
+
+        retry_of(run(&reg, request("retry_once_headers")).await);
+        let mut r = request("retry_once_headers");
+        r.headers.retries = 1;
+        assert_eq!(run(&reg, r.clone()).await, Ok(Value::Null));
+        r.headers.extra.insert("x-test-header".into(), s("test-value"));
+        assert_eq!(run(&reg, r).await, Ok(Value::Map(kw(vec![("x-test-header", s("test-value"))]))));
+    }
+
+    #[tokio::test]
+    async fn auto_retry_class_task_fails_with_value_error_then_returns() {
+        let reg = set();
+        let (module, exc_type, _) = failure(run(&reg, request("auto_retry_class_task")).await);
+        assert_eq!((module.as_str(), exc_type.as_str()), ("builtins", "ValueError"));
+        let mut r = request("auto_retry_class_task");
+        r.headers.retries = 1;
+        assert_eq!(run(&reg, r).await, Ok(Value::Int(1)));
+    }
+
+    #[tokio::test]
+    async fn request_introspection() {
+        let reg = set();
+        let mut r = with_args("ids", vec![Value::Int(5)]);
+        r.headers.root_id = Some("root".into());
+        r.headers.parent_id = Some("parent".into());
+        assert_eq!(run(&reg, r.clone()).await, Ok(Value::List(vec![s("root"), s("parent"), Value::Int(5)])));
+        r.headers.task = task_name("collect_ids");
+        r.args = vec![s("previous")];
+        r.kwargs = kw(vec![("i", Value::Int(50))]);
+        assert_eq!(
+            run(&reg, r).await,
+            Ok(Value::List(vec![s("previous"), Value::List(vec![s("root"), s("parent"), Value::Int(50)])]))
+        );
+        assert_eq!(
+            run(&reg, request("ids")).await.map_err(|e| e.to_string()),
+            Err(TaskError::builtin("TypeError", "ids() missing 1 required positional argument: 'i'").to_string())
+        );
+
+        let mut r = request("return_priority");
+        r.priority = 3;
+        assert_eq!(run(&reg, r).await, Ok(s("Priority: 3")));
+
+        let mut r = request("return_properties");
+        r.properties.insert("app_id".into(), s("1234"));
+        assert_eq!(run(&reg, r).await.unwrap().get("app_id"), Some(&s("1234")));
+
+        let mut r = request("return_request_eta");
+        assert_eq!(run(&reg, r.clone()).await, Ok(Value::Null));
+        r.headers.eta = Some(PyDateTime::parse_iso("2026-03-01T12:00:00.500000+00:00").unwrap());
+        assert_eq!(run(&reg, r).await, Ok(s("2026-03-01T12:00:00.500000+00:00")));
+    }
+
+    #[tokio::test]
+    async fn time_limits_come_from_the_header() {
+        let reg = set();
+        let limits = |hard: Value, soft: Value| Value::Map(kw(vec![("time_limit", hard), ("soft_time_limit", soft)]));
+        for short in ["return_request_time_limits", "task_with_declared_time_limits"] {
+            assert_eq!(run(&reg, request(short)).await, Ok(limits(Value::Null, Value::Null)), "{short}");
+            let mut r = request(short);
+            r.headers.timelimit.hard = Some(Seconds::Int(30));
+            r.headers.timelimit.soft = Some(Seconds::Float(20.5));
+            assert_eq!(run(&reg, r).await, Ok(limits(Value::Int(30), Value::Float(20.5))), "{short}");
+        }
+    }
+
+    #[tokio::test]
+    async fn pydantic_tasks_take_and_return_dicts() {
+        let reg = set();
+        let data = |x: Value, y: Value| Value::Map(kw(vec![("x", x), ("y", y)]));
+        let result = |n: i64| Ok(Value::Map(kw(vec![("result", Value::Int(n))])));
+        for short in ["add_pydantic", "add_pydantic_string_annotations"] {
+            assert_eq!(run(&reg, with_args(short, vec![data(Value::Int(2), Value::Int(3))])).await, result(5));
+            let mut r = request(short);
+            r.kwargs = kw(vec![("data", data(s("4"), Value::Float(4.0)))]);
+            assert_eq!(run(&reg, r).await, result(8));
+        }
+        let (module, exc_type, message) =
+            failure(run(&reg, with_args("add_pydantic", vec![Value::Map(kw(vec![("x", Value::Int(1))]))])).await);
+        assert_eq!((module.as_str(), exc_type.as_str()), ("pydantic_core._pydantic_core", "ValidationError"));
+        assert!(message.starts_with("1 validation error for AddParameterModel\ny\n  Field required"), "{message}");
+        let (_, exc_type, _) = failure(run(&reg, with_args("add_pydantic", vec![Value::Int(1)])).await);
+        assert_eq!(exc_type, "ValidationError");
+    }
+
+    /// Services that record `update_state` calls.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, String, Value)>>);
+
+    impl WorkerServices for Recorder {
+        fn update_state(&self, task_id: &str, state: &str, meta: Value) -> BoxFuture<'static, Result<(), TaskError>> {
+            self.0.lock().unwrap().push((task_id.to_owned(), state.to_owned(), meta));
+            Box::pin(async { Ok(()) })
+        }
+        fn is_revoked(&self, _task_id: &str) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn rejections_requeue_until_redelivered() {
+        let reg = set();
+        assert_eq!(run(&reg, request("reject_then_succeed")).await, Err(TaskError::reject("", true)));
+        let mut r = request("reject_then_succeed");
+        r.redelivered = true;
+        assert_eq!(run(&reg, r).await, Ok(s("second-pass")));
+        let mut r = request("reject_then_succeed");
+        r.delivery_info.redelivered = Some(true);
+        assert_eq!(run(&reg, r).await, Ok(s("second-pass")));
+
+        let recorder = Arc::new(Recorder::default());
+        let ctx = |redelivered: bool| {
+            let mut r = request("store_success_then_reject");
+            r.redelivered = redelivered;
+            Ctx::new(r, recorder.clone(), CancellationToken::new(), CancellationToken::new())
+        };
+        assert_eq!(run_ctx(&reg, ctx(false)).await, Err(TaskError::reject("", true)));
+        assert_eq!(
+            recorder.0.lock().unwrap().as_slice(),
+            [("task-1".to_owned(), "SUCCESS".to_owned(), s("first-pass"))]
+        );
+        assert_eq!(run_ctx(&reg, ctx(true)).await, Ok(s("dedup-pass")));
+    }
+
+    #[tokio::test]
+    async fn sleeps_end_at_the_soft_time_limit() {
+        let reg = set();
+        let soft = CancellationToken::new();
+        soft.cancel();
+        let ctx = |r: RequestInfo| Ctx::new(r, Arc::new(Recorder::default()), soft.clone(), CancellationToken::new());
+        let (module, exc_type, _) = failure(run_ctx(&reg, ctx(with_args("sleeping", vec![Value::Int(30)]))).await);
+        assert_eq!((module.as_str(), exc_type.as_str()), ("billiard.exceptions", "SoftTimeLimitExceeded"));
+        let numbers = Value::List(vec![Value::Int(1), Value::Int(2)]);
+        let guarded = with_args("delayed_sum_with_soft_guard", vec![numbers.clone(), Value::Int(30)]);
+        assert_eq!(run_ctx(&reg, ctx(guarded)).await, Ok(Value::Int(0)));
+        failure(run_ctx(&reg, ctx(with_args("delayed_sum", vec![numbers.clone(), Value::Int(30)]))).await);
+
+        assert_eq!(run(&reg, with_args("delayed_sum", vec![numbers.clone(), Value::Int(0)])).await, Ok(Value::Int(3)));
+        let quick = with_args("delayed_sum_with_soft_guard", vec![numbers, Value::Float(0.01)]);
+        assert_eq!(run(&reg, quick).await, Ok(Value::Int(3)));
+        let mut r = with_args("sleeping", vec![Value::Float(0.01)]);
+        r.kwargs = kw(vec![("anything", Value::Int(1))]);
+        assert_eq!(run(&reg, r).await, Ok(Value::Null));
+        let (_, exc_type, _) = failure(run(&reg, with_args("sleeping", vec![Value::Int(-1)])).await);
+        assert_eq!(exc_type, "ValueError");
+    }
+
+    #[tokio::test]
+    async fn small_tasks() {
+        let reg = set();
+        assert_eq!(run(&reg, request("celery.ping")).await, Ok(s("pong")));
+        assert_eq!(run(&reg, request("print_unicode")).await, Ok(Value::Null));
+        assert_eq!(run(&reg, request("replaced_with_me")).await, Ok(Value::Bool(true)));
+        assert_eq!(run(&reg, request("soft_time_limit_must_exceed_time_limit")).await, Ok(Value::Null));
+        assert_eq!(
+            run(&reg, with_args("return_exception", vec![s("task-id")])).await,
+            Ok(Value::List(vec![s("task-id"), Value::Bool(true)]))
+        );
+    }
+
+    #[tokio::test]
+    async fn write_to_file_appends_lines() {
+        let reg = set();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.txt");
+        let file = s(path.to_str().unwrap());
+        for i in [1, 2] {
+            let r = with_args("write_to_file_and_return_int", vec![file.clone(), Value::Int(i)]);
+            assert_eq!(run(&reg, r).await, Ok(Value::Int(i)));
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "1\n2\n");
+        let missing = s(dir.path().join("no/such/dir/f").to_str().unwrap());
+        let (_, exc_type, message) =
+            failure(run(&reg, with_args("write_to_file_and_return_int", vec![missing, Value::Int(1)])).await);
+        assert_eq!(exc_type, "FileNotFoundError");
+        assert!(message.starts_with("[Errno 2] "), "{message}");
+    }
+}
