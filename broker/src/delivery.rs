@@ -55,11 +55,20 @@ pub struct Delivery {
     window: Arc<Window>,
     seq: u64,
     settled: Option<Settled>,
+    left: bool,
 }
 
 impl Delivery {
     pub(crate) fn new(envelope: Envelope, queue: String, settler: Settler, window: Arc<Window>, seq: u64) -> Delivery {
-        Delivery { envelope, queue, settler, window, seq, settled: None }
+        Delivery { envelope, queue, settler, window, seq, settled: None, left: false }
+    }
+
+    /// Gives the delivery up on purpose, unsettled: it stays held (and in
+    /// `unacked`) until [`crate::Consumer::restore_unacked`] hands it back at
+    /// shutdown, or the visibility timeout does. Dropping it unsettled does
+    /// the same but warns, as that is usually a bug.
+    pub fn leave_unacked(mut self) {
+        self.left = true;
     }
 
     /// kombu's delivery tag (a uuid4 set at publish time; the `unacked` key).
@@ -165,7 +174,7 @@ impl Delivery {
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        if self.settled.is_none() && !self.window.is_restoring() && self.window.held(self.seq).is_some() {
+        if self.settled.is_none() && !self.left && !self.window.is_restoring() && self.window.held(self.seq).is_some() {
             tracing::warn!(
                 delivery_tag = %self.envelope.delivery_tag,
                 queue = %self.queue,

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::assemble;
+
 use crate::error::CliError;
 
 /// `celeriac worker` flags; each overrides the setting named beside it.
@@ -47,8 +48,9 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Task sets to register, comma separated: `builtin` (celeriac.ping, the
-    /// health heartbeat), `conformance` (Celery's integration-suite tasks).
-    #[arg(long, value_delimiter = ',', default_value = "builtin")]
+    /// health heartbeat), `conformance` (Celery's integration-suite tasks), and
+    /// a custom binary's own sets. Default: `builtin` and the binary's own.
+    #[arg(long, value_delimiter = ',')]
     pub tasks: Vec<String>,
 }
 
@@ -100,7 +102,7 @@ fn settings(args: &WorkerArgs) -> Result<Settings, CliError> {
 }
 
 /// Runs the worker until a signal stops it.
-pub async fn run(args: WorkerArgs) -> Result<(), CliError> {
+pub async fn run(args: WorkerArgs, extra: &'static [celeriac_tasks::TaskSet]) -> Result<(), CliError> {
     let level = crate::logging::level(&args.loglevel).map_err(CliError::Setting)?;
     crate::logging::init(level);
     let settings = settings(&args)?;
@@ -124,7 +126,7 @@ pub async fn run(args: WorkerArgs) -> Result<(), CliError> {
         node_name: Some(hostname.clone()),
         ..Default::default()
     };
-    let registry = celeriac_tasks::registry(&args.tasks, &task_config).map_err(|e| CliError::Tasks(e.to_string()))?;
+    let registry = registry(&args.tasks, extra, &task_config)?;
     check_rate_limits(&registry)?;
 
     for queue in &config.queues {
@@ -163,6 +165,35 @@ fn binding(settings: &Settings, queue: &str) -> (String, String) {
         ),
         None => (queue.to_owned(), queue.to_owned()),
     }
+}
+
+/// The tasks of the sets named in `--tasks`: celeriac's own and `extra`.
+fn registry(
+    names: &[String],
+    extra: &'static [celeriac_tasks::TaskSet],
+    config: &celeriac_tasks::TaskSetConfig,
+) -> Result<Registry, CliError> {
+    let defaults: Vec<String> =
+        std::iter::once("builtin").chain(extra.iter().map(|s| s.name())).map(str::to_owned).collect();
+    let names = if names.is_empty() { &defaults[..] } else { names };
+    let (own, theirs): (Vec<&String>, Vec<&String>) =
+        names.iter().partition(|n| !extra.iter().any(|s| s.name() == n.as_str()));
+    let unknown = |name: &str| {
+        let mut available = celeriac_tasks::available();
+        for set in extra {
+            available.push_str(", ");
+            available.push_str(set.name());
+        }
+        CliError::Tasks(format!("no task set named {name:?} is compiled in; available: {available}"))
+    };
+    if let Some(name) = own.iter().find(|n| celeriac_tasks::set(n).is_none()) {
+        return Err(unknown(name));
+    }
+    let mut registry = celeriac_tasks::registry(own, config).map_err(|e| CliError::Tasks(e.to_string()))?;
+    for set in extra.iter().filter(|s| theirs.iter().any(|n| n.as_str() == s.name())) {
+        registry.merge(set.registry(config).map_err(|e| CliError::Tasks(e.to_string()))?);
+    }
+    Ok(registry)
 }
 
 fn check_rate_limits(registry: &Registry) -> Result<(), CliError> {

@@ -37,8 +37,7 @@ impl ChildGuard {
     /// Sends `signal` (a name such as `KILL`, `TERM`, `INT`) to the process group.
     pub fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
-            send_signal(signal, &format!("-{}", child.id()));
-            send_signal(signal, &child.id().to_string());
+            signal_group(signal, child.id());
         }
     }
 
@@ -59,8 +58,7 @@ impl ChildGuard {
             return Some(status);
         }
         let pid = child.id();
-        send_signal("TERM", &format!("-{pid}"));
-        send_signal("TERM", &pid.to_string());
+        signal_group("TERM", pid);
         let mut status = None;
         crate::wait_until(grace, || {
             status = child.try_wait().ok().flatten();
@@ -82,12 +80,22 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Signals the process group led by `pid` once (a worker counts signals: a
+/// second SIGTERM means a cold shutdown), or `pid` alone if it leads none.
+fn signal_group(signal: &str, pid: u32) {
+    if !send_signal(signal, &format!("-{pid}")) {
+        send_signal(signal, &pid.to_string());
+    }
+}
+
 /// `kill -<signal> <target>`; the harness avoids libc so it stays `unsafe`-free.
-pub(crate) fn send_signal(signal: &str, target: &str) {
-    let _ = std::process::Command::new("kill")
+/// Returns whether `kill` succeeded.
+pub(crate) fn send_signal(signal: &str, target: &str) -> bool {
+    std::process::Command::new("kill")
         .arg(format!("-{signal}"))
         .arg("--")
         .arg(target)
         .stderr(std::process::Stdio::null())
-        .status();
+        .status()
+        .is_ok_and(|s| s.success())
 }

@@ -19,8 +19,11 @@ pub enum TaskError {
         /// Module Python imports the class from (`builtins`, or the module of
         /// a custom exception the Python side defines).
         exc_module: String,
-        /// The exception's message.
+        /// The exception's message (`str(exc)`).
         message: String,
+        /// The exception's arguments when they are not just `(message,)`
+        /// (`ExpectedException("Task expected to fail", "disk full")`).
+        args: Option<Vec<Value>>,
         /// A traceback-like text for the result's `traceback` field.
         traceback: Option<String>,
         /// Whether `autoretry_for` may retry this failure (by its `exc_type`).
@@ -75,6 +78,21 @@ impl TaskError {
             exc_type: exc_type.into(),
             exc_module: exc_module.into(),
             message: message.into(),
+            args: None,
+            traceback: None,
+            kind: None,
+        }
+    }
+
+    /// A failure raising exactly `exc` (its module, type and arguments), as a
+    /// Python task raising that exception stores it.
+    pub fn raise(exc: ExceptionInfo) -> TaskError {
+        let message = exc.python_str();
+        TaskError::Failure {
+            exc_module: exc.exc_module.unwrap_or_else(|| "builtins".into()),
+            exc_type: exc.exc_type,
+            message,
+            args: Some(exc.exc_message),
             traceback: None,
             kind: None,
         }
@@ -135,8 +153,9 @@ impl TaskError {
     /// The exception Python sees for this outcome.
     pub fn exception(&self) -> ExceptionInfo {
         match self {
-            TaskError::Failure { exc_type, exc_module, message, .. } => {
-                ExceptionInfo::new(exc_module, exc_type, vec![Value::Str(message.clone())])
+            TaskError::Failure { exc_type, exc_module, message, args, .. } => {
+                let args = args.clone().unwrap_or_else(|| vec![Value::Str(message.clone())]);
+                ExceptionInfo::new(exc_module, exc_type, args)
             }
             TaskError::Retry { reason, exc_type, .. } => retry_exception(exc_type.as_deref(), reason),
             TaskError::Reject { reason, .. } => {
@@ -163,6 +182,12 @@ pub(crate) fn retry_exception(exc_type: Option<&str>, reason: &str) -> Exception
 
 /// Lets `?` turn argument decoding errors into a task failure Python sees as
 /// `TypeError`, as it would for wrong arguments.
+impl From<ExceptionInfo> for TaskError {
+    fn from(exc: ExceptionInfo) -> TaskError {
+        TaskError::raise(exc)
+    }
+}
+
 impl From<celeriac_protocol::ValueError> for TaskError {
     fn from(e: celeriac_protocol::ValueError) -> TaskError {
         TaskError::builtin("TypeError", e.0)

@@ -133,6 +133,18 @@ mod tests {
     }
 
     #[test]
+    fn raised_exceptions_keep_all_their_arguments() {
+        let exc = celeriac_protocol::result::ExceptionInfo::new(
+            "t.integration.tasks",
+            "ExpectedException",
+            vec!["Task expected to fail".into(), "disk full".into()],
+        );
+        let e = TaskError::raise(exc.clone());
+        assert_eq!(e.exception(), exc);
+        assert_eq!(e.to_string(), r#"ExpectedException("('Task expected to fail', 'disk full')")"#);
+    }
+
+    #[test]
     fn failures_are_stored_as_python_exceptions() {
         let e = TaskError::builtin("ValueError", "bad value 7");
         assert_eq!(

@@ -310,7 +310,7 @@ impl Shared {
                     }
                     let step = Duration::try_from(wait).unwrap_or_default().min(self.config.eta_refresh);
                     tokio::select! {
-                        _ = stop.cancelled() => return, // left unacked: restored on shutdown
+                        _ = stop.cancelled() => return delivery.leave_unacked(), // restored on shutdown
                         _ = tokio::time::sleep(step) => {}
                     }
                     if let Err(e) = delivery.extend_visibility().await {
@@ -321,14 +321,16 @@ impl Shared {
             let wait = self.rate_limits.reserve(&name);
             if !wait.is_zero() {
                 tokio::select! {
-                    _ = stop.cancelled() => return, // left unacked: restored on shutdown
+                    _ = stop.cancelled() => return delivery.leave_unacked(), // restored on shutdown
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
-            let Ok(_permit) = permits.acquire_owned().await else { return };
-            if stop.is_cancelled() {
-                return; // shutting down: leave it for restore
-            }
+            let permit = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return delivery.leave_unacked(), // restored on shutdown
+                permit = permits.acquire_owned() => permit,
+            };
+            let Ok(_permit) = permit else { return delivery.leave_unacked() };
             self.execute(&mut delivery, def, task).await;
         }
         .instrument(span)
