@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use celeriac_backend::{BackendOptions, Endpoint, RedisBackend};
-use celeriac_broker::{Broker, ProducerConfig, RedisOptions, TlsOptions};
+use celeriac_broker::{Broker, FanoutPrefix, ProducerConfig, RedisOptions, TlsOptions};
 use celeriac_config::{Settings, TlsSettings};
 use celeriac_protocol::codec::{Compression, ContentType};
 use celeriac_protocol::envelope::BodyEncoding;
@@ -26,27 +26,28 @@ pub fn broker(settings: &Settings) -> Result<Broker, CliError> {
         return Ok(Broker::from_url(url)?);
     }
     let t = &settings.broker_transport_options;
-    let mut o = RedisOptions::default();
-    o.visibility_timeout = secs(t.visibility_timeout);
-    o.global_keyprefix = t.global_keyprefix.clone();
-    o.priority_steps = t.priority_steps.clone();
-    o.sep = t.sep.clone();
-    o.queue_order_strategy = t.queue_order_strategy.parse()?;
+    let mut o = RedisOptions {
+        visibility_timeout: secs(t.visibility_timeout),
+        global_keyprefix: t.global_keyprefix.clone(),
+        priority_steps: t.priority_steps.clone(),
+        sep: t.sep.clone(),
+        queue_order_strategy: t.queue_order_strategy.parse()?,
+        fanout_prefix: if t.fanout_prefix { FanoutPrefix::Db } else { FanoutPrefix::Disabled },
+        fanout_patterns: t.fanout_patterns,
+        unacked_restore_limit: t.unacked_restore_limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        socket_timeout: t.socket_timeout.map(secs),
+        socket_connect_timeout: t.socket_connect_timeout.map(secs),
+        health_check_interval: secs(t.health_check_interval),
+        client_name: t.client_name.clone(),
+        body_encoding: match t.body_encoding.as_str() {
+            "base64" => BodyEncoding::Base64,
+            other => BodyEncoding::Text(other.to_owned()),
+        },
+        ..RedisOptions::default()
+    };
     if let Some(p) = t.polling_interval {
         o.brpop_timeout = secs(p);
     }
-    o.fanout_prefix =
-        if t.fanout_prefix { celeriac_broker::FanoutPrefix::Db } else { celeriac_broker::FanoutPrefix::Disabled };
-    o.fanout_patterns = t.fanout_patterns;
-    o.unacked_restore_limit = t.unacked_restore_limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-    o.socket_timeout = t.socket_timeout.map(secs);
-    o.socket_connect_timeout = t.socket_connect_timeout.map(secs);
-    o.health_check_interval = secs(t.health_check_interval);
-    o.client_name = t.client_name.clone();
-    o.body_encoding = match t.body_encoding.as_str() {
-        "base64" => BodyEncoding::Base64,
-        other => BodyEncoding::Text(other.to_owned()),
-    };
     o.apply_url(url)?;
     if let (Some(master), celeriac_broker::RedisEndpoint::Sentinel { master_name, .. }) =
         (&t.master_name, &mut o.endpoint)

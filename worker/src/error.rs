@@ -23,11 +23,11 @@ pub enum TaskError {
         message: String,
         /// The exception's arguments when they are not just `(message,)`
         /// (`ExpectedException("Task expected to fail", "disk full")`).
-        args: Option<Vec<Value>>,
+        args: Option<Box<Vec<Value>>>,
         /// A traceback-like text for the result's `traceback` field.
         traceback: Option<String>,
         /// Whether `autoretry_for` may retry this failure (by its `exc_type`).
-        kind: Option<String>,
+        kind: Option<Box<str>>,
     },
     /// Retry the task later (Celery's `self.retry`).
     #[error("Retry in {}: {reason}", retry_when(.countdown, .eta))]
@@ -92,7 +92,7 @@ impl TaskError {
             exc_module: exc.exc_module.unwrap_or_else(|| "builtins".into()),
             exc_type: exc.exc_type,
             message,
-            args: Some(exc.exc_message),
+            args: Some(Box::new(exc.exc_message)),
             traceback: None,
             kind: None,
         }
@@ -127,7 +127,7 @@ impl TaskError {
     /// Marks a failure with the error kind `autoretry_for` matches on.
     pub fn with_kind(mut self, k: impl Into<String>) -> TaskError {
         if let TaskError::Failure { kind, .. } = &mut self {
-            *kind = Some(k.into());
+            *kind = Some(k.into().into_boxed_str());
         }
         self
     }
@@ -154,7 +154,7 @@ impl TaskError {
     pub fn exception(&self) -> ExceptionInfo {
         match self {
             TaskError::Failure { exc_type, exc_module, message, args, .. } => {
-                let args = args.clone().unwrap_or_else(|| vec![Value::Str(message.clone())]);
+                let args = args.as_deref().cloned().unwrap_or_else(|| vec![Value::Str(message.clone())]);
                 ExceptionInfo::new(exc_module, exc_type, args)
             }
             TaskError::Retry { reason, exc_type, .. } => retry_exception(exc_type.as_deref(), reason),
