@@ -192,3 +192,25 @@ fn unknown_flags_tasks_and_settings_are_refused_clearly() {
     let err = run(&["worker", "-b", "memory://", "-l", "LOUD"], &[]);
     assert!(err.contains("LOUD"), "{err}");
 }
+
+#[test]
+fn canvases_from_python_run_on_celeriac() {
+    let (Some(redis), Some(python)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
+    let url = redis.url();
+    let worker = celeriac_worker(&redis, &url, &["-c", "4"], &[]);
+    let out = Command::new(python)
+        .arg(celeriac_tests::repo_root().join("tests/python/canvas_calls.py"))
+        .args(["--broker", &url, "--backend", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let log = worker.log();
+    assert_eq!(got["chain"], json!({"result": 60}), "{got}\n{log}");
+    assert_eq!(got["group"], json!({"result": [0, 2, 4, 6]}), "{got}\n{log}");
+    assert_eq!(got["chord"], json!({"result": 20}), "the chord body got every header result: {got}\n{log}");
+    assert_eq!(got["chord_failed"]["exc_type"], json!("ExpectedException"), "{got}\n{log}");
+    assert_eq!(got["chord_failed_body"], json!({"state": "FAILURE", "exc_type": "ChordError"}), "{got}\n{log}");
+    assert_eq!(got["link"], json!({"result": 42}), "{got}");
+    assert_eq!(got["link_child"], json!({"result": 42}), "the callback got the parent's result: {got}\n{log}");
+}

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use celeriac_backend::ChordOutcome;
 use celeriac_broker::{Broker, BrokerError, ConsumerControl, Delivery, Producer};
 use celeriac_config::UnknownTaskPolicy;
-use celeriac_protocol::result::{ExceptionInfo, Extended, ResultMeta};
+use celeriac_protocol::result::{ExceptionInfo, Extended, ResultMeta, ResultTuple};
 use celeriac_protocol::time::PyDateTime;
 use celeriac_protocol::{Map, TaskMessage, Value};
 use futures_util::future::BoxFuture;
@@ -410,9 +410,13 @@ impl Shared {
                     "Task {name}[{id}] succeeded in {runtime:.3}s: {}",
                     celeriac_protocol::result::saferepr(&value, Some(1024), 3)
                 );
-                let meta = self.extend(ResultMeta::success(&id, value.clone(), PyDateTime::now_utc()), &task, delivery);
+                // As Celery: callbacks and the next chain step go out first,
+                // and the stored result names them as its children.
+                let children = self.send_callbacks(&task, &value).await;
+                let mut meta =
+                    self.extend(ResultMeta::success(&id, value.clone(), PyDateTime::now_utc()), &task, delivery);
+                meta.children = children.iter().map(|child| ResultTuple::task(child).to_value()).collect();
                 self.finished(meta, &task, !ignore_result).await;
-                self.send_callbacks(&task, &value).await;
                 if acks_late {
                     settle(delivery, Settle::Ack).await;
                 }
@@ -547,13 +551,15 @@ impl Shared {
         }
     }
 
-    async fn send_callbacks(&self, task: &TaskMessage, result: &Value) {
+    /// Sends the links and the next step of the chain; returns their ids.
+    async fn send_callbacks(&self, task: &TaskMessage, result: &Value) -> Vec<String> {
+        let mut sent = Vec::new();
         for link in task.embed.callbacks.iter().flatten() {
             let mut sig = link.clone();
             if !sig.immutable {
                 sig.args = sig.args_with_parent_result(result);
             }
-            self.send_signature(&sig, task).await;
+            sent.extend(self.send_signature(&sig, task).await);
         }
         if let Some(chain) = &task.embed.chain {
             if let Some((next, rest)) = chain.split_last() {
@@ -564,13 +570,15 @@ impl Shared {
                 if !rest.is_empty() {
                     sig.options.insert("chain".into(), Value::List(rest.iter().map(|s| s.to_value()).collect()));
                 }
-                self.send_signature(&sig, task).await;
+                sent.extend(self.send_signature(&sig, task).await);
             }
         }
+        sent
     }
 
-    /// Sends a signature as a child of `parent`, honouring its options.
-    async fn send_signature(&self, sig: &celeriac_protocol::Signature, parent: &TaskMessage) {
+    /// Sends a signature as a child of `parent`, honouring its options;
+    /// returns the id it was sent with (`None` if it could not be sent).
+    async fn send_signature(&self, sig: &celeriac_protocol::Signature, parent: &TaskMessage) -> Option<String> {
         let opt = |k: &str| sig.options.get(k).and_then(Value::as_str).map(str::to_owned);
         let mut options = celeriac_broker::SendOptions {
             task_id: opt("task_id"),
@@ -579,7 +587,7 @@ impl Shared {
             routing_key: opt("routing_key"),
             priority: sig.options.get("priority").and_then(Value::as_i64).and_then(|p| u8::try_from(p).ok()),
             parent_id: Some(parent.headers.id.clone()),
-            root_id: parent.headers.root_id.clone(),
+            root_id: parent.headers.root_id.clone().or_else(|| Some(parent.headers.id.clone())),
             group_id: opt("group_id"),
             ..Default::default()
         };
@@ -588,8 +596,12 @@ impl Shared {
         }
         options.link = option_signatures(sig, "link");
         options.link_error = option_signatures(sig, "link_error");
-        if let Err(e) = self.producer.send_task(&sig.task, sig.args.clone(), sig.kwargs.clone(), options).await {
-            error!("could not send {} after {}[{}]: {e}", sig.task, parent.headers.task, parent.headers.id);
+        match self.producer.send_task(&sig.task, sig.args.clone(), sig.kwargs.clone(), options).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                error!("could not send {} after {}[{}]: {e}", sig.task, parent.headers.task, parent.headers.id);
+                None
+            }
         }
     }
 
