@@ -1007,8 +1007,9 @@ mod tests {
         let reg = set();
         let expected = (MODULE.to_owned(), "ExpectedException".to_owned(), "Task expected to fail".to_owned());
         assert_eq!(failure(run(&reg, request("fail")).await), expected);
-        let (_, _, message) = failure(run(&reg, with_args("fail", vec![s("test")])).await);
-        assert_eq!(message, "('Task expected to fail', 'test')");
+        let with_arg = run(&reg, with_args("fail", vec![s("test")])).await;
+        assert_eq!(with_arg.clone().unwrap_err().exception().exc_message, [s("Task expected to fail"), s("test")]);
+        assert_eq!(failure(with_arg).2, "('Task expected to fail', 'test')");
 
         let unpickleable = failure(run(&reg, with_args("fail_unpickleable", vec![s("foo"), s("bar")])).await);
         assert_eq!(unpickleable, (MODULE.to_owned(), "UnpickleableException".to_owned(), "foo".to_owned()));

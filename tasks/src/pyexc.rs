@@ -7,11 +7,10 @@
 //! retry while retries remain, and the exception itself (not
 //! `MaxRetriesExceededError`) once they are used up.
 //!
-//! What the worker API carries today (see the crate README): a failure has one
-//! text argument, so an exception with several arguments is stored with the
-//! text Python's `str(exc)` gives (`('Task expected to fail', 'test')`), and one
-//! without arguments with an empty text; a retry's stored exception is
-//! Celery's `Retry` whose message is `repr(exc)`.
+//! A failure keeps every argument of the exception (`ExpectedException('Task
+//! expected to fail', 'test')` is stored with both). A retry cannot carry its
+//! exception yet (see the crate README): the RETRY state stores Celery's
+//! `Retry` with `repr(exc)` as its message.
 
 use std::time::Duration;
 
@@ -23,10 +22,9 @@ pub fn exception(module: &str, exc_type: &str, args: Vec<celeriac_protocol::Valu
     ExceptionInfo::new(module, exc_type, args)
 }
 
-/// The failure a task returns to raise `exc`.
+/// The failure a task returns to raise `exc`: its class, module and every argument.
 pub fn raise(exc: &ExceptionInfo) -> TaskError {
-    let module = exc.exc_module.as_deref().unwrap_or("builtins");
-    TaskError::custom(module, &exc.exc_type, exc.python_str())
+    TaskError::raise(exc.clone())
 }
 
 /// The options of a `self.retry(...)` call.
@@ -84,13 +82,17 @@ mod tests {
     }
 
     #[test]
-    fn raising_keeps_class_and_module() {
-        let exc =
-            exception("t.integration.tasks", "ExpectedException", vec![Value::Str("Task expected to fail".into())]);
-        assert_eq!(raise(&exc), TaskError::custom("t.integration.tasks", "ExpectedException", "Task expected to fail"));
-        let two = exception("m", "E", vec![Value::Str("a".into()), Value::Int(1)]);
-        assert_eq!(raise(&two), TaskError::custom("m", "E", "('a', 1)"));
-        assert_eq!(raise(&exception("builtins", "ValueError", vec![])), TaskError::builtin("ValueError", ""));
+    fn raising_keeps_class_module_and_arguments() {
+        let expected = vec![Value::Str("Task expected to fail".into())];
+        for (exc, text) in [
+            (exception("t.integration.tasks", "ExpectedException", expected), "Task expected to fail"),
+            (exception("m", "E", vec![Value::Str("a".into()), Value::Int(1)]), "('a', 1)"),
+            (exception("builtins", "ValueError", vec![]), ""),
+        ] {
+            let err = raise(&exc);
+            assert_eq!(err.exception(), exc);
+            assert!(matches!(&err, TaskError::Failure { message, .. } if message == text), "{err:?}");
+        }
     }
 
     #[test]
@@ -106,7 +108,7 @@ mod tests {
             }
             other => panic!("expected a retry, got {other:?}"),
         }
-        assert_eq!(retry(&ctx(3), opts), TaskError::custom("m", "Boom", "x"));
+        assert_eq!(retry(&ctx(3), opts).exception(), exception("m", "Boom", vec![Value::Str("x".into())]));
         // Without exc the worker decides (MaxRetriesExceededError).
         assert!(matches!(retry(&ctx(3), Retry::new(None, Some(3))), TaskError::Retry { countdown: None, .. }));
         assert!(matches!(
