@@ -39,6 +39,9 @@ pub fn broker(settings: &Settings) -> Result<Broker, CliError> {
         socket_connect_timeout: t.socket_connect_timeout.map(secs),
         health_check_interval: secs(t.health_check_interval),
         client_name: t.client_name.clone(),
+        // An element that is not even a kombu envelope is moved there as it is,
+        // atomically, rather than lost.
+        deadletter_queue: Some(settings.worker_dead_letter_queue.clone()),
         body_encoding: match t.body_encoding.as_str() {
             "base64" => BodyEncoding::Base64,
             other => BodyEncoding::Text(other.to_owned()),

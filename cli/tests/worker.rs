@@ -214,3 +214,86 @@ fn canvases_from_python_run_on_celeriac() {
     assert_eq!(got["link"], json!({"result": 42}), "{got}");
     assert_eq!(got["link_child"], json!({"result": 42}), "the callback got the parent's result: {got}\n{log}");
 }
+
+#[test]
+fn expiry_retries_and_time_limits_as_python_sees_them() {
+    let (Some(redis), Some(_)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
+    let url = redis.url();
+    let worker = celeriac_worker(&redis, &url, &["-c", "4"], &[]);
+    let out = python_calls(
+        &url,
+        json!([
+            {"name": "t.integration.tasks.add", "args": [1, 1], "options": {"expires": 0.001}},
+            {"name": "t.integration.tasks.retry_once", "kwargs": {"max_retries": 0}},
+            {"name": "t.integration.tasks.sleeping", "args": [10], "options": {"soft_time_limit": 1}},
+            {"name": "t.integration.tasks.retry_once_headers", "options": {"headers": {"x-run": "r7"}}},
+        ]),
+        true,
+    );
+    let log = worker.log();
+    assert_eq!(
+        (&out[0]["state"], &out[0]["exc_type"]),
+        (&json!("REVOKED"), &json!("TaskRevokedError")),
+        "{:?}\n{log}",
+        out[0]
+    );
+    assert_eq!(
+        (&out[1]["state"], &out[1]["exc_type"]),
+        (&json!("FAILURE"), &json!("MaxRetriesExceededError")),
+        "{:?}\n{log}",
+        out[1]
+    );
+    assert_eq!(
+        (&out[2]["state"], &out[2]["exc_type"]),
+        (&json!("FAILURE"), &json!("SoftTimeLimitExceeded")),
+        "{:?}\n{log}",
+        out[2]
+    );
+    assert_eq!(out[3]["result"]["x-run"], json!("r7"), "custom headers survive the retry: {:?}\n{log}", out[3]);
+}
+
+#[test]
+fn rate_limits_dead_letters_and_undecodable_messages() {
+    let (Some(redis), Some(_)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
+    let url = redis.url();
+    let env = [("CELERIAC_WORKER_UNKNOWN_TASK", "dead_letter"), ("CELERIAC_TASK_DEFAULT_RATE_LIMIT", "4/s")];
+    let worker = celeriac_worker(&redis, &url, &["-c", "4"], &env);
+    let mut a = admin(&url);
+    let _: () = redis::cmd("LPUSH").arg("celery").arg("this is not a kombu message").query(&mut a).unwrap();
+    let out = python_calls(
+        &url,
+        json!([
+            {"name": "tasks.only_python_has_this", "args": [1]},
+            {"name": "t.integration.tasks.add", "args": [1, 1]},
+            {"name": "t.integration.tasks.add", "args": [2, 2]},
+            {"name": "t.integration.tasks.add", "args": [3, 3]},
+        ]),
+        false,
+    );
+    let ids: Vec<&str> = out[1..].iter().map(|l| l["id"].as_str().unwrap()).collect();
+    let python = celeriac_tests::python().unwrap();
+    let got = Command::new(python)
+        .arg(celeriac_tests::repo_root().join("tests/python/get_results.py"))
+        .args(["--backend", &url, "--timeout", "30"])
+        .args(&ids)
+        .output()
+        .unwrap();
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&got.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let results: Vec<&Value> = lines.iter().map(|l| &l["result"]).collect();
+    assert_eq!(results, [&json!(2), &json!(4), &json!(6)], "{lines:?}");
+    // 4/s with a bucket of one: the three runs span at least two intervals.
+    let done: Vec<f64> = lines.iter().map(|l| l["done_at"].as_f64().unwrap()).collect();
+    let span = done.iter().cloned().fold(f64::MIN, f64::max) - done.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(span >= 0.45, "rate limit not applied: results done within {span:.3}s");
+    // The unknown task and the undecodable message were parked, not dropped.
+    assert!(
+        celeriac_tests::wait_until(WAIT, || int(&mut a, &["LLEN", "celeriac.dead_letter"]) == 2),
+        "{}",
+        worker.log()
+    );
+    let parked: Vec<String> = redis::cmd("LRANGE").arg("celeriac.dead_letter").arg(0).arg(-1).query(&mut a).unwrap();
+    assert!(parked.iter().any(|m| m.contains("unregistered task tasks.only_python_has_this")), "{parked:?}");
+    assert!(parked.iter().any(|m| m == "this is not a kombu message"), "{parked:?}");
+    assert_eq!(int(&mut a, &["HLEN", "unacked"]), 0);
+}

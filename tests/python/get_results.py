@@ -3,7 +3,8 @@
 
     get_results.py --backend URL [--timeout S] ID...
 
-Each line: {"id", "state", "result" | "exc_type", "exc_module", "exc_args"}.
+Each line: {"id", "state", "result" | "exc_type", "exc_module", "exc_args", "done_at"}
+(`done_at`: the record's date_done as a POSIX timestamp).
 Exit 1 if any result did not arrive in time.
 """
 
@@ -41,6 +42,8 @@ def wait_line(res, timeout: float) -> dict:
     except Exception as exc:  # the task's exception, re-raised by Celery
         line.update(state=res.state, exc_type=type(exc).__name__, exc_module=type(exc).__module__,
                     exc_args=[str(x) for x in exc.args])
+    if line["state"] != "TIMEOUT" and res.date_done is not None:
+        line["done_at"] = res.date_done.timestamp()
     return line
 
 
