@@ -918,7 +918,7 @@ mod tests {
     #[track_caller]
     fn retry_of(outcome: Outcome) -> (String, Option<Duration>, Option<u32>) {
         match outcome {
-            Err(TaskError::Retry { reason, countdown, max_retries, eta: None, exc_type: None }) => {
+            Err(TaskError::Retry { reason, countdown, max_retries, eta: None, exc_type: None, .. }) => {
                 (reason, countdown, max_retries)
             }
             other => panic!("expected a retry, got {other:?}"),

@@ -57,14 +57,16 @@ impl Retry {
 /// one, the worker fails the task with `MaxRetriesExceededError`).
 pub fn retry(ctx: &Ctx, options: Retry) -> TaskError {
     let exhausted = options.max_retries.is_some_and(|max| ctx.retries() >= i64::from(max));
-    match (exhausted, &options.exc) {
-        (true, Some(exc)) => raise(exc),
-        _ => TaskError::Retry {
-            reason: options.exc.as_ref().map_or_else(|| "Task can be retried".to_owned(), ExceptionInfo::python_repr),
+    match (exhausted, options.exc) {
+        (true, Some(exc)) => raise(&exc),
+        (_, Some(exc)) => TaskError::retry_exc(exc, options.countdown).with_max_retries(options.max_retries),
+        (_, None) => TaskError::Retry {
+            reason: "Task can be retried".to_owned(),
             exc_type: None,
             countdown: options.countdown,
             eta: None,
             max_retries: options.max_retries,
+            exc: None,
         },
     }
 }

@@ -42,6 +42,10 @@ pub enum TaskError {
         eta: Option<PyDateTime>,
         /// Overrides the task's `max_retries` for this retry.
         max_retries: Option<u32>,
+        /// The exception being retried (`self.retry(exc=...)`): stored with the
+        /// RETRY state, and raised instead of `MaxRetriesExceededError` once
+        /// retries are used up.
+        exc: Option<Box<ExceptionInfo>>,
     },
     /// Reject the message (Celery's `Reject`): requeue it, or drop it.
     #[error("Rejected (requeue={requeue}): {reason}")]
@@ -105,7 +109,14 @@ impl TaskError {
 
     /// A retry after the task's default delay.
     pub fn retry(reason: impl Into<String>) -> TaskError {
-        TaskError::Retry { reason: reason.into(), exc_type: None, countdown: None, eta: None, max_retries: None }
+        TaskError::Retry {
+            reason: reason.into(),
+            exc_type: None,
+            countdown: None,
+            eta: None,
+            max_retries: None,
+            exc: None,
+        }
     }
 
     /// A retry after `countdown`.
@@ -116,7 +127,30 @@ impl TaskError {
             countdown: Some(countdown),
             eta: None,
             max_retries: None,
+            exc: None,
         }
+    }
+
+    /// A retry of `exc` (Celery's `self.retry(exc=exc, countdown=...)`): the
+    /// RETRY state stores `exc`, and once retries are used up the task fails
+    /// with `exc` itself.
+    pub fn retry_exc(exc: ExceptionInfo, countdown: Option<Duration>) -> TaskError {
+        TaskError::Retry {
+            reason: exc.python_repr(),
+            exc_type: None,
+            countdown,
+            eta: None,
+            max_retries: None,
+            exc: Some(Box::new(exc)),
+        }
+    }
+
+    /// Sets the `max_retries` of a retry for this call only.
+    pub fn with_max_retries(mut self, max: Option<u32>) -> TaskError {
+        if let TaskError::Retry { max_retries, .. } = &mut self {
+            *max_retries = max;
+        }
+        self
     }
 
     /// Reject the message; `requeue` puts it back for another worker.
@@ -157,6 +191,7 @@ impl TaskError {
                 let args = args.as_deref().cloned().unwrap_or_else(|| vec![Value::Str(message.clone())]);
                 ExceptionInfo::new(exc_module, exc_type, args)
             }
+            TaskError::Retry { exc: Some(exc), .. } => (**exc).clone(),
             TaskError::Retry { reason, exc_type, .. } => retry_exception(exc_type.as_deref(), reason),
             TaskError::Reject { reason, .. } => {
                 ExceptionInfo::new("celery.exceptions", "Reject", vec![Value::Str(reason.clone())])

@@ -421,29 +421,42 @@ impl Shared {
                     settle(delivery, Settle::Ack).await;
                 }
             }
-            Outcome::Failed(TaskError::Retry { reason, exc_type, countdown, eta, max_retries }) => {
-                let delay = countdown.unwrap_or(opts.default_retry_delay);
-                self.retry_or_fail(
-                    delivery,
-                    &task,
-                    &reason,
-                    exc_type.as_deref(),
-                    delay,
+            Outcome::Failed(err @ TaskError::Retry { .. }) => {
+                let stored = err.exception();
+                let TaskError::Retry { reason, countdown, eta, max_retries, exc, .. } = err else { return };
+                let plan = RetryPlan {
+                    reason,
+                    stored,
+                    on_exhaustion: exc.map(|e| *e),
+                    delay: countdown.unwrap_or(opts.default_retry_delay),
                     eta,
-                    max_retries.or(opts.max_retries),
-                    acks_late,
-                )
-                .await;
+                    max_retries: max_retries.or(opts.max_retries),
+                };
+                self.retry_or_fail(delivery, &task, plan, acks_late).await;
             }
             Outcome::Failed(err @ TaskError::Failure { .. }) if autoretries(def, &err) => {
+                // Celery's autoretry: `task.retry(exc=exc)`, so the exception is
+                // what RETRY stores and what the task finally fails with.
                 let retries = u32::try_from(task.headers.retries.max(0)).unwrap_or(u32::MAX);
-                let delay = backoff(opts, retries);
-                let reason = err.to_string();
-                self.retry_or_fail(delivery, &task, &reason, err.kind(), delay, None, opts.max_retries, acks_late)
-                    .await;
+                let exc = err.exception();
+                let plan = RetryPlan {
+                    reason: exc.python_repr(),
+                    stored: exc.clone(),
+                    on_exhaustion: Some(exc),
+                    delay: backoff(opts, retries),
+                    eta: None,
+                    max_retries: opts.max_retries,
+                };
+                self.retry_or_fail(delivery, &task, plan, acks_late).await;
             }
-            Outcome::Failed(TaskError::Reject { reason, requeue }) => {
+            Outcome::Failed(err @ TaskError::Reject { .. }) => {
+                let TaskError::Reject { ref reason, requeue } = err else { return };
                 info!("Task {name}[{id}] rejected (requeue={requeue}): {reason}");
+                if !requeue {
+                    // Celery 5.7 records a final rejection as FAILURE(Reject).
+                    let meta = ResultMeta::failure(&id, &err.exception(), None, PyDateTime::now_utc());
+                    self.finished(self.extend(meta, &task, delivery), &task, !ignore_result).await;
+                }
                 settle(delivery, if requeue { Settle::Requeue } else { Settle::Reject }).await;
             }
             Outcome::Failed(TaskError::Ignore) => {
@@ -479,26 +492,18 @@ impl Shared {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn retry_or_fail(
-        &self,
-        delivery: &mut Delivery,
-        task: &TaskMessage,
-        reason: &str,
-        exc_type: Option<&str>,
-        delay: Duration,
-        eta: Option<PyDateTime>,
-        max_retries: Option<u32>,
-        acks_late: bool,
-    ) {
+    async fn retry_or_fail(&self, delivery: &mut Delivery, task: &TaskMessage, plan: RetryPlan, acks_late: bool) {
+        let RetryPlan { reason, stored, on_exhaustion, delay, eta, max_retries } = plan;
         let retries = task.headers.retries;
         let (id, name) = (&task.headers.id, &task.headers.task);
         if max_retries.is_some_and(|max| retries >= i64::from(max)) {
-            let exc = ExceptionInfo::new(
-                "celery.exceptions",
-                "MaxRetriesExceededError",
-                vec![Value::Str(format!("Can't retry {name}[{id}] args:{:?} kwargs:{:?}", task.args, task.kwargs))],
-            );
+            let exc = on_exhaustion.unwrap_or_else(|| {
+                ExceptionInfo::new(
+                    "celery.exceptions",
+                    "MaxRetriesExceededError",
+                    vec![Value::Str(format!("Can't retry {name}[{id}] args:{:?} kwargs:{:?}", task.args, task.kwargs))],
+                )
+            });
             error!("Task {name}[{id}] max retries exceeded ({retries}): {reason}");
             self.fail(delivery, task, &exc, None, acks_late, true).await;
             return;
@@ -517,8 +522,7 @@ impl Shared {
         match self.producer.resend(&next, &info.exchange, &info.routing_key, priority).await {
             Ok(()) => {
                 info!("Task {name}[{id}] retry: Retry in {}s: {reason}", delay.as_secs_f64());
-                let exc = crate::error::retry_exception(exc_type, reason);
-                self.store(self.extend(ResultMeta::retry(id, &exc, None), task, delivery)).await;
+                self.store(self.extend(ResultMeta::retry(id, &stored, None), task, delivery)).await;
                 settle(delivery, Settle::Ack).await;
             }
             Err(e) => {
@@ -540,10 +544,13 @@ impl Shared {
         let id = &task.headers.id;
         let meta = self.extend(ResultMeta::failure(id, exc, traceback, PyDateTime::now_utc()), task, delivery);
         self.finished(meta, task, true).await;
-        // Errbacks get the failed task's id, as Celery sends them.
+        // Old-style errbacks get the failed task's id before their own
+        // arguments, as Celery sends them.
         for errback in task.embed.errbacks.iter().flatten() {
             let mut sig = errback.clone();
-            sig.args = vec![Value::Str(id.clone())];
+            if !sig.immutable {
+                sig.args.insert(0, Value::Str(id.clone()));
+            }
             self.send_signature(&sig, task).await;
         }
         if acks_late {
@@ -672,7 +679,9 @@ impl Shared {
                     self.store(ResultMeta::failure(&body_id, &exc, None, PyDateTime::now_utc())).await;
                     for errback in option_signatures(body, "link_error") {
                         let mut sig = errback;
-                        sig.args = vec![Value::Str(body_id.clone())];
+                        if !sig.immutable {
+                            sig.args.insert(0, Value::Str(body_id.clone()));
+                        }
                         self.send_signature(&sig, task).await;
                     }
                 }
@@ -744,6 +753,19 @@ fn joined_outcome(joined: Result<Result<Value, TaskError>, tokio::task::JoinErro
         }
         Err(e) => Outcome::Panicked(e.to_string()),
     }
+}
+
+/// How to retry a task, and what to fail it with when it may not.
+struct RetryPlan {
+    /// For the log line.
+    reason: String,
+    /// The exception stored with the RETRY state.
+    stored: ExceptionInfo,
+    /// Raised once retries are used up (else `MaxRetriesExceededError`).
+    on_exhaustion: Option<ExceptionInfo>,
+    delay: Duration,
+    eta: Option<PyDateTime>,
+    max_retries: Option<u32>,
 }
 
 /// Counts a held ETA task, and gives the prefetch window a slot for it while
