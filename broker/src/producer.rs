@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use celeriac_protocol::codec::{Compression, ContentType};
+use celeriac_protocol::event::{task_sent_fields, EventSource, EVENT_EXCHANGE};
 use celeriac_protocol::result::{saferepr_dict, saferepr_tuple, SAFEREPR_MAXLEVELS};
 use celeriac_protocol::task::{Seconds, TaskMessage, TimeLimits};
 use celeriac_protocol::time::PyDateTime;
@@ -17,7 +18,7 @@ use celeriac_protocol::{Map, Message, Signature, Value};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 
-use crate::{Broker, BrokerError};
+use crate::{Broker, BrokerError, ExchangeKind};
 
 /// Longest `argsrepr`/`kwargsrepr`, as Celery's `argsrepr_maxsize`.
 const REPR_MAXSIZE: usize = 1024;
@@ -100,6 +101,9 @@ pub struct ProducerConfig {
     pub origin: String,
     /// `reply_to` property (Celery's app `thread_oid`).
     pub reply_to: String,
+    /// `task_send_sent_event`: publish a `task-sent` event for every task sent,
+    /// so Flower and celery-exporter see it before a worker does.
+    pub send_sent_event: bool,
 }
 
 impl Default for ProducerConfig {
@@ -111,6 +115,7 @@ impl Default for ProducerConfig {
             timezone: TimeZone::UTC,
             origin: format!("gen{}@{}", std::process::id(), hostname()),
             reply_to: uuid::Uuid::new_v4().to_string(),
+            send_sent_event: false,
         }
     }
 }
@@ -146,12 +151,17 @@ pub struct Producer {
     broker: Broker,
     config: Arc<ProducerConfig>,
     declared: Arc<Mutex<HashSet<String>>>,
+    events: Arc<EventSource>,
 }
 
 impl Producer {
     /// A producer on `broker` with `config`.
     pub fn new(broker: Broker, config: ProducerConfig) -> Producer {
-        Producer { broker, config: Arc::new(config), declared: Arc::default() }
+        let events = Arc::new(EventSource::new(config.origin.clone()));
+        if config.send_sent_event {
+            broker.declare_exchange(EVENT_EXCHANGE, ExchangeKind::Fanout);
+        }
+        Producer { broker, config: Arc::new(config), declared: Arc::default(), events }
     }
 
     /// The broker it publishes through.
@@ -186,7 +196,26 @@ impl Producer {
                 self.broker.declare_queue(queue, queue, queue).await?;
             }
         }
-        self.broker.publish(&out.exchange, &out.routing_key, &out.message).await
+        self.broker.publish(&out.exchange, &out.routing_key, &out.message).await?;
+        if self.config.send_sent_event {
+            self.send_sent_event(out).await;
+        }
+        Ok(())
+    }
+
+    /// Publishes `task-sent` for `out`. Like Celery's (sent with `retry=False`),
+    /// a failure is logged, never returned: the task itself was sent.
+    async fn send_sent_event(&self, out: &Outgoing) {
+        let queue = out.queue.clone().unwrap_or_else(|| out.routing_key.clone());
+        let fields = task_sent_fields(&out.task, &queue, &out.exchange, &out.routing_key);
+        let event = self.events.event("task-sent", fields);
+        let sent = match event.to_message() {
+            Ok(message) => self.broker.publish(EVENT_EXCHANGE, &event.routing_key(), &message).await,
+            Err(e) => Err(celeriac_protocol::ProtocolError::from(e).into()),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(task_id = %out.task.headers.id, "could not send the task-sent event: {e}");
+        }
     }
 
     /// Re-sends an existing task message (retries, callbacks, chain steps)

@@ -17,6 +17,7 @@
 pub mod codec;
 pub mod envelope;
 pub mod error;
+pub mod event;
 pub mod json;
 pub mod message;
 pub mod msgpack;

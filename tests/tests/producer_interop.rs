@@ -163,3 +163,34 @@ async fn the_client_waits_for_what_a_python_worker_returns() {
     let sent = no_results.send_task("tasks.add", vec![1.into(), 1.into()], Map::new(), SendOptions::default());
     assert!(matches!(sent.await.unwrap().get(wait).await, Err(ResultError::NoBackend(_))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_sent_events_reach_a_python_event_receiver() {
+    let (Some(redis), Some(python)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
+    let mut receiver = std::process::Command::new(python)
+        .arg(celeriac_tests::repo_root().join("tests/python/capture_events.py"))
+        .args(["--broker", &redis.url(), "--limit", "1", "--types", "task-sent"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut admin = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let subscribed = celeriac_tests::wait_until(Duration::from_secs(30), || {
+        redis::cmd("PUBSUB").arg("NUMPAT").query::<i64>(&mut admin).unwrap() > 0
+    });
+    assert!(subscribed, "the Python event receiver never subscribed");
+
+    let config = ProducerConfig { send_sent_event: true, ..ProducerConfig::default() };
+    let p = Producer::new(Broker::from_url(&redis.url()).unwrap(), config);
+    let options = SendOptions { queue: Some("workflow.hpc".into()), ..SendOptions::default() };
+    let id = p.send_task("tasks.add", vec![2.into(), 3.into()], Map::new(), options).await.unwrap();
+
+    let out = receiver.wait_with_output().unwrap();
+    assert!(out.status.success(), "no task-sent event arrived");
+    let event: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(event["uuid"], serde_json::json!(id));
+    assert_eq!(event["name"], "tasks.add");
+    assert_eq!(event["args"], "(2, 3)");
+    assert_eq!(event["queue"], "workflow.hpc");
+    assert_eq!(event["hostname"], serde_json::json!(p.config().origin));
+    assert!(event["clock"].is_u64() && event["timestamp"].is_f64(), "{event}");
+}
