@@ -167,7 +167,7 @@ async fn the_client_waits_for_what_a_python_worker_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_sent_events_reach_a_python_event_receiver() {
     let (Some(redis), Some(python)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
-    let mut receiver = std::process::Command::new(python)
+    let receiver = std::process::Command::new(python)
         .arg(celeriac_tests::repo_root().join("tests/python/capture_events.py"))
         .args(["--broker", &redis.url(), "--limit", "1", "--types", "task-sent"])
         .stdout(std::process::Stdio::piped())
