@@ -145,17 +145,27 @@ pub struct Settings {
     pub beat_schedule: IndexMap<String, BeatEntrySettings>,
     /// Longest sleep between beat ticks, in seconds.
     pub beat_max_loop_interval: f64,
-    /// Seconds after its slot a missed run may still be sent (none: any time).
+    /// Seconds after its slot a missed crontab run may still be sent (none:
+    /// any time). An entry's own `starting_deadline` wins, for any schedule.
     pub beat_cron_starting_deadline: Option<f64>,
-    /// Local state file of beat when it keeps state without Redis.
+    /// Local state file of beat when it keeps state without Redis (`-s`).
     pub beat_schedule_filename: String,
-    /// Redis for beat's dynamic entries, state and lease (RedBeat's setting).
+    /// Name in beat's health key `health:<name>` (celeriac only).
+    pub beat_health_service: String,
+    /// Seconds the health key lives unless the leading beat writes it again
+    /// (celeriac only); beat ticks at least three times per TTL.
+    pub beat_health_ttl: f64,
+    /// Redis for beat's dynamic entries, state and lease (RedBeat's setting);
+    /// none keeps state in `beat_schedule_filename` and runs one beat alone.
     pub redbeat_redis_url: Option<String>,
-    /// Prefix of beat's keys in Redis (RedBeat's setting).
+    /// Prefix of beat's keys in Redis (RedBeat's setting and default, `redbeat:`).
     pub redbeat_key_prefix: String,
-    /// Key of the leader lease (RedBeat's setting).
-    pub redbeat_lock_key: String,
-    /// Seconds the leader lease lasts unless extended (RedBeat's setting).
+    /// Key of the leader lease (RedBeat's setting; default `<prefix>:lock`,
+    /// i.e. `redbeat::lock`; a key not starting with the prefix gets it prepended,
+    /// as RedBeat does).
+    pub redbeat_lock_key: Option<String>,
+    /// Seconds the leader lease lasts unless extended (RedBeat's setting;
+    /// celeriac's default is 30 s, so a standby takes over within 30 s).
     pub redbeat_lock_timeout: Option<f64>,
 }
 
@@ -221,9 +231,11 @@ impl Default for Settings {
             beat_max_loop_interval: 300.0,
             beat_cron_starting_deadline: None,
             beat_schedule_filename: "celerybeat-schedule.json".into(),
+            beat_health_service: "beat".into(),
+            beat_health_ttl: 60.0,
             redbeat_redis_url: None,
-            redbeat_key_prefix: "redbeat".into(),
-            redbeat_lock_key: "redbeat::lock".into(),
+            redbeat_key_prefix: "redbeat:".into(),
+            redbeat_lock_key: None,
             redbeat_lock_timeout: None,
         }
     }
@@ -377,19 +389,26 @@ pub struct BeatEntrySettings {
     /// Time zone of a crontab (default: the app `timezone`).
     #[serde(default)]
     pub timezone: Option<String>,
-    /// Do not send while the previous run is still queued or running (celeriac).
+    /// Do not send while the previous run is still queued or running, judged
+    /// from the result backend (celeriac).
     #[serde(default)]
     pub no_overlap: bool,
-    /// Seconds after which a still-unfinished previous run no longer blocks (celeriac).
+    /// Seconds after its send a still-unfinished previous run no longer blocks
+    /// the next one (celeriac; default 3600).
     #[serde(default)]
     pub no_overlap_timeout: Option<f64>,
     /// After downtime: `once` (Celery's default), `skip`, or `all` (every missed
-    /// slot up to `max_catch_up`) (celeriac).
+    /// slot, at most `max_catch_up`) (celeriac).
     #[serde(default)]
-    pub catch_up: Option<String>,
-    /// Most missed slots sent by `catch_up = "all"` (celeriac).
+    pub catch_up: Option<CatchUpPolicy>,
+    /// Most missed slots sent by `catch_up = "all"` (celeriac; default 100).
     #[serde(default)]
     pub max_catch_up: Option<u32>,
+    /// Seconds after its slot a run may still be sent; older slots are dropped
+    /// (celeriac; for any schedule, where `beat_cron_starting_deadline` is for
+    /// crontabs only).
+    #[serde(default)]
+    pub starting_deadline: Option<f64>,
     /// Whether the entry runs at all.
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -397,6 +416,32 @@ pub struct BeatEntrySettings {
 
 fn yes() -> bool {
     true
+}
+
+/// What beat does with the slots an entry missed while no beat was sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum CatchUpPolicy {
+    /// Send one run for all the missed slots (Celery's and RedBeat's behaviour).
+    #[default]
+    Once,
+    /// Send nothing for missed slots; run again at the next slot. A slot late
+    /// by less than the starting deadline (default 30 s) still counts as on time.
+    Skip,
+    /// Send every missed slot, oldest first, at most `max_catch_up` of them.
+    All,
+}
+
+impl TryFrom<String> for CatchUpPolicy {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "once" => Ok(CatchUpPolicy::Once),
+            "skip" => Ok(CatchUpPolicy::Skip),
+            "all" => Ok(CatchUpPolicy::All),
+            other => Err(format!("unknown catch_up policy {other:?}: expected once, skip or all")),
+        }
+    }
 }
 
 /// A `schedule` value as written: a number of seconds, or text to be parsed
@@ -493,21 +538,68 @@ impl Settings {
                 }
             }
         }
+        self.validate_beat()?;
+        Ok(())
+    }
+
+    /// Checks the beat settings the types cannot (the schedules themselves are
+    /// parsed by `celeriac-beat`, which names the entry in its errors).
+    fn validate_beat(&self) -> Result<(), ConfigError> {
+        let positive = |setting: &str, value: Option<f64>| match value {
+            Some(v) if !(v.is_finite() && v > 0.0) => {
+                Err(ConfigError::value(setting, v, "must be a positive number of seconds"))
+            }
+            _ => Ok(()),
+        };
+        positive("beat_max_loop_interval", Some(self.beat_max_loop_interval))?;
+        positive("beat_cron_starting_deadline", self.beat_cron_starting_deadline)?;
+        positive("beat_health_ttl", Some(self.beat_health_ttl))?;
+        positive("redbeat_lock_timeout", self.redbeat_lock_timeout)?;
+        if self.beat_health_service.trim().is_empty() {
+            return Err(ConfigError::value("beat_health_service", "\"\"", "must name the service (health:<name>)"));
+        }
+        if self.redbeat_key_prefix.is_empty() {
+            return Err(ConfigError::value("redbeat_key_prefix", "\"\"", "must not be empty (RedBeat's is redbeat:)"));
+        }
+        if self.beat_schedule_filename.trim().is_empty() {
+            return Err(ConfigError::value("beat_schedule_filename", "\"\"", "must name a file"));
+        }
+        if let Some(url) = &self.redbeat_redis_url {
+            if !url.contains("://") {
+                return Err(ConfigError::value("redbeat_redis_url", url, "expected a URL such as redis://host:6379/0"));
+            }
+        }
         for (name, entry) in &self.beat_schedule {
+            let field = |f: &str| format!("beat_schedule.{name}.{f}");
+            if name.trim().is_empty() {
+                return Err(ConfigError::value("beat_schedule", "\"\"", "an entry needs a name"));
+            }
             if entry.task.trim().is_empty() {
-                return Err(ConfigError::value(&format!("beat_schedule.{name}.task"), "\"\"", "must name a task"));
+                return Err(ConfigError::value(&field("task"), "\"\"", "must name a task"));
             }
             if let ScheduleSetting::Seconds(s) = entry.schedule {
                 if !(s.is_finite() && s > 0.0) {
-                    return Err(ConfigError::value(
-                        &format!("beat_schedule.{name}.schedule"),
-                        s,
-                        "must be a positive number of seconds",
-                    ));
+                    return Err(ConfigError::value(&field("schedule"), s, "must be a positive number of seconds"));
                 }
+            }
+            positive(&field("no_overlap_timeout"), entry.no_overlap_timeout)?;
+            positive(&field("starting_deadline"), entry.starting_deadline)?;
+            if entry.max_catch_up == Some(0) {
+                return Err(ConfigError::value(&field("max_catch_up"), 0, "must be at least 1"));
             }
         }
         Ok(())
+    }
+
+    /// The key of the leader lease: `redbeat_lock_key`, else `<prefix>:lock`;
+    /// a key that does not start with the prefix gets it prepended (RedBeat's rule).
+    pub fn redbeat_lock_key(&self) -> String {
+        let prefix = &self.redbeat_key_prefix;
+        match &self.redbeat_lock_key {
+            None => format!("{prefix}:lock"),
+            Some(key) if key.starts_with(prefix.as_str()) => key.clone(),
+            Some(key) => format!("{prefix}{key}"),
+        }
     }
 
     /// Concurrency: the setting, else the number of CPUs.

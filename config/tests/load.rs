@@ -158,3 +158,44 @@ fn rate_limits_parse_as_celery_spells_them() {
     assert_eq!(parse_rate_limit("0"), Ok(None));
     assert!(parse_rate_limit("x/s").is_err());
 }
+
+#[test]
+fn beat_safety_options_are_typed_and_checked() {
+    use celeriac_config::CatchUpPolicy;
+    let text = r#"
+[beat_schedule.poll]
+task = "managers.poll"
+schedule = "10s"
+catch_up = "all"
+max_catch_up = 5
+starting_deadline = 30
+"#;
+    let s = load_from_str(text, "", no_env()).unwrap().settings;
+    let e = &s.beat_schedule["poll"];
+    assert_eq!((e.catch_up, e.max_catch_up, e.starting_deadline), (Some(CatchUpPolicy::All), Some(5), Some(30.0)));
+    let err = load_from_str("[beat_schedule.x]\ntask = \"t\"\nschedule = 5\ncatch_up = \"twice\"\n", "", no_env())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("twice") && err.contains("once") && err.contains("skip"), "{err}");
+    let err = load_from_str("[beat_schedule.x]\ntask = \"t\"\nschedule = 5\nmax_catch_up = 0\n", "", no_env())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("beat_schedule.x.max_catch_up"), "{err}");
+    let err = load_from_str("beat_max_loop_interval = 0\n", "", no_env()).unwrap_err().to_string();
+    assert!(err.contains("beat_max_loop_interval"), "{err}");
+}
+
+#[test]
+fn redbeat_keys_follow_redbeats_rules() {
+    let s = Settings::default();
+    assert_eq!((s.redbeat_key_prefix.as_str(), s.redbeat_lock_key().as_str()), ("redbeat:", "redbeat::lock"));
+    let s = load_from_str("redbeat_key_prefix = \"dc:\"\n", "", no_env()).unwrap().settings;
+    assert_eq!(s.redbeat_lock_key(), "dc::lock");
+    let s = load_from_str("redbeat_key_prefix = \"dc:\"\nredbeat_lock_key = \"beat-lock\"\n", "", no_env())
+        .unwrap()
+        .settings;
+    assert_eq!(s.redbeat_lock_key(), "dc:beat-lock");
+    let env = vec![("CELERIAC_REDBEAT_REDIS_URL".to_string(), "redis://h:6379/2".to_string())];
+    let s = load_from_str("", "", env).unwrap().settings;
+    assert_eq!(s.redbeat_redis_url.as_deref(), Some("redis://h:6379/2"));
+}
