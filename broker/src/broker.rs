@@ -63,6 +63,23 @@ impl Broker {
         }
     }
 
+    /// The queues a publish to `exchange` with `routing_key` would reach,
+    /// ignoring the dead-letter queue (empty: nobody is bound).
+    pub async fn bound_queues(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, BrokerError> {
+        match self {
+            Broker::Redis(b) => b.bound_queues(exchange, routing_key).await,
+            Broker::Memory(b) => Ok(b.bound_queues(exchange, routing_key)),
+        }
+    }
+
+    /// Connections lost and replaced since start (0 for the in-memory broker).
+    pub fn reconnects(&self) -> u64 {
+        match self {
+            Broker::Redis(b) => b.reconnects(),
+            Broker::Memory(_) => 0,
+        }
+    }
+
     /// Messages waiting in `queue`.
     pub async fn queue_len(&self, queue: &str) -> Result<u64, BrokerError> {
         match self {

@@ -67,7 +67,7 @@ impl Delivery {
     /// `unacked`) until [`crate::Consumer::restore_unacked`] hands it back at
     /// shutdown, or the visibility timeout does. Dropping it unsettled does
     /// the same but warns, as that is usually a bug.
-    pub fn leave_unacked(mut self) {
+    pub fn leave_unacked(&mut self) {
         self.left = true;
     }
 

@@ -136,8 +136,25 @@ impl MemoryBroker {
         self.lock().lists.get(&key).map(|l| l.iter().cloned().collect()).unwrap_or_default()
     }
 
+    /// The queues bound to `exchange` that `routing_key` reaches, without the
+    /// dead-letter fallback.
+    pub fn bound_queues(&self, exchange: &str, routing_key: &str) -> Vec<String> {
+        let s = self.lock();
+        self.lookup_with(&s, exchange, routing_key, true, None)
+    }
+
     fn lookup(&self, s: &State, exchange: &str, routing_key: &str, deliver: bool) -> Vec<String> {
-        let deadletter = self.inner.options.deadletter_queue.as_deref();
+        self.lookup_with(s, exchange, routing_key, deliver, self.inner.options.deadletter_queue.as_deref())
+    }
+
+    fn lookup_with(
+        &self,
+        s: &State,
+        exchange: &str,
+        routing_key: &str,
+        deliver: bool,
+        deadletter: Option<&str>,
+    ) -> Vec<String> {
         if exchange.is_empty() {
             return exchange::route_anonymous(routing_key, deadletter);
         }

@@ -171,6 +171,9 @@ pub fn worker_config(settings: &Settings) -> WorkerConfig {
         default_rate_limit: settings.task_default_rate_limit.clone(),
         disable_rate_limits: settings.worker_disable_rate_limits,
         max_scheduled_tasks: settings.worker_max_scheduled_tasks,
+        send_task_events: settings.worker_send_task_events,
+        heartbeat_interval: settings.worker_heartbeat_interval,
+        statedb: settings.worker_state_db.as_ref().map(std::path::PathBuf::from),
         // The ETA refresh keeps held messages well inside the visibility timeout.
         eta_refresh: secs(settings.broker_transport_options.visibility_timeout / 4.0).max(Duration::from_secs(1)),
         ..defaults

@@ -47,6 +47,12 @@ pub struct WorkerArgs {
     /// Settings file (TOML, Celery's setting names).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Keep revoked task ids in this file across restarts (`worker_state_db`).
+    #[arg(short = 'S', long)]
+    pub statedb: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (`worker_metrics_addr`), e.g. 127.0.0.1:9808.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
     /// Task sets to register, comma separated: `builtin` (celeriac.ping, the
     /// health heartbeat), `conformance` (Celery's integration-suite tasks), and
     /// a custom binary's own sets. Default: `builtin` and the binary's own.
@@ -97,6 +103,12 @@ fn settings(args: &WorkerArgs) -> Result<Settings, CliError> {
     if args.task_events {
         settings.worker_send_task_events = true;
     }
+    if let Some(path) = &args.statedb {
+        settings.worker_state_db = Some(path.clone());
+    }
+    if let Some(addr) = &args.metrics_addr {
+        settings.worker_metrics_addr = Some(addr.clone());
+    }
     settings.validate()?;
     Ok(settings)
 }
@@ -136,11 +148,30 @@ pub async fn run(args: WorkerArgs, extra: &'static [celeriac_tasks::TaskSet]) ->
     print!("{}", banner(&settings, &config, &broker, &registry));
 
     let results = backend.map(|b| Arc::new(b) as Arc<dyn ResultStore>);
-    let worker = Worker::new(registry, broker, producer, results, config);
+    let hostname_for_metrics = config.hostname.clone();
+    let mut worker = Worker::new(registry, broker, producer, results, config);
     let warm = CancellationToken::new();
+    let metrics_server = match settings.worker_metrics_addr.as_deref() {
+        Some(addr) => {
+            let addr: std::net::SocketAddr =
+                addr.parse().map_err(|e| CliError::Setting(format!("worker_metrics_addr {addr:?}: {e}")))?;
+            let metrics = Arc::new(celeriac_worker::metrics::Metrics::new(&hostname_for_metrics));
+            worker = worker.with_metrics(metrics.clone());
+            let server = metrics
+                .serve(addr, warm.child_token())
+                .await
+                .map_err(|e| CliError::Setting(format!("worker_metrics_addr {addr}: cannot listen there: {e}")))?;
+            Some(server)
+        }
+        None => None,
+    };
     let cold = worker.cold_shutdown();
     watch_signals(warm.clone(), cold)?;
-    worker.run(warm).await?;
+    worker.run(warm.clone()).await?;
+    warm.cancel();
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     info!("{hostname} stopped.");
     Ok(())
 }

@@ -29,12 +29,16 @@
 
 pub mod client;
 pub mod context;
+pub mod control;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod handler;
+pub mod metrics;
 pub mod rate;
 pub mod registry;
 pub mod runtime;
+pub mod state;
 pub mod store;
 pub mod task;
 

@@ -8,14 +8,15 @@
 //! tasks wait in timers without a permit, their visibility refreshed so no
 //! other worker restores them meanwhile.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use celeriac_backend::ChordOutcome;
 use celeriac_broker::{Broker, BrokerError, ConsumerControl, Delivery, Producer};
 use celeriac_config::UnknownTaskPolicy;
+use celeriac_protocol::event::task_received_fields;
 use celeriac_protocol::result::{ExceptionInfo, Extended, ResultMeta, ResultTuple};
 use celeriac_protocol::time::PyDateTime;
 use celeriac_protocol::{Map, TaskMessage, Value};
@@ -26,8 +27,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
 use crate::context::{Ctx, RequestInfo, WorkerServices};
+use crate::events::Events;
 use crate::extract::Invocation;
+use crate::metrics::Metrics;
 use crate::rate::RateLimits;
+use crate::state::{Phase, WorkerState};
 use crate::store::{ChordPartReturn, ResultStore};
 use crate::{Registry, Task, TaskError};
 
@@ -75,6 +79,15 @@ pub struct WorkerConfig {
     /// `worker_max_scheduled_tasks`: ETA tasks held at once before the prefetch
     /// window stops growing for them (so the worker stops reserving).
     pub max_scheduled_tasks: usize,
+    /// `worker_send_task_events` (`-E`): send task events from the start.
+    pub send_task_events: bool,
+    /// `worker_heartbeat_interval`: seconds between `worker-heartbeat` events
+    /// (0 sends none).
+    pub heartbeat_interval: f64,
+    /// Answer remote control (`celery inspect`/`celery control`, Flower).
+    pub remote_control: bool,
+    /// `--statedb`: a file keeping revoked ids across restarts.
+    pub statedb: Option<std::path::PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -99,6 +112,10 @@ impl Default for WorkerConfig {
             default_rate_limit: None,
             disable_rate_limits: false,
             max_scheduled_tasks: 100_000,
+            send_task_events: false,
+            heartbeat_interval: 2.0,
+            remote_control: true,
+            statedb: None,
         }
     }
 }
@@ -110,23 +127,37 @@ pub struct Worker {
     cold: CancellationToken,
 }
 
-struct Shared {
-    registry: Registry,
-    broker: Broker,
-    producer: Producer,
-    config: WorkerConfig,
+pub(crate) struct Shared {
+    pub(crate) registry: Registry,
+    pub(crate) broker: Broker,
+    pub(crate) producer: Producer,
+    pub(crate) config: WorkerConfig,
     /// The result store and revoked ids, shared with every task's `Ctx`.
-    services: Arc<Services>,
+    pub(crate) services: Arc<Services>,
     /// Per-task rate limits.
-    rate_limits: RateLimits,
+    pub(crate) rate_limits: RateLimits,
     /// ETA tasks held now.
-    scheduled: AtomicUsize,
+    pub(crate) scheduled: AtomicUsize,
+    /// The requests held, counts, revoked ids.
+    pub(crate) state: Arc<WorkerState>,
+    /// Events (and the node's clock).
+    pub(crate) events: Arc<Events>,
+    /// Execution slots (`-c`), grown and shrunk by remote control.
+    pub(crate) permits: Arc<Semaphore>,
+    /// The slots there are now.
+    pub(crate) concurrency: AtomicUsize,
+    /// The running consumer's window and queues, for remote control.
+    pub(crate) consumer: Mutex<Option<ConsumerControl>>,
+    /// Time limits set by the `time_limit` command: task name → (hard, soft).
+    pub(crate) time_limits: Mutex<HashMap<String, TimeLimitOverride>>,
+    /// Prometheus metrics, when exported.
+    pub(crate) metrics: Option<Arc<Metrics>>,
 }
 
 /// What `Ctx` asks of the worker.
-struct Services {
-    results: Option<Arc<dyn ResultStore>>,
-    revoked: Arc<RwLock<HashSet<String>>>,
+pub(crate) struct Services {
+    pub(crate) results: Option<Arc<dyn ResultStore>>,
+    state: Arc<WorkerState>,
 }
 
 impl WorkerServices for Services {
@@ -141,7 +172,7 @@ impl WorkerServices for Services {
         })
     }
     fn is_revoked(&self, task_id: &str) -> bool {
-        self.revoked.read().map(|r| r.contains(task_id)).unwrap_or(false)
+        self.state.revoked().contains(task_id)
     }
 }
 
@@ -154,7 +185,11 @@ impl Worker {
         results: Option<Arc<dyn ResultStore>>,
         config: WorkerConfig,
     ) -> Worker {
-        let services = Arc::new(Services { results, revoked: Arc::default() });
+        let state = Arc::new(WorkerState::new(config.statedb.clone()));
+        let services = Arc::new(Services { results, state: state.clone() });
+        let events =
+            Events::start(broker.clone(), &config.hostname, config.send_task_events, config.heartbeat_interval);
+        let concurrency = config.concurrency.max(1);
         let rate_limits = RateLimits::new();
         if !config.disable_rate_limits {
             for task in registry.tasks() {
@@ -167,8 +202,22 @@ impl Worker {
                 }
             }
         }
-        let shared =
-            Shared { registry, broker, producer, config, services, rate_limits, scheduled: AtomicUsize::new(0) };
+        let shared = Shared {
+            registry,
+            broker,
+            producer,
+            config,
+            services,
+            rate_limits,
+            scheduled: AtomicUsize::new(0),
+            state,
+            events,
+            permits: Arc::new(Semaphore::new(concurrency)),
+            concurrency: AtomicUsize::new(concurrency),
+            consumer: Mutex::new(None),
+            time_limits: Mutex::default(),
+            metrics: None,
+        };
         Worker { shared: Arc::new(shared), cold: CancellationToken::new() }
     }
 
@@ -189,22 +238,57 @@ impl Worker {
         self.shared.scheduled.load(Ordering::Relaxed)
     }
 
-    /// The revoked ids (shared with remote control).
-    pub fn revoked(&self) -> Arc<RwLock<HashSet<String>>> {
-        self.shared.services.revoked.clone()
+    /// Exports Prometheus metrics through `metrics` (see [`Metrics::serve`]).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Worker {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.metrics = Some(metrics);
+        }
+        self
+    }
+
+    /// The live state: requests held, counts, revoked ids.
+    pub fn state(&self) -> &WorkerState {
+        &self.shared.state
     }
 
     /// Consumes until `shutdown` is cancelled, then shuts down warm: stops
     /// consuming, lets running tasks finish within the shutdown timeout, and
     /// hands everything reserved but not started back to the broker.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), BrokerError> {
-        let cfg = &self.shared.config;
+        // Boxed as a trait object: the whole worker's future type is deep
+        // enough to exceed rustc's layout query depth in callers.
+        let run: BoxFuture<'_, Result<(), BrokerError>> = Box::pin(self.run_inner(shutdown));
+        run.await
+    }
+
+    async fn run_inner(&self, shutdown: CancellationToken) -> Result<(), BrokerError> {
+        let shared = &self.shared;
+        let cfg = &shared.config;
         let prefetch = cfg.concurrency.saturating_mul(cfg.prefetch_multiplier);
-        let mut consumer = self.shared.broker.consumer(&cfg.queues, prefetch);
+        let mut consumer = shared.broker.consumer(&cfg.queues, prefetch);
         let control = consumer.control();
-        let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
-        let mut running = JoinSet::new();
+        if let Ok(mut slot) = shared.consumer.lock() {
+            *slot = Some(control.clone());
+        }
+        let background = CancellationToken::new();
+        let mut helpers = JoinSet::new();
+        if cfg.remote_control {
+            match crate::control::Pidbox::subscribe(shared.clone()).await {
+                Ok(pidbox) => {
+                    helpers.spawn(pidbox.serve(shutdown.clone(), background.clone()));
+                }
+                Err(e) => warn!("remote control is off: cannot subscribe to the control exchange: {e}"),
+            }
+        }
+        shared.events.worker("worker-online", 0, 0).await;
+        if cfg.heartbeat_interval > 0.0 {
+            helpers.spawn(heartbeat(shared.clone(), background.clone()));
+        }
+        if let Some(metrics) = shared.metrics.clone() {
+            helpers.spawn(gauges(shared.clone(), metrics, background.clone()));
+        }
         info!(hostname = %cfg.hostname, queues = ?cfg.queues, concurrency = cfg.concurrency, "{} ready.", cfg.hostname);
+        let mut running = JoinSet::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -215,11 +299,10 @@ impl Worker {
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        let shared = self.shared.clone();
-                        let permits = permits.clone();
+                        let shared = shared.clone();
                         let stop = shutdown.clone();
                         let control = control.clone();
-                        running.spawn(async move { shared.handle(delivery, permits, control, stop).await });
+                        running.spawn(Box::pin(shared.handle(delivery, control, stop)));
                     }
                     Some(Err(e)) => warn!("consumer: {e}"),
                     None => break,
@@ -244,12 +327,49 @@ impl Worker {
             running.abort_all();
             while running.join_next().await.is_some() {}
         }
-        match consumer.restore_unacked().await {
-            Ok(0) => {}
-            Ok(n) => info!("Restoring {n} unacknowledged message(s)"),
-            Err(e) => error!("could not restore unacknowledged messages: {e}"),
+        if let Err(e) = consumer.restore_unacked().await {
+            error!("could not restore unacknowledged messages: {e}");
         }
+        background.cancel();
+        while helpers.join_next().await.is_some() {}
+        shared.events.close().await;
+        shared.events.worker("worker-offline", 0, shared.state.processed()).await;
         Ok(())
+    }
+}
+
+/// Refreshes the metrics' gauges every second until `stop`.
+async fn gauges(shared: Arc<Shared>, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let state = &shared.state;
+        metrics.set_gauge("celery_worker_tasks_active", state.active_count() as f64);
+        metrics.set_gauge("celeriac_worker_reserved", state.reserved().len() as f64);
+        metrics.set_gauge("celeriac_worker_scheduled", state.scheduled().len() as f64);
+        metrics.set_gauge("celeriac_worker_processed_total", state.processed() as f64);
+        metrics.set_gauge("celeriac_worker_concurrency", shared.concurrency.load(Ordering::Relaxed) as f64);
+        let prefetch = shared.consumer.lock().ok().and_then(|c| c.as_ref().map(|c| c.prefetch())).unwrap_or(0);
+        metrics.set_gauge("celeriac_worker_prefetch_count", prefetch as f64);
+        metrics.set_gauge("celeriac_broker_reconnects_total", shared.broker.reconnects() as f64);
+    }
+}
+
+/// Sends `worker-heartbeat` every `heartbeat_interval` seconds until `stop`.
+async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let period = Duration::from_secs_f64(shared.config.heartbeat_interval.max(0.1));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {
+                shared.events.worker("worker-heartbeat", shared.state.active_count(), shared.state.processed()).await;
+            }
+        }
     }
 }
 
@@ -258,17 +378,12 @@ enum Outcome {
     Success(Value),
     Failed(TaskError),
     TimedOut(Duration),
+    Terminated,
     Panicked(String),
 }
 
 impl Shared {
-    async fn handle(
-        self: Arc<Self>,
-        mut delivery: Delivery,
-        permits: Arc<Semaphore>,
-        control: ConsumerControl,
-        stop: CancellationToken,
-    ) {
+    async fn handle(self: Arc<Self>, mut delivery: Delivery, control: ConsumerControl, stop: CancellationToken) {
         let task = match TaskMessage::from_message(delivery.message()) {
             Ok(task) => task,
             Err(e) => {
@@ -282,62 +397,115 @@ impl Shared {
         let span = tracing::info_span!("task", %id, %name);
         async move {
             info!("Task {name}[{id}] received");
-            let Some(def) = self.registry.get(&name) else {
-                self.unknown(&mut delivery, &task).await;
-                return;
-            };
-            if self.services.is_revoked(&id) {
-                info!("Discarding revoked task: {name}[{id}]");
-                self.finished(ResultMeta::revoked(&id, "revoked", PyDateTime::now_utc()), &task, true).await;
-                settle(&mut delivery, Settle::Ack).await;
-                return;
-            }
-            if let Some(expires) = task.headers.expires.and_then(|e| e.to_timestamp().ok()) {
-                if expires <= jiff::Timestamp::now() {
-                    info!("Discarding expired task: {name}[{id}]");
-                    self.finished(ResultMeta::revoked(&id, "expired", PyDateTime::now_utc()), &task, true).await;
-                    settle(&mut delivery, Settle::Ack).await;
-                    return;
-                }
-            }
-            // ETA: wait without a permit, keeping the message's visibility fresh.
-            if let Some(eta) = task.headers.eta.and_then(|e| e.to_timestamp().ok()) {
-                let _held = Scheduled::hold(&self, &control);
-                loop {
-                    let wait = eta.duration_since(jiff::Timestamp::now());
-                    if wait.is_negative() || wait.is_zero() {
-                        break;
-                    }
-                    let step = Duration::try_from(wait).unwrap_or_default().min(self.config.eta_refresh);
-                    tokio::select! {
-                        _ = stop.cancelled() => return delivery.leave_unacked(), // restored on shutdown
-                        _ = tokio::time::sleep(step) => {}
-                    }
-                    if let Err(e) = delivery.extend_visibility().await {
-                        warn!("could not refresh the visibility of ETA task {id}: {e}");
-                    }
-                }
-            }
-            let wait = self.rate_limits.reserve(&name);
-            if !wait.is_zero() {
-                tokio::select! {
-                    _ = stop.cancelled() => return delivery.leave_unacked(), // restored on shutdown
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-            let permit = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return delivery.leave_unacked(), // restored on shutdown
-                permit = permits.acquire_owned() => permit,
-            };
-            let Ok(_permit) = permit else { return delivery.leave_unacked() };
-            self.execute(&mut delivery, def, task).await;
+            let terminate = self.state.received(&task, &delivery, &self.config.hostname);
+            self.report("task-received", &task, task_received_fields(&task));
+            let ran = Box::pin(self.process(&mut delivery, &task, &control, &stop, terminate)).await;
+            self.state.finished(&id, &name, ran);
         }
         .instrument(span)
         .await
     }
 
-    async fn execute(&self, delivery: &mut Delivery, def: &Task, task: TaskMessage) {
+    /// Everything between receipt and the end of a task; returns whether it ran.
+    async fn process(
+        &self,
+        delivery: &mut Delivery,
+        task: &TaskMessage,
+        control: &ConsumerControl,
+        stop: &CancellationToken,
+        terminate: CancellationToken,
+    ) -> bool {
+        let (id, name) = (&task.headers.id, &task.headers.task);
+        let Some(def) = self.registry.get(name) else {
+            self.unknown(delivery, task).await;
+            return false;
+        };
+        if self.discard_if_revoked(delivery, task).await {
+            return false;
+        }
+        if let Some(expires) = task.headers.expires.and_then(|e| e.to_timestamp().ok()) {
+            if expires <= jiff::Timestamp::now() {
+                info!("Discarding expired task: {name}[{id}]");
+                self.finished(ResultMeta::revoked(id, "expired", PyDateTime::now_utc()), task, true).await;
+                self.report("task-revoked", task, revoked_fields(id, false, true));
+                settle(delivery, Settle::Ack).await;
+                return false;
+            }
+        }
+        // ETA: wait without a permit, keeping the message's visibility fresh.
+        if let Some(eta) = task.headers.eta.and_then(|e| e.to_timestamp().ok()) {
+            let _held = Scheduled::hold(self, control);
+            if let Some(text) = task.headers.eta.as_ref().map(PyDateTime::to_iso) {
+                self.state.set_phase(id, Phase::Scheduled { eta: text, priority: delivery.message().priority });
+            }
+            loop {
+                let wait = eta.duration_since(jiff::Timestamp::now());
+                if wait.is_negative() || wait.is_zero() {
+                    break;
+                }
+                let step = Duration::try_from(wait).unwrap_or_default().min(self.config.eta_refresh);
+                tokio::select! {
+                    _ = stop.cancelled() => {
+                        delivery.leave_unacked(); // restored on shutdown
+                        return false;
+                    }
+                    _ = tokio::time::sleep(step) => {}
+                }
+                if let Err(e) = delivery.extend_visibility().await {
+                    warn!("could not refresh the visibility of ETA task {id}: {e}");
+                }
+            }
+            self.state.set_phase(id, Phase::Reserved);
+        }
+        let wait = self.rate_limits.reserve(name);
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    delivery.leave_unacked(); // restored on shutdown
+                    return false;
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => None,
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
+        };
+        let Some(_permit) = permit else {
+            delivery.leave_unacked(); // restored on shutdown
+            return false;
+        };
+        // Revoked while it waited?
+        if self.discard_if_revoked(delivery, task).await {
+            return false;
+        }
+        Box::pin(self.execute(delivery, def, task.clone(), terminate)).await;
+        true
+    }
+
+    /// Discards a revoked task as Celery does: REVOKED stored, message acked.
+    async fn discard_if_revoked(&self, delivery: &mut Delivery, task: &TaskMessage) -> bool {
+        let (id, name) = (&task.headers.id, &task.headers.task);
+        if !self.state.revoked().contains(id) {
+            return false;
+        }
+        info!("Discarding revoked task: {name}[{id}]");
+        self.finished(ResultMeta::revoked(id, "revoked", PyDateTime::now_utc()), task, true).await;
+        self.report("task-revoked", task, revoked_fields(id, false, false));
+        settle(delivery, Settle::Ack).await;
+        true
+    }
+
+    /// Sends a task event and counts it in the metrics.
+    fn report(&self, kind: &str, task: &TaskMessage, fields: Map) {
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(kind, task, &fields);
+        }
+        self.events.task(kind, fields);
+    }
+
+    async fn execute(&self, delivery: &mut Delivery, def: &Task, task: TaskMessage, terminate: CancellationToken) {
         let opts = def.options();
         let cfg = &self.config;
         let acks_late = opts.acks_late.unwrap_or(cfg.acks_late);
@@ -348,26 +516,34 @@ impl Shared {
         if !acks_late {
             settle(delivery, Settle::Ack).await;
         }
+        let time_start = celeriac_protocol::event::now_timestamp();
+        self.state.set_phase(&id, Phase::Active { time_start, acknowledged: !acks_late });
+        self.report("task-started", &task, uuid_fields(&id));
         if opts.track_started.unwrap_or(cfg.track_started) && !ignore_result {
             self.store(self.extend(ResultMeta::started(&id, std::process::id(), &cfg.hostname), &task, delivery)).await;
         }
 
+        // The message's limits win, then those set by the `time_limit`
+        // command, then the task's, then the worker's.
+        let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+        let (set_hard, set_soft) = self.time_limits.lock().ok().and_then(|t| t.get(&name).copied()).unwrap_or_default();
         let hard = task
             .headers
             .timelimit
             .hard
-            .map(|s| Duration::from_secs_f64(s.as_f64().max(0.0)))
+            .map(|s| secs(s.as_f64()))
+            .or(set_hard.map(secs))
             .or(opts.time_limit)
             .or(cfg.time_limit);
         let soft = task
             .headers
             .timelimit
             .soft
-            .map(|s| Duration::from_secs_f64(s.as_f64().max(0.0)))
+            .map(|s| secs(s.as_f64()))
+            .or(set_soft.map(secs))
             .or(opts.soft_time_limit)
             .or(cfg.soft_time_limit);
         let soft_token = CancellationToken::new();
-        let terminate = CancellationToken::new();
         let request = RequestInfo {
             headers: task.headers.clone(),
             args: task.args.clone(),
@@ -389,15 +565,22 @@ impl Shared {
                 t.cancel();
             })
         });
-        let outcome = match hard {
-            Some(limit) => match tokio::time::timeout(limit, &mut handle).await {
-                Ok(joined) => joined_outcome(joined),
-                Err(_) => {
-                    handle.abort();
-                    Outcome::TimedOut(limit)
-                }
-            },
-            None => joined_outcome((&mut handle).await),
+        let limit = async {
+            match hard {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            joined = &mut handle => joined_outcome(joined),
+            _ = limit => {
+                handle.abort();
+                Outcome::TimedOut(hard.unwrap_or_default())
+            }
+            _ = terminate.cancelled() => {
+                handle.abort();
+                Outcome::Terminated
+            }
         };
         if let Some(t) = soft_timer {
             t.abort();
@@ -417,6 +600,10 @@ impl Shared {
                     self.extend(ResultMeta::success(&id, value.clone(), PyDateTime::now_utc()), &task, delivery);
                 meta.children = children.iter().map(|child| ResultTuple::task(child).to_value()).collect();
                 self.finished(meta, &task, !ignore_result).await;
+                let mut fields = uuid_fields(&id);
+                fields.insert("result".into(), Value::Str(celeriac_protocol::result::saferepr(&value, Some(1024), 3)));
+                fields.insert("runtime".into(), Value::Float(runtime));
+                self.report("task-succeeded", &task, fields);
                 if acks_late {
                     settle(delivery, Settle::Ack).await;
                 }
@@ -452,6 +639,9 @@ impl Shared {
             Outcome::Failed(err @ TaskError::Reject { .. }) => {
                 let TaskError::Reject { ref reason, requeue } = err else { return };
                 info!("Task {name}[{id}] rejected (requeue={requeue}): {reason}");
+                let mut fields = uuid_fields(&id);
+                fields.insert("requeue".into(), Value::Bool(requeue));
+                self.report("task-rejected", &task, fields);
                 if !requeue {
                     // Celery 5.7 records a final rejection as FAILURE(Reject).
                     let meta = ResultMeta::failure(&id, &err.exception(), None, PyDateTime::now_utc());
@@ -475,6 +665,16 @@ impl Shared {
                     vec![Value::Float(limit.as_secs_f64())],
                 );
                 self.fail(delivery, &task, &exc, None, acks_late, ack_failures).await;
+            }
+            Outcome::Terminated => {
+                // revoke --terminate: REVOKED, as Celery's terminated request.
+                info!("Terminating {name}[{id}] (revoked)");
+                let meta = ResultMeta::revoked(&id, "terminated", PyDateTime::now_utc());
+                self.finished(self.extend(meta, &task, delivery), &task, true).await;
+                self.report("task-revoked", &task, revoked_fields(&id, true, false));
+                if acks_late {
+                    settle(delivery, if ack_failures { Settle::Ack } else { Settle::Requeue }).await;
+                }
             }
             Outcome::Panicked(msg) => {
                 // A panic is the Rust worker's lost child process: Celery's
@@ -523,6 +723,10 @@ impl Shared {
             Ok(()) => {
                 info!("Task {name}[{id}] retry: Retry in {}s: {reason}", delay.as_secs_f64());
                 self.store(self.extend(ResultMeta::retry(id, &stored, None), task, delivery)).await;
+                let mut fields = uuid_fields(id);
+                fields.insert("exception".into(), Value::Str(stored.python_repr()));
+                fields.insert("traceback".into(), Value::Str(String::new()));
+                self.report("task-retried", task, fields);
                 settle(delivery, Settle::Ack).await;
             }
             Err(e) => {
@@ -542,8 +746,12 @@ impl Shared {
         ack_failures: bool,
     ) {
         let id = &task.headers.id;
+        let mut fields = uuid_fields(id);
+        fields.insert("exception".into(), Value::Str(exc.python_repr()));
+        fields.insert("traceback".into(), Value::Str(traceback.clone().unwrap_or_default()));
         let meta = self.extend(ResultMeta::failure(id, exc, traceback, PyDateTime::now_utc()), task, delivery);
         self.finished(meta, task, true).await;
+        self.report("task-failed", task, fields);
         // Old-style errbacks get the failed task's id before their own
         // arguments, as Celery sends them.
         for errback in task.embed.errbacks.iter().flatten() {
@@ -753,6 +961,25 @@ fn joined_outcome(joined: Result<Result<Value, TaskError>, tokio::task::JoinErro
         }
         Err(e) => Outcome::Panicked(e.to_string()),
     }
+}
+
+/// Hard and soft limits in seconds set at run time for a task name.
+pub(crate) type TimeLimitOverride = (Option<f64>, Option<f64>);
+
+/// `{"uuid": id}`, the start of every task event.
+fn uuid_fields(id: &str) -> Map {
+    let mut m = Map::new();
+    m.insert("uuid".into(), Value::Str(id.to_owned()));
+    m
+}
+
+/// The fields of `task-revoked`.
+fn revoked_fields(id: &str, terminated: bool, expired: bool) -> Map {
+    let mut m = uuid_fields(id);
+    m.insert("terminated".into(), Value::Bool(terminated));
+    m.insert("signum".into(), if terminated { Value::Int(15) } else { Value::Null });
+    m.insert("expired".into(), Value::Bool(expired));
+    m
 }
 
 /// How to retry a task, and what to fail it with when it may not.

@@ -23,6 +23,7 @@ pub(crate) struct Connector {
     url: String,
     client_name: Option<String>,
     connect_timeout: Duration,
+    reconnects: AtomicU64,
 }
 
 impl std::fmt::Debug for Connector {
@@ -47,7 +48,18 @@ impl Connector {
             url,
             client_name: options.client_name.clone(),
             connect_timeout: options.socket_connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            reconnects: AtomicU64::new(0),
         })
+    }
+
+    /// Counts a lost connection being replaced.
+    pub fn note_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Lost connections replaced so far.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
     }
 
     /// The broker URL, password masked.
@@ -141,6 +153,7 @@ impl SharedConnection {
         let conn = self.connector.connect(self.response_timeout).await?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         if generation > 1 {
+            self.connector.note_reconnect();
             tracing::info!(url = self.connector.url(), "reconnected to Redis");
         }
         *slot = Some((generation, conn.clone()));

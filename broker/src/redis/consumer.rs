@@ -121,6 +121,7 @@ impl Fetcher {
     async fn pause(&self, error: BrokerError, backoff: &mut Backoff) -> bool {
         let delay = backoff.next_delay();
         if error.is_transient() {
+            self.inner.connector.note_reconnect();
             tracing::warn!(url = self.inner.connector.url(), error = %error, retry_in = ?delay, "consumer lost its Redis connection; reconnecting");
         } else {
             tracing::error!(url = self.inner.connector.url(), error = %error, retry_in = ?delay, "consumer cannot fetch from Redis");

@@ -130,7 +130,18 @@ impl Inner {
     /// With `deliver`, a topic exchange never routes to the dead-letter queue
     /// (`TopicExchange.deliver` filters it out).
     pub async fn lookup(&self, exchange: &str, routing_key: &str, deliver: bool) -> Result<Vec<String>, BrokerError> {
-        let deadletter = self.options.deadletter_queue.as_deref();
+        self.lookup_with(exchange, routing_key, deliver, self.options.deadletter_queue.as_deref()).await
+    }
+
+    /// [`Inner::lookup`] with an explicit dead-letter queue (`None`: unrouted
+    /// messages match nothing).
+    pub async fn lookup_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        deliver: bool,
+        deadletter: Option<&str>,
+    ) -> Result<Vec<String>, BrokerError> {
         if exchange.is_empty() {
             return Ok(exchange::route_anonymous(routing_key, deadletter));
         }
@@ -451,6 +462,17 @@ impl RedisBroker {
     /// (`RPUSH`, or `LPUSH` with `leftmost`), `redelivered` set.
     pub async fn restore_by_tag(&self, tag: &str, leftmost: bool) -> Result<RestoreOutcome, BrokerError> {
         self.inner.restore_by_tag(tag, leftmost, None).await
+    }
+
+    /// Connections to Redis lost and replaced since start (for metrics).
+    pub fn reconnects(&self) -> u64 {
+        self.inner.connector.reconnects()
+    }
+
+    /// The queues bound to `exchange` that `routing_key` reaches, without the
+    /// dead-letter fallback (empty: a publish would not be delivered).
+    pub async fn bound_queues(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, BrokerError> {
+        self.inner.lookup_with(exchange, routing_key, true, None).await
     }
 
     /// Subscribes to a fanout exchange: `PSUBSCRIBE /{db}.<exchange>/<binding_key>`
