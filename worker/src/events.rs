@@ -32,7 +32,7 @@ pub struct Events {
 impl Events {
     /// Events of node `hostname` on `broker`; task events on when
     /// `task_events`; heartbeats every `freq` seconds. Starts the flusher of
-    /// the task-event buffer (call from a tokio runtime).
+    /// the task-event buffer on the current tokio runtime, if there is one.
     pub fn start(broker: Broker, hostname: &str, task_events: bool, freq: f64) -> Arc<Events> {
         broker.declare_exchange(EVENT_EXCHANGE, ExchangeKind::Fanout);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -44,9 +44,14 @@ impl Events {
             buffer: Mutex::new(Some(tx)),
             flusher: Mutex::new(None),
         });
-        let flusher = tokio::spawn(flush(broker, hostname.to_owned(), rx));
-        if let Ok(mut f) = events.flusher.lock() {
-            *f = Some(flusher);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let flusher = runtime.spawn(flush(broker, hostname.to_owned(), rx));
+                if let Ok(mut f) = events.flusher.lock() {
+                    *f = Some(flusher);
+                }
+            }
+            Err(_) => warn!("the worker was built outside a tokio runtime: task events will not be sent"),
         }
         events
     }
