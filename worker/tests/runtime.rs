@@ -60,6 +60,20 @@ async fn panics() -> Result<(), TaskError> {
     panic!("index out of range")
 }
 
+async fn panics_once(ctx: Ctx) -> Result<&'static str, TaskError> {
+    if !ctx.request().redelivered {
+        panic!("first delivery");
+    }
+    Ok("second delivery")
+}
+
+async fn fails_once(ctx: Ctx) -> Result<&'static str, TaskError> {
+    if !ctx.request().redelivered {
+        return Err(TaskError::builtin("IOError", "first delivery"));
+    }
+    Ok("second delivery")
+}
+
 async fn limited(Args((tx,)): Args<(String,)>) -> Result<String, TaskError> {
     Ok(tx)
 }
@@ -73,7 +87,9 @@ fn start_with(config: WorkerConfig) -> Setup {
         .with(Task::new("tasks.boom", boom))
         .with(Task::new("tasks.slow", slow).time_limit(Duration::from_millis(50)))
         .with(Task::new("tasks.panics", panics))
-        .with(Task::new("tasks.limited", limited).rate_limit("5/s"));
+        .with(Task::new("tasks.limited", limited).rate_limit("5/s"))
+        .with(Task::new("tasks.panics_once", panics_once))
+        .with(Task::new("tasks.fails_once", fails_once));
     let (tx, rx) = mpsc::unbounded_channel();
     let config = WorkerConfig { shutdown_timeout: Duration::from_secs(5), ..config };
     let worker = Worker::new(registry, broker.clone(), producer.clone(), Some(Arc::new(Channel(tx))), config);
@@ -220,6 +236,30 @@ async fn rate_limited_tasks_are_spaced() {
     }
     // 5/s with a bucket of one: the third run waits two intervals (400 ms).
     assert!(began.elapsed() >= Duration::from_millis(390), "ran within {:?}", began.elapsed());
+    s.stop.cancel();
+    s.run.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lost_execution_is_requeued_with_reject_on_worker_lost() {
+    let config = WorkerConfig { acks_late: true, reject_on_worker_lost: true, ..WorkerConfig::default() };
+    let mut s = start_with(config);
+    s.producer.send_task("tasks.panics_once", vec![], Map::new(), SendOptions::default()).await.unwrap();
+    let meta = next_final(&mut s.results).await;
+    assert_eq!((meta.status, meta.result), (State::Success, Value::Str("second delivery".into())));
+    s.stop.cancel();
+    s.run.await.unwrap();
+}
+
+#[tokio::test]
+async fn failures_are_requeued_when_acks_on_failure_is_off() {
+    let config = WorkerConfig { acks_late: true, acks_on_failure_or_timeout: false, ..WorkerConfig::default() };
+    let mut s = start_with(config);
+    s.producer.send_task("tasks.fails_once", vec![], Map::new(), SendOptions::default()).await.unwrap();
+    let first = next_final(&mut s.results).await;
+    assert_eq!(first.status, State::Failure, "the failure is stored...");
+    let second = next_final(&mut s.results).await;
+    assert_eq!(second.result, Value::Str("second delivery".into()), "...and the message comes back");
     s.stop.cancel();
     s.run.await.unwrap();
 }
