@@ -1,0 +1,194 @@
+//! Schedules and their next fire times: intervals, Celery crontabs in a time
+//! zone, and RedBeat's rrules (one-off runs among them).
+//!
+//! A schedule only answers "which slot comes after this one?"; what to do with
+//! slots that were missed, and when to send, is the scheduler's business.
+
+pub mod crontab;
+pub mod interval;
+pub mod rrule;
+
+use celeriac_config::ScheduleSetting;
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+
+pub use crontab::Crontab;
+pub use interval::{parse_duration, Interval};
+pub use rrule::{Frequency, RRule};
+
+/// When an entry runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    /// Every so often (Celery's `schedule`).
+    Interval(Interval),
+    /// At wall-clock times in a zone (Celery's `crontab`).
+    Crontab(Crontab),
+    /// A recurrence from a start time, or a single run (RedBeat's `rrule`).
+    RRule(RRule),
+}
+
+impl Schedule {
+    /// Reads a `schedule` setting: seconds, or text that is an RFC 3339 instant
+    /// (a one-off run), a five-field crontab, an `@hourly`-style shortcut, or a
+    /// duration (`"30s"`, `"1h30m"`).
+    pub fn parse(setting: &ScheduleSetting, relative: bool) -> Result<Schedule, String> {
+        let text = match setting {
+            ScheduleSetting::Seconds(secs) => {
+                let every = SignedDuration::try_from_secs_f64(*secs)
+                    .ok()
+                    .filter(|d| d.is_positive())
+                    .ok_or_else(|| format!("{secs} is not a positive number of seconds"))?;
+                return Ok(Schedule::Interval(Interval { every, relative }));
+            }
+            ScheduleSetting::Text(text) => text.trim(),
+        };
+        if let Some(expanded) = shortcut(text) {
+            return Ok(Schedule::Crontab(Crontab::parse(expanded)?));
+        }
+        if text.split_whitespace().count() == 5 {
+            return Crontab::parse(text).map(Schedule::Crontab).map_err(|e| format!("crontab {text:?}: {e}"));
+        }
+        let looks_like_date = text.len() >= 10 && text.as_bytes()[4] == b'-' && text.as_bytes()[7] == b'-';
+        if looks_like_date {
+            return match text.parse::<Timestamp>() {
+                Ok(at) => Ok(Schedule::RRule(RRule::once(at))),
+                Err(e) => Err(format!(
+                    "{text:?} is not an RFC 3339 instant such as 2026-03-01T12:00:00Z or 2026-03-01T13:00:00+01:00 \
+                     (with its UTC offset): {e}"
+                )),
+            };
+        }
+        parse_duration(text).map(|every| Schedule::Interval(Interval { every, relative })).map_err(|e| {
+            format!("{e}; a schedule is seconds, a duration, a five-field crontab (\"*/5 * * * *\") or an RFC 3339 instant")
+        })
+    }
+
+    /// The first slot after `last`, the previous slot (`None`: the entry never
+    /// ran, which only rrules answer: with their first occurrence). Crontabs
+    /// and relative intervals read wall clocks in `tz`.
+    pub fn next_after(&self, last: Option<Timestamp>, tz: &TimeZone) -> Option<Timestamp> {
+        match (self, last) {
+            (Schedule::RRule(rule), last) => rule.next_after(last),
+            (_, None) => None,
+            (Schedule::Interval(interval), Some(last)) => interval.next_after(last, tz),
+            (Schedule::Crontab(cron), Some(last)) => cron.next_after(last, tz),
+        }
+    }
+
+    /// The latest slot after `last` and at or before `now`, with the number of
+    /// slots in between (it included); `None` if no slot is due. Stops
+    /// counting at `limit` slots (the latest is still found).
+    pub fn due(&self, last: Option<Timestamp>, now: Timestamp, tz: &TimeZone, limit: usize) -> Option<DueSlots> {
+        let first = self.next_after(last, tz).filter(|t| *t <= now)?;
+        if let (Schedule::Interval(interval), Some(last)) = (self, last) {
+            if let Some(latest) = interval.latest_at_or_before(last, now) {
+                let count = now.duration_since(last).as_nanos() / interval.every.as_nanos();
+                let count = usize::try_from(count).unwrap_or(usize::MAX);
+                let earliest = earliest_slots(self, first, latest, tz, limit);
+                return Some(DueSlots { latest, count, earliest });
+            }
+        }
+        let mut slots = vec![first];
+        let mut count = 1usize;
+        let mut latest = first;
+        while let Some(next) = self.next_after(Some(latest), tz).filter(|t| *t <= now) {
+            latest = next;
+            count += 1;
+            if slots.len() < limit {
+                slots.push(next);
+            }
+        }
+        Some(DueSlots { latest, count, earliest: slots })
+    }
+
+    /// How the schedule reads to a person.
+    pub fn describe(&self) -> String {
+        match self {
+            Schedule::Interval(i) => i.describe(),
+            Schedule::Crontab(c) => format!("crontab {c}"),
+            Schedule::RRule(r) => r.describe(),
+        }
+    }
+
+    /// Whether the app or entry time zone matters to this schedule.
+    pub fn uses_time_zone(&self) -> bool {
+        match self {
+            Schedule::Interval(i) => i.relative,
+            Schedule::Crontab(_) => true,
+            Schedule::RRule(_) => false,
+        }
+    }
+}
+
+fn earliest_slots(schedule: &Schedule, first: Timestamp, latest: Timestamp, tz: &TimeZone, limit: usize) -> Vec<Timestamp> {
+    let mut slots = vec![first];
+    let mut t = first;
+    while slots.len() < limit {
+        match schedule.next_after(Some(t), tz).filter(|n| *n <= latest) {
+            Some(next) => {
+                slots.push(next);
+                t = next;
+            }
+            None => break,
+        }
+    }
+    slots
+}
+
+/// The slots that came due since the last one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueSlots {
+    /// The most recent due slot.
+    pub latest: Timestamp,
+    /// How many slots are due, the latest included.
+    pub count: usize,
+    /// The oldest due slots, in order, at most the asked limit.
+    pub earliest: Vec<Timestamp>,
+}
+
+fn shortcut(text: &str) -> Option<&'static str> {
+    Some(match text {
+        "@yearly" | "@annually" => "0 0 1 1 *",
+        "@monthly" => "0 0 1 * *",
+        "@weekly" => "0 0 * * 0",
+        "@daily" | "@midnight" => "0 0 * * *",
+        "@hourly" => "0 * * * *",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Schedule, String> {
+        Schedule::parse(&ScheduleSetting::Text(text.into()), false)
+    }
+
+    #[test]
+    fn text_is_read_by_its_shape() {
+        assert!(matches!(parse("30s"), Ok(Schedule::Interval(_))));
+        assert!(matches!(parse("*/5 9-17 * * mon-fri"), Ok(Schedule::Crontab(_))));
+        assert!(matches!(parse("@hourly"), Ok(Schedule::Crontab(_))));
+        assert!(matches!(parse("2026-03-01T12:00:00Z"), Ok(Schedule::RRule(r)) if r.is_once()));
+        assert!(parse("2026-03-01T12:00:00").unwrap_err().contains("UTC offset"));
+        assert!(parse("*/5 * * * 8").unwrap_err().contains("day_of_week"));
+        assert!(parse("often").unwrap_err().contains("crontab"));
+    }
+
+    #[test]
+    fn due_slots_after_downtime() {
+        let s = Schedule::parse(&ScheduleSetting::Seconds(10.0), false).unwrap();
+        let last: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let now: Timestamp = "2026-01-01T00:01:05Z".parse().unwrap();
+        let due = s.due(Some(last), now, &TimeZone::UTC, 3).unwrap();
+        assert_eq!((due.count, due.latest.to_string()), (6, "2026-01-01T00:01:00Z".to_string()));
+        assert_eq!(due.earliest.len(), 3);
+        assert_eq!(due.earliest[0].to_string(), "2026-01-01T00:00:10Z");
+        let cron = parse("*/20 * * * *").unwrap();
+        let now: Timestamp = "2026-01-01T01:05:00Z".parse().unwrap();
+        let due = cron.due(Some(last), now, &TimeZone::UTC, 10).unwrap();
+        assert_eq!((due.count, due.earliest.len()), (3, 3));
+        assert!(cron.due(Some(now), now, &TimeZone::UTC, 10).is_none());
+    }
+}
