@@ -54,7 +54,7 @@ fn classify(cron: &Crontab, tz: &TimeZone, after: Timestamp, ours: Timestamp, py
         return Some(Known::NextBeforeLastRun);
     }
     let our_wall = tz.to_datetime(ours);
-        if ours < python && cron.every_hour() {
+    if ours < python && cron.every_hour() {
         if let AmbiguousOffset::Fold { after: second, .. } = wall_kind(tz, our_wall) {
             if second.to_timestamp(our_wall).unwrap() == ours {
                 return Some(Known::SecondPassOfEveryHour);

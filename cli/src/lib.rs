@@ -20,6 +20,7 @@
 //! ```
 
 mod assemble;
+pub mod beat;
 mod error;
 mod logging;
 pub mod worker;
@@ -43,6 +44,8 @@ struct Cli {
 enum Command {
     /// Run a worker: consume queues and execute tasks, as `celery worker`.
     Worker(worker::WorkerArgs),
+    /// Run the periodic scheduler, as `celery beat` (RedBeat-compatible with Redis).
+    Beat(beat::BeatArgs),
 }
 
 /// Runs the command line with the built-in task sets and `extra` ones (a
@@ -58,6 +61,7 @@ pub fn main_with(extra: &'static [TaskSet]) -> ExitCode {
     };
     let outcome = match cli.command {
         Command::Worker(args) => runtime.block_on(worker::run(args, extra)),
+        Command::Beat(args) => runtime.block_on(beat::run(args)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -254,7 +254,8 @@ impl Crontab {
             day_of_week: spec(Field::DayOfWeek, dow)?,
         };
         let possible = (1..=12u8).any(|m| {
-            cron.month_of_year.has(m as i8) && (1..=MAX_DAYS[usize::from(m - 1)]).any(|d| cron.day_of_month.has(d as i8))
+            cron.month_of_year.has(m as i8)
+                && (1..=MAX_DAYS[usize::from(m - 1)]).any(|d| cron.day_of_month.has(d as i8))
         });
         if !possible {
             return Err(format!(

@@ -59,7 +59,9 @@ impl Schedule {
             };
         }
         parse_duration(text).map(|every| Schedule::Interval(Interval { every, relative })).map_err(|e| {
-            format!("{e}; a schedule is seconds, a duration, a five-field crontab (\"*/5 * * * *\") or an RFC 3339 instant")
+            format!(
+                "{e}; a schedule is seconds, a duration, a five-field crontab (\"*/5 * * * *\") or an RFC 3339 instant"
+            )
         })
     }
 
@@ -75,30 +77,37 @@ impl Schedule {
         }
     }
 
-    /// The latest slot after `last` and at or before `now`, with the number of
-    /// slots in between (it included); `None` if no slot is due. Stops
-    /// counting at `limit` slots (the latest is still found).
+    /// The slots after `last` and at or before `now`: the latest, how many,
+    /// and the most recent `limit` of them (oldest first).
     pub fn due(&self, last: Option<Timestamp>, now: Timestamp, tz: &TimeZone, limit: usize) -> Option<DueSlots> {
         let first = self.next_after(last, tz).filter(|t| *t <= now)?;
+        let limit = limit.max(1);
         if let (Schedule::Interval(interval), Some(last)) = (self, last) {
             if let Some(latest) = interval.latest_at_or_before(last, now) {
                 let count = now.duration_since(last).as_nanos() / interval.every.as_nanos();
                 let count = usize::try_from(count).unwrap_or(usize::MAX);
-                let earliest = earliest_slots(self, first, latest, tz, limit);
-                return Some(DueSlots { latest, count, earliest });
+                let mut recent = Vec::new();
+                for k in (0..count.min(limit)).rev() {
+                    let back = interval.every.as_nanos() * k as i128;
+                    let back = SignedDuration::from_nanos(i64::try_from(back).ok()?);
+                    recent.push(latest.checked_sub(back).ok()?);
+                }
+                return Some(DueSlots { latest, count, recent });
             }
         }
-        let mut slots = vec![first];
+        let mut recent = std::collections::VecDeque::with_capacity(limit.min(1024));
+        recent.push_back(first);
         let mut count = 1usize;
         let mut latest = first;
         while let Some(next) = self.next_after(Some(latest), tz).filter(|t| *t <= now) {
             latest = next;
             count += 1;
-            if slots.len() < limit {
-                slots.push(next);
+            if recent.len() == limit {
+                recent.pop_front();
             }
+            recent.push_back(next);
         }
-        Some(DueSlots { latest, count, earliest: slots })
+        Some(DueSlots { latest, count, recent: recent.into() })
     }
 
     /// How the schedule reads to a person.
@@ -120,21 +129,6 @@ impl Schedule {
     }
 }
 
-fn earliest_slots(schedule: &Schedule, first: Timestamp, latest: Timestamp, tz: &TimeZone, limit: usize) -> Vec<Timestamp> {
-    let mut slots = vec![first];
-    let mut t = first;
-    while slots.len() < limit {
-        match schedule.next_after(Some(t), tz).filter(|n| *n <= latest) {
-            Some(next) => {
-                slots.push(next);
-                t = next;
-            }
-            None => break,
-        }
-    }
-    slots
-}
-
 /// The slots that came due since the last one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DueSlots {
@@ -142,8 +136,8 @@ pub struct DueSlots {
     pub latest: Timestamp,
     /// How many slots are due, the latest included.
     pub count: usize,
-    /// The oldest due slots, in order, at most the asked limit.
-    pub earliest: Vec<Timestamp>,
+    /// The most recent due slots, oldest first, at most the asked limit.
+    pub recent: Vec<Timestamp>,
 }
 
 fn shortcut(text: &str) -> Option<&'static str> {
@@ -183,12 +177,12 @@ mod tests {
         let now: Timestamp = "2026-01-01T00:01:05Z".parse().unwrap();
         let due = s.due(Some(last), now, &TimeZone::UTC, 3).unwrap();
         assert_eq!((due.count, due.latest.to_string()), (6, "2026-01-01T00:01:00Z".to_string()));
-        assert_eq!(due.earliest.len(), 3);
-        assert_eq!(due.earliest[0].to_string(), "2026-01-01T00:00:10Z");
+        assert_eq!(due.recent.len(), 3);
+        assert_eq!(due.recent[0].to_string(), "2026-01-01T00:00:40Z");
         let cron = parse("*/20 * * * *").unwrap();
         let now: Timestamp = "2026-01-01T01:05:00Z".parse().unwrap();
         let due = cron.due(Some(last), now, &TimeZone::UTC, 10).unwrap();
-        assert_eq!((due.count, due.earliest.len()), (3, 3));
+        assert_eq!((due.count, due.recent.len()), (3, 3));
         assert!(cron.due(Some(now), now, &TimeZone::UTC, 10).is_none());
     }
 }

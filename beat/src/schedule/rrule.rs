@@ -180,8 +180,14 @@ mod tests {
     #[test]
     fn occurrences_as_dateutil_expands_them() {
         let start: Timestamp = "2026-01-31T09:00:00Z".parse().unwrap();
-        let monthly =
-            RRule { freq: Frequency::Monthly, interval: 1, dtstart: start, offset: Offset::UTC, count: None, until: None };
+        let monthly = RRule {
+            freq: Frequency::Monthly,
+            interval: 1,
+            dtstart: start,
+            offset: Offset::UTC,
+            count: None,
+            until: None,
+        };
         // February has no 31st: skipped.
         assert_eq!(monthly.next_after(Some(start)).unwrap().to_string(), "2026-03-31T09:00:00Z");
         let once = RRule::once(start);

@@ -1,0 +1,404 @@
+//! Beat entries: Celery's fields (`task`, `args`, `kwargs`, `options`,
+//! `schedule`) plus celeriac's safety options (no-overlap, catch-up policy,
+//! starting deadline, per-entry time zone), built from the TOML settings or
+//! decoded from RedBeat's Redis layout, and the send options they turn into.
+
+use celeriac_broker::{Expires, SendOptions};
+use celeriac_config::{BeatEntrySettings, CatchUpPolicy};
+use celeriac_protocol::codec::{Compression, ContentType};
+use celeriac_protocol::time::PyDateTime;
+use celeriac_protocol::{Map, Value};
+use jiff::tz::TimeZone;
+use jiff::SignedDuration;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::schedule::Schedule;
+use crate::BeatError;
+
+/// How long an unfinished previous run blocks a no-overlap entry by default.
+pub const DEFAULT_NO_OVERLAP_TIMEOUT: SignedDuration = SignedDuration::from_hours(1);
+/// Most missed slots `catch_up = "all"` sends by default.
+pub const DEFAULT_MAX_CATCH_UP: u32 = 100;
+/// How late a slot may be and still count as on time under `catch_up = "skip"`.
+pub const DEFAULT_SKIP_GRACE: SignedDuration = SignedDuration::from_secs(30);
+
+/// Where an entry was defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// In `beat_schedule` (the TOML file), reloaded on SIGHUP.
+    Static,
+    /// In Redis, written by RedBeat's classes or any other program.
+    Dynamic,
+}
+
+/// celeriac's part of an entry, beside RedBeat's `definition`: the hash field
+/// `celeriac` of `redbeat:<name>` (RedBeat ignores it). Every field may be
+/// left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extras {
+    /// Zone of a crontab (default: the app `timezone`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Skip a slot while the previous run is unfinished.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_overlap: bool,
+    /// Seconds after which an unfinished previous run no longer blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_overlap_timeout: Option<f64>,
+    /// `once`, `skip` or `all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<CatchUpPolicy>,
+    /// Most slots `all` sends after downtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_catch_up: Option<u32>,
+    /// Seconds after its slot a run may still be sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting_deadline: Option<f64>,
+}
+
+/// One periodic task.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The entry's name (`redbeat:<name>` in Redis).
+    pub name: String,
+    /// The task name sent.
+    pub task: String,
+    /// Positional arguments, as written.
+    pub args: Vec<Json>,
+    /// Keyword arguments, as written.
+    pub kwargs: serde_json::Map<String, Json>,
+    /// Publishing options, as written (Celery's `apply_async` keywords).
+    pub options: serde_json::Map<String, Json>,
+    /// The options as the producer takes them (no task id yet).
+    pub send: SendOptions,
+    /// When it runs.
+    pub schedule: Schedule,
+    /// The zone its wall-clock schedule is read in.
+    pub tz: TimeZone,
+    /// Whether it runs at all.
+    pub enabled: bool,
+    /// celeriac's options.
+    pub extras: Extras,
+    /// The starting deadline in force: the entry's own, else
+    /// `beat_cron_starting_deadline` for a crontab.
+    pub starting_deadline: Option<SignedDuration>,
+    /// Where it was defined.
+    pub origin: Origin,
+}
+
+/// Options beat knows how to send; anything else is refused in the TOML file
+/// and ignored (with a warning) in a dynamic entry.
+pub const KNOWN_OPTIONS: [&str; 14] = [
+    "queue",
+    "exchange",
+    "routing_key",
+    "priority",
+    "expires",
+    "countdown",
+    "eta",
+    "headers",
+    "time_limit",
+    "soft_time_limit",
+    "ignore_result",
+    "shadow",
+    "serializer",
+    "compression",
+];
+
+/// A JSON value as the protocol's value (plain JSON types only).
+pub fn json_to_value(j: &Json) -> Value {
+    match j {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => Value::Str(s.clone()),
+        Json::Array(items) => Value::List(items.iter().map(json_to_value).collect()),
+        Json::Object(map) => Value::Map(map.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect()),
+    }
+}
+
+fn seconds(option: &str, v: &Json) -> Result<f64, String> {
+    v.as_f64().filter(|s| s.is_finite() && *s >= 0.0).ok_or_else(|| format!("options.{option} = {v}: expected seconds"))
+}
+
+fn text<'a>(option: &str, v: &'a Json) -> Result<&'a str, String> {
+    v.as_str().ok_or_else(|| format!("options.{option} = {v}: expected text"))
+}
+
+/// Reads Celery's `apply_async` options. Unknown options are returned, not
+/// refused: the caller decides.
+pub fn send_options(options: &serde_json::Map<String, Json>) -> Result<(SendOptions, Vec<String>), String> {
+    let mut o = SendOptions::default();
+    let mut unknown = Vec::new();
+    for (key, v) in options {
+        match key.as_str() {
+            "queue" => o.queue = Some(text(key, v)?.to_owned()),
+            "exchange" => o.exchange = Some(text(key, v)?.to_owned()),
+            "routing_key" => o.routing_key = Some(text(key, v)?.to_owned()),
+            "priority" => {
+                let p =
+                    v.as_u64().filter(|p| *p <= 255).ok_or_else(|| format!("options.priority = {v}: expected 0-9"))?;
+                o.priority = Some(p as u8);
+            }
+            "expires" => {
+                o.expires = Some(match v {
+                    Json::String(at) => Expires::At(
+                        PyDateTime::parse_iso(at)
+                            .map_err(|e| format!("options.expires = {at:?}: not seconds or an ISO time: {e}"))?,
+                    ),
+                    other => Expires::In(std::time::Duration::from_secs_f64(seconds(key, other)?)),
+                })
+            }
+            "countdown" => o.countdown = Some(std::time::Duration::from_secs_f64(seconds(key, v)?)),
+            "eta" => {
+                let at = text(key, v)?;
+                o.eta = Some(PyDateTime::parse_iso(at).map_err(|e| format!("options.eta = {at:?}: {e}"))?);
+            }
+            "headers" => match v {
+                Json::Object(map) => o.headers = map.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
+                other => return Err(format!("options.headers = {other}: expected a table of headers")),
+            },
+            "time_limit" => o.time_limit = Some(seconds(key, v)?),
+            "soft_time_limit" => o.soft_time_limit = Some(seconds(key, v)?),
+            "ignore_result" => {
+                o.ignore_result =
+                    Some(v.as_bool().ok_or_else(|| format!("options.ignore_result = {v}: expected true or false"))?)
+            }
+            "shadow" => o.shadow = Some(text(key, v)?.to_owned()),
+            "serializer" => {
+                let name = text(key, v)?;
+                o.serializer = Some(
+                    ContentType::parse(name)
+                        .filter(|c| !matches!(c, ContentType::Pickle))
+                        .ok_or_else(|| format!("options.serializer = {name:?}: use json, msgpack or yaml"))?,
+                );
+            }
+            "compression" => {
+                let name = text(key, v)?;
+                o.compression =
+                    Some(Compression::parse(name).ok_or_else(|| {
+                        format!("options.compression = {name:?}: use gzip, bzip2, lzma, zstd or brotli")
+                    })?);
+            }
+            _ => unknown.push(key.clone()),
+        }
+    }
+    // celery beat marks what it sends (Celery 5.5+).
+    o.headers.insert("celery_beat_task".into(), Value::Bool(true));
+    Ok((o, unknown))
+}
+
+/// A zone by IANA name, with an error that says what to write.
+pub fn time_zone(name: &str) -> Result<TimeZone, String> {
+    TimeZone::get(name).map_err(|e| format!("unknown time zone {name:?} (use an IANA name such as Europe/Berlin): {e}"))
+}
+
+fn positive_secs(field: &str, v: Option<f64>) -> Result<Option<SignedDuration>, String> {
+    match v {
+        None => Ok(None),
+        Some(s) => SignedDuration::try_from_secs_f64(s)
+            .ok()
+            .filter(|d| d.is_positive())
+            .map(Some)
+            .ok_or_else(|| format!("{field} = {s}: expected a positive number of seconds")),
+    }
+}
+
+/// What an entry is made of, from either source.
+pub(crate) struct Parts {
+    pub name: String,
+    pub task: String,
+    pub args: Vec<Json>,
+    pub kwargs: serde_json::Map<String, Json>,
+    pub options: serde_json::Map<String, Json>,
+    pub schedule: Schedule,
+    pub enabled: bool,
+    pub extras: Extras,
+    pub origin: Origin,
+}
+
+impl Entry {
+    /// An entry of `beat_schedule`. `app_tz` is the app `timezone`;
+    /// `cron_deadline` is `beat_cron_starting_deadline`.
+    pub fn from_settings(
+        name: &str,
+        s: &BeatEntrySettings,
+        app_tz: &TimeZone,
+        cron_deadline: Option<f64>,
+    ) -> Result<Entry, BeatError> {
+        let field = |f: &str, e: String| BeatError::entry(name, format!("{f}: {e}"));
+        let schedule = Schedule::parse(&s.schedule, s.relative).map_err(|e| field("schedule", e))?;
+        let extras = Extras {
+            timezone: s.timezone.clone(),
+            no_overlap: s.no_overlap,
+            no_overlap_timeout: s.no_overlap_timeout,
+            catch_up: s.catch_up,
+            max_catch_up: s.max_catch_up,
+            starting_deadline: s.starting_deadline,
+        };
+        let entry = Entry::build(
+            Parts {
+                name: name.to_owned(),
+                task: s.task.clone(),
+                args: s.args.clone(),
+                kwargs: s.kwargs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                options: s.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                schedule,
+                enabled: s.enabled,
+                extras,
+                origin: Origin::Static,
+            },
+            app_tz,
+            cron_deadline,
+        )?;
+        let (_, unknown) = send_options(&entry.options).map_err(|e| BeatError::entry(name, e))?;
+        if let Some(key) = unknown.first() {
+            return Err(BeatError::entry(
+                name,
+                format!("options.{key}: unknown option; beat sends {}", KNOWN_OPTIONS.join(", ")),
+            ));
+        }
+        Ok(entry)
+    }
+
+    /// Checks and assembles an entry; unknown options are left for the caller.
+    pub(crate) fn build(p: Parts, app_tz: &TimeZone, cron_deadline: Option<f64>) -> Result<Entry, BeatError> {
+        let name = p.name;
+        let err = |e: String| BeatError::entry(&name, e);
+        if p.task.trim().is_empty() {
+            return Err(err("task: must name a task".into()));
+        }
+        let tz = match &p.extras.timezone {
+            Some(zone) => time_zone(zone).map_err(|e| err(format!("timezone: {e}")))?,
+            None => app_tz.clone(),
+        };
+        if p.extras.timezone.is_some() && !matches!(p.schedule, Schedule::Crontab(_)) && !p.schedule.uses_time_zone() {
+            tracing::debug!(entry = %name, "timezone only changes crontabs and relative intervals");
+        }
+        positive_secs("no_overlap_timeout", p.extras.no_overlap_timeout).map_err(&err)?;
+        if p.extras.max_catch_up == Some(0) {
+            return Err(err("max_catch_up = 0: expected at least 1".into()));
+        }
+        let own = positive_secs("starting_deadline", p.extras.starting_deadline).map_err(&err)?;
+        let cron = match p.schedule {
+            Schedule::Crontab(_) => positive_secs("beat_cron_starting_deadline", cron_deadline).map_err(&err)?,
+            _ => None,
+        };
+        let (send, _) = send_options(&p.options).map_err(&err)?;
+        Ok(Entry {
+            starting_deadline: own.or(cron),
+            name: name.clone(),
+            task: p.task,
+            args: p.args,
+            kwargs: p.kwargs,
+            options: p.options,
+            send,
+            schedule: p.schedule,
+            tz,
+            enabled: p.enabled,
+            extras: p.extras,
+            origin: p.origin,
+        })
+    }
+
+    /// What to do with missed slots.
+    pub fn catch_up(&self) -> CatchUpPolicy {
+        self.extras.catch_up.unwrap_or_default()
+    }
+
+    /// Most missed slots `all` sends.
+    pub fn max_catch_up(&self) -> u32 {
+        self.extras.max_catch_up.unwrap_or(DEFAULT_MAX_CATCH_UP)
+    }
+
+    /// How long an unfinished previous run blocks this entry (no-overlap).
+    pub fn no_overlap_timeout(&self) -> SignedDuration {
+        self.extras
+            .no_overlap_timeout
+            .and_then(|s| SignedDuration::try_from_secs_f64(s).ok())
+            .unwrap_or(DEFAULT_NO_OVERLAP_TIMEOUT)
+    }
+
+    /// The args as the protocol sends them.
+    pub fn arg_values(&self) -> Vec<Value> {
+        self.args.iter().map(json_to_value).collect()
+    }
+
+    /// The kwargs as the protocol sends them.
+    pub fn kwarg_values(&self) -> Map {
+        self.kwargs.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect()
+    }
+
+    /// The zone's name for logs (`UTC`, `Europe/Berlin`).
+    pub fn zone_name(&self) -> String {
+        self.tz.iana_name().unwrap_or("local").to_owned()
+    }
+
+    /// What identifies "the same schedule": the schedule as RedBeat stores it,
+    /// the zone it is read in, and whether the entry is enabled. When it
+    /// changes, the entry starts afresh from now instead of catching up.
+    pub fn fingerprint(&self) -> String {
+        let zone = self.schedule.uses_time_zone().then(|| self.zone_name());
+        serde_json::json!({
+            "schedule": crate::redbeat::schedule_to_json(&self.schedule),
+            "zone": zone,
+            "enabled": self.enabled,
+        })
+        .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use celeriac_config::ScheduleSetting;
+
+    fn settings(schedule: &str, options: Json) -> BeatEntrySettings {
+        let mut s: BeatEntrySettings =
+            serde_json::from_value(serde_json::json!({"task": "managers.poll", "schedule": 10})).unwrap();
+        s.schedule = ScheduleSetting::Text(schedule.into());
+        s.options = serde_json::from_value(options).unwrap();
+        s
+    }
+
+    #[test]
+    fn options_become_send_options() {
+        let e = Entry::from_settings(
+            "poll",
+            &settings("10s", serde_json::json!({"queue": "workflow.staging", "expires": 8, "priority": 5})),
+            &TimeZone::UTC,
+            None,
+        )
+        .unwrap();
+        assert_eq!(e.send.queue.as_deref(), Some("workflow.staging"));
+        assert_eq!(e.send.priority, Some(5));
+        assert_eq!(e.send.expires, Some(Expires::In(std::time::Duration::from_secs(8))));
+        assert_eq!(e.send.headers.get("celery_beat_task"), Some(&Value::Bool(true)));
+    }
+
+    #[test]
+    fn bad_entries_are_refused_by_name() {
+        let err =
+            |s: BeatEntrySettings| Entry::from_settings("poll", &s, &TimeZone::UTC, None).unwrap_err().to_string();
+        assert!(err(settings("10s", serde_json::json!({"queu": "x"}))).contains("beat_schedule.poll: options.queu"));
+        assert!(err(settings("* * * * mon-fry", serde_json::json!({}))).contains("beat_schedule.poll: schedule"));
+        let mut s = settings("0 3 * * *", serde_json::json!({}));
+        s.timezone = Some("Europe/Berlinn".into());
+        assert!(err(s).contains("timezone"));
+        let s = settings("10s", serde_json::json!({"serializer": "pickle"}));
+        assert!(err(s).contains("json, msgpack or yaml"));
+    }
+
+    #[test]
+    fn the_cron_deadline_applies_to_crontabs_only() {
+        let cron = Entry::from_settings("c", &settings("0 * * * *", serde_json::json!({})), &TimeZone::UTC, Some(60.0));
+        assert_eq!(cron.unwrap().starting_deadline, Some(SignedDuration::from_secs(60)));
+        let every = Entry::from_settings("i", &settings("10s", serde_json::json!({})), &TimeZone::UTC, Some(60.0));
+        assert_eq!(every.unwrap().starting_deadline, None);
+    }
+}

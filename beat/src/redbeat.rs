@@ -1,0 +1,343 @@
+//! RedBeat's Redis layout and JSON, read and written byte-compatibly, so that
+//! entries written by RedBeat's Python classes run in celeriac and celeriac's
+//! entries run in RedBeat:
+//!
+//! - `<prefix><name>` (`redbeat:poll`): a hash with `definition` (name, task,
+//!   args, kwargs, options, schedule, enabled) and `meta` (`last_run_at`,
+//!   `total_run_count`), both RedBeat's own JSON (`{"__type__": "interval", ...}`,
+//!   not kombu's);
+//! - `<prefix>:schedule` (`redbeat::schedule`): a sorted set of entry keys
+//!   scored by the next due time in whole UTC seconds (`-1`: never again);
+//! - `<prefix>:statics` (`redbeat::statics`): names of entries that came from
+//!   the configuration, so removed ones can be deleted;
+//! - the lease at `redbeat::lock` (see [`crate::lease`]).
+//!
+//! celeriac adds two hash fields RedBeat never reads: `celeriac` (the entry's
+//! safety options, [`crate::entry::Extras`]) and `celeriac_run` (run state:
+//! the schedule the last slot belongs to, the last task id, a send in flight).
+//! `meta.last_run_at` holds the *slot* of the last run, not the time it was
+//! sent, so a RedBeat that takes over continues the same grid.
+
+use celeriac_config::Settings;
+use jiff::civil::DateTime;
+use jiff::tz::{Offset, TimeZone};
+use jiff::Timestamp;
+use serde_json::{json, Value as Json};
+
+use crate::entry::{Entry, Extras, Origin, Parts};
+use crate::schedule::{Crontab, Frequency, Interval, RRule, Schedule};
+use crate::BeatError;
+
+/// RedBeat's key names for a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// The prefix (`redbeat:`).
+    pub prefix: String,
+    /// `<prefix>:schedule`.
+    pub schedule: String,
+    /// `<prefix>:statics`.
+    pub statics: String,
+    /// The lease key (`redbeat_lock_key`, default `<prefix>:lock`).
+    pub lock: String,
+}
+
+impl Keys {
+    /// The keys for the settings' `redbeat_key_prefix` and `redbeat_lock_key`.
+    pub fn from_settings(settings: &Settings) -> Keys {
+        Keys::new(&settings.redbeat_key_prefix, &settings.redbeat_lock_key())
+    }
+
+    /// The keys for `prefix`, with the lease at `lock`.
+    pub fn new(prefix: &str, lock: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+            schedule: format!("{prefix}:schedule"),
+            statics: format!("{prefix}:statics"),
+            lock: lock.to_owned(),
+        }
+    }
+
+    /// An entry's hash key.
+    pub fn entry(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// The entry name of a hash key.
+    pub fn name<'a>(&self, key: &'a str) -> &'a str {
+        key.strip_prefix(self.prefix.as_str()).unwrap_or(key)
+    }
+}
+
+/// A schedule as RedBeat's encoder writes it.
+pub fn schedule_to_json(schedule: &Schedule) -> Json {
+    match schedule {
+        Schedule::Interval(i) => {
+            json!({"__type__": "interval", "every": i.every.as_secs_f64(), "relative": i.relative})
+        }
+        Schedule::Crontab(c) => {
+            let mut map = serde_json::Map::new();
+            map.insert("__type__".into(), "crontab".into());
+            for (name, value) in c.fields() {
+                map.insert(name.into(), value.clone());
+            }
+            // RedBeat's order: minute, hour, day_of_week, day_of_month, month_of_year.
+            Json::Object(map)
+        }
+        Schedule::RRule(r) => {
+            let minutes = f64::from(r.offset.seconds()) / 60.0;
+            let mut v = json!({
+                "__type__": "rrule", "freq": r.freq.number(), "interval": r.interval, "wkst": null,
+                "count": r.count, "bysetpos": null, "bymonth": null, "bymonthday": null, "byyearday": null,
+                "byeaster": null, "byweekno": null, "byweekday": null, "byhour": null, "byminute": null,
+                "bysecond": null, "dtstart": r.dtstart.as_second(), "dtstart_tz": minutes,
+            });
+            if let (Some(until), Json::Object(map)) = (r.until, &mut v) {
+                map.insert("until".into(), until.as_second().into());
+                map.insert("until_tz".into(), minutes.into());
+            }
+            v
+        }
+    }
+}
+
+fn offset_minutes(v: Option<&Json>) -> Result<Offset, String> {
+    let minutes = v.and_then(Json::as_f64).unwrap_or(0.0);
+    let seconds = (minutes * 60.0).round();
+    if seconds.is_nan() || seconds.abs() >= 86_400.0 {
+        return Err(format!("offset of {minutes} minutes is out of range"));
+    }
+    Offset::from_seconds(seconds as i32).map_err(|e| e.to_string())
+}
+
+/// A schedule from RedBeat's JSON.
+pub fn schedule_from_json(v: &Json) -> Result<Schedule, String> {
+    let kind = v.get("__type__").and_then(Json::as_str).unwrap_or("");
+    match kind {
+        "interval" => {
+            let every = v.get("every").and_then(Json::as_f64).unwrap_or(f64::NAN);
+            let every = jiff::SignedDuration::try_from_secs_f64(every)
+                .ok()
+                .filter(|d| d.is_positive())
+                .ok_or_else(|| format!("interval every={} must be a positive number of seconds", v["every"]))?;
+            let relative = v.get("relative").and_then(Json::as_bool).unwrap_or(false);
+            Ok(Schedule::Interval(Interval { every, relative }))
+        }
+        "crontab" => {
+            let star = Json::String("*".into());
+            let f = |name: &str| v.get(name).filter(|x| !x.is_null()).unwrap_or(&star).clone();
+            Crontab::from_fields(&f("minute"), &f("hour"), &f("day_of_week"), &f("day_of_month"), &f("month_of_year"))
+                .map(Schedule::Crontab)
+        }
+        "rrule" => {
+            const UNSUPPORTED: [&str; 11] = [
+                "bysetpos",
+                "bymonth",
+                "bymonthday",
+                "byyearday",
+                "byeaster",
+                "byweekno",
+                "byweekday",
+                "byhour",
+                "byminute",
+                "bysecond",
+                "wkst",
+            ];
+            if let Some(part) = UNSUPPORTED.iter().find(|p| v.get(**p).is_some_and(|x| !x.is_null())) {
+                return Err(format!(
+                    "rrule with {part} is not supported by celeriac (only freq, interval, dtstart, count, until)"
+                ));
+            }
+            let freq = Frequency::from_json(v.get("freq").unwrap_or(&Json::Null))?;
+            let interval = v.get("interval").and_then(Json::as_u64).unwrap_or(1).clamp(1, u64::from(u32::MAX)) as u32;
+            let offset = offset_minutes(v.get("dtstart_tz"))?;
+            let second = |key: &str| -> Result<Option<Timestamp>, String> {
+                match v.get(key).filter(|x| !x.is_null()) {
+                    None => Ok(None),
+                    Some(x) => {
+                        let s = x.as_f64().ok_or_else(|| format!("rrule {key} {x} is not a UNIX time"))?;
+                        Timestamp::from_second(s.floor() as i64).map(Some).map_err(|e| e.to_string())
+                    }
+                }
+            };
+            let dtstart = second("dtstart")?
+                .ok_or("rrule without dtstart: RedBeat takes it from the clock when it builds the rule; give one")?;
+            let count = v.get("count").and_then(Json::as_u64).map(|c| c.min(u64::from(u32::MAX)) as u32);
+            Ok(Schedule::RRule(RRule { freq, interval, dtstart, offset, count, until: second("until")? }))
+        }
+        "" => Err("schedule without __type__ (expected interval, crontab or rrule)".into()),
+        other => Err(format!("schedule type {other:?} is not supported (interval, crontab and rrule are)")),
+    }
+}
+
+/// A datetime as RedBeat's encoder writes it, in UTC.
+pub fn datetime_to_json(at: Timestamp) -> Json {
+    let dt = TimeZone::UTC.to_datetime(at);
+    json!({
+        "__type__": "datetime", "year": dt.year(), "month": dt.month(), "day": dt.day(),
+        "hour": dt.hour(), "minute": dt.minute(), "second": dt.second(),
+        "microsecond": dt.subsec_nanosecond() / 1000, "timezone": "UTC",
+    })
+}
+
+/// A datetime from RedBeat's JSON: `timezone` is a zone name or an offset in
+/// seconds; a wall time that is ambiguous in its zone is read as Python's
+/// `fold=0` reads it.
+pub fn datetime_from_json(v: &Json) -> Result<Timestamp, String> {
+    let n = |k: &str| v.get(k).and_then(Json::as_i64).ok_or_else(|| format!("datetime without {k}: {v}"));
+    let small = |k: &str| n(k).and_then(|x| i8::try_from(x).map_err(|_| format!("datetime {k} {x} out of range")));
+    let year = i16::try_from(n("year")?).map_err(|_| format!("year out of range in {v}"))?;
+    let micro = i32::try_from(v.get("microsecond").and_then(Json::as_i64).unwrap_or(0)).unwrap_or(0);
+    let wall = DateTime::new(
+        year,
+        small("month")?,
+        small("day")?,
+        small("hour")?,
+        small("minute")?,
+        small("second")?,
+        micro * 1000,
+    )
+    .map_err(|e| format!("datetime {v}: {e}"))?;
+    let zone = v.get("timezone").cloned().unwrap_or(Json::String("UTC".into()));
+    match zone {
+        Json::String(name) => {
+            let tz = crate::entry::time_zone(&name)?;
+            tz.to_ambiguous_timestamp(wall).compatible().map_err(|e| e.to_string())
+        }
+        Json::Number(secs) => {
+            let secs = secs.as_f64().unwrap_or(0.0);
+            offset_minutes(Some(&Json::from(secs / 60.0)))?.to_timestamp(wall).map_err(|e| e.to_string())
+        }
+        other => Err(format!("datetime timezone {other} is neither a zone name nor seconds")),
+    }
+}
+
+/// An entry's `definition`, field for field as RedBeat's `save()` writes it.
+pub fn definition_json(entry: &Entry) -> Json {
+    json!({
+        "name": entry.name,
+        "task": entry.task,
+        "args": entry.args,
+        "kwargs": entry.kwargs,
+        "options": entry.options,
+        "schedule": schedule_to_json(&entry.schedule),
+        "enabled": entry.enabled,
+    })
+}
+
+/// Decodes an entry from its hash fields (`definition`, and `celeriac` if
+/// present). Unknown send options are returned for the caller to warn about.
+pub fn entry_from_hash(
+    key: &str,
+    keys: &Keys,
+    definition: &str,
+    extras: Option<&str>,
+    origin: Origin,
+    app_tz: &TimeZone,
+    cron_deadline: Option<f64>,
+) -> Result<(Entry, Vec<String>), BeatError> {
+    let fallback = keys.name(key).to_owned();
+    let d: Json = serde_json::from_str(definition)
+        .map_err(|e| BeatError::entry(&fallback, format!("{key} definition is not JSON: {e}")))?;
+    let name = d.get("name").and_then(Json::as_str).map(str::to_owned).unwrap_or(fallback);
+    let bad = |what: String| BeatError::entry(&name, format!("{key}: {what}"));
+    let task = d.get("task").and_then(Json::as_str).ok_or_else(|| bad("definition has no task".into()))?;
+    let args = match d.get("args") {
+        None | Some(Json::Null) => Vec::new(),
+        Some(Json::Array(a)) => a.clone(),
+        Some(other) => return Err(bad(format!("args {other} is not a list"))),
+    };
+    let object = |field: &str| match d.get(field) {
+        None | Some(Json::Null) => Ok(serde_json::Map::new()),
+        Some(Json::Object(m)) => Ok(m.clone()),
+        Some(other) => Err(bad(format!("{field} {other} is not an object"))),
+    };
+    let schedule = schedule_from_json(d.get("schedule").unwrap_or(&Json::Null)).map_err(&bad)?;
+    let extras: Extras = match extras {
+        Some(text) => serde_json::from_str(text).map_err(|e| bad(format!("the celeriac field: {e}")))?,
+        None => Extras::default(),
+    };
+    let options = object("options")?;
+    let parts = Parts {
+        name: name.clone(),
+        task: task.to_owned(),
+        args,
+        kwargs: object("kwargs")?,
+        options,
+        schedule,
+        enabled: d.get("enabled").and_then(Json::as_bool).unwrap_or(true),
+        extras,
+        origin,
+    };
+    let entry = Entry::build(parts, app_tz, cron_deadline)?;
+    let (_, unknown) = crate::entry::send_options(&entry.options).map_err(&bad)?;
+    Ok((entry, unknown))
+}
+
+/// RedBeat's `meta` for a last run at `slot` (none: never ran).
+pub fn meta_json(last_run_at: Option<Timestamp>, total_run_count: u64) -> Json {
+    json!({
+        "last_run_at": last_run_at.map(datetime_to_json),
+        "total_run_count": total_run_count,
+    })
+}
+
+/// `last_run_at` and `total_run_count` from RedBeat's `meta` (missing: never ran).
+pub fn meta_from_json(text: Option<&str>) -> Result<(Option<Timestamp>, u64), String> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else { return Ok((None, 0)) };
+    let v: Json = serde_json::from_str(text).map_err(|e| format!("meta is not JSON: {e}"))?;
+    let last = match v.get("last_run_at") {
+        None | Some(Json::Null) => None,
+        Some(dt) => Some(datetime_from_json(dt)?),
+    };
+    Ok((last, v.get("total_run_count").and_then(Json::as_u64).unwrap_or(0)))
+}
+
+/// The zset score RedBeat reads: the next due time in whole UTC seconds, `-1`
+/// for never.
+pub fn score(next: Option<Timestamp>) -> i64 {
+    next.map_or(-1, |t| t.as_second())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redbeats_captured_json_decodes() {
+        let interval = json!({"__type__": "interval", "every": 3.0, "relative": false});
+        assert!(matches!(schedule_from_json(&interval), Ok(Schedule::Interval(i)) if i.every.as_secs() == 3));
+        let cron = json!({"__type__": "crontab", "minute": "*/5", "hour": "9-17", "day_of_week": "mon-fri",
+                          "day_of_month": "*", "month_of_year": "*"});
+        let decoded = schedule_from_json(&cron).unwrap();
+        assert_eq!(schedule_to_json(&decoded), cron);
+        let meta = r#"{"last_run_at": {"__type__": "datetime", "year": 2026, "month": 11, "day": 24, "hour": 17, "minute": 59, "second": 42, "microsecond": 910083, "timezone": "UTC"}, "total_run_count": 2}"#;
+        let (last, count) = meta_from_json(Some(meta)).unwrap();
+        assert_eq!((last.unwrap().to_string(), count), ("2026-11-24T17:59:42.910083Z".into(), 2));
+        assert_eq!(meta_from_json(Some(r#"{"last_run_at": null}"#)).unwrap(), (None, 0));
+    }
+
+    #[test]
+    fn datetimes_in_zones_and_offsets() {
+        let berlin = json!({"__type__": "datetime", "year": 2026, "month": 7, "day": 1, "hour": 12, "minute": 0,
+                            "second": 0, "microsecond": 0, "timezone": "Europe/Berlin"});
+        assert_eq!(datetime_from_json(&berlin).unwrap().to_string(), "2026-07-01T10:00:00Z");
+        let offset = json!({"__type__": "datetime", "year": 2026, "month": 7, "day": 1, "hour": 12, "minute": 0,
+                            "second": 0, "microsecond": 0, "timezone": 3600.0});
+        assert_eq!(datetime_from_json(&offset).unwrap().to_string(), "2026-07-01T11:00:00Z");
+        let t: Timestamp = "2026-07-01T10:00:00.5Z".parse().unwrap();
+        assert_eq!(datetime_from_json(&datetime_to_json(t)).unwrap(), t);
+    }
+
+    #[test]
+    fn one_off_runs_are_rrules_with_count_one() {
+        let at: Timestamp = "2026-03-01T12:00:00Z".parse().unwrap();
+        let v = schedule_to_json(&Schedule::RRule(RRule::once(at)));
+        assert_eq!(
+            (v["count"].as_u64(), v["dtstart"].as_i64(), v["freq"].as_u64()),
+            (Some(1), Some(at.as_second()), Some(3))
+        );
+        assert!(matches!(schedule_from_json(&v), Ok(Schedule::RRule(r)) if r.is_once() && r.dtstart == at));
+        let by = json!({"__type__": "rrule", "freq": 3, "dtstart": 0, "byhour": [3]});
+        assert!(schedule_from_json(&by).unwrap_err().contains("byhour"));
+    }
+}

@@ -1,0 +1,776 @@
+//! The beat loop: take or keep the leader lease, write the health key, load
+//! the entries and their state, and send what is due, slot by slot.
+//!
+//! For each entry a tick decides ([`decide`]) from the last slot, the
+//! schedule, the catch-up policy and the starting deadline; then each slot to
+//! send is recorded first (fenced by the lease, with the task id marked as in
+//! flight), published, and confirmed. A leader that finds a send in flight
+//! from a beat that died between recording and confirming sends it again
+//! under the same task id, so nothing recorded is lost; task ids are derived
+//! from the entry and the slot, so a repeat is recognisable as one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_broker::Producer;
+use celeriac_config::CatchUpPolicy;
+use celeriac_protocol::result::{saferepr, SAFEREPR_MAXLEVELS};
+use celeriac_protocol::Value;
+use jiff::{SignedDuration, Timestamp};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::clock::Clock;
+use crate::entry::{Entry, DEFAULT_SKIP_GRACE};
+use crate::health::{Counters, Health};
+use crate::overlap::{unfinished, TaskStates};
+use crate::schedule::Schedule;
+use crate::state::{EntryState, Pending};
+use crate::store::{LeaseEvent, Loaded, Store};
+
+/// How beat runs.
+#[derive(Debug, Clone)]
+pub struct BeatConfig {
+    /// Longest sleep between ticks (`beat_max_loop_interval`).
+    pub max_interval: Duration,
+    /// How long the leader lease lasts (Redis only); ticks come at least
+    /// three times per lease.
+    pub lease_ttl: Duration,
+    /// Log what would be sent; send, record and write nothing.
+    pub dry_run: bool,
+    /// Default grace of `catch_up = "skip"`.
+    pub skip_grace: SignedDuration,
+    /// Part of every derived task id (RedBeat's key prefix), so two
+    /// deployments with the same entry names do not share ids.
+    pub namespace: String,
+}
+
+impl Default for BeatConfig {
+    fn default() -> Self {
+        BeatConfig {
+            max_interval: Duration::from_secs(300),
+            lease_ttl: Duration::from_secs(30),
+            dry_run: false,
+            skip_grace: DEFAULT_SKIP_GRACE,
+            namespace: "redbeat:".into(),
+        }
+    }
+}
+
+/// What [`decide`] found for an entry at a tick.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// State to record before anything is sent (a new entry's start, a
+    /// changed schedule's new start, the schedule's fingerprint).
+    pub update: Option<EntryState>,
+    /// Slots to send now, oldest first.
+    pub sends: Vec<Timestamp>,
+    /// The latest due slot: the entry's last slot once this tick is done.
+    pub latest: Option<Timestamp>,
+    /// Due slots that are not sent (catch-up policy, starting deadline).
+    pub dropped: usize,
+    /// The first slot after this tick's.
+    pub next: Option<Timestamp>,
+    /// Why the state changed, for the log.
+    pub note: Option<String>,
+}
+
+/// The state of an entry seen for the first time at `now`: it starts from
+/// now (its first run is its first slot after now), except an rrule, whose
+/// occurrences are fixed from its `dtstart`.
+pub fn fresh_state(entry: &Entry, now: Timestamp) -> EntryState {
+    let mut state = EntryState::default();
+    if !matches!(entry.schedule, Schedule::RRule(_)) {
+        state.last_run_at = Some(now);
+    }
+    state.run.fingerprint = Some(entry.fingerprint());
+    state
+}
+
+/// Decides what an entry does at `now` given its state.
+pub fn decide(entry: &Entry, state: &EntryState, now: Timestamp, skip_grace: SignedDuration) -> Decision {
+    let fingerprint = entry.fingerprint();
+    let mut st = state.clone();
+    let mut update = None;
+    let mut note = None;
+    let is_rrule = matches!(entry.schedule, Schedule::RRule(_));
+    if !entry.enabled {
+        if st.run.fingerprint.as_deref() != Some(fingerprint.as_str()) {
+            st.run.fingerprint = Some(fingerprint);
+            update = Some(st);
+        }
+        return Decision { update, sends: vec![], latest: None, dropped: 0, next: None, note: None };
+    }
+    match st.run.fingerprint.as_deref() {
+        _ if st.last_run_at.is_none() && !is_rrule => {
+            st = fresh_state(entry, now);
+            note = Some("new entry".to_owned());
+            update = Some(st.clone());
+        }
+        Some(old) if old != fingerprint => {
+            st.last_run_at = Some(st.last_run_at.map_or(now, |l| l.max(now)));
+            st.run.fingerprint = Some(fingerprint);
+            note = Some("schedule changed (or enabled again): starting from now, without catching up".to_owned());
+            update = Some(st.clone());
+        }
+        None => {
+            st.run.fingerprint = Some(fingerprint);
+            update = Some(st.clone());
+        }
+        Some(_) => {}
+    }
+    let policy = entry.catch_up();
+    let limit = if policy == CatchUpPolicy::All { entry.max_catch_up() as usize } else { 1 };
+    let Some(due) = entry.schedule.due(st.last_run_at, now, &entry.tz, limit) else {
+        let next = entry.schedule.next_after(st.last_run_at, &entry.tz);
+        return Decision { update, sends: vec![], latest: None, dropped: 0, next, note };
+    };
+    let deadline = entry.starting_deadline;
+    let late = |slot: Timestamp| now.duration_since(slot);
+    let stale = |slot: Timestamp| deadline.is_some_and(|d| late(slot) > d);
+    let sends: Vec<Timestamp> = match policy {
+        CatchUpPolicy::Once => [due.latest].into_iter().filter(|s| !stale(*s)).collect(),
+        CatchUpPolicy::Skip => {
+            let grace = deadline.unwrap_or(skip_grace);
+            [due.latest].into_iter().filter(|s| late(*s) <= grace).collect()
+        }
+        CatchUpPolicy::All => due.recent.iter().copied().filter(|s| !stale(*s)).collect(),
+    };
+    Decision {
+        update,
+        dropped: due.count.saturating_sub(sends.len()),
+        sends,
+        latest: Some(due.latest),
+        next: entry.schedule.next_after(Some(due.latest), &entry.tz),
+        note,
+    }
+}
+
+/// The task id of an entry's slot: a UUID (version 5) of the namespace, the
+/// entry name and the slot, the same whichever beat sends it.
+pub fn task_id(namespace: &str, entry: &str, slot: Timestamp) -> String {
+    let name = format!("celeriac-beat:{namespace}{entry}@{slot}");
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes()).to_string()
+}
+
+/// Why a tick stopped early.
+enum Stop {
+    /// The lease is gone: no more sends this tick.
+    LeaseLost,
+    /// Something failed; try this entry again soon.
+    Retry,
+}
+
+/// How a running beat is steered from outside.
+#[derive(Debug)]
+pub struct Control {
+    /// Cancelled to stop (the lease is released on the way out).
+    pub shutdown: CancellationToken,
+    /// New static entries (SIGHUP's reload).
+    pub reload: mpsc::Receiver<Vec<Entry>>,
+}
+
+/// A beat: the static entries, the store, and how it sends.
+pub struct Beat {
+    config: BeatConfig,
+    statics: Vec<Entry>,
+    store: Store,
+    producer: Producer,
+    states: Option<Arc<dyn TaskStates>>,
+    health: Option<Health>,
+    clock: Arc<dyn Clock>,
+    leader: bool,
+    statics_synced: bool,
+    dry: HashMap<String, EntryState>,
+    warned: HashMap<String, String>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Beat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Beat").field("store", &self.store).field("leader", &self.leader).finish_non_exhaustive()
+    }
+}
+
+const RETRY: SignedDuration = SignedDuration::from_secs(2);
+
+fn later(now: Timestamp, by: Duration) -> Timestamp {
+    now.checked_add(SignedDuration::try_from(by).unwrap_or(SignedDuration::MAX)).unwrap_or(Timestamp::MAX)
+}
+
+fn seconds(d: SignedDuration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+impl Beat {
+    /// A beat sending through `producer` (which should have
+    /// `send_sent_event` on, as beat's tasks must be visible to monitors).
+    pub fn new(
+        config: BeatConfig,
+        statics: Vec<Entry>,
+        store: Store,
+        producer: Producer,
+        clock: Arc<dyn Clock>,
+    ) -> Beat {
+        Beat {
+            config,
+            statics,
+            store,
+            producer,
+            states: None,
+            health: None,
+            clock,
+            leader: false,
+            statics_synced: false,
+            dry: HashMap::new(),
+            warned: HashMap::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Judges no-overlap entries with `states` (the result backend).
+    pub fn with_task_states(mut self, states: Arc<dyn TaskStates>) -> Beat {
+        self.states = Some(states);
+        self
+    }
+
+    /// Writes the health key on every tick while leading.
+    pub fn with_health(mut self, health: Health) -> Beat {
+        self.health = Some(health);
+        self
+    }
+
+    /// Whether this beat leads (always, with a state file).
+    pub fn is_leader(&self) -> bool {
+        self.leader
+    }
+
+    /// What it has done so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Replaces the static entries (SIGHUP); the leader writes them to Redis
+    /// on its next tick.
+    pub fn set_statics(&mut self, statics: Vec<Entry>) {
+        self.statics = statics;
+        self.statics_synced = false;
+    }
+
+    /// The longest sleep: `max_interval`, and a third of the lease and of the
+    /// health key's TTL, so both are renewed in time.
+    fn max_sleep(&self) -> Duration {
+        let mut bound = self.config.max_interval;
+        if matches!(self.store, Store::Redis(_)) && !self.config.dry_run {
+            bound = bound.min(self.config.lease_ttl / 3);
+        }
+        if let Some(h) = &self.health {
+            bound = bound.min(h.ttl() / 3);
+        }
+        bound.max(Duration::from_millis(10))
+    }
+
+    /// Runs ticks until `control.shutdown`, then releases the lease.
+    pub async fn run(mut self, mut control: Control) {
+        info!(
+            "beat: Starting... ({}{})",
+            match &self.store {
+                Store::File(f) => format!("state in {}", f.path().display()),
+                Store::Redis(r) => format!("state and lease in {} ({})", r.url(), r.keys().lock),
+            },
+            if self.config.dry_run { "; dry run: nothing is sent or recorded" } else { "" }
+        );
+        loop {
+            let wake = self.tick().await;
+            let clock = self.clock.clone();
+            tokio::select! {
+                _ = clock.sleep_until(wake) => {}
+                _ = control.shutdown.cancelled() => break,
+                reload = control.reload.recv() => {
+                    if let Some(statics) = reload {
+                        info!("beat: Reloaded beat_schedule: {} static entries", statics.len());
+                        self.set_statics(statics);
+                    }
+                }
+            }
+        }
+        if let Store::Redis(r) = &mut self.store {
+            let held = r.holds_lease();
+            match r.release().await {
+                Ok(()) if held => info!("beat: Released the leader lease"),
+                Ok(()) => {}
+                Err(e) => warn!("beat: could not release the leader lease (it expires by itself): {e}"),
+            }
+        }
+        info!("beat: Stopped.");
+    }
+
+    fn warn_once(&mut self, key: &str, message: String) {
+        if self.warned.get(key) != Some(&message) {
+            warn!("{message}");
+            self.warned.insert(key.to_owned(), message);
+        }
+    }
+
+    /// Leader election. `Ok(None)`: lead this tick; `Ok(Some(wait))`: stand by.
+    async fn campaign(&mut self, now: Timestamp) -> Result<Option<Duration>, crate::BeatError> {
+        let Store::Redis(r) = &mut self.store else {
+            self.leader = true;
+            return Ok(None);
+        };
+        if self.config.dry_run {
+            self.leader = true;
+            return Ok(None);
+        }
+        let (event, wait) = r.campaign().await?;
+        match event {
+            LeaseEvent::Acquired => {
+                info!(
+                    "beat: Acquired the leader lease {} ({}s); this beat sends",
+                    r.keys().lock,
+                    self.config.lease_ttl.as_secs_f64()
+                );
+                self.leader = true;
+                self.statics_synced = false;
+            }
+            LeaseEvent::Kept => self.leader = true,
+            LeaseEvent::Lost => {
+                self.counters.lease_lost += 1;
+                warn!("beat: Lost the leader lease {}: another beat holds it now; standing by", r.keys().lock);
+                self.leader = false;
+                return Ok(Some(Duration::ZERO));
+            }
+            LeaseEvent::Standby => {
+                if self.leader {
+                    self.leader = false;
+                }
+                debug!("beat: standing by; the leader lease may be free in {wait:?}");
+                return Ok(Some(wait));
+            }
+        }
+        if !self.statics_synced {
+            if r.sync_statics(&self.statics, now).await? {
+                self.statics_synced = true;
+            } else {
+                self.leader = false;
+                return Ok(Some(Duration::ZERO));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The entries with their state.
+    async fn load(&mut self) -> Result<Vec<(Entry, EntryState)>, crate::BeatError> {
+        let mut out = Vec::new();
+        match &mut self.store {
+            Store::File(f) => {
+                let names: Vec<&str> = self.statics.iter().map(|e| e.name.as_str()).collect();
+                if !self.config.dry_run {
+                    f.retain(&names);
+                }
+                for e in &self.statics {
+                    out.push((e.clone(), f.state(&e.name)));
+                }
+            }
+            Store::Redis(r) => {
+                let loaded = r.load().await?;
+                let mut problems = Vec::new();
+                for item in loaded {
+                    match item {
+                        Loaded::Entry(entry, state, unknown) => {
+                            if !unknown.is_empty() {
+                                problems.push((
+                                    format!("options:{}", entry.name),
+                                    format!(
+                                        "beat: entry {} has options beat does not send, ignored: {}",
+                                        entry.name,
+                                        unknown.join(", ")
+                                    ),
+                                ));
+                            }
+                            out.push((*entry, state));
+                        }
+                        Loaded::Broken { key, reason } => problems.push((
+                            key.clone(),
+                            format!("beat: entry {key} cannot be run, left in place untouched: {reason}"),
+                        )),
+                    }
+                }
+                for (key, message) in problems {
+                    self.warn_once(&key, message);
+                }
+                let missing = self.statics.iter().any(|s| !out.iter().any(|(e, _)| e.name == s.name));
+                if missing && !self.config.dry_run && self.statics_synced {
+                    // Deleted or evicted: the configuration still has them.
+                    self.statics_synced = false;
+                }
+            }
+        }
+        if self.config.dry_run {
+            for (entry, state) in &mut out {
+                if let Some(dry) = self.dry.get(&entry.name) {
+                    *state = dry.clone();
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records an entry's state. `Err(LeaseLost)` when the lease is gone.
+    async fn record(&mut self, entry: &Entry, state: &EntryState, next: Option<Timestamp>) -> Result<bool, Stop> {
+        if self.config.dry_run {
+            self.dry.insert(entry.name.clone(), state.clone());
+            return Ok(true);
+        }
+        let outcome = match &mut self.store {
+            Store::File(f) => f.put(&entry.name, state).map(|()| Some(true)),
+            Store::Redis(r) => r.commit(entry, state, next).await,
+        };
+        match outcome {
+            Ok(Some(exists)) => Ok(exists),
+            Ok(None) => {
+                self.counters.lease_lost += 1;
+                self.leader = false;
+                warn!("beat: Lost the leader lease before sending {}; standing by", entry.name);
+                Err(Stop::LeaseLost)
+            }
+            Err(e) => {
+                error!("beat: cannot record the state of {}: {e}", entry.name);
+                Err(Stop::Retry)
+            }
+        }
+    }
+
+    /// One tick; returns when the next one is due.
+    pub async fn tick(&mut self) -> Timestamp {
+        let now = self.clock.now();
+        let bound = later(now, self.max_sleep());
+        match Box::pin(self.campaign(now)).await {
+            Ok(None) => {}
+            Ok(Some(wait)) => return later(now, wait).min(bound),
+            Err(e) => {
+                self.leader = false;
+                self.warn_once("campaign", format!("beat: cannot reach Redis for the leader lease, not sending: {e}"));
+                return later(now, Duration::from_secs(1)).min(bound);
+            }
+        }
+        self.warned.remove("campaign");
+        let entries = match Box::pin(self.load()).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.warn_once("load", format!("beat: cannot load the entries, not sending: {e}"));
+                return now.checked_add(RETRY).unwrap_or(bound).min(bound);
+            }
+        };
+        self.warned.remove("load");
+        self.counters.entries = entries.len();
+        let mut order: Vec<(Option<Timestamp>, Entry, EntryState)> =
+            entries.into_iter().map(|(e, s)| (e.schedule.next_after(s.last_run_at, &e.tz), e, s)).collect();
+        order.sort_by_key(|(first, _, _)| first.unwrap_or(Timestamp::MAX));
+        let mut wake = bound;
+        let mut next_run: Option<Timestamp> = None;
+        for (_, entry, state) in order {
+            // Boxed: the future of a whole entry is large.
+            match Box::pin(self.run_entry(&entry, state, now)).await {
+                Ok(Some(next)) => {
+                    wake = wake.min(next);
+                    next_run = Some(next_run.map_or(next, |n: Timestamp| n.min(next)));
+                }
+                Ok(None) => {}
+                Err(Stop::LeaseLost) => return now,
+                Err(Stop::Retry) => wake = wake.min(now.checked_add(RETRY).unwrap_or(bound)),
+            }
+        }
+        self.counters.next_run = next_run;
+        if !self.config.dry_run {
+            if let Some(h) = &mut self.health {
+                if let Err(e) = h.write(self.clock.now(), &self.counters).await {
+                    self.warned.insert("health".into(), String::new());
+                    warn!("beat: cannot write the health key: {e}");
+                }
+            }
+        }
+        wake.max(now)
+    }
+
+    /// Handles one entry: a send in flight, a new or changed schedule, due slots.
+    async fn run_entry(
+        &mut self,
+        entry: &Entry,
+        mut state: EntryState,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>, Stop> {
+        if let Some(pending) = state.run.pending.clone() {
+            self.resend(entry, &mut state, &pending, now).await?;
+        }
+        let d = decide(entry, &state, now, self.config.skip_grace);
+        if let Some(update) = &d.update {
+            let next = entry.schedule.next_after(update.last_run_at, &entry.tz);
+            if !self.record(entry, update, next).await? {
+                return Ok(None);
+            }
+            if let (Some(note), Some(next)) = (&d.note, next) {
+                info!("beat: {}: {note}; next run at {next} ({})", entry.name, describe_local(entry, next));
+            }
+            state = update.clone();
+        }
+        let Some(latest) = d.latest else { return Ok(d.next) };
+        if d.dropped > 0 {
+            state.run.missed += d.dropped as u64;
+            self.counters.missed += d.dropped as u64;
+            info!(
+                "Scheduler: {} missed {} slot{} up to {latest} (catch_up {}{}); {}",
+                entry.name,
+                d.dropped,
+                if d.dropped == 1 { "" } else { "s" },
+                format!("{:?}", entry.catch_up()).to_lowercase(),
+                entry.starting_deadline.map(|s| format!(", starting deadline {}", seconds(s))).unwrap_or_default(),
+                if d.sends.is_empty() { "sending none".to_owned() } else { format!("sending {}", d.sends.len()) }
+            );
+        }
+        for slot in &d.sends {
+            if let Some(reason) = self.overlapping(entry, &state, now).await {
+                state.last_run_at = Some(*slot);
+                state.run.skipped_overlap += 1;
+                self.counters.skipped_overlap += 1;
+                info!(
+                    "Scheduler: Skipping due task {} ({}) slot={slot}: {reason} (skipped {} so far)",
+                    entry.name, entry.task, state.run.skipped_overlap
+                );
+                let next = entry.schedule.next_after(Some(*slot), &entry.tz);
+                if !self.record(entry, &state, next).await? {
+                    return Ok(None);
+                }
+                continue;
+            }
+            Box::pin(self.send(entry, &mut state, *slot, now)).await?;
+        }
+        if state.last_run_at.is_none_or(|l| l < latest) {
+            state.last_run_at = Some(latest);
+            if !self.record(entry, &state, d.next).await? {
+                return Ok(None);
+            }
+        }
+        Ok(d.next)
+    }
+
+    /// Why the entry's previous run still blocks it, if it does.
+    async fn overlapping(&mut self, entry: &Entry, state: &EntryState, now: Timestamp) -> Option<String> {
+        if !entry.extras.no_overlap {
+            return None;
+        }
+        let id = state.run.last_task_id.as_deref()?;
+        let since = state.run.last_sent_at().map(|t| now.duration_since(t));
+        if since.is_some_and(|s| s >= entry.no_overlap_timeout()) {
+            return None;
+        }
+        let Some(states) = self.states.clone() else {
+            self.warn_once(
+                &format!("no-overlap:{}", entry.name),
+                format!("beat: {} has no_overlap but beat has no result backend to judge it by; sending", entry.name),
+            );
+            return None;
+        };
+        match states.state(id).await {
+            Ok(s) if unfinished(&s) => Some(format!(
+                "its previous run {id} is still {}{}",
+                s.as_str(),
+                since.map(|s| format!(" after {}", seconds(s))).unwrap_or_default()
+            )),
+            Ok(_) => None,
+            Err(e) => Some(format!("the result backend cannot say whether its previous run {id} finished ({e})")),
+        }
+    }
+
+    /// Records, publishes and confirms one slot.
+    async fn send(
+        &mut self,
+        entry: &Entry,
+        state: &mut EntryState,
+        slot: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), Stop> {
+        let id = task_id(&self.config.namespace, &entry.name, slot);
+        let lag = now.duration_since(slot);
+        if self.config.dry_run {
+            info!(
+                "Scheduler: Would send due task {} ({}) id={id} slot={slot} lag={} (dry run)",
+                entry.name,
+                entry.task,
+                seconds(lag)
+            );
+            state.last_run_at = Some(slot);
+            state.total_run_count += 1;
+            self.dry.insert(entry.name.clone(), state.clone());
+            return Ok(());
+        }
+        let mut next_state = state.clone();
+        next_state.last_run_at = Some(slot);
+        next_state.total_run_count += 1;
+        next_state.run.pending = Some(Pending { slot: slot.to_string(), task_id: id.clone() });
+        next_state.run.last_task_id = Some(id.clone());
+        next_state.run.last_sent_at = Some(now.to_string());
+        let next = entry.schedule.next_after(Some(slot), &entry.tz);
+        if !self.record(entry, &next_state, next).await? {
+            return Ok(());
+        }
+        *state = next_state;
+        if let Err(e) = self.publish(entry, &id, now).await {
+            error!("Scheduler: Message Error: {e}; slot {slot} of {} stays recorded and is sent again", entry.name);
+            return Err(Stop::Retry);
+        }
+        info!("Scheduler: Sending due task {} ({}) id={id} slot={slot} lag={}", entry.name, entry.task, seconds(lag));
+        self.counters.sent += 1;
+        state.run.pending = None;
+        self.record(entry, state, next).await?;
+        Ok(())
+    }
+
+    /// Sends a run a beat recorded but may not have sent.
+    async fn resend(&mut self, entry: &Entry, state: &mut EntryState, p: &Pending, now: Timestamp) -> Result<(), Stop> {
+        if self.config.dry_run {
+            info!("Scheduler: Would send again {} slot {} id={} (dry run)", entry.name, p.slot, p.task_id);
+            state.run.pending = None;
+            return Ok(());
+        }
+        if let Err(e) = self.publish(entry, &p.task_id, now).await {
+            error!("Scheduler: Message Error sending {} slot {} again: {e}", entry.name, p.slot);
+            return Err(Stop::Retry);
+        }
+        warn!(
+            "Scheduler: Sent {} ({}) slot {} again, id={} (same id): it was recorded but not confirmed, by a beat \
+             that stopped or failed in between",
+            entry.name, entry.task, p.slot, p.task_id
+        );
+        self.counters.sent += 1;
+        state.run.pending = None;
+        let next = entry.schedule.next_after(state.last_run_at, &entry.tz);
+        self.record(entry, state, next).await?;
+        Ok(())
+    }
+
+    /// Publishes one run as celery beat does: an ordinary task message with
+    /// the entry's options, the `celery_beat_task` header, the args as a list.
+    async fn publish(&self, entry: &Entry, id: &str, now: Timestamp) -> Result<(), crate::BeatError> {
+        let mut options = entry.send.clone();
+        options.task_id = Some(id.to_owned());
+        let send_err = |source| crate::BeatError::Send {
+            entry: entry.name.clone(),
+            task: entry.task.clone(),
+            source: Box::new(source),
+        };
+        let args = entry.arg_values();
+        let repr = saferepr(&Value::List(args.clone()), Some(1024), SAFEREPR_MAXLEVELS);
+        let mut out = self.producer.build(&entry.task, args, entry.kwarg_values(), &options, now).map_err(send_err)?;
+        out.task.headers.argsrepr = Some(repr.clone());
+        out.message.headers.insert("argsrepr".into(), Value::Str(repr));
+        self.producer.publish(&out).await.map_err(send_err)
+    }
+}
+
+/// `10:00:00+01:00 Europe/Berlin`, for logs.
+pub fn describe_local(entry: &Entry, at: Timestamp) -> String {
+    let zoned = at.to_zoned_datetime(entry.tz.clone());
+    format!("{} {}", zoned.strftime("%Y-%m-%d %H:%M:%S%:z"), entry.zone_name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use celeriac_config::{BeatEntrySettings, ScheduleSetting};
+    use jiff::tz::TimeZone;
+
+    fn entry(schedule: &str, extra: serde_json::Value) -> Entry {
+        let mut v = serde_json::json!({"task": "managers.poll", "schedule": 1});
+        if let (Some(map), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+            map.extend(extra);
+        }
+        let mut s: BeatEntrySettings = serde_json::from_value(v).unwrap();
+        s.schedule = ScheduleSetting::Text(schedule.into());
+        Entry::from_settings("poll", &s, &TimeZone::UTC, None).unwrap()
+    }
+
+    fn at(t: &str) -> Timestamp {
+        t.parse().unwrap()
+    }
+
+    fn ran(entry: &Entry, last: &str) -> EntryState {
+        let mut s = fresh_state(entry, at(last));
+        s.total_run_count = 1;
+        s
+    }
+
+    #[test]
+    fn a_new_entry_waits_for_its_first_slot() {
+        let e = entry("10s", serde_json::json!({}));
+        let d = decide(&e, &EntryState::default(), at("2026-01-01T00:00:00Z"), DEFAULT_SKIP_GRACE);
+        assert!(d.sends.is_empty());
+        assert_eq!(d.update.unwrap().last_run_at, Some(at("2026-01-01T00:00:00Z")));
+        assert_eq!(d.next, Some(at("2026-01-01T00:00:10Z")));
+    }
+
+    #[test]
+    fn catch_up_policies_after_downtime() {
+        let now = at("2026-01-01T00:01:05Z");
+        let once = entry("10s", serde_json::json!({}));
+        let d = decide(&once, &ran(&once, "2026-01-01T00:00:00Z"), now, DEFAULT_SKIP_GRACE);
+        assert_eq!((d.sends.clone(), d.dropped), (vec![at("2026-01-01T00:01:00Z")], 5));
+        assert_eq!(d.next, Some(at("2026-01-01T00:01:10Z")));
+
+        let all = entry("10s", serde_json::json!({"catch_up": "all", "max_catch_up": 4}));
+        let d = decide(&all, &ran(&all, "2026-01-01T00:00:00Z"), now, DEFAULT_SKIP_GRACE);
+        assert_eq!(d.sends.len(), 4);
+        assert_eq!((d.sends[0], d.sends[3], d.dropped), (at("2026-01-01T00:00:30Z"), at("2026-01-01T00:01:00Z"), 2));
+
+        let skip = entry("0 * * * *", serde_json::json!({"catch_up": "skip"}));
+        let d = decide(&skip, &ran(&skip, "2026-01-01T00:00:00Z"), at("2026-01-01T03:20:00Z"), DEFAULT_SKIP_GRACE);
+        assert_eq!((d.sends.len(), d.dropped, d.latest), (0, 3, Some(at("2026-01-01T03:00:00Z"))));
+        let d = decide(&skip, &ran(&skip, "2026-01-01T00:00:00Z"), at("2026-01-01T03:00:02Z"), DEFAULT_SKIP_GRACE);
+        assert_eq!((d.sends, d.dropped), (vec![at("2026-01-01T03:00:00Z")], 2));
+    }
+
+    #[test]
+    fn the_starting_deadline_drops_stale_slots() {
+        let e = entry("0 * * * *", serde_json::json!({"starting_deadline": 60}));
+        let d = decide(&e, &ran(&e, "2026-01-01T00:00:00Z"), at("2026-01-01T01:05:00Z"), DEFAULT_SKIP_GRACE);
+        assert_eq!((d.sends.len(), d.dropped), (0, 1));
+        let d = decide(&e, &ran(&e, "2026-01-01T00:00:00Z"), at("2026-01-01T01:00:30Z"), DEFAULT_SKIP_GRACE);
+        assert_eq!(d.sends.len(), 1);
+    }
+
+    #[test]
+    fn a_changed_schedule_starts_from_now_without_catching_up() {
+        let old = entry("1h", serde_json::json!({}));
+        let state = ran(&old, "2026-01-01T00:00:00Z");
+        let new = entry("10s", serde_json::json!({}));
+        let now = at("2026-01-01T00:30:00Z");
+        let d = decide(&new, &state, now, DEFAULT_SKIP_GRACE);
+        assert!(d.sends.is_empty());
+        assert_eq!(d.update.unwrap().last_run_at, Some(now));
+        assert_eq!(d.next, Some(at("2026-01-01T00:30:10Z")));
+    }
+
+    #[test]
+    fn slots_stay_on_the_grid_whatever_the_send_time() {
+        let e = entry("10s", serde_json::json!({}));
+        let state = ran(&e, "2026-01-01T00:00:00Z");
+        // The tick runs late: the slot is still 00:00:10 and the next 00:00:20.
+        let d = decide(&e, &state, at("2026-01-01T00:00:13.5Z"), DEFAULT_SKIP_GRACE);
+        assert_eq!((d.sends, d.next), (vec![at("2026-01-01T00:00:10Z")], Some(at("2026-01-01T00:00:20Z"))));
+    }
+
+    #[test]
+    fn task_ids_are_the_same_for_the_same_slot() {
+        let slot = at("2026-01-01T00:00:10Z");
+        assert_eq!(task_id("redbeat:", "poll", slot), task_id("redbeat:", "poll", slot));
+        assert_ne!(task_id("redbeat:", "poll", slot), task_id("redbeat:", "other", slot));
+        assert_eq!(task_id("redbeat:", "poll", slot).len(), 36);
+    }
+}

@@ -1,0 +1,80 @@
+//! What beat remembers about an entry between ticks, restarts and leaders:
+//! RedBeat's `meta` (the last run's slot and the run count) and celeriac's run
+//! state (the schedule that slot belongs to, the last task id for no-overlap,
+//! a send in flight, counters).
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// A send that was recorded but not yet confirmed: a leader that finds one
+/// sends it again under the same task id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The slot, RFC 3339.
+    pub slot: String,
+    /// The task id it is sent with.
+    pub task_id: String,
+}
+
+/// celeriac's run state of an entry (the `celeriac_run` hash field).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunState {
+    /// [`crate::Entry::fingerprint`] of the schedule the last slot belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// The task id of the last send, for no-overlap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_task_id: Option<String>,
+    /// When the last send happened, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_sent_at: Option<String>,
+    /// A send recorded but not confirmed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+    /// Slots skipped because the previous run was unfinished.
+    pub skipped_overlap: u64,
+    /// Slots dropped by the catch-up policy or the starting deadline.
+    pub missed: u64,
+}
+
+impl RunState {
+    /// `last_sent_at` as a time.
+    pub fn last_sent_at(&self) -> Option<Timestamp> {
+        self.last_sent_at.as_deref().and_then(|t| t.parse().ok())
+    }
+}
+
+/// An entry's whole state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EntryState {
+    /// The slot of the last run (RedBeat's `meta.last_run_at`), or the time
+    /// the entry was first seen; `None` for an entry never seen before.
+    pub last_run_at: Option<Timestamp>,
+    /// Runs sent (RedBeat's `meta.total_run_count`).
+    pub total_run_count: u64,
+    /// celeriac's part.
+    pub run: RunState,
+}
+
+impl EntryState {
+    /// RedBeat's `meta` JSON.
+    pub fn meta_json(&self) -> String {
+        crate::redbeat::meta_json(self.last_run_at, self.total_run_count).to_string()
+    }
+
+    /// The `celeriac_run` JSON.
+    pub fn run_json(&self) -> String {
+        serde_json::to_string(&self.run).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// Reads the two fields (either may be missing).
+    pub fn from_fields(meta: Option<&str>, run: Option<&str>) -> Result<EntryState, String> {
+        let (last_run_at, total_run_count) = crate::redbeat::meta_from_json(meta)?;
+        let run = match run.filter(|r| !r.is_empty()) {
+            Some(text) => serde_json::from_str(text).map_err(|e| format!("celeriac_run is not celeriac's: {e}"))?,
+            None => RunState::default(),
+        };
+        Ok(EntryState { last_run_at, total_run_count, run })
+    }
+}

@@ -1,0 +1,378 @@
+//! `celeriac beat`: Celery beat's flags, settings from the file and the
+//! environment, the startup banner, SIGHUP to reload `beat_schedule`,
+//! SIGTERM/SIGINT to stop (releasing the leader lease at once), and the
+//! operator's `--dry-run` and `--explain`.
+//!
+//! With `redbeat_redis_url` (or `--redis-url`) state, dynamic entries and a
+//! leader lease live in Redis in RedBeat's layout, and any number of beats
+//! may run: one sends. Without it, state is kept in the local file
+//! `beat_schedule_filename` (`-s`) and one beat runs alone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_beat::store::redis::connect;
+use celeriac_beat::{Beat, BeatConfig, Entry, FileStore, RedisStore, Store};
+use celeriac_broker::Producer;
+use celeriac_config::Settings;
+use clap::Args;
+use jiff::tz::TimeZone;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::assemble;
+use crate::error::CliError;
+
+/// The lease time when `redbeat_lock_timeout` is not set: a standby takes
+/// over at most this long after a leader dies (RedBeat's default is
+/// 5 × `beat_max_loop_interval`, 25 minutes).
+const DEFAULT_LEASE: f64 = 30.0;
+
+/// `celeriac beat` flags; each overrides the setting named beside it.
+#[derive(Args, Debug, Default, Clone)]
+pub struct BeatArgs {
+    /// Broker URL (`broker_url`), e.g. redis://127.0.0.1:6379/0.
+    #[arg(short = 'b', long)]
+    pub broker: Option<String>,
+    /// Result backend URL (`result_backend`), read to judge no-overlap entries.
+    #[arg(long)]
+    pub result_backend: Option<String>,
+    /// Settings file (TOML, Celery's setting names; `beat_schedule` holds the entries).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.
+    #[arg(short = 'l', long, default_value = "INFO")]
+    pub loglevel: String,
+    /// State file when beat runs without Redis (`beat_schedule_filename`).
+    #[arg(short = 's', long = "schedule")]
+    pub schedule_file: Option<PathBuf>,
+    /// Longest sleep between ticks in seconds (`beat_max_loop_interval`).
+    #[arg(long)]
+    pub max_interval: Option<f64>,
+    /// Redis for state, dynamic entries and the leader lease (`redbeat_redis_url`).
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// Seconds the leader lease lasts (`redbeat_lock_timeout`; default 30).
+    #[arg(long)]
+    pub lease: Option<f64>,
+    /// Service name of the health key `health:<name>` (`beat_health_service`).
+    #[arg(long)]
+    pub health_service: Option<String>,
+    /// Seconds the health key lives (`beat_health_ttl`).
+    #[arg(long)]
+    pub health_ttl: Option<f64>,
+    /// Log what would be sent, and send, record and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print each entry's next fire times (in its zone and in UTC) and exit.
+    #[arg(long)]
+    pub explain: bool,
+    /// How many fire times `--explain` prints per entry.
+    #[arg(long, default_value_t = 5)]
+    pub count: usize,
+}
+
+/// The settings after the file, the environment and the flags.
+fn settings(args: &BeatArgs) -> Result<Settings, CliError> {
+    let mut settings = celeriac_config::load(args.config.as_deref())?.settings;
+    if let Some(url) = &args.broker {
+        settings.broker_url = url.clone();
+    }
+    if let Some(url) = &args.result_backend {
+        settings.result_backend = Some(url.clone());
+    }
+    if let Some(file) = &args.schedule_file {
+        settings.beat_schedule_filename = file.display().to_string();
+    }
+    if let Some(s) = args.max_interval {
+        settings.beat_max_loop_interval = s;
+    }
+    if let Some(url) = &args.redis_url {
+        settings.redbeat_redis_url = Some(url.clone());
+    }
+    if let Some(s) = args.lease {
+        settings.redbeat_lock_timeout = Some(s);
+    }
+    if let Some(name) = &args.health_service {
+        settings.beat_health_service = name.clone();
+    }
+    if let Some(s) = args.health_ttl {
+        settings.beat_health_ttl = s;
+    }
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// The app time zone: `timezone`, else UTC (the system zone when
+/// `enable_utc` is off, as Celery).
+fn app_timezone(settings: &Settings) -> Result<TimeZone, CliError> {
+    match settings.timezone.as_deref() {
+        Some(zone) => celeriac_beat::entry::time_zone(zone).map_err(|e| CliError::Setting(format!("timezone: {e}"))),
+        None if !settings.enable_utc => Ok(TimeZone::system()),
+        None => Ok(TimeZone::UTC),
+    }
+}
+
+/// The static entries of `beat_schedule`.
+fn statics(settings: &Settings, tz: &TimeZone) -> Result<Vec<Entry>, CliError> {
+    settings
+        .beat_schedule
+        .iter()
+        .map(|(name, e)| Entry::from_settings(name, e, tz, settings.beat_cron_starting_deadline))
+        .collect::<Result<_, _>>()
+        .map_err(|e| CliError::Setting(e.to_string()))
+}
+
+fn beat_error(e: celeriac_beat::BeatError) -> CliError {
+    CliError::Setting(e.to_string())
+}
+
+fn is_redis(url: &str) -> bool {
+    ["redis://", "rediss://", "redis+socket://", "unix://", "sentinel://"].iter().any(|s| url.starts_with(s))
+}
+
+/// Connects to beat's Redis, retrying until it answers or `stop` fires.
+async fn connect_retrying(
+    url: &str,
+    master: Option<&str>,
+    stop: &CancellationToken,
+) -> Result<Option<(redis::aio::ConnectionManager, String)>, CliError> {
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match connect(url, master).await {
+            Ok(found) => return Ok(Some(found)),
+            Err(e @ celeriac_beat::BeatError::Setting { .. }) => return Err(beat_error(e)),
+            Err(e) => {
+                warn!("beat: {e}; retrying in {wait:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => return Ok(None),
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Opens the store: Redis when `redbeat_redis_url` is set, else the state
+/// file. `None` if stopped while waiting for Redis.
+async fn open_store(
+    settings: &Settings,
+    tz: &TimeZone,
+    read_only: bool,
+    stop: &CancellationToken,
+) -> Result<Option<Store>, CliError> {
+    let master = settings.broker_transport_options.master_name.as_deref();
+    match settings.redbeat_redis_url.as_deref() {
+        Some(url) => {
+            let Some((con, masked)) = connect_retrying(url, master, stop).await? else { return Ok(None) };
+            let keys = celeriac_beat::redbeat::Keys::from_settings(settings);
+            let lease = Duration::from_secs_f64(settings.redbeat_lock_timeout.unwrap_or(DEFAULT_LEASE));
+            let store = RedisStore::new(con, masked, keys, lease, tz.clone(), settings.beat_cron_starting_deadline);
+            Ok(Some(Store::Redis(Box::new(if read_only { store.read_only() } else { store }))))
+        }
+        None => {
+            let path = PathBuf::from(&settings.beat_schedule_filename);
+            let file = if read_only { FileStore::open_read_only(&path) } else { FileStore::open(&path) };
+            Ok(Some(Store::File(file.map_err(beat_error)?)))
+        }
+    }
+}
+
+/// Runs `celeriac beat` until a signal stops it (or prints `--explain`).
+pub async fn run(args: BeatArgs) -> Result<(), CliError> {
+    let level = crate::logging::level(&args.loglevel).map_err(CliError::Setting)?;
+    crate::logging::init(level);
+    let settings = settings(&args)?;
+    let tz = app_timezone(&settings)?;
+    let statics = statics(&settings, &tz)?;
+    let shutdown = CancellationToken::new();
+    if args.explain {
+        return explain(&args, &settings, &tz, statics, &shutdown).await;
+    }
+    let (reload_tx, reload) = mpsc::channel(4);
+    watch_signals(shutdown.clone(), reload_tx, args.clone())?;
+    let Some(store) = open_store(&settings, &tz, args.dry_run, &shutdown).await? else { return Ok(()) };
+
+    let origin = format!("gen{}@{}", std::process::id(), celeriac_broker::producer::hostname());
+    let mut producer_config = assemble::producer_config(&settings, &origin)?;
+    // Flower and celery-exporter learn about beat's tasks from task-sent.
+    producer_config.send_sent_event = true;
+    let producer = Producer::new(assemble::broker(&settings)?, producer_config);
+    let backend = assemble::backend(&settings).await?;
+    if backend.is_none() {
+        if let Some(e) = statics.iter().find(|e| e.extras.no_overlap) {
+            return Err(CliError::Setting(format!(
+                "beat_schedule.{}: no_overlap needs the result backend the workers store results in; set \
+                 result_backend (or --result-backend)",
+                e.name
+            )));
+        }
+    }
+
+    let health = if args.dry_run {
+        None
+    } else {
+        let ttl = Duration::from_secs_f64(settings.beat_health_ttl);
+        let service = &settings.beat_health_service;
+        match &store {
+            Store::Redis(r) => {
+                Some(celeriac_beat::health::Health::new(r.connection(), r.url().to_owned(), service, &origin, ttl))
+            }
+            Store::File(_) if is_redis(&settings.broker_url) => {
+                match connect(&settings.broker_url, settings.broker_transport_options.master_name.as_deref()).await {
+                    Ok((con, url)) => Some(celeriac_beat::health::Health::new(con, url, service, &origin, ttl)),
+                    Err(e) => {
+                        warn!("beat: no health key: {e}");
+                        None
+                    }
+                }
+            }
+            Store::File(_) => {
+                info!("beat: no health key: neither redbeat_redis_url nor the broker is Redis");
+                None
+            }
+        }
+    };
+    print!("{}", banner(&settings, &store, &statics, &producer, args.dry_run, health.is_some()));
+
+    let config = BeatConfig {
+        max_interval: Duration::from_secs_f64(settings.beat_max_loop_interval),
+        lease_ttl: Duration::from_secs_f64(settings.redbeat_lock_timeout.unwrap_or(DEFAULT_LEASE)),
+        dry_run: args.dry_run,
+        namespace: settings.redbeat_key_prefix.clone(),
+        ..BeatConfig::default()
+    };
+    let mut beat = Beat::new(config, statics, store, producer, Arc::new(celeriac_beat::SystemClock));
+    if let Some(backend) = backend {
+        beat = beat.with_task_states(Arc::new(backend));
+    }
+    if let Some(health) = health {
+        beat = beat.with_health(health);
+    }
+    beat.run(celeriac_beat::Control { shutdown, reload }).await;
+    Ok(())
+}
+
+/// `--explain`: next fire times of the static entries and, with Redis, the
+/// dynamic ones, from their recorded state.
+async fn explain(
+    args: &BeatArgs,
+    settings: &Settings,
+    tz: &TimeZone,
+    statics: Vec<Entry>,
+    stop: &CancellationToken,
+) -> Result<(), CliError> {
+    let now = jiff::Timestamp::now();
+    let mut rows: Vec<(Entry, Option<celeriac_beat::EntryState>)> = Vec::new();
+    let mut broken = Vec::new();
+    match open_store(settings, tz, true, stop).await? {
+        Some(Store::File(file)) => rows.extend(statics.into_iter().map(|e| {
+            let state = file.state(&e.name);
+            (e, Some(state))
+        })),
+        Some(Store::Redis(mut redis)) => {
+            let loaded = redis.load().await.map_err(beat_error)?;
+            let mut stored = Vec::new();
+            for item in loaded {
+                match item {
+                    celeriac_beat::store::Loaded::Entry(e, s, _) => stored.push((*e, s)),
+                    celeriac_beat::store::Loaded::Broken { key, reason } => broken.push(format!("{key}: {reason}")),
+                }
+            }
+            for e in statics {
+                let state = stored.iter().find(|(s, _)| s.name == e.name).map(|(_, st)| st.clone());
+                rows.push((e, state));
+            }
+            for (e, s) in stored {
+                if !rows.iter().any(|(r, _)| r.name == e.name) {
+                    rows.push((e, Some(s)));
+                }
+            }
+        }
+        None => return Ok(()),
+    }
+    print!("{}", celeriac_beat::explain::explain(&rows, now, args.count));
+    for b in broken {
+        println!("cannot be run: {b}");
+    }
+    Ok(())
+}
+
+/// SIGTERM or SIGINT: stop (the lease is released); SIGHUP: read the
+/// settings again and replace the static entries (a bad file keeps the old ones).
+fn watch_signals(stop: CancellationToken, reload: mpsc::Sender<Vec<Entry>>, args: BeatArgs) -> Result<(), CliError> {
+    let mut term = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(CliError::Signals)?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("beat: Stopping (SIGTERM)"); stop.cancel(); return; }
+                _ = int.recv() => { info!("beat: Stopping (SIGINT)"); stop.cancel(); return; }
+                _ = hup.recv() => {
+                    let fresh = settings(&args).and_then(|s| { let tz = app_timezone(&s)?; statics(&s, &tz) });
+                    match fresh {
+                        Ok(entries) => { let _ = reload.send(entries).await; }
+                        Err(e) => error!("beat: SIGHUP: the settings cannot be used, keeping the current schedule: {e}"),
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// celery beat's banner, with celeriac's facts.
+fn banner(
+    settings: &Settings,
+    store: &Store,
+    statics: &[Entry],
+    producer: &Producer,
+    dry_run: bool,
+    health: bool,
+) -> String {
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M:%S UTC");
+    let (scheduler, db) = match store {
+        Store::Redis(r) => (
+            "redbeat (Redis: shared state, dynamic entries, leader lease)".to_owned(),
+            format!(
+                "{}\n    . lock -> {} ({}s)",
+                r.url(),
+                r.keys().lock,
+                settings.redbeat_lock_timeout.unwrap_or(DEFAULT_LEASE)
+            ),
+        ),
+        Store::File(f) => ("file (one beat alone)".to_owned(), f.path().display().to_string()),
+    };
+    let results = settings.result_backend.as_deref().map(celeriac_redisconn::mask_password);
+    let health = if health {
+        format!("health:{} ({}s)", settings.beat_health_service, settings.beat_health_ttl)
+    } else {
+        "none".into()
+    };
+    let lines = [
+        format!("celeriac beat v{} is starting.", env!("CARGO_PKG_VERSION")),
+        format!("LocalTime -> {now}"),
+        "Configuration ->".into(),
+        format!("    . broker -> {}", producer.broker().masked_url()),
+        format!("    . results -> {}", results.unwrap_or_else(|| "disabled://".into())),
+        format!("    . scheduler -> {scheduler}"),
+        format!("    . db -> {db}"),
+        format!("    . health -> {health}"),
+        format!("    . maxinterval -> {}s", settings.beat_max_loop_interval),
+    ];
+    let mut out = lines.join("\n");
+    out.push('\n');
+    if dry_run {
+        out.push_str("    . DRY RUN: nothing is sent, recorded or written\n");
+    }
+    out.push_str(&format!("[{} static entries]\n", statics.len()));
+    for e in statics {
+        out.push_str(&format!("  . {} -> {} ({})\n", e.name, e.task, e.schedule.describe()));
+    }
+    out
+}
