@@ -27,8 +27,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -53,6 +55,29 @@ def celery_version() -> str:
     if not match:
         raise SystemExit("run.py: no celery== pin in python-shim/requirements-dev.txt")
     return match.group(1)
+
+
+def end_group(leader: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM to the process group of ``leader`` (a warm shutdown for a worker), then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(leader.pid, sig)
+        except ProcessLookupError:
+            break
+        if sig == signal.SIGTERM:
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and group_alive(leader.pid):
+                leader.poll()  # reap the leader so that only live members count
+                time.sleep(0.1)
+    leader.poll()
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def main() -> int:
@@ -108,14 +133,19 @@ def main() -> int:
             "CELERIAC_SUITE_CHECK_STALE": "0" if args.pytest_args else "1",
         })
         command = [sys.executable, "-m", "pytest", "-p", "celery.contrib.pytest", "-p", "celeriac_suite_plugin",
-                   "-p", "no:cacheprovider", "-q", "-rfEXxs", SUITE_FILE, *args.pytest_args]
+                   "-p", "no:cacheprovider", "-p", "no:timeout", "-q", "-rfEXxs", SUITE_FILE, *args.pytest_args]
         print(f"run.py: {' '.join(command)}\n  in {suite}, broker/backend {redis.url}, worker ({kind}): {template}",
               flush=True)
+        # pytest and the worker it starts get a process group of their own, ended below
+        # whatever happens, so that a hung or interrupted run leaves no worker behind.
+        pytest = subprocess.Popen(command, cwd=suite, env=env, start_new_session=True)
         try:
-            status = subprocess.run(command, cwd=suite, env=env, timeout=args.timeout).returncode
+            status = pytest.wait(args.timeout)
         except subprocess.TimeoutExpired:
             print(f"run.py: the suite did not finish within {args.timeout:.0f} s", file=sys.stderr)
             status = 1
+        finally:
+            end_group(pytest)
     if status != 0:
         try:
             tail = worker_log.read_text(errors="replace").splitlines()[-60:]
