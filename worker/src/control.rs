@@ -250,6 +250,9 @@ impl Pidbox {
                 Reply::Value(Value::Null)
             }
             "election" => Reply::Value(Value::Null),
+            // Python's answer when `worker_pool_restarts` is off; there is no
+            // pool of processes to restart here.
+            "pool_restart" => nok("ValueError('Pool restarts not enabled')"),
             "shutdown" => {
                 warn!("Got shutdown from remote");
                 shutdown.cancel();
@@ -263,21 +266,28 @@ impl Pidbox {
         self.shared.consumer.lock().ok().and_then(|c| c.clone())
     }
 
-    /// Mingle's `hello`: merge the sender's revoked ids, answer with ours.
+    /// Mingle's `hello` from a starting worker: merge its revoked ids, answer
+    /// with ours (none to ourselves). Celery 5.7 sends and expects the ids
+    /// alone, oldest first; older Celery sent `{id: stamp}`. Either way only
+    /// the ids are taken, revoked from now on: the stamps come from another
+    /// host's clock (Python's are `time.monotonic()`), so they mean nothing here.
     fn hello(&self, args: &Map) -> Reply {
-        let state = &self.shared.state;
-        if let Some(Value::Map(theirs)) = args.get("revoked") {
-            state.revoked().merge(theirs.iter().map(|(id, at)| (id.clone(), at.as_f64().unwrap_or(0.0))));
-        }
         if args.get("from_node").and_then(Value::as_str) == Some(self.shared.config.hostname.as_str()) {
             return Reply::Value(Value::Null);
         }
-        let mut revoked = Map::new();
-        for (id, at) in state.revoked().entries() {
-            revoked.insert(id, Value::Float(at));
+        let revoked = self.shared.state.revoked();
+        let theirs: Vec<&str> = match args.get("revoked") {
+            Some(Value::List(ids)) => ids.iter().filter_map(Value::as_str).collect(),
+            Some(Value::Map(ids)) => ids.keys().map(String::as_str).collect(),
+            _ => Vec::new(),
+        };
+        if !theirs.is_empty() {
+            let from = args.get("from_node").and_then(Value::as_str).unwrap_or("?");
+            info!("sync with {from}: {} revoked id(s)", theirs.len());
+            revoked.add(theirs);
         }
         let mut m = Map::new();
-        m.insert("revoked".into(), Value::Map(revoked));
+        m.insert("revoked".into(), Value::List(revoked.ids().into_iter().map(Value::Str).collect()));
         m.insert("clock".into(), count(self.shared.events.clock().forward()));
         Reply::Value(Value::Map(m))
     }
@@ -392,10 +402,12 @@ impl Pidbox {
         };
         let shared = &self.shared;
         shared.state.revoked().add(ids.iter().map(String::as_str));
-        // Celery 5.6.2+ records REVOKED at once, for every id.
+        // Celery 5.6.2+ records REVOKED at once, except for a task running
+        // here: that one ends as it ends (or as terminated).
         if let Some(results) = &shared.services.results {
             for id in &ids {
-                if shared.state.query(id).is_none() || !terminate {
+                let running = matches!(shared.state.query(id), Some((Phase::Active { .. }, _)));
+                if !running {
                     let meta = ResultMeta::revoked(id, "revoked", PyDateTime::now_utc());
                     if let Err(e) = results.store(meta).await {
                         warn!("could not store REVOKED for {id}: {e}");
@@ -445,8 +457,9 @@ impl Pidbox {
         if self.shared.registry.get(task).is_none() {
             return nok("unknown task");
         }
-        let hard = args.get("hard").and_then(Value::as_f64);
-        let soft = args.get("soft").and_then(Value::as_f64);
+        // None or 0 is no limit (as Python's falsy limit): the task's own applies.
+        let hard = args.get("hard").and_then(Value::as_f64).filter(|s| *s > 0.0);
+        let soft = args.get("soft").and_then(Value::as_f64).filter(|s| *s > 0.0);
         if let Ok(mut limits) = self.shared.time_limits.lock() {
             limits.insert(task.to_owned(), (hard, soft));
         }

@@ -46,7 +46,9 @@ struct Tracked {
 /// The worker's live state (see the module docs). Cheap to share in an `Arc`.
 #[derive(Debug)]
 pub struct WorkerState {
-    requests: Mutex<HashMap<String, Tracked>>,
+    /// By id, oldest first: a retry is received under the same id before the
+    /// run that sent it has finished.
+    requests: Mutex<HashMap<String, Vec<Tracked>>>,
     totals: Mutex<BTreeMap<String, u64>>,
     processed: AtomicU64,
     started: Instant,
@@ -71,38 +73,52 @@ impl WorkerState {
         let tracked = Tracked { info: request_info(task, delivery, hostname), phase: Phase::Reserved, terminate };
         let token = tracked.terminate.clone();
         if let Ok(mut r) = self.requests.lock() {
-            r.insert(task.headers.id.clone(), tracked);
+            r.entry(task.headers.id.clone()).or_default().push(tracked);
         }
         token
     }
 
-    /// Moves a request to `phase`.
+    /// Moves a request (the latest received under `id`) to `phase`. A request that becomes active is counted
+    /// as processed there and then, as Celery's `task_accepted` counts it (so
+    /// `stats["total"]` and the heartbeat's `processed` include running tasks).
     pub fn set_phase(&self, id: &str, phase: Phase) {
+        let mut accepted = None;
         if let Ok(mut r) = self.requests.lock() {
-            if let Some(t) = r.get_mut(id) {
+            if let Some(t) = r.get_mut(id).and_then(|held| held.last_mut()) {
                 if let Phase::Active { time_start, acknowledged } = &phase {
                     t.info.insert("time_start".into(), Value::Float(*time_start));
                     t.info.insert("acknowledged".into(), Value::Bool(*acknowledged));
+                    if !matches!(t.phase, Phase::Active { .. }) {
+                        accepted = t.info.get("name").and_then(Value::as_str).map(str::to_owned);
+                    }
                 }
                 t.phase = phase;
             }
         }
-    }
-
-    /// Forgets a finished request; counts it as processed when it ran.
-    pub fn finished(&self, id: &str, name: &str, ran: bool) {
-        if let Ok(mut r) = self.requests.lock() {
-            r.remove(id);
-        }
-        if ran {
+        if let Some(name) = accepted {
             self.processed.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut t) = self.totals.lock() {
-                *t.entry(name.to_owned()).or_default() += 1;
+                *t.entry(name).or_default() += 1;
             }
         }
     }
 
-    /// Tasks accepted for execution since start.
+    /// Forgets a finished request, the oldest received under `id` (it was
+    /// counted when it became active; `_name` and `_ran` are kept for the callers).
+    pub fn finished(&self, id: &str, _name: &str, _ran: bool) {
+        if let Ok(mut r) = self.requests.lock() {
+            if let Some(held) = r.get_mut(id) {
+                if !held.is_empty() {
+                    held.remove(0);
+                }
+                if held.is_empty() {
+                    r.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Tasks accepted for execution (started) since start.
     pub fn processed(&self) -> u64 {
         self.processed.load(Ordering::Relaxed)
     }
@@ -121,7 +137,7 @@ impl WorkerState {
     fn infos(&self, which: impl Fn(&Phase) -> bool) -> Vec<(Phase, Map)> {
         let Ok(r) = self.requests.lock() else { return Vec::new() };
         let mut out: Vec<(Phase, Map)> =
-            r.values().filter(|t| which(&t.phase)).map(|t| (t.phase.clone(), t.info.clone())).collect();
+            r.values().flatten().filter(|t| which(&t.phase)).map(|t| (t.phase.clone(), t.info.clone())).collect();
         out.sort_by(|a, b| a.1.get("id").map(Value::as_str).cmp(&b.1.get("id").map(Value::as_str)));
         out
     }
@@ -152,22 +168,24 @@ impl WorkerState {
         self.infos(|p| matches!(p, Phase::Active { .. })).len()
     }
 
-    /// The phase and info of `id`, if the worker holds it (`query_task`).
+    /// The phase and info of `id`, if the worker holds it (`query_task`):
+    /// its running request if one is, else the latest received.
     pub fn query(&self, id: &str) -> Option<(Phase, Map)> {
         let r = self.requests.lock().ok()?;
-        r.get(id).map(|t| (t.phase.clone(), t.info.clone()))
+        let held = r.get(id)?;
+        let running = held.iter().find(|t| matches!(t.phase, Phase::Active { .. }));
+        running.or(held.last()).map(|t| (t.phase.clone(), t.info.clone()))
     }
 
     /// Terminates `id` if it is running; returns whether it was.
     pub fn terminate(&self, id: &str) -> bool {
         let Ok(r) = self.requests.lock() else { return false };
-        match r.get(id) {
-            Some(t) if matches!(t.phase, Phase::Active { .. }) => {
-                t.terminate.cancel();
-                true
-            }
-            _ => false,
+        let mut running = false;
+        for t in r.get(id).into_iter().flatten().filter(|t| matches!(t.phase, Phase::Active { .. })) {
+            t.terminate.cancel();
+            running = true;
         }
+        running
     }
 
     /// The revoked ids.
@@ -315,6 +333,39 @@ mod tests {
         let again = WorkerState::new(Some(path));
         assert_eq!(again.revoked().ids(), ["a", "b"]);
         assert!(!again.revoked().contains("c"));
+    }
+
+    #[tokio::test]
+    async fn a_request_counts_as_processed_when_it_starts() {
+        use celeriac_broker::{Broker, MemoryBroker, Producer, ProducerConfig, SendOptions};
+        let broker = Broker::Memory(MemoryBroker::default());
+        broker.declare_queue("celery", "celery", "celery").await.unwrap();
+        let producer = Producer::new(broker.clone(), ProducerConfig::default());
+        let id = producer.send_task("tasks.add", Vec::new(), Map::new(), SendOptions::default()).await.unwrap();
+        let mut consumer = broker.consumer(&["celery".to_owned()], 1);
+        let mut delivery = consumer.next().await.unwrap().unwrap();
+        let task = TaskMessage::from_message(delivery.message()).unwrap();
+
+        let state = WorkerState::new(None);
+        state.received(&task, &delivery, "w@h");
+        assert_eq!((state.processed(), state.totals().len()), (0, 0), "a reserved request is not processed");
+        assert_eq!(state.reserved().len(), 1);
+        let active = Phase::Active { time_start: 1.0, acknowledged: true };
+        state.set_phase(&id, active.clone());
+        state.set_phase(&id, active);
+        assert_eq!(state.processed(), 1, "counted once, when it became active");
+        assert_eq!(state.totals().get("tasks.add"), Some(&1));
+        assert_eq!((state.active_count(), state.reserved().len()), (1, 0));
+        // Its retry arrives (same id) before this run is done with it.
+        state.received(&task, &delivery, "w@h");
+        state.finished(&id, "tasks.add", true);
+        assert_eq!((state.active_count(), state.reserved().len()), (0, 1), "the retry is still held");
+        state.set_phase(&id, Phase::Active { time_start: 2.0, acknowledged: true });
+        assert_eq!(state.processed(), 2, "the retry's run counts too");
+        assert!(state.terminate(&id), "the retry can be terminated");
+        state.finished(&id, "tasks.add", true);
+        assert_eq!((state.processed(), state.active_count(), state.query(&id)), (2, 0, None));
+        delivery.ack().await.unwrap();
     }
 
     #[test]
