@@ -931,6 +931,8 @@ fn prometheus_metrics_count_tasks_with_celery_exporters_names() {
     assert!((0.3..5.0).contains(&slept), "runtime of sleeping(0.3): {slept}");
     let below = |le: &str| v("celery_task_runtime_bucket", host(&[sleeping[0], ("le", le)]));
     assert_eq!((below("0.25"), below("0.5"), below("+Inf")), (Some(0.0), Some(1.0), Some(1.0)), "{last}");
+    // Bounds spelled as prometheus_client (celery-exporter) spells them.
+    assert_eq!((below("1.0"), below("10.0")), (Some(1.0), Some(1.0)), "{last}");
     // Buckets are cumulative.
     let buckets: Vec<f64> = samples
         .iter()

@@ -114,8 +114,10 @@ impl Metrics {
         }
         for (name, h) in &inner.runtimes {
             let labels = format!("name=\"{}\",hostname=\"{host}\"", escape(name));
+            // `le` as prometheus_client writes it (`1.0`, not `1`), so the
+            // series are the same as celery-exporter's.
             for (bound, count) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(out, "celery_task_runtime_bucket{{{labels},le=\"{bound}\"}} {count}");
+                let _ = writeln!(out, "celery_task_runtime_bucket{{{labels},le=\"{bound:?}\"}} {count}");
             }
             let _ = writeln!(out, "celery_task_runtime_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
             let _ = writeln!(out, "celery_task_runtime_count{{{labels}}} {}", h.count);
@@ -207,6 +209,7 @@ mod tests {
         );
         assert!(text.contains(r#"celery_task_runtime_bucket{name="tasks.add",hostname="node1",le="0.025"} 1"#));
         assert!(text.contains(r#"celery_task_runtime_bucket{name="tasks.add",hostname="node1",le="0.01"} 0"#));
+        assert!(text.contains(r#"celery_task_runtime_bucket{name="tasks.add",hostname="node1",le="1.0"} 1"#));
         assert!(text.contains(r#"celery_worker_tasks_active{hostname="node1"} 2"#));
     }
 }
