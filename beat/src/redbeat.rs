@@ -118,6 +118,7 @@ pub fn schedule_from_json(v: &Json) -> Result<Schedule, String> {
             let every = jiff::SignedDuration::try_from_secs_f64(every)
                 .ok()
                 .filter(|d| d.is_positive())
+                .map(crate::schedule::duration_to_micros)
                 .ok_or_else(|| format!("interval every={} must be a positive number of seconds", v["every"]))?;
             let relative = v.get("relative").and_then(Json::as_bool).unwrap_or(false);
             Ok(Schedule::Interval(Interval { every, relative }))

@@ -83,7 +83,7 @@ pub struct Decision {
 pub fn fresh_state(entry: &Entry, now: Timestamp) -> EntryState {
     let mut state = EntryState::default();
     if !matches!(entry.schedule, Schedule::RRule(_)) {
-        state.last_run_at = Some(now);
+        state.last_run_at = Some(crate::schedule::to_micros(now));
     }
     state.run.fingerprint = Some(entry.fingerprint());
     state
@@ -110,7 +110,7 @@ pub fn decide(entry: &Entry, state: &EntryState, now: Timestamp, skip_grace: Sig
             update = Some(st.clone());
         }
         Some(old) if old != fingerprint => {
-            st.last_run_at = Some(st.last_run_at.map_or(now, |l| l.max(now)));
+            st.last_run_at = Some(crate::schedule::to_micros(st.last_run_at.map_or(now, |l| l.max(now))));
             st.run.fingerprint = Some(fingerprint);
             note = Some("schedule changed (or enabled again): starting from now, without catching up".to_owned());
             update = Some(st.clone());
@@ -406,8 +406,17 @@ impl Beat {
                 for (key, message) in problems {
                     self.warn_once(&key, message);
                 }
-                let missing = self.statics.iter().any(|s| !out.iter().any(|(e, _)| e.name == s.name));
-                if missing && !self.config.dry_run && self.statics_synced {
+                if self.config.dry_run {
+                    // A dry run shows the configuration as it is now, with the
+                    // state Redis has (none for entries not written yet).
+                    for s in &self.statics {
+                        match out.iter_mut().find(|(e, _)| e.name == s.name) {
+                            Some((e, _)) => *e = s.clone(),
+                            None => out.push((s.clone(), EntryState::default())),
+                        }
+                    }
+                } else if self.statics_synced && self.statics.iter().any(|s| !out.iter().any(|(e, _)| e.name == s.name))
+                {
                     // Deleted or evicted: the configuration still has them.
                     self.statics_synced = false;
                 }

@@ -16,6 +16,18 @@ pub use crontab::Crontab;
 pub use interval::{parse_duration, Interval};
 pub use rrule::{Frequency, RRule};
 
+/// `t` to whole microseconds, the precision RedBeat (Python's datetime)
+/// stores: slots are kept at it so that every beat, and every restart, derives
+/// the same slots (and task ids) from the stored state.
+pub fn to_micros(t: Timestamp) -> Timestamp {
+    Timestamp::from_microsecond(t.as_microsecond()).unwrap_or(t)
+}
+
+/// A duration to whole microseconds (at least one).
+pub fn duration_to_micros(d: SignedDuration) -> SignedDuration {
+    SignedDuration::from_micros(d.as_micros().clamp(1, i128::from(i64::MAX)) as i64)
+}
+
 /// When an entry runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Schedule {
@@ -37,6 +49,7 @@ impl Schedule {
                 let every = SignedDuration::try_from_secs_f64(*secs)
                     .ok()
                     .filter(|d| d.is_positive())
+                    .map(duration_to_micros)
                     .ok_or_else(|| format!("{secs} is not a positive number of seconds"))?;
                 return Ok(Schedule::Interval(Interval { every, relative }));
             }
@@ -58,11 +71,13 @@ impl Schedule {
                 )),
             };
         }
-        parse_duration(text).map(|every| Schedule::Interval(Interval { every, relative })).map_err(|e| {
-            format!(
+        parse_duration(text)
+            .map(|every| Schedule::Interval(Interval { every: duration_to_micros(every), relative }))
+            .map_err(|e| {
+                format!(
                 "{e}; a schedule is seconds, a duration, a five-field crontab (\"*/5 * * * *\") or an RFC 3339 instant"
             )
-        })
+            })
     }
 
     /// The first slot after `last`, the previous slot (`None`: the entry never
