@@ -576,6 +576,87 @@ timezone = "Europe/Berlin"
     assert!(!bad.status.success() && err.contains("beat_schedule.x") && err.contains("Sunday is 0"), "{err}");
 }
 
+/// The one message on the queue named `queue` (in whichever priority list),
+/// as sent, with what differs between any two sends (ids, times, host, the
+/// queue's name) blanked in place, so key order is compared too.
+fn normalized_message(con: &mut redis::Connection, queue: &str) -> (String, String) {
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{queue}*")).query(con).unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let mut raw: String = redis::cmd("LINDEX").arg(&keys[0]).arg(-1).query(con).unwrap();
+    let m: Value = serde_json::from_str(&raw).unwrap();
+    let expires = m["headers"]["expires"].as_str().unwrap();
+    assert!(expires.ends_with("+00:00"), "{expires}");
+    let volatile = [
+        &m["headers"]["id"],
+        &m["headers"]["origin"],
+        &m["headers"]["expires"],
+        &m["properties"]["reply_to"],
+        &m["properties"]["delivery_tag"],
+    ];
+    for v in volatile {
+        raw = raw.replace(&format!("\"{}\"", v.as_str().unwrap()), "\"-\"");
+    }
+    raw = raw.replace(&format!("\"routing_key\": \"{queue}\""), "\"routing_key\": \"-\"");
+    (keys[0].trim_start_matches(queue).to_owned(), raw)
+}
+
+#[test]
+fn messages_are_the_ones_celery_beat_sends() {
+    let (Some(redis), Some(python)) =
+        (celeriac_tests::or_skip("redis-server", RedisServer::start()), celeriac_tests::python_peer())
+    else {
+        return;
+    };
+    let entry = |queue: &str| {
+        serde_json::json!({"task": "dc.unknown_here", "schedule": 1, "args": [1, "x"], "kwargs": {"k": 2},
+                           "options": {"queue": queue, "expires": 30, "priority": 5, "headers": {"tenant": "dc1"}}})
+    };
+    let mut con = admin(&redis);
+    // celery beat (its default scheduler) with the entry on queue `py`...
+    let mut command = Command::new(&python);
+    command
+        .args(["-m", "celery", "-A", "beat_app", "beat", "--loglevel", "INFO", "-s"])
+        .arg(redis.dir().join("celerybeat-schedule"))
+        .current_dir(apps_dir())
+        .env("PYTHONPATH", apps_dir())
+        .env("CELERIAC_TEST_BROKER", redis.url())
+        .env("CELERIAC_TEST_BEAT_SCHEDULE", serde_json::json!({"e": entry("py")}).to_string());
+    let mut celery =
+        LoggedProcess::spawn(command, "celery beat", redis.dir().join("celery-beat.log"), "beat: Starting...").unwrap();
+    celery.wait_ready(WAIT).unwrap();
+    // ... and celeriac beat with the same entry on queue `rs`.
+    let toml = format!(
+        r#"
+broker_url = "{url}"
+beat_max_loop_interval = 1
+[beat_schedule.e]
+task = "dc.unknown_here"
+schedule = 1
+args = [1, "x"]
+kwargs = {{ k = 2 }}
+options = {{ queue = "rs", expires = 30, priority = 5, headers = {{ tenant = "dc1" }} }}
+"#,
+        url = redis.url()
+    );
+    let mut ours = beat(&redis, "beat", &toml, &["-s", "beat-state.json"]);
+    let has = |con: &mut redis::Connection, q: &str| {
+        !redis::cmd("KEYS").arg(format!("{q}*")).query::<Vec<String>>(con).unwrap().is_empty()
+    };
+    assert!(wait_until(WAIT, || has(&mut con, "py") && has(&mut con, "rs")), "{}", celery.log());
+    celery.signal("TERM");
+    ours.signal("TERM");
+    let _ = celery.wait_timeout(WAIT);
+    assert!(ours.wait_timeout(WAIT).unwrap().success());
+    let (py_list, py) = normalized_message(&mut con, "py");
+    let (rs_list, rs) = normalized_message(&mut con, "rs");
+    assert_eq!(rs_list, py_list, "the same priority list");
+    assert_eq!(
+        serde_json::to_string(&rs).unwrap(),
+        serde_json::to_string(&py).unwrap(),
+        "celeriac's message differs from celery beat's"
+    );
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();

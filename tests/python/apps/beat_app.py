@@ -41,3 +41,12 @@ def slow_poll(self, seconds):
 @app.task(name="beat_app.tick")
 def tick(*args, **kwargs):
     return "tick"
+
+
+# `celery beat` (the default PersistentScheduler) runs the entries given as
+# JSON in CELERIAC_TEST_BEAT_SCHEDULE, so tests can compare its messages with
+# celeriac's: {"name": {"task": ..., "schedule": seconds, "args": [...], "options": {...}}}.
+if os.environ.get("CELERIAC_TEST_BEAT_SCHEDULE"):
+    import json as _json
+
+    app.conf.beat_schedule = _json.loads(os.environ["CELERIAC_TEST_BEAT_SCHEDULE"])
