@@ -196,7 +196,7 @@ impl Pidbox {
                 crate::events::system_name(),
                 shared.config.hostname
             )),
-            "revoke" => self.revoke(args, args.get("terminate").and_then(Value::as_bool).unwrap_or(false)).await,
+            "revoke" => self.revoke(args, truthy(args.get("terminate"))).await,
             "terminate" => self.revoke(args, true).await,
             "rate_limit" => self.rate_limit(args),
             "time_limit" => self.time_limit(args),
@@ -513,7 +513,23 @@ impl Pidbox {
 }
 
 fn safe(args: &Map) -> bool {
-    args.get("safe").and_then(Value::as_bool).unwrap_or(false)
+    truthy(args.get("safe"))
+}
+
+/// Python's truth of an argument: Flower sends `terminate=1` (its
+/// `strtobool` gives an int), Celery's client `True`.
+fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Int(n)) => *n != 0,
+        Some(Value::Float(f)) => *f != 0.0,
+        Some(Value::Str(s)) => !s.is_empty(),
+        Some(Value::Bytes(b)) => !b.is_empty(),
+        Some(Value::List(l)) => !l.is_empty(),
+        Some(Value::Map(m)) => !m.is_empty(),
+        Some(_) => true,
+    }
 }
 
 fn to_usize(v: Option<&Value>) -> Option<usize> {
@@ -660,6 +676,16 @@ mod tests {
         assert!(glob_match("celeriac@*", "celeriac@vm"));
         assert!(glob_match("w?@vm", "w1@vm"));
         assert!(!glob_match("py@*", "celeriac@vm"));
+    }
+
+    #[test]
+    fn flags_are_true_as_in_python() {
+        assert!(truthy(Some(&Value::Int(1))), "Flower's terminate=1");
+        assert!(truthy(Some(&Value::Bool(true))));
+        for falsy in [Value::Int(0), Value::Bool(false), Value::Null, Value::Str(String::new())] {
+            assert!(!truthy(Some(&falsy)), "{falsy:?}");
+        }
+        assert!(!truthy(None));
     }
 
     #[test]
