@@ -55,8 +55,6 @@ pub const LEFT_OUT: &[(&str, &str)] = &[
     ("replace_with_stamped_task", REPLACES),
     ("add_to_all_to_chord", ADDS_TO_CHORD),
     ("add_chord_to_chord", ADDS_TO_CHORD),
-    ("retry_with_args_after_kwargs", RETRIES_WITH_NEW_ARGS),
-    ("retry_with_kwargs_after_args", RETRIES_WITH_NEW_ARGS),
     ("errback_new_style", NEW_STYLE_ERRBACK),
     ("errback_new_style_with_args", NEW_STYLE_ERRBACK),
     ("return_nested_signature_chain_chain", PYTHON_CANVAS),
@@ -74,7 +72,6 @@ pub const LEFT_OUT: &[(&str, &str)] = &[
 const SENDS: &str = "sends a chain or chord from inside the task; the task API has no producer";
 const REPLACES: &str = "uses self.replace(); the worker has no task replacement";
 const ADDS_TO_CHORD: &str = "uses self.add_to_chord(); the worker has no chord extension";
-const RETRIES_WITH_NEW_ARGS: &str = "retries with new args/kwargs; a retry (TaskError::Retry) cannot change them";
 const NEW_STYLE_ERRBACK: &str =
     "a new-style errback (request, exc, traceback) is called in-process by the failing worker; celeriac sends every \
      errback as a message with the task id";
@@ -121,6 +118,8 @@ pub fn registry(config: &TaskSetConfig) -> Result<Registry, TaskSetError> {
         .default_retry_delay(Duration::from_secs(1)),
     );
     r.add(Task::new(task_name("retry_unpickleable"), retry_unpickleable).default_retry_delay(Duration::from_secs(1)));
+    r.add(Task::new(task_name("retry_with_args_after_kwargs"), retry_with_args_after_kwargs).max_retries(Some(1)));
+    r.add(Task::new(task_name("retry_with_kwargs_after_args"), retry_with_kwargs_after_args).max_retries(Some(1)));
     r.add(Task::new(task_name("retry_once"), retry_once).max_retries(Some(1)));
     r.add(Task::new(task_name("retry_once_ignore_result"), retry_once_plain).ignore_result(true));
     r.add(Task::new(task_name("retry_once_with_result"), retry_once_plain).ignore_result(false));
@@ -481,6 +480,92 @@ const RETRY_ONCE: PySignature = PySignature::new(
 /// `retry_once(*args, expires=None, max_retries=1, countdown=0.1)`: returns
 /// the retry count once retried. (`expires` would set the retry's expiry; a
 /// retry cannot carry one, and none of the suite's calls lets it lapse.)
+/// What `self.retry(args=...)` or `self.retry(kwargs=...)` sends, given the
+/// request's arguments and the task's positional parameter names, as Celery
+/// 5.7 merges them (#6494): new positional arguments drop the inherited
+/// keywords they now cover; new keywords replace inherited positionals of the
+/// same name.
+fn retry_arguments(
+    params: &[&str],
+    request_args: &[Value],
+    request_kwargs: &Map,
+    args: Option<Vec<Value>>,
+    kwargs: Option<Map>,
+) -> (Vec<Value>, Map) {
+    match (args, kwargs) {
+        (Some(args), None) => {
+            let mut kwargs = request_kwargs.clone();
+            for name in params.iter().take(args.len()) {
+                kwargs.shift_remove(*name);
+            }
+            (args, kwargs)
+        }
+        (None, Some(mut kwargs)) => {
+            let mut args = request_args.to_vec();
+            for (i, name) in params.iter().enumerate().take(args.len()) {
+                if let Some(v) = kwargs.shift_remove(*name) {
+                    args[i] = v;
+                }
+            }
+            (args, kwargs)
+        }
+        (args, kwargs) => {
+            (args.unwrap_or_else(|| request_args.to_vec()), kwargs.unwrap_or_else(|| request_kwargs.clone()))
+        }
+    }
+}
+
+const RETRY_WITH_ARGS: PySignature = PySignature::new(
+    "retry_with_args_after_kwargs",
+    &[Param::required("foo"), Param::required("bar"), Param::optional("label")],
+);
+
+/// `retry_with_args_after_kwargs(foo, bar, label=None)`: the first run
+/// retries with `args=(foo + 1, bar + 1)`; the retry reports what it got.
+async fn retry_with_args_after_kwargs(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Outcome {
+    let (request_args, request_kwargs) = (args.clone(), kwargs.clone());
+    let mut b = RETRY_WITH_ARGS.bind(args, kwargs)?;
+    let (first, second, label) =
+        (b.take_or("foo", Value::Null), b.take_or("bar", Value::Null), b.take_or("label", Value::Null));
+    if ctx.retries() == 0 {
+        let new = vec![pyops::add(&first, &Value::Int(1))?, pyops::add(&second, &Value::Int(1))?];
+        let (args, kwargs) = retry_arguments(&["foo", "bar", "label"], &request_args, &request_kwargs, Some(new), None);
+        let retry = pyexc::retry(&ctx, Retry::new(Some(Duration::ZERO), Some(1)));
+        return Err(retry.with_arguments(Some(args), Some(kwargs)));
+    }
+    let mut m = Map::new();
+    m.insert("foo".into(), first);
+    m.insert("bar".into(), second);
+    m.insert("label".into(), label);
+    m.insert("retries".into(), Value::Int(ctx.retries()));
+    m.insert("is_eager".into(), Value::Bool(false));
+    Ok(Value::Map(m))
+}
+
+const RETRY_WITH_KWARGS: PySignature =
+    PySignature::new("retry_with_kwargs_after_args", &[Param::required("foo"), Param::required("bar")]);
+
+/// `retry_with_kwargs_after_args(first, second)`: the first run retries with
+/// `kwargs={'first': first + 1}`; the retry reports what it got.
+async fn retry_with_kwargs_after_args(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Outcome {
+    let (request_args, request_kwargs) = (args.clone(), kwargs.clone());
+    let mut b = RETRY_WITH_KWARGS.bind(args, kwargs)?;
+    let (first, second) = (b.take_or("foo", Value::Null), b.take_or("bar", Value::Null));
+    if ctx.retries() == 0 {
+        let mut new = Map::new();
+        new.insert("foo".into(), pyops::add(&first, &Value::Int(1))?);
+        let (args, kwargs) = retry_arguments(&["foo", "bar"], &request_args, &request_kwargs, None, Some(new));
+        let retry = pyexc::retry(&ctx, Retry::new(Some(Duration::ZERO), Some(1)));
+        return Err(retry.with_arguments(Some(args), Some(kwargs)));
+    }
+    let mut m = Map::new();
+    m.insert("foo".into(), first);
+    m.insert("bar".into(), second);
+    m.insert("retries".into(), Value::Int(ctx.retries()));
+    m.insert("is_eager".into(), Value::Bool(false));
+    Ok(Value::Map(m))
+}
+
 async fn retry_once(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Outcome {
     let mut b = RETRY_ONCE.bind(args, kwargs)?;
     if ctx.retries() > 0 {
@@ -923,6 +1008,23 @@ mod tests {
             }
             other => panic!("expected a retry, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn retries_with_new_arguments_merge_them_as_celery_does() {
+        let mut kwargs = Map::new();
+        kwargs.insert("foo".into(), Value::Int(1));
+        kwargs.insert("bar".into(), Value::Int(2));
+        kwargs.insert("label".into(), s("kept"));
+        let (args, kw) =
+            retry_arguments(&["foo", "bar", "label"], &[], &kwargs, Some(vec![Value::Int(2), Value::Int(3)]), None);
+        assert_eq!(args, vec![Value::Int(2), Value::Int(3)]);
+        assert_eq!(kw.keys().collect::<Vec<_>>(), ["label"]);
+        let mut new = Map::new();
+        new.insert("foo".into(), Value::Int(2));
+        let (args, kw) =
+            retry_arguments(&["foo", "bar"], &[Value::Int(1), Value::Int(2)], &Map::new(), None, Some(new));
+        assert_eq!((args, kw.len()), (vec![Value::Int(2), Value::Int(2)], 0));
     }
 
     #[test]

@@ -67,6 +67,7 @@ pub fn retry(ctx: &Ctx, options: Retry) -> TaskError {
             eta: None,
             max_retries: options.max_retries,
             exc: None,
+            arguments: None,
         },
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use celeriac_protocol::result::ExceptionInfo;
 use celeriac_protocol::time::PyDateTime;
-use celeriac_protocol::Value;
+use celeriac_protocol::{Map, Value};
 
 /// What a task returns instead of a value: a failure Python will see as an
 /// exception, a retry, a rejection, or "ignore this message".
@@ -46,6 +46,9 @@ pub enum TaskError {
         /// RETRY state, and raised instead of `MaxRetriesExceededError` once
         /// retries are used up.
         exc: Option<Box<ExceptionInfo>>,
+        /// New arguments for the retry (`self.retry(args=..., kwargs=...)`);
+        /// `None` keeps the request's.
+        arguments: Option<Box<RetryArguments>>,
     },
     /// Reject the message (Celery's `Reject`): requeue it, or drop it.
     #[error("Rejected (requeue={requeue}): {reason}")]
@@ -59,6 +62,15 @@ pub enum TaskError {
     /// the ack (Celery's `Ignore`).
     #[error("Ignored")]
     Ignore,
+}
+
+/// The arguments a retry is sent with, where they differ from the request's.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RetryArguments {
+    /// Positional arguments (`None`: the request's).
+    pub args: Option<Vec<Value>>,
+    /// Keyword arguments (`None`: the request's).
+    pub kwargs: Option<Map>,
 }
 
 fn retry_when(countdown: &Option<Duration>, eta: &Option<PyDateTime>) -> String {
@@ -116,6 +128,7 @@ impl TaskError {
             eta: None,
             max_retries: None,
             exc: None,
+            arguments: None,
         }
     }
 
@@ -128,6 +141,7 @@ impl TaskError {
             eta: None,
             max_retries: None,
             exc: None,
+            arguments: None,
         }
     }
 
@@ -142,7 +156,17 @@ impl TaskError {
             eta: None,
             max_retries: None,
             exc: Some(Box::new(exc)),
+            arguments: None,
         }
+    }
+
+    /// Retries with these arguments instead of the request's (each `None`
+    /// keeps the request's), as `self.retry(args=..., kwargs=...)`.
+    pub fn with_arguments(mut self, args: Option<Vec<Value>>, kwargs: Option<Map>) -> TaskError {
+        if let TaskError::Retry { arguments, .. } = &mut self {
+            *arguments = Some(Box::new(RetryArguments { args, kwargs }));
+        }
+        self
     }
 
     /// Sets the `max_retries` of a retry for this call only.

@@ -423,14 +423,8 @@ impl Shared {
         if self.discard_if_revoked(delivery, task).await {
             return false;
         }
-        if let Some(expires) = task.headers.expires.and_then(|e| e.to_timestamp().ok()) {
-            if expires <= jiff::Timestamp::now() {
-                info!("Discarding expired task: {name}[{id}]");
-                self.finished(ResultMeta::revoked(id, "expired", PyDateTime::now_utc()), task, true).await;
-                self.report("task-revoked", task, revoked_fields(id, false, true));
-                settle(delivery, Settle::Ack).await;
-                return false;
-            }
+        if self.discard_if_expired(delivery, task).await {
+            return false;
         }
         // ETA: wait without a permit, keeping the message's visibility fresh.
         if let Some(eta) = task.headers.eta.and_then(|e| e.to_timestamp().ok()) {
@@ -476,8 +470,8 @@ impl Shared {
             delivery.leave_unacked(); // restored on shutdown
             return false;
         };
-        // Revoked while it waited?
-        if self.discard_if_revoked(delivery, task).await {
+        // Revoked or expired while it waited?
+        if self.discard_if_revoked(delivery, task).await || self.discard_if_expired(delivery, task).await {
             return false;
         }
         Box::pin(self.execute(delivery, def, task.clone(), terminate)).await;
@@ -493,6 +487,20 @@ impl Shared {
         info!("Discarding revoked task: {name}[{id}]");
         self.finished(ResultMeta::revoked(id, "revoked", PyDateTime::now_utc()), task, true).await;
         self.report("task-revoked", task, revoked_fields(id, false, false));
+        settle(delivery, Settle::Ack).await;
+        true
+    }
+
+    /// Discards a task past its `expires` as Celery does: REVOKED (expired).
+    async fn discard_if_expired(&self, delivery: &mut Delivery, task: &TaskMessage) -> bool {
+        let (id, name) = (&task.headers.id, &task.headers.task);
+        let Some(expires) = task.headers.expires.and_then(|e| e.to_timestamp().ok()) else { return false };
+        if expires > jiff::Timestamp::now() {
+            return false;
+        }
+        info!("Discarding expired task: {name}[{id}]");
+        self.finished(ResultMeta::revoked(id, "expired", PyDateTime::now_utc()), task, true).await;
+        self.report("task-revoked", task, revoked_fields(id, false, true));
         settle(delivery, Settle::Ack).await;
         true
     }
@@ -610,7 +618,9 @@ impl Shared {
             }
             Outcome::Failed(err @ TaskError::Retry { .. }) => {
                 let stored = err.exception();
-                let TaskError::Retry { reason, countdown, eta, max_retries, exc, .. } = err else { return };
+                let TaskError::Retry { reason, countdown, eta, max_retries, exc, arguments, .. } = err else {
+                    return;
+                };
                 let plan = RetryPlan {
                     reason,
                     stored,
@@ -618,6 +628,7 @@ impl Shared {
                     delay: countdown.unwrap_or(opts.default_retry_delay),
                     eta,
                     max_retries: max_retries.or(opts.max_retries),
+                    arguments: arguments.map(|a| *a),
                 };
                 self.retry_or_fail(delivery, &task, plan, acks_late).await;
             }
@@ -633,6 +644,7 @@ impl Shared {
                     delay: backoff(opts, retries),
                     eta: None,
                     max_retries: opts.max_retries,
+                    arguments: None,
                 };
                 self.retry_or_fail(delivery, &task, plan, acks_late).await;
             }
@@ -693,7 +705,7 @@ impl Shared {
     }
 
     async fn retry_or_fail(&self, delivery: &mut Delivery, task: &TaskMessage, plan: RetryPlan, acks_late: bool) {
-        let RetryPlan { reason, stored, on_exhaustion, delay, eta, max_retries } = plan;
+        let RetryPlan { reason, stored, on_exhaustion, delay, eta, max_retries, arguments } = plan;
         let retries = task.headers.retries;
         let (id, name) = (&task.headers.id, &task.headers.task);
         if max_retries.is_some_and(|max| retries >= i64::from(max)) {
@@ -709,6 +721,18 @@ impl Shared {
             return;
         }
         let mut next = task.clone();
+        if let Some(new) = arguments {
+            if let Some(args) = new.args {
+                next.args = args;
+                next.headers.argsrepr = None;
+                next.headers.argsrepr = Some(celeriac_protocol::event::args_repr(&next));
+            }
+            if let Some(kwargs) = new.kwargs {
+                next.kwargs = kwargs;
+                next.headers.kwargsrepr = None;
+                next.headers.kwargsrepr = Some(celeriac_protocol::event::kwargs_repr(&next));
+            }
+        }
         next.headers.retries = retries + 1;
         next.headers.parent_id = Some(id.clone());
         next.headers.eta = Some(eta.unwrap_or_else(|| {
@@ -993,6 +1017,8 @@ struct RetryPlan {
     delay: Duration,
     eta: Option<PyDateTime>,
     max_retries: Option<u32>,
+    /// New arguments for the retry.
+    arguments: Option<crate::error::RetryArguments>,
 }
 
 /// Counts a held ETA task, and gives the prefetch window a slot for it while

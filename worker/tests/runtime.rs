@@ -263,3 +263,21 @@ async fn failures_are_requeued_when_acks_on_failure_is_off() {
     s.stop.cancel();
     s.run.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_task_that_expires_while_waiting_for_a_slot_is_revoked() {
+    let mut s = start_with(WorkerConfig { concurrency: 1, ..WorkerConfig::default() });
+    // tasks.slow holds the only slot for its 50 ms hard limit.
+    s.producer.send_task("tasks.slow", vec![], Map::new(), SendOptions::default()).await.unwrap();
+    let soon = SendOptions {
+        expires: Some(celeriac_broker::Expires::In(Duration::from_millis(20))),
+        ..SendOptions::default()
+    };
+    let id = s.producer.send_task("tasks.add", vec![1.into(), 1.into()], Map::new(), soon).await.unwrap();
+    let first = next_final(&mut s.results).await;
+    assert_eq!(first.exception().unwrap().unwrap().exc_type, "TimeLimitExceeded");
+    let second = next_final(&mut s.results).await;
+    assert_eq!((second.task_id, second.status), (id, State::Revoked));
+    s.stop.cancel();
+    s.run.await.unwrap();
+}
