@@ -61,6 +61,30 @@ impl Probe {
             .sum())
     }
 
+    /// `CONFIG RESETSTAT`: command statistics start again from zero.
+    pub async fn reset_stats(&self) -> Result<(), BenchError> {
+        redis::cmd("CONFIG").arg("RESETSTAT").exec_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// `INFO commandstats`: (command, calls, microseconds) for each command run
+    /// since the last [`Probe::reset_stats`], most time first.
+    pub async fn command_stats(&self) -> Result<Vec<(String, u64, u64)>, BenchError> {
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut self.conn.clone()).await?;
+        let mut out: Vec<(String, u64, u64)> = info
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let field = |k: &str| {
+                    rest.split(',').find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse::<u64>().ok())
+                };
+                Some((name.to_owned(), field("calls")?, field("usec")?))
+            })
+            .collect();
+        out.sort_by_key(|c| std::cmp::Reverse(c.2));
+        Ok(out)
+    }
+
     /// `LRANGE key 0 -1`.
     pub async fn lrange(&self, key: &str) -> Result<Vec<String>, BenchError> {
         Ok(redis::cmd("LRANGE").arg(key).arg(0).arg(-1).query_async(&mut self.conn.clone()).await?)

@@ -77,6 +77,7 @@ pub async fn drain(env: &Env, peer: Peer, results: bool) -> Result<Drain, BenchE
     }
     let inflight = peer.inflight_keys(queue);
     let redis_cpu = env.probe.server_cpu().await?;
+    env.probe.reset_stats().await?;
     let start = Instant::now();
     let mut worker = env.spawn(peer, results, queue)?;
     let pid = worker.pid();
@@ -84,6 +85,7 @@ pub async fn drain(env: &Env, peer: Peer, results: bool) -> Result<Drain, BenchE
     let worker_cpu_s = procs::cpu_seconds(pid);
     let peak = procs::memory(pid);
     let redis_cpu_s = env.probe.server_cpu().await? - redis_cpu;
+    let redis_commands = env.probe.command_stats().await?;
     let elapsed = match waited {
         Ok(d) => d,
         Err(e) => return Err(BenchError::Other(format!("{e}\n{}", worker.log_tail()))),
@@ -97,6 +99,7 @@ pub async fn drain(env: &Env, peer: Peer, results: bool) -> Result<Drain, BenchE
         redis_cpu_s,
         peak_hwm_kb: peak.hwm_kb,
         results_stored,
+        redis_commands,
     })
 }
 

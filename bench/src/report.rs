@@ -28,6 +28,9 @@ pub struct Drain {
     pub peak_hwm_kb: u64,
     /// Keys in the result database afterwards (results kept), when storing.
     pub results_stored: Option<u64>,
+    /// Redis commands run meanwhile: (command, calls, microseconds), the
+    /// harness's own polling (`LLEN`, `HLEN`) included.
+    pub redis_commands: Vec<(String, u64, u64)>,
 }
 
 impl Drain {
@@ -418,6 +421,9 @@ impl Report {
                     "worker_cpu_us_per_task": d.worker_cpu_s * 1e6 / d.tasks as f64,
                     "redis_cpu_us_per_task": d.redis_cpu_s * 1e6 / d.tasks as f64,
                     "worker_peak_rss_kib": d.peak_hwm_kb, "results_stored": d.results_stored,
+                    "redis_commands_per_task": d.redis_commands.iter().map(|(c, calls, usec)| json!({
+                        "command": c, "calls": *calls as f64 / d.tasks as f64, "usec": *usec as f64 / d.tasks as f64,
+                    })).collect::<Vec<_>>(),
                 }),
                 Some(Err(e)) => json!({ "error": e }),
                 None => Json::Null,

@@ -164,7 +164,7 @@ impl Delivery {
     async fn remove(&mut self) -> Result<(), BrokerError> {
         let held = self.window.held(self.seq).ok_or_else(|| self.handed_back())?;
         match &self.settler {
-            Settler::Redis(inner) => inner.ack_held(&held).await?,
+            Settler::Redis(inner) => crate::redis::Inner::ack_held(inner, &held).await?,
             Settler::Memory(broker) => broker.ack_held(&held),
         }
         self.window.release(self.seq);

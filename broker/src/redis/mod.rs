@@ -4,10 +4,12 @@
 //!   queue declaration with kombu's bindings, length, purge, delete, the
 //!   visibility sweep, fanout subscriptions, consumers;
 //! - `consumer`: the fetch task (atomic pop-and-record script, `BRPOP` wait);
+//! - `acks`: acks settled in batches (one script call for all acks waiting);
 //! - `restore`: ack, requeue, restore and the visibility sweep;
 //! - `pubsub`: fanout subscriptions;
 //! - `connection` and `scripts`: connections and the Lua scripts.
 
+mod acks;
 mod connection;
 mod consumer;
 mod pubsub;
@@ -51,6 +53,8 @@ pub(crate) struct Inner {
     pub conn: SharedConnection,
     pub registry: ExchangeRegistry,
     pub scripts: Scripts,
+    /// Acks settled in batches.
+    pub acks: acks::AckBatcher,
 }
 
 impl std::fmt::Debug for Inner {
@@ -185,6 +189,7 @@ impl RedisBroker {
                 conn,
                 registry: ExchangeRegistry::default(),
                 scripts: Scripts::new(),
+                acks: acks::AckBatcher::default(),
             }),
         })
     }

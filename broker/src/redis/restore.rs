@@ -3,6 +3,8 @@
 //! and after the visibility timeout (`RPUSH`), and the visibility sweep
 //! (`QoS.restore_visible`) with its `unacked_mutex`.
 
+use std::sync::Arc;
+
 use celeriac_protocol::Envelope;
 
 use super::{now_score, now_secs, Inner, RetryLimit};
@@ -93,13 +95,14 @@ impl Inner {
         Ok(RestoreOutcome::Contended)
     }
 
-    /// Acks (or rejects) a held delivery, retrying transient errors up to `settle_timeout`.
-    pub async fn ack_held(&self, held: &Held) -> Result<(), BrokerError> {
-        let limit = RetryLimit::For(self.options.settle_timeout);
-        let keys = [self.keys.unacked(), self.keys.unacked_index()];
-        let mut args: Vec<&[u8]> = vec![held.tag.as_bytes()];
-        args.extend(held.scores.iter().map(|s| s.as_bytes()));
-        let removed: i64 = self.retrying("ack", limit, || self.eval("ack", &self.scripts.ack, &keys, &args)).await?;
+    /// Acks (or rejects) a held delivery: in the next batch of acks, or on
+    /// its own (retrying transient errors up to `settle_timeout`) when the
+    /// batch could not be run.
+    pub async fn ack_held(inner: &Arc<Inner>, held: &Held) -> Result<(), BrokerError> {
+        let removed = match inner.acks.ack(inner, held).await {
+            Some(code) => code,
+            None => inner.ack_one(held).await?,
+        };
         match removed {
             1 => {}
             -1 => {
@@ -110,6 +113,15 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Acks one held delivery with the single-tag script; its outcome code.
+    async fn ack_one(&self, held: &Held) -> Result<i64, BrokerError> {
+        let limit = RetryLimit::For(self.options.settle_timeout);
+        let keys = [self.keys.unacked(), self.keys.unacked_index()];
+        let mut args: Vec<&[u8]> = vec![held.tag.as_bytes()];
+        args.extend(held.scores.iter().map(|s| s.as_bytes()));
+        self.retrying("ack", limit, || self.eval("ack", &self.scripts.ack, &keys, &args)).await
     }
 
     /// Requeues a held delivery (kombu's `reject(requeue=True)`).

@@ -19,6 +19,9 @@ use redis::Script;
 /// popped element as kombu's `QoS.append` does.
 const PRELUDE: &str = r#"
 local function pystr(s)
+  -- Printable ASCII without quotes or backslashes (queue names, exchanges):
+  -- Python writes it as it is.
+  if not string.find(s, '[^\32-\126]') and not string.find(s, '["\\]') then return '"' .. s .. '"' end
   local out = {'"'}
   local i, n = 1, #s
   -- A missing continuation byte (invalid UTF-8) reads as 0x80, never as an error.
@@ -53,18 +56,68 @@ local function pystr(s)
   return table.concat(out)
 end
 
+-- The position of the last plain occurrence of `needle` in `s`, or nil.
+local function find_last(s, needle)
+  local at = nil
+  local from = 1
+  while true do
+    local i = string.find(s, needle, from, true)
+    if not i then return at end
+    at, from = i, i + 1
+  end
+end
+
+-- The top-level `properties` object of a kombu envelope, decoded without
+-- decoding the rest (the message body and headers are most of the bytes).
+-- The text from the last `"properties": {` (or `"properties":{`) to just
+-- before the envelope's closing brace must decode as one object: in a valid
+-- JSON object that can only be the value of its last key, and the key is
+-- exactly "properties" unless its opening quote is escaped, which is
+-- excluded by looking at the byte before it. Anything else (another key
+-- order, another layout) gives nil, and the caller decodes the whole element.
+local function tail_properties(raw)
+  local close = #raw
+  while close > 0 and string.find(' \t\r\n', string.sub(raw, close, close), 1, true) do close = close - 1 end
+  if close == 0 or string.sub(raw, close, close) ~= '}' then return nil end
+  for _, needle in ipairs({'"properties": {', '"properties":{'}) do
+    local at = find_last(raw, needle)
+    if at and at > 1 and string.sub(raw, at - 1, at - 1) ~= '\\' then
+      local ok, p = pcall(cjson.decode, string.sub(raw, at + #needle - 1, close - 1))
+      if ok and type(p) == 'table' then return p end
+      return nil
+    end
+  end
+  return nil
+end
+
 -- The delivery tag, exchange and routing key of a list element, or nil if it
 -- is not a kombu envelope.
 local function envelope_info(raw)
-  local ok, m = pcall(cjson.decode, raw)
-  if not ok or type(m) ~= 'table' then return nil end
-  local p = m['properties']
+  local p = tail_properties(raw)
+  if not p then
+    local ok, m = pcall(cjson.decode, raw)
+    if not ok or type(m) ~= 'table' then return nil end
+    p = m['properties']
+  end
   if type(p) ~= 'table' then return nil end
   local tag, di = p['delivery_tag'], p['delivery_info']
   if type(tag) ~= 'string' or type(di) ~= 'table' then return nil end
   local ex, rk = di['exchange'], di['routing_key']
   if type(ex) ~= 'string' or type(rk) ~= 'string' then return nil end
   return tag, ex, rk
+end
+
+-- Writes the records of popped elements: one ZADD and one HSET for all of
+-- them (in pop order, so a tag popped twice keeps its last record, as one
+-- call per element would).
+local function record_all(zargs, hargs)
+  local step = 1000
+  for i = 1, #zargs, step do
+    redis.call('ZADD', KEYS[2], unpack(zargs, i, math.min(i + step - 1, #zargs)))
+  end
+  for i = 1, #hargs, step do
+    redis.call('HSET', KEYS[1], unpack(hargs, i, math.min(i + step - 1, #hargs)))
+  end
 end
 
 local function check_types()
@@ -98,6 +151,7 @@ local order = {}
 for i = base + 1, #ARGV do order[#order + 1] = i - base end
 local lens = {}
 local out = {}
+local zargs, hargs = {}, {}
 for _ = 1, max do
   local found_pos, found_q, found_s, found_key = nil, nil, nil, nil
   for s = 1, nsteps do
@@ -123,8 +177,10 @@ for _ = 1, max do
   end
   local tag, ex, rk = envelope_info(raw)
   if tag then
-    redis.call('ZADD', KEYS[2], score, tag)
-    redis.call('HSET', KEYS[1], tag, '[' .. raw .. ', ' .. pystr(ex) .. ', ' .. pystr(rk) .. ']')
+    zargs[#zargs + 1] = score
+    zargs[#zargs + 1] = tag
+    hargs[#hargs + 1] = tag
+    hargs[#hargs + 1] = '[' .. raw .. ', ' .. pystr(ex) .. ', ' .. pystr(rk) .. ']'
   else
     tag = ''
   end
@@ -133,6 +189,7 @@ for _ = 1, max do
   out[#out + 1] = raw
   out[#out + 1] = tag
 end
+record_all(zargs, hargs)
 return out
 "#;
 
@@ -188,6 +245,37 @@ local ours, indexed = held_by_us(KEYS[2], ARGV[1], 2)
 if not ours then return -1 end
 if indexed then redis.call('ZREM', KEYS[2], ARGV[1]) end
 return redis.call('HDEL', KEYS[1], ARGV[1])
+"#;
+
+/// [`ACK`] for many tags in one call (the batched acks of `acks.rs`).
+///
+/// KEYS: 1 `unacked`, 2 `unacked_index`. ARGV: per tag, the tag, the number
+/// N of our scores, then those N scores. Returns [`ACK`]'s answer for each
+/// tag, in order.
+const ACK_MANY: &str = r#"
+local out = {}
+local i = 1
+while i <= #ARGV do
+  local tag, n = ARGV[i], tonumber(ARGV[i + 1])
+  local code
+  local s = redis.call('ZSCORE', KEYS[2], tag)
+  local ours = not s
+  if s then
+    local sn = tonumber(s)
+    for k = i + 2, i + 1 + n do
+      if tonumber(ARGV[k]) == sn then ours = true; break end
+    end
+  end
+  if not ours then
+    code = -1
+  else
+    if s then redis.call('ZREM', KEYS[2], tag) end
+    code = redis.call('HDEL', KEYS[1], tag)
+  end
+  out[#out + 1] = code
+  i = i + 2 + n
+end
+return out
 "#;
 
 /// Moves a message from `unacked` back to its queue(s) (`restore_by_tag`).
@@ -292,6 +380,7 @@ pub(crate) struct Scripts {
     pub track: Script,
     pub record: Script,
     pub ack: Script,
+    pub ack_many: Script,
     pub restore: Script,
     pub extend: Script,
     pub fix_value: Script,
@@ -308,6 +397,7 @@ impl Scripts {
             track: with(&[PRELUDE, TRACK]),
             record: with(&[PRELUDE, RECORD]),
             ack: with(&[SCORE_GUARD, ACK]),
+            ack_many: Script::new(ACK_MANY),
             restore: with(&[SCORE_GUARD, RESTORE]),
             extend: with(&[SCORE_GUARD, EXTEND]),
             fix_value: with(&[SCORE_GUARD, FIX_VALUE]),
