@@ -157,18 +157,23 @@ async fn connect_retrying(
     }
 }
 
-/// Opens the store: Redis when `redbeat_redis_url` is set, else the state
-/// file. `None` if stopped while waiting for Redis.
+/// Opens the store: Redis when `redbeat_redis_url` is set (waiting for it
+/// while `wait`, else failing at once), else the state file. `None` if
+/// stopped while waiting for Redis.
 async fn open_store(
     settings: &Settings,
     tz: &TimeZone,
     read_only: bool,
-    stop: &CancellationToken,
+    wait: Option<&CancellationToken>,
 ) -> Result<Option<Store>, CliError> {
     let master = settings.broker_transport_options.master_name.as_deref();
     match settings.redbeat_redis_url.as_deref() {
         Some(url) => {
-            let Some((con, masked)) = connect_retrying(url, master, stop).await? else { return Ok(None) };
+            let found = match wait {
+                Some(stop) => connect_retrying(url, master, stop).await?,
+                None => Some(connect(url, master).await.map_err(beat_error)?),
+            };
+            let Some((con, masked)) = found else { return Ok(None) };
             let keys = celeriac_beat::redbeat::Keys::from_settings(settings);
             let lease = Duration::from_secs_f64(settings.redbeat_lock_timeout.unwrap_or(DEFAULT_LEASE));
             let store = RedisStore::new(con, masked, keys, lease, tz.clone(), settings.beat_cron_starting_deadline);
@@ -189,13 +194,13 @@ pub async fn run(args: BeatArgs) -> Result<(), CliError> {
     let settings = settings(&args)?;
     let tz = app_timezone(&settings)?;
     let statics = statics(&settings, &tz)?;
-    let shutdown = CancellationToken::new();
     if args.explain {
-        return explain(&args, &settings, &tz, statics, &shutdown).await;
+        return explain(&args, &settings, &tz, statics).await;
     }
+    let shutdown = CancellationToken::new();
     let (reload_tx, reload) = mpsc::channel(4);
     watch_signals(shutdown.clone(), reload_tx, args.clone())?;
-    let Some(store) = open_store(&settings, &tz, args.dry_run, &shutdown).await? else { return Ok(()) };
+    let Some(store) = open_store(&settings, &tz, args.dry_run, Some(&shutdown)).await? else { return Ok(()) };
 
     let origin = format!("gen{}@{}", std::process::id(), celeriac_broker::producer::hostname());
     let mut producer_config = assemble::producer_config(&settings, &origin)?;
@@ -259,17 +264,11 @@ pub async fn run(args: BeatArgs) -> Result<(), CliError> {
 
 /// `--explain`: next fire times of the static entries and, with Redis, the
 /// dynamic ones, from their recorded state.
-async fn explain(
-    args: &BeatArgs,
-    settings: &Settings,
-    tz: &TimeZone,
-    statics: Vec<Entry>,
-    stop: &CancellationToken,
-) -> Result<(), CliError> {
+async fn explain(args: &BeatArgs, settings: &Settings, tz: &TimeZone, statics: Vec<Entry>) -> Result<(), CliError> {
     let now = jiff::Timestamp::now();
     let mut rows: Vec<(Entry, Option<celeriac_beat::EntryState>)> = Vec::new();
     let mut broken = Vec::new();
-    match open_store(settings, tz, true, stop).await? {
+    match open_store(settings, tz, true, None).await? {
         Some(Store::File(file)) => rows.extend(statics.into_iter().map(|e| {
             let state = file.state(&e.name);
             (e, Some(state))
