@@ -101,6 +101,14 @@ pub struct Plan {
     pub bench_worker: PathBuf,
     /// The `rusty-worker` binary.
     pub rusty_worker: PathBuf,
+    /// The `transport-drain` binary (celeriac's transport alone); drained
+    /// after the peers when [`Plan::transport`] is set.
+    pub transport_drain: PathBuf,
+    /// Also drain with celeriac's transport alone (where the time goes).
+    pub transport: bool,
+    /// Also drain with celeriac at this `-c` (the Python peers' window), to
+    /// show what the concurrency setting does.
+    pub celeriac_narrow: Option<usize>,
     /// The Python interpreter with Celery (None: the Python peers are skipped).
     pub python: Option<PathBuf>,
     /// `bench/python`.
@@ -125,10 +133,13 @@ impl Plan {
             latency_rate: 1_000,
             eta_tasks: 10_000,
             peers: Peer::ALL.to_vec(),
-            celeriac_concurrency: 2,
+            celeriac_concurrency: 64,
             celeriac_prefetch_multiplier: 4,
             python_concurrency: 2,
             rusty_prefetch: 8,
+            transport_drain: bench_worker.with_file_name("transport-drain"),
+            transport: true,
+            celeriac_narrow: Some(2),
             bench_worker,
             rusty_worker,
             python: celeriac_tests::python().ok(),
@@ -142,11 +153,11 @@ impl Plan {
     /// The CI smoke version: every phase and peer, a few thousand tasks.
     pub fn smoke(bench_worker: PathBuf, rusty_worker: PathBuf) -> Plan {
         Plan {
-            drain_tasks: 1_000,
-            enqueue_tasks: 500,
-            latency_tasks: 300,
+            drain_tasks: 500,
+            enqueue_tasks: 300,
+            latency_tasks: 200,
             latency_warmup: 50,
-            eta_tasks: 300,
+            eta_tasks: 200,
             peers: vec![Peer::Celeriac, Peer::PythonPrefork, Peer::Rusty],
             phase_timeout: Duration::from_secs(120),
             settle: Duration::from_millis(300),
@@ -175,6 +186,16 @@ pub async fn run(plan: &Plan) -> Result<Report, BenchError> {
         report.latency.insert(peer, phases::latency(&env, peer).await.map_err(|e| e.to_string()));
         eprintln!("bench: {} — memory", peer.label());
         report.memory.insert(peer, phases::memory(&env, peer).await.map_err(|e| e.to_string()));
+    }
+    if let Some(c) = plan.celeriac_narrow.filter(|_| plan.peers.contains(&Peer::Celeriac)) {
+        eprintln!("bench: celeriac -c {c} — drain");
+        let mut narrow = env.clone();
+        narrow.plan.celeriac_concurrency = c;
+        report.narrow = Some((c, phases::drain(&narrow, Peer::Celeriac, false).await.map_err(|e| e.to_string())));
+    }
+    if plan.transport {
+        eprintln!("bench: {} — drain", Peer::Transport.label());
+        report.transport = Some(phases::drain(&env, Peer::Transport, false).await.map_err(|e| e.to_string()));
     }
     eprintln!("bench: enqueue");
     report.enqueue = phases::enqueue(&env).await;

@@ -75,9 +75,8 @@ impl Probe {
             .lines()
             .filter_map(|l| {
                 let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-                let field = |k: &str| {
-                    rest.split(',').find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse::<u64>().ok())
-                };
+                let field =
+                    |k: &str| rest.split(',').find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse::<u64>().ok());
                 Some((name.to_owned(), field("calls")?, field("usec")?))
             })
             .collect();

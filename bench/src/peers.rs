@@ -20,6 +20,9 @@ pub enum Peer {
     PythonThreads,
     /// rusty-celery (the `celery` crate).
     Rusty,
+    /// celeriac's Redis transport alone: consume and ack, no task runtime
+    /// (a diagnostic, not a worker).
+    Transport,
 }
 
 impl Peer {
@@ -33,6 +36,7 @@ impl Peer {
             Peer::PythonPrefork => "prefork",
             Peer::PythonThreads => "threads",
             Peer::Rusty => "rusty",
+            Peer::Transport => "transport",
         }
     }
 
@@ -48,6 +52,7 @@ impl Peer {
             Peer::PythonPrefork => "Python prefork",
             Peer::PythonThreads => "Python threads",
             Peer::Rusty => "rusty-celery",
+            Peer::Transport => "celeriac transport only",
         }
     }
 
@@ -58,7 +63,7 @@ impl Peer {
 
     /// Whether it can store results in the Redis backend.
     pub fn stores_results(self) -> bool {
-        self != Peer::Rusty
+        !matches!(self, Peer::Rusty | Peer::Transport)
     }
 
     /// The hashes that hold its in-flight messages: kombu's `unacked` (and its
@@ -80,6 +85,10 @@ impl Peer {
             Peer::PythonPrefork => format!("`-P prefork -c {}`, prefetch multiplier 4", plan.python_concurrency),
             Peer::PythonThreads => format!("`-P threads -c {}`, prefetch multiplier 4", plan.python_concurrency),
             Peer::Rusty => format!("prefetch_count {}", plan.rusty_prefetch),
+            Peer::Transport => format!(
+                "`RedisBroker` consumer, prefetch {}, every delivery acked at once",
+                plan.celeriac_concurrency * plan.celeriac_prefetch_multiplier
+            ),
         }
     }
 
@@ -110,6 +119,12 @@ impl Peer {
                     .env("PYTHONPATH", &plan.python_dir)
                     .env("BENCH_BROKER", broker)
                     .env("BENCH_BACKEND", backend.unwrap_or(""));
+                c
+            }
+            Peer::Transport => {
+                let mut c = Command::new(&plan.transport_drain);
+                let prefetch = plan.celeriac_concurrency * plan.celeriac_prefetch_multiplier;
+                c.args([broker, queue, &prefetch.to_string()]);
                 c
             }
             Peer::Rusty => {

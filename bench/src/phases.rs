@@ -15,6 +15,7 @@ use crate::report::{Drain, Enqueue, Latency, Memory, Outcome};
 use crate::{procs, BenchError, Plan};
 
 /// What every phase needs: the plan, the Redis URLs and the harness's clients.
+#[derive(Clone)]
 pub struct Env {
     /// The plan.
     pub plan: Plan,

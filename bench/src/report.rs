@@ -109,6 +109,10 @@ pub struct Report {
     pub latency: BTreeMap<Peer, Outcome<Latency>>,
     /// Memory.
     pub memory: BTreeMap<Peer, Outcome<Memory>>,
+    /// Drain by celeriac at the peers' `-c`: (concurrency, outcome).
+    pub narrow: Option<(usize, Outcome<Drain>)>,
+    /// Drain by celeriac's transport alone.
+    pub transport: Option<Outcome<Drain>>,
     /// Enqueue rate by producer.
     pub enqueue: BTreeMap<&'static str, Outcome<Enqueue>>,
     /// Peers not run, and why.
@@ -176,6 +180,8 @@ impl Report {
             latency: BTreeMap::new(),
             memory: BTreeMap::new(),
             enqueue: BTreeMap::new(),
+            transport: None,
+            narrow: None,
             skipped: Vec::new(),
             load_after: [0.0; 3],
             started: crate::unix_now(),
@@ -217,6 +223,12 @@ impl Report {
             if let Err(e) = r {
                 note("memory", p.key(), e);
             }
+        }
+        if let Some((_, Err(e))) = &self.narrow {
+            note("drain", "celeriac_narrow", e);
+        }
+        if let Some(Err(e)) = &self.transport {
+            note("drain", "transport", e);
         }
         for (k, r) in &self.enqueue {
             if let Err(e) = r {
@@ -316,6 +328,7 @@ impl Report {
                 Peer::Celeriac => enq(ENQUEUE_RUST_LOOP),
                 Peer::PythonPrefork | Peer::PythonThreads => enq(ENQUEUE_PYTHON),
                 Peer::Rusty => enq(ENQUEUE_RUSTY),
+                Peer::Transport => None,
             };
             (v.map_or("—".into(), fmt_num), v)
         });
@@ -324,6 +337,7 @@ impl Report {
                 Peer::Celeriac => enq(ENQUEUE_RUST_CONCURRENT),
                 Peer::PythonPrefork | Peer::PythonThreads => enq(ENQUEUE_PYTHON),
                 Peer::Rusty => enq(ENQUEUE_RUSTY),
+                Peer::Transport => None,
             };
             (v.map_or("—".into(), fmt_num), v)
         });
@@ -359,6 +373,32 @@ impl Report {
              Python's and rusty-celery's producers have no concurrent mode, so both enqueue rows compare with \
              their one loop.\n",
         );
+        // Where the time goes, per drained task.
+        s.push_str("\nCPU per drained task (no results), from /proc and Redis `INFO`; \"transport only\" is celeriac's \
+             consumer acking every delivery at once, without the task runtime, same prefetch window:\n\n\
+             | | tasks/s | worker CPU µs/task | redis-server CPU µs/task | Redis script (EVALSHA) µs/task |\n|---|--:|--:|--:|--:|\n");
+        let mut cpu_rows: Vec<(String, &Drain)> =
+            peers.iter().filter_map(|p| ok(self.drain.get(p)).map(|d| (p.label().to_owned(), d))).collect();
+        if let Some(Ok(d)) = &self.transport {
+            cpu_rows.insert(1, (Peer::Transport.label().to_owned(), d));
+        }
+        if let Some((c, Ok(d))) = &self.narrow {
+            let prefetch = c * plan.celeriac_prefetch_multiplier;
+            cpu_rows.insert(1, (format!("celeriac `-c {c}` (prefetch {prefetch}, as the Python peers)"), d));
+        }
+        for (label, d) in cpu_rows {
+            let per_task = |v: f64| v * 1e6 / d.tasks as f64;
+            let script: u64 =
+                d.redis_commands.iter().filter(|(c, _, _)| c.starts_with("eval")).map(|(_, _, u)| *u).sum();
+            let _ = writeln!(
+                s,
+                "| {label} | {} | {} | {} | {} |",
+                fmt_num(d.rate()),
+                fmt_num(per_task(d.worker_cpu_s)),
+                fmt_num(per_task(d.redis_cpu_s)),
+                fmt_num(script as f64 / d.tasks as f64)
+            );
+        }
         // Targets.
         s.push_str("\n| target (issue 7) | measured | met |\n|---|--:|:-:|\n");
         let drain_rate = |p: Peer| ok(self.drain.get(&p)).map(Drain::rate);
@@ -413,22 +453,7 @@ impl Report {
         let per = |f: &dyn Fn(Peer) -> Json| -> Json {
             Json::Object(self.plan.peers.iter().map(|p| (p.key().to_owned(), f(*p))).collect())
         };
-        let drain = |map: &BTreeMap<Peer, Outcome<Drain>>| {
-            per(&|p| match map.get(&p) {
-                Some(Ok(d)) => json!({
-                    "tasks": d.tasks, "seconds": d.seconds, "tasks_per_second": d.rate(),
-                    "worker_cpu_seconds": d.worker_cpu_s, "redis_cpu_seconds": d.redis_cpu_s,
-                    "worker_cpu_us_per_task": d.worker_cpu_s * 1e6 / d.tasks as f64,
-                    "redis_cpu_us_per_task": d.redis_cpu_s * 1e6 / d.tasks as f64,
-                    "worker_peak_rss_kib": d.peak_hwm_kb, "results_stored": d.results_stored,
-                    "redis_commands_per_task": d.redis_commands.iter().map(|(c, calls, usec)| json!({
-                        "command": c, "calls": *calls as f64 / d.tasks as f64, "usec": *usec as f64 / d.tasks as f64,
-                    })).collect::<Vec<_>>(),
-                }),
-                Some(Err(e)) => json!({ "error": e }),
-                None => Json::Null,
-            })
-        };
+        let drain = |map: &BTreeMap<Peer, Outcome<Drain>>| per(&|p| drain_json(map.get(&p)));
         json!({
             "started_unix": self.started,
             "seconds": self.took,
@@ -448,6 +473,8 @@ impl Report {
             },
             "drain": drain(&self.drain),
             "drain_with_results": drain(&self.drain_results),
+            "drain_transport_only": drain_json(self.transport.as_ref()),
+            "drain_celeriac_narrow": self.narrow.as_ref().map(|(c, d)| json!({ "concurrency": c, "drain": drain_json(Some(d)) })),
             "enqueue": Json::Object(self.enqueue.iter().map(|(k, r)| ((*k).to_owned(), match r {
                 Ok(e) => json!({ "count": e.count, "seconds": e.seconds, "tasks_per_second": e.rate() }),
                 Err(e) => json!({ "error": e }),
@@ -471,6 +498,24 @@ impl Report {
             }),
             "skipped": self.skipped.iter().map(|(p, w)| json!({ "peer": p.key(), "why": w })).collect::<Vec<_>>(),
         })
+    }
+}
+
+/// One drain as JSON, with CPU and Redis commands per task.
+fn drain_json(d: Option<&Outcome<Drain>>) -> Json {
+    match d {
+        Some(Ok(d)) => json!({
+            "tasks": d.tasks, "seconds": d.seconds, "tasks_per_second": d.rate(),
+            "worker_cpu_seconds": d.worker_cpu_s, "redis_cpu_seconds": d.redis_cpu_s,
+            "worker_cpu_us_per_task": d.worker_cpu_s * 1e6 / d.tasks as f64,
+            "redis_cpu_us_per_task": d.redis_cpu_s * 1e6 / d.tasks as f64,
+            "worker_peak_rss_kib": d.peak_hwm_kb, "results_stored": d.results_stored,
+            "redis_commands_per_task": d.redis_commands.iter().map(|(c, calls, usec)| json!({
+                "command": c, "calls": *calls as f64 / d.tasks as f64, "usec": *usec as f64 / d.tasks as f64,
+            })).collect::<Vec<_>>(),
+        }),
+        Some(Err(e)) => json!({ "error": e }),
+        None => Json::Null,
     }
 }
 

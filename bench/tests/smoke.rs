@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The CI smoke run of `scripts/bench`: every phase for celeriac, Python
-//! prefork and rusty-celery with a few hundred tasks each, so the harness
+//! prefork and rusty-celery with a few hundred tasks each (plus celeriac at `-c 2` and its transport alone), so the harness
 //! keeps working. No timing is asserted; only that every measurement was
 //! taken (the Python peer is skipped when the virtualenv is missing and peers
 //! are not required).
@@ -32,10 +32,13 @@ fn every_phase_runs_for_every_peer() {
     }
     assert!(report.drain_results[&Peer::Celeriac].is_ok());
     let markdown = report.markdown();
-    assert!(markdown.contains("| drain 1,000 no-op tasks"), "{markdown}");
+    assert!(markdown.contains("| drain 500 no-op tasks"), "{markdown}");
+    assert!(markdown.contains("| celeriac transport only |"), "{markdown}");
     assert!(markdown.contains("| target (issue 7) |"), "{markdown}");
     let json = report.json();
-    assert_eq!(json["drain"]["celeriac"]["tasks"], 1000);
+    assert_eq!(json["drain"]["celeriac"]["tasks"], 500);
+    assert!(json["drain_transport_only"]["tasks_per_second"].as_f64().unwrap() > 0.0);
+    assert!(json["drain_celeriac_narrow"]["drain"]["tasks_per_second"].as_f64().unwrap() > 0.0);
     assert!(json["memory"]["celeriac"]["idle_rss_kib"].as_u64().unwrap() > 0);
     let doc = celeriac_bench::report::splice("# Benchmarks\n\nnotes\n", &markdown);
     assert_eq!(
