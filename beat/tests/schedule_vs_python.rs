@@ -1,8 +1,9 @@
-//! celeriac's crontab next fire times against the pinned Python Celery's
-//! `celery.schedules.crontab`, for thousands of random expressions, zones and
-//! start instants (many near the daylight-saving changes of Europe/Berlin and
+//! celeriac's next fire times against the pinned Python Celery's
+//! `celery.schedules` (`crontab`, and `schedule` with and without `relative`),
+//! for thousands of random expressions, intervals, zones and start instants
+//! (most near the daylight-saving changes of Europe/Berlin and
 //! America/New_York). `tests/python/beat_schedule_oracle.py` computes Python's
-//! answers in one run.
+//! answers in one run per test.
 //!
 //! Every difference must be one of the cases where Python is wrong, which the
 //! crate README documents; anything else fails the test, listing the cases.
@@ -12,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use celeriac_beat::schedule::Crontab;
+use celeriac_beat::schedule::{Crontab, Interval};
 use jiff::civil::DateTime;
 use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{SignedDuration, Timestamp};
@@ -77,23 +78,48 @@ fn seed() -> String {
     std::env::var("CELERIAC_SCHEDULE_SEED").unwrap_or_else(|_| "6".into())
 }
 
+/// The oracle's JSON lines for `args`.
+fn oracle(args: &[&str]) -> Option<Vec<Value>> {
+    let python = celeriac_tests::or_skip("the project's Python", celeriac_tests::python())?;
+    let script = celeriac_tests::repo_root().join("tests/python/beat_schedule_oracle.py");
+    let out = Command::new(python).arg(script).args(args).output().unwrap();
+    assert!(out.status.success(), "oracle failed: {}", String::from_utf8_lossy(&out.stderr));
+    Some(String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect())
+}
+
+#[test]
+fn interval_next_fire_times_match_pythons_celery() {
+    let Some(cases) = oracle(&["--intervals", "--cases", "4000", "--seed", &seed()]) else {
+        return;
+    };
+    let mut differ = Vec::new();
+    for case in &cases {
+        let tz = TimeZone::get(case["tz"].as_str().unwrap()).unwrap();
+        let every = SignedDuration::from_secs(case["every"].as_i64().unwrap());
+        let interval = Interval { every, relative: case["relative"].as_bool().unwrap() };
+        let after = instant(case["after"].as_f64().unwrap());
+        let python = instant(case["next"].as_f64().unwrap());
+        let ours = interval.next_after(after, &tz).unwrap();
+        if ours != python {
+            differ.push(format!("{case}: celeriac {ours} ({})", tz.to_datetime(ours)));
+        }
+    }
+    assert!(differ.is_empty(), "{} of {} differ:\n{}", differ.len(), cases.len(), differ.join("\n"));
+}
+
 fn instant(seconds: f64) -> Timestamp {
     Timestamp::from_microsecond((seconds * 1e6).round() as i64).unwrap()
 }
 
 #[test]
 fn crontab_next_fire_times_match_pythons_celery() {
-    let Some(python) = celeriac_tests::or_skip("the project's Python", celeriac_tests::python()) else {
+    let Some(cases) = oracle(&["--cases", "6000", "--seed", &seed()]) else {
         return;
     };
-    let script = celeriac_tests::repo_root().join("tests/python/beat_schedule_oracle.py");
-    let out = Command::new(python).arg(script).args(["--cases", "6000", "--seed", &seed()]).output().unwrap();
-    assert!(out.status.success(), "oracle failed: {}", String::from_utf8_lossy(&out.stderr));
     let mut zones: BTreeMap<String, TimeZone> = BTreeMap::new();
     let (mut same, mut known) = (0usize, BTreeMap::<Known, Vec<String>>::new());
     let mut unexplained = Vec::new();
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
-        let case: Value = serde_json::from_str(line).unwrap();
+    for case in &cases {
         let expr = case["cron"].as_str().unwrap();
         let zone = case["tz"].as_str().unwrap();
         let tz = zones.entry(zone.to_owned()).or_insert_with(|| TimeZone::get(zone).unwrap()).clone();

@@ -3,6 +3,7 @@
 `celery.schedules.crontab`, for celeriac's schedule tests to compare against.
 
     beat_schedule_oracle.py [--seed N] [--cases N]
+    beat_schedule_oracle.py --intervals [--seed N] [--cases N]
 
 Prints one JSON line per case:
     {"cron": "m h dom mon dow", "tz": "Europe/Berlin", "after": <epoch s>,
@@ -13,6 +14,10 @@ beat would send the next run at. Each random start is followed by a few
 steps of the chain (the next run becomes the last run), as a running beat
 walks it. Starts are drawn around the daylight-saving changes of
 Europe/Berlin and America/New_York, and at random over 2020-2031.
+
+With --intervals, the cases are `schedule(every, relative=...)` instead:
+    {"every": <seconds>, "relative": true, "tz": ..., "after": ..., "next": ...}
+where `next` is now + `remaining_estimate(after)` with now = after.
 """
 
 import argparse
@@ -23,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from celery import Celery
-from celery.schedules import crontab
+from celery.schedules import crontab, schedule
 
 ZONES = ["Europe/Berlin", "America/New_York", "Europe/Berlin", "America/New_York",
          "UTC", "Asia/Kolkata", "Australia/Lord_Howe", "Europe/London"]
@@ -57,26 +62,50 @@ def transitions(zone, years):
     return found
 
 
+def start_instant(rnd, zone, near, start, end):
+    """A random instant, 70 % of them within 8 hours of a daylight-saving change."""
+    if zone in near and rnd.random() < 0.7:
+        return rnd.choice(near[zone]) + timedelta(seconds=rnd.randint(-8 * 3600, 8 * 3600))
+    return start + (end - start) * rnd.random()
+
+
+def intervals(a, rnd, near, start, end) -> None:
+    apps = {}
+    for _ in range(a.cases):
+        zone = rnd.choice(ZONES)
+        every = rnd.choice([1, 30, 60, 90, 300, 900, 3600, 5400, 7200, 86400, 172800])
+        relative = rnd.random() < 0.8
+        t = start_instant(rnd, zone, near, start, end)
+        if zone not in apps:
+            apps[zone] = Celery("oracle", set_as_current=False)
+            apps[zone].conf.timezone = zone
+        last = t.astimezone(ZoneInfo(zone))
+        sched = schedule(every, relative=relative, app=apps[zone], nowfun=lambda: last)
+        nxt = last.astimezone(timezone.utc) + sched.remaining_estimate(last)
+        print(json.dumps({"every": every, "relative": relative, "tz": zone, "after": last.timestamp(),
+                          "next": nxt.timestamp()}))
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--seed", type=int, default=6)
     p.add_argument("--cases", type=int, default=3000)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--intervals", action="store_true")
     a = p.parse_args()
     rnd = random.Random(a.seed)
     apps = {}
     near = {z: transitions(z, range(2024, 2029)) for z in ("Europe/Berlin", "America/New_York")}
     start, end = datetime(2020, 1, 1, tzinfo=timezone.utc), datetime(2031, 1, 1, tzinfo=timezone.utc)
+    if a.intervals:
+        intervals(a, rnd, near, start, end)
+        return 0
     made = 0
     while made < a.cases:
         expr = " ".join([rnd.choice(MINUTES), rnd.choice(HOURS), rnd.choice(DAYS), rnd.choice(MONTHS),
                          rnd.choice(WEEKDAYS)])
         zone = rnd.choice(ZONES)
-        if zone in near and rnd.random() < 0.7:
-            around = rnd.choice(near[zone])
-            t = around + timedelta(seconds=rnd.randint(-8 * 3600, 8 * 3600))
-        else:
-            t = start + (end - start) * rnd.random()
+        t = start_instant(rnd, zone, near, start, end)
         if rnd.random() < 0.3:
             t = t.replace(second=0, microsecond=0)
         try:

@@ -38,11 +38,13 @@ pub fn parse_duration(text: &str) -> Result<SignedDuration, String> {
     }
 }
 
-/// Celery's `delta_resolution` unit for an interval: a day, an hour, a minute, or none.
-fn resolution(every: SignedDuration) -> Option<SignedDuration> {
+/// Celery's `delta_resolution` unit for an interval: a day, an hour, a
+/// minute, else a second (Celery drops the microseconds of a rounded time).
+fn resolution(every: SignedDuration) -> SignedDuration {
     [SignedDuration::from_hours(24), SignedDuration::from_hours(1), SignedDuration::from_mins(1)]
         .into_iter()
         .find(|unit| every >= *unit)
+        .unwrap_or(SignedDuration::from_secs(1))
 }
 
 fn round_down(wall: DateTime, unit: SignedDuration) -> DateTime {
@@ -50,46 +52,61 @@ fn round_down(wall: DateTime, unit: SignedDuration) -> DateTime {
         wall.date().at(0, 0, 0, 0)
     } else if unit >= SignedDuration::from_hours(1) {
         wall.date().at(wall.hour(), 0, 0, 0)
-    } else {
+    } else if unit >= SignedDuration::from_mins(1) {
         wall.date().at(wall.hour(), wall.minute(), 0, 0)
+    } else {
+        wall.date().at(wall.hour(), wall.minute(), wall.second(), 0)
+    }
+}
+
+/// The instants a wall-clock time stands for: one, the gap-shifted one in a
+/// spring-forward gap, or both occurrences in a fall-back fold.
+fn occurrences(tz: &TimeZone, wall: DateTime) -> Vec<Timestamp> {
+    use jiff::tz::AmbiguousOffset;
+    let at = |offset: jiff::tz::Offset| offset.to_timestamp(wall).ok();
+    match tz.to_ambiguous_timestamp(wall).offset() {
+        AmbiguousOffset::Unambiguous { offset } | AmbiguousOffset::Gap { before: offset, .. } => {
+            at(offset).into_iter().collect()
+        }
+        AmbiguousOffset::Fold { before, after } => [at(before), at(after)].into_iter().flatten().collect(),
     }
 }
 
 impl Interval {
-    /// The slot after `last`: `last + every`, or with `relative` the last
-    /// boundary at or before that which is still after `last` (else the next
-    /// boundary after `last`).
+    /// The slot after `last`: `last + every`; with `relative`, the latest
+    /// boundary of the interval's resolution (days, hours, minutes, else whole
+    /// seconds, in `tz`'s wall clock) at or
+    /// before that and still after `last`, else the next boundary after
+    /// `last`, as Celery's `remaining(relative=True)` picks it (both
+    /// occurrences of a repeated wall time are candidates; days are calendar
+    /// days).
     pub fn next_after(&self, last: Timestamp, tz: &TimeZone) -> Option<Timestamp> {
         let end = last.checked_add(self.every).ok()?;
-        let unit = match (self.relative, resolution(self.every)) {
-            (true, Some(unit)) => unit,
-            _ => return Some(end),
-        };
-        let daily = unit >= SignedDuration::from_hours(24);
-        let end = if daily {
-            // Day intervals advance by calendar days on the wall clock.
-            let days = self.every.as_secs() / 86_400;
-            let wall = tz.to_datetime(last).checked_add(jiff::Span::new().days(days)).ok()?;
-            tz.to_ambiguous_timestamp(wall).compatible().ok()?
-        } else {
-            end
-        };
-        let wall = tz.to_datetime(end);
-        let rounded = tz.to_ambiguous_timestamp(round_down(wall, unit)).compatible().ok()?;
-        if rounded > last {
-            return Some(rounded);
+        if !self.relative {
+            return Some(end);
         }
-        // The boundary fell on or before the previous slot: take the next one.
-        let step = if daily { SignedDuration::from_hours(24) } else { unit };
-        let mut probe = tz.to_datetime(last);
-        for _ in 0..4 {
-            probe = round_down(probe, unit).checked_add(step).ok()?;
-            let at = tz.to_ambiguous_timestamp(probe).compatible().ok()?;
-            if at > last {
-                return Some(at);
-            }
+        let unit = resolution(self.every);
+        let wall_end = tz.to_datetime(last).checked_add(self.every).ok()?;
+        if unit >= SignedDuration::from_hours(24) {
+            // Calendar days: the first local midnight after `last`, counting
+            // `every` days on the wall clock.
+            let candidates = occurrences(tz, round_down(wall_end, unit));
+            return candidates.into_iter().filter(|c| *c > last).min().or(Some(end));
         }
-        Some(end)
+        let mut candidates = occurrences(tz, round_down(tz.to_datetime(end), unit));
+        let rounded =
+            candidates.iter().copied().filter(|c| *c <= end).max().or_else(|| candidates.iter().copied().min());
+        if rounded.is_some_and(|r| r > last) || unit < SignedDuration::from_mins(1) {
+            return rounded;
+        }
+        // The boundary fell on or before the previous slot (a fold, or an
+        // interval shorter than its resolution): also try the next boundary
+        // and the wall-clock end.
+        let next = round_down(tz.to_datetime(end), unit).checked_add(unit).ok()?;
+        candidates.extend(occurrences(tz, next));
+        candidates.extend(occurrences(tz, round_down(wall_end, unit)));
+        let future: Vec<Timestamp> = candidates.into_iter().filter(|c| *c > last).collect();
+        future.iter().copied().filter(|c| *c <= end).max().or_else(|| future.iter().copied().min()).or(Some(end))
     }
 
     /// The last slot at or before `now` on the grid `last + k * every`
