@@ -219,20 +219,24 @@ fn inspect_answers(mixed: bool) {
     }
     let done = python_calls(&url, Value::Array(first), true);
     assert!(done.iter().all(|l| l["state"] == "SUCCESS"), "{done:?}");
+    // The slot taken first, then what waits for it (sent after, so their
+    // order on the worker is certain).
+    let running = id_of(&python_calls(&url, json!([{"name": "t.integration.tasks.sleeping", "args": [30]}]), false)[0]);
+    await_started(&mut a, &running, &rs);
     let held = python_calls(
         &url,
         json!([
-            {"name": "t.integration.tasks.sleeping", "args": [30]},
             {"name": "t.integration.tasks.add", "args": [2, 3]},
             {"name": "t.integration.tasks.add", "args": [3, 4], "options": {"countdown": 3600}},
         ]),
         false,
     );
-    let (running, reserved, scheduled) = (id_of(&held[0]), id_of(&held[1]), id_of(&held[2]));
-    await_started(&mut a, &running, &rs);
+    let (reserved, scheduled) = (id_of(&held[0]), id_of(&held[1]));
     // The running task was acked as it started; the other two are held unacked.
-    assert!(celeriac_tests::wait_until(WAIT, || redis_int(&mut a, &["HLEN", "unacked"]) == 2
-        && redis_int(&mut a, &["LLEN", "celery"]) == 0));
+    let held_back = celeriac_tests::wait_until(WAIT, || {
+        redis_int(&mut a, &["HLEN", "unacked"]) == 2 && redis_int(&mut a, &["LLEN", "celery"]) == 0
+    });
+    assert!(held_back, "{}", rs.log());
 
     let commands: Vec<Vec<&str>> = vec![
         vec!["ping"],
@@ -314,7 +318,14 @@ fn inspect_answers(mixed: bool) {
         assert_eq!(stats[PY]["broker"]["port"], st["broker"]["port"]);
         assert_eq!((&active[PY], &reserved_r[PY], &scheduled_r[PY]), (&json!([]), &json!([]), &json!([])));
         assert_eq!(names(&queues[PY]), ["py"]);
-        assert_eq!(queues[PY][0].as_object().unwrap().len(), q.as_object().unwrap().len(), "same keys: {queues:?}");
+        // The same keys as Python's replies, all the way down.
+        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(keys(&queues[PY][0]), keys(q), "active_queues");
+        assert_eq!(keys(&queues[PY][0]["exchange"]), keys(&q["exchange"]), "active_queues exchange");
+        for part in ["", "broker", "pool", "rusage"] {
+            let (ours, theirs) = if part.is_empty() { (st, &stats[PY]) } else { (&st[part], &stats[PY][part]) };
+            assert_eq!(keys(ours), keys(theirs), "stats {part}");
+        }
         assert!(registered[PY].as_array().unwrap().contains(&json!("tasks.add")), "{registered:?}");
         assert_eq!(query[PY], json!({}));
     }
@@ -345,17 +356,11 @@ fn revoke_and_terminate(mixed: bool) {
     let _py = mixed.then(|| python_worker(&redis, &python, "py"));
     let nodes = nodes(mixed);
     let mut a = admin(&url);
-    let held = python_calls(
-        &url,
-        json!([
-            {"name": "t.integration.tasks.sleeping", "args": [30]},
-            {"name": "t.integration.tasks.add", "args": [1, 2]},
-        ]),
-        false,
-    );
-    let (running, queued) = (id_of(&held[0]), id_of(&held[1]));
+    let running = id_of(&python_calls(&url, json!([{"name": "t.integration.tasks.sleeping", "args": [30]}]), false)[0]);
     await_started(&mut a, &running, &rs);
-    assert!(celeriac_tests::wait_until(WAIT, || redis_int(&mut a, &["HLEN", "unacked"]) == 1));
+    let queued = id_of(&python_calls(&url, json!([{"name": "t.integration.tasks.add", "args": [1, 2]}]), false)[0]);
+    let held_back = celeriac_tests::wait_until(WAIT, || redis_int(&mut a, &["HLEN", "unacked"]) == 1);
+    assert!(held_back, "{}", rs.log());
 
     // Revoked without terminate, a running task runs on: its STARTED stays
     // (Celery leaves a running task's state alone; a client waiting on it
@@ -488,7 +493,15 @@ fn mingle_shares_revoked_ids_between_python_and_celeriac() {
     let url = redis.url();
     let statedb = redis.dir().join("python-worker.state");
     let _rs = celeriac_worker(&redis, RS, &[], &[]);
-    let mut first = python_worker_with_mingle(&redis, &python, &statedb, "python-mingle-1.log");
+    // The first Python worker only fills its state file (mingle off: the harness's default).
+    let mut first = CeleryWorker::builder(&python, "mixed", &python_dir().join("apps"))
+        .queues("py")
+        .args(&["--pool=solo", "-n", PY, "--loglevel=INFO", "--statedb", statedb.to_str().unwrap()])
+        .env("CELERIAC_TEST_BROKER", &url)
+        .log(redis.dir().join("python-first.log"))
+        .start()
+        .unwrap();
+    first.wait_ready(WAIT).unwrap();
     let (ours, theirs) = (fresh_id("revoked-on-celeriac"), fresh_id("revoked-on-python"));
     assert!(control(&url, &[RS], &["revoke", &ours])[RS]["ok"].is_string());
     assert!(control(&url, &[PY], &["revoke", &theirs])[PY]["ok"].is_string());
@@ -496,7 +509,7 @@ fn mingle_shares_revoked_ids_between_python_and_celeriac() {
     assert!(first.wait_timeout(WAIT).is_some(), "{}", first.log());
 
     // Restarted, the Python worker brings `theirs` from its state file.
-    let second = python_worker_with_mingle(&redis, &python, &statedb, "python-mingle-2.log");
+    let second = python_worker_with_mingle(&redis, &python, &statedb, "python-mingle.log");
     assert!(second.log().contains("mingle: sync with 1 nodes"), "{}", second.log());
     let revoked = inspect(&url, &[RS, PY], &["revoked"]);
     for node in [RS, PY] {
@@ -509,6 +522,15 @@ fn mingle_shares_revoked_ids_between_python_and_celeriac() {
 // celery control rate_limit / time_limit / add_consumer / cancel_consumer /
 // an unknown command / shutdown
 
+/// Runs `celery control` calls at once (each is a Python process): the
+/// replies, in order.
+fn controls(url: &str, calls: &[(&[&str], &[&str])]) -> Vec<Map<String, Value>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = calls.iter().map(|(nodes, cmd)| s.spawn(move || control(url, nodes, cmd))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 fn limits_consumers_and_shutdown(mixed: bool) {
     let (Some(redis), Some(python)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
     let url = redis.url();
@@ -517,41 +539,53 @@ fn limits_consumers_and_shutdown(mixed: bool) {
     let nodes = nodes(mixed);
     let mut a = admin(&url);
     let add = "t.integration.tasks.add";
+    let sleeping = "t.integration.tasks.sleeping";
 
-    // rate_limit: set on the worker that has the task; the others say so.
-    let replies = control(&url, &nodes, &["rate_limit", add, "4/s"]);
-    assert_eq!(replies[RS], json!({"ok": "new rate limit set successfully"}));
-    if mixed {
-        assert_eq!(replies[PY], json!({"error": "unknown task"}));
-    }
-    let replies = control(&url, &[RS], &["rate_limit", "tasks.nobody_has_this", "4/s"]);
-    assert_eq!(replies[RS], json!({"error": "unknown task"}));
-    let replies = control(&url, &[RS], &["rate_limit", add, "often"]);
-    assert!(replies[RS]["error"].as_str().unwrap().starts_with("Invalid rate limit string: "), "{replies:?}");
-    let out = python_calls(
+    // rate_limit and time_limit: set on the worker that has the task, the
+    // others say they lack it; add_consumer: every worker takes the queue.
+    let replies = controls(
         &url,
-        json!([{"name": add, "args": [1, 1]}, {"name": add, "args": [2, 2]}, {"name": add, "args": [3, 3]}]),
-        true,
+        &[
+            (&nodes, &["rate_limit", add, "4/s"]),
+            (&[RS], &["rate_limit", "tasks.nobody_has_this", "4/s"]),
+            (&[RS], &["rate_limit", add, "often"]),
+            (&nodes, &["time_limit", sleeping, "0.3", "5"]),
+            (&nodes, &["add_consumer", "extra"]),
+        ],
     );
-    let done: Vec<f64> = out.iter().map(|l| l["done_at"].as_f64().unwrap()).collect();
-    let span = done.iter().cloned().fold(f64::MIN, f64::max) - done.iter().cloned().fold(f64::MAX, f64::min);
-    assert!(span >= 0.45, "4/s set by rate_limit not applied: three runs within {span:.3}s: {out:?}");
-
-    // time_limit (soft, hard): the next run of the task gets them.
-    let replies = control(&url, &nodes, &["time_limit", "t.integration.tasks.sleeping", "0.3", "5"]);
-    assert_eq!(replies[RS], json!({"ok": "time limits set successfully"}));
+    let [rate, unknown, invalid, time, added] = &replies[..] else { unreachable!() };
+    assert_eq!(rate[RS], json!({"ok": "new rate limit set successfully"}));
+    assert_eq!(unknown[RS], json!({"error": "unknown task"}));
+    assert!(invalid[RS]["error"].as_str().unwrap().starts_with("Invalid rate limit string: "), "{invalid:?}");
+    assert_eq!(time[RS], json!({"ok": "time limits set successfully"}));
+    for node in &nodes {
+        assert_eq!(added[*node], json!({"ok": "add consumer extra"}), "{node}");
+    }
     if mixed {
-        assert_eq!(replies[PY], json!({"error": "unknown task"}));
+        assert_eq!((&rate[PY], &time[PY]), (&json!({"error": "unknown task"}), &json!({"error": "unknown task"})));
+    }
+
+    // Their effect: three adds 4/s apart, sleeping(10) stopped by its new
+    // soft limit of 0.3 s, and (alone: the Python worker lacks the task) an
+    // add taken from the new queue.
+    let mut calls = vec![
+        json!({"name": add, "args": [1, 1]}),
+        json!({"name": add, "args": [2, 2]}),
+        json!({"name": add, "args": [3, 3]}),
+        json!({"name": sleeping, "args": [10]}),
+    ];
+    if !mixed {
+        calls.push(json!({"name": add, "args": [5, 5], "options": {"queue": "extra"}}));
     }
     let started = Instant::now();
-    let out = python_calls(&url, json!([{"name": "t.integration.tasks.sleeping", "args": [10]}]), true);
-    assert_eq!((&out[0]["state"], &out[0]["exc_type"]), (&json!("FAILURE"), &json!("SoftTimeLimitExceeded")));
+    let out = python_calls(&url, Value::Array(calls), true);
+    let done: Vec<f64> = out[..3].iter().map(|l| l["done_at"].as_f64().unwrap()).collect();
+    let span = done.iter().cloned().fold(f64::MIN, f64::max) - done.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(span >= 0.45, "4/s set by rate_limit not applied: three runs within {span:.3}s: {out:?}");
+    assert_eq!((&out[3]["state"], &out[3]["exc_type"]), (&json!("FAILURE"), &json!("SoftTimeLimitExceeded")));
     assert!(started.elapsed() < Duration::from_secs(5), "the soft limit of 0.3 s did not apply");
-
-    // add_consumer: every worker starts consuming the new queue.
-    let replies = control(&url, &nodes, &["add_consumer", "extra"]);
-    for node in &nodes {
-        assert_eq!(replies[*node], json!({"ok": "add consumer extra"}), "{node}");
+    if !mixed {
+        assert_eq!(out[4]["result"], json!(10), "{out:?}\n{}", rs.log());
     }
     // (Python adds and cancels a consumer soon after it replied.)
     let mut queues = Map::new();
@@ -561,14 +595,17 @@ fn limits_consumers_and_shutdown(mixed: bool) {
     });
     assert!(listed, "{queues:?}");
     assert_eq!(names(&queues[RS]), ["celery", "extra"]);
-    if !mixed {
-        let out = python_calls(&url, json!([{"name": add, "args": [5, 5], "options": {"queue": "extra"}}]), true);
-        assert_eq!(out[0]["result"], json!(10), "{out:?}\n{}", rs.log());
-    }
-    // cancel_consumer: and stops again.
-    let replies = control(&url, &nodes, &["cancel_consumer", "extra"]);
+
+    // cancel_consumer: every worker stops consuming it. An unknown command
+    // gets Python's error reply, from every worker alike.
+    let (cancelled, unknown) = std::thread::scope(|s| {
+        let cancel = s.spawn(|| control(&url, &nodes, &["cancel_consumer", "extra"]));
+        let unknown = s.spawn(|| broadcast(&url, &nodes, "no_such_command", json!({})));
+        (cancel.join().unwrap(), unknown.join().unwrap())
+    });
     for node in &nodes {
-        assert_eq!(replies[*node], json!({"ok": "no longer consuming from extra"}), "{node}");
+        assert_eq!(cancelled[*node], json!({"ok": "no longer consuming from extra"}), "{node}");
+        assert_eq!(unknown[*node], json!({"error": "KeyError('no_such_command')"}), "{node}");
     }
     let listed = celeriac_tests::wait_until(WAIT, || {
         queues = inspect(&url, &nodes, &["active_queues"]);
@@ -576,19 +613,17 @@ fn limits_consumers_and_shutdown(mixed: bool) {
     });
     assert!(listed, "{queues:?}");
     assert_eq!(names(&queues[RS]), ["celery"]);
-    let parked = python_calls(&url, json!([{"name": add, "args": [6, 6], "options": {"queue": "extra"}}]), false);
-    let out = python_calls(&url, json!([{"name": add, "args": [7, 7]}]), true);
+    let parked = python_calls(
+        &url,
+        json!([{"name": add, "args": [6, 6], "options": {"queue": "extra"}}, {"name": add, "args": [7, 7]}]),
+        false,
+    );
+    let out = python_results(&url, &[parked[1]["id"].as_str().unwrap()], 10);
     assert_eq!(out[0]["result"], json!(14));
     assert_eq!(redis_int(&mut a, &["LLEN", "extra"]), 1, "{parked:?} was consumed after cancel_consumer");
 
-    // An unknown command gets Python's error reply, from every worker alike.
-    let replies = broadcast(&url, &nodes, "no_such_command", json!({}));
-    for node in &nodes {
-        assert_eq!(replies[*node], json!({"error": "KeyError('no_such_command')"}), "{node}");
-    }
-
     // shutdown: no worker replies (as Python's), every one stops.
-    let (ok, _, err) = celery(&url, &["control", "shutdown", "--json", "-t", "1", "-d", &nodes.join(",")]);
+    let (ok, _, err) = celery(&url, &["control", "shutdown", "--json", "-t", "0.5", "-d", &nodes.join(",")]);
     assert!(!ok && err.contains("No nodes replied"), "{err}");
     let status = rs.wait_timeout(WAIT).expect("celeriac did not stop on shutdown");
     assert!(status.success(), "{status:?}\n{}", rs.log());
@@ -774,10 +809,10 @@ fn a_python_event_receiver_sees_worker_and_task_events() {
     assert_eq!(terminated["expired"], json!(false), "{terminated}");
 
     // A periodic heartbeat, counting what ran (the revoked one did not).
-    let beat = watch.next("worker-heartbeat", |e| e["type"] == "worker-heartbeat" && e["processed"] == 6);
+    let beat =
+        watch.next("worker-heartbeat", |e| e["type"] == "worker-heartbeat" && e["processed"] == 6 && e["active"] == 0);
     assert_standard_fields(&beat, pid);
     assert_worker_fields(&beat, 2.0);
-    assert_eq!(beat["active"], json!(0), "{beat}");
 
     rs.signal("TERM");
     let offline = watch.next("worker-offline", |e| e["type"] == "worker-offline");

@@ -622,6 +622,7 @@ fn broker_info(url: &str) -> Map {
     m.insert("heartbeat".into(), Value::Float(120.0));
     m.insert("failover_strategy".into(), Value::Str("round-robin".into()));
     m.insert("alternates".into(), Value::List(Vec::new()));
+    m.insert("credential_provider".into(), Value::Null);
     m
 }
 
