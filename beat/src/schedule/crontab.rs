@@ -344,6 +344,28 @@ impl Crontab {
     /// The first fire time strictly after `after`, in zone `tz`.
     pub fn next_after(&self, after: Timestamp, tz: &TimeZone) -> Option<Timestamp> {
         let wall = tz.to_datetime(after);
+        // Away from any offset change, wall time and real time run together:
+        // the next matching wall time is the answer.
+        let on_minute = wall.second() == 0 && wall.subsec_nanosecond() == 0;
+        let from = if on_minute { wall.checked_add(SignedDuration::from_mins(1)).ok()? } else { wall };
+        let candidate = self.next_wall_time(from)?;
+        if let AmbiguousOffset::Unambiguous { offset } = tz.to_ambiguous_timestamp(candidate).offset() {
+            let instant = offset.to_timestamp(candidate).ok()?;
+            // (A change exactly at `after` counts as before it: `preceding` is strict.)
+            let just_after = after.checked_add(SignedDuration::from_nanos(1)).ok()?;
+            let horizon = after.checked_sub(ZONE_SHIFT).ok()?;
+            let calm_before = tz.preceding(just_after).next().is_none_or(|t| t.timestamp() < horizon);
+            let calm_after = tz.following(after).next().is_none_or(|t| t.timestamp() > instant);
+            if calm_before && calm_after && instant > after {
+                return Some(instant);
+            }
+        }
+        self.next_after_near_changes(after, wall, tz)
+    }
+
+    /// [`Crontab::next_after`] when an offset change is near: every wall time
+    /// that can stand for an instant after `after` is looked at.
+    fn next_after_near_changes(&self, after: Timestamp, wall: DateTime, tz: &TimeZone) -> Option<Timestamp> {
         // Wall times up to ZONE_SHIFT before `after`'s own may still be later
         // instants (the second pass of a fold, a gap-shifted time).
         let mut cursor = wall.checked_sub(ZONE_SHIFT).ok()?;
@@ -442,6 +464,32 @@ mod tests {
         assert_eq!(c.next_after(t, &TimeZone::UTC).unwrap().to_string(), "2026-02-13T00:00:00Z");
         let leap = Crontab::parse("0 12 29 feb mon").unwrap();
         assert_eq!(leap.next_after(t, &TimeZone::UTC).unwrap().to_string(), "2044-02-29T12:00:00Z");
+    }
+
+    #[test]
+    fn the_shortcut_away_from_offset_changes_agrees_with_the_full_search() {
+        let zones = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "UTC"];
+        let crons = ["*/15 * * * *", "30 2 * * *", "0 * * * sun", "50-10 1-3 * * *", "59 23 31 12 *"];
+        let start: Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
+        let end: Timestamp = "2027-01-01T00:00:00Z".parse().unwrap();
+        for zone in zones {
+            let tz = TimeZone::get(zone).unwrap();
+            // Two years in coarse steps, and densely around each offset change.
+            let mut instants: Vec<Timestamp> =
+                (0..1000).map(|k| start.checked_add(SignedDuration::from_secs(k * 63_193)).unwrap()).collect();
+            for change in tz.following(start).take_while(|t| t.timestamp() < end) {
+                for k in -50..50 {
+                    instants.push(change.timestamp().checked_add(SignedDuration::from_secs(k * 433)).unwrap());
+                }
+            }
+            for t in instants {
+                for cron in crons {
+                    let c = Crontab::parse(cron).unwrap();
+                    let full = c.next_after_near_changes(t, tz.to_datetime(t), &tz);
+                    assert_eq!(c.next_after(t, &tz), full, "{cron} in {zone} after {t}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -110,19 +110,40 @@ impl Schedule {
                 return Some(DueSlots { latest, count, recent });
             }
         }
-        let mut recent = std::collections::VecDeque::with_capacity(limit.min(1024));
-        recent.push_back(first);
-        let mut count = 1usize;
-        let mut latest = first;
-        while let Some(next) = self.next_after(Some(latest), tz).filter(|t| *t <= now) {
-            latest = next;
-            count += 1;
-            if recent.len() == limit {
-                recent.pop_front();
+        // Walk the slots; after a long downtime of a frequent schedule, stop
+        // counting one by one and take the tail from a window before `now`
+        // that holds enough of them (the count is then a lower bound).
+        let walk = |from: Timestamp, cap: usize| {
+            let mut recent = std::collections::VecDeque::with_capacity(limit.min(1024));
+            recent.push_back(from);
+            let (mut count, mut latest) = (1usize, from);
+            while let Some(next) = self.next_after(Some(latest), tz).filter(|t| *t <= now) {
+                latest = next;
+                count += 1;
+                if recent.len() == limit {
+                    recent.pop_front();
+                }
+                recent.push_back(next);
+                if count >= cap {
+                    return None;
+                }
             }
-            recent.push_back(next);
+            Some(DueSlots { latest, count, recent: recent.into() })
+        };
+        if let Some(due) = walk(first, WALK_CAP) {
+            return Some(due);
         }
-        Some(DueSlots { latest, count, recent: recent.into() })
+        for hours in [1, 24, 24 * 35, 24 * 400, 24 * 366 * 30] {
+            let from = now.checked_sub(SignedDuration::from_hours(hours)).ok()?.max(first);
+            let Some(start) = self.next_after(Some(from), tz).filter(|t| *t <= now) else { continue };
+            if let Some(mut due) = walk(start, usize::MAX / 2) {
+                if due.count >= limit || from == first {
+                    due.count = due.count.max(WALK_CAP);
+                    return Some(due);
+                }
+            }
+        }
+        None
     }
 
     /// How the schedule reads to a person.
@@ -144,12 +165,17 @@ impl Schedule {
     }
 }
 
+/// How many due slots are counted one by one before [`Schedule::due`]
+/// looks only at a window before now.
+const WALK_CAP: usize = 10_000;
+
 /// The slots that came due since the last one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DueSlots {
     /// The most recent due slot.
     pub latest: Timestamp,
-    /// How many slots are due, the latest included.
+    /// How many slots are due, the latest included (at least this many when
+    /// there were more than 10 000).
     pub count: usize,
     /// The most recent due slots, oldest first, at most the asked limit.
     pub recent: Vec<Timestamp>,
@@ -183,6 +209,17 @@ mod tests {
         assert!(parse("2026-03-01T12:00:00").unwrap_err().contains("UTC offset"));
         assert!(parse("*/5 * * * 8").unwrap_err().contains("day_of_week"));
         assert!(parse("often").unwrap_err().contains("crontab"));
+    }
+
+    #[test]
+    fn a_year_of_downtime_of_a_minutely_crontab_is_found_quickly() {
+        let cron = parse("* * * * *").unwrap();
+        let last: Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
+        let now: Timestamp = "2026-01-01T00:00:30Z".parse().unwrap();
+        let due = cron.due(Some(last), now, &TimeZone::UTC, 100).unwrap();
+        assert_eq!(due.latest.to_string(), "2026-01-01T00:00:00Z");
+        assert_eq!((due.recent.len(), due.recent[0].to_string()), (100, "2025-12-31T22:21:00Z".to_string()));
+        assert!(due.count >= 10_000);
     }
 
     #[test]
