@@ -167,6 +167,30 @@ options = {{ queue = "pulse" }}
     assert!(gap.as_secs_f64() < lease + 1.0, "a gap of {gap:#} with a {lease}s lease");
 }
 
+#[test]
+fn a_redis_outage_pauses_beat_and_it_resumes_without_a_restart() {
+    let Some(mut redis) = celeriac_tests::or_skip("redis-server", RedisServer::start()) else {
+        return;
+    };
+    let toml = format!(
+        "broker_url = \"{url}\"\nredbeat_redis_url = \"{url}\"\nredbeat_lock_timeout = 3\nbeat_max_loop_interval = 1\n\n\
+         [beat_schedule.pulse]\ntask = \"beat_app.tick\"\nschedule = 1\noptions = {{ queue = \"pulse\" }}\n",
+        url = redis.url()
+    );
+    let mut b = beat(&redis, "beat", &toml, &[]);
+    let mut con = admin(&redis);
+    assert!(wait_until(WAIT, || messages(&mut con, "pulse").len() >= 2));
+    // The server dies (and comes back empty, as without persistence).
+    redis.kill();
+    assert!(wait_until(WAIT, || b.log().contains("cannot reach Redis")), "{}", b.log());
+    redis.restart().unwrap();
+    let mut con = admin(&redis);
+    assert!(wait_until(WAIT, || messages(&mut con, "pulse").len() >= 2), "beat did not resume:\n{}", b.log());
+    assert!(b.try_wait().is_none(), "beat exited on a lost connection");
+    b.signal("TERM");
+    assert!(b.wait_timeout(WAIT).unwrap().success());
+}
+
 /// Runs `tests/python/redbeat_peer.py` and returns its JSON lines.
 fn redbeat_peer(redis: &RedisServer, args: &[&str]) -> Vec<Value> {
     let python = celeriac_tests::python().unwrap();
