@@ -186,6 +186,7 @@ pub struct Beat {
     dry: HashMap<String, EntryState>,
     warned: HashMap<String, String>,
     counters: Counters,
+    ticks: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Beat {
@@ -227,7 +228,14 @@ impl Beat {
             dry: HashMap::new(),
             warned: HashMap::new(),
             counters: Counters::default(),
+            ticks: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Counts finished ticks, for tests and embedding programs that want to
+    /// await the next one instead of sleeping.
+    pub fn ticks(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.ticks.subscribe()
     }
 
     /// Judges no-overlap entries with `states` (the result backend).
@@ -287,18 +295,24 @@ impl Beat {
             },
             if self.config.dry_run { "; dry run: nothing is sent or recorded" } else { "" }
         );
+        let mut reloads_open = true;
         loop {
+            if control.shutdown.is_cancelled() {
+                break;
+            }
             let wake = self.tick().await;
             let clock = self.clock.clone();
             tokio::select! {
                 _ = clock.sleep_until(wake) => {}
                 _ = control.shutdown.cancelled() => break,
-                reload = control.reload.recv() => {
-                    if let Some(statics) = reload {
+                reload = control.reload.recv(), if reloads_open => match reload {
+                    Some(statics) => {
                         info!("beat: Reloaded beat_schedule: {} static entries", statics.len());
                         self.set_statics(statics);
                     }
-                }
+                    // Nobody can reload any more (the sender is gone): stop listening.
+                    None => reloads_open = false,
+                },
             }
         }
         if let Store::Redis(r) = &mut self.store {
@@ -459,6 +473,12 @@ impl Beat {
 
     /// One tick; returns when the next one is due.
     pub async fn tick(&mut self) -> Timestamp {
+        let wake = self.tick_once().await;
+        self.ticks.send_modify(|n| *n += 1);
+        wake
+    }
+
+    async fn tick_once(&mut self) -> Timestamp {
         let now = self.clock.now();
         let bound = later(now, self.max_sleep());
         match Box::pin(self.campaign(now)).await {

@@ -278,3 +278,26 @@ options = { queue = "q" }
         ]
     );
 }
+
+#[tokio::test]
+async fn the_loop_wakes_at_each_slot_reloads_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = rig(POLL, &dir.path().join("state.json"), BeatConfig::default());
+    let (memory, clock) = (r.memory.clone(), r.clock.clone());
+    let mut ticks = r.beat.ticks();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (reload_tx, reload) = tokio::sync::mpsc::channel(1);
+    let running = tokio::spawn(r.beat.run(celeriac_beat::Control { shutdown: shutdown.clone(), reload }));
+    ticks.wait_for(|t| *t >= 1).await.unwrap(); // the first tick: the entry starts now
+    clock.set(plus(10));
+    ticks.wait_for(|t| *t >= 2).await.unwrap();
+    assert_eq!(memory.list("workflow.staging", 0).len(), 1);
+    // A reload replaces the entry; the next slot of the new one comes 5 s after it is seen.
+    reload_tx.send(entries(&POLL.replace("10s", "5s").replace("trigger-manager", "other"))).await.unwrap();
+    ticks.wait_for(|t| *t >= 3).await.unwrap();
+    clock.set(plus(15));
+    ticks.wait_for(|t| *t >= 4).await.unwrap();
+    assert_eq!(memory.list("workflow.staging", 0).len(), 2);
+    shutdown.cancel();
+    running.await.unwrap();
+}
