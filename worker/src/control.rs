@@ -24,6 +24,10 @@ pub const PIDBOX_EXCHANGE: &str = "celery.pidbox";
 pub const REPLY_EXCHANGE: &str = "reply.celery.pidbox";
 /// Largest control message body read.
 const MAX_BODY: usize = 1 << 20;
+/// `consumer.timer.call_at(eta, ..., priority=6)`: what `scheduled` reports.
+const ETA_TIMER_PRIORITY: i64 = 6;
+/// The Celery release whose protocol celeriac speaks (the pinned peers).
+const CELERY_COMPAT: &str = "5.7.0";
 
 /// The worker's end of the pidbox.
 pub(crate) struct Pidbox {
@@ -174,10 +178,12 @@ impl Pidbox {
                     .state
                     .scheduled()
                     .into_iter()
-                    .map(|(eta, priority, info)| {
+                    .map(|(eta, _, info)| {
                         let mut m = Map::new();
                         m.insert("eta".into(), Value::Str(eta));
-                        m.insert("priority".into(), count(priority));
+                        // The timer entry's priority, which Celery sets to 6
+                        // for every ETA request (not the message priority).
+                        m.insert("priority".into(), Value::Int(ETA_TIMER_PRIORITY));
                         m.insert("request".into(), Value::Map(info));
                         Value::Map(m)
                     })
@@ -190,12 +196,7 @@ impl Pidbox {
             }
             "query_task" => Reply::Value(self.query_task(args)),
             "conf" | "dump_conf" => Reply::Value(self.conf()),
-            "report" => ok(format!(
-                "software -> celeriac:{} tokio\n            platform -> system:{}\n            node -> {}\n",
-                env!("CARGO_PKG_VERSION"),
-                crate::events::system_name(),
-                shared.config.hostname
-            )),
+            "report" => ok(self.report()),
             "revoke" => self.revoke(args, truthy(args.get("terminate"))).await,
             "terminate" => self.revoke(args, true).await,
             "rate_limit" => self.rate_limit(args),
@@ -321,28 +322,27 @@ impl Pidbox {
         Value::Map(m)
     }
 
+    /// Registered task names; with task info items (Celery's default:
+    /// `exchange`, `routing_key`, `rate_limit`), `name [item=value ...]` for
+    /// the items a task has, as `str()` of Python's task attribute.
     fn registered(&self, args: &Map) -> Value {
-        let items: Vec<String> = match args.get("taskinfoitems") {
+        let mut items: Vec<String> = match args.get("taskinfoitems") {
             Some(Value::List(l)) => l.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            Some(Value::Str(one)) => vec![one.clone()],
             _ => Vec::new(),
         };
+        items.retain(|i| !i.starts_with('_'));
+        if items.is_empty() {
+            items = ["exchange", "routing_key", "rate_limit"].map(String::from).to_vec();
+        }
         let shared = &self.shared;
         let mut names: Vec<String> = shared
             .registry
             .tasks()
             .filter(|t| !t.name().starts_with("celery."))
             .map(|t| {
-                let mut fields = Vec::new();
-                for item in &items {
-                    let value = match item.as_str() {
-                        "rate_limit" => t.options().rate_limit.clone(),
-                        "queue" => t.options().queue.clone(),
-                        _ => None,
-                    };
-                    if let Some(v) = value {
-                        fields.push(format!("{item}={v}"));
-                    }
-                }
+                let fields: Vec<String> =
+                    items.iter().filter_map(|item| task_attribute(t, item).map(|v| format!("{item}={v}"))).collect();
                 if fields.is_empty() {
                     t.name().to_owned()
                 } else {
@@ -352,6 +352,30 @@ impl Pidbox {
             .collect();
         names.sort();
         Value::List(names.into_iter().map(Value::Str).collect())
+    }
+
+    /// `inspect report`: Celery's bug-report layout, with celeriac's facts.
+    fn report(&self) -> String {
+        let cfg = &self.shared.config;
+        let url = self.shared.broker.masked_url();
+        let transport = url.split_once("://").map_or("memory", |(scheme, _)| scheme);
+        let mut text = format!(
+            "\nsoftware -> celery:{CELERY_COMPAT} (protocol; celeriac:{} in Rust, tokio)\n\
+             platform -> system:{} arch:{}\n\
+             node     -> {} pid:{}\n\
+             settings -> transport:{transport}\n\n",
+            env!("CARGO_PKG_VERSION"),
+            crate::events::system_name(),
+            std::env::consts::ARCH,
+            cfg.hostname,
+            std::process::id(),
+        );
+        if let Value::Map(conf) = self.conf() {
+            for (key, value) in conf {
+                text.push_str(&format!("{key}: {}\n", celeriac_protocol::result::python_repr(&value)));
+            }
+        }
+        text
     }
 
     fn active_queues(&self) -> Value {
@@ -382,7 +406,9 @@ impl Pidbox {
     fn conf(&self) -> Value {
         let cfg = &self.shared.config;
         let mut m = Map::new();
-        m.insert("broker_url".into(), Value::Str(self.shared.broker.masked_url()));
+        // Celery's `conf` masks a password with eight stars.
+        let url = self.shared.broker.masked_url().replacen(":**@", ":********@", 1);
+        m.insert("broker_url".into(), Value::Str(url));
         m.insert("worker_concurrency".into(), count(self.shared.concurrency.load(Ordering::Relaxed)));
         m.insert("worker_prefetch_multiplier".into(), count(cfg.prefetch_multiplier));
         m.insert("task_acks_late".into(), Value::Bool(cfg.acks_late));
@@ -529,6 +555,35 @@ fn truthy(v: Option<&Value>) -> bool {
         Some(Value::List(l)) => !l.is_empty(),
         Some(Value::Map(m)) => !m.is_empty(),
         Some(_) => true,
+    }
+}
+
+/// `str(getattr(task, item))` for the task attributes celeriac has; `None`
+/// where Python's would be `None` (or the attribute is unknown).
+fn task_attribute(task: &crate::Task, item: &str) -> Option<String> {
+    let o = task.options();
+    let secs = |d: std::time::Duration| {
+        let s = d.as_secs_f64();
+        if s.fract() == 0.0 {
+            format!("{}", s as u64)
+        } else {
+            format!("{s}")
+        }
+    };
+    let flag = |b: bool| if b { "True" } else { "False" }.to_owned();
+    match item {
+        "name" => Some(task.name().to_owned()),
+        "rate_limit" => o.rate_limit.clone(),
+        "queue" => o.queue.clone(),
+        "time_limit" => o.time_limit.map(secs),
+        "soft_time_limit" => o.soft_time_limit.map(secs),
+        "max_retries" => o.max_retries.map(|n| n.to_string()),
+        "default_retry_delay" => Some(secs(o.default_retry_delay)),
+        "acks_late" => o.acks_late.map(flag),
+        "ignore_result" => o.ignore_result.map(flag),
+        "track_started" => o.track_started.map(flag),
+        "serializer" => o.serializer.clone(),
+        _ => None,
     }
 }
 

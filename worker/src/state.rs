@@ -88,6 +88,7 @@ impl WorkerState {
                 if let Phase::Active { time_start, acknowledged } = &phase {
                     t.info.insert("time_start".into(), Value::Float(*time_start));
                     t.info.insert("acknowledged".into(), Value::Bool(*acknowledged));
+                    t.info.insert("worker_pid".into(), Value::Int(i64::from(std::process::id())));
                     if !matches!(t.phase, Phase::Active { .. }) {
                         accepted = t.info.get("name").and_then(Value::as_str).map(str::to_owned);
                     }
@@ -212,7 +213,8 @@ fn request_info(task: &TaskMessage, delivery: &Delivery, hostname: &str) -> Map 
     info.insert("priority".into(), Value::Int(i64::from(delivery.message().priority)));
     info.insert("redelivered".into(), Value::Bool(delivery.redelivered()));
     m.insert("delivery_info".into(), Value::Map(info));
-    m.insert("worker_pid".into(), Value::Int(i64::from(std::process::id())));
+    // Python's `Request.worker_pid` is set when the pool runs it.
+    m.insert("worker_pid".into(), Value::Null);
     m
 }
 
@@ -350,12 +352,14 @@ mod tests {
         state.received(&task, &delivery, "w@h");
         assert_eq!((state.processed(), state.totals().len()), (0, 0), "a reserved request is not processed");
         assert_eq!(state.reserved().len(), 1);
+        assert_eq!(state.reserved()[0].get("worker_pid"), Some(&Value::Null), "no process runs it yet");
         let active = Phase::Active { time_start: 1.0, acknowledged: true };
         state.set_phase(&id, active.clone());
         state.set_phase(&id, active);
         assert_eq!(state.processed(), 1, "counted once, when it became active");
         assert_eq!(state.totals().get("tasks.add"), Some(&1));
         assert_eq!((state.active_count(), state.reserved().len()), (1, 0));
+        assert_eq!(state.active()[0].get("worker_pid"), Some(&Value::Int(i64::from(std::process::id()))));
         // Its retry arrives (same id) before this run is done with it.
         state.received(&task, &delivery, "w@h");
         state.finished(&id, "tasks.add", true);
