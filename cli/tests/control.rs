@@ -840,6 +840,37 @@ fn a_python_event_receiver_sees_worker_and_task_events() {
     assert_eq!(offline["clock"].as_u64(), unique.last().copied(), "{clocks:?}");
 }
 
+/// Python's `celery.utils.time.utcoffset()` under time zone `tz`.
+fn python_utcoffset(tz: &str) -> f64 {
+    let out = Command::new(celeriac_tests::python().unwrap())
+        .args(["-c", "from celery.utils.time import utcoffset; print(utcoffset())"])
+        .env("TZ", tz)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A celeriac worker's `utcoffset` in zone `tz` against a Python worker's
+/// there: receivers shift every timestamp by it (`adjust_timestamp`).
+fn utcoffset_like_python(tz: &str) {
+    let (Some(redis), Some(_)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
+    let mut watch = EventWatch::start(&redis.url(), "worker-online", RS);
+    let _rs = celeriac_worker(&redis, RS, &[], &[("TZ", tz)]);
+    let online = watch.next("worker-online", |e| e["type"] == "worker-online");
+    assert_eq!(online["utcoffset"].as_f64(), Some(python_utcoffset(tz)), "{tz}: {online}");
+}
+
+#[test]
+fn utcoffset_is_pythons_in_a_zone_west_of_utc() {
+    utcoffset_like_python("America/New_York");
+}
+
+#[test]
+#[ignore = "celeriac floor-divides (-6 at UTC+5:30); Celery 5.7 divides exactly (-5.5): protocol/src/event.rs utcoffset()"]
+fn utcoffset_is_pythons_in_a_half_hour_zone() {
+    utcoffset_like_python("Asia/Kolkata");
+}
+
 #[test]
 fn enable_events_and_disable_events_toggle_task_events() {
     let (Some(redis), Some(_)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
