@@ -831,6 +831,13 @@ fn a_python_event_receiver_sees_worker_and_task_events() {
     let offline = watch.next("worker-offline", |e| e["type"] == "worker-offline");
     assert_standard_fields(&offline, pid);
     assert!(rs.wait_timeout(WAIT).is_some_and(|s| s.success()));
+    // What Flower's State needs of every event (task events included).
+    for event in &watch.seen {
+        assert_standard_fields(event, pid);
+        if event["type"].as_str().unwrap().starts_with("task-") {
+            assert!(event["uuid"].is_string(), "{event}");
+        }
+    }
     // One Lamport clock: every event has its own tick, the last one the highest.
     let clocks: Vec<u64> = watch.seen.iter().map(|e| e["clock"].as_u64().unwrap()).collect();
     let mut unique = clocks.clone();
