@@ -146,6 +146,30 @@ pub fn producer_config(settings: &Settings, origin: &str) -> Result<ProducerConf
     Ok(config)
 }
 
+/// The settings as `inspect conf` shows them: Celery's names, URLs with the
+/// password as eight stars, plus the logging keys Celery always reports.
+pub fn conf_report(settings: &Settings) -> celeriac_protocol::Map {
+    let mut conf = serde_json::to_string(settings)
+        .ok()
+        .and_then(|text| celeriac_protocol::json::from_str(&text).ok())
+        .and_then(|v| v.as_map().cloned())
+        .unwrap_or_default();
+    let mask = |url: &str| celeriac_redisconn::mask_password(url).replacen(":**@", ":********@", 1);
+    conf.insert("broker_url".into(), celeriac_protocol::Value::Str(mask(&settings.broker_url)));
+    if let Some(url) = &settings.result_backend {
+        conf.insert("result_backend".into(), celeriac_protocol::Value::Str(mask(url)));
+    }
+    for (key, value) in [
+        ("worker_hijack_root_logger", celeriac_protocol::Value::Bool(false)),
+        ("worker_log_color", celeriac_protocol::Value::Bool(false)),
+        ("deprecated_settings", celeriac_protocol::Value::List(Vec::new())),
+        ("include", celeriac_protocol::Value::List(Vec::new())),
+    ] {
+        conf.entry(key.to_owned()).or_insert(value);
+    }
+    conf
+}
+
 /// The worker's settings, from Celery's names.
 pub fn worker_config(settings: &Settings) -> WorkerConfig {
     let defaults = WorkerConfig::default();
@@ -174,6 +198,7 @@ pub fn worker_config(settings: &Settings) -> WorkerConfig {
         send_task_events: settings.worker_send_task_events,
         heartbeat_interval: settings.worker_heartbeat_interval,
         statedb: settings.worker_state_db.as_ref().map(std::path::PathBuf::from),
+        conf: conf_report(settings),
         // The ETA refresh keeps held messages well inside the visibility timeout.
         eta_refresh: secs(settings.broker_transport_options.visibility_timeout / 4.0).max(Duration::from_secs(1)),
         ..defaults

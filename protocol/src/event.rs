@@ -50,16 +50,17 @@ impl LamportClock {
     }
 }
 
-/// Python's `celery.utils.time.utcoffset()`: hours *west* of UTC, floor-divided
-/// (UTC-5 gives 5, UTC+5:30 gives -6), for the local zone now.
-pub fn utcoffset() -> i64 {
+/// Python's `celery.utils.time.utcoffset()` (Celery 5.7): hours *west* of
+/// UTC as a float, exact (UTC-5 gives 5.0, UTC+5:30 gives -5.5), for the local
+/// zone now.
+pub fn utcoffset() -> f64 {
     let east = jiff::tz::TimeZone::system().to_offset(jiff::Timestamp::now()).seconds();
     utcoffset_for(east)
 }
 
 /// [`utcoffset`] for an offset of `east_seconds` east of UTC.
-pub fn utcoffset_for(east_seconds: i32) -> i64 {
-    (-i64::from(east_seconds)).div_euclid(3600)
+pub fn utcoffset_for(east_seconds: i32) -> f64 {
+    -f64::from(east_seconds) / 3600.0
 }
 
 /// Seconds since the epoch as a float, as Python's `time.time()`.
@@ -89,7 +90,7 @@ impl EventSource {
     pub fn event(&self, kind: &str, fields: Map) -> Event {
         let mut map = Map::new();
         map.insert("hostname".into(), Value::Str(self.hostname.clone()));
-        map.insert("utcoffset".into(), Value::Int(utcoffset()));
+        map.insert("utcoffset".into(), Value::Float(utcoffset()));
         map.insert("pid".into(), Value::Int(i64::from(self.pid)));
         map.insert("clock".into(), Value::Int(i64::try_from(self.clock.forward()).unwrap_or(i64::MAX)));
         for (k, v) in fields {
@@ -203,11 +204,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn utcoffset_is_hours_west_floor_divided_like_python() {
-        assert_eq!(utcoffset_for(0), 0);
-        assert_eq!(utcoffset_for(-5 * 3600), 5);
-        assert_eq!(utcoffset_for(5 * 3600 + 1800), -6);
-        assert_eq!(utcoffset_for(3600), -1);
+    fn utcoffset_is_hours_west_exact_like_python() {
+        assert_eq!(utcoffset_for(0), 0.0);
+        assert_eq!(utcoffset_for(-5 * 3600), 5.0);
+        assert_eq!(utcoffset_for(5 * 3600 + 1800), -5.5);
+        assert_eq!(utcoffset_for(3600), -1.0);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use celeriac_broker::{BrokerError, ExchangeKind, Subscription};
 use celeriac_protocol::codec::ContentType;
-use celeriac_protocol::result::ResultMeta;
+use celeriac_protocol::result::{ResultMeta, State};
 use celeriac_protocol::time::PyDateTime;
 use celeriac_protocol::{Map, Message, Value};
 use tokio_util::sync::CancellationToken;
@@ -405,7 +405,7 @@ impl Pidbox {
 
     fn conf(&self) -> Value {
         let cfg = &self.shared.config;
-        let mut m = Map::new();
+        let mut m = cfg.conf.clone();
         // Celery's `conf` masks a password with eight stars.
         let url = self.shared.broker.masked_url().replacen(":**@", ":********@", 1);
         m.insert("broker_url".into(), Value::Str(url));
@@ -428,12 +428,23 @@ impl Pidbox {
         };
         let shared = &self.shared;
         shared.state.revoked().add(ids.iter().map(String::as_str));
-        // Celery 5.6.2+ records REVOKED at once, except for a task running
-        // here: that one ends as it ends (or as terminated).
+        // Celery 5.6.2+ records REVOKED at once, but only over PENDING,
+        // RECEIVED, RETRY or REJECTED (5.7): never over a result, nor over a
+        // task started here or elsewhere, which ends as it ends.
         if let Some(results) = &shared.services.results {
             for id in &ids {
                 let running = matches!(shared.state.query(id), Some((Phase::Active { .. }, _)));
-                if !running {
+                let overwritable = match results.state(id).await {
+                    Ok(Some(state)) => {
+                        matches!(state, State::Pending | State::Received | State::Retry | State::Rejected)
+                    }
+                    Ok(None) => true,
+                    Err(e) => {
+                        warn!("could not read the state of {id}: {e}");
+                        false
+                    }
+                };
+                if !running && overwritable {
                     let meta = ResultMeta::revoked(id, "revoked", PyDateTime::now_utc());
                     if let Err(e) = results.store(meta).await {
                         warn!("could not store REVOKED for {id}: {e}");
@@ -444,7 +455,8 @@ impl Pidbox {
         let listed = python_set(&ids);
         info!("Tasks flagged as revoked: {}", ids.join(", "));
         if terminate {
-            let terminated: Vec<String> = ids.iter().filter(|id| shared.state.terminate(id)).cloned().collect();
+            let signum = signal_number(args.get("signal"));
+            let terminated: Vec<String> = ids.iter().filter(|id| shared.state.terminate(id, signum)).cloned().collect();
             if terminated.is_empty() {
                 return ok("terminate: tasks unknown");
             }
@@ -535,6 +547,28 @@ impl Pidbox {
             }
         }
         info!("Pool resized to {target}");
+    }
+}
+
+/// A signal named as `celery control revoke --signal` sends it (`SIGKILL`,
+/// `KILL`, `9`); SIGTERM when absent or unknown.
+fn signal_number(v: Option<&Value>) -> i64 {
+    let name = match v {
+        Some(Value::Int(n)) => return *n,
+        Some(Value::Str(s)) => s.trim().to_ascii_uppercase(),
+        _ => return 15,
+    };
+    if let Ok(n) = name.parse::<i64>() {
+        return n;
+    }
+    match name.strip_prefix("SIG").unwrap_or(&name) {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        _ => 15,
     }
 }
 

@@ -88,6 +88,9 @@ pub struct WorkerConfig {
     pub remote_control: bool,
     /// `--statedb`: a file keeping revoked ids across restarts.
     pub statedb: Option<std::path::PathBuf>,
+    /// The settings `inspect conf` reports (Celery's names, passwords
+    /// masked); the live values of this config are merged over them.
+    pub conf: Map,
 }
 
 impl Default for WorkerConfig {
@@ -116,6 +119,7 @@ impl Default for WorkerConfig {
             heartbeat_interval: 2.0,
             remote_control: true,
             statedb: None,
+            conf: Map::new(),
         }
     }
 }
@@ -683,7 +687,10 @@ impl Shared {
                 info!("Terminating {name}[{id}] (revoked)");
                 let meta = ResultMeta::revoked(&id, "terminated", PyDateTime::now_utc());
                 self.finished(self.extend(meta, &task, delivery), &task, true).await;
-                self.report("task-revoked", &task, revoked_fields(&id, true, false));
+                let signum = self.state.termination_signal(&id).unwrap_or(15);
+                let mut fields = revoked_fields(&id, true, false);
+                fields.insert("signum".into(), Value::Int(signum));
+                self.report("task-revoked", &task, fields);
                 if acks_late {
                     settle(delivery, if ack_failures { Settle::Ack } else { Settle::Requeue }).await;
                 }

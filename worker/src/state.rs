@@ -41,6 +41,8 @@ struct Tracked {
     info: Map,
     phase: Phase,
     terminate: CancellationToken,
+    /// The signal a `revoke --terminate` named (15 for SIGTERM).
+    signum: Option<i64>,
 }
 
 /// The worker's live state (see the module docs). Cheap to share in an `Arc`.
@@ -70,7 +72,8 @@ impl WorkerState {
     /// Records a received request; returns the token that terminates it.
     pub fn received(&self, task: &TaskMessage, delivery: &Delivery, hostname: &str) -> CancellationToken {
         let terminate = CancellationToken::new();
-        let tracked = Tracked { info: request_info(task, delivery, hostname), phase: Phase::Reserved, terminate };
+        let info = request_info(task, delivery, hostname);
+        let tracked = Tracked { info, phase: Phase::Reserved, terminate, signum: None };
         let token = tracked.terminate.clone();
         if let Ok(mut r) = self.requests.lock() {
             r.entry(task.headers.id.clone()).or_default().push(tracked);
@@ -178,15 +181,23 @@ impl WorkerState {
         running.or(held.last()).map(|t| (t.phase.clone(), t.info.clone()))
     }
 
-    /// Terminates `id` if it is running; returns whether it was.
-    pub fn terminate(&self, id: &str) -> bool {
-        let Ok(r) = self.requests.lock() else { return false };
+    /// Terminates `id` if it is running, recording `signum` for its
+    /// `task-revoked` event; returns whether it was running.
+    pub fn terminate(&self, id: &str, signum: i64) -> bool {
+        let Ok(mut r) = self.requests.lock() else { return false };
         let mut running = false;
-        for t in r.get(id).into_iter().flatten().filter(|t| matches!(t.phase, Phase::Active { .. })) {
+        for t in r.get_mut(id).into_iter().flatten().filter(|t| matches!(t.phase, Phase::Active { .. })) {
+            t.signum = Some(signum);
             t.terminate.cancel();
             running = true;
         }
         running
+    }
+
+    /// The signal `id` was terminated with, if it was.
+    pub fn termination_signal(&self, id: &str) -> Option<i64> {
+        let r = self.requests.lock().ok()?;
+        r.get(id).into_iter().flatten().find_map(|t| t.signum)
     }
 
     /// The revoked ids.
@@ -366,7 +377,7 @@ mod tests {
         assert_eq!((state.active_count(), state.reserved().len()), (0, 1), "the retry is still held");
         state.set_phase(&id, Phase::Active { time_start: 2.0, acknowledged: true });
         assert_eq!(state.processed(), 2, "the retry's run counts too");
-        assert!(state.terminate(&id), "the retry can be terminated");
+        assert!(state.terminate(&id, 15), "the retry can be terminated");
         state.finished(&id, "tasks.add", true);
         assert_eq!((state.processed(), state.active_count(), state.query(&id)), (2, 0, None));
         delivery.ack().await.unwrap();

@@ -29,6 +29,13 @@ pub trait ResultStore: Send + Sync + 'static {
     /// Stores a record.
     fn store(&self, meta: ResultMeta) -> BoxFuture<'static, Result<(), String>>;
 
+    /// The stored state of `task_id`, if any (PENDING when nothing is stored).
+    /// A store that cannot read says `None`.
+    fn state(&self, task_id: &str) -> BoxFuture<'static, Result<Option<State>, String>> {
+        let _ = task_id;
+        Box::pin(async { Ok(None) })
+    }
+
     /// Records a finished chord header task (Celery's `on_chord_part_return`).
     /// A store without chord support reports the chord as never complete.
     fn on_chord_part_return(&self, part: ChordPartReturn) -> BoxFuture<'static, Result<ChordOutcome, String>> {
@@ -47,6 +54,11 @@ impl ResultStore for RedisBackend {
     fn store(&self, meta: ResultMeta) -> BoxFuture<'static, Result<(), String>> {
         let backend = self.clone();
         Box::pin(async move { backend.store(&meta).await.map(|_| ()).map_err(|e| e.to_string()) })
+    }
+
+    fn state(&self, task_id: &str) -> BoxFuture<'static, Result<Option<State>, String>> {
+        let (backend, id) = (self.clone(), task_id.to_owned());
+        Box::pin(async move { backend.get(&id).await.map(|m| Some(m.status)).map_err(|e| e.to_string()) })
     }
 
     fn on_chord_part_return(&self, part: ChordPartReturn) -> BoxFuture<'static, Result<ChordOutcome, String>> {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run Celery's own integration suite, ``t/integration/test_tasks.py``, against an external worker.
+"""Run Celery's own integration suite, ``t/integration/test_tasks.py`` and ``test_inspect.py``, against an external worker.
 
     .venv/bin/python tests/python/celery_suite/run.py --worker celeriac --celeriac target/debug/celeriac
     .venv/bin/python tests/python/celery_suite/run.py --worker python          # the reference run
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 
 from capture import RedisServer  # noqa: E402  (tests/fixtures/capture.py; importing it has no side effects)
 
-SUITE_FILE = "t/integration/test_tasks.py"
+SUITE_FILES = ["t/integration/test_tasks.py", "t/integration/test_inspect.py"]
 
 #: Worker command lines; the plugin fills in {broker}, {backend}, {hostname}, {concurrency}, {python}.
 PYTHON_WORKER = ("{python} -m celery -A python_worker_app -b {broker} --result-backend {backend} worker "
@@ -133,7 +133,7 @@ def main() -> int:
             "CELERIAC_SUITE_CHECK_STALE": "0" if args.pytest_args else "1",
         })
         command = [sys.executable, "-m", "pytest", "-p", "celery.contrib.pytest", "-p", "celeriac_suite_plugin",
-                   "-p", "no:cacheprovider", "-p", "no:timeout", "-q", "-rfEXxs", SUITE_FILE, *args.pytest_args]
+                   "-p", "no:cacheprovider", "-p", "no:timeout", "-q", "-rfEXxs", *SUITE_FILES, *args.pytest_args]
         print(f"run.py: {' '.join(command)}\n  in {suite}, broker/backend {redis.url}, worker ({kind}): {template}",
               flush=True)
         # pytest and the worker it starts get a process group of their own, ended below
