@@ -127,7 +127,7 @@ fn statics(settings: &Settings, tz: &TimeZone) -> Result<Vec<Entry>, CliError> {
 }
 
 fn beat_error(e: celeriac_beat::BeatError) -> CliError {
-    CliError::Setting(e.to_string())
+    CliError::Beat(e)
 }
 
 fn is_redis(url: &str) -> bool {

@@ -19,6 +19,9 @@ pub enum CliError {
     /// `--tasks` named something that is not compiled in.
     #[error("{0}")]
     Tasks(String),
+    /// The beat scheduler could not start or run.
+    #[error("beat: {0}")]
+    Beat(#[from] celeriac_beat::BeatError),
     /// A signal handler could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
