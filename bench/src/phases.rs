@@ -79,6 +79,7 @@ pub async fn drain(env: &Env, peer: Peer, results: bool) -> Result<Drain, BenchE
     let inflight = peer.inflight_keys(queue);
     let redis_cpu = env.probe.server_cpu().await?;
     env.probe.reset_stats().await?;
+    let (busy, own) = (procs::machine_busy_seconds(), procs::own_cpu_seconds());
     let start = Instant::now();
     let mut worker = env.spawn(peer, results, queue)?;
     let pid = worker.pid();
@@ -87,6 +88,8 @@ pub async fn drain(env: &Env, peer: Peer, results: bool) -> Result<Drain, BenchE
     let peak = procs::memory(pid);
     let redis_cpu_s = env.probe.server_cpu().await? - redis_cpu;
     let redis_commands = env.probe.command_stats().await?;
+    let other_cpu_s =
+        (procs::machine_busy_seconds() - busy) - (procs::own_cpu_seconds() - own) - worker_cpu_s - redis_cpu_s;
     let elapsed = match waited {
         Ok(d) => d,
         Err(e) => return Err(BenchError::Other(format!("{e}\n{}", worker.log_tail()))),
@@ -101,6 +104,7 @@ pub async fn drain(env: &Env, peer: Peer, results: bool) -> Result<Drain, BenchE
         peak_hwm_kb: peak.hwm_kb,
         results_stored,
         redis_commands,
+        other_cpu_s,
     })
 }
 

@@ -31,6 +31,9 @@ pub struct Drain {
     /// Redis commands run meanwhile: (command, calls, microseconds), the
     /// harness's own polling (`LLEN`, `HLEN`) included.
     pub redis_commands: Vec<(String, u64, u64)>,
+    /// CPU seconds the rest of the machine used meanwhile (busy time minus
+    /// the worker, redis-server and the harness): other people's work.
+    pub other_cpu_s: f64,
 }
 
 impl Drain {
@@ -376,7 +379,7 @@ impl Report {
         // Where the time goes, per drained task.
         s.push_str("\nCPU per drained task (no results), from /proc and Redis `INFO`; \"transport only\" is celeriac's \
              consumer acking every delivery at once, without the task runtime, same prefetch window:\n\n\
-             | | tasks/s | worker CPU µs/task | redis-server CPU µs/task | Redis script (EVALSHA) µs/task |\n|---|--:|--:|--:|--:|\n");
+             | | tasks/s | worker CPU µs/task | redis-server CPU µs/task | Redis script (EVALSHA) µs/task | other processes' CPU meanwhile |\n|---|--:|--:|--:|--:|--:|\n");
         let mut cpu_rows: Vec<(String, &Drain)> =
             peers.iter().filter_map(|p| ok(self.drain.get(p)).map(|d| (p.label().to_owned(), d))).collect();
         if let Some(Ok(d)) = &self.transport {
@@ -392,11 +395,12 @@ impl Report {
                 d.redis_commands.iter().filter(|(c, _, _)| c.starts_with("eval")).map(|(_, _, u)| *u).sum();
             let _ = writeln!(
                 s,
-                "| {label} | {} | {} | {} | {} |",
+                "| {label} | {} | {} | {} | {} | {:.0}% of a core |",
                 fmt_num(d.rate()),
                 fmt_num(per_task(d.worker_cpu_s)),
                 fmt_num(per_task(d.redis_cpu_s)),
-                fmt_num(script as f64 / d.tasks as f64)
+                fmt_num(script as f64 / d.tasks as f64),
+                (d.other_cpu_s / d.seconds * 100.0).max(0.0)
             );
         }
         // Targets.
@@ -510,6 +514,7 @@ fn drain_json(d: Option<&Outcome<Drain>>) -> Json {
             "worker_cpu_us_per_task": d.worker_cpu_s * 1e6 / d.tasks as f64,
             "redis_cpu_us_per_task": d.redis_cpu_s * 1e6 / d.tasks as f64,
             "worker_peak_rss_kib": d.peak_hwm_kb, "results_stored": d.results_stored,
+            "other_cpu_seconds": d.other_cpu_s, "other_cpu_share": d.other_cpu_s / d.seconds,
             "redis_commands_per_task": d.redis_commands.iter().map(|(c, calls, usec)| json!({
                 "command": c, "calls": *calls as f64 / d.tasks as f64, "usec": *usec as f64 / d.tasks as f64,
             })).collect::<Vec<_>>(),
