@@ -98,7 +98,10 @@ pub fn machine_busy_seconds() -> f64 {
     (at(0) + at(1) + at(2) + at(5) + at(6) + at(7)) as f64 / clock_ticks()
 }
 
-/// CPU seconds this process has used.
+/// CPU seconds this process alone has used (not its children: the worker
+/// and redis-server are children of the harness).
 pub fn own_cpu_seconds() -> f64 {
-    cpu_seconds(std::process::id())
+    let Some(f) = stat_fields(std::process::id()) else { return 0.0 };
+    let field = |k: usize| f.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (field(11) + field(12)) as f64 / clock_ticks()
 }
