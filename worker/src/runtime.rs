@@ -392,7 +392,7 @@ impl Shared {
             Ok(task) => task,
             Err(e) => {
                 error!(tag = delivery.delivery_tag(), "cannot decode a message from {}: {e}", delivery.queue);
-                self.dead_letter(&mut delivery, &format!("undecodable: {e}")).await;
+                Box::pin(self.dead_letter(&mut delivery, &format!("undecodable: {e}"))).await;
                 return;
             }
         };
@@ -402,7 +402,9 @@ impl Shared {
         async move {
             info!("Task {name}[{id}] received");
             let terminate = self.state.received(&task, &delivery, &self.config.hostname);
-            self.report("task-received", &task, task_received_fields(&task));
+            if self.reporting() {
+                self.report("task-received", &task, task_received_fields(&task));
+            }
             let ran = Box::pin(self.process(&mut delivery, &task, &control, &stop, terminate)).await;
             self.state.finished(&id, &name, ran);
         }
@@ -421,13 +423,13 @@ impl Shared {
     ) -> bool {
         let (id, name) = (&task.headers.id, &task.headers.task);
         let Some(def) = self.registry.get(name) else {
-            self.unknown(delivery, task).await;
+            Box::pin(self.unknown(delivery, task)).await;
             return false;
         };
-        if self.discard_if_revoked(delivery, task).await {
+        if Box::pin(self.discard_if_revoked(delivery, task)).await {
             return false;
         }
-        if self.discard_if_expired(delivery, task).await {
+        if Box::pin(self.discard_if_expired(delivery, task)).await {
             return false;
         }
         // ETA: wait without a permit, keeping the message's visibility fresh.
@@ -449,7 +451,7 @@ impl Shared {
                     }
                     _ = tokio::time::sleep(step) => {}
                 }
-                if let Err(e) = delivery.extend_visibility().await {
+                if let Err(e) = Box::pin(delivery.extend_visibility()).await {
                     warn!("could not refresh the visibility of ETA task {id}: {e}");
                 }
             }
@@ -470,15 +472,17 @@ impl Shared {
             _ = stop.cancelled() => None,
             permit = self.permits.clone().acquire_owned() => permit.ok(),
         };
-        let Some(_permit) = permit else {
+        let Some(permit) = permit else {
             delivery.leave_unacked(); // restored on shutdown
             return false;
         };
         // Revoked or expired while it waited?
-        if self.discard_if_revoked(delivery, task).await || self.discard_if_expired(delivery, task).await {
+        if Box::pin(self.discard_if_revoked(delivery, task)).await
+            || Box::pin(self.discard_if_expired(delivery, task)).await
+        {
             return false;
         }
-        Box::pin(self.execute(delivery, def, task.clone(), terminate)).await;
+        Box::pin(self.execute(delivery, def, task.clone(), terminate, permit)).await;
         true
     }
 
@@ -509,15 +513,34 @@ impl Shared {
         true
     }
 
+    /// Whether task events or metrics want to hear of tasks (so the fields
+    /// are built only then).
+    fn reporting(&self) -> bool {
+        self.metrics.is_some() || self.events.task_events()
+    }
+
     /// Sends a task event and counts it in the metrics.
     fn report(&self, kind: &str, task: &TaskMessage, fields: Map) {
+        if !self.reporting() {
+            return;
+        }
         if let Some(metrics) = &self.metrics {
             metrics.observe(kind, task, &fields);
         }
         self.events.task(kind, fields);
     }
 
-    async fn execute(&self, delivery: &mut Delivery, def: &Task, task: TaskMessage, terminate: CancellationToken) {
+    /// Runs the task in the slot `permit` holds; the slot is given back as
+    /// soon as the handler is done, before results are stored and the
+    /// message is acked (it stays in `unacked` until then).
+    async fn execute(
+        &self,
+        delivery: &mut Delivery,
+        def: &Task,
+        task: TaskMessage,
+        terminate: CancellationToken,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let opts = def.options();
         let cfg = &self.config;
         let acks_late = opts.acks_late.unwrap_or(cfg.acks_late);
@@ -530,7 +553,9 @@ impl Shared {
         }
         let time_start = celeriac_protocol::event::now_timestamp();
         self.state.set_phase(&id, Phase::Active { time_start, acknowledged: !acks_late });
-        self.report("task-started", &task, uuid_fields(&id));
+        if self.reporting() {
+            self.report("task-started", &task, uuid_fields(&id));
+        }
         if opts.track_started.unwrap_or(cfg.track_started) && !ignore_result {
             self.store(self.extend(ResultMeta::started(&id, std::process::id(), &cfg.hostname), &task, delivery)).await;
         }
@@ -597,6 +622,7 @@ impl Shared {
         if let Some(t) = soft_timer {
             t.abort();
         }
+        drop(permit);
         let runtime = started.elapsed().as_secs_f64();
 
         match outcome {
@@ -612,10 +638,13 @@ impl Shared {
                     self.extend(ResultMeta::success(&id, value.clone(), PyDateTime::now_utc()), &task, delivery);
                 meta.children = children.iter().map(|child| ResultTuple::task(child).to_value()).collect();
                 self.finished(meta, &task, !ignore_result).await;
-                let mut fields = uuid_fields(&id);
-                fields.insert("result".into(), Value::Str(celeriac_protocol::result::saferepr(&value, Some(1024), 3)));
-                fields.insert("runtime".into(), Value::Float(runtime));
-                self.report("task-succeeded", &task, fields);
+                if self.reporting() {
+                    let mut fields = uuid_fields(&id);
+                    let repr = celeriac_protocol::result::saferepr(&value, Some(1024), 3);
+                    fields.insert("result".into(), Value::Str(repr));
+                    fields.insert("runtime".into(), Value::Float(runtime));
+                    self.report("task-succeeded", &task, fields);
+                }
                 if acks_late {
                     settle(delivery, Settle::Ack).await;
                 }
