@@ -106,6 +106,8 @@ pub struct Plan {
     pub transport_drain: PathBuf,
     /// Also drain with celeriac's transport alone (where the time goes).
     pub transport: bool,
+    /// How many times a short drain (under 15 s) is run; the median counts.
+    pub drain_repeats: usize,
     /// Also drain with celeriac at this `-c` (the Python peers' window), to
     /// show what the concurrency setting does.
     pub celeriac_narrow: Option<usize>,
@@ -140,6 +142,7 @@ impl Plan {
             transport_drain: bench_worker.with_file_name("transport-drain"),
             transport: true,
             celeriac_narrow: Some(2),
+            drain_repeats: 3,
             bench_worker,
             rusty_worker,
             python: celeriac_tests::python().ok(),
@@ -161,6 +164,7 @@ impl Plan {
             peers: vec![Peer::Celeriac, Peer::PythonPrefork, Peer::Rusty],
             phase_timeout: Duration::from_secs(120),
             settle: Duration::from_millis(300),
+            drain_repeats: 1,
             ..Plan::full(bench_worker, rusty_worker)
         }
     }
@@ -179,9 +183,9 @@ pub async fn run(plan: &Plan) -> Result<Report, BenchError> {
             continue;
         }
         eprintln!("bench: {} — drain", peer.label());
-        report.drain.insert(peer, phases::drain(&env, peer, false).await.map_err(|e| e.to_string()));
+        report.drain.insert(peer, phases::drain_median(&env, peer, false).await.map_err(|e| e.to_string()));
         eprintln!("bench: {} — drain with results", peer.label());
-        report.drain_results.insert(peer, phases::drain(&env, peer, true).await.map_err(|e| e.to_string()));
+        report.drain_results.insert(peer, phases::drain_median(&env, peer, true).await.map_err(|e| e.to_string()));
         eprintln!("bench: {} — latency", peer.label());
         report.latency.insert(peer, phases::latency(&env, peer).await.map_err(|e| e.to_string()));
         eprintln!("bench: {} — memory", peer.label());
@@ -191,11 +195,12 @@ pub async fn run(plan: &Plan) -> Result<Report, BenchError> {
         eprintln!("bench: celeriac -c {c} — drain");
         let mut narrow = env.clone();
         narrow.plan.celeriac_concurrency = c;
-        report.narrow = Some((c, phases::drain(&narrow, Peer::Celeriac, false).await.map_err(|e| e.to_string())));
+        report.narrow =
+            Some((c, phases::drain_median(&narrow, Peer::Celeriac, false).await.map_err(|e| e.to_string())));
     }
     if plan.transport {
         eprintln!("bench: {} — drain", Peer::Transport.label());
-        report.transport = Some(phases::drain(&env, Peer::Transport, false).await.map_err(|e| e.to_string()));
+        report.transport = Some(phases::drain_median(&env, Peer::Transport, false).await.map_err(|e| e.to_string()));
     }
     eprintln!("bench: enqueue");
     report.enqueue = phases::enqueue(&env).await;

@@ -34,6 +34,9 @@ pub struct Drain {
     /// CPU seconds the rest of the machine used meanwhile (busy time minus
     /// the worker, redis-server and the harness): other people's work.
     pub other_cpu_s: f64,
+    /// Tasks per second of every run when a short drain was repeated (this
+    /// one is the median).
+    pub rates: Vec<f64>,
 }
 
 impl Drain {
@@ -320,6 +323,9 @@ impl Report {
             ),
         ] {
             row(title, "↑", &|p| match map.get(&p) {
+                Some(Ok(d)) if d.rates.len() > 1 => {
+                    (format!("{} ({:.2} s, median of {})", fmt_num(d.rate()), d.seconds, d.rates.len()), Some(d.rate()))
+                }
                 Some(Ok(d)) => (format!("{} ({:.2} s)", fmt_num(d.rate()), d.seconds), Some(d.rate())),
                 Some(Err(e)) => (failed(e), None),
                 None => ("—".into(), None),
@@ -515,6 +521,7 @@ fn drain_json(d: Option<&Outcome<Drain>>) -> Json {
             "redis_cpu_us_per_task": d.redis_cpu_s * 1e6 / d.tasks as f64,
             "worker_peak_rss_kib": d.peak_hwm_kb, "results_stored": d.results_stored,
             "other_cpu_seconds": d.other_cpu_s, "other_cpu_share": d.other_cpu_s / d.seconds,
+            "tasks_per_second_of_each_run": d.rates,
             "redis_commands_per_task": d.redis_commands.iter().map(|(c, calls, usec)| json!({
                 "command": c, "calls": *calls as f64 / d.tasks as f64, "usec": *usec as f64 / d.tasks as f64,
             })).collect::<Vec<_>>(),
