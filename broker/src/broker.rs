@@ -80,6 +80,30 @@ impl Broker {
         }
     }
 
+    /// Publishes a Celery event on the `celeryev` exchange (declare it as a
+    /// fanout first, as Celery does on Redis).
+    pub async fn publish_event(&self, event: &celeriac_protocol::event::Event) -> Result<(), BrokerError> {
+        let message = event.to_message()?;
+        self.publish(celeriac_protocol::event::EVENT_EXCHANGE, &event.routing_key(), &message).await
+    }
+
+    /// Publishes several task events of node `hostname` as one `task.multi`
+    /// message (one event goes out alone), as a Python worker flushes its buffer.
+    pub async fn publish_events(
+        &self,
+        hostname: &str,
+        events: &[celeriac_protocol::event::Event],
+    ) -> Result<(), BrokerError> {
+        match events {
+            [] => Ok(()),
+            [one] => self.publish_event(one).await,
+            many => {
+                let message = celeriac_protocol::event::batch_message(hostname, many)?;
+                self.publish(celeriac_protocol::event::EVENT_EXCHANGE, "task.multi", &message).await
+            }
+        }
+    }
+
     /// Messages waiting in `queue`.
     pub async fn queue_len(&self, queue: &str) -> Result<u64, BrokerError> {
         match self {

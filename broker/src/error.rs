@@ -169,6 +169,12 @@ pub(crate) fn is_transient_redis(e: &redis::RedisError) -> bool {
 }
 
 /// Whether a Redis error is an authentication or ACL refusal.
+impl From<celeriac_protocol::CodecError> for BrokerError {
+    fn from(e: celeriac_protocol::CodecError) -> BrokerError {
+        BrokerError::Protocol(e.into())
+    }
+}
+
 pub(crate) fn is_auth_redis(e: &redis::RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};
     matches!(e.kind(), ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm))

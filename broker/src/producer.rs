@@ -209,11 +209,7 @@ impl Producer {
         let queue = out.queue.clone().unwrap_or_else(|| out.routing_key.clone());
         let fields = task_sent_fields(&out.task, &queue, &out.exchange, &out.routing_key);
         let event = self.events.event("task-sent", fields);
-        let sent = match event.to_message() {
-            Ok(message) => self.broker.publish(EVENT_EXCHANGE, &event.routing_key(), &message).await,
-            Err(e) => Err(celeriac_protocol::ProtocolError::from(e).into()),
-        };
-        if let Err(e) = sent {
+        if let Err(e) = self.broker.publish_event(&event).await {
             tracing::warn!(task_id = %out.task.headers.id, "could not send the task-sent event: {e}");
         }
     }

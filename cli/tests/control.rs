@@ -122,20 +122,8 @@ fn broadcast(url: &str, nodes: &[&str], method: &str, arguments: Value) -> Map<S
 /// Sends `calls` with Python Celery's `send_task`; with `wait`, returns what
 /// `AsyncResult.get()` gave for each, else their ids (tests/python/call_tasks.py).
 fn python_calls(url: &str, calls: Value, wait: bool) -> Vec<Value> {
-    let mut child = Command::new(celeriac_tests::python().unwrap())
-        .arg(python_dir().join("call_tasks.py"))
-        .args(["--broker", url, "--backend", url, "--timeout", "20"])
-        .args(if wait { &[][..] } else { &["--no-wait"][..] })
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(calls.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python calls failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let lines = celeriac_tests::python_calls(url, &calls.to_string(), wait, 20).unwrap();
+    lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// What Python's `AsyncResult.get()` reads for each id (tests/python/get_results.py).

@@ -111,20 +111,8 @@ fn api(addr: &str, method: &str, path: &str) -> Value {
 /// Sends `calls` with Python Celery's `send_task` (tests/python/call_tasks.py);
 /// with `wait`, what `AsyncResult.get()` gave, else the ids.
 fn python_calls(url: &str, calls: Value, wait: bool) -> Vec<Value> {
-    let mut child = Command::new(celeriac_tests::python().unwrap())
-        .arg(python_dir().join("call_tasks.py"))
-        .args(["--broker", url, "--backend", url, "--timeout", "20"])
-        .args(if wait { &[][..] } else { &["--no-wait"][..] })
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(calls.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python calls failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let lines = celeriac_tests::python_calls(url, &calls.to_string(), wait, 20).unwrap();
+    lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn id_of(line: &Value) -> String {

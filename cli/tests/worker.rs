@@ -4,8 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed assertion
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use celeriac_tests::{LoggedProcess, RedisServer};
@@ -32,22 +31,8 @@ fn celeriac_worker(redis: &RedisServer, url: &str, flags: &[&str], env: &[(&str,
 /// Sends `calls` with Python Celery's `send_task` and returns what
 /// `AsyncResult.get()` gave for each (see tests/python/call_tasks.py).
 fn python_calls(url: &str, calls: Value, wait: bool) -> Vec<Value> {
-    let python = celeriac_tests::python().unwrap();
-    let script = celeriac_tests::repo_root().join("tests/python/call_tasks.py");
-    let mut child = Command::new(python)
-        .arg(script)
-        .args(["--broker", url, "--backend", url, "--timeout", "30"])
-        .args(if wait { &[][..] } else { &["--no-wait"][..] })
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(calls.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python calls failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let lines = celeriac_tests::python_calls(url, &calls.to_string(), wait, 30).unwrap();
+    lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn admin(url: &str) -> redis::Connection {

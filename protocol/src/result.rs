@@ -734,7 +734,7 @@ impl ResultTuple {
         let id =
             id.as_str().ok_or_else(|| ResultTuple::error(format!("expected a str id, got {}", short(id))))?.to_owned();
         let parent = match parent {
-            Some(p) if is_truthy(p) => Some(Box::new(Self::read(p, depth + 1)?)),
+            Some(p) if p.is_truthy() => Some(Box::new(Self::read(p, depth + 1)?)),
             _ => None,
         };
         let children = match nodes {
@@ -754,20 +754,6 @@ impl ResultTuple {
 
 fn short(value: &Value) -> String {
     saferepr(value, Some(60), 2)
-}
-
-fn is_truthy(value: &Value) -> bool {
-    match value {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Int(i) => *i != 0,
-        Value::Float(f) => *f != 0.0,
-        Value::Str(s) => !s.is_empty(),
-        Value::Bytes(b) => !b.is_empty(),
-        Value::List(l) => !l.is_empty(),
-        Value::Map(m) => !m.is_empty(),
-        _ => true,
-    }
 }
 
 /// A group record, `celery-taskset-meta-<group_id>`: `GroupResult.save()`

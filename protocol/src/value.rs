@@ -96,6 +96,22 @@ impl Value {
         }
     }
 
+    /// Python's truth (`bool(x)`): `None`, `False`, zero and empty strings and
+    /// containers are false, everything else true.
+    pub fn is_truthy(&self) -> bool {
+        match self {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            Value::Int(i) => *i != 0,
+            Value::Float(f) => *f != 0.0,
+            Value::Str(s) => !s.is_empty(),
+            Value::Bytes(b) => !b.is_empty(),
+            Value::List(l) => !l.is_empty(),
+            Value::Map(m) => !m.is_empty(),
+            _ => true,
+        }
+    }
+
     /// True for Python `None`.
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)

@@ -162,17 +162,7 @@ pub fn sum(v: &Value) -> Result<Value, TaskError> {
 
 /// Python's truth: `None`, `False`, zero and empty containers are false.
 pub fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Int(i) => *i != 0,
-        Value::Float(f) => *f != 0.0,
-        Value::Str(s) => !s.is_empty(),
-        Value::Bytes(b) => !b.is_empty(),
-        Value::List(l) => !l.is_empty(),
-        Value::Map(m) => !m.is_empty(),
-        _ => true,
-    }
+    v.is_truthy()
 }
 
 /// A number of seconds as `time.sleep` takes it: an `int` or `float`, not

@@ -30,6 +30,14 @@ pub enum HarnessError {
         /// The tail of its log, to show why.
         log: String,
     },
+    /// A Python helper ran but failed.
+    #[error("{what} failed: {output}")]
+    PeerFailed {
+        /// The helper.
+        what: String,
+        /// Its stdout and stderr, to show why.
+        output: String,
+    },
     /// The project virtualenv is missing.
     #[error("no Python interpreter at {0}; run scripts/setup to create the virtualenv")]
     NoVirtualenv(PathBuf),

@@ -35,7 +35,7 @@ pub use error::HarnessError;
 pub use fixtures::fixture_files;
 pub use net::{free_port, wait_until};
 pub use process::LoggedProcess;
-pub use python::{python, repo_root, venv_python};
+pub use python::{python, python_calls, repo_root, venv_python};
 pub use rabbitmq::{shared_amqp_url, RabbitNode, AMQP_URL_ENV};
 pub use redis::RedisServer;
 pub use sentinel::SentinelServer;

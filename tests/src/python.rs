@@ -25,3 +25,36 @@ pub fn python() -> Result<PathBuf, HarnessError> {
         Err(HarnessError::NoVirtualenv(path))
     }
 }
+
+/// Sends tasks by name with Python Celery (`tests/python/call_tasks.py`) on
+/// `url` (broker and result backend). `calls` is its JSON input, a list of
+/// `{"name", "args"?, "kwargs"?, "options"?}`. With `wait`, returns one JSON
+/// line per call with what `AsyncResult.get()` gave (waiting up to
+/// `timeout_secs` each); without, lines with the ids only.
+pub fn python_calls(url: &str, calls: &str, wait: bool, timeout_secs: u32) -> Result<Vec<String>, HarnessError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let timeout = timeout_secs.to_string();
+    let mut command = Command::new(python()?);
+    command.arg(repo_root().join("tests/python/call_tasks.py")).args(["--broker", url, "--backend", url]);
+    command.args(["--timeout", timeout.as_str()]);
+    if !wait {
+        command.arg("--no-wait");
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| HarnessError::io("starting call_tasks.py", e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(calls.as_bytes()).map_err(|e| HarnessError::io("writing to call_tasks.py", e))?;
+    }
+    let out = child.wait_with_output().map_err(|e| HarnessError::io("waiting for call_tasks.py", e))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        let output = format!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        return Err(HarnessError::PeerFailed { what: "call_tasks.py".into(), output });
+    }
+    Ok(text.lines().map(str::to_owned).collect())
+}

@@ -156,7 +156,7 @@ impl Pidbox {
         let body = one(&shared.config.hostname, value);
         let sent = match Message::with_body(headers, properties, 0, ContentType::Json, None, &body) {
             Ok(message) => shared.broker.publish(exchange, routing_key, &message).await,
-            Err(e) => Err(celeriac_protocol::ProtocolError::from(e).into()),
+            Err(e) => Err(e.into()),
         };
         if let Err(e) = sent {
             warn!("remote control: cannot send a reply: {e}");
@@ -579,17 +579,7 @@ fn safe(args: &Map) -> bool {
 /// Python's truth of an argument: Flower sends `terminate=1` (its
 /// `strtobool` gives an int), Celery's client `True`.
 fn truthy(v: Option<&Value>) -> bool {
-    match v {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(Value::Int(n)) => *n != 0,
-        Some(Value::Float(f)) => *f != 0.0,
-        Some(Value::Str(s)) => !s.is_empty(),
-        Some(Value::Bytes(b)) => !b.is_empty(),
-        Some(Value::List(l)) => !l.is_empty(),
-        Some(Value::Map(m)) => !m.is_empty(),
-        Some(_) => true,
-    }
+    v.is_some_and(Value::is_truthy)
 }
 
 /// `str(getattr(task, item))` for the task attributes celeriac has; `None`

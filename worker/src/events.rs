@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use celeriac_broker::{Broker, ExchangeKind};
-use celeriac_protocol::event::{batch_message, Event, EventSource, LamportClock, EVENT_EXCHANGE};
+use celeriac_protocol::event::{Event, EventSource, LamportClock, EVENT_EXCHANGE};
 use celeriac_protocol::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -110,11 +110,7 @@ impl Events {
     }
 
     async fn publish(&self, event: Event) {
-        let sent = match event.to_message() {
-            Ok(message) => self.broker.publish(EVENT_EXCHANGE, &event.routing_key(), &message).await,
-            Err(e) => Err(celeriac_protocol::ProtocolError::from(e).into()),
-        };
-        if let Err(e) = sent {
+        if let Err(e) = self.broker.publish_event(&event).await {
             warn!("could not send the {} event: {e}", event.kind());
         }
     }
@@ -142,16 +138,7 @@ async fn flush(broker: Broker, hostname: String, mut rx: mpsc::UnboundedReceiver
                 Err(_) => break,
             }
         }
-        let (routing_key, message) = if batch.len() == 1 {
-            (batch[0].routing_key(), batch[0].to_message())
-        } else {
-            ("task.multi".to_owned(), batch_message(&hostname, &batch))
-        };
-        let sent = match message {
-            Ok(message) => broker.publish(EVENT_EXCHANGE, &routing_key, &message).await,
-            Err(e) => Err(celeriac_protocol::ProtocolError::from(e).into()),
-        };
-        if let Err(e) = sent {
+        if let Err(e) = broker.publish_events(&hostname, &batch).await {
             warn!("could not send {} task event(s): {e}", batch.len());
         }
     }

@@ -482,7 +482,7 @@ impl Shared {
         {
             return false;
         }
-        Box::pin(self.execute(delivery, def, task.clone(), terminate, permit)).await;
+        Box::pin(self.execute(delivery, def, task, terminate, permit)).await;
         true
     }
 
@@ -537,7 +537,7 @@ impl Shared {
         &self,
         delivery: &mut Delivery,
         def: &Task,
-        task: TaskMessage,
+        task: &TaskMessage,
         terminate: CancellationToken,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
@@ -554,10 +554,10 @@ impl Shared {
         let time_start = celeriac_protocol::event::now_timestamp();
         self.state.set_phase(&id, Phase::Active { time_start, acknowledged: !acks_late });
         if self.reporting() {
-            self.report("task-started", &task, uuid_fields(&id));
+            self.report("task-started", task, uuid_fields(&id));
         }
         if opts.track_started.unwrap_or(cfg.track_started) && !ignore_result {
-            self.store(self.extend(ResultMeta::started(&id, std::process::id(), &cfg.hostname), &task, delivery)).await;
+            self.store(self.extend(ResultMeta::started(&id, std::process::id(), &cfg.hostname), task, delivery)).await;
         }
 
         // The message's limits win, then those set by the `time_limit`
@@ -633,17 +633,17 @@ impl Shared {
                 );
                 // As Celery: callbacks and the next chain step go out first,
                 // and the stored result names them as its children.
-                let children = self.send_callbacks(&task, &value).await;
+                let children = self.send_callbacks(task, &value).await;
                 let mut meta =
-                    self.extend(ResultMeta::success(&id, value.clone(), PyDateTime::now_utc()), &task, delivery);
+                    self.extend(ResultMeta::success(&id, value.clone(), PyDateTime::now_utc()), task, delivery);
                 meta.children = children.iter().map(|child| ResultTuple::task(child).to_value()).collect();
-                self.finished(meta, &task, !ignore_result).await;
+                self.finished(meta, task, !ignore_result).await;
                 if self.reporting() {
                     let mut fields = uuid_fields(&id);
                     let repr = celeriac_protocol::result::saferepr(&value, Some(1024), 3);
                     fields.insert("result".into(), Value::Str(repr));
                     fields.insert("runtime".into(), Value::Float(runtime));
-                    self.report("task-succeeded", &task, fields);
+                    self.report("task-succeeded", task, fields);
                 }
                 if acks_late {
                     settle(delivery, Settle::Ack).await;
@@ -663,7 +663,7 @@ impl Shared {
                     max_retries: max_retries.or(opts.max_retries),
                     arguments: arguments.map(|a| *a),
                 };
-                self.retry_or_fail(delivery, &task, plan, acks_late).await;
+                self.retry_or_fail(delivery, task, plan, acks_late).await;
             }
             Outcome::Failed(err @ TaskError::Failure { .. }) if autoretries(def, &err) => {
                 // Celery's autoretry: `task.retry(exc=exc)`, so the exception is
@@ -679,18 +679,18 @@ impl Shared {
                     max_retries: opts.max_retries,
                     arguments: None,
                 };
-                self.retry_or_fail(delivery, &task, plan, acks_late).await;
+                self.retry_or_fail(delivery, task, plan, acks_late).await;
             }
             Outcome::Failed(err @ TaskError::Reject { .. }) => {
                 let TaskError::Reject { ref reason, requeue } = err else { return };
                 info!("Task {name}[{id}] rejected (requeue={requeue}): {reason}");
                 let mut fields = uuid_fields(&id);
                 fields.insert("requeue".into(), Value::Bool(requeue));
-                self.report("task-rejected", &task, fields);
+                self.report("task-rejected", task, fields);
                 if !requeue {
                     // Celery 5.7 records a final rejection as FAILURE(Reject).
                     let meta = ResultMeta::failure(&id, &err.exception(), None, PyDateTime::now_utc());
-                    self.finished(self.extend(meta, &task, delivery), &task, !ignore_result).await;
+                    self.finished(self.extend(meta, task, delivery), task, !ignore_result).await;
                 }
                 settle(delivery, if requeue { Settle::Requeue } else { Settle::Reject }).await;
             }
@@ -700,7 +700,7 @@ impl Shared {
             Outcome::Failed(err) => {
                 let exc = err.exception();
                 error!("Task {name}[{id}] raised unexpected: {}", exc.python_repr());
-                self.fail(delivery, &task, &exc, traceback_of(&err), acks_late, ack_failures).await;
+                self.fail(delivery, task, &exc, traceback_of(&err), acks_late, ack_failures).await;
             }
             Outcome::TimedOut(limit) => {
                 error!("Task {name}[{id}] hard time limit ({}s) exceeded", limit.as_secs_f64());
@@ -709,17 +709,17 @@ impl Shared {
                     "TimeLimitExceeded",
                     vec![Value::Float(limit.as_secs_f64())],
                 );
-                self.fail(delivery, &task, &exc, None, acks_late, ack_failures).await;
+                self.fail(delivery, task, &exc, None, acks_late, ack_failures).await;
             }
             Outcome::Terminated => {
                 // revoke --terminate: REVOKED, as Celery's terminated request.
                 info!("Terminating {name}[{id}] (revoked)");
                 let meta = ResultMeta::revoked(&id, "terminated", PyDateTime::now_utc());
-                self.finished(self.extend(meta, &task, delivery), &task, true).await;
+                self.finished(self.extend(meta, task, delivery), task, true).await;
                 let signum = self.state.termination_signal(&id).unwrap_or(15);
                 let mut fields = revoked_fields(&id, true, false);
                 fields.insert("signum".into(), Value::Int(signum));
-                self.report("task-revoked", &task, fields);
+                self.report("task-revoked", task, fields);
                 if acks_late {
                     settle(delivery, if ack_failures { Settle::Ack } else { Settle::Requeue }).await;
                 }
@@ -734,7 +734,7 @@ impl Shared {
                     settle(delivery, Settle::Requeue).await;
                 } else {
                     let exc = ExceptionInfo::new("billiard.exceptions", "WorkerLostError", vec![Value::Str(text)]);
-                    self.fail(delivery, &task, &exc, None, acks_late, ack_failures).await;
+                    self.fail(delivery, task, &exc, None, acks_late, ack_failures).await;
                 }
             }
         }

@@ -2,15 +2,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed assertion
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use celeriac_tests::LoggedProcess;
 
 #[test]
 fn python_calls_the_example_tasks() {
-    let (Some(redis), Some(python)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
+    let (Some(redis), Some(_)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
     let url = redis.url();
     let mut command = Command::new(env!("CARGO_BIN_EXE_science-worker"));
     command.args(["worker", "-b", &url, "--result-backend", &url, "-Q", "celery,science", "-c", "2"]);
@@ -23,17 +22,11 @@ fn python_calls_the_example_tasks() {
         {"name": "science.calibrate", "args": [2], "kwargs": {"detector": ""}},
         {"name": "celeriac.ping"},
     ]);
-    let mut child = Command::new(python)
-        .arg(celeriac_tests::repo_root().join("tests/python/call_tasks.py"))
-        .args(["--broker", &url, "--backend", &url])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(calls.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = celeriac_tests::python_calls(&url, &calls.to_string(), true, 30)
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines[0]["result"], serde_json::json!({"run": 2, "detector": "d7", "gain": 1.25}), "{lines:?}");
     assert_eq!(lines[1]["exc_type"], "ValueError", "{lines:?}");
     assert_eq!(lines[2]["result"], "pong", "{lines:?}");
