@@ -129,6 +129,10 @@ pub struct Settings {
     pub worker_dead_letter_queue: String,
     /// Most ETA/countdown tasks held at once before the worker stops reserving (celeriac only).
     pub worker_max_scheduled_tasks: usize,
+    /// Largest task message a worker decodes, in bytes of the raw body as it
+    /// arrives (before decompression; the decoded size is bounded by the same
+    /// limit). Larger messages are dead-lettered with the reason (celeriac only).
+    pub worker_max_message_size: usize,
 
     // ---- events and remote control ------------------------------------------
     /// Exchange events are sent on.
@@ -223,6 +227,7 @@ impl Default for Settings {
             worker_unknown_task: UnknownTaskPolicy::Reject,
             worker_dead_letter_queue: "celeriac.dead_letter".into(),
             worker_max_scheduled_tasks: 100_000,
+            worker_max_message_size: 64 * 1024 * 1024,
             event_exchange: "celeryev".into(),
             control_exchange: "celery".into(),
             event_queue_ttl: Some(5.0),
