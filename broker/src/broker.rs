@@ -80,6 +80,15 @@ impl Broker {
         }
     }
 
+    /// Settlements (acks, rejects, requeues) waiting for the broker to come
+    /// back (see [`crate::Delivery::settle`]); 0 for the in-memory broker.
+    pub fn deferred_settlements(&self) -> usize {
+        match self {
+            Broker::Redis(b) => b.deferred_settlements(),
+            Broker::Memory(_) => 0,
+        }
+    }
+
     /// Publishes a Celery event on the `celeryev` exchange (declare it as a
     /// fanout first, as Celery does on Redis).
     pub async fn publish_event(&self, event: &celeriac_protocol::event::Event) -> Result<(), BrokerError> {

@@ -35,6 +35,32 @@ impl Settled {
     }
 }
 
+/// What to do with a delivery, for [`Delivery::settle`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// Done with it: [`Delivery::ack`].
+    Ack,
+    /// Drop it: [`Delivery::reject`].
+    Reject,
+    /// Put it back on its queue: [`Delivery::requeue`].
+    Requeue,
+}
+
+/// How [`Delivery::settle`] went.
+#[derive(Debug)]
+pub enum SettleOutcome {
+    /// Settled now (or it already was, the same way).
+    Done,
+    /// The broker could not be reached: the settlement is retried in the
+    /// background, and the prefetch slot is free already. If it never gets
+    /// through, the message is restored after the visibility timeout.
+    Deferred(BrokerError),
+    /// It could not be settled (already settled another way, handed back by
+    /// a restore, or too many deferred settlements): if its prefetch slot was
+    /// held, it is free now, and the message is left to the visibility timeout.
+    Failed(BrokerError),
+}
+
 /// A message received from a queue, held (counted against the consumer's
 /// prefetch and recorded as unacked) until settled.
 ///
@@ -138,6 +164,46 @@ impl Delivery {
         self.window.release(self.seq);
         self.settled = Some(Settled::Requeued);
         Ok(())
+    }
+
+    /// Settles the delivery `how`, and never keeps its prefetch slot: if the
+    /// broker stays unreachable (after the transport's own retries), the
+    /// settlement is handed to a background retrier and the slot is freed,
+    /// so an outage cannot shrink the consumer's window for good. The
+    /// message stays in the broker's unacked bookkeeping meanwhile, so
+    /// nothing is lost if the retry never succeeds (see [`SettleOutcome`]).
+    pub async fn settle(&mut self, how: Settlement) -> SettleOutcome {
+        let (result, settled) = match how {
+            Settlement::Ack => (self.ack().await, Settled::Acked),
+            Settlement::Reject => (self.reject().await, Settled::Rejected),
+            Settlement::Requeue => (self.requeue().await, Settled::Requeued),
+        };
+        let error = match result {
+            Ok(()) => return SettleOutcome::Done,
+            Err(e) => e,
+        };
+        if self.settled.is_some() {
+            // Settled another way before: nothing of ours to free.
+            return SettleOutcome::Failed(error);
+        }
+        let Some(held) = self.window.held(self.seq) else { return SettleOutcome::Failed(error) };
+        let deferred = match &self.settler {
+            Settler::Redis(inner) => {
+                let kind = match how {
+                    Settlement::Ack | Settlement::Reject => crate::redis::DeferredKind::Remove,
+                    Settlement::Requeue => crate::redis::DeferredKind::Requeue,
+                };
+                inner.deferred.push(inner, held, kind)
+            }
+            Settler::Memory(_) => false,
+        };
+        self.window.release(self.seq);
+        self.settled = Some(settled);
+        if deferred {
+            SettleOutcome::Deferred(error)
+        } else {
+            SettleOutcome::Failed(error)
+        }
     }
 
     /// Tells the broker the message is still being worked on (for ETA tasks held

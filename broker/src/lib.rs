@@ -29,7 +29,7 @@ mod window;
 
 pub use broker::Broker;
 pub use consumer::{Consumer, ConsumerControl};
-pub use delivery::Delivery;
+pub use delivery::{Delivery, SettleOutcome, Settlement};
 pub use error::BrokerError;
 pub use exchange::ExchangeKind;
 pub use memory::MemoryBroker;

@@ -10,6 +10,7 @@
 //! once by a script (the same window kombu has between `BRPOP` and `QoS.append`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +37,17 @@ pub(crate) fn start(inner: Arc<Inner>, queues: &[String], prefetch: usize) -> Co
     let slack =
         if options.health_check_interval.is_zero() { Duration::from_secs(5) } else { options.health_check_interval };
     let brpop = SharedConnection::new(inner.connector.clone(), Some(options.brpop_timeout + slack));
-    let fetcher = Fetcher { inner: inner.clone(), window: window.clone(), tx, stop: stop.clone(), brpop };
+    let journal = format!("{}celeriac.pop.{}", inner.keys.prefix(), uuid::Uuid::new_v4().simple());
+    let fetcher = Fetcher {
+        inner: inner.clone(),
+        window: window.clone(),
+        tx,
+        stop: stop.clone(),
+        brpop,
+        journal,
+        pops: AtomicU64::new(0),
+        unsure: std::sync::Mutex::new(None),
+    };
     let fetch = tokio::spawn(fetcher.run());
     let sweep = tokio::spawn(sweep(inner.clone(), stop.clone()));
     Consumer::new(window, rx, stop, vec![fetch, sweep], Settler::Redis(inner))
@@ -72,6 +83,13 @@ struct Fetcher {
     tx: Feed,
     stop: CancellationToken,
     brpop: SharedConnection,
+    /// This consumer's pop journal (see `POP` and `RECOVER` in `scripts`).
+    journal: String,
+    /// Pops run, for their ids.
+    pops: AtomicU64,
+    /// A pop whose reply was lost: its id and score, to put its batch back
+    /// before popping again.
+    unsure: std::sync::Mutex<Option<(String, String)>>,
 }
 
 impl Fetcher {
@@ -89,6 +107,12 @@ impl Fetcher {
                     _ = self.window.changed.notified() => {}
                     _ = self.stop.cancelled() => break,
                     _ = self.tx.closed() => break,
+                }
+                continue;
+            }
+            if let Err(e) = self.recover().await {
+                if !self.pause(e, &mut backoff).await {
+                    break;
                 }
                 continue;
             }
@@ -145,15 +169,31 @@ impl Fetcher {
         let suffixes: Vec<String> = keys.steps().iter().map(|s| keys.step_suffix(*s)).collect();
         let bases: Vec<String> = order.iter().map(|q| format!("{}{q}", keys.prefix())).collect();
         let (room_s, nsteps) = (room.to_string(), suffixes.len().to_string());
+        let pop_id = self.pops.fetch_add(1, Ordering::Relaxed).to_string();
+        let journal_ms = self.inner.options.visibility_timeout.as_millis().clamp(1000, 1 << 40).to_string();
         let mut args: Vec<&[u8]> = vec![
             room_s.as_bytes(),
             score.as_bytes(),
             if self.window.rotates() { b"1" } else { b"0" },
             nsteps.as_bytes(),
+            pop_id.as_bytes(),
+            journal_ms.as_bytes(),
         ];
         args.extend(suffixes.iter().map(|s| s.as_bytes()));
         args.extend(bases.iter().map(|s| s.as_bytes()));
-        let reply: Vec<redis::Value> = self.inner.eval("pop", &self.inner.scripts.pop, &key_refs, &args).await?;
+        let script_keys = [key_refs[0], key_refs[1], self.journal.as_str()];
+        let reply: Vec<redis::Value> = match self.inner.eval("pop", &self.inner.scripts.pop, &script_keys, &args).await
+        {
+            Ok(reply) => reply,
+            Err(e) => {
+                if e.is_transient() {
+                    // The script may have run with its reply lost: its batch
+                    // is put back before the next pop.
+                    *self.unsure.lock().unwrap_or_else(|p| p.into_inner()) = Some((pop_id, score));
+                }
+                return Err(e);
+            }
+        };
         let mut popped = 0;
         for item in reply.chunks(4) {
             let [qi, si, raw, tag] = item else { continue };
@@ -170,6 +210,22 @@ impl Fetcher {
             self.deliver(element, &score).await;
         }
         Ok(popped)
+    }
+
+    /// Puts back the batch of the last pop if its reply was lost (see
+    /// `RECOVER`); an error leaves that for the next call.
+    async fn recover(&self) -> Result<(), BrokerError> {
+        let Some((pop_id, score)) = self.unsure.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Ok(());
+        };
+        let keys = [self.journal.as_str(), self.inner.keys.unacked(), self.inner.keys.unacked_index()];
+        let args: [&[u8]; 2] = [pop_id.as_bytes(), score.as_bytes()];
+        let restored: i64 = self.inner.eval("recover a lost pop", &self.inner.scripts.recover, &keys, &args).await?;
+        *self.unsure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if restored > 0 {
+            tracing::warn!(restored, "the reply to a pop was lost; its messages were put back on their queues");
+        }
+        Ok(())
     }
 
     /// Waits for a message with `BRPOP`; records and delivers it.

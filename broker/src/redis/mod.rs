@@ -12,6 +12,7 @@
 mod acks;
 mod connection;
 mod consumer;
+mod deferred;
 mod pubsub;
 mod restore;
 mod scripts;
@@ -30,6 +31,7 @@ use crate::keys::KeySpace;
 use crate::options::RedisOptions;
 use crate::topic;
 
+pub(crate) use deferred::DeferredKind;
 pub use pubsub::{FanoutMessage, Subscription};
 pub use restore::RestoreOutcome;
 
@@ -55,6 +57,8 @@ pub(crate) struct Inner {
     pub scripts: Scripts,
     /// Acks settled in batches.
     pub acks: acks::AckBatcher,
+    /// Settlements waiting for Redis to come back.
+    pub deferred: deferred::Deferred,
 }
 
 impl std::fmt::Debug for Inner {
@@ -190,6 +194,7 @@ impl RedisBroker {
                 registry: ExchangeRegistry::default(),
                 scripts: Scripts::new(),
                 acks: acks::AckBatcher::default(),
+                deferred: deferred::Deferred::default(),
             }),
         })
     }
@@ -220,6 +225,11 @@ impl RedisBroker {
     /// The broker URL with the password masked.
     pub fn masked_url(&self) -> &str {
         self.inner.connector.url()
+    }
+
+    /// Settlements waiting for Redis to come back (see [`crate::Delivery::settle`]).
+    pub fn deferred_settlements(&self) -> usize {
+        self.inner.deferred.len()
     }
 
     /// Checks the server answers.

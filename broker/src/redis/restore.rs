@@ -118,10 +118,25 @@ impl Inner {
     /// Acks one held delivery with the single-tag script; its outcome code.
     async fn ack_one(&self, held: &Held) -> Result<i64, BrokerError> {
         let limit = RetryLimit::For(self.options.settle_timeout);
+        self.retrying("ack", limit, || self.ack_once(held)).await
+    }
+
+    /// Acks one held delivery with one script call, no retries (for
+    /// deferred settlements, which retry on their own schedule).
+    pub async fn ack_once(&self, held: &Held) -> Result<i64, BrokerError> {
         let keys = [self.keys.unacked(), self.keys.unacked_index()];
         let mut args: Vec<&[u8]> = vec![held.tag.as_bytes()];
         args.extend(held.scores.iter().map(|s| s.as_bytes()));
-        self.retrying("ack", limit, || self.eval("ack", &self.scripts.ack, &keys, &args)).await
+        self.eval("ack", &self.scripts.ack, &keys, &args).await
+    }
+
+    /// Requeues a held delivery once, no retries (for deferred settlements).
+    pub async fn requeue_once(&self, held: &Held) -> Result<(), BrokerError> {
+        let outcome = self.restore_by_tag(&held.tag, true, Some(&held.scores)).await?;
+        if outcome != RestoreOutcome::Restored {
+            tracing::warn!(delivery_tag = %held.tag, ?outcome, "deferred requeue did not move the message");
+        }
+        Ok(())
     }
 
     /// Requeues a held delivery (kombu's `reject(requeue=True)`).
@@ -162,10 +177,15 @@ impl Inner {
     /// Restores every held delivery in delivery order (`RPUSH`, as kombu's
     /// `QoS.restore_unacked`), each only if still ours. Returns how many moved.
     pub async fn restore_all(&self, held: &[(u64, Held)]) -> Result<usize, BrokerError> {
-        let limit = RetryLimit::For(self.options.settle_timeout);
         let mut restored = 0;
         let mut first_error = None;
         for (_, h) in held {
+            // Once Redis kept failing for settle_timeout, one attempt each: a
+            // shutdown during an outage must not wait that long per message.
+            let limit = match first_error {
+                None => RetryLimit::For(self.options.settle_timeout),
+                Some(_) => RetryLimit::Attempts(1),
+            };
             match self.retrying("restore", limit, || self.restore_by_tag(&h.tag, false, Some(&h.scores))).await {
                 Ok(RestoreOutcome::Restored) => restored += 1,
                 Ok(outcome) => tracing::debug!(delivery_tag = %h.tag, ?outcome, "not restored"),

@@ -133,12 +133,18 @@ end
 /// Pops up to `ARGV[1]` elements in kombu's BRPOP order and records each in
 /// `unacked`/`unacked_index`.
 ///
-/// KEYS: 1 `unacked`, 2 `unacked_index`.
+/// KEYS: 1 `unacked`, 2 `unacked_index`, 3 this consumer's pop journal.
 /// ARGV: 1 count, 2 score (delivery time), 3 `1` to rotate queues round-robin,
-/// 4 number of steps S, 5..4+S step suffixes, then the prefixed queue names in
+/// 4 number of steps S, 5 the pop's id, 6 the journal's lifetime in
+/// milliseconds, 7..6+S step suffixes, then the prefixed queue names in
 /// cycle order. Returns a flat list of `[queue index, step index (both 0-based),
 /// raw, tag]` per element, in pop order; the tag is '' when Lua's JSON decoder
 /// could not read the element, which is then left for celeriac to record.
+///
+/// When it pops anything it also rewrites the journal: the pop's id, then per
+/// element `T, list, tag, raw length` (recorded) or `R, list, raw` (not
+/// recorded), so a consumer whose reply was lost can put exactly this batch
+/// back with `RECOVER` instead of waiting for the visibility timeout.
 const POP: &str = r#"
 local err = check_types()
 if err then return err end
@@ -146,18 +152,22 @@ local max = tonumber(ARGV[1])
 local score = ARGV[2]
 local rotate = ARGV[3] == '1'
 local nsteps = tonumber(ARGV[4])
-local base = 4 + nsteps
+local pop_id = ARGV[5]
+local journal_ms = tonumber(ARGV[6])
+local first = 6
+local base = first + nsteps
 local order = {}
 for i = base + 1, #ARGV do order[#order + 1] = i - base end
 local lens = {}
 local out = {}
 local zargs, hargs = {}, {}
+local journal = {pop_id}
 for _ = 1, max do
   local found_pos, found_q, found_s, found_key = nil, nil, nil, nil
   for s = 1, nsteps do
     for pos = 1, #order do
       local q = order[pos]
-      local key = ARGV[base + q] .. ARGV[4 + s]
+      local key = ARGV[base + q] .. ARGV[first + s]
       local n = lens[key]
       if n == nil then
         local r = redis.pcall('LLEN', key)
@@ -181,8 +191,15 @@ for _ = 1, max do
     zargs[#zargs + 1] = tag
     hargs[#hargs + 1] = tag
     hargs[#hargs + 1] = '[' .. raw .. ', ' .. pystr(ex) .. ', ' .. pystr(rk) .. ']'
+    journal[#journal + 1] = 'T'
+    journal[#journal + 1] = found_key
+    journal[#journal + 1] = tag
+    journal[#journal + 1] = tostring(#raw)
   else
     tag = ''
+    journal[#journal + 1] = 'R'
+    journal[#journal + 1] = found_key
+    journal[#journal + 1] = raw
   end
   out[#out + 1] = found_q - 1
   out[#out + 1] = found_s - 1
@@ -190,7 +207,67 @@ for _ = 1, max do
   out[#out + 1] = tag
 end
 record_all(zargs, hargs)
+if #out > 0 then
+  redis.call('DEL', KEYS[3])
+  local step = 1000
+  for i = 1, #journal, step do
+    redis.call('RPUSH', KEYS[3], unpack(journal, i, math.min(i + step - 1, #journal)))
+  end
+  redis.call('PEXPIRE', KEYS[3], journal_ms)
+end
 return out
+"#;
+
+/// Puts back the batch of a pop whose reply was lost, if that pop ran: each
+/// recorded element still held under the pop's score leaves `unacked` and
+/// goes back to the consuming end of its list, as it was, and unrecorded ones
+/// go back as they were, so the batch is as if never popped.
+///
+/// KEYS: 1 the pop journal, 2 `unacked`, 3 `unacked_index`. ARGV: 1 the pop's
+/// id, 2 its score. Returns how many elements went back, or -1 when the
+/// journal is not this pop's (the pop never ran, or a later one replaced it).
+const RECOVER: &str = r#"
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+if items[1] ~= ARGV[1] then return -1 end
+local want = tonumber(ARGV[2])
+local pushes, forget = {}, {}
+local i = 2
+while i <= #items do
+  local kind, key = items[i], items[i + 1]
+  if kind == 'T' then
+    local tag, len = items[i + 2], tonumber(items[i + 3])
+    i = i + 4
+    local s = redis.call('ZSCORE', KEYS[3], tag)
+    if s and tonumber(s) == want and len then
+      local v = redis.call('HGET', KEYS[2], tag)
+      if v and #v > len then
+        pushes[#pushes + 1] = {key, string.sub(v, 2, len + 1)}
+        forget[#forget + 1] = tag
+      end
+    end
+  elseif kind == 'R' then
+    pushes[#pushes + 1] = {key, items[i + 2]}
+    i = i + 3
+  else
+    return redis.error_reply('ERR malformed pop journal')
+  end
+end
+for _, p in ipairs(pushes) do
+  local t = redis.call('TYPE', p[1])['ok']
+  if t ~= 'list' and t ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. p[1] .. ' holds ' .. t .. ', not a list')
+  end
+end
+for _, tag in ipairs(forget) do
+  redis.call('HDEL', KEYS[2], tag)
+  redis.call('ZREM', KEYS[3], tag)
+end
+-- Popped from the right in order: pushing back in reverse restores the order.
+for j = #pushes, 1, -1 do
+  redis.call('RPUSH', pushes[j][1], pushes[j][2])
+end
+redis.call('DEL', KEYS[1])
+return #pushes
 "#;
 
 /// Records one element already popped by `BRPOP`.
@@ -377,6 +454,7 @@ return 1
 #[derive(Debug)]
 pub(crate) struct Scripts {
     pub pop: Script,
+    pub recover: Script,
     pub track: Script,
     pub record: Script,
     pub ack: Script,
@@ -394,6 +472,7 @@ impl Scripts {
         let with = |parts: &[&str]| Script::new(&parts.concat());
         Scripts {
             pop: with(&[PRELUDE, POP]),
+            recover: Script::new(RECOVER),
             track: with(&[PRELUDE, TRACK]),
             record: with(&[PRELUDE, RECORD]),
             ack: with(&[SCORE_GUARD, ACK]),
