@@ -328,12 +328,29 @@ impl RedisBackend {
         state: &State,
         result: &Value,
     ) -> Result<ChordOutcome, BackendError> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        self.on_chord_part_return_as(group_id, group_index, task_id, state, result, &token).await
+    }
+
+    /// [`RedisBackend::on_chord_part_return`] with the caller's claim token:
+    /// a caller that retries after an error (the reply may have been lost
+    /// after the part was joined and the claim taken) passes the same token
+    /// each time, so the retry still sees the claim as its own and sends the
+    /// body. Use a fresh token per header task run.
+    pub async fn on_chord_part_return_as(
+        &self,
+        group_id: &str,
+        group_index: Option<i64>,
+        task_id: &str,
+        state: &State,
+        result: &Value,
+        token: &str,
+    ) -> Result<ChordOutcome, BackendError> {
         let keys = self.chord_keys(group_id)?;
         require_id(task_id, "task_id")?;
         let part = ChordPart { task_id: task_id.to_owned(), state: state.clone(), result: result.clone() };
         let encoded = self.encode_value(&keys.join, &part.to_value())?;
         let score = group_index.map_or_else(|| "+inf".to_owned(), |i| i.to_string());
-        let token = uuid::Uuid::new_v4().simple().to_string();
         let (claim_expires, done_expires) = claim_lifetimes(self.inner.options.result_chord_join_timeout);
         let options = &self.inner.options;
         let ordered = options.transport.result_chord_ordered;
@@ -341,7 +358,7 @@ impl RedisBackend {
         let group_expires = options.chord_result_expires_secs().unwrap_or(0);
         let group_key = self.inner.keys.group(group_id);
         let script = &self.inner.scripts.part_return;
-        let (keys_ref, encoded, score, token_ref, group_key) = (&keys, &encoded, &score, &token, &group_key);
+        let (keys_ref, encoded, score, token_ref, group_key) = (&keys, &encoded, &score, token, &group_key);
         let reply: Vec<redis::Value> = self
             .inner
             .connection
@@ -425,7 +442,7 @@ impl RedisBackend {
         }
         Ok(ChordOutcome::Ready(ChordReady {
             results,
-            claim: ChordClaim { group_id: group_id.to_owned(), token, done_expires },
+            claim: ChordClaim { group_id: group_id.to_owned(), token: token.to_owned(), done_expires },
         }))
     }
 

@@ -22,7 +22,7 @@ use crate::redis::{now_secs, FanoutMessage, Subscription};
 use crate::topic;
 use crate::window::{Held, Window};
 
-type Subscriber = (String, mpsc::UnboundedSender<Result<FanoutMessage, BrokerError>>);
+type Subscriber = (String, mpsc::Sender<Result<FanoutMessage, BrokerError>>);
 
 #[derive(Default)]
 struct State {
@@ -183,7 +183,11 @@ impl MemoryBroker {
                 channel: channel.strip_prefix(self.inner.keys.prefix()).unwrap_or(&channel).to_owned(),
                 envelope,
             };
-            s.subscribers.retain(|(pattern, tx)| !glob_matches(pattern, &channel) || tx.send(Ok(msg.clone())).is_ok());
+            s.subscribers.retain(|(pattern, tx)| {
+                // A full subscriber misses the message (pub/sub is lossy); a closed one is dropped.
+                !glob_matches(pattern, &channel)
+                    || !matches!(tx.try_send(Ok(msg.clone())), Err(mpsc::error::TrySendError::Closed(_)))
+            });
             return Ok(());
         }
         if exchange.is_empty() && routing_key.is_empty() {
@@ -205,7 +209,7 @@ impl MemoryBroker {
     /// Subscribes to a fanout exchange (Redis glob matching of the channel).
     pub fn subscribe(&self, exchange: &str, binding_key: &str) -> Subscription {
         let pattern = self.inner.keys.fanout_subscribe_pattern(exchange, binding_key);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(crate::redis::SUBSCRIPTION_BUFFER);
         self.lock().subscribers.push((pattern.clone(), tx));
         Subscription::new(rx, pattern, CancellationToken::new().drop_guard())
     }

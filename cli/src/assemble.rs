@@ -183,6 +183,8 @@ pub fn worker_config(settings: &Settings) -> WorkerConfig {
         ignore_result: settings.task_ignore_result,
         result_extended: settings.result_extended,
         unknown_task: settings.worker_unknown_task,
+        accept_content: settings.accept_content.clone(),
+        max_message_size: settings.worker_max_message_size,
         dead_letter_queue: settings.worker_dead_letter_queue.clone(),
         shutdown_timeout: if settings.worker_soft_shutdown_timeout > 0.0 {
             secs(settings.worker_soft_shutdown_timeout)

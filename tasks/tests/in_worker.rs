@@ -12,7 +12,7 @@ use celeriac_protocol::result::{ResultMeta, State};
 use celeriac_protocol::{Map, Signature, Value};
 use celeriac_tasks::conformance::{task_name, MODULE};
 use celeriac_tasks::TaskSetConfig;
-use celeriac_worker::{ResultStore, Worker, WorkerConfig};
+use celeriac_worker::{ResultStore, StoreError, Worker, WorkerConfig};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 struct Channel(mpsc::UnboundedSender<ResultMeta>);
 
 impl ResultStore for Channel {
-    fn store(&self, meta: ResultMeta) -> BoxFuture<'static, Result<(), String>> {
-        let _ = self.0.send(meta);
+    fn store(&self, meta: std::sync::Arc<ResultMeta>) -> BoxFuture<'static, Result<(), StoreError>> {
+        let _ = self.0.send(std::sync::Arc::unwrap_or_clone(meta));
         Box::pin(async { Ok(()) })
     }
 }

@@ -446,7 +446,7 @@ impl Pidbox {
                 };
                 if !running && overwritable {
                     let meta = ResultMeta::revoked(id, "revoked", PyDateTime::now_utc());
-                    if let Err(e) = results.store(meta).await {
+                    if let Err(e) = results.store(Arc::new(meta)).await {
                         warn!("could not store REVOKED for {id}: {e}");
                     }
                 }

@@ -4,8 +4,13 @@
 //! `enable_events` control command. Task events are buffered and flushed in
 //! `task.multi` batches, as a Python worker with an event loop does; worker
 //! events go out at once.
+//!
+//! The task-event buffer is bounded ([`BUFFER`] events): while the broker
+//! is unreachable, events beyond it are dropped and counted (events are
+//! monitoring, not work; Flower catches up from the next ones), so an outage
+//! cannot grow the worker's memory without limit.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use celeriac_broker::{Broker, ExchangeKind};
@@ -18,6 +23,9 @@ use tracing::warn;
 /// Most task events in one `task.multi` message.
 const BATCH: usize = 100;
 
+/// Most task events waiting to be sent.
+pub const BUFFER: usize = 10_000;
+
 /// Publishes the worker's events (see the module docs). Shared in an `Arc`.
 #[derive(Debug)]
 pub struct Events {
@@ -25,8 +33,10 @@ pub struct Events {
     broker: Broker,
     task_events: AtomicBool,
     freq: f64,
-    buffer: Mutex<Option<mpsc::UnboundedSender<Event>>>,
+    buffer: Mutex<Option<mpsc::Sender<Event>>>,
     flusher: Mutex<Option<JoinHandle<()>>>,
+    /// Task events dropped because the buffer was full.
+    dropped: AtomicU64,
 }
 
 impl Events {
@@ -35,7 +45,7 @@ impl Events {
     /// the task-event buffer on the current tokio runtime, if there is one.
     pub fn start(broker: Broker, hostname: &str, task_events: bool, freq: f64) -> Arc<Events> {
         broker.declare_exchange(EVENT_EXCHANGE, ExchangeKind::Fanout);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(BUFFER);
         let events = Arc::new(Events {
             source: EventSource::new(hostname),
             broker: broker.clone(),
@@ -43,6 +53,7 @@ impl Events {
             freq,
             buffer: Mutex::new(Some(tx)),
             flusher: Mutex::new(None),
+            dropped: AtomicU64::new(0),
         });
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -82,11 +93,23 @@ impl Events {
             return;
         }
         let event = self.source.event(kind, fields);
-        if let Ok(buffer) = self.buffer.lock() {
-            if let Some(tx) = buffer.as_ref() {
-                let _ = tx.send(event);
+        let full = match self.buffer.lock() {
+            Ok(buffer) => {
+                buffer.as_ref().is_some_and(|tx| matches!(tx.try_send(event), Err(mpsc::error::TrySendError::Full(_))))
+            }
+            Err(_) => false,
+        };
+        if full {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                warn!("{dropped} task event(s) dropped so far: the broker does not take them as fast as they come");
             }
         }
+    }
+
+    /// Task events dropped because the broker did not take them in time.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Sends a worker event now, with the fields Flower shows.
@@ -129,7 +152,7 @@ impl Events {
 
 /// Sends buffered task events: alone when one is waiting, else up to
 /// [`BATCH`] in a `task.multi` list.
-async fn flush(broker: Broker, hostname: String, mut rx: mpsc::UnboundedReceiver<Event>) {
+async fn flush(broker: Broker, hostname: String, mut rx: mpsc::Receiver<Event>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < BATCH {

@@ -48,7 +48,7 @@ pub use error::TaskError;
 pub use extract::{Args, FromInvocation, Invocation, Kwargs, RawArgs};
 pub use registry::Registry;
 pub use runtime::{Worker, WorkerConfig};
-pub use store::{ChordPartReturn, ResultStore};
+pub use store::{ChordPartReturn, ResultStore, StoreError};
 pub use task::{Task, TaskOptions};
 
 #[cfg(test)]

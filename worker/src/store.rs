@@ -2,7 +2,9 @@
 //! implementation for Celery's Redis result backend (results and the chord
 //! join a header task takes part in).
 
-use celeriac_backend::{ChordClaim, ChordOutcome, RedisBackend};
+use std::sync::Arc;
+
+use celeriac_backend::{BackendError, ChordClaim, ChordOutcome, RedisBackend};
 use celeriac_protocol::result::{ResultMeta, State};
 use celeriac_protocol::Value;
 use futures_util::future::BoxFuture;
@@ -21,58 +23,99 @@ pub struct ChordPartReturn {
     pub state: State,
     /// The return value or the serialized exception, as stored.
     pub result: Value,
+    /// This run's claim token: the same on every retry of this part, so a
+    /// retry after a lost reply still owns the claim it took.
+    pub token: String,
 }
 
-/// Where outcomes go (the Redis result backend in production). Errors are
-/// logged by the worker, never fatal to it.
+/// Why a store operation failed, and whether waiting can help.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    /// What happened, for the log.
+    pub message: String,
+    /// The store could not be reached (an outage): worth retrying. Other
+    /// errors (a value it cannot encode, a bad record) will fail again.
+    pub transient: bool,
+}
+
+impl StoreError {
+    /// An outage: the worker retries until the store is back.
+    pub fn unreachable(message: impl Into<String>) -> StoreError {
+        StoreError { message: message.into(), transient: true }
+    }
+
+    /// An error retrying cannot fix.
+    pub fn permanent(message: impl Into<String>) -> StoreError {
+        StoreError { message: message.into(), transient: false }
+    }
+}
+
+impl From<BackendError> for StoreError {
+    fn from(e: BackendError) -> StoreError {
+        StoreError { transient: e.is_connection(), message: e.to_string() }
+    }
+}
+
+/// Where outcomes go (the Redis result backend in production). A transient
+/// error makes the worker retry until the store is back (or it stops, and
+/// then a late-ack message is not acknowledged); other errors are logged.
 pub trait ResultStore: Send + Sync + 'static {
     /// Stores a record.
-    fn store(&self, meta: ResultMeta) -> BoxFuture<'static, Result<(), String>>;
+    fn store(&self, meta: Arc<ResultMeta>) -> BoxFuture<'static, Result<(), StoreError>>;
 
     /// The stored state of `task_id`, if any (PENDING when nothing is stored).
     /// A store that cannot read says `None`.
-    fn state(&self, task_id: &str) -> BoxFuture<'static, Result<Option<State>, String>> {
+    fn state(&self, task_id: &str) -> BoxFuture<'static, Result<Option<State>, StoreError>> {
         let _ = task_id;
         Box::pin(async { Ok(None) })
     }
 
     /// Records a finished chord header task (Celery's `on_chord_part_return`).
     /// A store without chord support reports the chord as never complete.
-    fn on_chord_part_return(&self, part: ChordPartReturn) -> BoxFuture<'static, Result<ChordOutcome, String>> {
+    /// Called again with the same part (and token) after a transient error.
+    fn on_chord_part_return(&self, part: Arc<ChordPartReturn>) -> BoxFuture<'static, Result<ChordOutcome, StoreError>> {
         let _ = part;
         Box::pin(async { Ok(ChordOutcome::NotReady { ready: 0, total: None }) })
     }
 
     /// After the body of a completed chord was sent: cleans up the join.
-    fn finish_chord(&self, claim: ChordClaim) -> BoxFuture<'static, Result<(), String>> {
+    fn finish_chord(&self, claim: ChordClaim) -> BoxFuture<'static, Result<(), StoreError>> {
         let _ = claim;
         Box::pin(async { Ok(()) })
     }
 }
 
 impl ResultStore for RedisBackend {
-    fn store(&self, meta: ResultMeta) -> BoxFuture<'static, Result<(), String>> {
+    fn store(&self, meta: Arc<ResultMeta>) -> BoxFuture<'static, Result<(), StoreError>> {
         let backend = self.clone();
-        Box::pin(async move { backend.store(&meta).await.map(|_| ()).map_err(|e| e.to_string()) })
+        Box::pin(async move { backend.store(&meta).await.map(|_| ()).map_err(StoreError::from) })
     }
 
-    fn state(&self, task_id: &str) -> BoxFuture<'static, Result<Option<State>, String>> {
+    fn state(&self, task_id: &str) -> BoxFuture<'static, Result<Option<State>, StoreError>> {
         let (backend, id) = (self.clone(), task_id.to_owned());
-        Box::pin(async move { backend.get(&id).await.map(|m| Some(m.status)).map_err(|e| e.to_string()) })
+        Box::pin(async move { backend.get(&id).await.map(|m| Some(m.status)).map_err(StoreError::from) })
     }
 
-    fn on_chord_part_return(&self, part: ChordPartReturn) -> BoxFuture<'static, Result<ChordOutcome, String>> {
+    fn on_chord_part_return(&self, part: Arc<ChordPartReturn>) -> BoxFuture<'static, Result<ChordOutcome, StoreError>> {
         let backend = self.clone();
         Box::pin(async move {
             backend
-                .on_chord_part_return(&part.group_id, part.group_index, &part.task_id, &part.state, &part.result)
+                .on_chord_part_return_as(
+                    &part.group_id,
+                    part.group_index,
+                    &part.task_id,
+                    &part.state,
+                    &part.result,
+                    &part.token,
+                )
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(StoreError::from)
         })
     }
 
-    fn finish_chord(&self, claim: ChordClaim) -> BoxFuture<'static, Result<(), String>> {
+    fn finish_chord(&self, claim: ChordClaim) -> BoxFuture<'static, Result<(), StoreError>> {
         let backend = self.clone();
-        Box::pin(async move { backend.finish_chord(&claim).await.map(|_| ()).map_err(|e| e.to_string()) })
+        Box::pin(async move { backend.finish_chord(&claim).await.map(|_| ()).map_err(StoreError::from) })
     }
 }

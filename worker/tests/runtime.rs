@@ -10,7 +10,7 @@ use celeriac_broker::{Broker, MemoryBroker, Producer, ProducerConfig, SendOption
 use celeriac_config::UnknownTaskPolicy;
 use celeriac_protocol::result::{ResultMeta, State};
 use celeriac_protocol::{Map, Message, Value};
-use celeriac_worker::{Args, Ctx, Registry, ResultStore, Task, TaskError, Worker, WorkerConfig};
+use celeriac_worker::{Args, Ctx, Registry, ResultStore, StoreError, Task, TaskError, Worker, WorkerConfig};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 struct Channel(mpsc::UnboundedSender<ResultMeta>);
 
 impl ResultStore for Channel {
-    fn store(&self, meta: ResultMeta) -> BoxFuture<'static, Result<(), String>> {
-        let _ = self.0.send(meta);
+    fn store(&self, meta: std::sync::Arc<ResultMeta>) -> BoxFuture<'static, Result<(), StoreError>> {
+        let _ = self.0.send(std::sync::Arc::unwrap_or_clone(meta));
         Box::pin(async { Ok(()) })
     }
 }

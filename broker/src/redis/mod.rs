@@ -32,6 +32,7 @@ use crate::options::RedisOptions;
 use crate::topic;
 
 pub(crate) use deferred::DeferredKind;
+pub(crate) use pubsub::SUBSCRIPTION_BUFFER;
 pub use pubsub::{FanoutMessage, Subscription};
 pub use restore::RestoreOutcome;
 

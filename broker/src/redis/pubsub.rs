@@ -32,17 +32,21 @@ pub struct FanoutMessage {
     pub envelope: Envelope,
 }
 
+/// Most fanout messages waiting for their reader (remote control, events):
+/// a flood of broadcasts cannot grow a subscriber's memory past this.
+pub(crate) const SUBSCRIPTION_BUFFER: usize = 1024;
+
 /// A live fanout subscription; dropping it unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {
-    rx: mpsc::UnboundedReceiver<Result<FanoutMessage, BrokerError>>,
+    rx: mpsc::Receiver<Result<FanoutMessage, BrokerError>>,
     pattern: String,
     _stop: DropGuard,
 }
 
 impl Subscription {
     pub(crate) fn new(
-        rx: mpsc::UnboundedReceiver<Result<FanoutMessage, BrokerError>>,
+        rx: mpsc::Receiver<Result<FanoutMessage, BrokerError>>,
         pattern: String,
         stop: DropGuard,
     ) -> Subscription {
@@ -74,7 +78,7 @@ pub(crate) async fn subscribe(
     binding_key: &str,
 ) -> Result<Subscription, BrokerError> {
     let pattern = inner.keys.fanout_subscribe_pattern(exchange, binding_key);
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
     let (ready_tx, ready_rx) = oneshot::channel();
     let stop = CancellationToken::new();
     tokio::spawn(listen(inner, pattern.clone(), tx, ready_tx, stop.clone()));
@@ -88,7 +92,7 @@ pub(crate) async fn subscribe(
 async fn listen(
     inner: Arc<Inner>,
     pattern: String,
-    tx: mpsc::UnboundedSender<Result<FanoutMessage, BrokerError>>,
+    tx: mpsc::Sender<Result<FanoutMessage, BrokerError>>,
     ready: oneshot::Sender<Result<(), BrokerError>>,
     stop: CancellationToken,
 ) {
@@ -149,7 +153,11 @@ async fn listen(
                             Err(BrokerError::Undecodable { queue: channel, reason: e.to_string(), raw: payload.to_vec(), dead_lettered: false })
                         }
                     };
-                    if tx.send(item).is_err() {
+                    // A reader that falls behind slows this down; Redis then
+                    // drops the connection past its pub/sub output limit,
+                    // and the subscription is made again (messages published
+                    // meanwhile are lost, as on any PUB/SUB).
+                    if tx.send(item).await.is_err() {
                         return;
                     }
                 }

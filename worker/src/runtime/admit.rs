@@ -1,0 +1,223 @@
+//! Admission: the first stage a delivery passes. It decides, from the message
+//! alone and what the worker knows (its tasks, the revoked ids, the clock),
+//! whether a task may run, before anything is spent on it:
+//!
+//! - a message that is not an acceptable task message is [`Refusal`]: its
+//!   content type is not in `accept_content` (checked before any decoding,
+//!   as kombu does), it is larger than `worker_max_message_size`, or it does
+//!   not decode. Refused messages are dead-lettered with the reason, never
+//!   dropped;
+//! - a decoded task is then [`Verdict::Unknown`] (no such task here),
+//!   [`Verdict::Revoked`], [`Verdict::Expired`], or [`Verdict::Run`].
+
+use celeriac_protocol::codec::ContentType;
+use celeriac_protocol::{Message, TaskMessage};
+
+use crate::state::Revoked;
+use crate::{Registry, Task};
+
+/// What a worker accepts of a message before decoding it.
+#[derive(Clone, Debug)]
+pub(crate) struct Acceptance {
+    /// The accepted content types (`accept_content`), as kombu names or MIME types.
+    pub accept: Vec<ContentType>,
+    /// The largest body, in bytes as it arrives and once decompressed.
+    pub max_size: usize,
+}
+
+impl Acceptance {
+    /// From the settings' names (`json`, `application/x-msgpack`, ...);
+    /// names that are not a known content type are left out (the settings
+    /// refuse them at startup).
+    pub(crate) fn new(accept: &[String], max_size: usize) -> Acceptance {
+        let accept = accept.iter().filter_map(|name| ContentType::parse(name)).filter(|c| *c != ContentType::Pickle);
+        Acceptance { accept: accept.collect(), max_size }
+    }
+}
+
+/// Why a message was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RefusalKind {
+    /// Its content type is not accepted.
+    ContentDisallowed,
+    /// It is larger than allowed.
+    TooLarge,
+    /// It is not a task message that can be read.
+    Undecodable,
+}
+
+impl RefusalKind {
+    /// The metric label and the first word of the dead-letter reason.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            RefusalKind::ContentDisallowed => "content_disallowed",
+            RefusalKind::TooLarge => "too_large",
+            RefusalKind::Undecodable => "undecodable",
+        }
+    }
+}
+
+/// A message that will not run (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// What is wrong with it.
+    pub kind: RefusalKind,
+    /// The reason, for the log and the `x-celeriac-error` header.
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(kind: RefusalKind, reason: String) -> Refusal {
+        Refusal { kind, reason: format!("{}: {reason}", kind.label()) }
+    }
+}
+
+/// Decodes a task message within `acceptance`.
+pub(crate) fn decode(message: &Message, acceptance: &Acceptance) -> Result<TaskMessage, Refusal> {
+    let accepted = ContentType::parse(&message.content_type).filter(|c| acceptance.accept.contains(c));
+    if accepted.is_none() {
+        let names: Vec<&str> = acceptance.accept.iter().map(|c| c.mime()).collect();
+        return Err(Refusal::new(
+            RefusalKind::ContentDisallowed,
+            format!("content type {:?} is not in accept_content {names:?}", truncated(&message.content_type)),
+        ));
+    }
+    if message.body.len() > acceptance.max_size {
+        return Err(Refusal::new(
+            RefusalKind::TooLarge,
+            format!("the body is {} bytes, over worker_max_message_size ({})", message.body.len(), acceptance.max_size),
+        ));
+    }
+    TaskMessage::from_message_with_limit(message, acceptance.max_size)
+        .map_err(|e| Refusal::new(RefusalKind::Undecodable, e.to_string()))
+}
+
+/// At most 100 characters of a value from the network, for messages.
+fn truncated(text: &str) -> String {
+    match text.char_indices().nth(100) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// What happens to a decoded task.
+pub(crate) enum Verdict<'r> {
+    /// Run it with this definition.
+    Run(&'r Task),
+    /// No task of that name is registered here.
+    Unknown,
+    /// Its id was revoked.
+    Revoked,
+    /// Its `expires` has passed.
+    Expired,
+}
+
+/// Decides what happens to `task` (see the module docs). Checked again, for
+/// revocation and expiry, right before the task starts.
+pub(crate) fn admit<'r>(
+    registry: &'r Registry,
+    revoked: &Revoked,
+    task: &TaskMessage,
+    now: jiff::Timestamp,
+) -> Verdict<'r> {
+    let Some(def) = registry.get(&task.headers.task) else { return Verdict::Unknown };
+    match still_wanted(revoked, task, now) {
+        Some(verdict) => verdict,
+        None => Verdict::Run(def),
+    }
+}
+
+/// `Revoked` or `Expired` if the task must not start now, else `None`.
+pub(crate) fn still_wanted<'r>(revoked: &Revoked, task: &TaskMessage, now: jiff::Timestamp) -> Option<Verdict<'r>> {
+    if revoked.contains(&task.headers.id) {
+        return Some(Verdict::Revoked);
+    }
+    let expires = task.headers.expires.as_ref().and_then(|e| e.to_timestamp().ok());
+    if expires.is_some_and(|at| at <= now) {
+        return Some(Verdict::Expired);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use celeriac_protocol::codec::Compression;
+    use celeriac_protocol::{Map, Value};
+
+    use super::*;
+    use crate::TaskError;
+
+    async fn nothing() -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    fn message(content_type: ContentType, compression: Option<Compression>) -> Message {
+        let task = TaskMessage::new("tasks.nothing", "id-1");
+        task.to_message(task.default_properties(None, None), 0, content_type, compression).unwrap()
+    }
+
+    fn json_only() -> Acceptance {
+        Acceptance::new(&["json".into()], 1 << 20)
+    }
+
+    #[test]
+    fn content_types_outside_accept_content_are_refused_before_decoding() {
+        let ok = decode(&message(ContentType::Json, None), &json_only());
+        assert!(ok.is_ok(), "{ok:?}");
+        let refused = decode(&message(ContentType::Msgpack, None), &json_only()).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::ContentDisallowed);
+        assert!(refused.reason.contains("application/x-msgpack"), "{}", refused.reason);
+        // Pickle is never accepted, even when named, and its body is never read.
+        let mut pickle = message(ContentType::Json, None);
+        pickle.content_type = "application/x-python-serialize".into();
+        pickle.body = b"\x80\x04cos\nsystem\n".to_vec();
+        let both = Acceptance::new(&["json".into(), "pickle".into()], 1 << 20);
+        assert_eq!(decode(&pickle, &both).unwrap_err().kind, RefusalKind::ContentDisallowed);
+        // A content type of any length is reported, shortened.
+        let mut odd = message(ContentType::Json, None);
+        odd.content_type = "x".repeat(1 << 20);
+        let refused = decode(&odd, &json_only()).unwrap_err();
+        assert!(refused.reason.len() < 300, "{}", refused.reason.len());
+        // MIME types and kombu names are the same thing.
+        let mime = Acceptance::new(&["application/x-msgpack".into()], 1 << 20);
+        assert!(decode(&message(ContentType::Msgpack, None), &mime).is_ok());
+    }
+
+    #[test]
+    fn large_bodies_are_refused_raw_and_once_decompressed() {
+        let mut big = message(ContentType::Json, None);
+        let mut kwargs = Map::new();
+        kwargs.insert("blob".into(), Value::Str("a".repeat(4096)));
+        let mut task = TaskMessage::new("tasks.nothing", "id-1");
+        task.kwargs = kwargs;
+        let small_limit = Acceptance::new(&["json".into()], 1024);
+        big.body = task.to_message(task.default_properties(None, None), 0, ContentType::Json, None).unwrap().body;
+        assert_eq!(decode(&big, &small_limit).unwrap_err().kind, RefusalKind::TooLarge);
+        // Compressed, it is small on the wire but not once inflated.
+        let zipped = task
+            .to_message(task.default_properties(None, None), 0, ContentType::Json, Some(Compression::Zlib))
+            .unwrap();
+        assert!(zipped.body.len() < 1024);
+        let refused = decode(&zipped, &small_limit).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Undecodable, "{refused:?}");
+    }
+
+    #[test]
+    fn verdicts() {
+        let registry = Registry::new().with(Task::new("tasks.nothing", nothing));
+        let state = crate::state::WorkerState::new(None);
+        let revoked = state.revoked();
+        let now = jiff::Timestamp::now();
+        let mut task = TaskMessage::new("tasks.nothing", "id-1");
+        assert!(matches!(admit(&registry, revoked, &task, now), Verdict::Run(_)));
+        task.headers.expires = Some(celeriac_protocol::time::PyDateTime::from_timestamp(
+            now - jiff::SignedDuration::from_secs(1),
+            jiff::tz::Offset::UTC,
+        ));
+        assert!(matches!(admit(&registry, revoked, &task, now), Verdict::Expired));
+        revoked.add(["id-1"]);
+        assert!(matches!(admit(&registry, revoked, &task, now), Verdict::Revoked));
+        task.headers.task = "tasks.other".into();
+        assert!(matches!(admit(&registry, revoked, &task, now), Verdict::Unknown));
+    }
+}

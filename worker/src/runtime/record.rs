@@ -1,0 +1,778 @@
+//! Recording: everything a task's end leaves behind, as Celery's tracer
+//! does: the stored result (`celery-task-meta-<id>`), task events and
+//! metrics, the retry message, callbacks and the next chain step (sent before
+//! the result is stored, and named as its children), errbacks, and a chord
+//! header's part of the join (and the body, when it completes the chord).
+//!
+//! Outages: what must not be lost (results, chord parts, retries, callbacks)
+//! is retried with backoff until it goes through or the worker stops; the
+//! caller then learns it was [`Recorded::No`], and the ack policy keeps a
+//! late-ack message for redelivery instead of acknowledging it away. Errors
+//! waiting cannot fix (a value the backend cannot encode) are logged, counted
+//! and not retried.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_backend::ChordOutcome;
+use celeriac_broker::backoff::Backoff;
+use celeriac_broker::{BrokerError, Delivery, Settlement};
+use celeriac_config::UnknownTaskPolicy;
+use celeriac_protocol::result::{ExceptionInfo, Extended, ResultMeta, ResultTuple};
+use celeriac_protocol::time::PyDateTime;
+use celeriac_protocol::{Map, Signature, TaskMessage, Value};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::execute::{Execution, Outcome};
+use super::settle::{settle_now, AckPolicy, Ending, Recorded};
+use super::Shared;
+use crate::store::{ChordPartReturn, StoreError};
+use crate::{Task, TaskError};
+
+/// Header of a message handed on by workers that do not know its task.
+const UNKNOWN_HOPS: &str = "x-celeriac-unknown-hops";
+
+/// Why a task is discarded before it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Discard {
+    /// Its id was revoked.
+    Revoked,
+    /// Its `expires` passed.
+    Expired,
+}
+
+/// The pause between attempts while the backend or broker is unreachable.
+fn outage_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
+}
+
+/// Whether an error of the broker is an outage worth waiting out.
+fn worth_retrying(e: &BrokerError) -> bool {
+    e.is_transient() || matches!(e, BrokerError::GaveUp { .. })
+}
+
+impl Shared {
+    /// Records how `task` ended; returns the ending and whether what had to
+    /// be stored was.
+    pub(super) async fn record(
+        &self,
+        delivery: &mut Delivery,
+        def: &Task,
+        task: &TaskMessage,
+        run: Execution,
+        stop: &CancellationToken,
+        policy: &AckPolicy,
+    ) -> (Ending, Recorded) {
+        let opts = def.options();
+        let ignore_result = opts.ignore_result.or(task.headers.ignore_result).unwrap_or(self.config.ignore_result);
+        let (id, name) = (&task.headers.id, &task.headers.task);
+        let runtime = run.runtime;
+        match run.outcome {
+            Outcome::Success(value) => {
+                let repr = celeriac_protocol::result::saferepr(&value, Some(1024), 3);
+                info!("Task {name}[{id}] succeeded in {runtime:.3}s: {repr}");
+                // As Celery: callbacks and the next chain step go out first,
+                // and the stored result names them as its children.
+                let (children, sent) = self.send_callbacks(task, &value, stop).await;
+                let mut meta = self.extend(ResultMeta::success(id, value, PyDateTime::now_utc()), task, delivery);
+                meta.children = children.iter().map(|child| ResultTuple::task(child).to_value()).collect();
+                let stored = self.finished(meta, task, !ignore_result, stop).await;
+                if self.reporting() {
+                    let mut fields = uuid_fields(id);
+                    fields.insert("result".into(), Value::Str(repr));
+                    fields.insert("runtime".into(), Value::Float(runtime));
+                    self.report("task-succeeded", task, fields);
+                }
+                (Ending::Succeeded, both(sent, stored))
+            }
+            Outcome::Failed(err @ TaskError::Retry { .. }) => {
+                let stored = err.exception();
+                let TaskError::Retry { reason, countdown, eta, max_retries, exc, arguments, .. } = err else {
+                    return (Ending::Failed, Recorded::Yes);
+                };
+                let plan = RetryPlan {
+                    reason,
+                    stored,
+                    on_exhaustion: exc.map(|e| *e),
+                    delay: countdown.unwrap_or(opts.default_retry_delay),
+                    eta,
+                    max_retries: max_retries.or(opts.max_retries),
+                    arguments: arguments.map(|a| *a),
+                };
+                self.retry_or_fail(delivery, task, plan, stop).await
+            }
+            Outcome::Failed(err @ TaskError::Failure { .. }) if autoretries(def, &err) => {
+                // Celery's autoretry: `task.retry(exc=exc)`, so the exception is
+                // what RETRY stores and what the task finally fails with.
+                let retries = u32::try_from(task.headers.retries.max(0)).unwrap_or(u32::MAX);
+                let exc = err.exception();
+                let plan = RetryPlan {
+                    reason: exc.python_repr(),
+                    stored: exc.clone(),
+                    on_exhaustion: Some(exc),
+                    delay: backoff(opts, retries),
+                    eta: None,
+                    max_retries: opts.max_retries,
+                    arguments: None,
+                };
+                self.retry_or_fail(delivery, task, plan, stop).await
+            }
+            Outcome::Failed(err @ TaskError::Reject { .. }) => {
+                let TaskError::Reject { ref reason, requeue } = err else { return (Ending::Failed, Recorded::Yes) };
+                info!("Task {name}[{id}] rejected (requeue={requeue}): {reason}");
+                let mut fields = uuid_fields(id);
+                fields.insert("requeue".into(), Value::Bool(requeue));
+                self.report("task-rejected", task, fields);
+                let mut recorded = Recorded::Yes;
+                if !requeue {
+                    // Celery 5.7 records a final rejection as FAILURE(Reject).
+                    let meta = ResultMeta::failure(id, &err.exception(), None, PyDateTime::now_utc());
+                    recorded = self.finished(self.extend(meta, task, delivery), task, !ignore_result, stop).await;
+                }
+                (Ending::Rejected { requeue }, recorded)
+            }
+            Outcome::Failed(TaskError::Ignore) => (Ending::Ignored, Recorded::Yes),
+            Outcome::Failed(err) => {
+                let exc = err.exception();
+                error!("Task {name}[{id}] raised unexpected: {}", exc.python_repr());
+                (Ending::Failed, self.fail(delivery, task, &exc, traceback_of(&err), stop).await)
+            }
+            Outcome::TimedOut(limit) => {
+                error!("Task {name}[{id}] hard time limit ({}s) exceeded", limit.as_secs_f64());
+                let exc = ExceptionInfo::new(
+                    "billiard.exceptions",
+                    "TimeLimitExceeded",
+                    vec![Value::Float(limit.as_secs_f64())],
+                );
+                (Ending::TimedOut, self.fail(delivery, task, &exc, None, stop).await)
+            }
+            Outcome::Terminated => {
+                // revoke --terminate: REVOKED, as Celery's terminated request.
+                info!("Terminating {name}[{id}] (revoked)");
+                let meta = ResultMeta::revoked(id, "terminated", PyDateTime::now_utc());
+                let recorded = self.finished(self.extend(meta, task, delivery), task, true, stop).await;
+                let signum = self.state.termination_signal(id).unwrap_or(15);
+                let mut fields = revoked_fields(id, true, false);
+                fields.insert("signum".into(), Value::Int(signum));
+                self.report("task-revoked", task, fields);
+                (Ending::Terminated, recorded)
+            }
+            Outcome::Panicked(msg) => {
+                // A panic is the Rust worker's lost child process: Celery's
+                // WorkerLostError, or a requeue with reject_on_worker_lost.
+                let text = format!("Worker exited prematurely: task {name}[{id}] panicked: {msg}");
+                error!("Task handler raised error: WorkerLostError({text:?})");
+                if policy.acks_late && policy.reject_on_worker_lost {
+                    return (Ending::Lost, Recorded::Yes);
+                }
+                let exc = ExceptionInfo::new("billiard.exceptions", "WorkerLostError", vec![Value::Str(text)]);
+                (Ending::Lost, self.fail(delivery, task, &exc, None, stop).await)
+            }
+        }
+    }
+
+    async fn retry_or_fail(
+        &self,
+        delivery: &Delivery,
+        task: &TaskMessage,
+        plan: RetryPlan,
+        stop: &CancellationToken,
+    ) -> (Ending, Recorded) {
+        let RetryPlan { reason, stored, on_exhaustion, delay, eta, max_retries, arguments } = plan;
+        let retries = task.headers.retries;
+        let (id, name) = (&task.headers.id, &task.headers.task);
+        if max_retries.is_some_and(|max| retries >= i64::from(max)) {
+            let exc = on_exhaustion.unwrap_or_else(|| {
+                ExceptionInfo::new(
+                    "celery.exceptions",
+                    "MaxRetriesExceededError",
+                    vec![Value::Str(format!("Can't retry {name}[{id}] args:{:?} kwargs:{:?}", task.args, task.kwargs))],
+                )
+            });
+            error!("Task {name}[{id}] max retries exceeded ({retries}): {reason}");
+            return (Ending::Failed, self.fail(delivery, task, &exc, None, stop).await);
+        }
+        let mut next = task.clone();
+        if let Some(new) = arguments {
+            if let Some(args) = new.args {
+                next.args = args;
+                next.headers.argsrepr = None;
+                next.headers.argsrepr = Some(celeriac_protocol::event::args_repr(&next));
+            }
+            if let Some(kwargs) = new.kwargs {
+                next.kwargs = kwargs;
+                next.headers.kwargsrepr = None;
+                next.headers.kwargsrepr = Some(celeriac_protocol::event::kwargs_repr(&next));
+            }
+        }
+        next.headers.retries = retries.saturating_add(1);
+        next.headers.parent_id = Some(id.clone());
+        next.headers.eta = Some(eta.unwrap_or_else(|| {
+            let at = jiff::Timestamp::now()
+                .checked_add(jiff::SignedDuration::try_from(delay).unwrap_or(jiff::SignedDuration::ZERO))
+                .unwrap_or(jiff::Timestamp::MAX);
+            PyDateTime::from_timestamp(at, jiff::tz::Offset::UTC)
+        }));
+        let info = &delivery.envelope.delivery_info;
+        let priority = delivery.message().priority;
+        let sent = self
+            .reliably("publish the retry", id, stop, || {
+                self.producer.resend(&next, &info.exchange, &info.routing_key, priority)
+            })
+            .await;
+        match sent {
+            Ok(()) => {
+                info!("Task {name}[{id}] retry: Retry in {}s: {reason}", delay.as_secs_f64());
+                self.store_once(self.extend(ResultMeta::retry(id, &stored, None), task, delivery)).await;
+                let mut fields = uuid_fields(id);
+                fields.insert("exception".into(), Value::Str(stored.python_repr()));
+                fields.insert("traceback".into(), Value::Str(String::new()));
+                self.report("task-retried", task, fields);
+                (Ending::Retried { sent: true }, Recorded::Yes)
+            }
+            Err(e) => {
+                error!("could not publish the retry of {name}[{id}]: {e}; a late-ack message is requeued");
+                self.count_refused("retry_not_sent");
+                (Ending::Retried { sent: false }, Recorded::Yes)
+            }
+        }
+    }
+
+    async fn fail(
+        &self,
+        delivery: &Delivery,
+        task: &TaskMessage,
+        exc: &ExceptionInfo,
+        traceback: Option<String>,
+        stop: &CancellationToken,
+    ) -> Recorded {
+        let id = &task.headers.id;
+        let reporting = self.reporting();
+        let fields = reporting.then(|| {
+            let mut fields = uuid_fields(id);
+            fields.insert("exception".into(), Value::Str(exc.python_repr()));
+            fields.insert("traceback".into(), Value::Str(traceback.clone().unwrap_or_default()));
+            fields
+        });
+        let meta = self.extend(ResultMeta::failure(id, exc, traceback, PyDateTime::now_utc()), task, delivery);
+        let mut recorded = self.finished(meta, task, true, stop).await;
+        if let Some(fields) = fields {
+            self.report("task-failed", task, fields);
+        }
+        // Old-style errbacks get the failed task's id before their own
+        // arguments, as Celery sends them.
+        for errback in task.embed.errbacks.iter().flatten() {
+            let mut sig = errback.clone();
+            if !sig.immutable {
+                sig.args.insert(0, Value::Str(id.clone()));
+            }
+            if self.send_signature(&sig, task, stop).await.is_none() {
+                recorded = Recorded::No;
+            }
+        }
+        recorded
+    }
+
+    /// Sends the links and the next step of the chain; returns their ids, and
+    /// whether all went out.
+    async fn send_callbacks(
+        &self,
+        task: &TaskMessage,
+        result: &Value,
+        stop: &CancellationToken,
+    ) -> (Vec<String>, Recorded) {
+        let mut sent = Vec::new();
+        let mut all = Recorded::Yes;
+        let mut send = |id: Option<String>| match id {
+            Some(id) => sent.push(id),
+            None => all = Recorded::No,
+        };
+        for link in task.embed.callbacks.iter().flatten() {
+            let mut sig = link.clone();
+            if !sig.immutable {
+                sig.args = sig.args_with_parent_result(result);
+            }
+            send(self.send_signature(&sig, task, stop).await);
+        }
+        if let Some(chain) = &task.embed.chain {
+            if let Some((next, rest)) = chain.split_last() {
+                let mut sig = next.clone();
+                if !sig.immutable {
+                    sig.args = sig.args_with_parent_result(result);
+                }
+                if !rest.is_empty() {
+                    sig.options.insert("chain".into(), Value::List(rest.iter().map(|s| s.to_value()).collect()));
+                }
+                send(self.send_signature(&sig, task, stop).await);
+            }
+        }
+        (sent, all)
+    }
+
+    /// Sends a signature as a child of `parent`, honouring its options;
+    /// returns the id it was sent with (`None` if it could not be sent).
+    async fn send_signature(&self, sig: &Signature, parent: &TaskMessage, stop: &CancellationToken) -> Option<String> {
+        let opt = |k: &str| sig.options.get(k).and_then(Value::as_str).map(str::to_owned);
+        let mut options = celeriac_broker::SendOptions {
+            task_id: opt("task_id"),
+            queue: opt("queue"),
+            exchange: opt("exchange"),
+            routing_key: opt("routing_key"),
+            priority: sig.options.get("priority").and_then(Value::as_i64).and_then(|p| u8::try_from(p).ok()),
+            parent_id: Some(parent.headers.id.clone()),
+            root_id: parent.headers.root_id.clone().or_else(|| Some(parent.headers.id.clone())),
+            group_id: opt("group_id"),
+            ..Default::default()
+        };
+        if let Some(Value::List(chain)) = sig.options.get("chain") {
+            options.chain = chain.iter().filter_map(|v| Signature::from_value(v).ok()).collect();
+        }
+        options.link = option_signatures(sig, "link");
+        options.link_error = option_signatures(sig, "link_error");
+        let out = match self.producer.build(
+            &sig.task,
+            sig.args.clone(),
+            sig.kwargs.clone(),
+            &options,
+            jiff::Timestamp::now(),
+        ) {
+            Ok(out) => out,
+            Err(e) => {
+                error!("cannot send {} after {}[{}]: {e}", sig.task, parent.headers.task, parent.headers.id);
+                return None;
+            }
+        };
+        // Built once, so every attempt sends the same id.
+        match self.reliably("send a callback", &parent.headers.id, stop, || self.producer.publish(&out)).await {
+            Ok(()) => Some(out.task.headers.id),
+            Err(e) => {
+                error!("could not send {} after {}[{}]: {e}", sig.task, parent.headers.task, parent.headers.id);
+                None
+            }
+        }
+    }
+
+    /// Runs `attempt` until it works, fails for a reason waiting cannot fix,
+    /// or the worker stops (then one last attempt).
+    async fn reliably<F, Fut>(
+        &self,
+        what: &str,
+        id: &str,
+        stop: &CancellationToken,
+        mut attempt: F,
+    ) -> Result<(), BrokerError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), BrokerError>>,
+    {
+        let mut backoff = outage_backoff();
+        loop {
+            match attempt().await {
+                Ok(()) => {
+                    if backoff.attempts() > 0 {
+                        info!("could {what} for {id} after {} failed attempt(s)", backoff.attempts());
+                    }
+                    return Ok(());
+                }
+                Err(e) if !worth_retrying(&e) || stop.is_cancelled() => return Err(e),
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    if backoff.attempts() == 1 {
+                        warn!("could not {what} for {id}: {e}; retrying until the broker is back");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn extend(&self, mut meta: ResultMeta, task: &TaskMessage, delivery: &Delivery) -> ResultMeta {
+        if self.config.result_extended {
+            meta.extended = Some(Extended::new(
+                &task.headers.task,
+                Value::List(task.args.clone()),
+                Value::Map(task.kwargs.clone()),
+                &self.config.hostname,
+                task.headers.retries,
+                Some(&delivery.envelope.delivery_info.routing_key),
+            ));
+        }
+        meta.parent_id = task.headers.parent_id.clone();
+        meta.group_id = task.headers.group.clone();
+        meta
+    }
+
+    /// Stores a final state (when `store`), then, for a chord header task,
+    /// records its part of the join and sends or fails the body when it was
+    /// the last part (Celery's `mark_as_done`/`mark_as_failure`/`mark_as_revoked`).
+    async fn finished(&self, meta: ResultMeta, task: &TaskMessage, store: bool, stop: &CancellationToken) -> Recorded {
+        let part = match (&task.embed.chord, &task.headers.group) {
+            (Some(_), Some(group_id)) => Some(ChordPartReturn {
+                group_id: group_id.clone(),
+                group_index: task.headers.group_index,
+                task_id: task.headers.id.clone(),
+                state: meta.status.clone(),
+                result: meta.result.clone(),
+                token: uuid::Uuid::new_v4().simple().to_string(),
+            }),
+            _ => None,
+        };
+        let mut recorded = Recorded::Yes;
+        if store {
+            recorded = self.store(meta, stop).await;
+        }
+        if let Some(part) = part {
+            recorded = both(recorded, self.chord_part_return(part, task, stop).await);
+        }
+        recorded
+    }
+
+    async fn chord_part_return(&self, part: ChordPartReturn, task: &TaskMessage, stop: &CancellationToken) -> Recorded {
+        let Some(body) = &task.embed.chord else { return Recorded::Yes };
+        let Some(results) = self.services.results.clone() else {
+            warn!(
+                "Task {}[{}] is part of a chord, but this worker has no result backend",
+                task.headers.task, part.task_id
+            );
+            return Recorded::Yes;
+        };
+        let group_id = part.group_id.clone();
+        let part = Arc::new(part);
+        let joined = self
+            .store_reliably("record the chord part", &part.task_id, stop, || results.on_chord_part_return(part.clone()))
+            .await;
+        match joined {
+            Ok(ChordOutcome::Ready(ready)) => {
+                let mut sig = body.clone();
+                if !sig.immutable {
+                    sig.args = sig.args_with_parent_result(&Value::List(ready.results));
+                }
+                let sent = self.send_signature(&sig, task, stop).await;
+                if sent.is_none() {
+                    // The claim expires; a redelivered header task finishes the join.
+                    return Recorded::No;
+                }
+                if let Err(e) = results.finish_chord(ready.claim).await {
+                    error!("could not clean up chord {group_id}: {e}");
+                }
+                Recorded::Yes
+            }
+            Ok(ChordOutcome::Failed(failure)) => {
+                let exc = failure.exception();
+                let body_id = body.options.get("task_id").and_then(Value::as_str).map(str::to_owned);
+                error!("Chord {group_id:?} raised: {}", exc.python_repr());
+                let mut recorded = Recorded::Yes;
+                if let Some(body_id) = body_id {
+                    let meta = ResultMeta::failure(&body_id, &exc, None, PyDateTime::now_utc());
+                    recorded = self.store(meta, stop).await;
+                    for errback in option_signatures(body, "link_error") {
+                        let mut sig = errback;
+                        if !sig.immutable {
+                            sig.args.insert(0, Value::Str(body_id.clone()));
+                        }
+                        if self.send_signature(&sig, task, stop).await.is_none() {
+                            recorded = Recorded::No;
+                        }
+                    }
+                }
+                recorded
+            }
+            Ok(_) => Recorded::Yes,
+            Err(e) if e.transient => {
+                error!(
+                    "could not record the chord part of {}: {e}; its message is kept for redelivery",
+                    task.headers.id
+                );
+                Recorded::No
+            }
+            Err(e) => {
+                error!("could not record the chord part of {}: {e}", task.headers.id);
+                self.count_refused("chord_part_not_stored");
+                Recorded::Yes
+            }
+        }
+    }
+
+    /// Stores a record, retrying through outages until the worker stops.
+    pub(super) async fn store(&self, meta: ResultMeta, stop: &CancellationToken) -> Recorded {
+        let Some(results) = self.services.results.clone() else { return Recorded::Yes };
+        let meta = Arc::new(meta);
+        match self.store_reliably("store the result", &meta.task_id, stop, || results.store(meta.clone())).await {
+            Ok(()) => Recorded::Yes,
+            Err(e) if e.transient => {
+                error!(
+                    "could not store the result of {}: {e}; a late-ack message is kept for redelivery",
+                    meta.task_id
+                );
+                self.count_refused("result_not_stored");
+                Recorded::No
+            }
+            Err(e) => {
+                error!("could not store the result of {}: {e}", meta.task_id);
+                self.count_refused("result_not_stored");
+                Recorded::Yes
+            }
+        }
+    }
+
+    /// Stores a record that is only informative (STARTED, RETRY): one attempt.
+    pub(super) async fn store_once(&self, meta: ResultMeta) {
+        if let Some(results) = &self.services.results {
+            if let Err(e) = results.store(Arc::new(meta)).await {
+                warn!("could not store a state: {e}");
+            }
+        }
+    }
+
+    /// Runs a result-store operation until it works, fails for a reason
+    /// waiting cannot fix, or the worker stops (then one last attempt).
+    async fn store_reliably<T, F, Fut>(
+        &self,
+        what: &str,
+        id: &str,
+        stop: &CancellationToken,
+        mut attempt: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut backoff = outage_backoff();
+        loop {
+            match attempt().await {
+                Ok(v) => {
+                    if backoff.attempts() > 0 {
+                        info!("could {what} for {id} after {} failed attempt(s)", backoff.attempts());
+                    }
+                    return Ok(v);
+                }
+                Err(e) if !e.transient || stop.is_cancelled() => return Err(e),
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    if backoff.attempts() == 1 {
+                        warn!("could not {what} for {id}: {e}; retrying until the result backend is back");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Discards a revoked or expired task as Celery does: REVOKED stored
+    /// (with the chord part), the event sent, the message acked.
+    pub(super) async fn discard(
+        &self,
+        delivery: &mut Delivery,
+        task: &TaskMessage,
+        why: Discard,
+        stop: &CancellationToken,
+    ) {
+        let (id, name) = (&task.headers.id, &task.headers.task);
+        let (reason, expired) = match why {
+            Discard::Revoked => ("revoked", false),
+            Discard::Expired => ("expired", true),
+        };
+        if expired {
+            info!("Discarding expired task: {name}[{id}]");
+        } else {
+            info!("Discarding revoked task: {name}[{id}]");
+        }
+        let recorded = self.finished(ResultMeta::revoked(id, reason, PyDateTime::now_utc()), task, true, stop).await;
+        self.report("task-revoked", task, revoked_fields(id, false, expired));
+        if recorded == Recorded::No {
+            delivery.leave_unacked();
+            return;
+        }
+        settle_now(delivery, Settlement::Ack).await;
+    }
+
+    /// A task no worker here knows, by `worker_unknown_task`.
+    pub(super) async fn unknown(&self, delivery: &mut Delivery, task: &TaskMessage, stop: &CancellationToken) {
+        let (id, name) = (&task.headers.id, &task.headers.task);
+        self.count_refused("unknown_task");
+        match self.config.unknown_task {
+            UnknownTaskPolicy::Reject => {
+                error!("Received unregistered task of type '{name}'. The message has been ignored and discarded.");
+                let exc = ExceptionInfo::new("celery.exceptions", "NotRegistered", vec![Value::Str(name.clone())]);
+                let recorded = self.store(ResultMeta::failure(id, &exc, None, PyDateTime::now_utc()), stop).await;
+                if recorded == Recorded::No {
+                    delivery.leave_unacked();
+                    return;
+                }
+                settle_now(delivery, Settlement::Reject).await;
+            }
+            UnknownTaskPolicy::Requeue => self.hand_on(delivery, task, stop).await,
+            UnknownTaskPolicy::DeadLetter => {
+                warn!("Received unregistered task of type '{name}'; moved to {}", self.config.dead_letter_queue);
+                self.dead_letter(delivery, &format!("unknown_task: unregistered task {name}")).await;
+            }
+        }
+    }
+
+    /// Hands an unknown task on to another worker: published again where it
+    /// came from, with a hop count in its headers, after a pause that grows
+    /// with the hops; dead-lettered once `unknown_task_max_requeues` workers
+    /// passed it on, so a task nobody runs cannot circle through the fleet.
+    async fn hand_on(&self, delivery: &mut Delivery, task: &TaskMessage, stop: &CancellationToken) {
+        let name = &task.headers.task;
+        let hops = delivery.message().headers.get(UNKNOWN_HOPS).and_then(Value::as_i64).unwrap_or(0).max(0);
+        let max = i64::from(self.config.unknown_task_max_requeues);
+        if hops >= max {
+            warn!(
+                "Received unregistered task of type '{name}', handed on {hops} times; moved to {}",
+                self.config.dead_letter_queue
+            );
+            let reason = format!("unknown_task: unregistered task {name}, handed on {hops} times and no worker ran it");
+            return self.dead_letter(delivery, &reason).await;
+        }
+        warn!("Received unregistered task of type '{name}'; handing it on for another worker ({} of {max})", hops + 1);
+        let pause = Duration::from_millis(100).saturating_mul(1 << hops.min(6)).min(Duration::from_secs(5));
+        tokio::select! {
+            _ = stop.cancelled() => return delivery.leave_unacked(),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        let mut message = delivery.message().clone();
+        message.headers.insert(UNKNOWN_HOPS.into(), Value::Int(hops + 1));
+        let info = &delivery.envelope.delivery_info;
+        match self.broker.publish(&info.exchange, &info.routing_key, &message).await {
+            Ok(()) => settle_now(delivery, Settlement::Ack).await,
+            Err(e) => {
+                warn!("could not hand an unregistered task on: {e}; requeueing it");
+                settle_now(delivery, Settlement::Requeue).await;
+            }
+        }
+    }
+
+    /// A message that will not run: logged, counted, dead-lettered.
+    pub(super) async fn refuse(&self, delivery: &mut Delivery, refusal: &super::admit::Refusal) {
+        error!(tag = delivery.delivery_tag(), "refusing a message from {}: {}", delivery.queue, refusal.reason);
+        self.count_refused(refusal.kind.label());
+        self.dead_letter(delivery, &refusal.reason).await;
+    }
+
+    /// Moves the message, untouched but for an `x-celeriac-error` header, to
+    /// the dead-letter queue; only then acks it. If that fails it is requeued.
+    pub(super) async fn dead_letter(&self, delivery: &mut Delivery, reason: &str) {
+        let mut message = delivery.message().clone();
+        message.headers.insert("x-celeriac-error".into(), Value::Str(reason.to_owned()));
+        let mut info = Map::new();
+        info.insert("queue".into(), Value::Str(delivery.queue.clone()));
+        message.headers.insert("x-celeriac-origin".into(), Value::Map(info));
+        let dlq = &self.config.dead_letter_queue;
+        match self.broker.publish("", dlq, &message).await {
+            Ok(()) => settle_now(delivery, Settlement::Ack).await,
+            Err(e) => {
+                error!("could not move a message to {dlq}: {e}; requeueing it");
+                settle_now(delivery, Settlement::Requeue).await;
+            }
+        }
+    }
+
+    /// Whether task events or metrics want to hear of tasks (so the fields
+    /// are built only then).
+    pub(super) fn reporting(&self) -> bool {
+        self.metrics.is_some() || self.events.task_events()
+    }
+
+    /// Sends a task event and counts it in the metrics.
+    pub(super) fn report(&self, kind: &str, task: &TaskMessage, fields: Map) {
+        if !self.reporting() {
+            return;
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(kind, task, &fields);
+        }
+        self.events.task(kind, fields);
+    }
+
+    /// Counts a message or outcome the worker could not handle normally
+    /// (`celeriac_messages_refused_total{reason}`).
+    pub(super) fn count_refused(&self, reason: &'static str) {
+        tracing::debug!(reason, "refused");
+    }
+}
+
+/// Both recorded, or not.
+fn both(a: Recorded, b: Recorded) -> Recorded {
+    if a == Recorded::Yes && b == Recorded::Yes {
+        Recorded::Yes
+    } else {
+        Recorded::No
+    }
+}
+
+/// `{"uuid": id}`, the start of every task event.
+pub(super) fn uuid_fields(id: &str) -> Map {
+    let mut m = Map::new();
+    m.insert("uuid".into(), Value::Str(id.to_owned()));
+    m
+}
+
+/// The fields of `task-revoked`.
+fn revoked_fields(id: &str, terminated: bool, expired: bool) -> Map {
+    let mut m = uuid_fields(id);
+    m.insert("terminated".into(), Value::Bool(terminated));
+    m.insert("signum".into(), if terminated { Value::Int(15) } else { Value::Null });
+    m.insert("expired".into(), Value::Bool(expired));
+    m
+}
+
+/// How to retry a task, and what to fail it with when it may not.
+struct RetryPlan {
+    /// For the log line.
+    reason: String,
+    /// The exception stored with the RETRY state.
+    stored: ExceptionInfo,
+    /// Raised once retries are used up (else `MaxRetriesExceededError`).
+    on_exhaustion: Option<ExceptionInfo>,
+    delay: Duration,
+    eta: Option<PyDateTime>,
+    max_retries: Option<u32>,
+    /// New arguments for the retry.
+    arguments: Option<crate::error::RetryArguments>,
+}
+
+/// The signatures under `key` (`link`, `link_error`) in a signature's
+/// options: one, a list of them, or none.
+fn option_signatures(sig: &Signature, key: &str) -> Vec<Signature> {
+    match sig.options.get(key) {
+        Some(Value::List(items)) => items.iter().filter_map(|v| Signature::from_value(v).ok()).collect(),
+        Some(v @ Value::Map(_)) => Signature::from_value(v).ok().into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn autoretries(def: &Task, err: &TaskError) -> bool {
+    let kinds = &def.options().autoretry_for;
+    err.kind().is_some_and(|k| kinds.iter().any(|want| want == "*" || want == k))
+}
+
+/// Celery's `get_exponential_backoff_interval`: `base * 2^retries`, capped,
+/// with full jitter.
+fn backoff(opts: &crate::TaskOptions, retries: u32) -> Duration {
+    let Some(base) = opts.retry_backoff else { return opts.default_retry_delay };
+    let factor = 2u32.saturating_pow(retries.min(30));
+    let delay = base.saturating_mul(factor).min(opts.retry_backoff_max);
+    if opts.retry_jitter {
+        delay.mul_f64(rand::random::<f64>())
+    } else {
+        delay
+    }
+}
+
+fn traceback_of(err: &TaskError) -> Option<String> {
+    match err {
+        TaskError::Failure { traceback: Some(t), .. } => Some(t.clone()),
+        TaskError::Failure { exc_type, message, .. } => {
+            Some(format!("Traceback (most recent call last):\n  (celeriac task)\n{exc_type}: {message}\n"))
+        }
+        _ => None,
+    }
+}
