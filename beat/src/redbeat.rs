@@ -10,7 +10,7 @@
 //!   scored by the next due time in whole UTC seconds (`-1`: never again);
 //! - `<prefix>:statics` (`redbeat::statics`): names of entries that came from
 //!   the configuration, so removed ones can be deleted;
-//! - the lease at `redbeat::lock` (see [`crate::lease`]).
+//! - the lease at `redbeat::lock` (see [`crate::store`]).
 //!
 //! celeriac adds two hash fields RedBeat never reads: `celeriac` (the entry's
 //! safety options, [`crate::entry::Extras`]) and `celeriac_run` (run state:

@@ -62,7 +62,7 @@ impl CeleryWorkerBuilder {
     }
 }
 
-/// A running Python Celery worker; derefs to its [`ChildGuard`] for signals
+/// A running Python Celery worker; derefs to its [`ChildGuard`](crate::ChildGuard) for signals
 /// and stopping.
 #[derive(Debug)]
 pub struct CeleryWorker {

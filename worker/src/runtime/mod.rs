@@ -3,15 +3,15 @@
 //!
 //! A delivery moves one way through one stage per concern:
 //!
-//! - [`admit`]: decode within `accept_content` and the size limit, then
+//! - `admit`: decode within `accept_content` and the size limit, then
 //!   decide: run, unknown, revoked or expired;
-//! - [`schedule`]: wait for the ETA (visibility kept fresh), the rate limit
+//! - `schedule`: wait for the ETA (visibility kept fresh), the rate limit
 //!   and an execution slot (`-c`);
-//! - [`execute`]: run the handler under time limits resolved once by
-//!   [`limits`];
-//! - [`record`]: results, events, retries, callbacks and chord parts, with
+//! - `execute`: run the handler under time limits resolved once by
+//!   `limits`;
+//! - `record`: results, events, retries, callbacks and chord parts, with
 //!   the result store retried through outages;
-//! - [`settle`]: one [`settle::AckPolicy`] decides ack, requeue, reject or
+//! - `settle`: one `AckPolicy` decides ack, requeue, reject or
 //!   leave-for-restore.
 //!
 //! Nothing a message carries can panic the worker; should a runner panic
