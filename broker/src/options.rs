@@ -126,8 +126,11 @@ pub struct RedisOptions {
     pub username: Option<String>,
     /// Password (`AUTH`).
     pub password: Option<Secret>,
-    /// TLS (`rediss://`), if any.
+    /// TLS (`rediss://`, or `sentinel://` to the Sentinels and the master alike), if any.
     pub tls: Option<TlsOptions>,
+    /// The Sentinel nodes' own password (kombu's `sentinel_kwargs["password"]`);
+    /// the URL's password is the master's.
+    pub sentinel_password: Option<Secret>,
 
     /// Seconds a delivered message may stay unacked before any consumer of the
     /// database restores it (kombu default 3600 s).
@@ -199,6 +202,7 @@ impl Default for RedisOptions {
             username: None,
             password: None,
             tls: None,
+            sentinel_password: None,
             visibility_timeout: Duration::from_secs(3600),
             priority_steps: vec![0, 3, 6, 9],
             sep: "\x06\x16".into(),

@@ -215,7 +215,7 @@ pub fn limit_of(path: &str) -> Option<Limit> {
 /// range: the message names the setting and the range.
 pub fn check_flag<T: TryFrom<u64>>(setting: &str, text: &str) -> Result<T, String> {
     let limit = limit_of(setting).ok_or_else(|| format!("{setting} is not a numeric setting"))?;
-    limit.parse_whole(text).map_err(|e| format!("{setting} {e}"))
+    limit.parse_whole(text).map_err(|e| format!("{setting}: {e}"))
 }
 
 /// Checks the typed values (from any source) against their ranges.

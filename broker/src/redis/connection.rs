@@ -47,7 +47,8 @@ impl Connector {
             RedisEndpoint::Sentinel { master_name, .. } => master_name.as_deref().filter(|m| !m.is_empty()),
             _ => None,
         };
-        let target = options.connection_endpoint().target(settings, master_name, None, &url)?;
+        let sentinel_password = options.sentinel_password.as_ref().map(Secret::expose);
+        let target = options.connection_endpoint().target(settings, master_name, sentinel_password, &url)?;
         Ok(Connector {
             target,
             url,
