@@ -226,3 +226,46 @@ pub fn worker_config(settings: &Settings) -> WorkerConfig {
         ..defaults
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(toml: &str) -> Settings {
+        celeriac_config::load_from_str(toml, "", Vec::new()).unwrap().settings
+    }
+
+    #[test]
+    fn sentinel_with_tls_settings_is_tls_for_the_broker_and_the_backend() {
+        let s = settings(
+            "broker_url = \"sentinel://:s3cret@127.0.0.1:26379/0\"\n\
+             result_backend = \"sentinel://:s3cret@127.0.0.1:26379/1\"\n\
+             [broker_transport_options]\nmaster_name = \"m\"\n\
+             [broker_transport_options.sentinel_kwargs]\npassword = \"s3cret\"\n\
+             [broker_use_ssl]\nssl_cert_reqs = \"required\"\n\
+             [redis_backend_use_ssl]\nssl_cert_reqs = \"CERT_NONE\"\n\
+             [result_backend_transport_options]\nmaster_name = \"m\"\n\
+             [result_backend_transport_options.sentinel_kwargs]\npassword = \"s3cret\"\n\
+             [result_backend_transport_options.retry_policy]\nmax_retries = 3\ninterval_step = 0.5\n",
+        );
+        let broker = broker(&s).unwrap();
+        assert_eq!(broker.masked_url(), "sentinel://:**@127.0.0.1:26379/0?ssl_cert_reqs=required");
+        let o = backend_options(&s).unwrap().unwrap();
+        let Endpoint::Sentinel { tls: Some(tls), .. } = &o.endpoint else { panic!("{o:?}") };
+        assert_eq!(tls.cert_reqs, celeriac_backend::CertReqs::None);
+        assert_eq!(o.transport.sentinel_password.as_deref(), Some("s3cret"));
+        assert_eq!(o.transport.retry_policy.max_retries, Some(3));
+        assert_eq!(o.transport.retry_policy.interval(2), Duration::from_secs(1));
+        assert_eq!(o.transport.retry_policy.interval(1), Duration::from_millis(500));
+        let conf = format!("{:?}", conf_report(&s));
+        assert!(!conf.contains("s3cret"), "{conf}");
+    }
+
+    #[test]
+    fn tls_settings_on_a_unix_socket_are_refused() {
+        let s = settings("result_backend = \"redis+socket:///tmp/r.sock\"\n[redis_backend_use_ssl]\n");
+        assert!(backend_options(&s).unwrap_err().to_string().contains("unix socket"));
+        let s = settings("broker_url = \"redis+socket:///tmp/r.sock\"\n[broker_use_ssl]\n");
+        assert!(broker(&s).unwrap_err().to_string().contains("unix socket"));
+    }
+}
