@@ -17,7 +17,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::Client;
 
 use crate::error::{is_retryable, BackendError};
-use crate::options::{BackendOptions, CertReqs, Endpoint, RetryPolicy, TlsOptions, DEFAULT_CONNECT_TIMEOUT};
+use crate::options::{BackendOptions, Endpoint, RetryPolicy, TlsOptions, DEFAULT_CONNECT_TIMEOUT};
 
 /// The connection in use, and which lookup it came from.
 #[derive(Clone)]
@@ -42,18 +42,11 @@ struct Inner {
     current: RwLock<Current>,
 }
 
+/// Warns at startup when the server's certificate is not verified, in the
+/// broker's words (`CertReqs::warning`).
 fn warn_cert_reqs(tls: &TlsOptions, url: &str) {
-    match tls.cert_reqs {
-        CertReqs::Required => {}
-        CertReqs::Optional => tracing::warn!(
-            url,
-            "ssl_cert_reqs=CERT_OPTIONAL: a client verifies the server's certificate anyway, as with CERT_REQUIRED"
-        ),
-        CertReqs::None => tracing::warn!(
-            url,
-            "ssl_cert_reqs=CERT_NONE: the result backend's certificate is not verified, so the connection is open \
-             to man-in-the-middle attacks; give ssl_ca_certs instead"
-        ),
+    if let Some(warning) = tls.cert_reqs.warning("result backend") {
+        tracing::warn!(url, "{warning}");
     }
 }
 
@@ -62,7 +55,7 @@ impl Connection {
     /// connects.
     pub async fn connect(options: &BackendOptions) -> Result<Connection, BackendError> {
         let url = options.masked_url();
-        if let Endpoint::Tls { tls, .. } = &options.endpoint {
+        if let Endpoint::Tls { tls, .. } | Endpoint::Sentinel { tls: Some(tls), .. } = &options.endpoint {
             warn_cert_reqs(tls, &url);
         }
         let settings =
@@ -219,7 +212,7 @@ async fn new_manager(
     let connecting = ConnectionManager::new_with_config(client.clone(), config);
     // The manager's own connection timeout covers each attempt; this bounds the
     // attempts together.
-    match tokio::time::timeout(timeout * 3, connecting).await {
+    match tokio::time::timeout(timeout.saturating_mul(3), connecting).await {
         Ok(result) => result.map_err(|source| BackendError::Connect { url: url.to_owned(), source }),
         Err(_) => Err(BackendError::Connect {
             url: url.to_owned(),

@@ -17,12 +17,18 @@
 //!   are the master's, as in Celery.
 //!
 //! Query parameters that redis-py would also take and that change nothing here
-//! (`health_check_interval`, `max_connections`, ...) are ignored with a debug log;
-//! unknown ones with a warning.
+//! (`health_check_interval`, `max_connections`, ...) are ignored with a debug log
+//! once their value passed redis-py's type check; unknown ones with a warning.
+//! Every number is range-checked ([`celeriac_redisconn::limits`]): a value
+//! outside its range (`inf`, `1e300`, `-1`, `0` where meaningless) is refused
+//! with the parameter's name and the accepted range. A `sentinel://` URL takes
+//! no `ssl_*` parameters: TLS to its Sentinels and master comes from
+//! `redis_backend_use_ssl` (see [`Endpoint::Sentinel`]).
 
 use std::time::Duration;
 
 use celeriac_protocol::{Compression, ContentType};
+use celeriac_redisconn::limits::{self, Limit};
 use celeriac_redisconn::{mask_password, sentinel_nodes, Dialect, UrlParts, TLS_PARAMS};
 pub use celeriac_redisconn::{CertReqs, Endpoint, TlsOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT};
 
@@ -67,7 +73,7 @@ impl RetryPolicy {
 
     /// The wait before retry number `retry` (0-based).
     pub fn interval(&self, retry: u32) -> Duration {
-        (self.interval_start + self.interval_step.saturating_mul(retry)).min(self.interval_max)
+        self.interval_start.saturating_add(self.interval_step.saturating_mul(retry)).min(self.interval_max)
     }
 }
 
@@ -294,31 +300,32 @@ fn parse_db(text: &str, masked: &str, what: &str) -> Result<i64, BackendError> {
     if trimmed.is_empty() {
         return Ok(0);
     }
-    trimmed.parse::<i64>().map_err(|_| BackendError::InvalidUrl {
+    limits::DB.parse_whole(trimmed).map_err(|e| BackendError::InvalidUrl {
         url: masked.to_owned(),
-        reason: format!("the database ({what}) {text:?} is not a number"),
+        reason: format!("the database ({what}) {text:?} is not a number in range: {e}"),
     })
 }
 
-fn parse_seconds(value: &str, masked: &str, name: &str) -> Result<Duration, BackendError> {
-    celeriac_redisconn::seconds(value).ok_or_else(|| BackendError::InvalidUrl {
-        url: masked.to_owned(),
-        reason: format!("{name}={value:?} is not a number of seconds"),
-    })
+fn parse_seconds(value: &str, masked: &str, name: &str, limit: Limit) -> Result<Duration, BackendError> {
+    limit
+        .parse_duration(value)
+        .map_err(|e| BackendError::InvalidUrl { url: masked.to_owned(), reason: format!("{name}={value:?}: {e}") })
 }
 
-/// Query parameters redis-py takes that change nothing for celeriac.
-const IGNORED_PARAMS: [&str; 10] = [
-    "health_check_interval",
-    "max_connections",
-    "retry_on_timeout",
-    "socket_keepalive",
-    "socket_read_size",
-    "ssl_check_hostname",
-    "protocol",
-    "timeout",
-    "retry_on_error",
-    "legacy_responses",
+/// Query parameters redis-py takes that change nothing for celeriac, with
+/// the range of those that are numbers (redis-py refuses a value that is not
+/// one; celeriac refuses one out of range too).
+const IGNORED_PARAMS: [(&str, Option<Limit>); 10] = [
+    ("health_check_interval", Some(limits::HEALTH_CHECK_INTERVAL)),
+    ("max_connections", Some(limits::MAX_CONNECTIONS)),
+    ("retry_on_timeout", None),
+    ("socket_keepalive", None),
+    ("socket_read_size", Some(limits::SOCKET_READ_SIZE)),
+    ("ssl_check_hostname", None),
+    ("protocol", Some(limits::PROTOCOL)),
+    ("timeout", Some(limits::POOL_TIMEOUT)),
+    ("retry_on_error", None),
+    ("legacy_responses", None),
 ];
 
 fn parse_url(url: &str) -> Result<BackendOptions, BackendError> {
@@ -417,17 +424,40 @@ fn apply_query(options: &mut BackendOptions, query: Vec<(String, String)>, maske
         match k.as_str() {
             // Query parameters override the path, as in Celery.
             "db" => options.db = parse_db(&v, masked, "db")?,
-            "socket_timeout" => options.socket_timeout = Some(parse_seconds(&v, masked, &k)?),
-            "socket_connect_timeout" => options.socket_connect_timeout = Some(parse_seconds(&v, masked, &k)?),
-            "client_name" => options.client_name = non_empty(v),
-            name if IGNORED_PARAMS.contains(&name) => {
-                tracing::debug!(
-                    url = masked,
-                    parameter = name,
-                    "result backend URL parameter has no effect in celeriac"
-                )
+            "socket_timeout" => {
+                options.socket_timeout = Some(parse_seconds(&v, masked, &k, limits::SOCKET_TIMEOUT)?);
             }
-            name => tracing::warn!(url = masked, parameter = name, "ignoring unknown result backend URL parameter"),
+            "socket_connect_timeout" => {
+                options.socket_connect_timeout = Some(parse_seconds(&v, masked, &k, limits::SOCKET_CONNECT_TIMEOUT)?);
+            }
+            "client_name" => options.client_name = non_empty(v),
+            name if TLS_PARAMS.contains(&name) && matches!(options.endpoint, Endpoint::Sentinel { .. }) => {
+                return Err(BackendError::InvalidUrl {
+                    url: masked.to_owned(),
+                    reason: format!(
+                        "{name} is a TLS parameter, which only a rediss:// URL takes; for TLS with sentinel://, \
+                         set redis_backend_use_ssl"
+                    ),
+                })
+            }
+            name => match IGNORED_PARAMS.iter().find(|(ignored, _)| *ignored == name) {
+                Some((_, limit)) => {
+                    if let Some(limit) = limit {
+                        limit.parse(&v).map_err(|e| BackendError::InvalidUrl {
+                            url: masked.to_owned(),
+                            reason: format!("{name}={v:?}: {e}"),
+                        })?;
+                    }
+                    tracing::debug!(
+                        url = masked,
+                        parameter = name,
+                        "result backend URL parameter has no effect in celeriac"
+                    )
+                }
+                None => {
+                    tracing::warn!(url = masked, parameter = name, "ignoring unknown result backend URL parameter")
+                }
+            },
         }
     }
     Ok(())
@@ -440,7 +470,7 @@ fn parse_sentinel(url: &str, masked: &str) -> Result<BackendOptions, BackendErro
     let Some(first) = nodes.into_iter().next() else {
         return Err(BackendError::InvalidUrl { url: masked.to_owned(), reason: "no Sentinel nodes".into() });
     };
-    let mut options = BackendOptions::new(Endpoint::Sentinel { nodes: addrs });
+    let mut options = BackendOptions::new(Endpoint::Sentinel { nodes: addrs, tls: None });
     options.db = parse_db(path_of(&first), masked, "path")?;
     options.username = first.username.and_then(non_empty);
     options.password = first.password.and_then(non_empty);
@@ -539,12 +569,15 @@ mod tests {
     #[test]
     fn sentinel_urls() {
         let o = BackendOptions::from_url("sentinel://:pw@h1:26379/1;sentinel://h2:26380/1").unwrap();
-        assert_eq!(o.endpoint, Endpoint::Sentinel { nodes: vec![("h1".into(), 26379), ("h2".into(), 26380)] });
+        assert_eq!(
+            o.endpoint,
+            Endpoint::Sentinel { nodes: vec![("h1".into(), 26379), ("h2".into(), 26380)], tls: None }
+        );
         assert_eq!((o.db, o.password.as_deref()), (1, Some("pw")));
         assert_eq!(o.masked_url(), "sentinel://:**@h1:26379/1;sentinel://h2:26380/1");
         // Celery's default port for a node without one is Redis's, not Sentinel's.
         let o = BackendOptions::from_url("sentinel://h1").unwrap();
-        assert_eq!(o.endpoint, Endpoint::Sentinel { nodes: vec![("h1".into(), 6379)] });
+        assert_eq!(o.endpoint, Endpoint::Sentinel { nodes: vec![("h1".into(), 6379)], tls: None });
         assert!(BackendOptions::from_url("sentinel://h1;redis://h2").is_err());
     }
 
@@ -560,6 +593,42 @@ mod tests {
             let err = BackendOptions::from_url(url).unwrap_err();
             assert!(err.to_string().contains(hint), "{url}: {err}");
         }
+    }
+
+    /// Every number of the query (redis-py's numeric parameters included,
+    /// though celeriac ignores them), with the values that must not get through.
+    #[test]
+    fn every_number_in_the_query_is_range_checked() {
+        let extremes = ["inf", "-inf", "nan", "1e300", "-1", "abc", "99999999999999999999999"];
+        for (param, zero_ok) in [
+            ("socket_timeout", false),
+            ("socket_connect_timeout", false),
+            ("health_check_interval", true),
+            ("max_connections", false),
+            ("socket_read_size", false),
+            ("protocol", false),
+            ("timeout", true),
+            ("db", true),
+        ] {
+            let zero = if zero_ok { vec![] } else { vec!["0"] };
+            for bad in extremes.iter().chain(&zero) {
+                let url = format!("redis://:pw@h/0?{param}={bad}");
+                let err = BackendOptions::from_url(&url).unwrap_err().to_string();
+                assert!(err.contains(param) || param == "db", "{url}: {err}");
+                assert!(err.contains("expected") && err.contains(" to "), "{url}: {err}");
+                assert!(!err.contains("pw"), "{url}: {err}");
+            }
+        }
+        for url in ["redis://h/-1", "redis://h/2147483647", "redis+socket:///r.sock?virtual_host=-2", "redis://h:0"] {
+            assert!(BackendOptions::from_url(url).is_err(), "{url}");
+        }
+        let o = BackendOptions::from_url("redis://h/0?health_check_interval=0&max_connections=100&protocol=3").unwrap();
+        assert_eq!(o.db, 0);
+        // A sentinel:// URL takes TLS from redis_backend_use_ssl, never silently from nowhere.
+        let err = BackendOptions::from_url("sentinel://h1?ssl_cert_reqs=required").unwrap_err().to_string();
+        assert!(err.contains("redis_backend_use_ssl"), "{err}");
+        let huge = RetryPolicy { interval_start: Duration::MAX, interval_max: Duration::MAX, ..RetryPolicy::default() };
+        assert_eq!(huge.interval(u32::MAX), Duration::MAX);
     }
 
     #[test]

@@ -8,17 +8,23 @@
 //! - `redis+socket:///path/redis.sock?virtual_host=db`: kombu's spelling for a unix
 //!   socket (`socket://` too; redis-py's `unix:///path?db=N` is also accepted);
 //! - `sentinel://host:port[;sentinel://host2:port2...]` with the `master_name` option
-//!   (as a query parameter or set on [`RedisOptions::endpoint`]).
+//!   (as a query parameter or set on [`RedisOptions::endpoint`]); `ssl_*` query
+//!   parameters (or [`RedisOptions::tls`]) make it TLS to the Sentinels and to
+//!   the master alike.
 //!
 //! Query parameters that name a transport option (`visibility_timeout`,
 //! `global_keyprefix`, `master_name`, `polling_interval`, ...) set it too.
+//! Every number is range-checked ([`celeriac_redisconn::limits`]): a value
+//! outside its range (`inf`, `1e300`, `-1`, `0` where meaningless) is refused
+//! with the option's name and the accepted range.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use celeriac_protocol::envelope::BodyEncoding;
-use celeriac_redisconn::{mask_password, seconds, segments, sentinel_nodes, Dialect, Endpoint, UrlParts, TLS_PARAMS};
+use celeriac_redisconn::limits::{self, Limit};
+use celeriac_redisconn::{mask_password, segments, sentinel_nodes, Dialect, Endpoint, UrlParts, TLS_PARAMS};
 pub use celeriac_redisconn::{CertReqs, TlsOptions, DEFAULT_PORT, DEFAULT_SENTINEL_PORT};
 
 use crate::error::BrokerError;
@@ -120,8 +126,11 @@ pub struct RedisOptions {
     pub username: Option<String>,
     /// Password (`AUTH`).
     pub password: Option<Secret>,
-    /// TLS (`rediss://`), if any.
+    /// TLS (`rediss://`, or `sentinel://` to the Sentinels and the master alike), if any.
     pub tls: Option<TlsOptions>,
+    /// The Sentinel nodes' own password (kombu's `sentinel_kwargs["password"]`);
+    /// the URL's password is the master's.
+    pub sentinel_password: Option<Secret>,
 
     /// Seconds a delivered message may stay unacked before any consumer of the
     /// database restores it (kombu default 3600 s).
@@ -193,6 +202,7 @@ impl Default for RedisOptions {
             username: None,
             password: None,
             tls: None,
+            sentinel_password: None,
             visibility_timeout: Duration::from_secs(3600),
             priority_steps: vec![0, 3, 6, 9],
             sep: "\x06\x16".into(),
@@ -264,11 +274,11 @@ impl RedisOptions {
                 let nodes = sentinel_nodes(url, Dialect::Kombu)?;
                 let addrs = nodes.iter().map(|node| node.host_port(DEFAULT_SENTINEL_PORT)).collect();
                 self.endpoint = RedisEndpoint::Sentinel { nodes: addrs, master_name: None };
+                self.tls = None;
                 for node in nodes.iter().skip(1) {
                     self.apply_query(&node.query)?;
                 }
                 self.db = parse_db(&parsed.path)?;
-                self.tls = None;
             }
             other => {
                 return Err(BrokerError::Config(format!(
@@ -284,24 +294,38 @@ impl RedisOptions {
 
     fn apply_query(&mut self, query: &[(String, String)]) -> Result<(), BrokerError> {
         for (key, value) in query {
-            let not_seconds = || BrokerError::Config(format!("{key}={value:?} is not a number of seconds"));
-            let secs = || seconds(value).ok_or_else(not_seconds);
+            let secs = |limit: Limit| {
+                limit.parse_duration(value).map_err(|e| BrokerError::Config(format!("{key}={value:?}: {e}")))
+            };
             match key.as_str() {
-                "virtual_host" | "db" => self.db = parse_db(value)?,
+                "virtual_host" | "db" => {
+                    self.db = limits::DB
+                        .parse_whole(value.trim_start_matches('/'))
+                        .map_err(|e| BrokerError::Config(format!("{key}={value:?}: {e}")))?;
+                }
                 tls if TLS_PARAMS.contains(&tls) => self.tls_mut()?.set(tls, value, Dialect::Kombu)?,
                 "master_name" => match &mut self.endpoint {
                     RedisEndpoint::Sentinel { master_name, .. } => *master_name = Some(value.clone()),
                     _ => return Err(BrokerError::Config("master_name is only for sentinel:// URLs".into())),
                 },
-                "visibility_timeout" => self.visibility_timeout = secs()?,
+                "visibility_timeout" => self.visibility_timeout = secs(limits::VISIBILITY_TIMEOUT)?,
                 "global_keyprefix" => self.global_keyprefix = value.clone(),
                 "queue_order_strategy" => self.queue_order_strategy = value.parse()?,
-                "polling_interval" | "brpop_timeout" => self.brpop_timeout = secs()?,
-                "socket_timeout" => self.socket_timeout = Some(secs()?),
-                "socket_connect_timeout" => self.socket_connect_timeout = Some(secs()?),
-                "health_check_interval" => self.health_check_interval = secs()?,
+                "polling_interval" | "brpop_timeout" => self.brpop_timeout = secs(limits::POLLING_INTERVAL)?,
+                "socket_timeout" => self.socket_timeout = Some(secs(limits::SOCKET_TIMEOUT)?),
+                "socket_connect_timeout" => self.socket_connect_timeout = Some(secs(limits::SOCKET_CONNECT_TIMEOUT)?),
+                "health_check_interval" => self.health_check_interval = secs(limits::HEALTH_CHECK_INTERVAL)?,
                 "client_name" => self.client_name = Some(value.clone()),
-                "unacked_restore_interval" => self.unacked_restore_interval = secs()?,
+                "unacked_restore_interval" => {
+                    self.unacked_restore_interval = secs(limits::UNACKED_RESTORE_INTERVAL)?;
+                }
+                "unacked_restore_limit" => {
+                    self.unacked_restore_limit = Some(
+                        limits::UNACKED_RESTORE_LIMIT
+                            .parse_whole(value)
+                            .map_err(|e| BrokerError::Config(format!("{key}={value:?}: {e}")))?,
+                    );
+                }
                 other => {
                     tracing::warn!(option = other, "ignoring an unknown query parameter of the broker URL");
                 }
@@ -310,8 +334,15 @@ impl RedisOptions {
         Ok(())
     }
 
+    /// The TLS settings a `ssl_*` query parameter changes: a `rediss://` URL's,
+    /// or a `sentinel://` URL's (which turns TLS on, as in kombu).
     fn tls_mut(&mut self) -> Result<&mut TlsOptions, BrokerError> {
-        self.tls.as_mut().ok_or_else(|| BrokerError::Config("ssl_* options need a rediss:// URL".into()))
+        if matches!(self.endpoint, RedisEndpoint::Sentinel { .. }) {
+            return Ok(self.tls.get_or_insert_with(TlsOptions::default));
+        }
+        self.tls
+            .as_mut()
+            .ok_or_else(|| BrokerError::Config("ssl_* options need a rediss:// (or sentinel://) URL".into()))
     }
 
     /// Checks the options for values kombu would not accept or that cannot work.
@@ -322,8 +353,30 @@ impl RedisOptions {
         if self.sep.is_empty() {
             return Err(BrokerError::Config("sep must not be empty (kombu uses \"\\x06\\x16\")".into()));
         }
-        if self.db < 0 {
-            return Err(BrokerError::Config(format!("database number {} is negative", self.db)));
+        let db = u128::try_from(self.db).unwrap_or(u128::MAX);
+        limits::DB.check_whole(db).map_err(|e| BrokerError::Config(format!("database number {}: {e}", self.db)))?;
+        for (name, value, limit) in [
+            ("visibility_timeout", Some(self.visibility_timeout), limits::VISIBILITY_TIMEOUT),
+            ("polling_interval", Some(self.brpop_timeout), limits::POLLING_INTERVAL),
+            ("socket_timeout", self.socket_timeout, limits::SOCKET_TIMEOUT),
+            ("socket_connect_timeout", self.socket_connect_timeout, limits::SOCKET_CONNECT_TIMEOUT),
+            ("health_check_interval", Some(self.health_check_interval), limits::HEALTH_CHECK_INTERVAL),
+            ("unacked_restore_interval", Some(self.unacked_restore_interval), limits::UNACKED_RESTORE_INTERVAL),
+        ] {
+            if let Some(value) = value {
+                limit.check(value.as_secs_f64()).map_err(|e| BrokerError::Config(format!("{name}: {e}")))?;
+            }
+        }
+        if let Some(n) = self.unacked_restore_limit {
+            let n = u128::try_from(n).unwrap_or(u128::MAX);
+            limits::UNACKED_RESTORE_LIMIT
+                .check_whole(n)
+                .map_err(|e| BrokerError::Config(format!("unacked_restore_limit: {e}")))?;
+        }
+        if self.tls.is_some() && matches!(self.endpoint, RedisEndpoint::Unix { .. }) {
+            return Err(BrokerError::Config(
+                "TLS settings (broker_use_ssl, ssl_*) cannot apply to a unix socket; use rediss:// or drop them".into(),
+            ));
         }
         if let RedisEndpoint::Sentinel { nodes, master_name } = &self.endpoint {
             if nodes.is_empty() {
@@ -380,7 +433,9 @@ impl RedisOptions {
             }
             (RedisEndpoint::Tcp { host, port }, None) => Endpoint::Tcp { host: host.clone(), port: *port },
             (RedisEndpoint::Unix { path }, _) => Endpoint::Unix { path: path.clone() },
-            (RedisEndpoint::Sentinel { nodes, .. }, _) => Endpoint::Sentinel { nodes: nodes.clone() },
+            (RedisEndpoint::Sentinel { nodes, .. }, tls) => {
+                Endpoint::Sentinel { nodes: nodes.clone(), tls: tls.clone() }
+            }
         }
     }
 }
@@ -390,9 +445,7 @@ fn parse_db(path: &str) -> Result<i64, BrokerError> {
     if trimmed.is_empty() {
         return Ok(0);
     }
-    trimmed.parse::<i64>().ok().filter(|db| *db >= 0).ok_or_else(|| {
-        BrokerError::Config(format!("database is an int between 0 and the server's limit - 1, not {path:?}"))
-    })
+    limits::DB.parse_whole::<i64>(trimmed).map_err(|e| BrokerError::Config(format!("database {path:?}: {e}")))
 }
 
 #[cfg(test)]
@@ -506,6 +559,62 @@ mod tests {
             let err = RedisOptions::from_url(bad).unwrap_err().to_string();
             assert!(!err.contains("pw@"), "{bad}: {err}");
         }
+    }
+
+    /// Every number of the query, with the values that must not get through:
+    /// each is refused with the option's name and the accepted range.
+    #[test]
+    fn every_number_in_the_query_is_range_checked() {
+        let extremes = ["inf", "-inf", "nan", "1e300", "-1", "abc", "", "99999999999999999999999"];
+        for (option, zero_ok) in [
+            ("visibility_timeout", false),
+            ("polling_interval", false),
+            ("brpop_timeout", false),
+            ("socket_timeout", false),
+            ("socket_connect_timeout", false),
+            ("health_check_interval", true),
+            ("unacked_restore_interval", false),
+            ("unacked_restore_limit", false),
+            ("db", true),
+            ("virtual_host", true),
+        ] {
+            let zero = if zero_ok { vec![] } else { vec!["0"] };
+            for bad in extremes.iter().chain(&zero) {
+                let url = format!("redis://:pw@h/0?{option}={bad}");
+                let err = RedisOptions::from_url(&url).map(|_| ()).unwrap_err().to_string();
+                assert!(err.contains(option) || option == "brpop_timeout", "{url}: {err}");
+                assert!(err.contains("expected") && err.contains(" to "), "{url}: {err}");
+                assert!(!err.contains("pw"), "{url}: {err}");
+            }
+        }
+        for bad in ["/-1", "/2147483647", "/1.5", "/1e3"] {
+            let url = format!("redis://h{bad}");
+            let err = RedisOptions::from_url(&url).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains("database") && err.contains("2147483646"), "{url}: {err}");
+        }
+        assert!(RedisOptions::from_url("redis://h:0/0").is_err(), "port 0 is refused");
+        let o = RedisOptions::from_url("redis://h/2147483646?health_check_interval=0&unacked_restore_limit=5").unwrap();
+        assert_eq!((o.db, o.health_check_interval, o.unacked_restore_limit), (2_147_483_646, Duration::ZERO, Some(5)));
+        // Set in code, out of range: refused by validate().
+        let mut o = RedisOptions::from_url("redis://h").unwrap();
+        o.visibility_timeout = Duration::MAX;
+        assert!(o.validate().unwrap_err().to_string().contains("visibility_timeout"));
+    }
+
+    #[test]
+    fn sentinel_takes_tls_from_the_query_or_the_options() {
+        let o = RedisOptions::from_url("sentinel://:pw@a:26379;sentinel://b?master_name=m&ssl_cert_reqs=none").unwrap();
+        assert_eq!(o.tls.as_ref().map(|t| t.cert_reqs), Some(CertReqs::None));
+        let Endpoint::Sentinel { tls: Some(tls), nodes } = o.connection_endpoint() else { panic!("no TLS") };
+        assert_eq!((tls.cert_reqs, nodes.len()), (CertReqs::None, 2));
+        assert!(o.masked_url().ends_with("?ssl_cert_reqs=none"), "{}", o.masked_url());
+        let mut plain = RedisOptions::from_url("sentinel://a?master_name=m").unwrap();
+        assert!(matches!(plain.connection_endpoint(), Endpoint::Sentinel { tls: None, .. }));
+        plain.tls = Some(TlsOptions::default());
+        assert!(matches!(plain.connection_endpoint(), Endpoint::Sentinel { tls: Some(_), .. }));
+        let mut unix = RedisOptions::from_url("redis+socket:///tmp/r.sock").unwrap();
+        unix.tls = Some(TlsOptions::default());
+        assert!(unix.validate().unwrap_err().to_string().contains("unix socket"));
     }
 
     #[test]

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use celeriac_backend::{BackendOptions, Endpoint, RedisBackend};
+use celeriac_backend::{BackendOptions, Endpoint, RedisBackend, RetryPolicy};
 use celeriac_broker::{Broker, FanoutPrefix, ProducerConfig, RedisOptions, TlsOptions};
-use celeriac_config::{Settings, TlsSettings};
+use celeriac_config::{SentinelKwargs, Settings, TlsSettings};
 use celeriac_protocol::codec::{Compression, ContentType};
 use celeriac_protocol::envelope::BodyEncoding;
 use celeriac_redisconn::Dialect;
@@ -14,8 +14,11 @@ use celeriac_worker::WorkerConfig;
 
 use crate::error::CliError;
 
+/// Seconds as a duration. Settings are range-checked before they get here
+/// (`Settings::validate`); a value set in code past `Duration`'s range
+/// saturates instead of panicking.
 fn secs(value: f64) -> Duration {
-    Duration::from_secs_f64(value.max(0.0))
+    Duration::try_from_secs_f64(value.max(0.0)).unwrap_or(Duration::MAX)
 }
 
 /// The broker for `settings.broker_url`, with `broker_transport_options`
@@ -59,11 +62,19 @@ pub fn broker(settings: &Settings) -> Result<Broker, CliError> {
             *master_name = Some(master.clone());
         }
     }
+    o.sentinel_password = sentinel_password(t.sentinel_kwargs.as_ref()).map(celeriac_broker::Secret::new);
+    // With sentinel:// this is TLS to the Sentinels and to the master alike;
+    // a unix socket with TLS settings is refused by the broker.
     if let Some(ssl) = &settings.broker_use_ssl {
         let tls = o.tls.get_or_insert_with(TlsOptions::default);
         apply_tls(tls, ssl, Dialect::Kombu)?;
     }
     Ok(Broker::Redis(celeriac_broker::RedisBroker::new(o)?))
+}
+
+/// `sentinel_kwargs["password"]`, the Sentinel nodes' own.
+fn sentinel_password(kwargs: Option<&SentinelKwargs>) -> Option<String> {
+    kwargs.and_then(|k| k.password.clone()).filter(|p| !p.is_empty())
 }
 
 fn apply_tls(tls: &mut TlsOptions, ssl: &TlsSettings, dialect: Dialect) -> Result<(), CliError> {
@@ -100,16 +111,32 @@ pub fn backend_options(settings: &Settings) -> Result<Option<BackendOptions>, Cl
     if t.master_name.is_some() {
         o.transport.master_name = t.master_name.clone();
     }
+    if let Some(password) = sentinel_password(t.sentinel_kwargs.as_ref()) {
+        o.transport.sentinel_password = Some(password);
+    }
+    if let Some(p) = &t.retry_policy {
+        o.transport.retry_policy = RetryPolicy {
+            max_retries: Some(p.max_retries),
+            interval_start: secs(p.interval_start),
+            interval_step: secs(p.interval_step),
+            interval_max: secs(p.interval_max),
+        };
+    }
     if let Some(ssl) = &settings.redis_backend_use_ssl {
-        // As Celery: the setting turns TLS on for a redis:// URL too.
+        // As Celery: the setting turns TLS on for a redis:// URL too; with
+        // sentinel:// it is TLS to the Sentinels and to the master alike.
         if let Endpoint::Tcp { host, port } = &o.endpoint {
             o.endpoint = Endpoint::Tls { host: host.clone(), port: *port, tls: TlsOptions::default() };
         }
         match &mut o.endpoint {
             Endpoint::Tls { tls, .. } => apply_tls(tls, ssl, Dialect::Celery)?,
-            _ => {
+            Endpoint::Sentinel { tls, .. } => {
+                apply_tls(tls.get_or_insert_with(TlsOptions::default), ssl, Dialect::Celery)?
+            }
+            Endpoint::Unix { .. } | Endpoint::Tcp { .. } => {
                 return Err(CliError::Setting(
-                    "redis_backend_use_ssl needs a redis:// or rediss:// result backend".into(),
+                    "redis_backend_use_ssl cannot apply to a unix socket result backend; use rediss:// or drop it"
+                        .into(),
                 ))
             }
         }
@@ -146,19 +173,14 @@ pub fn producer_config(settings: &Settings, origin: &str) -> Result<ProducerConf
     Ok(config)
 }
 
-/// The settings as `inspect conf` shows them: Celery's names, URLs with the
-/// password as eight stars, plus the logging keys Celery always reports.
+/// The settings as `inspect conf` and `report` show them: Celery's names,
+/// secrets censored by Celery's rule (`Settings::censored`: hidden names as
+/// `********`, `broker_url` as kombu shows it, every URL password masked),
+/// plus the logging keys Celery always reports.
 pub fn conf_report(settings: &Settings) -> celeriac_protocol::Map {
-    let mut conf = serde_json::to_string(settings)
-        .ok()
-        .and_then(|text| celeriac_protocol::json::from_str(&text).ok())
-        .and_then(|v| v.as_map().cloned())
-        .unwrap_or_default();
-    let mask = |url: &str| celeriac_redisconn::mask_password(url).replacen(":**@", ":********@", 1);
-    conf.insert("broker_url".into(), celeriac_protocol::Value::Str(mask(&settings.broker_url)));
-    if let Some(url) = &settings.result_backend {
-        conf.insert("result_backend".into(), celeriac_protocol::Value::Str(mask(url)));
-    }
+    let censored = serde_json::Value::Object(settings.censored()).to_string();
+    let mut conf =
+        celeriac_protocol::json::from_str(&censored).ok().and_then(|v| v.as_map().cloned()).unwrap_or_default();
     for (key, value) in [
         ("worker_hijack_root_logger", celeriac_protocol::Value::Bool(false)),
         ("worker_log_color", celeriac_protocol::Value::Bool(false)),
@@ -204,5 +226,48 @@ pub fn worker_config(settings: &Settings) -> WorkerConfig {
         // The ETA refresh keeps held messages well inside the visibility timeout.
         eta_refresh: secs(settings.broker_transport_options.visibility_timeout / 4.0).max(Duration::from_secs(1)),
         ..defaults
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(toml: &str) -> Settings {
+        celeriac_config::load_from_str(toml, "", Vec::new()).unwrap().settings
+    }
+
+    #[test]
+    fn sentinel_with_tls_settings_is_tls_for_the_broker_and_the_backend() {
+        let s = settings(
+            "broker_url = \"sentinel://:s3cret@127.0.0.1:26379/0\"\n\
+             result_backend = \"sentinel://:s3cret@127.0.0.1:26379/1\"\n\
+             [broker_transport_options]\nmaster_name = \"m\"\n\
+             [broker_transport_options.sentinel_kwargs]\npassword = \"s3cret\"\n\
+             [broker_use_ssl]\nssl_cert_reqs = \"required\"\n\
+             [redis_backend_use_ssl]\nssl_cert_reqs = \"CERT_NONE\"\n\
+             [result_backend_transport_options]\nmaster_name = \"m\"\n\
+             [result_backend_transport_options.sentinel_kwargs]\npassword = \"s3cret\"\n\
+             [result_backend_transport_options.retry_policy]\nmax_retries = 3\ninterval_step = 0.5\n",
+        );
+        let broker = broker(&s).unwrap();
+        assert_eq!(broker.masked_url(), "sentinel://:**@127.0.0.1:26379/0?ssl_cert_reqs=required");
+        let o = backend_options(&s).unwrap().unwrap();
+        let Endpoint::Sentinel { tls: Some(tls), .. } = &o.endpoint else { panic!("{o:?}") };
+        assert_eq!(tls.cert_reqs, celeriac_backend::CertReqs::None);
+        assert_eq!(o.transport.sentinel_password.as_deref(), Some("s3cret"));
+        assert_eq!(o.transport.retry_policy.max_retries, Some(3));
+        assert_eq!(o.transport.retry_policy.interval(2), Duration::from_secs(1));
+        assert_eq!(o.transport.retry_policy.interval(1), Duration::from_millis(500));
+        let conf = format!("{:?}", conf_report(&s));
+        assert!(!conf.contains("s3cret"), "{conf}");
+    }
+
+    #[test]
+    fn tls_settings_on_a_unix_socket_are_refused() {
+        let s = settings("result_backend = \"redis+socket:///tmp/r.sock\"\n[redis_backend_use_ssl]\n");
+        assert!(backend_options(&s).unwrap_err().to_string().contains("unix socket"));
+        let s = settings("broker_url = \"redis+socket:///tmp/r.sock\"\n[broker_use_ssl]\n");
+        assert!(broker(&s).unwrap_err().to_string().contains("unix socket"));
     }
 }

@@ -29,14 +29,23 @@ pub struct WorkerArgs {
     /// Queues to consume, comma separated (default: `task_default_queue`).
     #[arg(short = 'Q', long, value_delimiter = ',')]
     pub queues: Vec<String>,
-    /// Tasks run at once (`worker_concurrency`; default: the number of CPUs).
-    #[arg(short = 'c', long)]
+    /// Tasks run at once (`worker_concurrency`, 1 to 100000; default: the number of CPUs).
+    #[arg(
+        short = 'c',
+        long,
+        allow_negative_numbers = true,
+        value_parser = |v: &str| celeriac_config::check_flag::<usize>("worker_concurrency", v)
+    )]
     pub concurrency: Option<usize>,
     /// Node name; `%h` is the host name, `%n` its first label, `%d` the domain.
     #[arg(short = 'n', long, default_value = "celeriac@%h")]
     pub hostname: String,
-    /// `worker_prefetch_multiplier`: messages reserved per slot.
-    #[arg(long)]
+    /// `worker_prefetch_multiplier`: messages reserved per slot (0 to 10000; 0: no limit).
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_parser = |v: &str| celeriac_config::check_flag::<usize>("worker_prefetch_multiplier", v)
+    )]
     pub prefetch_multiplier: Option<usize>,
     /// Send task events (`worker_send_task_events`), for Flower and `celery events`.
     #[arg(short = 'E', long = "task-events")]
@@ -119,9 +128,6 @@ pub async fn run(args: WorkerArgs, extra: &'static [celeriac_tasks::TaskSet]) ->
     crate::logging::init(level);
     let settings = settings(&args)?;
     let hostname = expand_hostname(&args.hostname, &celeriac_broker::producer::hostname());
-    if args.concurrency == Some(0) {
-        return Err(CliError::Setting("--concurrency must be at least 1".into()));
-    }
 
     let broker = assemble::broker(&settings)?;
     let backend = assemble::backend(&settings).await?;
@@ -133,7 +139,7 @@ pub async fn run(args: WorkerArgs, extra: &'static [celeriac_tasks::TaskSet]) ->
     }
 
     let task_config = celeriac_tasks::TaskSetConfig {
-        redis_url: redis_url(&settings),
+        redis_url: redis_url(&settings)?,
         redis_master_name: settings.broker_transport_options.master_name.clone(),
         node_name: Some(hostname.clone()),
         ..Default::default()
@@ -177,13 +183,58 @@ pub async fn run(args: WorkerArgs, extra: &'static [celeriac_tasks::TaskSet]) ->
 }
 
 /// Where the built-in tasks find Redis: the broker's URL when it is Redis,
-/// else the result backend's.
-fn redis_url(settings: &Settings) -> Option<String> {
+/// else the result backend's, with the TLS settings of the one chosen
+/// (`broker_use_ssl`, `redis_backend_use_ssl`) written into the URL, so the
+/// built-ins never talk in plain text to a server the worker reaches over TLS.
+fn redis_url(settings: &Settings) -> Result<Option<String>, CliError> {
     let is_redis =
         |url: &str| ["redis://", "rediss://", "redis+socket://", "unix://"].iter().any(|s| url.starts_with(s));
-    Some(settings.broker_url.clone())
-        .filter(|u| is_redis(u))
-        .or_else(|| settings.result_backend.clone().filter(|u| is_redis(u)))
+    if is_redis(&settings.broker_url) {
+        return with_tls(&settings.broker_url, settings.broker_use_ssl.as_ref()).map(Some);
+    }
+    match settings.result_backend.as_deref().filter(|u| is_redis(u)) {
+        Some(url) => with_tls(url, settings.redis_backend_use_ssl.as_ref()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// `url` as a `rediss://` URL carrying `ssl`'s settings in Celery's spelling
+/// (`ssl_cert_reqs=required&ssl_ca_certs=...`), or as it is without `ssl`.
+fn with_tls(url: &str, ssl: Option<&celeriac_config::TlsSettings>) -> Result<String, CliError> {
+    let Some(ssl) = ssl else { return Ok(url.to_owned()) };
+    let Some(rest) = url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://")) else {
+        return Err(CliError::Setting(format!(
+            "TLS settings cannot apply to {}: use redis:// or rediss://",
+            celeriac_redisconn::mask_password(url)
+        )));
+    };
+    let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let kept = query.split('&').filter(|p| !p.is_empty() && !p.starts_with("ssl_"));
+    let cert_reqs: celeriac_redisconn::CertReqs =
+        ssl.ssl_cert_reqs.parse().map_err(|e| CliError::Setting(format!("TLS setting ssl_cert_reqs: {e}")))?;
+    let mut params: Vec<String> = kept.map(str::to_owned).collect();
+    params.push(format!("ssl_cert_reqs={}", cert_reqs.name()));
+    for (key, value) in
+        [("ssl_ca_certs", &ssl.ssl_ca_certs), ("ssl_certfile", &ssl.ssl_certfile), ("ssl_keyfile", &ssl.ssl_keyfile)]
+    {
+        if let Some(path) = value {
+            params.push(format!("{key}={}", percent_encode(path)));
+        }
+    }
+    Ok(format!("rediss://{base}?{}", params.join("&")))
+}
+
+/// Escapes all but unreserved characters and `/`, for a path in a URL query.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// A queue's exchange and routing key: from `task_queues` when declared
@@ -315,6 +366,22 @@ mod tests {
         assert_eq!(expand_hostname("w1@%n", "node1.dc.example"), "w1@node1");
         assert_eq!(expand_hostname("%n.%d", "node1.dc.example"), "node1.dc.example");
         assert_eq!(expand_hostname("a%%b%x", "h"), "a%b%x");
+    }
+
+    #[test]
+    fn the_builtins_reach_redis_with_the_brokers_tls() {
+        let ssl = celeriac_config::TlsSettings {
+            ssl_cert_reqs: "CERT_NONE".into(),
+            ssl_ca_certs: Some("/etc/ca dir/ca+1.pem".into()),
+            ..Default::default()
+        };
+        let url = with_tls("redis://:pw@h:6380/2?ssl_cert_reqs=required&x=1", Some(&ssl)).unwrap();
+        assert_eq!(url, "rediss://:pw@h:6380/2?x=1&ssl_cert_reqs=none&ssl_ca_certs=/etc/ca%20dir/ca%2B1.pem");
+        let options = celeriac_backend::BackendOptions::from_url(&url).unwrap();
+        let celeriac_backend::Endpoint::Tls { tls, .. } = options.endpoint else { panic!("{url}: not TLS") };
+        assert_eq!(tls.ca_certs.as_deref(), Some(std::path::Path::new("/etc/ca dir/ca+1.pem")));
+        assert_eq!(with_tls("redis://h/0", None).unwrap(), "redis://h/0");
+        assert!(with_tls("redis+socket:///tmp/r.sock", Some(&ssl)).is_err());
     }
 
     #[test]

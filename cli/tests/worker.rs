@@ -282,3 +282,197 @@ fn rate_limits_dead_letters_and_undecodable_messages() {
     assert!(parked.iter().any(|m| m == "this is not a kombu message"), "{parked:?}");
     assert_eq!(int(&mut a, &["HLEN", "unacked"]), 0);
 }
+
+/// Runs `celeriac <args>` expecting it to fail at startup; returns its stderr.
+fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_celeriac")).args(args).envs(env.iter().copied()).output().unwrap();
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A settings file in a fresh temp dir (removed with the returned guard).
+fn settings_file(name: &str, text: &str) -> (std::path::PathBuf, TempDir) {
+    let dir = TempDir(std::env::temp_dir().join(format!("celeriac-cli-{name}-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let path = dir.0.join("worker.toml");
+    std::fs::write(&path, text).unwrap();
+    (path, dir)
+}
+
+/// Removes its directory when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn out_of_range_numbers_stop_startup_naming_the_setting_and_its_range() {
+    // A flag.
+    let err = refused(&["worker", "-b", "memory://", "-c", "1000000000"], &[]);
+    assert!(err.contains("worker_concurrency") && err.contains("from 1 to 100000"), "{err}");
+    let err = refused(&["worker", "-b", "memory://", "--prefetch-multiplier", "-1"], &[]);
+    assert!(err.contains("worker_prefetch_multiplier") && err.contains("from 0 to 10000"), "{err}");
+    let err = refused(&["worker", "-b", "memory://", "-c", "-1"], &[]);
+    assert!(err.contains("worker_concurrency") && err.contains("from 1 to 100000"), "{err}");
+    // The environment.
+    let err = refused(&["worker", "-b", "memory://"], &[("CELERIAC_WORKER_HEARTBEAT_INTERVAL", "inf")]);
+    assert!(
+        err.contains("`worker_heartbeat_interval`")
+            && err.contains("from 0.1 to 3600")
+            && err.contains("CELERIAC_WORKER_HEARTBEAT_INTERVAL"),
+        "{err}"
+    );
+    // The file.
+    let (path, _dir) = settings_file("range", "[broker_transport_options]\nvisibility_timeout = 1e300\n");
+    let err = refused(&["worker", "-b", "memory://", "--config", path.to_str().unwrap()], &[]);
+    assert!(
+        err.contains("`broker_transport_options.visibility_timeout` = 1e300")
+            && err.contains("from 0.001 to 31536000")
+            && err.contains("worker.toml"),
+        "{err}"
+    );
+    // The query of the broker and the result backend URLs, password masked.
+    let err = refused(&["worker", "-b", "redis://:s3cret@127.0.0.1:1/0?polling_interval=-1"], &[]);
+    assert!(err.contains("polling_interval") && err.contains("from 0.001 to 3600"), "{err}");
+    let backend = "redis://:s3cret@127.0.0.1:1/0?socket_timeout=nan";
+    let err = refused(&["worker", "-b", "memory://", "--result-backend", backend], &[]);
+    assert!(err.contains("socket_timeout") && err.contains("from 0.001 to 86400"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+}
+
+/// `celery -A mixed <args>` (tests/python/apps/mixed.py) on `url`: whether it
+/// exited 0, and its stdout and stderr.
+fn celery(url: &str, args: &[&str]) -> (bool, String, String) {
+    let apps = celeriac_tests::repo_root().join("tests/python/apps");
+    let out = Command::new(celeriac_tests::python().unwrap())
+        .args(["-m", "celery", "-A", "mixed"])
+        .args(args)
+        .current_dir(&apps)
+        .env("PYTHONPATH", &apps)
+        .env("CELERIAC_TEST_BROKER", url)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn no_password_reaches_the_log_or_inspect_conf_and_report() {
+    let (Some(redis), Some(_)) = (
+        celeriac_tests::or_skip("redis-server", RedisServer::start_with(&["--requirepass", "s3cret"])),
+        celeriac_tests::python_peer(),
+    ) else {
+        return;
+    };
+    let url = format!("redis://:s3cret@127.0.0.1:{}/0", redis.port());
+    let (path, _dir) = settings_file(
+        "secrets",
+        &format!(
+            "redbeat_redis_url = \"redis://:s3cret@127.0.0.1:{port}/1\"\n\
+             [broker_transport_options.sentinel_kwargs]\npassword = \"s3cret\"\n\
+             [result_backend_transport_options.sentinel_kwargs]\npassword = \"s3cret\"\n",
+            port = redis.port()
+        ),
+    );
+    let node = "secrets@test-host";
+    let mut worker = celeriac_worker(
+        &redis,
+        &url,
+        &["-n", node, "--config", path.to_str().unwrap(), "-E"],
+        &[("RUST_LOG", "debug")],
+    );
+    let out = python_calls(&url, json!([{"name": "t.integration.tasks.add", "args": [1, 2]}]), true);
+    assert_eq!(out[0]["result"], json!(3), "{:?}", out[0]);
+
+    let (ok, conf, err) = celery(&url, &["inspect", "conf", "--json", "-t", "10", "-d", node]);
+    assert!(ok, "celery inspect conf failed:\n{conf}\n{err}");
+    let replies: Value = serde_json::from_str(conf.trim()).unwrap();
+    let mine = &replies[node];
+    assert_eq!(mine["broker_url"], json!(format!("redis://:********@127.0.0.1:{}/0", redis.port())), "{mine}");
+    assert_eq!(mine["broker_transport_options"]["sentinel_kwargs"]["password"], json!("********"), "{mine}");
+    assert_eq!(mine["redbeat_redis_url"], json!(format!("redis://:********@127.0.0.1:{}/1", redis.port())));
+    let (ok, report, err) = celery(&url, &["inspect", "report", "--json", "-t", "10", "-d", node]);
+    assert!(ok && report.contains("redbeat_redis_url"), "celery inspect report failed:\n{report}\n{err}");
+
+    worker.signal("TERM");
+    worker.wait_timeout(WAIT).expect("the worker did not stop");
+    let log = worker.log();
+    assert!(log.contains("********") || log.contains(":**@"), "the log shows masked URLs:\n{log}");
+    for (what, text) in [("inspect conf", &conf), ("inspect report", &report), ("the worker's log", &log)] {
+        assert!(!text.contains("s3cret"), "the password leaked into {what}:\n{text}");
+    }
+}
+
+/// A worker started with `args` (no fixed broker), ready or not.
+fn spawn_worker(dir: &std::path::Path, name: &str, args: &[&str]) -> LoggedProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_celeriac"));
+    command.args(["worker", "--tasks", "builtin,conformance", "-l", "info"]).args(args);
+    LoggedProcess::spawn(command, "celeriac worker", dir.join(format!("{name}-{}.log", std::process::id())), " ready.")
+        .unwrap()
+}
+
+/// `broker_use_ssl` with a `sentinel://` broker: TLS to the Sentinel (which
+/// listens on TLS only) and to the master it names (its TLS port), proved by a
+/// task Python sends on the master's plain port and celeriac runs.
+#[test]
+fn a_sentinel_broker_with_tls_speaks_tls_to_the_sentinel_and_the_master() {
+    let Some(certs) = celeriac_tests::or_skip("openssl", celeriac_tests::TestCertificates::generate()) else {
+        return;
+    };
+    let (Some(master), Some(_)) =
+        (celeriac_tests::or_skip("redis-server", RedisServer::start_tls(&certs)), celeriac_tests::python_peer())
+    else {
+        return;
+    };
+    let tls_port = master.tls_port().unwrap();
+    let sentinel = celeriac_tests::SentinelServer::start_tls(tls_port, "tlsmaster", &certs).unwrap();
+    let plain = master.url();
+    let (path, _dir) = settings_file(
+        "sentinel-tls",
+        &format!(
+            "[broker_transport_options]\nmaster_name = \"tlsmaster\"\n\
+             [broker_use_ssl]\nssl_cert_reqs = \"required\"\nssl_ca_certs = \"{}\"\n\
+             ssl_certfile = \"{}\"\nssl_keyfile = \"{}\"\n",
+            certs.path("ca.pem"),
+            certs.path("client.pem"),
+            certs.path("client.key")
+        ),
+    );
+    let broker = format!("sentinel://127.0.0.1:{}/0", sentinel.port());
+    let config = path.to_str().unwrap();
+    let worker =
+        spawn_worker(master.dir(), "sentinel-tls", &["-b", &broker, "--result-backend", &plain, "--config", config]);
+    worker.wait_ready(WAIT).unwrap_or_else(|e| panic!("{e}\n{}", worker.log()));
+    let out = python_calls(&plain, json!([{"name": "t.integration.tasks.add", "args": [20, 22]}]), true);
+    assert_eq!(out[0]["result"], json!(42), "{:?}\n{}", out[0], worker.log());
+    let log = worker.log();
+    assert!(log.contains(&format!("sentinel://127.0.0.1:{}/0?ssl_cert_reqs=required", sentinel.port())), "{log}");
+}
+
+/// `ssl_cert_reqs=none` on the broker is warned about as on the backend, and
+/// a Sentinel broker that could not present its client certificate to an
+/// unverified master is refused at startup rather than run without it.
+#[test]
+fn an_unverified_broker_certificate_is_warned_about_or_refused() {
+    let Some(certs) = celeriac_tests::or_skip("openssl", celeriac_tests::TestCertificates::generate()) else {
+        return;
+    };
+    let Some(master) = celeriac_tests::or_skip("redis-server", RedisServer::start_tls(&certs)) else { return };
+    let tls_port = master.tls_port().unwrap();
+    let client = format!("ssl_certfile={}&ssl_keyfile={}", certs.path("client.pem"), certs.path("client.key"));
+    let broker = format!("rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=none&{client}");
+    let worker = spawn_worker(master.dir(), "cert-none", &["-b", &broker, "--result-backend", &master.url()]);
+    worker.wait_ready(WAIT).unwrap_or_else(|e| panic!("{e}\n{}", worker.log()));
+    let log = worker.log();
+    let warning = "ssl_cert_reqs=CERT_NONE: the broker's certificate is not verified, so the connection is open to \
+                   man-in-the-middle attacks; give ssl_ca_certs instead";
+    assert!(log.contains(warning), "{log}");
+    drop(worker);
+
+    let sentinel = format!("sentinel://127.0.0.1:1/0?master_name=m&ssl_cert_reqs=none&{client}");
+    let err = refused(&["worker", "-b", &sentinel], &[]);
+    assert!(err.contains("ssl_cert_reqs=none cannot present a client certificate"), "{err}");
+}

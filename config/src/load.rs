@@ -4,10 +4,15 @@
 //! Python Celery reads them), and `CELERIAC_<SETTING>` for any top-level
 //! setting (`CELERIAC_WORKER_CONCURRENCY=8`). Other `CELERIAC_*` variables
 //! belong to tools and tests and are left alone.
+//!
+//! Every numeric value is range-checked before it is typed
+//! ([`crate::NUMERIC_SETTINGS`]), and URLs in error messages are masked.
 
 use std::path::Path;
 
 use config::{Config, File, FileFormat};
+
+use celeriac_redisconn::mask_password;
 
 use crate::{ConfigError, Settings};
 
@@ -46,7 +51,7 @@ fn build(file: Option<(&str, &str)>, env: impl IntoIterator<Item = (String, Stri
     let origin = file.map(|(_, o)| o.to_string()).unwrap_or_default();
     let invalid = |origin: &str, e: config::ConfigError| ConfigError::Invalid {
         origin: origin.to_string(),
-        message: e.to_string(),
+        message: mask_password(&e.to_string()),
     };
 
     let mut base = Config::builder();
@@ -54,7 +59,10 @@ fn build(file: Option<(&str, &str)>, env: impl IntoIterator<Item = (String, Stri
         base = base.add_source(File::from_str(text, FileFormat::Toml));
     }
     // The file alone first, so an unknown key is blamed on the file.
-    let settings: Settings = base.clone().build().and_then(Config::try_deserialize).map_err(|e| invalid(&origin, e))?;
+    let built = base.clone().build().map_err(|e| invalid(&origin, e))?;
+    let in_file = |_: &str| if origin.is_empty() { String::new() } else { format!(" ({})", origin.trim()) };
+    check_raw(&built, &in_file)?;
+    let settings: Settings = built.try_deserialize().map_err(|e| invalid(&origin, e))?;
 
     // Then the environment, one known setting at a time. Values are typed the
     // way a shell user means them: numbers, booleans, and comma lists where
@@ -65,14 +73,7 @@ fn build(file: Option<(&str, &str)>, env: impl IntoIterator<Item = (String, Stri
     let mut env: Vec<(String, String)> = env.into_iter().collect();
     env.sort();
     for (name, value) in env {
-        let key = match name.as_str() {
-            "CELERY_BROKER_URL" => "broker_url".to_string(),
-            "CELERY_RESULT_BACKEND" => "result_backend".to_string(),
-            _ => match name.strip_prefix("CELERIAC_") {
-                Some(rest) if defaults.get(rest.to_ascii_lowercase()).is_some() => rest.to_ascii_lowercase(),
-                _ => continue,
-            },
-        };
+        let Some(key) = env_key(&name).filter(|key| defaults.get(key).is_some()) else { continue };
         let is_list = defaults.get(&key).is_some_and(serde_json::Value::is_array);
         builder = builder.set_override(key.as_str(), env_value(&value, is_list)).map_err(|e| invalid(&origin, e))?;
         from_env.push(name);
@@ -81,12 +82,35 @@ fn build(file: Option<(&str, &str)>, env: impl IntoIterator<Item = (String, Stri
         settings.validate()?;
         return Ok(Loaded { settings, from_env });
     }
-    let settings: Settings = builder
-        .build()
-        .and_then(Config::try_deserialize)
-        .map_err(|e| invalid(&format!("{origin} with the environment ({})", from_env.join(", ")), e))?;
+    let env_origin = format!("{origin} with the environment ({})", from_env.join(", "));
+    let built = builder.build().map_err(|e| invalid(&env_origin, e))?;
+    let env_var = |top: &str| {
+        let var = from_env.iter().find(|name| env_key(name).as_deref() == Some(top));
+        var.map(|name| format!(" (from {name})")).unwrap_or_else(|| in_file(top))
+    };
+    check_raw(&built, &env_var)?;
+    let settings: Settings = built.try_deserialize().map_err(|e| invalid(&env_origin, e))?;
     settings.validate()?;
     Ok(Loaded { settings, from_env })
+}
+
+/// The setting an environment variable names, if it names one.
+fn env_key(name: &str) -> Option<String> {
+    match name {
+        "CELERY_BROKER_URL" => Some("broker_url".into()),
+        "CELERY_RESULT_BACKEND" => Some("result_backend".into()),
+        _ => name.strip_prefix("CELERIAC_").map(str::to_ascii_lowercase),
+    }
+}
+
+/// The raw values of `built` checked against their ranges; `source` says
+/// where a top-level setting came from.
+fn check_raw(built: &Config, source: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    match built.clone().try_deserialize::<config::Map<String, config::Value>>() {
+        Ok(root) => crate::limits::check_raw(&root, source),
+        // Not even a table: the typed load says what is wrong.
+        Err(_) => Ok(()),
+    }
 }
 
 /// An environment value typed as a shell user means it.

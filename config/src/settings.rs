@@ -3,14 +3,16 @@
 //! Unknown names are refused (a typo must not silently fall back to a default).
 //! Settings that exist only in celeriac are marked as such in their docs.
 
+use celeriac_redisconn::mask_password;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use crate::ConfigError;
 
-/// All settings. Field names are Celery's configuration names.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// All settings. Field names are Celery's configuration names. `Debug`
+/// shows them censored, as `inspect conf` does.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     // ---- broker -------------------------------------------------------------
@@ -283,6 +285,9 @@ pub struct BrokerTransportOptions {
     pub client_name: Option<String>,
     /// Bodies as `base64` (kombu's default) or raw `utf-8`.
     pub body_encoding: String,
+    /// Settings of the connections to the Sentinel nodes themselves (kombu's
+    /// `sentinel_kwargs`): their own password. TLS to them follows `broker_use_ssl`.
+    pub sentinel_kwargs: Option<SentinelKwargs>,
 }
 
 impl Default for BrokerTransportOptions {
@@ -304,6 +309,7 @@ impl Default for BrokerTransportOptions {
             max_connections: 10,
             client_name: None,
             body_encoding: "base64".into(),
+            sentinel_kwargs: None,
         }
     }
 }
@@ -318,6 +324,48 @@ pub struct ResultBackendTransportOptions {
     pub result_chord_ordered: Option<bool>,
     /// Master name for `sentinel://` result backends.
     pub master_name: Option<String>,
+    /// Settings of the connections to the Sentinel nodes themselves (Celery's
+    /// `sentinel_kwargs`): their own password. TLS to them follows `redis_backend_use_ssl`.
+    pub sentinel_kwargs: Option<SentinelKwargs>,
+    /// How connection errors are retried (Celery's `retry_policy`; unset
+    /// fields keep Celery's 20 retries, 0 s, then 1 s each).
+    pub retry_policy: Option<RetryPolicySettings>,
+}
+
+/// `sentinel_kwargs`: what the connections to the Sentinel nodes use.
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SentinelKwargs {
+    /// The Sentinel nodes' own password (`requirepass` of the Sentinels).
+    pub password: Option<String>,
+}
+
+/// The password is never shown.
+impl std::fmt::Debug for SentinelKwargs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelKwargs").field("password", &self.password.as_ref().map(|_| "********")).finish()
+    }
+}
+
+/// Celery's `retry_policy` of the result backend: the n-th retry waits
+/// `min(interval_start + n * interval_step, interval_max)` seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicySettings {
+    /// Retries after the first attempt (Celery's default 20).
+    pub max_retries: u32,
+    /// The first wait, in seconds (0).
+    pub interval_start: f64,
+    /// How much each wait grows, in seconds (1).
+    pub interval_step: f64,
+    /// The longest wait, in seconds (1).
+    pub interval_max: f64,
+}
+
+impl Default for RetryPolicySettings {
+    fn default() -> Self {
+        RetryPolicySettings { max_retries: 20, interval_start: 0.0, interval_step: 1.0, interval_max: 1.0 }
+    }
 }
 
 /// TLS settings, under kombu's and redis-py's names.
@@ -461,8 +509,9 @@ pub enum ScheduleSetting {
 }
 
 impl Settings {
-    /// Checks values the types cannot: serializers, concurrency, time limits,
-    /// rate limits, URLs. Called by [`crate::load`].
+    /// Checks values the types cannot: every number against its range
+    /// ([`crate::NUMERIC_SETTINGS`]), serializers, rate limits, URLs. Called by
+    /// [`crate::load`]; call it again after changing settings in code.
     pub fn validate(&self) -> Result<(), ConfigError> {
         const SERIALIZERS: [&str; 3] = ["json", "msgpack", "yaml"];
         for (setting, value) in
@@ -501,31 +550,9 @@ impl Settings {
                 }
             }
         }
-        if !(1..=2).contains(&self.task_protocol) {
-            return Err(ConfigError::value("task_protocol", self.task_protocol, "expected 1 or 2"));
-        }
-        if self.worker_concurrency == Some(0) {
-            return Err(ConfigError::value("worker_concurrency", 0, "must be at least 1"));
-        }
-        for (setting, value) in
-            [("task_time_limit", self.task_time_limit), ("task_soft_time_limit", self.task_soft_time_limit)]
-        {
-            if let Some(v) = value {
-                if !(v.is_finite() && v > 0.0) {
-                    return Err(ConfigError::value(setting, v, "must be a positive number of seconds"));
-                }
-            }
-        }
+        crate::limits::check_settings(self)?;
         if let Some(rate) = &self.task_default_rate_limit {
             parse_rate_limit(rate).map_err(|reason| ConfigError::value("task_default_rate_limit", rate, reason))?;
-        }
-        let vt = self.broker_transport_options.visibility_timeout;
-        if !(vt.is_finite() && vt > 0.0) {
-            return Err(ConfigError::value(
-                "broker_transport_options.visibility_timeout",
-                self.broker_transport_options.visibility_timeout,
-                "must be a positive number of seconds",
-            ));
         }
         if !["round_robin", "sorted", "priority"].contains(&self.broker_transport_options.queue_order_strategy.as_str())
         {
@@ -539,7 +566,11 @@ impl Settings {
         {
             if let Some(url) = url {
                 if !url.contains("://") {
-                    return Err(ConfigError::value(setting, url, "expected a URL such as redis://host:6379/0"));
+                    return Err(ConfigError::value(
+                        setting,
+                        mask_password(url),
+                        "expected a URL such as redis://host:6379/0",
+                    ));
                 }
             }
         }
@@ -550,16 +581,6 @@ impl Settings {
     /// Checks the beat settings the types cannot (the schedules themselves are
     /// parsed by `celeriac-beat`, which names the entry in its errors).
     fn validate_beat(&self) -> Result<(), ConfigError> {
-        let positive = |setting: &str, value: Option<f64>| match value {
-            Some(v) if !(v.is_finite() && v > 0.0) => {
-                Err(ConfigError::value(setting, v, "must be a positive number of seconds"))
-            }
-            _ => Ok(()),
-        };
-        positive("beat_max_loop_interval", Some(self.beat_max_loop_interval))?;
-        positive("beat_cron_starting_deadline", self.beat_cron_starting_deadline)?;
-        positive("beat_health_ttl", Some(self.beat_health_ttl))?;
-        positive("redbeat_lock_timeout", self.redbeat_lock_timeout)?;
         if self.beat_health_service.trim().is_empty() {
             return Err(ConfigError::value("beat_health_service", "\"\"", "must name the service (health:<name>)"));
         }
@@ -571,7 +592,11 @@ impl Settings {
         }
         if let Some(url) = &self.redbeat_redis_url {
             if !url.contains("://") {
-                return Err(ConfigError::value("redbeat_redis_url", url, "expected a URL such as redis://host:6379/0"));
+                return Err(ConfigError::value(
+                    "redbeat_redis_url",
+                    mask_password(url),
+                    "expected a URL such as redis://host:6379/0",
+                ));
             }
         }
         for (name, entry) in &self.beat_schedule {
@@ -581,16 +606,6 @@ impl Settings {
             }
             if entry.task.trim().is_empty() {
                 return Err(ConfigError::value(&field("task"), "\"\"", "must name a task"));
-            }
-            if let ScheduleSetting::Seconds(s) = entry.schedule {
-                if !(s.is_finite() && s > 0.0) {
-                    return Err(ConfigError::value(&field("schedule"), s, "must be a positive number of seconds"));
-                }
-            }
-            positive(&field("no_overlap_timeout"), entry.no_overlap_timeout)?;
-            positive(&field("starting_deadline"), entry.starting_deadline)?;
-            if entry.max_catch_up == Some(0) {
-                return Err(ConfigError::value(&field("max_catch_up"), 0, "must be at least 1"));
             }
         }
         Ok(())
@@ -630,8 +645,14 @@ impl Settings {
     }
 }
 
+/// The count of a rate limit: 0 (no limit), or from 0.001 to 10^9 tasks per
+/// second, minute or hour, so the interval between two tasks is always a
+/// usable duration.
+pub const RATE_LIMIT_COUNT: (f64, f64) = (0.001, 1e9);
+
 /// A rate limit in tasks per second, from Celery's spelling: `"10/s"`, `"100/m"`,
 /// `"1000/h"`, or a bare number (per second). `"0"` means no limit (`None`).
+/// The count is 0 or within [`RATE_LIMIT_COUNT`].
 pub fn parse_rate_limit(text: &str) -> Result<Option<f64>, String> {
     let text = text.trim();
     let (count, per) = match text.split_once('/') {
@@ -647,8 +668,9 @@ pub fn parse_rate_limit(text: &str) -> Result<Option<f64>, String> {
         None => (text, 1.0),
     };
     let count: f64 = count.parse().map_err(|_| format!("rate limit {text:?} is not a number per /s, /m or /h"))?;
-    if !(count.is_finite() && count >= 0.0) {
-        return Err(format!("rate limit {text:?} must not be negative"));
+    let (min, max) = RATE_LIMIT_COUNT;
+    if !(count == 0.0 || (count.is_finite() && (min..=max).contains(&count))) {
+        return Err(format!("rate limit {text:?}: the count must be 0 (no limit) or from {min} to {max:e}"));
     }
     Ok((count > 0.0).then_some(count / per))
 }

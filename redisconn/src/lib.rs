@@ -3,16 +3,24 @@
 //!
 //! [`UrlParts`] splits one URL by the rules of a [`Dialect`]; [`Endpoint`] is
 //! where the server is, with its masked URL and its redis client ([`Target`]);
-//! [`TlsOptions`] reads the `ssl_*` files. What the broker and the backend read
-//! differently (their query options, schemes, database spellings, error wording)
-//! stays with them: both convert [`Error`] into their own error type.
+//! [`TlsOptions`] reads the `ssl_*` files; [`limits`] holds the accepted range
+//! of every number a URL gives; [`mask`] keeps passwords out of logs, errors
+//! and `inspect conf`. What the broker and the backend read differently (their
+//! query options, schemes, database spellings, error wording) stays with them:
+//! both convert [`Error`] into their own error type.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
-use redis::{RedisError, TlsCertificates};
+use redis::{RedisError, TlsCertificates, TlsMode};
+
+pub mod limits;
+pub mod mask;
+
+pub use limits::{Limit, OutOfRange};
+pub use mask::{is_hidden_setting, mask_password, sanitize_url};
 
 /// Redis's default port.
 pub const DEFAULT_PORT: u16 = 6379;
@@ -20,11 +28,6 @@ pub const DEFAULT_PORT: u16 = 6379;
 pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
 /// How long a connection attempt may take when `socket_connect_timeout` is unset.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A query parameter's number of seconds (`2.5`), if it is a finite, non-negative number.
-pub fn seconds(value: &str) -> Option<Duration> {
-    value.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
-}
 
 /// Whose rules a URL is read by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,8 +54,8 @@ pub enum UrlProblem {
     /// Something other than `:port` after `[host]` ([`Dialect::Kombu`]).
     #[error("junk after the [host]")]
     JunkAfterHost,
-    /// The port is not a number.
-    #[error("port {0:?} is not a number from 0 to 65535")]
+    /// The port is not a number from 1 to 65535.
+    #[error("port {0:?} is not a number from 1 to 65535")]
     BadPort(String),
     /// A `%` without two hex digits, from there on ([`Dialect::Kombu`]).
     #[error("bad percent escape near {0:?}")]
@@ -158,7 +161,9 @@ impl UrlParts {
             None => hostport.rsplit_once(':').map_or((hostport, None), |(host, port)| (host, Some(port))),
         };
         let port = match port.filter(|p| !p.is_empty()) {
-            Some(p) => Some(p.parse::<u16>().map_err(|_| err(UrlProblem::BadPort(p.to_owned())))?),
+            Some(p) => {
+                Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| err(UrlProblem::BadPort(p.to_owned())))?)
+            }
             None => None,
         };
         let mut pairs = Vec::new();
@@ -196,28 +201,6 @@ pub fn sentinel_nodes(url: &str, dialect: Dialect) -> Result<Vec<UrlParts>, Erro
         parts => Err(Error::NotSentinel { url: mask_password(url), scheme: parts.scheme }),
     };
     segments(url).map(node).collect()
-}
-
-/// Any URL (parsable or not, `;`-separated or not) with every password replaced
-/// by `**`: whatever stands between the first `:` after `://` and the last `@`
-/// before the next `://`.
-pub fn mask_password(url: &str) -> String {
-    let mut out = String::with_capacity(url.len());
-    let mut rest = url;
-    while let Some(start) = rest.find("://").map(|i| i + 3) {
-        out.push_str(&rest[..start]);
-        rest = &rest[start..];
-        let end = rest.find("://").unwrap_or(rest.len());
-        let userinfo = rest[..end].rfind('@').map(|at| &rest[..at]);
-        let (keep, skip) = match userinfo.and_then(|info| Some((info.find(':')?, info.len()))) {
-            Some((colon, at)) => (colon, at),
-            None => (end, end),
-        };
-        out.push_str(&rest[..keep]);
-        out.push_str(if keep < skip { ":**" } else { "" });
-        rest = &rest[skip..];
-    }
-    out + rest
 }
 
 /// Decodes `%XX` escapes; strict refuses a bad escape or invalid UTF-8, which
@@ -261,6 +244,33 @@ pub enum CertReqs {
 }
 
 impl CertReqs {
+    /// The lowercase name (`required`, `optional`, `none`), as in a URL query.
+    pub fn name(self) -> &'static str {
+        match self {
+            CertReqs::Required => "required",
+            CertReqs::Optional => "optional",
+            CertReqs::None => "none",
+        }
+    }
+
+    /// The warning to log at startup for a setting that does not verify as
+    /// one would expect (`None` for `required`). `whose` names the connection:
+    /// `"broker"` or `"result backend"`. The broker and the backend log the same words.
+    pub fn warning(self, whose: &str) -> Option<String> {
+        match self {
+            CertReqs::Required => None,
+            CertReqs::Optional => Some(
+                "ssl_cert_reqs=CERT_OPTIONAL: a client verifies the server's certificate anyway, as with \
+                 CERT_REQUIRED"
+                    .to_owned(),
+            ),
+            CertReqs::None => Some(format!(
+                "ssl_cert_reqs=CERT_NONE: the {whose}'s certificate is not verified, so the connection is open to \
+                 man-in-the-middle attacks; give ssl_ca_certs instead"
+            )),
+        }
+    }
+
     /// Reads the values Celery accepts: `CERT_REQUIRED`/`required`, `CERT_OPTIONAL`/`optional`,
     /// `CERT_NONE`/`none`.
     pub fn parse(text: &str) -> Option<CertReqs> {
@@ -357,6 +367,9 @@ pub enum Endpoint {
     Sentinel {
         /// The Sentinel nodes, tried in order.
         nodes: Vec<(String, u16)>,
+        /// TLS to the Sentinels and to the master alike, with the same
+        /// certificate settings; `None` is plain TCP to both.
+        tls: Option<TlsOptions>,
     },
 }
 
@@ -394,12 +407,16 @@ impl Endpoint {
             Endpoint::Tcp { host: h, port } => format!("redis://{auth}{}:{port}/{db}", host(h)),
             Endpoint::Tls { host: h, port, .. } => format!("rediss://{auth}{}:{port}/{db}", host(h)),
             Endpoint::Unix { path } => format!("redis+socket://{auth}{}?virtual_host={db}", path.display()),
-            Endpoint::Sentinel { nodes } => {
+            Endpoint::Sentinel { nodes, tls } => {
                 let node = |(i, (h, port)): (usize, &(String, u16))| {
                     let auth = if i == 0 || dialect == Dialect::Kombu { auth.as_str() } else { "" };
                     format!("sentinel://{auth}{}:{port}/{db}", host(h))
                 };
-                nodes.iter().enumerate().map(node).collect::<Vec<_>>().join(";")
+                let list = nodes.iter().enumerate().map(node).collect::<Vec<_>>().join(";");
+                match tls {
+                    Some(tls) => format!("{list}?ssl_cert_reqs={}", tls.cert_reqs.name()),
+                    None => list,
+                }
             }
         }
     }
@@ -428,20 +445,65 @@ impl Endpoint {
                 let addr = ConnectionAddr::TcpTls { host: host.clone(), port: *port, insecure, tls_params: None };
                 Client::build_with_tls(info(addr, settings)?, tls.certificates()?)
             }
-            Endpoint::Sentinel { nodes } => {
+            Endpoint::Sentinel { nodes, tls } => {
                 let master = master_name.ok_or(Error::NoMasterName)?;
-                let node_settings = redis_settings(0, None, sentinel_password);
-                let node = |(host, port): &(String, u16)| {
-                    info(ConnectionAddr::Tcp(host.clone(), *port), node_settings.clone())
-                };
-                let nodes = nodes.iter().map(node).collect::<Result<Vec<_>, Error>>()?;
-                let master_info = SentinelNodeConnectionInfo::default().set_redis_connection_info(settings);
-                let sentinel = SentinelClient::build(nodes, master, Some(master_info), SentinelServerType::Master);
-                return Ok(Target::Sentinel(tokio::sync::Mutex::new(sentinel.map_err(client_err)?)));
+                let sentinel = sentinel_client(nodes, tls.as_ref(), master, &settings, sentinel_password, url)?;
+                return Ok(Target::Sentinel(tokio::sync::Mutex::new(sentinel)));
             }
         };
         Ok(Target::Direct(client.map_err(client_err)?))
     }
+}
+
+/// The Sentinel client: plain TCP to the Sentinels and the master, or TLS to
+/// both with the same certificate settings (never TLS to one and plain TCP to
+/// the other). The master's address comes from the Sentinels, so with
+/// verification on its certificate must name the address they report.
+fn sentinel_client(
+    nodes: &[(String, u16)],
+    tls: Option<&TlsOptions>,
+    master: &str,
+    settings: &RedisConnectionInfo,
+    sentinel_password: Option<&str>,
+    url: &str,
+) -> Result<SentinelClient, Error> {
+    let client_err = |source| Error::Client { url: url.to_owned(), source };
+    let insecure = tls.is_some_and(|t| t.cert_reqs == CertReqs::None);
+    let addrs = nodes.iter().map(|(host, port)| match tls {
+        Some(_) => ConnectionAddr::TcpTls { host: host.clone(), port: *port, insecure, tls_params: None },
+        None => ConnectionAddr::Tcp(host.clone(), *port),
+    });
+    let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master).map_err(client_err)?;
+    builder = builder.set_client_to_redis_db(settings.db());
+    if let Some(user) = settings.username() {
+        builder = builder.set_client_to_redis_username(user);
+    }
+    if let Some(password) = settings.password() {
+        builder = builder.set_client_to_redis_password(password);
+    }
+    if let Some(password) = sentinel_password {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    if let Some(tls) = tls {
+        // rustls needs a process-wide provider for the no-verification mode.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certificates = tls.certificates()?;
+        if insecure && certificates.client_tls.is_some() {
+            // redis sends no client certificate to an unverified master.
+            return Err(client_err(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a sentinel:// connection with ssl_cert_reqs=none cannot present a client certificate \
+                 (ssl_certfile, ssl_keyfile) to the master; give ssl_ca_certs and verify certificates instead",
+            ))));
+        }
+        let mode = if insecure { TlsMode::Insecure } else { TlsMode::Secure };
+        builder = builder
+            .set_client_to_redis_tls_mode(mode)
+            .set_client_to_sentinel_tls_mode(mode)
+            .set_client_to_sentinel_certificates(tls.certificates()?)
+            .set_client_to_redis_certificates(certificates);
+    }
+    builder.build().map_err(client_err)
 }
 
 // Behaviour through the broker and the backend is tested by their unit tests
@@ -468,6 +530,37 @@ mod tests {
             assert_eq!(got, problem, "{url}");
         }
         assert_eq!(("Cert_None".parse::<CertReqs>().unwrap(), CertReqs::parse("cert_none")), (CertReqs::None, None));
+        for port in ["0", "65536", "-1", "x"] {
+            let url = format!("redis://h:{port}/0");
+            let Err(Error::Url { problem, .. }) = UrlParts::parse(&url, Dialect::Kombu) else { panic!("{url}") };
+            assert_eq!(problem, UrlProblem::BadPort(port.into()), "{url}");
+        }
+    }
+
+    #[test]
+    fn sentinel_with_tls_is_tls_to_every_node_or_refused() {
+        let nodes = vec![("127.0.0.1".to_owned(), 26379)];
+        let settings = redis_settings(1, None, Some("pw"));
+        let endpoint = |tls| Endpoint::Sentinel { nodes: nodes.clone(), tls };
+        let plain = endpoint(None).target(settings.clone(), Some("m"), None, "sentinel://x");
+        assert!(matches!(plain, Ok(Target::Sentinel(_))));
+        let verified = endpoint(Some(TlsOptions::default())).target(settings.clone(), Some("m"), None, "sentinel://x");
+        assert!(matches!(verified, Ok(Target::Sentinel(_))));
+        assert_eq!(
+            endpoint(Some(TlsOptions::default())).masked_url(1, None, true, Dialect::Kombu),
+            "sentinel://:**@127.0.0.1:26379/1?ssl_cert_reqs=required"
+        );
+        // An unverified master would get no client certificate: refused.
+        let dir = std::env::temp_dir().join(format!("celeriac-redisconn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&cert, "not read").unwrap();
+        std::fs::write(&key, "not read").unwrap();
+        let tls = TlsOptions { cert_reqs: CertReqs::None, certfile: Some(cert), keyfile: Some(key), ca_certs: None };
+        let refused = endpoint(Some(tls)).target(settings, Some("m"), None, "sentinel://x");
+        let Err(Error::Client { source, .. }) = refused else { panic!("an unverified master with a client cert") };
+        assert!(source.to_string().contains("ssl_cert_reqs=none"), "{source}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -33,16 +33,22 @@ impl std::fmt::Debug for Connector {
 }
 
 impl Connector {
-    /// Builds the client (reading TLS files now, so a bad path fails early).
+    /// Builds the client (reading TLS files now, so a bad path fails early),
+    /// warning when the server's certificate is not verified.
     pub fn new(options: &RedisOptions) -> Result<Connector, BrokerError> {
         let url = options.masked_url();
+        // Said once at startup, in the result backend's words.
+        if let Some(warning) = options.tls.as_ref().and_then(|tls| tls.cert_reqs.warning("broker")) {
+            tracing::warn!(url = %url, "{warning}");
+        }
         let password = options.password.as_ref().map(Secret::expose);
         let settings = celeriac_redisconn::redis_settings(options.db, options.username.as_deref(), password);
         let master_name = match &options.endpoint {
             RedisEndpoint::Sentinel { master_name, .. } => master_name.as_deref().filter(|m| !m.is_empty()),
             _ => None,
         };
-        let target = options.connection_endpoint().target(settings, master_name, None, &url)?;
+        let sentinel_password = options.sentinel_password.as_ref().map(Secret::expose);
+        let target = options.connection_endpoint().target(settings, master_name, sentinel_password, &url)?;
         Ok(Connector {
             target,
             url,
