@@ -72,7 +72,9 @@ impl EntryState {
     pub fn from_fields(meta: Option<&str>, run: Option<&str>) -> Result<EntryState, String> {
         let (last_run_at, total_run_count) = crate::redbeat::meta_from_json(meta)?;
         let run = match run.filter(|r| !r.is_empty()) {
-            Some(text) => serde_json::from_str(text).map_err(|e| format!("celeriac_run is not celeriac's: {e}"))?,
+            Some(text) => serde_json::from_str(text).map_err(|e| {
+                format!("celeriac_run is not celeriac's run state ({e}); delete the field to start it afresh")
+            })?,
             None => RunState::default(),
         };
         Ok(EntryState { last_run_at, total_run_count, run })

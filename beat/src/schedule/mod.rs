@@ -48,9 +48,9 @@ impl Schedule {
             ScheduleSetting::Seconds(secs) => {
                 let every = SignedDuration::try_from_secs_f64(*secs)
                     .ok()
-                    .filter(|d| d.is_positive())
+                    .filter(|d| d.is_positive() && *d <= crate::redbeat::MAX_INTERVAL)
                     .map(duration_to_micros)
-                    .ok_or_else(|| format!("{secs} is not a positive number of seconds"))?;
+                    .ok_or_else(|| format!("{secs} is not a positive number of seconds, at most 100 years"))?;
                 return Ok(Schedule::Interval(Interval { every, relative }));
             }
             ScheduleSetting::Text(text) => text.trim(),
@@ -72,7 +72,12 @@ impl Schedule {
             };
         }
         parse_duration(text)
-            .map(|every| Schedule::Interval(Interval { every: duration_to_micros(every), relative }))
+            .and_then(|every| {
+                if every > crate::redbeat::MAX_INTERVAL {
+                    return Err(format!("duration {text:?} is longer than 100 years"));
+                }
+                Ok(Schedule::Interval(Interval { every: duration_to_micros(every), relative }))
+            })
             .map_err(|e| {
                 format!(
                 "{e}; a schedule is seconds, a duration, a five-field crontab (\"*/5 * * * *\") or an RFC 3339 instant"
@@ -83,13 +88,16 @@ impl Schedule {
     /// The first slot after `last`, the previous slot (`None`: the entry never
     /// ran, which only rrules answer: with their first occurrence). Crontabs
     /// and relative intervals read wall clocks in `tz`.
+    /// A slot is always later than the one before it (a schedule that cannot
+    /// move forward has no more slots), so no caller can loop on one.
     pub fn next_after(&self, last: Option<Timestamp>, tz: &TimeZone) -> Option<Timestamp> {
-        match (self, last) {
+        let next = match (self, last) {
             (Schedule::RRule(rule), last) => rule.next_after(last),
             (_, None) => None,
             (Schedule::Interval(interval), Some(last)) => interval.next_after(last, tz),
             (Schedule::Crontab(cron), Some(last)) => cron.next_after(last, tz),
-        }
+        };
+        next.filter(|n| last.is_none_or(|l| *n > l))
     }
 
     /// The slots after `last` and at or before `now`: the latest, how many,
@@ -99,13 +107,15 @@ impl Schedule {
         let limit = limit.max(1);
         if let (Schedule::Interval(interval), Some(last)) = (self, last) {
             if let Some(latest) = interval.latest_at_or_before(last, now) {
-                let count = now.duration_since(last).as_nanos() / interval.every.as_nanos();
+                let every = interval.every.as_nanos().max(1);
+                let count = now.duration_since(last).as_nanos() / every;
                 let count = usize::try_from(count).unwrap_or(usize::MAX);
                 let mut recent = Vec::new();
                 for k in (0..count.min(limit)).rev() {
-                    let back = interval.every.as_nanos() * k as i128;
-                    let back = SignedDuration::from_nanos(i64::try_from(back).ok()?);
-                    recent.push(latest.checked_sub(back).ok()?);
+                    // In nanoseconds as i128: k * every may exceed what a
+                    // duration holds, the slot itself (after `last`) cannot.
+                    let back = every.checked_mul(i128::try_from(k).ok()?)?;
+                    recent.push(Timestamp::from_nanosecond(latest.as_nanosecond().checked_sub(back)?).ok()?);
                 }
                 return Some(DueSlots { latest, count, recent });
             }
