@@ -146,6 +146,15 @@ pub fn brief(v: &Json) -> String {
     cut(&v.to_string(), SHOWN)
 }
 
+/// A float for messages: `1e300`, not three hundred digits.
+pub fn number(f: f64) -> String {
+    if f != 0.0 && f.is_finite() && !(1e-4..1e15).contains(&f.abs()) {
+        format!("{f:e}")
+    } else {
+        f.to_string()
+    }
+}
+
 /// How deep a JSON value nests (a scalar is 0, `[1]` is 1), counted without
 /// recursion so any depth is safe to measure.
 pub fn nesting(v: &Json) -> usize {
@@ -183,7 +192,7 @@ fn seconds(option: &str, v: &Json) -> Result<f64, String> {
 
 fn duration(option: &str, v: &Json) -> Result<std::time::Duration, String> {
     let secs = seconds(option, v)?;
-    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("options.{option} = {secs}: {e}"))
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("options.{option} = {}: {e}", number(secs)))
 }
 
 fn text<'a>(option: &str, v: &'a Json) -> Result<&'a str, String> {
@@ -267,7 +276,7 @@ fn positive_secs(field: &str, v: Option<f64>) -> Result<Option<SignedDuration>, 
             .ok()
             .filter(|d| d.is_positive())
             .map(Some)
-            .ok_or_else(|| format!("{field} = {s}: expected a positive number of seconds")),
+            .ok_or_else(|| format!("{field} = {}: expected a positive number of seconds", number(s))),
     }
 }
 

@@ -24,7 +24,7 @@ use jiff::tz::{Offset, TimeZone};
 use jiff::Timestamp;
 use serde_json::{json, Value as Json};
 
-use crate::entry::{brief, cut, truthy, Entry, Extras, Origin, Parts};
+use crate::entry::{brief, cut, number, truthy, Entry, Extras, Origin, Parts};
 use crate::schedule::{Crontab, Frequency, Interval, RRule, Schedule};
 use crate::BeatError;
 
@@ -112,7 +112,7 @@ fn offset_minutes(key: &str, v: Option<&Json>) -> Result<Offset, String> {
     };
     let seconds = (minutes * 60.0).round();
     if !seconds.is_finite() || seconds.abs() >= 86_400.0 {
-        return Err(format!("{key}: an offset of {minutes} minutes is out of range (less than a day)"));
+        return Err(format!("{key}: an offset of {} minutes is out of range (less than a day)", number(minutes)));
     }
     // In range: the cast is exact.
     Offset::from_seconds(seconds as i32).map_err(|e| e.to_string())
@@ -153,7 +153,7 @@ pub fn schedule_from_json(v: &Json) -> Result<Schedule, String> {
                 .filter(|d| d.is_positive() && *d <= MAX_INTERVAL)
                 .map(crate::schedule::duration_to_micros)
                 .ok_or_else(|| {
-                    format!("interval every={every} must be a positive number of seconds, at most 100 years")
+                    format!("interval every={} must be a positive number of seconds, at most 100 years", number(every))
                 })?;
             // Celery's `if self.relative`: Python truthiness.
             let relative = v.get("relative").is_some_and(truthy);
@@ -343,8 +343,14 @@ pub fn entry_from_hash(
         Some(s) => schedule_from_json(s).map_err(&bad)?,
     };
     let extras: Extras = match extras {
-        Some(text) => serde_json::from_str(text)
-            .map_err(|e| bad(format!("the celeriac field: {e} (delete the field to use the defaults)")))?,
+        Some(text) => {
+            let wrong = |e: String| bad(format!("the celeriac field: {e} (delete the field to use the defaults)"));
+            let v: Json = serde_json::from_str(text).map_err(|e| wrong(e.to_string()))?;
+            if !v.is_object() {
+                return Err(wrong(format!("{} is not an object", brief(&v))));
+            }
+            serde_json::from_value(v).map_err(|e| wrong(e.to_string()))?
+        }
         None => Extras::default(),
     };
     let options = object("options")?;

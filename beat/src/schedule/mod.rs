@@ -50,7 +50,12 @@ impl Schedule {
                     .ok()
                     .filter(|d| d.is_positive() && *d <= crate::redbeat::MAX_INTERVAL)
                     .map(duration_to_micros)
-                    .ok_or_else(|| format!("{secs} is not a positive number of seconds, at most 100 years"))?;
+                    .ok_or_else(|| {
+                        format!(
+                            "{} is not a positive number of seconds, at most 100 years",
+                            crate::entry::number(*secs)
+                        )
+                    })?;
                 return Ok(Schedule::Interval(Interval { every, relative }));
             }
             ScheduleSetting::Text(text) => text.trim(),
