@@ -1030,4 +1030,200 @@ mod tests {
         assert_ne!(task_id("redbeat:", "poll", slot), task_id("redbeat:", "other", slot));
         assert_eq!(task_id("redbeat:", "poll", slot).len(), 36);
     }
+
+    #[test]
+    fn skip_sends_a_late_slot_that_came_due_while_this_beat_was_watching() {
+        let e = entry("0 * * * *", serde_json::json!({"catch_up": "skip"}));
+        let state = ran(&e, "2026-01-01T00:00:00Z");
+        let now = at("2026-01-01T01:00:45Z");
+        // Downtime: nobody was there when 01:00 came due; 45 s is past the grace.
+        let d = decide(&e, &state, now, DEFAULT_SKIP_GRACE, Some(at("2026-01-01T01:00:40Z")));
+        assert_eq!((d.sends.len(), d.dropped), (0, 1));
+        // A leadership change: this beat stood by since before the slot.
+        let d = decide(&e, &state, now, DEFAULT_SKIP_GRACE, Some(at("2026-01-01T00:10:00Z")));
+        assert_eq!((d.sends, d.dropped), (vec![at("2026-01-01T01:00:00Z")], 0));
+    }
+
+    /// Two beats sharing a private redis-server (state and lease), sending
+    /// through `broker`, on one manual clock.
+    mod shared {
+        use super::*;
+        use crate::redbeat::Keys;
+        use crate::{ManualClock, RedisStore};
+        use celeriac_broker::{MemoryBroker, ProducerConfig, RedisBroker};
+        use celeriac_tests::RedisServer;
+        use std::sync::Mutex;
+
+        pub(super) const T0: &str = "2026-03-01T12:00:00Z";
+
+        pub(super) async fn beat(
+            redis: &RedisServer,
+            broker: &Broker,
+            clock: &ManualClock,
+            toml: &str,
+            publish_in_store: bool,
+        ) -> Beat {
+            let (con, url) = crate::store::redis::connect(&redis.url(), None).await.unwrap();
+            let keys = Keys::new("redbeat:", "redbeat::lock");
+            let ttl = Duration::from_secs(30);
+            let store = Store::Redis(Box::new(RedisStore::new(con, url, keys, ttl, TimeZone::UTC, None)));
+            let s = celeriac_config::load_from_str(toml, "", Vec::new()).unwrap().settings;
+            let statics = s
+                .beat_schedule
+                .iter()
+                .map(|(n, e)| Entry::from_settings(n, e, &TimeZone::UTC, None).unwrap())
+                .collect();
+            let producer = Producer::new(broker.clone(), ProducerConfig::default());
+            let config = BeatConfig { lease_ttl: ttl, publish_in_store, ..BeatConfig::default() };
+            Beat::new(config, statics, store, producer, Arc::new(clock.clone()))
+        }
+
+        /// A hook that hands the lease to another beat, as a pause longer
+        /// than the lease at that point would.
+        pub(super) fn steal_lease(redis: &RedisServer) -> Box<dyn Fn() + Send + Sync> {
+            let con = Mutex::new(redis::Client::open(redis.url()).unwrap().get_connection().unwrap());
+            Box::new(move || {
+                let mut con = con.lock().unwrap();
+                redis::cmd("SET")
+                    .arg("redbeat::lock")
+                    .arg("another-beat")
+                    .arg("PX")
+                    .arg(60_000)
+                    .exec(&mut *con)
+                    .unwrap();
+            })
+        }
+
+        pub(super) fn del_lease(redis: &RedisServer) {
+            let mut con = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+            redis::cmd("DEL").arg("redbeat::lock").exec(&mut con).unwrap();
+        }
+
+        pub(super) fn plus(secs: f64) -> Timestamp {
+            at(T0).checked_add(SignedDuration::try_from_secs_f64(secs).unwrap()).unwrap()
+        }
+
+        pub(super) fn memory() -> (MemoryBroker, Broker) {
+            let m = MemoryBroker::default();
+            (m.clone(), Broker::Memory(m))
+        }
+
+        pub(super) fn redis_broker(redis: &RedisServer) -> Broker {
+            Broker::Redis(RedisBroker::from_url(&redis.url()).unwrap())
+        }
+    }
+
+    const POLL: &str = "[beat_schedule.poll]\ntask = \"managers.poll\"\nschedule = 10\noptions = { queue = \"q\" }\n";
+
+    /// Ids of the task messages in a Redis list, oldest first.
+    fn ids_in(redis: &celeriac_tests::RedisServer, list: &str) -> Vec<String> {
+        let mut con = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+        let raw: Vec<String> = redis::cmd("LRANGE").arg(list).arg(0).arg(-1).query(&mut con).unwrap();
+        raw.iter()
+            .rev()
+            .map(|m| {
+                serde_json::from_str::<serde_json::Value>(m).unwrap()["headers"]["id"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_lost_the_lease_before_its_fenced_send_pushes_nothing() {
+        use shared::*;
+        let Some(redis) = celeriac_tests::or_skip("redis-server", celeriac_tests::RedisServer::start()) else {
+            return;
+        };
+        let broker = redis_broker(&redis);
+        let clock = crate::ManualClock::new(at(T0));
+        let mut a = beat(&redis, &broker, &clock, POLL, true).await;
+        let mut b = beat(&redis, &broker, &clock, POLL, true).await;
+        a.tick().await;
+        b.tick().await;
+        assert!(a.is_leader() && !b.is_leader());
+        // The slot of T0+10s comes due; A stalls right before its send and
+        // another beat holds the lease when A goes on.
+        a.before_publish = Some(steal_lease(&redis));
+        clock.set(plus(10.0));
+        a.tick().await;
+        assert_eq!(ids_in(&redis, "q"), Vec::<String>::new(), "a beat without the lease pushed a message");
+        assert_eq!(a.counters().lease_lost, 1);
+        // The other beat goes away; B takes over and sends the slot, once.
+        del_lease(&redis);
+        clock.set(plus(10.5));
+        b.tick().await;
+        assert!(b.is_leader());
+        assert_eq!(ids_in(&redis, "q"), vec![task_id("redbeat:", "poll", plus(10.0))]);
+        a.before_publish = None;
+        clock.set(plus(11.0));
+        a.tick().await;
+        b.tick().await;
+        assert_eq!(ids_in(&redis, "q").len(), 1, "the slot was sent twice");
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_lost_the_lease_before_publishing_leaves_the_recorded_slot_to_the_next() {
+        use shared::*;
+        let Some(redis) = celeriac_tests::or_skip("redis-server", celeriac_tests::RedisServer::start()) else {
+            return;
+        };
+        // The broker is not the store's Redis: record, renew, publish, confirm.
+        let (memory, broker) = memory();
+        let clock = crate::ManualClock::new(at(T0));
+        let mut a = beat(&redis, &broker, &clock, POLL, false).await;
+        let mut b = beat(&redis, &broker, &clock, POLL, false).await;
+        a.tick().await;
+        b.tick().await;
+        a.before_publish = Some(steal_lease(&redis));
+        clock.set(plus(10.0));
+        a.tick().await;
+        assert_eq!(memory.queue_len("q"), 0, "a beat without the lease published");
+        del_lease(&redis);
+        clock.set(plus(10.5));
+        b.tick().await;
+        let sent: Vec<serde_json::Value> =
+            memory.list("q", 0).iter().map(|m| serde_json::from_str(m).unwrap()).collect();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            sent[0]["headers"]["id"],
+            task_id("redbeat:", "poll", plus(10.0)).as_str(),
+            "the recorded slot, resent"
+        );
+    }
+
+    #[tokio::test]
+    async fn skip_does_not_drop_a_slot_that_came_due_during_a_failover() {
+        use shared::*;
+        let Some(redis) = celeriac_tests::or_skip("redis-server", celeriac_tests::RedisServer::start()) else {
+            return;
+        };
+        let (memory, broker) = memory();
+        let toml = "[beat_schedule.poll]\ntask = \"managers.poll\"\nschedule = 60\ncatch_up = \"skip\"\noptions = { queue = \"q\" }\n";
+        let clock = crate::ManualClock::new(at(T0));
+        let mut a = beat(&redis, &broker, &clock, toml, false).await;
+        let mut b = beat(&redis, &broker, &clock, toml, false).await;
+        a.tick().await;
+        b.tick().await;
+        // A dies at once; its lease runs out; B takes over 45 s after the slot
+        // of T0+60s, later than the 30 s grace of `skip`.
+        del_lease(&redis);
+        clock.set(plus(105.0));
+        b.tick().await;
+        assert!(b.is_leader());
+        let ids: Vec<String> = memory
+            .list("q", 0)
+            .iter()
+            .map(|m| {
+                serde_json::from_str::<serde_json::Value>(m).unwrap()["headers"]["id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(ids, vec![task_id("redbeat:", "poll", plus(60.0))], "the failover's slot was dropped");
+        // Downtime is still skipped: B dies too, and C starts after the next slot.
+        del_lease(&redis);
+        clock.set(plus(165.0));
+        let mut c = beat(&redis, &broker, &clock, toml, false).await;
+        c.tick().await;
+        assert!(c.is_leader());
+        assert_eq!(memory.queue_len("q"), 1, "a slot missed while no beat ran was sent under skip");
+        assert_eq!(c.counters().missed, 1);
+    }
 }
