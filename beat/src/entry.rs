@@ -485,4 +485,84 @@ mod tests {
         let every = Entry::from_settings("i", &settings("10s", serde_json::json!({})), &TimeZone::UTC, Some(60.0));
         assert_eq!(every.unwrap().starting_deadline, None);
     }
+
+    #[test]
+    fn extreme_numbers_in_a_toml_entry_are_errors_naming_it() {
+        let err = |s: BeatEntrySettings| match Entry::from_settings("poll", &s, &TimeZone::UTC, Some(30.0)) {
+            Ok(_) => panic!("{s:?} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e300, -1.0, 0.0, 1e-300, 4e9] {
+            let mut s = settings("10s", serde_json::json!({}));
+            s.schedule = ScheduleSetting::Seconds(bad);
+            assert!(err(s).starts_with("beat_schedule.poll: schedule"), "{bad}");
+            for field in ["no_overlap_timeout", "starting_deadline"] {
+                let mut s = settings("10s", serde_json::json!({}));
+                if field == "no_overlap_timeout" {
+                    s.no_overlap_timeout = Some(bad);
+                } else {
+                    s.starting_deadline = Some(bad);
+                }
+                if bad > 0.0 && bad.is_finite() && bad < 1e10 && bad > 1e-9 {
+                    continue; // 4e9 seconds is a long but real deadline
+                }
+                assert!(err(s).contains(field), "{field} = {bad}");
+            }
+        }
+        for (option, bad) in [
+            ("expires", serde_json::json!(1e300)),
+            ("expires", serde_json::json!(-1)),
+            ("expires", serde_json::json!(4e8)),
+            ("countdown", serde_json::json!(1e300)),
+            ("countdown", serde_json::json!(true)),
+            ("time_limit", serde_json::json!(1e300)),
+            ("soft_time_limit", serde_json::json!(-0.5)),
+            ("priority", serde_json::json!(1e300)),
+            ("priority", serde_json::json!(-1)),
+            ("priority", serde_json::json!(256)),
+            ("priority", serde_json::json!(u64::MAX)),
+            ("expires", serde_json::json!("2026-13-45T99:99:99")),
+            ("eta", serde_json::json!("x".repeat(100_000))),
+            ("headers", serde_json::json!([1])),
+            ("queue", serde_json::json!({"a": [1, 2, 3]})),
+        ] {
+            let e = err(settings("10s", serde_json::json!({ option: bad })));
+            assert!(e.contains(&format!("options.{option}")), "{option} = {bad}: {e}");
+            assert!(e.len() < 800, "a message of {} bytes", e.len());
+        }
+        let mut deep = serde_json::json!(1);
+        for _ in 0..100 {
+            deep = serde_json::json!([deep]);
+        }
+        let mut s = settings("10s", serde_json::json!({"headers": {"h": deep.clone()}}));
+        assert!(err(s.clone()).contains("options nest"));
+        s.options.clear();
+        s.args = vec![deep];
+        assert!(err(s.clone()).contains("args nest"));
+        s.args.clear();
+        s.max_catch_up = Some(u32::MAX);
+        assert!(err(s).contains("max_catch_up"));
+    }
+
+    #[test]
+    fn python_truthiness_and_short_messages() {
+        let t = |v: serde_json::Value| truthy(&v);
+        assert!(!t(serde_json::json!(null)) && !t(serde_json::json!(0)) && !t(serde_json::json!(0.0)));
+        assert!(!t(serde_json::json!("")) && !t(serde_json::json!([])) && !t(serde_json::json!({})));
+        assert!(t(serde_json::json!("no")) && t(serde_json::json!([0])) && t(serde_json::json!(-1)));
+        assert_eq!(cut("héllo wörld", 5), "héllo...");
+        assert_eq!(brief(&serde_json::json!("x".repeat(1000))).chars().count(), SHOWN + 3);
+        assert_eq!(number(1e300), "1e300");
+        assert_eq!(number(2.5), "2.5");
+        let mut deep = serde_json::json!(0);
+        for _ in 0..100_000 {
+            deep = Json::Array(vec![deep]);
+        }
+        assert_eq!(nesting(&deep), 100_000);
+        // Dropping so deep a value recurses; take it apart by hand.
+        let mut v = deep;
+        while let serde_json::Value::Array(mut items) = v {
+            v = items.pop().unwrap_or(serde_json::Value::Null);
+        }
+    }
 }

@@ -202,7 +202,9 @@ pub fn schedule_from_json(v: &Json) -> Result<Schedule, String> {
                             .filter(|s| s.is_finite())
                             .ok_or_else(|| format!("rrule {key} {} is not a UNIX time in seconds", brief(x)))?;
                         // `as` saturates; out-of-range seconds are refused by jiff.
-                        Timestamp::from_second(s.floor() as i64).map(Some).map_err(|e| format!("rrule {key} {s}: {e}"))
+                        Timestamp::from_second(s.floor() as i64)
+                            .map(Some)
+                            .map_err(|e| format!("rrule {key} {}: {e}", number(s)))
                     }
                 }
             };
@@ -447,5 +449,132 @@ mod tests {
         assert!(matches!(schedule_from_json(&v), Ok(Schedule::RRule(r)) if r.is_once() && r.dtstart == at));
         let by = json!({"__type__": "rrule", "freq": 3, "dtstart": 0, "byhour": [3]});
         assert!(schedule_from_json(&by).unwrap_err().contains("byhour"));
+    }
+
+    #[test]
+    fn schedules_with_extreme_values_are_errors_not_panics() {
+        let bad = [
+            json!({"__type__": "interval", "every": 1e300}),
+            json!({"__type__": "interval", "every": -1}),
+            json!({"__type__": "interval", "every": 0}),
+            json!({"__type__": "interval", "every": 1e-300}),
+            json!({"__type__": "interval", "every": "10"}),
+            json!({"__type__": "interval", "every": [10]}),
+            json!({"__type__": "interval"}),
+            json!({"__type__": "interval", "every": 4e9}),
+            json!({"__type__": "crontab", "minute": 1e300}),
+            json!({"__type__": "crontab", "minute": -1}),
+            json!({"__type__": "crontab", "minute": u64::MAX}),
+            json!({"__type__": "crontab", "hour": [[1]]}),
+            json!({"__type__": "crontab", "hour": []}),
+            json!({"__type__": "crontab", "minute": "*/99999999999999999999999"}),
+            json!({"__type__": "crontab", "minute": "1-99999999999"}),
+            json!({"__type__": "rrule", "freq": 3}),
+            json!({"__type__": "rrule", "freq": -1, "dtstart": 0}),
+            json!({"__type__": "rrule", "freq": 1e300, "dtstart": 0}),
+            json!({"__type__": "rrule", "freq": 3, "dtstart": 1e300}),
+            json!({"__type__": "rrule", "freq": 3, "dtstart": -1e300}),
+            json!({"__type__": "rrule", "freq": 3, "dtstart": 0, "interval": 0}),
+            json!({"__type__": "rrule", "freq": 3, "dtstart": 0, "interval": 1e300}),
+            json!({"__type__": "rrule", "freq": 3, "dtstart": 0, "count": -1}),
+            json!({"__type__": "rrule", "freq": 3, "dtstart": 0, "dtstart_tz": 1e300}),
+            json!({"__type__": "rrule", "freq": 3, "dtstart": 0, "dtstart_tz": "+01:00"}),
+            json!({"__type__": "rrule", "freq": 3, "dtstart": 0, "until": "tomorrow"}),
+            json!({"__type__": 5}),
+            json!({"__type__": "solar"}),
+            json!([1, 2]),
+            json!(null),
+        ];
+        for v in bad {
+            let e = schedule_from_json(&v).expect_err(&v.to_string());
+            assert!(e.len() < 400, "{v}: {e}");
+        }
+        // Far but valid: an rrule in year 9999 with a huge count simply ends.
+        let far = json!({"__type__": "rrule", "freq": 0, "dtstart": 253_402_207_000i64, "interval": u32::MAX,
+                         "count": u64::MAX});
+        let Ok(Schedule::RRule(r)) = schedule_from_json(&far) else { panic!("{far}") };
+        assert_eq!(r.next_after(Some(r.dtstart)), None);
+    }
+
+    #[test]
+    fn datetimes_and_meta_with_extreme_values_are_errors_not_panics() {
+        let dt = |over: Json| {
+            let mut v = json!({"__type__": "datetime", "year": 2026, "month": 1, "day": 1, "hour": 0, "minute": 0,
+                               "second": 0, "microsecond": 0, "timezone": "UTC"});
+            if let (Json::Object(m), Json::Object(o)) = (&mut v, over) {
+                m.extend(o);
+            }
+            v
+        };
+        for over in [
+            json!({"year": 1e300}),
+            json!({"year": 100_000}),
+            json!({"year": -1e300}),
+            json!({"microsecond": 1_000_000_000_000i64}),
+            json!({"microsecond": 2_147_484}),
+            json!({"microsecond": -1}),
+            json!({"month": 13}),
+            json!({"day": 0}),
+            json!({"hour": 255}),
+            json!({"second": "0"}),
+            json!({"timezone": "Mars/Olympus"}),
+            json!({"timezone": 1e300}),
+            json!({"timezone": -86_400}),
+            json!({"timezone": [3600]}),
+        ] {
+            let v = dt(over.clone());
+            assert!(datetime_from_json(&v).is_err(), "{over}");
+            let meta = json!({"last_run_at": v}).to_string();
+            assert!(meta_from_json(Some(&meta)).unwrap_err().contains("last_run_at"), "{over}");
+        }
+        for meta in [
+            r#"{"total_run_count": -1}"#,
+            r#"{"total_run_count": 1e300}"#,
+            r#"{"total_run_count": "3"}"#,
+            r#"{"last_run_at": "2026-01-01T00:00:00Z"}"#,
+            "[1]",
+            "nonsense",
+            "1e400",
+        ] {
+            assert!(meta_from_json(Some(meta)).is_err(), "{meta}");
+        }
+        assert_eq!(meta_from_json(Some(&format!(r#"{{"total_run_count": {}}}"#, u64::MAX))).unwrap().1, u64::MAX);
+    }
+
+    #[test]
+    fn definitions_are_checked_field_by_field() {
+        let keys = Keys::new("redbeat:", "redbeat::lock");
+        let load = |d: Json| {
+            entry_from_hash("redbeat:e", &keys, &d.to_string(), None, Origin::Dynamic, &TimeZone::UTC, None)
+                .map(|(e, _)| e)
+                .map_err(|e| e.to_string())
+        };
+        let good = json!({"name": "e", "task": "t", "schedule": {"__type__": "interval", "every": 1.0}});
+        assert!(load(good.clone()).is_ok());
+        let with = |k: &str, v: Json| {
+            let mut d = good.clone();
+            d[k] = v;
+            d
+        };
+        for (d, says) in [
+            (with("name", json!("other")), "is not the key's name"),
+            (with("name", json!(5)), "is not the key's name"),
+            (with("task", json!(5)), "task 5"),
+            (with("task", json!("  ")), "must name a task"),
+            (with("args", json!({"a": 1})), "args"),
+            (with("kwargs", json!("k")), "kwargs"),
+            (with("options", json!(1)), "options"),
+            (with("schedule", json!(null)), "no schedule"),
+            (json!([good.clone()]), "not a JSON object"),
+        ] {
+            let e = load(d.clone()).expect_err(&d.to_string());
+            assert!(e.contains(says), "{d}: {e}");
+        }
+        for (value, enabled) in [(json!(0), false), (json!("yes"), true), (json!(null), false), (json!([]), false)] {
+            assert_eq!(load(with("enabled", value.clone())).unwrap().enabled, enabled, "{value}");
+        }
+        let text = "x".repeat(10_000);
+        let e = load(with("args", json!(text))).unwrap_err();
+        assert!(e.len() < 300, "{e}");
     }
 }

@@ -252,4 +252,37 @@ mod tests {
         assert_eq!((due.count, due.recent.len()), (3, 3));
         assert!(cron.due(Some(now), now, &TimeZone::UTC, 10).is_none());
     }
+
+    #[test]
+    fn slots_only_move_forward_and_ancient_last_runs_do_not_hang() {
+        // A relative interval shorter than its one-second resolution.
+        let tiny = Interval { every: SignedDuration::from_micros(1), relative: true };
+        let s = Schedule::Interval(tiny);
+        let t: Timestamp = "2026-01-01T00:00:00.5Z".parse().unwrap();
+        let next = s.next_after(Some(t), &TimeZone::UTC).unwrap();
+        assert_eq!(next.to_string(), "2026-01-01T00:00:01Z");
+        // A last run in year -9000 and a microsecond interval: the latest slot
+        // by arithmetic, not by walking.
+        let ancient: Timestamp = "-009000-01-01T00:00:00Z".parse().unwrap();
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let every = Schedule::Interval(Interval { every: SignedDuration::from_micros(1), relative: false });
+        let due = every.due(Some(ancient), now, &TimeZone::UTC, 10_000).unwrap();
+        assert_eq!((due.recent.len(), *due.recent.last().unwrap()), (10_000, due.latest));
+        assert!(now.duration_since(due.latest) < SignedDuration::from_micros(1));
+        let started = std::time::Instant::now();
+        for text in ["* * * * *", "0 0 29 2 mon"] {
+            let cron = parse(text).unwrap();
+            let due = cron.due(Some(ancient), now, &TimeZone::UTC, 10_000);
+            assert!(due.is_some_and(|d| d.latest <= now), "{text}");
+        }
+        let relative = Schedule::Interval(Interval { every: SignedDuration::from_secs(1), relative: true });
+        assert!(relative.due(Some(ancient), now, &TimeZone::UTC, 100).is_some());
+        // At the very start of time a crontab may find no slot; it returns.
+        let _ = parse("* * * * *").unwrap().due(Some(Timestamp::MIN), now, &TimeZone::UTC, 100);
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+        // A century-long interval near the end of time has no next slot.
+        let long = Schedule::Interval(Interval { every: crate::redbeat::MAX_INTERVAL, relative: false });
+        assert_eq!(long.next_after(Some(Timestamp::MAX), &TimeZone::UTC), None);
+        assert!(long.due(Some(Timestamp::MIN), Timestamp::MAX, &TimeZone::UTC, 10_000).is_some());
+    }
 }
