@@ -210,10 +210,7 @@ pub fn schedule_from_json(v: &Json) -> Result<Schedule, String> {
             };
             let dtstart = second("dtstart")?
                 .ok_or("rrule without dtstart: RedBeat takes it from the clock when it builds the rule; give one")?;
-            let count = match whole(v, "count", "a whole number of runs")? {
-                None => None,
-                Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
-            };
+            let count = whole(v, "count", "a whole number of runs")?.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
             Ok(Schedule::RRule(RRule { freq, interval, dtstart, offset, count, until: second("until")? }))
         }
         "" => Err("schedule without __type__ (expected interval, crontab or rrule)".into()),

@@ -146,7 +146,9 @@ pub fn decide(
         Some(_) => {}
     }
     let policy = entry.catch_up();
-    let limit = if policy == CatchUpPolicy::All { entry.max_catch_up() as usize } else { 1 };
+    // `skip` may send every slot of a leadership change, as `all` sends them.
+    let many = policy == CatchUpPolicy::All || (policy == CatchUpPolicy::Skip && watched_since.is_some());
+    let limit = if many { entry.max_catch_up() as usize } else { 1 };
     let Some(due) = entry.schedule.due(st.last_run_at, now, &entry.tz, limit) else {
         let next = entry.schedule.next_after(st.last_run_at, &entry.tz);
         return Decision { update, sends: vec![], latest: None, dropped: 0, next, note };
@@ -157,9 +159,16 @@ pub fn decide(
     let sends: Vec<Timestamp> = match policy {
         CatchUpPolicy::Once => [due.latest].into_iter().filter(|s| !stale(*s)).collect(),
         CatchUpPolicy::Skip => {
+            // Slots that came due while this beat followed the lease are no
+            // downtime: each is sent (a failover delays them, it does not
+            // drop them). Otherwise only a slot within the grace is.
             let grace = deadline.unwrap_or(skip_grace);
             let watched = |slot: Timestamp| watched_since.is_some_and(|w| slot >= w);
-            [due.latest].into_iter().filter(|s| late(*s) <= grace || watched(*s)).collect()
+            let mut sends: Vec<Timestamp> = due.recent.iter().copied().filter(|s| watched(*s)).collect();
+            if sends.is_empty() && late(due.latest) <= grace {
+                sends.push(due.latest);
+            }
+            sends
         }
         CatchUpPolicy::All => due.recent.iter().copied().filter(|s| !stale(*s)).collect(),
     };
@@ -1042,6 +1051,13 @@ mod tests {
         // A leadership change: this beat stood by since before the slot.
         let d = decide(&e, &state, now, DEFAULT_SKIP_GRACE, Some(at("2026-01-01T00:10:00Z")));
         assert_eq!((d.sends, d.dropped), (vec![at("2026-01-01T01:00:00Z")], 0));
+        // Two slots in a long handover: both, not only the latest; a slot
+        // from before this beat was there stays dropped.
+        let later = at("2026-01-01T02:00:45Z");
+        let d = decide(&e, &state, later, DEFAULT_SKIP_GRACE, Some(at("2026-01-01T00:10:00Z")));
+        assert_eq!((d.sends, d.dropped), (vec![at("2026-01-01T01:00:00Z"), at("2026-01-01T02:00:00Z")], 0));
+        let d = decide(&e, &state, later, DEFAULT_SKIP_GRACE, Some(at("2026-01-01T01:30:00Z")));
+        assert_eq!((d.sends, d.dropped), (vec![at("2026-01-01T02:00:00Z")], 1));
     }
 
     /// Two beats sharing a private redis-server (state and lease), sending
