@@ -3,7 +3,7 @@
 //! Its JSON starts with the fields of the `celeriac.health.heartbeat` task
 //! (service, node, hostname, pid, timestamp, ttl, version) and adds beat's:
 //! role, entries, sent, skipped, missed, lease_lost, next_run, and
-//! `broken_entries` (how many entries cannot be run) with `broken` (up to 50
+//! `broken_entries` (how many entries cannot be run) with `broken` (up to 100
 //! of them: key -> reason).
 
 use std::time::Duration;
@@ -40,7 +40,7 @@ pub struct Counters {
 }
 
 /// Most broken entries the health record names (all are counted).
-pub const MAX_BROKEN_NAMED: usize = 50;
+pub const MAX_BROKEN_NAMED: usize = 100;
 
 /// Writes `health:<service>`.
 pub struct Health {
