@@ -23,9 +23,13 @@ pub fn to_micros(t: Timestamp) -> Timestamp {
     Timestamp::from_microsecond(t.as_microsecond()).unwrap_or(t)
 }
 
-/// A duration to whole microseconds (at least one).
+/// A duration to the nearest whole microsecond (at least one): seconds
+/// written as a float (RedBeat's `every`) read back to the same interval,
+/// though `1.000001` is 1.000000999... seconds as a float.
 pub fn duration_to_micros(d: SignedDuration) -> SignedDuration {
-    SignedDuration::from_micros(d.as_micros().clamp(1, i128::from(i64::MAX)) as i64)
+    let micros = (d.as_nanos().saturating_add(500)) / 1000;
+    // Clamped into i64 range: the cast is exact.
+    SignedDuration::from_micros(micros.clamp(1, i128::from(i64::MAX)) as i64)
 }
 
 /// When an entry runs.
