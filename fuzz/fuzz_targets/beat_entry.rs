@@ -20,7 +20,7 @@ use libfuzzer_sys::fuzz_target;
 /// "Now" for the decisions: a fixed instant, so a run is reproducible.
 const NOW: i64 = 1_790_000_000;
 
-fn exercise(entry: &Entry, state: &EntryState) {
+fn exercise(entry: &Entry, state: &EntryState, app_tz: &TimeZone) {
     let now = Timestamp::from_second(NOW).expect("a valid instant");
     let grace = SignedDuration::from_secs(30);
     let watched = now.checked_sub(SignedDuration::from_hours(1)).ok();
@@ -62,7 +62,7 @@ fn exercise(entry: &Entry, state: &EntryState) {
         &definition,
         Some(&extras),
         entry.origin,
-        &TimeZone::UTC,
+        app_tz,
         Some(30.0),
     )
     .unwrap_or_else(|e| panic!("celeriac's own definition {definition} does not read back: {e}"));
@@ -85,14 +85,14 @@ fuzz_target!(|data: &[u8]| {
         let entry =
             redbeat::entry_from_hash("redbeat:fuzz", &keys, definition, extras, Origin::Dynamic, &tz, Some(30.0));
         if let Ok((entry, _)) = &entry {
-            exercise(entry, state.as_ref().map_or(&EntryState::default(), |s| s));
+            exercise(entry, state.as_ref().map_or(&EntryState::default(), |s| s), &tz);
         }
         // The same text as the TOML file's entry.
         let toml = format!("[beat_schedule.fuzz]\n{definition}");
         if let Ok(loaded) = celeriac_config::load_from_str(&toml, "fuzz", Vec::new()) {
             if let Some(s) = loaded.settings.beat_schedule.get("fuzz") {
                 if let Ok(entry) = Entry::from_settings("fuzz", s, &tz, Some(30.0)) {
-                    exercise(&entry, &EntryState::default());
+                    exercise(&entry, &EntryState::default(), &tz);
                 }
             }
         }
