@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_beat::store::redis::connect;
+use celeriac_beat::store::redis::{connect, connect_with_tls};
 use celeriac_beat::{Beat, BeatConfig, Entry, FileStore, RedisStore, Store};
 use celeriac_broker::Producer;
 use celeriac_config::Settings;
@@ -166,15 +166,17 @@ fn duration(setting: &str, secs: f64) -> Result<Duration, CliError> {
         .map_err(|e| CliError::Setting(format!("{setting} = {secs}: not a usable number of seconds ({e})")))
 }
 
-/// Connects to beat's Redis, retrying until it answers or `stop` fires.
+/// Connects to beat's Redis (with `tls` settings), retrying until it answers
+/// or `stop` fires.
 async fn connect_retrying(
     url: &str,
     master: Option<&str>,
+    tls: Option<&celeriac_config::TlsSettings>,
     stop: &CancellationToken,
 ) -> Result<Option<(redis::aio::ConnectionManager, String)>, CliError> {
     let mut wait = Duration::from_millis(500);
     loop {
-        match connect(url, master).await {
+        match connect_with_tls(url, master, tls).await {
             Ok(found) => return Ok(Some(found)),
             Err(e @ celeriac_beat::BeatError::Setting { .. }) => return Err(beat_error(e)),
             Err(e) => {
@@ -201,9 +203,11 @@ async fn open_store(
     let master = settings.broker_transport_options.master_name.as_deref();
     match at {
         StateAt::Redis { url, .. } => {
+            // The broker's Redis is reached as the broker is (`broker_use_ssl`).
+            let tls = settings.broker_use_ssl.as_ref().filter(|_| *url == settings.broker_url);
             let found = match wait {
-                Some(stop) => connect_retrying(url, master, stop).await?,
-                None => Some(connect(url, master).await.map_err(beat_error)?),
+                Some(stop) => connect_retrying(url, master, tls, stop).await?,
+                None => Some(connect_with_tls(url, master, tls).await.map_err(beat_error)?),
             };
             let Some((con, masked)) = found else { return Ok(None) };
             let keys = celeriac_beat::redbeat::Keys::from_settings(settings);

@@ -916,3 +916,43 @@ options = {{ queue = "skip" }}
     assert_eq!(count as usize, sent.len());
     assert!(beats[0].log().contains("lag="), "{}", beats[0].log());
 }
+
+#[test]
+fn the_brokers_redis_is_reached_with_the_brokers_tls_settings() {
+    let Some(certs) = celeriac_tests::or_skip("openssl", celeriac_tests::TestCertificates::generate()) else {
+        return;
+    };
+    let Some(redis) = celeriac_tests::or_skip("redis-server with TLS", RedisServer::start_tls(&certs)) else {
+        return;
+    };
+    // Client certificates are required: only `broker_use_ssl` gets beat in.
+    let toml = format!(
+        r#"
+broker_url = "rediss://localhost:{port}/0"
+redbeat_lock_timeout = 3
+beat_max_loop_interval = 1
+
+[broker_use_ssl]
+ssl_cert_reqs = "required"
+ssl_ca_certs = "{ca}"
+ssl_certfile = "{cert}"
+ssl_keyfile = "{key}"
+
+[beat_schedule.pulse]
+task = "beat_app.tick"
+schedule = 1
+options = {{ queue = "tls" }}
+"#,
+        port = redis.tls_port().unwrap(),
+        ca = certs.path("ca.pem"),
+        cert = certs.path("client.pem"),
+        key = certs.path("client.key"),
+    );
+    let mut con = admin(&redis);
+    let mut b = beat(&redis, "beat", &toml, &[]);
+    assert!(wait_until(WAIT, || messages(&mut con, "tls").len() >= 2), "{}", b.log());
+    assert!(get(&mut con, "redbeat::lock").is_some(), "the lease is in the broker's Redis");
+    assert!(leader_pid(&mut con).is_some(), "the health key is in the broker's Redis");
+    b.signal("TERM");
+    assert!(b.wait_timeout(WAIT).unwrap().success());
+}

@@ -209,11 +209,42 @@ impl std::fmt::Debug for RedisStore {
 /// `redis+socket://`, `sentinel://` with `master_name`). `url` in errors is
 /// the masked one.
 pub async fn connect(url: &str, master_name: Option<&str>) -> Result<(ConnectionManager, String), BeatError> {
+    connect_with_tls(url, master_name, None).await
+}
+
+/// [`connect`], with TLS settings in kombu's spelling (the broker's
+/// `broker_use_ssl`, which RedBeat also applies to the broker's Redis when it
+/// keeps its state there): they turn TLS on for a `redis://` URL too.
+pub async fn connect_with_tls(
+    url: &str,
+    master_name: Option<&str>,
+    tls: Option<&celeriac_config::TlsSettings>,
+) -> Result<(ConnectionManager, String), BeatError> {
     let masked = celeriac_redisconn::mask_password(url);
     let setting = |reason: String| BeatError::Setting { setting: "redbeat_redis_url", reason };
     let mut options = celeriac_backend::BackendOptions::from_url(url).map_err(|e| setting(e.to_string()))?;
     if master_name.is_some() {
         options.transport.master_name = master_name.map(str::to_owned);
+    }
+    if let Some(ssl) = tls {
+        use celeriac_redisconn::Endpoint;
+        if let Endpoint::Tcp { host, port } = &options.endpoint {
+            options.endpoint = Endpoint::Tls { host: host.clone(), port: *port, tls: Default::default() };
+        }
+        if let Endpoint::Tls { tls, .. } = &mut options.endpoint {
+            let pairs = [
+                ("ssl_cert_reqs", Some(&ssl.ssl_cert_reqs)),
+                ("ssl_ca_certs", ssl.ssl_ca_certs.as_ref()),
+                ("ssl_certfile", ssl.ssl_certfile.as_ref()),
+                ("ssl_keyfile", ssl.ssl_keyfile.as_ref()),
+            ];
+            for (key, value) in pairs {
+                if let Some(value) = value {
+                    tls.set(key, value, celeriac_redisconn::Dialect::Kombu)
+                        .map_err(|e| BeatError::Setting { setting: "broker_use_ssl", reason: format!("{key}: {e}") })?;
+                }
+            }
+        }
     }
     let settings =
         celeriac_redisconn::redis_settings(options.db, options.username.as_deref(), options.password.as_deref());
