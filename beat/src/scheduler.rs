@@ -694,10 +694,15 @@ impl Beat {
             return None;
         }
         let id = state.run.last_task_id.as_deref()?;
-        let since = state.run.last_sent_at().map(|t| now.duration_since(t));
-        if since.is_some_and(|s| s >= entry.no_overlap_timeout()) {
+        // The bound needs the send time: without one, or with one later than
+        // now by more than the bound (not clock skew), the previous run cannot
+        // block this one for good, so it does not block it at all.
+        let timeout = entry.no_overlap_timeout();
+        let since = now.duration_since(state.run.last_sent_at()?);
+        if since >= timeout || since <= -timeout {
             return None;
         }
+        let since = Some(since);
         let Some(states) = self.states.clone() else {
             self.warn_once(
                 &format!("no-overlap:{}", entry.name),

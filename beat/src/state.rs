@@ -91,6 +91,9 @@ impl EntryState {
                         )));
                     }
                 }
+                if let Some(at) = run.last_sent_at.as_deref().filter(|at| at.parse::<Timestamp>().is_err()) {
+                    return Err(bad(format!("last_sent_at {:?} is not a time", crate::entry::cut(at, 40))));
+                }
                 if let Some(id) = run.last_task_id.as_deref().filter(|id| !uuid(id)) {
                     return Err(bad(format!("last_task_id {:?} is not a task id", crate::entry::cut(id, 40))));
                 }
