@@ -162,8 +162,10 @@ fn state_at(settings: &Settings, explicit_file: bool) -> StateAt {
 
 /// A number of seconds from a setting as a duration, refused if it does not fit one.
 fn duration(setting: &str, secs: f64) -> Result<Duration, CliError> {
-    Duration::try_from_secs_f64(secs)
-        .map_err(|e| CliError::Setting(format!("{setting} = {secs}: not a usable number of seconds ({e})")))
+    Duration::try_from_secs_f64(secs).map_err(|e| {
+        let secs = celeriac_beat::entry::number(secs);
+        CliError::Setting(format!("{setting} = {secs}: not a usable number of seconds ({e})"))
+    })
 }
 
 /// Connects to beat's Redis (with `tls` settings), retrying until it answers
