@@ -24,8 +24,7 @@ fn exercise(entry: &Entry, state: &EntryState, app_tz: &TimeZone) {
     let now = Timestamp::from_second(NOW).expect("a valid instant");
     let grace = SignedDuration::from_secs(30);
     let watched = now.checked_sub(SignedDuration::from_hours(1)).ok();
-    for at in [now, state.last_run_at.and_then(|t| t.checked_add(SignedDuration::from_hours(25)).ok()).unwrap_or(now)]
-    {
+    for at in [now, state.last_run_at.and_then(|t| t.checked_add(SignedDuration::from_hours(25)).ok()).unwrap_or(now)] {
         let d = decide(entry, state, at, grace, watched);
         for pair in d.sends.windows(2) {
             assert!(pair[0] < pair[1], "sends out of order: {:?}", d.sends);
