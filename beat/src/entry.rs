@@ -22,6 +22,16 @@ pub const DEFAULT_NO_OVERLAP_TIMEOUT: SignedDuration = SignedDuration::from_hour
 pub const DEFAULT_MAX_CATCH_UP: u32 = 100;
 /// How late a slot may be and still count as on time under `catch_up = "skip"`.
 pub const DEFAULT_SKIP_GRACE: SignedDuration = SignedDuration::from_secs(30);
+/// The most `max_catch_up` may be: `all` never sends more slots than this in one tick.
+pub const MAX_CATCH_UP: u32 = 10_000;
+/// The most seconds an option (`expires`, `countdown`, time limits) may say:
+/// ten years. Larger values are typing errors, and do not fit every clock.
+pub const MAX_OPTION_SECONDS: f64 = 315_360_000.0;
+/// How deep `args`, `kwargs` and `options` may nest (lists in maps in lists...):
+/// what beat sends must decode in every worker.
+pub const MAX_NESTING: usize = 64;
+/// How much of an offending value an error message shows.
+const SHOWN: usize = 60;
 
 /// Where an entry was defined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,12 +132,71 @@ pub fn json_to_value(j: &Json) -> Value {
     }
 }
 
+/// `text` cut to `max` characters (with an ellipsis), for messages.
+pub fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}...", &text[..end]),
+    }
+}
+
+/// A JSON value as an error message shows it: its JSON text, cut short, so a
+/// megabyte of garbage in an entry makes a one-line message.
+pub fn brief(v: &Json) -> String {
+    cut(&v.to_string(), SHOWN)
+}
+
+/// A float for messages: `1e300`, not three hundred digits.
+pub fn number(f: f64) -> String {
+    if f != 0.0 && f.is_finite() && !(1e-4..1e15).contains(&f.abs()) {
+        format!("{f:e}")
+    } else {
+        f.to_string()
+    }
+}
+
+/// How deep a JSON value nests (a scalar is 0, `[1]` is 1), counted without
+/// recursion so any depth is safe to measure.
+pub fn nesting(v: &Json) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        match v {
+            Json::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
+            Json::Object(map) => stack.extend(map.values().map(|i| (i, depth + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Python's truthiness of a JSON value (`None`, `False`, `0`, `0.0`, `""`,
+/// `[]`, `{}` are false), as RedBeat's `if not entry.enabled` reads it.
+pub fn truthy(v: &Json) -> bool {
+    match v {
+        Json::Null => false,
+        Json::Bool(b) => *b,
+        Json::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Json::String(s) => !s.is_empty(),
+        Json::Array(a) => !a.is_empty(),
+        Json::Object(m) => !m.is_empty(),
+    }
+}
+
 fn seconds(option: &str, v: &Json) -> Result<f64, String> {
-    v.as_f64().filter(|s| s.is_finite() && *s >= 0.0).ok_or_else(|| format!("options.{option} = {v}: expected seconds"))
+    v.as_f64().filter(|s| s.is_finite() && (0.0..=MAX_OPTION_SECONDS).contains(s)).ok_or_else(|| {
+        format!("options.{option} = {}: expected seconds, from 0 to {MAX_OPTION_SECONDS} (ten years)", brief(v))
+    })
+}
+
+fn duration(option: &str, v: &Json) -> Result<std::time::Duration, String> {
+    let secs = seconds(option, v)?;
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("options.{option} = {}: {e}", number(secs)))
 }
 
 fn text<'a>(option: &str, v: &'a Json) -> Result<&'a str, String> {
-    v.as_str().ok_or_else(|| format!("options.{option} = {v}: expected text"))
+    v.as_str().ok_or_else(|| format!("options.{option} = {}: expected text", brief(v)))
 }
 
 /// Reads Celery's `apply_async` options. Unknown options are returned, not
@@ -141,49 +210,50 @@ pub fn send_options(options: &serde_json::Map<String, Json>) -> Result<(SendOpti
             "exchange" => o.exchange = Some(text(key, v)?.to_owned()),
             "routing_key" => o.routing_key = Some(text(key, v)?.to_owned()),
             "priority" => {
-                let p =
-                    v.as_u64().filter(|p| *p <= 255).ok_or_else(|| format!("options.priority = {v}: expected 0-9"))?;
-                o.priority = Some(p as u8);
+                let p = v.as_u64().and_then(|p| u8::try_from(p).ok()).ok_or_else(|| {
+                    format!("options.priority = {}: expected a whole number 0-255 (0-9 on Redis)", brief(v))
+                })?;
+                o.priority = Some(p);
             }
             "expires" => {
                 o.expires = Some(match v {
-                    Json::String(at) => Expires::At(
-                        PyDateTime::parse_iso(at)
-                            .map_err(|e| format!("options.expires = {at:?}: not seconds or an ISO time: {e}"))?,
-                    ),
-                    other => Expires::In(std::time::Duration::from_secs_f64(seconds(key, other)?)),
+                    Json::String(at) => Expires::At(PyDateTime::parse_iso(at).map_err(|e| {
+                        format!("options.expires = {:?}: not seconds or an ISO time: {e}", cut(at, SHOWN))
+                    })?),
+                    other => Expires::In(duration(key, other)?),
                 })
             }
-            "countdown" => o.countdown = Some(std::time::Duration::from_secs_f64(seconds(key, v)?)),
+            "countdown" => o.countdown = Some(duration(key, v)?),
             "eta" => {
                 let at = text(key, v)?;
-                o.eta = Some(PyDateTime::parse_iso(at).map_err(|e| format!("options.eta = {at:?}: {e}"))?);
+                o.eta =
+                    Some(PyDateTime::parse_iso(at).map_err(|e| format!("options.eta = {:?}: {e}", cut(at, SHOWN)))?);
             }
             "headers" => match v {
                 Json::Object(map) => o.headers = map.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
-                other => return Err(format!("options.headers = {other}: expected a table of headers")),
+                other => return Err(format!("options.headers = {}: expected a table of headers", brief(other))),
             },
             "time_limit" => o.time_limit = Some(seconds(key, v)?),
             "soft_time_limit" => o.soft_time_limit = Some(seconds(key, v)?),
             "ignore_result" => {
-                o.ignore_result =
-                    Some(v.as_bool().ok_or_else(|| format!("options.ignore_result = {v}: expected true or false"))?)
+                o.ignore_result = Some(
+                    v.as_bool()
+                        .ok_or_else(|| format!("options.ignore_result = {}: expected true or false", brief(v)))?,
+                )
             }
             "shadow" => o.shadow = Some(text(key, v)?.to_owned()),
             "serializer" => {
                 let name = text(key, v)?;
-                o.serializer = Some(
-                    ContentType::parse(name)
-                        .filter(|c| !matches!(c, ContentType::Pickle))
-                        .ok_or_else(|| format!("options.serializer = {name:?}: use json, msgpack or yaml"))?,
-                );
+                o.serializer =
+                    Some(ContentType::parse(name).filter(|c| !matches!(c, ContentType::Pickle)).ok_or_else(|| {
+                        format!("options.serializer = {:?}: use json, msgpack or yaml", cut(name, SHOWN))
+                    })?);
             }
             "compression" => {
                 let name = text(key, v)?;
-                o.compression =
-                    Some(Compression::parse(name).ok_or_else(|| {
-                        format!("options.compression = {name:?}: use gzip, bzip2, lzma, zstd or brotli")
-                    })?);
+                o.compression = Some(Compression::parse(name).ok_or_else(|| {
+                    format!("options.compression = {:?}: use gzip, bzip2, lzma, zstd or brotli", cut(name, SHOWN))
+                })?);
             }
             _ => unknown.push(key.clone()),
         }
@@ -195,7 +265,8 @@ pub fn send_options(options: &serde_json::Map<String, Json>) -> Result<(SendOpti
 
 /// A zone by IANA name, with an error that says what to write.
 pub fn time_zone(name: &str) -> Result<TimeZone, String> {
-    TimeZone::get(name).map_err(|e| format!("unknown time zone {name:?} (use an IANA name such as Europe/Berlin): {e}"))
+    TimeZone::get(name)
+        .map_err(|e| format!("unknown time zone {:?} (use an IANA name such as Europe/Berlin): {e}", cut(name, SHOWN)))
 }
 
 fn positive_secs(field: &str, v: Option<f64>) -> Result<Option<SignedDuration>, String> {
@@ -205,7 +276,7 @@ fn positive_secs(field: &str, v: Option<f64>) -> Result<Option<SignedDuration>, 
             .ok()
             .filter(|d| d.is_positive())
             .map(Some)
-            .ok_or_else(|| format!("{field} = {s}: expected a positive number of seconds")),
+            .ok_or_else(|| format!("{field} = {}: expected a positive number of seconds", number(s))),
     }
 }
 
@@ -260,7 +331,7 @@ impl Entry {
         if let Some(key) = unknown.first() {
             return Err(BeatError::entry(
                 name,
-                format!("options.{key}: unknown option; beat sends {}", KNOWN_OPTIONS.join(", ")),
+                format!("options.{}: unknown option; beat sends {}", cut(key, SHOWN), KNOWN_OPTIONS.join(", ")),
             ));
         }
         Ok(entry)
@@ -283,6 +354,19 @@ impl Entry {
         positive_secs("no_overlap_timeout", p.extras.no_overlap_timeout).map_err(&err)?;
         if p.extras.max_catch_up == Some(0) {
             return Err(err("max_catch_up = 0: expected at least 1".into()));
+        }
+        if let Some(n) = p.extras.max_catch_up.filter(|n| *n > MAX_CATCH_UP) {
+            return Err(err(format!("max_catch_up = {n}: at most {MAX_CATCH_UP}")));
+        }
+        let deepest = |values: &mut dyn Iterator<Item = &Json>| values.map(nesting).max().map_or(0, |d| d + 1);
+        for (field, depth) in [
+            ("args", deepest(&mut p.args.iter())),
+            ("kwargs", deepest(&mut p.kwargs.values())),
+            ("options", deepest(&mut p.options.values())),
+        ] {
+            if depth > MAX_NESTING {
+                return Err(err(format!("{field} nest {depth} levels deep; beat sends at most {MAX_NESTING}")));
+            }
         }
         let own = positive_secs("starting_deadline", p.extras.starting_deadline).map_err(&err)?;
         let cron = match p.schedule {
@@ -400,5 +484,85 @@ mod tests {
         assert_eq!(cron.unwrap().starting_deadline, Some(SignedDuration::from_secs(60)));
         let every = Entry::from_settings("i", &settings("10s", serde_json::json!({})), &TimeZone::UTC, Some(60.0));
         assert_eq!(every.unwrap().starting_deadline, None);
+    }
+
+    #[test]
+    fn extreme_numbers_in_a_toml_entry_are_errors_naming_it() {
+        let err = |s: BeatEntrySettings| match Entry::from_settings("poll", &s, &TimeZone::UTC, Some(30.0)) {
+            Ok(_) => panic!("{s:?} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e300, -1.0, 0.0, 1e-300, 4e9] {
+            let mut s = settings("10s", serde_json::json!({}));
+            s.schedule = ScheduleSetting::Seconds(bad);
+            assert!(err(s).starts_with("beat_schedule.poll: schedule"), "{bad}");
+            for field in ["no_overlap_timeout", "starting_deadline"] {
+                let mut s = settings("10s", serde_json::json!({}));
+                if field == "no_overlap_timeout" {
+                    s.no_overlap_timeout = Some(bad);
+                } else {
+                    s.starting_deadline = Some(bad);
+                }
+                if bad > 0.0 && bad.is_finite() && bad < 1e10 && bad > 1e-9 {
+                    continue; // 4e9 seconds is a long but real deadline
+                }
+                assert!(err(s).contains(field), "{field} = {bad}");
+            }
+        }
+        for (option, bad) in [
+            ("expires", serde_json::json!(1e300)),
+            ("expires", serde_json::json!(-1)),
+            ("expires", serde_json::json!(4e8)),
+            ("countdown", serde_json::json!(1e300)),
+            ("countdown", serde_json::json!(true)),
+            ("time_limit", serde_json::json!(1e300)),
+            ("soft_time_limit", serde_json::json!(-0.5)),
+            ("priority", serde_json::json!(1e300)),
+            ("priority", serde_json::json!(-1)),
+            ("priority", serde_json::json!(256)),
+            ("priority", serde_json::json!(u64::MAX)),
+            ("expires", serde_json::json!("2026-13-45T99:99:99")),
+            ("eta", serde_json::json!("x".repeat(100_000))),
+            ("headers", serde_json::json!([1])),
+            ("queue", serde_json::json!({"a": [1, 2, 3]})),
+        ] {
+            let e = err(settings("10s", serde_json::json!({ option: bad })));
+            assert!(e.contains(&format!("options.{option}")), "{option} = {bad}: {e}");
+            assert!(e.len() < 800, "a message of {} bytes", e.len());
+        }
+        let mut deep = serde_json::json!(1);
+        for _ in 0..100 {
+            deep = serde_json::json!([deep]);
+        }
+        let mut s = settings("10s", serde_json::json!({"headers": {"h": deep.clone()}}));
+        assert!(err(s.clone()).contains("options nest"));
+        s.options.clear();
+        s.args = vec![deep];
+        assert!(err(s.clone()).contains("args nest"));
+        s.args.clear();
+        s.max_catch_up = Some(u32::MAX);
+        assert!(err(s).contains("max_catch_up"));
+    }
+
+    #[test]
+    fn python_truthiness_and_short_messages() {
+        let t = |v: serde_json::Value| truthy(&v);
+        assert!(!t(serde_json::json!(null)) && !t(serde_json::json!(0)) && !t(serde_json::json!(0.0)));
+        assert!(!t(serde_json::json!("")) && !t(serde_json::json!([])) && !t(serde_json::json!({})));
+        assert!(t(serde_json::json!("no")) && t(serde_json::json!([0])) && t(serde_json::json!(-1)));
+        assert_eq!(cut("héllo wörld", 5), "héllo...");
+        assert_eq!(brief(&serde_json::json!("x".repeat(1000))).chars().count(), SHOWN + 3);
+        assert_eq!(number(1e300), "1e300");
+        assert_eq!(number(2.5), "2.5");
+        let mut deep = serde_json::json!(0);
+        for _ in 0..100_000 {
+            deep = Json::Array(vec![deep]);
+        }
+        assert_eq!(nesting(&deep), 100_000);
+        // Dropping so deep a value recurses; take it apart by hand.
+        let mut v = deep;
+        while let serde_json::Value::Array(mut items) = v {
+            v = items.pop().unwrap_or(serde_json::Value::Null);
+        }
     }
 }

@@ -60,7 +60,9 @@ pub enum BeatError {
 }
 
 impl BeatError {
+    /// An entry error; the name and the reason are cut short, so that an
+    /// entry written with megabytes of garbage still makes a one-line message.
     pub(crate) fn entry(entry: &str, reason: impl Into<String>) -> BeatError {
-        BeatError::Entry { entry: entry.to_owned(), reason: reason.into() }
+        BeatError::Entry { entry: crate::entry::cut(entry, 200), reason: crate::entry::cut(&reason.into(), 500) }
     }
 }

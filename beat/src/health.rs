@@ -2,7 +2,9 @@
 //! on every tick, so the key exists exactly while some beat is sending.
 //! Its JSON starts with the fields of the `celeriac.health.heartbeat` task
 //! (service, node, hostname, pid, timestamp, ttl, version) and adds beat's:
-//! role, entries, sent, skipped, missed, lease_lost and next_run.
+//! role, entries, sent, skipped, missed, lease_lost, next_run, and
+//! `broken_entries` (how many entries cannot be run) with `broken` (up to 100
+//! of them: key -> reason).
 
 use std::time::Duration;
 
@@ -33,7 +35,12 @@ pub struct Counters {
     pub lease_lost: u64,
     /// The next slot of any entry.
     pub next_run: Option<Timestamp>,
+    /// Entries that cannot be run (by key, with the reason), skipped.
+    pub broken: std::collections::BTreeMap<String, String>,
 }
+
+/// Most broken entries the health record names (all are counted).
+pub const MAX_BROKEN_NAMED: usize = 100;
 
 /// Writes `health:<service>`.
 pub struct Health {
@@ -81,6 +88,10 @@ impl Health {
             "missed": c.missed,
             "lease_lost": c.lease_lost,
             "next_run": c.next_run.map(|t| PyDateTime::from_timestamp(t, jiff::tz::Offset::UTC).to_iso()),
+            "broken_entries": c.broken.len(),
+            "broken": c.broken.iter().take(MAX_BROKEN_NAMED)
+                .map(|(k, reason)| (k.clone(), serde_json::Value::from(crate::entry::cut(reason, 300))))
+                .collect::<serde_json::Map<_, _>>(),
         })
     }
 

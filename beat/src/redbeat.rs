@@ -24,7 +24,7 @@ use jiff::tz::{Offset, TimeZone};
 use jiff::Timestamp;
 use serde_json::{json, Value as Json};
 
-use crate::entry::{Entry, Extras, Origin, Parts};
+use crate::entry::{brief, cut, number, truthy, Entry, Extras, Origin, Parts};
 use crate::schedule::{Crontab, Frequency, Interval, RRule, Schedule};
 use crate::BeatError;
 
@@ -100,27 +100,63 @@ pub fn schedule_to_json(schedule: &Schedule) -> Json {
     }
 }
 
-fn offset_minutes(v: Option<&Json>) -> Result<Offset, String> {
-    let minutes = v.and_then(Json::as_f64).unwrap_or(0.0);
+/// The longest interval beat runs: a hundred years (longer ones are typing
+/// errors, and their slots would leave the calendar).
+pub const MAX_INTERVAL: jiff::SignedDuration = jiff::SignedDuration::from_hours(100 * 366 * 24);
+
+/// A UTC offset given in minutes (RedBeat's `dtstart_tz`); absent or null is UTC.
+fn offset_minutes(key: &str, v: Option<&Json>) -> Result<Offset, String> {
+    let minutes = match v {
+        None | Some(Json::Null) => 0.0,
+        Some(x) => x.as_f64().ok_or_else(|| format!("{key} {} is not a number of minutes", brief(x)))?,
+    };
     let seconds = (minutes * 60.0).round();
-    if seconds.is_nan() || seconds.abs() >= 86_400.0 {
-        return Err(format!("offset of {minutes} minutes is out of range"));
+    if !seconds.is_finite() || seconds.abs() >= 86_400.0 {
+        return Err(format!("{key}: an offset of {} minutes is out of range (less than a day)", number(minutes)));
     }
+    // In range: the cast is exact.
     Offset::from_seconds(seconds as i32).map_err(|e| e.to_string())
 }
 
-/// A schedule from RedBeat's JSON.
+/// A whole number field of a schedule: absent or null gives `None`.
+fn whole(v: &Json, key: &str, what: &str) -> Result<Option<u64>, String> {
+    match v.get(key) {
+        None | Some(Json::Null) => Ok(None),
+        Some(x) => x.as_u64().map(Some).ok_or_else(|| format!("{key} {} is not {what}", brief(x))),
+    }
+}
+
+/// A schedule from RedBeat's JSON, every field checked: a value that is out
+/// of range or of the wrong type is an error naming it, never a panic.
 pub fn schedule_from_json(v: &Json) -> Result<Schedule, String> {
-    let kind = v.get("__type__").and_then(Json::as_str).unwrap_or("");
+    if !v.is_object() {
+        return Err(format!("schedule {} is not an object with __type__ interval, crontab or rrule", brief(v)));
+    }
+    let kind = match v.get("__type__") {
+        None | Some(Json::Null) => "",
+        Some(Json::String(kind)) => kind.as_str(),
+        Some(other) => return Err(format!("schedule __type__ {} is not text", brief(other))),
+    };
     match kind {
         "interval" => {
-            let every = v.get("every").and_then(Json::as_f64).unwrap_or(f64::NAN);
+            let every = match v.get("every") {
+                Some(Json::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+                other => {
+                    return Err(format!(
+                        "interval every={} must be a number of seconds",
+                        other.map_or_else(|| "(missing)".to_owned(), brief)
+                    ))
+                }
+            };
             let every = jiff::SignedDuration::try_from_secs_f64(every)
                 .ok()
-                .filter(|d| d.is_positive())
+                .filter(|d| d.is_positive() && *d <= MAX_INTERVAL)
                 .map(crate::schedule::duration_to_micros)
-                .ok_or_else(|| format!("interval every={} must be a positive number of seconds", v["every"]))?;
-            let relative = v.get("relative").and_then(Json::as_bool).unwrap_or(false);
+                .ok_or_else(|| {
+                    format!("interval every={} must be a positive number of seconds, at most 100 years", number(every))
+                })?;
+            // Celery's `if self.relative`: Python truthiness.
+            let relative = v.get("relative").is_some_and(truthy);
             Ok(Schedule::Interval(Interval { every, relative }))
         }
         "crontab" => {
@@ -149,24 +185,36 @@ pub fn schedule_from_json(v: &Json) -> Result<Schedule, String> {
                 ));
             }
             let freq = Frequency::from_json(v.get("freq").unwrap_or(&Json::Null))?;
-            let interval = v.get("interval").and_then(Json::as_u64).unwrap_or(1).clamp(1, u64::from(u32::MAX)) as u32;
-            let offset = offset_minutes(v.get("dtstart_tz"))?;
+            let interval = match whole(v, "interval", "a whole number of steps above 0")? {
+                None => 1,
+                Some(n) => u32::try_from(n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("rrule interval {n} must be 1 to {}", u32::MAX))?,
+            };
+            let offset = offset_minutes("rrule dtstart_tz", v.get("dtstart_tz"))?;
             let second = |key: &str| -> Result<Option<Timestamp>, String> {
                 match v.get(key).filter(|x| !x.is_null()) {
                     None => Ok(None),
                     Some(x) => {
-                        let s = x.as_f64().ok_or_else(|| format!("rrule {key} {x} is not a UNIX time"))?;
-                        Timestamp::from_second(s.floor() as i64).map(Some).map_err(|e| e.to_string())
+                        let s = x
+                            .as_f64()
+                            .filter(|s| s.is_finite())
+                            .ok_or_else(|| format!("rrule {key} {} is not a UNIX time in seconds", brief(x)))?;
+                        // `as` saturates; out-of-range seconds are refused by jiff.
+                        Timestamp::from_second(s.floor() as i64)
+                            .map(Some)
+                            .map_err(|e| format!("rrule {key} {}: {e}", number(s)))
                     }
                 }
             };
             let dtstart = second("dtstart")?
                 .ok_or("rrule without dtstart: RedBeat takes it from the clock when it builds the rule; give one")?;
-            let count = v.get("count").and_then(Json::as_u64).map(|c| c.min(u64::from(u32::MAX)) as u32);
+            let count = whole(v, "count", "a whole number of runs")?.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
             Ok(Schedule::RRule(RRule { freq, interval, dtstart, offset, count, until: second("until")? }))
         }
         "" => Err("schedule without __type__ (expected interval, crontab or rrule)".into()),
-        other => Err(format!("schedule type {other:?} is not supported (interval, crontab and rrule are)")),
+        other => Err(format!("schedule type {:?} is not supported (interval, crontab and rrule are)", cut(other, 40))),
     }
 }
 
@@ -182,12 +230,26 @@ pub fn datetime_to_json(at: Timestamp) -> Json {
 
 /// A datetime from RedBeat's JSON: `timezone` is a zone name or an offset in
 /// seconds; a wall time that is ambiguous in its zone is read as Python's
-/// `fold=0` reads it.
+/// `fold=0` reads it. Each field is checked as Python's `datetime(...)` does.
 pub fn datetime_from_json(v: &Json) -> Result<Timestamp, String> {
-    let n = |k: &str| v.get(k).and_then(Json::as_i64).ok_or_else(|| format!("datetime without {k}: {v}"));
-    let small = |k: &str| n(k).and_then(|x| i8::try_from(x).map_err(|_| format!("datetime {k} {x} out of range")));
-    let year = i16::try_from(n("year")?).map_err(|_| format!("year out of range in {v}"))?;
-    let micro = i32::try_from(v.get("microsecond").and_then(Json::as_i64).unwrap_or(0)).unwrap_or(0);
+    if !v.is_object() {
+        return Err(format!("datetime {} is not RedBeat's datetime object", brief(v)));
+    }
+    let n = |k: &str| match v.get(k) {
+        Some(x) => x.as_i64().ok_or_else(|| format!("datetime {k} {} is not a whole number", brief(x))),
+        None => Err(format!("datetime without {k}: {}", brief(v))),
+    };
+    let small = |k: &str| n(k).and_then(|x| i8::try_from(x).map_err(|_| format!("datetime {k} {x} is out of range")));
+    let year = n("year")?;
+    let year = i16::try_from(year).map_err(|_| format!("datetime year {year} is out of range"))?;
+    let micro = match v.get("microsecond") {
+        None | Some(Json::Null) => 0,
+        Some(_) => n("microsecond")?,
+    };
+    let micro = i32::try_from(micro)
+        .ok()
+        .filter(|m| (0..1_000_000).contains(m))
+        .ok_or_else(|| format!("datetime microsecond {micro} is not 0-999999"))?;
     let wall = DateTime::new(
         year,
         small("month")?,
@@ -197,7 +259,7 @@ pub fn datetime_from_json(v: &Json) -> Result<Timestamp, String> {
         small("second")?,
         micro * 1000,
     )
-    .map_err(|e| format!("datetime {v}: {e}"))?;
+    .map_err(|e| format!("datetime {}: {e}", brief(v)))?;
     let zone = v.get("timezone").cloned().unwrap_or(Json::String("UTC".into()));
     match zone {
         Json::String(name) => {
@@ -205,10 +267,12 @@ pub fn datetime_from_json(v: &Json) -> Result<Timestamp, String> {
             tz.to_ambiguous_timestamp(wall).compatible().map_err(|e| e.to_string())
         }
         Json::Number(secs) => {
-            let secs = secs.as_f64().unwrap_or(0.0);
-            offset_minutes(Some(&Json::from(secs / 60.0)))?.to_timestamp(wall).map_err(|e| e.to_string())
+            let secs = secs.as_f64().unwrap_or(f64::NAN);
+            offset_minutes("datetime timezone", Some(&Json::from(secs / 60.0)))?
+                .to_timestamp(wall)
+                .map_err(|e| e.to_string())
         }
-        other => Err(format!("datetime timezone {other} is neither a zone name nor seconds")),
+        other => Err(format!("datetime timezone {} is neither a zone name nor seconds", brief(&other))),
     }
 }
 
@@ -226,7 +290,8 @@ pub fn definition_json(entry: &Entry) -> Json {
 }
 
 /// Decodes an entry from its hash fields (`definition`, and `celeriac` if
-/// present). Unknown send options are returned for the caller to warn about.
+/// present), each field checked: the error names the entry and says what is
+/// wrong. Unknown send options are returned for the caller to warn about.
 pub fn entry_from_hash(
     key: &str,
     keys: &Keys,
@@ -239,33 +304,64 @@ pub fn entry_from_hash(
     let fallback = keys.name(key).to_owned();
     let d: Json = serde_json::from_str(definition)
         .map_err(|e| BeatError::entry(&fallback, format!("{key} definition is not JSON: {e}")))?;
-    let name = d.get("name").and_then(Json::as_str).map(str::to_owned).unwrap_or(fallback);
+    let Some(fields) = d.as_object() else {
+        return Err(BeatError::entry(&fallback, format!("{key} definition {} is not a JSON object", brief(&d))));
+    };
+    let name = match fields.get("name") {
+        None | Some(Json::Null) => fallback,
+        Some(Json::String(name)) if *name == fallback => fallback,
+        Some(other) => {
+            return Err(BeatError::entry(
+                &fallback,
+                format!(
+                    "{key}: definition name {} is not the key's name {fallback:?} (RedBeat keeps an entry at \
+                     <prefix><name>; write it under its own name)",
+                    brief(other)
+                ),
+            ))
+        }
+    };
     let bad = |what: String| BeatError::entry(&name, format!("{key}: {what}"));
-    let task = d.get("task").and_then(Json::as_str).ok_or_else(|| bad("definition has no task".into()))?;
-    let args = match d.get("args") {
+    let task = match fields.get("task") {
+        Some(Json::String(task)) => task.clone(),
+        None | Some(Json::Null) => return Err(bad("definition has no task".into())),
+        Some(other) => return Err(bad(format!("task {} is not a task name", brief(other)))),
+    };
+    let args = match fields.get("args") {
         None | Some(Json::Null) => Vec::new(),
         Some(Json::Array(a)) => a.clone(),
-        Some(other) => return Err(bad(format!("args {other} is not a list"))),
+        Some(other) => return Err(bad(format!("args {} is not a list", brief(other)))),
     };
-    let object = |field: &str| match d.get(field) {
+    let object = |field: &str| match fields.get(field) {
         None | Some(Json::Null) => Ok(serde_json::Map::new()),
         Some(Json::Object(m)) => Ok(m.clone()),
-        Some(other) => Err(bad(format!("{field} {other} is not an object"))),
+        Some(other) => Err(bad(format!("{field} {} is not an object", brief(other)))),
     };
-    let schedule = schedule_from_json(d.get("schedule").unwrap_or(&Json::Null)).map_err(&bad)?;
+    let schedule = match fields.get("schedule") {
+        None | Some(Json::Null) => return Err(bad("definition has no schedule".into())),
+        Some(s) => schedule_from_json(s).map_err(&bad)?,
+    };
     let extras: Extras = match extras {
-        Some(text) => serde_json::from_str(text).map_err(|e| bad(format!("the celeriac field: {e}")))?,
+        Some(text) => {
+            let wrong = |e: String| bad(format!("the celeriac field: {e} (delete the field to use the defaults)"));
+            let v: Json = serde_json::from_str(text).map_err(|e| wrong(e.to_string()))?;
+            if !v.is_object() {
+                return Err(wrong(format!("{} is not an object", brief(&v))));
+            }
+            serde_json::from_value(v).map_err(|e| wrong(e.to_string()))?
+        }
         None => Extras::default(),
     };
     let options = object("options")?;
     let parts = Parts {
         name: name.clone(),
-        task: task.to_owned(),
+        task,
         args,
         kwargs: object("kwargs")?,
         options,
         schedule,
-        enabled: d.get("enabled").and_then(Json::as_bool).unwrap_or(true),
+        // RedBeat's `if not entry.enabled`: Python truthiness; absent is enabled.
+        enabled: fields.get("enabled").is_none_or(truthy),
         extras,
         origin,
     };
@@ -282,15 +378,25 @@ pub fn meta_json(last_run_at: Option<Timestamp>, total_run_count: u64) -> Json {
     })
 }
 
-/// `last_run_at` and `total_run_count` from RedBeat's `meta` (missing: never ran).
+/// `last_run_at` and `total_run_count` from RedBeat's `meta` (missing: never
+/// ran), each checked.
 pub fn meta_from_json(text: Option<&str>) -> Result<(Option<Timestamp>, u64), String> {
     let Some(text) = text.filter(|t| !t.is_empty()) else { return Ok((None, 0)) };
     let v: Json = serde_json::from_str(text).map_err(|e| format!("meta is not JSON: {e}"))?;
+    if !v.is_object() {
+        return Err(format!("meta {} is not a JSON object", brief(&v)));
+    }
     let last = match v.get("last_run_at") {
         None | Some(Json::Null) => None,
-        Some(dt) => Some(datetime_from_json(dt)?),
+        Some(dt) => Some(datetime_from_json(dt).map_err(|e| format!("meta last_run_at: {e}"))?),
     };
-    Ok((last, v.get("total_run_count").and_then(Json::as_u64).unwrap_or(0)))
+    let count = match v.get("total_run_count") {
+        None | Some(Json::Null) => 0,
+        Some(n) => {
+            n.as_u64().ok_or_else(|| format!("meta total_run_count {} is not a whole number of runs", brief(n)))?
+        }
+    };
+    Ok((last, count))
 }
 
 /// The zset score RedBeat reads: the next due time in whole UTC seconds, `-1`
@@ -340,5 +446,132 @@ mod tests {
         assert!(matches!(schedule_from_json(&v), Ok(Schedule::RRule(r)) if r.is_once() && r.dtstart == at));
         let by = json!({"__type__": "rrule", "freq": 3, "dtstart": 0, "byhour": [3]});
         assert!(schedule_from_json(&by).unwrap_err().contains("byhour"));
+    }
+
+    #[test]
+    fn schedules_with_extreme_values_are_errors_not_panics() {
+        let bad = [
+            json!({"__type__": "interval", "every": 1e300}),
+            json!({"__type__": "interval", "every": -1}),
+            json!({"__type__": "interval", "every": 0}),
+            json!({"__type__": "interval", "every": 1e-300}),
+            json!({"__type__": "interval", "every": "10"}),
+            json!({"__type__": "interval", "every": [10]}),
+            json!({"__type__": "interval"}),
+            json!({"__type__": "interval", "every": 4e9}),
+            json!({"__type__": "crontab", "minute": 1e300}),
+            json!({"__type__": "crontab", "minute": -1}),
+            json!({"__type__": "crontab", "minute": u64::MAX}),
+            json!({"__type__": "crontab", "hour": [[1]]}),
+            json!({"__type__": "crontab", "hour": []}),
+            json!({"__type__": "crontab", "minute": "*/99999999999999999999999"}),
+            json!({"__type__": "crontab", "minute": "1-99999999999"}),
+            json!({"__type__": "rrule", "freq": 3}),
+            json!({"__type__": "rrule", "freq": -1, "dtstart": 0}),
+            json!({"__type__": "rrule", "freq": 1e300, "dtstart": 0}),
+            json!({"__type__": "rrule", "freq": 3, "dtstart": 1e300}),
+            json!({"__type__": "rrule", "freq": 3, "dtstart": -1e300}),
+            json!({"__type__": "rrule", "freq": 3, "dtstart": 0, "interval": 0}),
+            json!({"__type__": "rrule", "freq": 3, "dtstart": 0, "interval": 1e300}),
+            json!({"__type__": "rrule", "freq": 3, "dtstart": 0, "count": -1}),
+            json!({"__type__": "rrule", "freq": 3, "dtstart": 0, "dtstart_tz": 1e300}),
+            json!({"__type__": "rrule", "freq": 3, "dtstart": 0, "dtstart_tz": "+01:00"}),
+            json!({"__type__": "rrule", "freq": 3, "dtstart": 0, "until": "tomorrow"}),
+            json!({"__type__": 5}),
+            json!({"__type__": "solar"}),
+            json!([1, 2]),
+            json!(null),
+        ];
+        for v in bad {
+            let e = schedule_from_json(&v).expect_err(&v.to_string());
+            assert!(e.len() < 400, "{v}: {e}");
+        }
+        // Far but valid: an rrule in year 9999 with a huge count simply ends.
+        let far = json!({"__type__": "rrule", "freq": 0, "dtstart": 253_402_207_000i64, "interval": u32::MAX,
+                         "count": u64::MAX});
+        let Ok(Schedule::RRule(r)) = schedule_from_json(&far) else { panic!("{far}") };
+        assert_eq!(r.next_after(Some(r.dtstart)), None);
+    }
+
+    #[test]
+    fn datetimes_and_meta_with_extreme_values_are_errors_not_panics() {
+        let dt = |over: Json| {
+            let mut v = json!({"__type__": "datetime", "year": 2026, "month": 1, "day": 1, "hour": 0, "minute": 0,
+                               "second": 0, "microsecond": 0, "timezone": "UTC"});
+            if let (Json::Object(m), Json::Object(o)) = (&mut v, over) {
+                m.extend(o);
+            }
+            v
+        };
+        for over in [
+            json!({"year": 1e300}),
+            json!({"year": 100_000}),
+            json!({"year": -1e300}),
+            json!({"microsecond": 1_000_000_000_000i64}),
+            json!({"microsecond": 2_147_484}),
+            json!({"microsecond": -1}),
+            json!({"month": 13}),
+            json!({"day": 0}),
+            json!({"hour": 255}),
+            json!({"second": "0"}),
+            json!({"timezone": "Mars/Olympus"}),
+            json!({"timezone": 1e300}),
+            json!({"timezone": -86_400}),
+            json!({"timezone": [3600]}),
+        ] {
+            let v = dt(over.clone());
+            assert!(datetime_from_json(&v).is_err(), "{over}");
+            let meta = json!({"last_run_at": v}).to_string();
+            assert!(meta_from_json(Some(&meta)).unwrap_err().contains("last_run_at"), "{over}");
+        }
+        for meta in [
+            r#"{"total_run_count": -1}"#,
+            r#"{"total_run_count": 1e300}"#,
+            r#"{"total_run_count": "3"}"#,
+            r#"{"last_run_at": "2026-01-01T00:00:00Z"}"#,
+            "[1]",
+            "nonsense",
+            "1e400",
+        ] {
+            assert!(meta_from_json(Some(meta)).is_err(), "{meta}");
+        }
+        assert_eq!(meta_from_json(Some(&format!(r#"{{"total_run_count": {}}}"#, u64::MAX))).unwrap().1, u64::MAX);
+    }
+
+    #[test]
+    fn definitions_are_checked_field_by_field() {
+        let keys = Keys::new("redbeat:", "redbeat::lock");
+        let load = |d: Json| {
+            entry_from_hash("redbeat:e", &keys, &d.to_string(), None, Origin::Dynamic, &TimeZone::UTC, None)
+                .map(|(e, _)| e)
+                .map_err(|e| e.to_string())
+        };
+        let good = json!({"name": "e", "task": "t", "schedule": {"__type__": "interval", "every": 1.0}});
+        assert!(load(good.clone()).is_ok());
+        let with = |k: &str, v: Json| {
+            let mut d = good.clone();
+            d[k] = v;
+            d
+        };
+        for (d, says) in [
+            (with("name", json!("other")), "is not the key's name"),
+            (with("name", json!(5)), "is not the key's name"),
+            (with("task", json!(5)), "task 5"),
+            (with("task", json!("  ")), "must name a task"),
+            (with("args", json!({"a": 1})), "args"),
+            (with("kwargs", json!("k")), "kwargs"),
+            (with("options", json!(1)), "options"),
+            (with("schedule", json!(null)), "no schedule"),
+            (json!([good.clone()]), "not a JSON object"),
+        ] {
+            let e = load(d.clone()).expect_err(&d.to_string());
+            assert!(e.contains(says), "{d}: {e}");
+        }
+        for (value, enabled) in [(json!(0), false), (json!("yes"), true), (json!(null), false), (json!([]), false)] {
+            assert_eq!(load(with("enabled", value.clone())).unwrap().enabled, enabled, "{value}");
+        }
+        let text = "x".repeat(10_000);
+        let e = load(with("args", json!(text))).unwrap_err();
+        assert!(e.len() < 300, "{e}");
     }
 }

@@ -2,19 +2,29 @@
 //! the entries and their state, and send what is due, slot by slot.
 //!
 //! For each entry a tick decides ([`decide`]) from the last slot, the
-//! schedule, the catch-up policy and the starting deadline; then each slot to
-//! send is recorded first (fenced by the lease, with the task id marked as in
-//! flight), published, and confirmed. A leader that finds a send in flight
-//! from a beat that died between recording and confirming sends it again
-//! under the same task id, so nothing recorded is lost; task ids are derived
-//! from the entry and the slot, so a repeat is recognisable as one.
+//! schedule, the catch-up policy and the starting deadline; then each slot is
+//! sent, fenced by the lease:
+//!
+//! - when the broker is the store's own Redis, one script checks the lease,
+//!   pushes the message and records the slot as sent: both or neither;
+//! - otherwise the slot is recorded first (fenced, with the task id marked as
+//!   in flight), the lease is renewed (fenced) and the message published, then
+//!   the send is confirmed. A leader that finds a send in flight from a beat
+//!   that died or lost the lease in between sends it again under the same
+//!   task id, so nothing recorded is lost; task ids are derived from the entry
+//!   and the slot, so a repeat is recognisable as one.
+//!
+//! Entries that cannot be run (see [`crate::store::Loaded::Broken`]) are
+//! logged once per change, counted in the health key and skipped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_broker::Producer;
+use celeriac_broker::{Broker, ExchangeKind, Outgoing, Producer};
 use celeriac_config::CatchUpPolicy;
+use celeriac_protocol::envelope::Envelope;
+use celeriac_protocol::event::{task_sent_fields, EventSource};
 use celeriac_protocol::result::{saferepr, SAFEREPR_MAXLEVELS};
 use celeriac_protocol::Value;
 use jiff::{SignedDuration, Timestamp};
@@ -28,7 +38,7 @@ use crate::health::{Counters, Health};
 use crate::overlap::{unfinished, TaskStates};
 use crate::schedule::Schedule;
 use crate::state::{EntryState, Pending};
-use crate::store::{LeaseEvent, Loaded, Store};
+use crate::store::{LeaseEvent, Loaded, Sent, Store};
 
 /// How beat runs.
 #[derive(Debug, Clone)]
@@ -45,6 +55,10 @@ pub struct BeatConfig {
     /// Part of every derived task id (RedBeat's key prefix), so two
     /// deployments with the same entry names do not share ids.
     pub namespace: String,
+    /// The broker is the store's Redis (same server and database): each
+    /// message is pushed by the script that checks the lease and records the
+    /// send, so a beat that lost the lease cannot publish.
+    pub publish_in_store: bool,
 }
 
 impl Default for BeatConfig {
@@ -55,6 +69,7 @@ impl Default for BeatConfig {
             dry_run: false,
             skip_grace: DEFAULT_SKIP_GRACE,
             namespace: "redbeat:".into(),
+            publish_in_store: false,
         }
     }
 }
@@ -89,8 +104,17 @@ pub fn fresh_state(entry: &Entry, now: Timestamp) -> EntryState {
     state
 }
 
-/// Decides what an entry does at `now` given its state.
-pub fn decide(entry: &Entry, state: &EntryState, now: Timestamp, skip_grace: SignedDuration) -> Decision {
+/// Decides what an entry does at `now` given its state. `watched_since` is
+/// when this beat started following the lease without a break (as leader or
+/// standby): under `catch_up = "skip"` a slot that came due since then is not
+/// downtime but a leadership change, and is sent however late.
+pub fn decide(
+    entry: &Entry,
+    state: &EntryState,
+    now: Timestamp,
+    skip_grace: SignedDuration,
+    watched_since: Option<Timestamp>,
+) -> Decision {
     let fingerprint = entry.fingerprint();
     let mut st = state.clone();
     let mut update = None;
@@ -122,7 +146,9 @@ pub fn decide(entry: &Entry, state: &EntryState, now: Timestamp, skip_grace: Sig
         Some(_) => {}
     }
     let policy = entry.catch_up();
-    let limit = if policy == CatchUpPolicy::All { entry.max_catch_up() as usize } else { 1 };
+    // `skip` may send every slot of a leadership change, as `all` sends them.
+    let many = policy == CatchUpPolicy::All || (policy == CatchUpPolicy::Skip && watched_since.is_some());
+    let limit = if many { entry.max_catch_up() as usize } else { 1 };
     let Some(due) = entry.schedule.due(st.last_run_at, now, &entry.tz, limit) else {
         let next = entry.schedule.next_after(st.last_run_at, &entry.tz);
         return Decision { update, sends: vec![], latest: None, dropped: 0, next, note };
@@ -133,8 +159,16 @@ pub fn decide(entry: &Entry, state: &EntryState, now: Timestamp, skip_grace: Sig
     let sends: Vec<Timestamp> = match policy {
         CatchUpPolicy::Once => [due.latest].into_iter().filter(|s| !stale(*s)).collect(),
         CatchUpPolicy::Skip => {
+            // Slots that came due while this beat followed the lease are no
+            // downtime: each is sent (a failover delays them, it does not
+            // drop them). Otherwise only a slot within the grace is.
             let grace = deadline.unwrap_or(skip_grace);
-            [due.latest].into_iter().filter(|s| late(*s) <= grace).collect()
+            let watched = |slot: Timestamp| watched_since.is_some_and(|w| slot >= w);
+            let mut sends: Vec<Timestamp> = due.recent.iter().copied().filter(|s| watched(*s)).collect();
+            if sends.is_empty() && late(due.latest) <= grace {
+                sends.push(due.latest);
+            }
+            sends
         }
         CatchUpPolicy::All => due.recent.iter().copied().filter(|s| !stale(*s)).collect(),
     };
@@ -185,8 +219,21 @@ pub struct Beat {
     statics_synced: bool,
     dry: HashMap<String, EntryState>,
     warned: HashMap<String, String>,
+    /// Entries that cannot be run, by key, with the reason (logged once per change).
+    broken: BTreeMap<String, String>,
+    /// Entries whose message cannot be built, by name, with the reason.
+    unsendable: BTreeMap<String, String>,
+    /// Since when this beat has followed the lease without a break.
+    watching_since: Option<Timestamp>,
+    /// Queues whose binding this beat declared (fenced sends).
+    declared: HashSet<String>,
+    /// The `task-sent` events of fenced sends.
+    events: EventSource,
     counters: Counters,
     ticks: tokio::sync::watch::Sender<u64>,
+    /// Called right before a message is published (tests: a stall there).
+    #[cfg(test)]
+    before_publish: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Beat {
@@ -219,7 +266,6 @@ impl Beat {
             config,
             statics,
             store,
-            producer,
             states: None,
             health: None,
             clock,
@@ -227,8 +273,16 @@ impl Beat {
             statics_synced: false,
             dry: HashMap::new(),
             warned: HashMap::new(),
+            broken: BTreeMap::new(),
+            unsendable: BTreeMap::new(),
+            watching_since: None,
+            declared: HashSet::new(),
+            events: EventSource::new(producer.config().origin.clone()),
+            producer,
             counters: Counters::default(),
             ticks: tokio::sync::watch::channel(0).0,
+            #[cfg(test)]
+            before_publish: None,
         }
     }
 
@@ -326,6 +380,35 @@ impl Beat {
         info!("beat: Stopped.");
     }
 
+    /// Logs the entries that became broken or changed how (one line each),
+    /// and those that are usable again or gone, and keeps the set for the
+    /// health key.
+    fn report_broken(&mut self, now: BTreeMap<String, String>) {
+        for (key, reason) in &now {
+            if self.broken.get(key) != Some(reason) {
+                warn!("beat: Entry {key} cannot be run; skipped, left in place untouched: {reason}");
+            }
+        }
+        for key in self.broken.keys().filter(|k| !now.contains_key(*k)) {
+            info!("beat: Entry {key} is no longer broken (fixed or removed)");
+        }
+        self.broken = now;
+    }
+
+    /// The entries beat cannot run now, by key, with the reason: broken in
+    /// Redis, or with a message that cannot be built.
+    pub fn broken(&self) -> BTreeMap<String, String> {
+        let mut all = self.broken.clone();
+        for (name, reason) in &self.unsendable {
+            let key = match &self.store {
+                Store::Redis(r) => r.keys().entry(name),
+                Store::File(_) => name.clone(),
+            };
+            all.insert(key, reason.clone());
+        }
+        all
+    }
+
     fn warn_once(&mut self, key: &str, message: String) {
         if self.warned.get(key) != Some(&message) {
             warn!("{message}");
@@ -356,7 +439,7 @@ impl Beat {
             }
             LeaseEvent::Kept => self.leader = true,
             LeaseEvent::Lost => {
-                self.counters.lease_lost += 1;
+                self.counters.lease_lost = self.counters.lease_lost.saturating_add(1);
                 warn!("beat: Lost the leader lease {}: another beat holds it now; standing by", r.keys().lock);
                 self.leader = false;
                 return Ok(Some(Duration::ZERO));
@@ -396,10 +479,13 @@ impl Beat {
             Store::Redis(r) => {
                 let loaded = r.load().await?;
                 let mut problems = Vec::new();
+                let mut broken = BTreeMap::new();
                 for item in loaded {
                     match item {
                         Loaded::Entry(entry, state, unknown) => {
                             if !unknown.is_empty() {
+                                let unknown: Vec<String> =
+                                    unknown.iter().take(10).map(|u| crate::entry::cut(u, 60)).collect();
                                 problems.push((
                                     format!("options:{}", entry.name),
                                     format!(
@@ -411,15 +497,15 @@ impl Beat {
                             }
                             out.push((*entry, state));
                         }
-                        Loaded::Broken { key, reason } => problems.push((
-                            key.clone(),
-                            format!("beat: entry {key} cannot be run, left in place untouched: {reason}"),
-                        )),
+                        Loaded::Broken { key, reason } => {
+                            broken.insert(key, crate::entry::cut(&reason, 500));
+                        }
                     }
                 }
                 for (key, message) in problems {
                     self.warn_once(&key, message);
                 }
+                self.report_broken(broken);
                 if self.config.dry_run {
                     // A dry run shows the configuration as it is now, with the
                     // state Redis has (none for entries not written yet).
@@ -459,9 +545,7 @@ impl Beat {
         match outcome {
             Ok(Some(exists)) => Ok(exists),
             Ok(None) => {
-                self.counters.lease_lost += 1;
-                self.leader = false;
-                warn!("beat: Lost the leader lease before sending {}; standing by", entry.name);
+                self.lost_lease(entry);
                 Err(Stop::LeaseLost)
             }
             Err(e) => {
@@ -469,6 +553,12 @@ impl Beat {
                 Err(Stop::Retry)
             }
         }
+    }
+
+    fn lost_lease(&mut self, entry: &Entry) {
+        self.counters.lease_lost = self.counters.lease_lost.saturating_add(1);
+        self.leader = false;
+        warn!("beat: Lost the leader lease before sending {}; standing by", entry.name);
     }
 
     /// One tick; returns when the next one is due.
@@ -481,10 +571,15 @@ impl Beat {
     async fn tick_once(&mut self) -> Timestamp {
         let now = self.clock.now();
         let bound = later(now, self.max_sleep());
-        match Box::pin(self.campaign(now)).await {
+        let campaign = Box::pin(self.campaign(now)).await;
+        if campaign.is_ok() {
+            self.watching_since.get_or_insert(now);
+        }
+        match campaign {
             Ok(None) => {}
             Ok(Some(wait)) => return later(now, wait).min(bound),
             Err(e) => {
+                self.watching_since = None;
                 self.leader = false;
                 self.warn_once("campaign", format!("beat: cannot reach Redis for the leader lease, not sending: {e}"));
                 return later(now, Duration::from_secs(1)).min(bound);
@@ -499,6 +594,7 @@ impl Beat {
             }
         };
         self.warned.remove("load");
+        self.unsendable.retain(|name, _| entries.iter().any(|(e, _)| &e.name == name));
         self.counters.entries = entries.len();
         let mut order: Vec<(Option<Timestamp>, Entry, EntryState)> =
             entries.into_iter().map(|(e, s)| (e.schedule.next_after(s.last_run_at, &e.tz), e, s)).collect();
@@ -518,6 +614,7 @@ impl Beat {
             }
         }
         self.counters.next_run = next_run;
+        self.counters.broken = self.broken();
         if !self.config.dry_run {
             if let Some(h) = &mut self.health {
                 if let Err(e) = h.write(self.clock.now(), &self.counters).await {
@@ -539,7 +636,7 @@ impl Beat {
         if let Some(pending) = state.run.pending.clone() {
             self.resend(entry, &mut state, &pending, now).await?;
         }
-        let d = decide(entry, &state, now, self.config.skip_grace);
+        let d = decide(entry, &state, now, self.config.skip_grace, self.watching_since);
         if let Some(update) = &d.update {
             let next = entry.schedule.next_after(update.last_run_at, &entry.tz);
             if !self.record(entry, update, next).await? {
@@ -552,8 +649,9 @@ impl Beat {
         }
         let Some(latest) = d.latest else { return Ok(d.next) };
         if d.dropped > 0 {
-            state.run.missed += d.dropped as u64;
-            self.counters.missed += d.dropped as u64;
+            let dropped = u64::try_from(d.dropped).unwrap_or(u64::MAX);
+            state.run.missed = state.run.missed.saturating_add(dropped);
+            self.counters.missed = self.counters.missed.saturating_add(dropped);
             info!(
                 "Scheduler: {} missed {} slot{} up to {latest} (catch_up {}{}); {}",
                 entry.name,
@@ -567,8 +665,8 @@ impl Beat {
         for slot in &d.sends {
             if let Some(reason) = self.overlapping(entry, &state, now).await {
                 state.last_run_at = Some(*slot);
-                state.run.skipped_overlap += 1;
-                self.counters.skipped_overlap += 1;
+                state.run.skipped_overlap = state.run.skipped_overlap.saturating_add(1);
+                self.counters.skipped_overlap = self.counters.skipped_overlap.saturating_add(1);
                 info!(
                     "Scheduler: Skipping due task {} ({}) slot={slot}: {reason} (skipped {} so far)",
                     entry.name, entry.task, state.run.skipped_overlap
@@ -596,10 +694,15 @@ impl Beat {
             return None;
         }
         let id = state.run.last_task_id.as_deref()?;
-        let since = state.run.last_sent_at().map(|t| now.duration_since(t));
-        if since.is_some_and(|s| s >= entry.no_overlap_timeout()) {
+        // The bound needs the send time: without one, or with one later than
+        // now by more than the bound (not clock skew), the previous run cannot
+        // block this one for good, so it does not block it at all.
+        let timeout = entry.no_overlap_timeout();
+        let since = now.duration_since(state.run.last_sent_at()?);
+        if since >= timeout || since <= -timeout {
             return None;
         }
+        let since = Some(since);
         let Some(states) = self.states.clone() else {
             self.warn_once(
                 &format!("no-overlap:{}", entry.name),
@@ -618,7 +721,9 @@ impl Beat {
         }
     }
 
-    /// Records, publishes and confirms one slot.
+    /// Sends one slot: in one fenced script with its record when the broker
+    /// is the store's Redis, else recorded (fenced), renewed, published and
+    /// confirmed.
     async fn send(
         &mut self,
         entry: &Entry,
@@ -636,29 +741,33 @@ impl Beat {
                 seconds(lag)
             );
             state.last_run_at = Some(slot);
-            state.total_run_count += 1;
+            state.total_run_count = state.total_run_count.saturating_add(1);
             self.dry.insert(entry.name.clone(), state.clone());
             return Ok(());
         }
+        let out = self.build(entry, &id, now)?;
         let mut next_state = state.clone();
         next_state.last_run_at = Some(slot);
-        next_state.total_run_count += 1;
-        next_state.run.pending = Some(Pending { slot: slot.to_string(), task_id: id.clone() });
+        next_state.total_run_count = next_state.total_run_count.saturating_add(1);
         next_state.run.last_task_id = Some(id.clone());
         next_state.run.last_sent_at = Some(now.to_string());
         let next = entry.schedule.next_after(Some(slot), &entry.tz);
-        if !self.record(entry, &next_state, next).await? {
-            return Ok(());
-        }
-        *state = next_state;
-        if let Err(e) = self.publish(entry, &id, now).await {
-            error!("Scheduler: Message Error: {e}; slot {slot} of {} stays recorded and is sent again", entry.name);
-            return Err(Stop::Retry);
+        if self.publish_fenced(entry, &out, &next_state, next).await? {
+            *state = next_state;
+        } else {
+            next_state.run.pending = Some(Pending { slot: slot.to_string(), task_id: id.clone() });
+            if !self.record(entry, &next_state, next).await? {
+                return Ok(());
+            }
+            *state = next_state;
+            self.publish_unfenced(entry, &out).await.inspect_err(|_| {
+                error!("Scheduler: slot {slot} of {} stays recorded and is sent again", entry.name);
+            })?;
+            state.run.pending = None;
+            self.record(entry, state, next).await?;
         }
         info!("Scheduler: Sending due task {} ({}) id={id} slot={slot} lag={}", entry.name, entry.task, seconds(lag));
-        self.counters.sent += 1;
-        state.run.pending = None;
-        self.record(entry, state, next).await?;
+        self.counters.sent = self.counters.sent.saturating_add(1);
         Ok(())
     }
 
@@ -669,38 +778,169 @@ impl Beat {
             state.run.pending = None;
             return Ok(());
         }
-        if let Err(e) = self.publish(entry, &p.task_id, now).await {
-            error!("Scheduler: Message Error sending {} slot {} again: {e}", entry.name, p.slot);
-            return Err(Stop::Retry);
+        let out = self.build(entry, &p.task_id, now)?;
+        let mut confirmed = state.clone();
+        confirmed.run.pending = None;
+        let next = entry.schedule.next_after(state.last_run_at, &entry.tz);
+        if !self.publish_fenced(entry, &out, &confirmed, next).await? {
+            self.publish_unfenced(entry, &out).await?;
+            self.record(entry, &confirmed, next).await?;
         }
+        *state = confirmed;
         warn!(
             "Scheduler: Sent {} ({}) slot {} again, id={} (same id): it was recorded but not confirmed, by a beat \
              that stopped or failed in between",
             entry.name, entry.task, p.slot, p.task_id
         );
-        self.counters.sent += 1;
-        state.run.pending = None;
-        let next = entry.schedule.next_after(state.last_run_at, &entry.tz);
-        self.record(entry, state, next).await?;
+        self.counters.sent = self.counters.sent.saturating_add(1);
         Ok(())
     }
 
-    /// Publishes one run as celery beat does: an ordinary task message with
+    /// Builds one run as celery beat sends it: an ordinary task message with
     /// the entry's options, the `celery_beat_task` header, the args as a list.
-    async fn publish(&self, entry: &Entry, id: &str, now: Timestamp) -> Result<(), crate::BeatError> {
+    /// A message that cannot be built is reported with the broken entries.
+    fn build(&mut self, entry: &Entry, id: &str, now: Timestamp) -> Result<Outgoing, Stop> {
         let mut options = entry.send.clone();
         options.task_id = Some(id.to_owned());
-        let send_err = |source| crate::BeatError::Send {
-            entry: entry.name.clone(),
-            task: entry.task.clone(),
-            source: Box::new(source),
-        };
         let args = entry.arg_values();
         let repr = saferepr(&Value::List(args.clone()), Some(1024), SAFEREPR_MAXLEVELS);
-        let mut out = self.producer.build(&entry.task, args, entry.kwarg_values(), &options, now).map_err(send_err)?;
-        out.task.headers.argsrepr = Some(repr.clone());
-        out.message.headers.insert("argsrepr".into(), Value::Str(repr));
-        self.producer.publish(&out).await.map_err(send_err)
+        match self.producer.build(&entry.task, args, entry.kwarg_values(), &options, now) {
+            Ok(mut out) => {
+                out.task.headers.argsrepr = Some(repr.clone());
+                out.message.headers.insert("argsrepr".into(), Value::Str(repr));
+                self.unsendable.remove(&entry.name);
+                Ok(out)
+            }
+            Err(e) => {
+                let reason = format!("its task message cannot be built: {e}");
+                if self.unsendable.get(&entry.name) != Some(&reason) {
+                    error!("beat: Entry {} cannot be run; skipped: {reason}", entry.name);
+                }
+                self.unsendable.insert(entry.name.clone(), reason);
+                Err(Stop::Retry)
+            }
+        }
+    }
+
+    /// Pushes the message and records `sent` in one fenced script, when the
+    /// broker is the store's Redis and the route is to queues (not a fanout).
+    /// `Ok(false)`: not possible here; publish otherwise.
+    async fn publish_fenced(
+        &mut self,
+        entry: &Entry,
+        out: &Outgoing,
+        sent: &EntryState,
+        next: Option<Timestamp>,
+    ) -> Result<bool, Stop> {
+        if !self.config.publish_in_store {
+            return Ok(false);
+        }
+        let (Store::Redis(_), Broker::Redis(broker)) = (&self.store, self.producer.broker()) else {
+            return Ok(false);
+        };
+        if !out.exchange.is_empty() && broker.exchange_kind(&out.exchange) == ExchangeKind::Fanout {
+            return Ok(false);
+        }
+        let broker = broker.clone();
+        let routed = async {
+            if let Some(queue) = out.queue.as_ref().filter(|q| !self.declared.contains(*q)) {
+                broker.declare_queue(queue, queue, queue).await.map_err(|e| e.to_string())?;
+            }
+            let queues = broker.route(&out.exchange, &out.routing_key).await.map_err(|e| e.to_string())?;
+            let mut envelope = Envelope::new(out.message.clone(), &out.exchange, &out.routing_key);
+            envelope.body_encoding = broker.options().body_encoding.clone();
+            let payload = envelope.to_json().map_err(|e| e.to_string())?;
+            Ok::<_, String>((queues, payload))
+        };
+        let (queues, payload) = match routed.await {
+            Ok(routed) => routed,
+            Err(e) => {
+                error!("Scheduler: Message Error: sending {} ({}): {e}", entry.name, entry.task);
+                return Err(Stop::Retry);
+            }
+        };
+        if let Some(queue) = &out.queue {
+            self.declared.insert(queue.clone());
+        }
+        if queues.is_empty() {
+            warn!(
+                exchange = %out.exchange, routing_key = %out.routing_key,
+                "message has no route: no queue is bound to the exchange with this key; dropped as kombu does"
+            );
+        }
+        let lists: Vec<String> =
+            queues.iter().map(|q| broker.keys().queue_key_for_priority(q, out.message.priority)).collect();
+        #[cfg(test)]
+        if let Some(stall) = &self.before_publish {
+            stall();
+        }
+        let Store::Redis(r) = &mut self.store else { return Ok(false) };
+        match r.send_fenced(entry, sent, next, &lists, &payload).await {
+            Ok(Sent::Done) => {}
+            Ok(Sent::LeaseLost) => {
+                self.lost_lease(entry);
+                return Err(Stop::LeaseLost);
+            }
+            Ok(Sent::Gone) => {
+                info!("beat: {} was deleted while it was being sent; nothing sent", entry.name);
+                return Err(Stop::Retry);
+            }
+            Ok(Sent::NotAList) => {
+                error!(
+                    "Scheduler: Message Error: sending {}: a key of queue(s) {} holds something other than a list; \
+                     nothing sent",
+                    entry.name,
+                    queues.join(", ")
+                );
+                return Err(Stop::Retry);
+            }
+            Err(e) => {
+                error!("Scheduler: Message Error: sending {} ({}): {e}", entry.name, entry.task);
+                return Err(Stop::Retry);
+            }
+        }
+        if self.producer.config().send_sent_event {
+            let queue = out.queue.clone().unwrap_or_else(|| out.routing_key.clone());
+            let fields = task_sent_fields(&out.task, &queue, &out.exchange, &out.routing_key);
+            let event = self.events.event("task-sent", fields);
+            if let Err(e) = self.producer.broker().publish_event(&event).await {
+                warn!(task_id = %out.task.headers.id, "could not send the task-sent event: {e}");
+            }
+        }
+        Ok(true)
+    }
+
+    /// Publishes through the producer, after renewing the lease (fenced)
+    /// when there is one: a beat that lost it does not publish, and the
+    /// recorded send is left to the next leader.
+    async fn publish_unfenced(&mut self, entry: &Entry, out: &Outgoing) -> Result<(), Stop> {
+        #[cfg(test)]
+        if let Some(stall) = &self.before_publish {
+            stall();
+        }
+        if let Store::Redis(r) = &mut self.store {
+            match r.renew().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.lost_lease(entry);
+                    return Err(Stop::LeaseLost);
+                }
+                Err(e) => {
+                    error!("Scheduler: not sending {}: {e}", entry.name);
+                    return Err(Stop::Retry);
+                }
+            }
+        }
+        if let Err(source) = self.producer.publish(out).await {
+            let e = crate::BeatError::Send {
+                entry: entry.name.clone(),
+                task: entry.task.clone(),
+                source: Box::new(source),
+            };
+            error!("Scheduler: Message Error: {e}");
+            return Err(Stop::Retry);
+        }
+        Ok(())
     }
 }
 
@@ -739,7 +979,7 @@ mod tests {
     #[test]
     fn a_new_entry_waits_for_its_first_slot() {
         let e = entry("10s", serde_json::json!({}));
-        let d = decide(&e, &EntryState::default(), at("2026-01-01T00:00:00Z"), DEFAULT_SKIP_GRACE);
+        let d = decide(&e, &EntryState::default(), at("2026-01-01T00:00:00Z"), DEFAULT_SKIP_GRACE, None);
         assert!(d.sends.is_empty());
         assert_eq!(d.update.unwrap().last_run_at, Some(at("2026-01-01T00:00:00Z")));
         assert_eq!(d.next, Some(at("2026-01-01T00:00:10Z")));
@@ -749,28 +989,30 @@ mod tests {
     fn catch_up_policies_after_downtime() {
         let now = at("2026-01-01T00:01:05Z");
         let once = entry("10s", serde_json::json!({}));
-        let d = decide(&once, &ran(&once, "2026-01-01T00:00:00Z"), now, DEFAULT_SKIP_GRACE);
+        let d = decide(&once, &ran(&once, "2026-01-01T00:00:00Z"), now, DEFAULT_SKIP_GRACE, None);
         assert_eq!((d.sends.clone(), d.dropped), (vec![at("2026-01-01T00:01:00Z")], 5));
         assert_eq!(d.next, Some(at("2026-01-01T00:01:10Z")));
 
         let all = entry("10s", serde_json::json!({"catch_up": "all", "max_catch_up": 4}));
-        let d = decide(&all, &ran(&all, "2026-01-01T00:00:00Z"), now, DEFAULT_SKIP_GRACE);
+        let d = decide(&all, &ran(&all, "2026-01-01T00:00:00Z"), now, DEFAULT_SKIP_GRACE, None);
         assert_eq!(d.sends.len(), 4);
         assert_eq!((d.sends[0], d.sends[3], d.dropped), (at("2026-01-01T00:00:30Z"), at("2026-01-01T00:01:00Z"), 2));
 
         let skip = entry("0 * * * *", serde_json::json!({"catch_up": "skip"}));
-        let d = decide(&skip, &ran(&skip, "2026-01-01T00:00:00Z"), at("2026-01-01T03:20:00Z"), DEFAULT_SKIP_GRACE);
+        let d =
+            decide(&skip, &ran(&skip, "2026-01-01T00:00:00Z"), at("2026-01-01T03:20:00Z"), DEFAULT_SKIP_GRACE, None);
         assert_eq!((d.sends.len(), d.dropped, d.latest), (0, 3, Some(at("2026-01-01T03:00:00Z"))));
-        let d = decide(&skip, &ran(&skip, "2026-01-01T00:00:00Z"), at("2026-01-01T03:00:02Z"), DEFAULT_SKIP_GRACE);
+        let d =
+            decide(&skip, &ran(&skip, "2026-01-01T00:00:00Z"), at("2026-01-01T03:00:02Z"), DEFAULT_SKIP_GRACE, None);
         assert_eq!((d.sends, d.dropped), (vec![at("2026-01-01T03:00:00Z")], 2));
     }
 
     #[test]
     fn the_starting_deadline_drops_stale_slots() {
         let e = entry("0 * * * *", serde_json::json!({"starting_deadline": 60}));
-        let d = decide(&e, &ran(&e, "2026-01-01T00:00:00Z"), at("2026-01-01T01:05:00Z"), DEFAULT_SKIP_GRACE);
+        let d = decide(&e, &ran(&e, "2026-01-01T00:00:00Z"), at("2026-01-01T01:05:00Z"), DEFAULT_SKIP_GRACE, None);
         assert_eq!((d.sends.len(), d.dropped), (0, 1));
-        let d = decide(&e, &ran(&e, "2026-01-01T00:00:00Z"), at("2026-01-01T01:00:30Z"), DEFAULT_SKIP_GRACE);
+        let d = decide(&e, &ran(&e, "2026-01-01T00:00:00Z"), at("2026-01-01T01:00:30Z"), DEFAULT_SKIP_GRACE, None);
         assert_eq!(d.sends.len(), 1);
     }
 
@@ -780,7 +1022,7 @@ mod tests {
         let state = ran(&old, "2026-01-01T00:00:00Z");
         let new = entry("10s", serde_json::json!({}));
         let now = at("2026-01-01T00:30:00Z");
-        let d = decide(&new, &state, now, DEFAULT_SKIP_GRACE);
+        let d = decide(&new, &state, now, DEFAULT_SKIP_GRACE, None);
         assert!(d.sends.is_empty());
         assert_eq!(d.update.unwrap().last_run_at, Some(now));
         assert_eq!(d.next, Some(at("2026-01-01T00:30:10Z")));
@@ -791,7 +1033,7 @@ mod tests {
         let e = entry("10s", serde_json::json!({}));
         let state = ran(&e, "2026-01-01T00:00:00Z");
         // The tick runs late: the slot is still 00:00:10 and the next 00:00:20.
-        let d = decide(&e, &state, at("2026-01-01T00:00:13.5Z"), DEFAULT_SKIP_GRACE);
+        let d = decide(&e, &state, at("2026-01-01T00:00:13.5Z"), DEFAULT_SKIP_GRACE, None);
         assert_eq!((d.sends, d.next), (vec![at("2026-01-01T00:00:10Z")], Some(at("2026-01-01T00:00:20Z"))));
     }
 
@@ -801,5 +1043,208 @@ mod tests {
         assert_eq!(task_id("redbeat:", "poll", slot), task_id("redbeat:", "poll", slot));
         assert_ne!(task_id("redbeat:", "poll", slot), task_id("redbeat:", "other", slot));
         assert_eq!(task_id("redbeat:", "poll", slot).len(), 36);
+    }
+
+    #[test]
+    fn skip_sends_a_late_slot_that_came_due_while_this_beat_was_watching() {
+        let e = entry("0 * * * *", serde_json::json!({"catch_up": "skip"}));
+        let state = ran(&e, "2026-01-01T00:00:00Z");
+        let now = at("2026-01-01T01:00:45Z");
+        // Downtime: nobody was there when 01:00 came due; 45 s is past the grace.
+        let d = decide(&e, &state, now, DEFAULT_SKIP_GRACE, Some(at("2026-01-01T01:00:40Z")));
+        assert_eq!((d.sends.len(), d.dropped), (0, 1));
+        // A leadership change: this beat stood by since before the slot.
+        let d = decide(&e, &state, now, DEFAULT_SKIP_GRACE, Some(at("2026-01-01T00:10:00Z")));
+        assert_eq!((d.sends, d.dropped), (vec![at("2026-01-01T01:00:00Z")], 0));
+        // Two slots in a long handover: both, not only the latest; a slot
+        // from before this beat was there stays dropped.
+        let later = at("2026-01-01T02:00:45Z");
+        let d = decide(&e, &state, later, DEFAULT_SKIP_GRACE, Some(at("2026-01-01T00:10:00Z")));
+        assert_eq!((d.sends, d.dropped), (vec![at("2026-01-01T01:00:00Z"), at("2026-01-01T02:00:00Z")], 0));
+        let d = decide(&e, &state, later, DEFAULT_SKIP_GRACE, Some(at("2026-01-01T01:30:00Z")));
+        assert_eq!((d.sends, d.dropped), (vec![at("2026-01-01T02:00:00Z")], 1));
+    }
+
+    /// Two beats sharing a private redis-server (state and lease), sending
+    /// through `broker`, on one manual clock.
+    mod shared {
+        use super::*;
+        use crate::redbeat::Keys;
+        use crate::{ManualClock, RedisStore};
+        use celeriac_broker::{MemoryBroker, ProducerConfig, RedisBroker};
+        use celeriac_tests::RedisServer;
+        use std::sync::Mutex;
+
+        pub(super) const T0: &str = "2026-03-01T12:00:00Z";
+
+        pub(super) async fn beat(
+            redis: &RedisServer,
+            broker: &Broker,
+            clock: &ManualClock,
+            toml: &str,
+            publish_in_store: bool,
+        ) -> Beat {
+            let (con, url) = crate::store::redis::connect(&redis.url(), None).await.unwrap();
+            let keys = Keys::new("redbeat:", "redbeat::lock");
+            let ttl = Duration::from_secs(30);
+            let store = Store::Redis(Box::new(RedisStore::new(con, url, keys, ttl, TimeZone::UTC, None)));
+            let s = celeriac_config::load_from_str(toml, "", Vec::new()).unwrap().settings;
+            let statics = s
+                .beat_schedule
+                .iter()
+                .map(|(n, e)| Entry::from_settings(n, e, &TimeZone::UTC, None).unwrap())
+                .collect();
+            let producer = Producer::new(broker.clone(), ProducerConfig::default());
+            let config = BeatConfig { lease_ttl: ttl, publish_in_store, ..BeatConfig::default() };
+            Beat::new(config, statics, store, producer, Arc::new(clock.clone()))
+        }
+
+        /// A hook that hands the lease to another beat, as a pause longer
+        /// than the lease at that point would.
+        pub(super) fn steal_lease(redis: &RedisServer) -> Box<dyn Fn() + Send + Sync> {
+            let con = Mutex::new(redis::Client::open(redis.url()).unwrap().get_connection().unwrap());
+            Box::new(move || {
+                let mut con = con.lock().unwrap();
+                redis::cmd("SET")
+                    .arg("redbeat::lock")
+                    .arg("another-beat")
+                    .arg("PX")
+                    .arg(60_000)
+                    .exec(&mut *con)
+                    .unwrap();
+            })
+        }
+
+        pub(super) fn del_lease(redis: &RedisServer) {
+            let mut con = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+            redis::cmd("DEL").arg("redbeat::lock").exec(&mut con).unwrap();
+        }
+
+        pub(super) fn plus(secs: f64) -> Timestamp {
+            at(T0).checked_add(SignedDuration::try_from_secs_f64(secs).unwrap()).unwrap()
+        }
+
+        pub(super) fn memory() -> (MemoryBroker, Broker) {
+            let m = MemoryBroker::default();
+            (m.clone(), Broker::Memory(m))
+        }
+
+        pub(super) fn redis_broker(redis: &RedisServer) -> Broker {
+            Broker::Redis(RedisBroker::from_url(&redis.url()).unwrap())
+        }
+    }
+
+    const POLL: &str = "[beat_schedule.poll]\ntask = \"managers.poll\"\nschedule = 10\noptions = { queue = \"q\" }\n";
+
+    /// Ids of the task messages in a Redis list, oldest first.
+    fn ids_in(redis: &celeriac_tests::RedisServer, list: &str) -> Vec<String> {
+        let mut con = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+        let raw: Vec<String> = redis::cmd("LRANGE").arg(list).arg(0).arg(-1).query(&mut con).unwrap();
+        raw.iter()
+            .rev()
+            .map(|m| {
+                serde_json::from_str::<serde_json::Value>(m).unwrap()["headers"]["id"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_lost_the_lease_before_its_fenced_send_pushes_nothing() {
+        use shared::*;
+        let Some(redis) = celeriac_tests::or_skip("redis-server", celeriac_tests::RedisServer::start()) else {
+            return;
+        };
+        let broker = redis_broker(&redis);
+        let clock = crate::ManualClock::new(at(T0));
+        let mut a = beat(&redis, &broker, &clock, POLL, true).await;
+        let mut b = beat(&redis, &broker, &clock, POLL, true).await;
+        a.tick().await;
+        b.tick().await;
+        assert!(a.is_leader() && !b.is_leader());
+        // The slot of T0+10s comes due; A stalls right before its send and
+        // another beat holds the lease when A goes on.
+        a.before_publish = Some(steal_lease(&redis));
+        clock.set(plus(10.0));
+        a.tick().await;
+        assert_eq!(ids_in(&redis, "q"), Vec::<String>::new(), "a beat without the lease pushed a message");
+        assert_eq!(a.counters().lease_lost, 1);
+        // The other beat goes away; B takes over and sends the slot, once.
+        del_lease(&redis);
+        clock.set(plus(10.5));
+        b.tick().await;
+        assert!(b.is_leader());
+        assert_eq!(ids_in(&redis, "q"), vec![task_id("redbeat:", "poll", plus(10.0))]);
+        a.before_publish = None;
+        clock.set(plus(11.0));
+        a.tick().await;
+        b.tick().await;
+        assert_eq!(ids_in(&redis, "q").len(), 1, "the slot was sent twice");
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_lost_the_lease_before_publishing_leaves_the_recorded_slot_to_the_next() {
+        use shared::*;
+        let Some(redis) = celeriac_tests::or_skip("redis-server", celeriac_tests::RedisServer::start()) else {
+            return;
+        };
+        // The broker is not the store's Redis: record, renew, publish, confirm.
+        let (memory, broker) = memory();
+        let clock = crate::ManualClock::new(at(T0));
+        let mut a = beat(&redis, &broker, &clock, POLL, false).await;
+        let mut b = beat(&redis, &broker, &clock, POLL, false).await;
+        a.tick().await;
+        b.tick().await;
+        a.before_publish = Some(steal_lease(&redis));
+        clock.set(plus(10.0));
+        a.tick().await;
+        assert_eq!(memory.queue_len("q"), 0, "a beat without the lease published");
+        del_lease(&redis);
+        clock.set(plus(10.5));
+        b.tick().await;
+        let sent: Vec<serde_json::Value> =
+            memory.list("q", 0).iter().map(|m| serde_json::from_str(m).unwrap()).collect();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            sent[0]["headers"]["id"],
+            task_id("redbeat:", "poll", plus(10.0)).as_str(),
+            "the recorded slot, resent"
+        );
+    }
+
+    #[tokio::test]
+    async fn skip_does_not_drop_a_slot_that_came_due_during_a_failover() {
+        use shared::*;
+        let Some(redis) = celeriac_tests::or_skip("redis-server", celeriac_tests::RedisServer::start()) else {
+            return;
+        };
+        let (memory, broker) = memory();
+        let toml = "[beat_schedule.poll]\ntask = \"managers.poll\"\nschedule = 60\ncatch_up = \"skip\"\noptions = { queue = \"q\" }\n";
+        let clock = crate::ManualClock::new(at(T0));
+        let mut a = beat(&redis, &broker, &clock, toml, false).await;
+        let mut b = beat(&redis, &broker, &clock, toml, false).await;
+        a.tick().await;
+        b.tick().await;
+        // A dies at once; its lease runs out; B takes over 45 s after the slot
+        // of T0+60s, later than the 30 s grace of `skip`.
+        del_lease(&redis);
+        clock.set(plus(105.0));
+        b.tick().await;
+        assert!(b.is_leader());
+        let ids: Vec<String> = memory
+            .list("q", 0)
+            .iter()
+            .map(|m| {
+                serde_json::from_str::<serde_json::Value>(m).unwrap()["headers"]["id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(ids, vec![task_id("redbeat:", "poll", plus(60.0))], "the failover's slot was dropped");
+        // Downtime is still skipped: B dies too, and C starts after the next slot.
+        del_lease(&redis);
+        clock.set(plus(165.0));
+        let mut c = beat(&redis, &broker, &clock, toml, false).await;
+        c.tick().await;
+        assert!(c.is_leader());
+        assert_eq!(memory.queue_len("q"), 1, "a slot missed while no beat ran was sent under skip");
+        assert_eq!(c.counters().missed, 1);
     }
 }

@@ -72,7 +72,33 @@ impl EntryState {
     pub fn from_fields(meta: Option<&str>, run: Option<&str>) -> Result<EntryState, String> {
         let (last_run_at, total_run_count) = crate::redbeat::meta_from_json(meta)?;
         let run = match run.filter(|r| !r.is_empty()) {
-            Some(text) => serde_json::from_str(text).map_err(|e| format!("celeriac_run is not celeriac's: {e}"))?,
+            Some(text) => {
+                let bad = |e: String| {
+                    format!("celeriac_run is not celeriac's run state ({e}); delete the field to start it afresh")
+                };
+                let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+                if !v.is_object() {
+                    return Err(bad(format!("{} is not an object", crate::entry::brief(&v))));
+                }
+                let run: RunState = serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
+                let uuid = |id: &str| uuid::Uuid::parse_str(id).is_ok();
+                if let Some(p) = &run.pending {
+                    if !uuid(&p.task_id) || p.slot.parse::<Timestamp>().is_err() {
+                        return Err(bad(format!(
+                            "pending send {:?} at {:?} is not a task id and a time",
+                            crate::entry::cut(&p.task_id, 40),
+                            crate::entry::cut(&p.slot, 40)
+                        )));
+                    }
+                }
+                if let Some(at) = run.last_sent_at.as_deref().filter(|at| at.parse::<Timestamp>().is_err()) {
+                    return Err(bad(format!("last_sent_at {:?} is not a time", crate::entry::cut(at, 40))));
+                }
+                if let Some(id) = run.last_task_id.as_deref().filter(|id| !uuid(id)) {
+                    return Err(bad(format!("last_task_id {:?} is not a task id", crate::entry::cut(id, 40))));
+                }
+                run
+            }
             None => RunState::default(),
         };
         Ok(EntryState { last_run_at, total_run_count, run })

@@ -91,3 +91,81 @@ async fn entries_saved_from_rust_are_read_by_celeriac_and_redbeat() {
     s.delete_entry("nightly").await.unwrap();
     assert!(s.load().await.unwrap().is_empty());
 }
+
+/// Runs `tests/python/redbeat_peer.py` with `args` and returns its stdout lines as JSON.
+fn peer(python: &std::path::Path, redis: &RedisServer, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(python)
+        .arg(celeriac_tests::repo_root().join("tests/python/redbeat_peer.py"))
+        .args(["--redis", &redis.url()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "redbeat_peer {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn every_broken_shape_python_writes_is_reported_by_name_and_the_good_entries_load() {
+    let (Some(redis), Some(python)) =
+        (celeriac_tests::or_skip("redis-server", RedisServer::start()), celeriac_tests::python_peer())
+    else {
+        return;
+    };
+    let written = peer(&python, &redis, &["broken"]).remove(0);
+    assert_eq!(written["nan_refused"], true, "Redis stores no NaN score");
+    let mut s = store(&redis, Duration::from_secs(5)).await;
+    let loaded = s.load().await.unwrap();
+    let mut broken = std::collections::BTreeMap::new();
+    let mut good = Vec::new();
+    for item in loaded {
+        match item {
+            Loaded::Broken { key, reason } => {
+                assert!(reason.len() < 2000, "{key}: a reason of {} bytes", reason.len());
+                broken.insert(key, reason);
+            }
+            Loaded::Entry(entry, _, _) => good.push(entry.name.clone()),
+        }
+    }
+    for b in written["broken"].as_array().unwrap() {
+        let (key, expect) = (b["key"].as_str().unwrap(), b["expect"].as_str().unwrap());
+        let reason = broken.get(key).unwrap_or_else(|| panic!("{key} is not reported broken; good: {good:?}"));
+        assert!(reason.contains(expect), "{key}: {reason:?} does not say {expect:?}");
+    }
+    assert_eq!(broken.len(), written["broken"].as_array().unwrap().len(), "{broken:#?}");
+    let mut expected: Vec<String> =
+        written["good"].as_array().unwrap().iter().map(|g| g.as_str().unwrap().to_owned()).collect();
+    expected.sort();
+    good.sort();
+    assert_eq!(good, expected);
+    // Reading is not repairing: every broken hash is left as it was.
+    let mut admin = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let members: i64 = redis::cmd("ZCARD").arg("redbeat::schedule").query(&mut admin).unwrap();
+    assert_eq!(members as usize, broken.len() + good.len());
+}
+
+#[tokio::test]
+async fn enabled_is_read_with_pythons_truthiness_as_redbeat_reads_it() {
+    let (Some(redis), Some(python)) =
+        (celeriac_tests::or_skip("redis-server", RedisServer::start()), celeriac_tests::python_peer())
+    else {
+        return;
+    };
+    let python_says = peer(&python, &redis, &["truthiness"]);
+    let mut s = store(&redis, Duration::from_secs(5)).await;
+    let ours: std::collections::BTreeMap<String, bool> = s
+        .load()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|item| match item {
+            Loaded::Entry(e, _, _) => (e.name.clone(), e.enabled),
+            Loaded::Broken { key, reason } => panic!("{key}: {reason}"),
+        })
+        .collect();
+    assert_eq!(ours.len(), python_says.len());
+    for p in &python_says {
+        let name = p["name"].as_str().unwrap();
+        assert_eq!(ours[name], p["enabled"].as_bool().unwrap(), "enabled = {} ({name})", p["value"]);
+    }
+    assert!(ours.values().any(|e| *e) && ours.values().any(|e| !*e));
+}

@@ -223,6 +223,29 @@ options = { queue = "q" }
 }
 
 #[tokio::test]
+async fn no_overlap_is_not_held_for_good_by_a_send_time_in_the_far_future() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let toml = "[beat_schedule.poll]\ntask = \"t.poll\"\nschedule = 10\nno_overlap = true\nno_overlap_timeout = 60\n\
+                options = { queue = \"q\" }\n";
+    let results = Arc::new(Results::default());
+    {
+        let mut r = rig_with(toml, &state, BeatConfig::default(), Some(results.clone()));
+        r.tick_at(at(T0)).await;
+    }
+    // A run that never finishes, "sent" in year 9999 (a skewed or tampered record).
+    let mut store = FileStore::open(&state).unwrap();
+    let mut s = store.state("poll");
+    s.run.last_task_id = Some(task_id("redbeat:", "poll", at(T0)));
+    s.run.last_sent_at = Some("9999-01-01T00:00:00Z".into());
+    store.put("poll", &s).unwrap();
+    drop(store);
+    let mut r = rig_with(toml, &state, BeatConfig::default(), Some(results));
+    r.tick_at(plus(10)).await;
+    assert_eq!(r.sent("q").len(), 1, "a send time in the future blocked the entry");
+}
+
+#[tokio::test]
 async fn a_recorded_but_unconfirmed_send_is_sent_again_with_its_id() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");

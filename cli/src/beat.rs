@@ -3,16 +3,18 @@
 //! SIGTERM/SIGINT to stop (releasing the leader lease at once), and the
 //! operator's `--dry-run` and `--explain`.
 //!
-//! With `redbeat_redis_url` (or `--redis-url`) state, dynamic entries and a
-//! leader lease live in Redis in RedBeat's layout, and any number of beats
-//! may run: one sends. Without it, state is kept in the local file
-//! `beat_schedule_filename` (`-s`) and one beat runs alone.
+//! State, dynamic entries and a leader lease live in Redis in RedBeat's
+//! layout, and any number of beats may run (one sends): in
+//! `redbeat_redis_url` (`--redis-url`) when set, else in the broker's Redis
+//! when the broker is Redis, as RedBeat defaults `redbeat_redis_url` to
+//! `broker_url`. The local file `beat_schedule_filename` is used for a broker
+//! without Redis, or when `-s FILE` asks for it; then one beat runs alone.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_beat::store::redis::connect;
+use celeriac_beat::store::redis::{connect, connect_with_tls};
 use celeriac_beat::{Beat, BeatConfig, Entry, FileStore, RedisStore, Store};
 use celeriac_broker::Producer;
 use celeriac_config::Settings;
@@ -134,15 +136,49 @@ fn is_redis(url: &str) -> bool {
     ["redis://", "rediss://", "redis+socket://", "unix://", "sentinel://"].iter().any(|s| url.starts_with(s))
 }
 
-/// Connects to beat's Redis, retrying until it answers or `stop` fires.
+/// Where beat keeps its state and lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StateAt {
+    /// In Redis at this URL, for the reason given (for the startup log).
+    Redis { url: String, why: &'static str },
+    /// In the local state file.
+    File(PathBuf),
+}
+
+/// `redbeat_redis_url` when set; else the broker's Redis unless `-s FILE`
+/// asks for a file (RedBeat's default, and the one that keeps two beats on
+/// two hosts from both sending); else the file.
+fn state_at(settings: &Settings, explicit_file: bool) -> StateAt {
+    match &settings.redbeat_redis_url {
+        Some(url) => StateAt::Redis { url: url.clone(), why: "redbeat_redis_url" },
+        None if !explicit_file && is_redis(&settings.broker_url) => StateAt::Redis {
+            url: settings.broker_url.clone(),
+            why: "the broker's Redis, as redbeat_redis_url is not set (RedBeat's default; -s FILE keeps state in a \
+                  file instead, for one beat alone)",
+        },
+        None => StateAt::File(PathBuf::from(&settings.beat_schedule_filename)),
+    }
+}
+
+/// A number of seconds from a setting as a duration, refused if it does not fit one.
+fn duration(setting: &str, secs: f64) -> Result<Duration, CliError> {
+    Duration::try_from_secs_f64(secs).map_err(|e| {
+        let secs = celeriac_beat::entry::number(secs);
+        CliError::Setting(format!("{setting} = {secs}: not a usable number of seconds ({e})"))
+    })
+}
+
+/// Connects to beat's Redis (with `tls` settings), retrying until it answers
+/// or `stop` fires.
 async fn connect_retrying(
     url: &str,
     master: Option<&str>,
+    tls: Option<&celeriac_config::TlsSettings>,
     stop: &CancellationToken,
 ) -> Result<Option<(redis::aio::ConnectionManager, String)>, CliError> {
     let mut wait = Duration::from_millis(500);
     loop {
-        match connect(url, master).await {
+        match connect_with_tls(url, master, tls).await {
             Ok(found) => return Ok(Some(found)),
             Err(e @ celeriac_beat::BeatError::Setting { .. }) => return Err(beat_error(e)),
             Err(e) => {
@@ -157,31 +193,32 @@ async fn connect_retrying(
     }
 }
 
-/// Opens the store: Redis when `redbeat_redis_url` is set (waiting for it
-/// while `wait`, else failing at once), else the state file. `None` if
-/// stopped while waiting for Redis.
+/// Opens the store where [`state_at`] says (waiting for Redis while `wait`,
+/// else failing at once). `None` if stopped while waiting for Redis.
 async fn open_store(
     settings: &Settings,
+    at: &StateAt,
     tz: &TimeZone,
     read_only: bool,
     wait: Option<&CancellationToken>,
 ) -> Result<Option<Store>, CliError> {
     let master = settings.broker_transport_options.master_name.as_deref();
-    match settings.redbeat_redis_url.as_deref() {
-        Some(url) => {
+    match at {
+        StateAt::Redis { url, .. } => {
+            // The broker's Redis is reached as the broker is (`broker_use_ssl`).
+            let tls = settings.broker_use_ssl.as_ref().filter(|_| *url == settings.broker_url);
             let found = match wait {
-                Some(stop) => connect_retrying(url, master, stop).await?,
-                None => Some(connect(url, master).await.map_err(beat_error)?),
+                Some(stop) => connect_retrying(url, master, tls, stop).await?,
+                None => Some(connect_with_tls(url, master, tls).await.map_err(beat_error)?),
             };
             let Some((con, masked)) = found else { return Ok(None) };
             let keys = celeriac_beat::redbeat::Keys::from_settings(settings);
-            let lease = Duration::from_secs_f64(settings.redbeat_lock_timeout.unwrap_or(DEFAULT_LEASE));
+            let lease = duration("redbeat_lock_timeout", settings.redbeat_lock_timeout.unwrap_or(DEFAULT_LEASE))?;
             let store = RedisStore::new(con, masked, keys, lease, tz.clone(), settings.beat_cron_starting_deadline);
             Ok(Some(Store::Redis(Box::new(if read_only { store.read_only() } else { store }))))
         }
-        None => {
-            let path = PathBuf::from(&settings.beat_schedule_filename);
-            let file = if read_only { FileStore::open_read_only(&path) } else { FileStore::open(&path) };
+        StateAt::File(path) => {
+            let file = if read_only { FileStore::open_read_only(path) } else { FileStore::open(path) };
             Ok(Some(Store::File(file.map_err(beat_error)?)))
         }
     }
@@ -194,13 +231,28 @@ pub async fn run(args: BeatArgs) -> Result<(), CliError> {
     let settings = settings(&args)?;
     let tz = app_timezone(&settings)?;
     let statics = statics(&settings, &tz)?;
+    let at = state_at(&settings, args.schedule_file.is_some());
     if args.explain {
-        return explain(&args, &settings, &tz, statics).await;
+        return explain(&args, &settings, &at, &tz, statics).await;
     }
+    let max_interval = duration("beat_max_loop_interval", settings.beat_max_loop_interval)?;
+    let lease_ttl = duration("redbeat_lock_timeout", settings.redbeat_lock_timeout.unwrap_or(DEFAULT_LEASE))?;
+    let health_ttl = duration("beat_health_ttl", settings.beat_health_ttl)?;
     let shutdown = CancellationToken::new();
     let (reload_tx, reload) = mpsc::channel(4);
     watch_signals(shutdown.clone(), reload_tx, args.clone())?;
-    let Some(store) = open_store(&settings, &tz, args.dry_run, Some(&shutdown)).await? else { return Ok(()) };
+    let Some(store) = open_store(&settings, &at, &tz, args.dry_run, Some(&shutdown)).await? else { return Ok(()) };
+    match (&at, &store) {
+        (StateAt::Redis { why, .. }, Store::Redis(r)) => {
+            info!("beat: State and leader lease in {} ({}): {why}", r.url(), r.keys().lock)
+        }
+        (_, Store::File(f)) => info!(
+            "beat: State in the file {}: {}; run one beat only",
+            f.path().display(),
+            if is_redis(&settings.broker_url) { "-s asks for it" } else { "the broker is not Redis" }
+        ),
+        _ => {}
+    }
 
     let origin = format!("gen{}@{}", std::process::id(), celeriac_broker::producer::hostname());
     let mut producer_config = assemble::producer_config(&settings, &origin)?;
@@ -221,7 +273,7 @@ pub async fn run(args: BeatArgs) -> Result<(), CliError> {
     let health = if args.dry_run {
         None
     } else {
-        let ttl = Duration::from_secs_f64(settings.beat_health_ttl);
+        let ttl = health_ttl;
         let service = &settings.beat_health_service;
         match &store {
             Store::Redis(r) => {
@@ -244,11 +296,15 @@ pub async fn run(args: BeatArgs) -> Result<(), CliError> {
     };
     print!("{}", banner(&settings, &store, &statics, &producer, args.dry_run, health.is_some()));
 
+    // The broker is this very Redis: messages are pushed by the script that
+    // checks the lease, so a beat that lost it cannot publish.
+    let publish_in_store = matches!(&at, StateAt::Redis { url, .. } if *url == settings.broker_url);
     let config = BeatConfig {
-        max_interval: Duration::from_secs_f64(settings.beat_max_loop_interval),
-        lease_ttl: Duration::from_secs_f64(settings.redbeat_lock_timeout.unwrap_or(DEFAULT_LEASE)),
+        max_interval,
+        lease_ttl,
         dry_run: args.dry_run,
         namespace: settings.redbeat_key_prefix.clone(),
+        publish_in_store,
         ..BeatConfig::default()
     };
     let mut beat = Beat::new(config, statics, store, producer, Arc::new(celeriac_beat::SystemClock));
@@ -264,11 +320,17 @@ pub async fn run(args: BeatArgs) -> Result<(), CliError> {
 
 /// `--explain`: next fire times of the static entries and, with Redis, the
 /// dynamic ones, from their recorded state.
-async fn explain(args: &BeatArgs, settings: &Settings, tz: &TimeZone, statics: Vec<Entry>) -> Result<(), CliError> {
+async fn explain(
+    args: &BeatArgs,
+    settings: &Settings,
+    at: &StateAt,
+    tz: &TimeZone,
+    statics: Vec<Entry>,
+) -> Result<(), CliError> {
     let now = jiff::Timestamp::now();
     let mut rows: Vec<(Entry, Option<celeriac_beat::EntryState>)> = Vec::new();
     let mut broken = Vec::new();
-    match open_store(settings, tz, true, None).await? {
+    match open_store(settings, at, tz, true, None).await? {
         Some(Store::File(file)) => rows.extend(statics.into_iter().map(|e| {
             let state = file.state(&e.name);
             (e, Some(state))
@@ -374,4 +436,32 @@ fn banner(
         out.push_str(&format!("  . {} -> {} ({})\n", e.name, e.task, e.schedule.describe()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(broker: &str, redbeat: Option<&str>) -> Settings {
+        Settings { broker_url: broker.into(), redbeat_redis_url: redbeat.map(str::to_owned), ..Settings::default() }
+    }
+
+    #[test]
+    fn state_lives_in_the_brokers_redis_unless_a_file_is_asked_for() {
+        for broker in ["redis://h:6379/0", "rediss://h:6380/1", "sentinel://h:26379", "redis+socket:///tmp/r.sock"] {
+            let at = state_at(&with(broker, None), false);
+            assert!(matches!(&at, StateAt::Redis { url, .. } if url == broker), "{broker}: {at:?}");
+            assert!(matches!(state_at(&with(broker, None), true), StateAt::File(_)), "{broker} with -s");
+        }
+        let at = state_at(&with("redis://h/0", Some("redis://other/2")), true);
+        assert_eq!(at, StateAt::Redis { url: "redis://other/2".into(), why: "redbeat_redis_url" });
+        let at = state_at(&with("amqp://guest@h//", None), false);
+        assert_eq!(at, StateAt::File(PathBuf::from("celerybeat-schedule.json")));
+    }
+
+    #[test]
+    fn seconds_that_fit_no_duration_are_a_setting_error() {
+        assert!(duration("beat_health_ttl", 1e300).unwrap_err().to_string().contains("beat_health_ttl = 1e300"));
+        assert_eq!(duration("beat_health_ttl", 1.5).unwrap(), Duration::from_millis(1500));
+    }
 }

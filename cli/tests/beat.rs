@@ -686,3 +686,273 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// The health record of the leading beat.
+fn health(con: &mut redis::Connection) -> Option<Value> {
+    serde_json::from_str(&get(con, "health:beat")?).ok()
+}
+
+/// How many lines of `log` report `key` as broken.
+fn reports(log: &str, key: &str) -> usize {
+    let needle = format!("Entry {key} cannot be run");
+    log.lines().filter(|l| l.contains(&needle)).count()
+}
+
+#[test]
+fn broken_entries_written_by_python_are_reported_and_skipped_by_leader_and_standby() {
+    let (Some(redis), Some(_)) =
+        (celeriac_tests::or_skip("redis-server", RedisServer::start()), celeriac_tests::python_peer())
+    else {
+        return;
+    };
+    // No redbeat_redis_url: state and lease in the broker's Redis.
+    let toml = format!(
+        r#"
+broker_url = "{url}"
+redbeat_lock_timeout = 2
+beat_max_loop_interval = 1
+beat_health_ttl = 3
+
+[beat_schedule.pulse]
+task = "beat_app.tick"
+schedule = 1
+args = ["pulse"]
+options = {{ queue = "good" }}
+"#,
+        url = redis.url()
+    );
+    let mut con = admin(&redis);
+    let mut beats = vec![beat(&redis, "beat-0", &toml, &[]), beat(&redis, "beat-1", &toml, &[])];
+    assert!(wait_until(WAIT, || leader_pid(&mut con).is_some()), "no beat became the leader");
+    redbeat_peer(
+        &redis,
+        &[
+            "create",
+            "good-redbeat",
+            "beat_app.tick",
+            "--every",
+            "1",
+            "--args",
+            r#"["good-redbeat"]"#,
+            "--options",
+            r#"{"queue": "good"}"#,
+        ],
+    );
+    let written = redbeat_peer(&redis, &["broken"]).remove(0);
+    let broken: Vec<(String, String)> = written["broken"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["key"].as_str().unwrap().to_owned(), b["expect"].as_str().unwrap().to_owned()))
+        .collect();
+    let mut good: Vec<String> =
+        written["good"].as_array().unwrap().iter().map(|g| g.as_str().unwrap().to_owned()).collect();
+    good.extend(["pulse".to_owned(), "good-redbeat".to_owned()]);
+    let sends = |con: &mut redis::Connection, label: &str| {
+        let repr = format!("['{label}']");
+        messages(con, "good").iter().filter(|m| m["headers"]["argsrepr"] == repr.as_str()).count()
+    };
+    let all_sent = |con: &mut redis::Connection, at_least: usize| good.iter().all(|g| sends(con, g) >= at_least);
+
+    // Every broken entry in the health key, with its reason; the good ones run.
+    let reported = |con: &mut redis::Connection| {
+        health(con).is_some_and(|h| {
+            h["broken_entries"] == broken.len()
+                && broken.iter().all(|(k, expect)| h["broken"][k].as_str().is_some_and(|r| r.contains(expect)))
+        })
+    };
+    assert!(wait_until(WAIT, || reported(&mut con)), "{:#}", health(&mut con).unwrap_or_default());
+    assert!(
+        wait_until(WAIT, || all_sent(&mut con, 3)),
+        "{:?}",
+        good.iter().map(|g| sends(&mut con, g)).collect::<Vec<_>>()
+    );
+    assert!(messages(&mut con, "broken").is_empty(), "a broken entry was sent");
+    for b in &mut beats {
+        assert!(b.try_wait().is_none(), "a beat exited:\n{}", b.log());
+    }
+    // Each broken entry is logged once by the leader, not at every tick.
+    let leader = leader_pid(&mut con).unwrap();
+    let index = beats.iter().position(|b| b.id() == leader).unwrap();
+    let log = beats[index].log();
+    for (key, _) in &broken {
+        assert_eq!(reports(&log, key), 1, "{key}:\n{log}");
+    }
+
+    // A fix runs; a different breakage is logged again, once.
+    let fixed = r#"{"name": "bad-args-text", "task": "beat_app.tick", "args": ["fixed"], "options": {"queue": "good"},
+                    "schedule": {"__type__": "interval", "every": 1.0, "relative": false}}"#;
+    redbeat_peer(&redis, &["definition", "bad-args-text", fixed]);
+    let worse = r#"{"name": "bad-every-text", "task": "t", "schedule": {"__type__": "interval", "every": -1}}"#;
+    redbeat_peer(&redis, &["definition", "bad-every-text", worse]);
+    assert!(wait_until(WAIT, || sends(&mut con, "fixed") >= 2), "{}", beats[index].log());
+    assert!(wait_until(WAIT, || health(&mut con).is_some_and(|h| h["broken_entries"] == broken.len() - 1)));
+    let log = beats[index].log();
+    assert!(log.contains("Entry redbeat:bad-args-text is no longer broken"), "{log}");
+    assert_eq!(reports(&log, "redbeat:bad-every-text"), 2, "{log}");
+    assert!(log.lines().any(|l| l.contains("redbeat:bad-every-text cannot be run") && l.contains("every=-1")));
+
+    // The leader dies; the standby takes over without tripping on any of them.
+    let mut dead = beats.remove(index);
+    dead.signal("KILL");
+    assert!(dead.wait_timeout(WAIT).is_some());
+    assert!(wait_until(WAIT, || leader_pid(&mut con).is_some_and(|p| p != leader)), "no takeover");
+    let mark: Vec<usize> = good.iter().map(|g| sends(&mut con, g)).collect();
+    assert!(
+        wait_until(WAIT, || good.iter().zip(&mark).all(|(g, m)| sends(&mut con, g) >= m + 2)),
+        "{}",
+        beats[0].log()
+    );
+    assert!(wait_until(WAIT, || health(&mut con).is_some_and(|h| h["broken_entries"] == broken.len() - 1)));
+    assert!(beats[0].try_wait().is_none(), "the new leader exited:\n{}", beats[0].log());
+    let log = beats[0].log();
+    for (key, _) in broken.iter().filter(|(k, _)| k != "redbeat:bad-args-text") {
+        assert_eq!(reports(&log, key), 1, "{key}:\n{log}");
+    }
+    // Broken entries are left as they were written.
+    let kept: bool = redis::cmd("HEXISTS").arg("redbeat:bad-not-json").arg("definition").query(&mut con).unwrap();
+    assert!(kept);
+    beats[0].signal("TERM");
+    assert!(beats[0].wait_timeout(WAIT).unwrap().success());
+}
+
+#[test]
+fn two_beats_on_one_redis_broker_share_state_and_lease_by_default() {
+    let Some(redis) = celeriac_tests::or_skip("redis-server", RedisServer::start()) else {
+        return;
+    };
+    let lease = 2.0;
+    let toml = format!(
+        r#"
+broker_url = "{url}"
+redbeat_lock_timeout = {lease}
+beat_max_loop_interval = 1
+
+[beat_schedule.pulse]
+task = "beat_app.tick"
+schedule = 1
+catch_up = "all"
+options = {{ queue = "pulse" }}
+"#,
+        url = redis.url()
+    );
+    let mut con = admin(&redis);
+    let mut beats = vec![beat(&redis, "beat-a", &toml, &[]), beat(&redis, "beat-b", &toml, &[])];
+    assert!(wait_until(WAIT, || messages(&mut con, "pulse").len() >= 3), "{}", beats[0].log());
+    assert!(get(&mut con, "redbeat::lock").is_some(), "the lease is in the broker's Redis");
+    for b in &beats {
+        let log = b.log();
+        assert!(log.contains("State and leader lease in") && log.contains("the broker's Redis"), "{log}");
+    }
+    let pid = leader_pid(&mut con).unwrap();
+    let index = beats.iter().position(|b| b.id() == pid).unwrap();
+    let mut dead = beats.remove(index);
+    dead.signal("KILL");
+    assert!(dead.wait_timeout(WAIT).is_some());
+    assert!(wait_until(WAIT, || leader_pid(&mut con).is_some_and(|p| p != pid)));
+    let before = messages(&mut con, "pulse").len();
+    assert!(wait_until(WAIT, || messages(&mut con, "pulse").len() >= before + 3));
+    beats[0].signal("TERM");
+    assert!(beats[0].wait_timeout(WAIT).unwrap().success());
+    assert!(!redis.dir().join("celerybeat-schedule.json").exists(), "a state file was written");
+
+    // Each slot once, in order, whichever beat sent it.
+    let (last, count) = meta(&mut con, "redbeat:pulse");
+    let expected: Vec<String> = (0..count as i64)
+        .map(|k| {
+            task_id("redbeat:", "pulse", last.checked_sub(SignedDuration::from_secs(count as i64 - 1 - k)).unwrap())
+        })
+        .collect();
+    assert_eq!(ids(&messages(&mut con, "pulse")), expected, "not every slot once, in order");
+}
+
+#[test]
+fn skip_sends_the_slots_that_came_due_while_the_lease_moved() {
+    let Some(redis) = celeriac_tests::or_skip("redis-server", RedisServer::start()) else {
+        return;
+    };
+    // Slots every 2 s, a grace of 0.5 s, a lease of 3 s: a slot comes due
+    // while the lease of a killed leader runs out, and is late by more than
+    // the grace when the standby takes over.
+    let toml = format!(
+        r#"
+broker_url = "{url}"
+redbeat_lock_timeout = 3
+beat_max_loop_interval = 1
+
+[beat_schedule.pulse]
+task = "beat_app.tick"
+schedule = 2
+catch_up = "skip"
+starting_deadline = 0.5
+options = {{ queue = "skip" }}
+"#,
+        url = redis.url()
+    );
+    let mut con = admin(&redis);
+    let mut beats = vec![beat(&redis, "beat-a", &toml, &[]), beat(&redis, "beat-b", &toml, &[])];
+    assert!(wait_until(WAIT, || !messages(&mut con, "skip").is_empty()));
+    let sent = messages(&mut con, "skip").len();
+    // Right after a send, kill the leader.
+    assert!(wait_until(WAIT, || messages(&mut con, "skip").len() > sent));
+    let pid = leader_pid(&mut con).unwrap();
+    let index = beats.iter().position(|b| b.id() == pid).unwrap();
+    let mut dead = beats.remove(index);
+    dead.signal("KILL");
+    assert!(dead.wait_timeout(WAIT).is_some());
+    let killed_at = messages(&mut con, "skip").len();
+    assert!(wait_until(WAIT, || messages(&mut con, "skip").len() >= killed_at + 3), "{}", beats[0].log());
+    beats[0].signal("TERM");
+    assert!(beats[0].wait_timeout(WAIT).unwrap().success());
+    let (last, count) = meta(&mut con, "redbeat:pulse");
+    let sent = ids(&messages(&mut con, "skip"));
+    let expected: Vec<String> = (0..sent.len() as i64)
+        .map(|k| {
+            let back = SignedDuration::from_secs(2 * (sent.len() as i64 - 1 - k));
+            task_id("redbeat:", "pulse", last.checked_sub(back).unwrap())
+        })
+        .collect();
+    assert_eq!(sent, expected, "a slot was dropped (or repeated) around the failover:\n{}", beats[0].log());
+    assert_eq!(count as usize, sent.len());
+    assert!(beats[0].log().contains("lag="), "{}", beats[0].log());
+}
+
+#[test]
+fn the_brokers_redis_is_reached_with_the_brokers_tls_settings() {
+    let Some(certs) = celeriac_tests::or_skip("openssl", celeriac_tests::TestCertificates::generate()) else {
+        return;
+    };
+    let Some(redis) = celeriac_tests::or_skip("redis-server with TLS", RedisServer::start_tls(&certs)) else {
+        return;
+    };
+    // Client certificates are required: only `broker_use_ssl` gets beat in.
+    let toml = format!(
+        r#"
+broker_url = "rediss://localhost:{port}/0"
+redbeat_lock_timeout = 3
+beat_max_loop_interval = 1
+
+[broker_use_ssl]
+ssl_cert_reqs = "required"
+ssl_ca_certs = "{ca}"
+ssl_certfile = "{cert}"
+ssl_keyfile = "{key}"
+
+[beat_schedule.pulse]
+task = "beat_app.tick"
+schedule = 1
+options = {{ queue = "tls" }}
+"#,
+        port = redis.tls_port().unwrap(),
+        ca = certs.path("ca.pem"),
+        cert = certs.path("client.pem"),
+        key = certs.path("client.key"),
+    );
+    let mut con = admin(&redis);
+    let mut b = beat(&redis, "beat", &toml, &[]);
+    assert!(wait_until(WAIT, || messages(&mut con, "tls").len() >= 2), "{}", b.log());
+    assert!(get(&mut con, "redbeat::lock").is_some(), "the lease is in the broker's Redis");
+    assert!(leader_pid(&mut con).is_some(), "the health key is in the broker's Redis");
+    b.signal("TERM");
+    assert!(b.wait_timeout(WAIT).unwrap().success());
+}

@@ -172,7 +172,7 @@ impl Spec {
         let bits = match value {
             Json::String(s) => field.parse(s)?,
             Json::Number(n) => {
-                let v = n.as_u64().filter(|v| *v <= 255).ok_or_else(|| format!("{n} is not a whole number"))?;
+                let v = n.as_u64().filter(|v| *v <= 255).ok_or_else(|| format!("{n} is not a whole number 0-255"))?;
                 field.parse(&v.to_string())?
             }
             Json::Array(items) => {
@@ -180,7 +180,7 @@ impl Spec {
                 for item in items {
                     match item {
                         Json::Number(_) => bits |= Spec::from_json(field, item)?.bits,
-                        other => return Err(format!("{other} in a list is not a number")),
+                        other => return Err(format!("{} in a list is not a number", crate::entry::brief(other))),
                     }
                 }
                 if bits == 0 {
@@ -188,7 +188,12 @@ impl Spec {
                 }
                 bits
             }
-            other => return Err(format!("{other} is not a crontab field (expected text, a number or a list)")),
+            other => {
+                return Err(format!(
+                    "{} is not a crontab field (expected text, a number or a list)",
+                    crate::entry::brief(other)
+                ))
+            }
         };
         Ok(Spec { written: value.clone(), bits })
     }
@@ -244,7 +249,8 @@ impl Crontab {
     /// a number or a list of numbers, as RedBeat stores them.
     pub fn from_fields(minute: &Json, hour: &Json, dow: &Json, dom: &Json, month: &Json) -> Result<Crontab, String> {
         let spec = |field: Field, value: &Json| {
-            Spec::from_json(field, value).map_err(|e| format!("{} {}: {e}", field.name(), value))
+            Spec::from_json(field, value)
+                .map_err(|e| format!("{} {}: {}", field.name(), crate::entry::brief(value), crate::entry::cut(&e, 200)))
         };
         let cron = Crontab {
             minute: spec(Field::Minute, minute)?,

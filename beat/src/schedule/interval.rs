@@ -96,8 +96,15 @@ impl Interval {
         let mut candidates = occurrences(tz, round_down(tz.to_datetime(end), unit));
         let rounded =
             candidates.iter().copied().filter(|c| *c <= end).max().or_else(|| candidates.iter().copied().min());
-        if rounded.is_some_and(|r| r > last) || unit < SignedDuration::from_mins(1) {
+        if rounded.is_some_and(|r| r > last) {
             return rounded;
+        }
+        if unit < SignedDuration::from_mins(1) {
+            // Shorter than a second: rounding to the second lands on or before
+            // the previous slot (where Celery finds the entry due on every
+            // tick); the next whole second is the slot.
+            let next = round_down(tz.to_datetime(end), unit).checked_add(unit).ok()?;
+            return occurrences(tz, next).into_iter().filter(|c| *c > last).min().or(Some(end));
         }
         // The boundary fell on or before the previous slot (a fold, or an
         // interval shorter than its resolution): also try the next boundary
@@ -115,14 +122,14 @@ impl Interval {
         if self.relative || now <= last {
             return None;
         }
-        let every = self.every.as_nanos();
-        let behind = now.duration_since(last).as_nanos();
+        // In nanoseconds as i128: centuries of microsecond slots fit.
+        let every = self.every.as_nanos().max(1);
+        let behind = now.as_nanosecond().checked_sub(last.as_nanosecond())?;
         let steps = behind / every;
         if steps == 0 {
             return None;
         }
-        let offset = i64::try_from(steps * every).ok()?;
-        last.checked_add(SignedDuration::from_nanos(offset)).ok()
+        Timestamp::from_nanosecond(last.as_nanosecond().checked_add(steps.checked_mul(every)?)?).ok()
     }
 
     /// The interval as Python writes it: `every 30s`, `every 1h 30m`.

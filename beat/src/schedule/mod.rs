@@ -23,9 +23,13 @@ pub fn to_micros(t: Timestamp) -> Timestamp {
     Timestamp::from_microsecond(t.as_microsecond()).unwrap_or(t)
 }
 
-/// A duration to whole microseconds (at least one).
+/// A duration to the nearest whole microsecond (at least one): seconds
+/// written as a float (RedBeat's `every`) read back to the same interval,
+/// though `1.000001` is 1.000000999... seconds as a float.
 pub fn duration_to_micros(d: SignedDuration) -> SignedDuration {
-    SignedDuration::from_micros(d.as_micros().clamp(1, i128::from(i64::MAX)) as i64)
+    let micros = (d.as_nanos().saturating_add(500)) / 1000;
+    // Clamped into i64 range: the cast is exact.
+    SignedDuration::from_micros(micros.clamp(1, i128::from(i64::MAX)) as i64)
 }
 
 /// When an entry runs.
@@ -48,9 +52,14 @@ impl Schedule {
             ScheduleSetting::Seconds(secs) => {
                 let every = SignedDuration::try_from_secs_f64(*secs)
                     .ok()
-                    .filter(|d| d.is_positive())
+                    .filter(|d| d.is_positive() && *d <= crate::redbeat::MAX_INTERVAL)
                     .map(duration_to_micros)
-                    .ok_or_else(|| format!("{secs} is not a positive number of seconds"))?;
+                    .ok_or_else(|| {
+                        format!(
+                            "{} is not a positive number of seconds, at most 100 years",
+                            crate::entry::number(*secs)
+                        )
+                    })?;
                 return Ok(Schedule::Interval(Interval { every, relative }));
             }
             ScheduleSetting::Text(text) => text.trim(),
@@ -72,7 +81,12 @@ impl Schedule {
             };
         }
         parse_duration(text)
-            .map(|every| Schedule::Interval(Interval { every: duration_to_micros(every), relative }))
+            .and_then(|every| {
+                if every > crate::redbeat::MAX_INTERVAL {
+                    return Err(format!("duration {text:?} is longer than 100 years"));
+                }
+                Ok(Schedule::Interval(Interval { every: duration_to_micros(every), relative }))
+            })
             .map_err(|e| {
                 format!(
                 "{e}; a schedule is seconds, a duration, a five-field crontab (\"*/5 * * * *\") or an RFC 3339 instant"
@@ -83,13 +97,16 @@ impl Schedule {
     /// The first slot after `last`, the previous slot (`None`: the entry never
     /// ran, which only rrules answer: with their first occurrence). Crontabs
     /// and relative intervals read wall clocks in `tz`.
+    /// A slot is always later than the one before it (a schedule that cannot
+    /// move forward has no more slots), so no caller can loop on one.
     pub fn next_after(&self, last: Option<Timestamp>, tz: &TimeZone) -> Option<Timestamp> {
-        match (self, last) {
+        let next = match (self, last) {
             (Schedule::RRule(rule), last) => rule.next_after(last),
             (_, None) => None,
             (Schedule::Interval(interval), Some(last)) => interval.next_after(last, tz),
             (Schedule::Crontab(cron), Some(last)) => cron.next_after(last, tz),
-        }
+        };
+        next.filter(|n| last.is_none_or(|l| *n > l))
     }
 
     /// The slots after `last` and at or before `now`: the latest, how many,
@@ -99,13 +116,15 @@ impl Schedule {
         let limit = limit.max(1);
         if let (Schedule::Interval(interval), Some(last)) = (self, last) {
             if let Some(latest) = interval.latest_at_or_before(last, now) {
-                let count = now.duration_since(last).as_nanos() / interval.every.as_nanos();
+                let every = interval.every.as_nanos().max(1);
+                let count = now.duration_since(last).as_nanos() / every;
                 let count = usize::try_from(count).unwrap_or(usize::MAX);
                 let mut recent = Vec::new();
                 for k in (0..count.min(limit)).rev() {
-                    let back = interval.every.as_nanos() * k as i128;
-                    let back = SignedDuration::from_nanos(i64::try_from(back).ok()?);
-                    recent.push(latest.checked_sub(back).ok()?);
+                    // In nanoseconds as i128: k * every may exceed what a
+                    // duration holds, the slot itself (after `last`) cannot.
+                    let back = every.checked_mul(i128::try_from(k).ok()?)?;
+                    recent.push(Timestamp::from_nanosecond(latest.as_nanosecond().checked_sub(back)?).ok()?);
                 }
                 return Some(DueSlots { latest, count, recent });
             }
@@ -236,5 +255,38 @@ mod tests {
         let due = cron.due(Some(last), now, &TimeZone::UTC, 10).unwrap();
         assert_eq!((due.count, due.recent.len()), (3, 3));
         assert!(cron.due(Some(now), now, &TimeZone::UTC, 10).is_none());
+    }
+
+    #[test]
+    fn slots_only_move_forward_and_ancient_last_runs_do_not_hang() {
+        // A relative interval shorter than its one-second resolution.
+        let tiny = Interval { every: SignedDuration::from_micros(1), relative: true };
+        let s = Schedule::Interval(tiny);
+        let t: Timestamp = "2026-01-01T00:00:00.5Z".parse().unwrap();
+        let next = s.next_after(Some(t), &TimeZone::UTC).unwrap();
+        assert_eq!(next.to_string(), "2026-01-01T00:00:01Z");
+        // A last run in year -9000 and a microsecond interval: the latest slot
+        // by arithmetic, not by walking.
+        let ancient: Timestamp = "-009000-01-01T00:00:00Z".parse().unwrap();
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let every = Schedule::Interval(Interval { every: SignedDuration::from_micros(1), relative: false });
+        let due = every.due(Some(ancient), now, &TimeZone::UTC, 10_000).unwrap();
+        assert_eq!((due.recent.len(), *due.recent.last().unwrap()), (10_000, due.latest));
+        assert!(now.duration_since(due.latest) < SignedDuration::from_micros(1));
+        let started = std::time::Instant::now();
+        for text in ["* * * * *", "0 0 29 2 mon"] {
+            let cron = parse(text).unwrap();
+            let due = cron.due(Some(ancient), now, &TimeZone::UTC, 10_000);
+            assert!(due.is_some_and(|d| d.latest <= now), "{text}");
+        }
+        let relative = Schedule::Interval(Interval { every: SignedDuration::from_secs(1), relative: true });
+        assert!(relative.due(Some(ancient), now, &TimeZone::UTC, 100).is_some());
+        // At the very start of time a crontab may find no slot; it returns.
+        let _ = parse("* * * * *").unwrap().due(Some(Timestamp::MIN), now, &TimeZone::UTC, 100);
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+        // A century-long interval near the end of time has no next slot.
+        let long = Schedule::Interval(Interval { every: crate::redbeat::MAX_INTERVAL, relative: false });
+        assert_eq!(long.next_after(Some(Timestamp::MAX), &TimeZone::UTC), None);
+        assert!(long.due(Some(Timestamp::MIN), Timestamp::MAX, &TimeZone::UTC, 10_000).is_some());
     }
 }

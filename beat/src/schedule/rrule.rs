@@ -50,9 +50,9 @@ impl Frequency {
             Frequency::Minutely,
             Frequency::Secondly,
         ];
-        index
-            .and_then(|i| all.get(i).copied())
-            .ok_or_else(|| format!("rrule freq {value} is not one of 0-6 or {}", NAMES.join(", ")))
+        index.and_then(|i| all.get(i).copied()).ok_or_else(|| {
+            format!("rrule freq {} is not one of 0-6 or {}", crate::entry::brief(value), NAMES.join(", "))
+        })
     }
 
     /// dateutil's number.

@@ -5,7 +5,7 @@ pub mod file;
 pub mod redis;
 
 pub use file::FileStore;
-pub use redis::{LeaseEvent, Loaded, RedisStore};
+pub use redis::{LeaseEvent, Loaded, RedisStore, Sent};
 
 /// The store a beat runs with.
 #[derive(Debug)]

@@ -4,7 +4,14 @@
 //! Every write a leader makes is fenced: a Lua script checks that the lease
 //! key still holds this beat's token before it changes anything, so a beat
 //! that lost its lease (a pause longer than the lease, a network split)
-//! cannot record or send a slot another leader owns.
+//! cannot record or send a slot another leader owns. When the broker is this
+//! same Redis, the task message itself is pushed by such a script, together
+//! with the state that says it was sent ([`RedisStore::send_fenced`]).
+//!
+//! Entries are read defensively: any program can write `redbeat:<name>`
+//! hashes, so a key of another type, a field that is not UTF-8 or larger than
+//! [`MAX_FIELD_BYTES`], or a member of the schedule that is not UTF-8 makes
+//! that one entry [`Loaded::Broken`], never the whole load fail.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -59,6 +66,53 @@ redis.call('sadd', KEYS[4], ARGV[2])
 return 1
 ";
 
+/// Publishes a task message and records the send, if this beat still leads
+/// and the entry still exists; nothing is written otherwise, so a message is
+/// in a queue exactly when its slot is recorded as sent. KEYS: lock, entry,
+/// schedule, then the queue lists; ARGV: token, meta, run, score, message.
+const SEND: &str = r"
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('exists', KEYS[2]) == 0 then return -1 end
+for i = 4, #KEYS do
+  local kind = redis.call('type', KEYS[i])['ok']
+  if kind ~= 'list' and kind ~= 'none' then return -2 end
+end
+for i = 4, #KEYS do redis.call('lpush', KEYS[i], ARGV[5]) end
+redis.call('hset', KEYS[2], 'meta', ARGV[2], 'celeriac_run', ARGV[3])
+redis.call('zadd', KEYS[3], ARGV[4], KEYS[2])
+return 1
+";
+
+/// Reads the fields beat uses of each entry key, or why it cannot: the key's
+/// type when it is not a hash, a field's size when it is larger than the
+/// limit. KEYS: entry keys; ARGV: the largest field read, in bytes.
+const LOAD: &str = r"
+local out = {}
+local limit = tonumber(ARGV[1])
+local fields = {'definition', 'meta', 'celeriac', 'celeriac_run'}
+for i, key in ipairs(KEYS) do
+  local kind = redis.call('type', key)['ok']
+  if kind == 'hash' then
+    local row = {'hash'}
+    for j, field in ipairs(fields) do
+      local size = redis.call('hstrlen', key, field)
+      if size > limit then row[j + 1] = size else row[j + 1] = redis.call('hget', key, field) end
+    end
+    out[i] = row
+  else
+    out[i] = {kind}
+  end
+end
+return out
+";
+
+/// The largest hash field beat reads: a `definition` is a few hundred bytes;
+/// a larger field makes its entry broken instead of filling beat's memory.
+pub const MAX_FIELD_BYTES: usize = 1 << 20;
+
+/// Entry keys read per script call.
+const LOAD_CHUNK: usize = 256;
+
 /// Deletes a static entry that left the configuration. KEYS: lock, entry,
 /// schedule, statics; ARGV: token, name.
 const REMOVE_STATIC: &str = r"
@@ -89,11 +143,47 @@ pub enum Loaded {
     Entry(Box<Entry>, EntryState, Vec<String>),
     /// The entry's hash cannot be used (it is kept, and reported).
     Broken {
-        /// Its key.
+        /// Its key (not UTF-8 bytes escaped).
         key: String,
         /// Why.
         reason: String,
     },
+}
+
+/// What the fenced send did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Published and recorded.
+    Done,
+    /// Nothing written: this beat no longer holds the lease.
+    LeaseLost,
+    /// Nothing written: the entry was deleted meanwhile.
+    Gone,
+    /// Nothing written: a queue's key holds something other than a list.
+    NotAList,
+}
+
+/// A Redis key or member for messages: its text, with bytes that are not
+/// UTF-8 escaped.
+fn shown(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => crate::entry::cut(text, 200),
+        Err(_) => crate::entry::cut(&bytes.escape_ascii().to_string(), 200),
+    }
+}
+
+/// One hash field as read by [`LOAD`]: text, absent, or why not.
+fn field(key: &str, name: &str, v: Option<&redis::Value>) -> Result<Option<String>, String> {
+    match v {
+        None | Some(redis::Value::Nil) => Ok(None),
+        Some(redis::Value::BulkString(bytes)) => String::from_utf8(bytes.clone())
+            .map(Some)
+            .map_err(|e| format!("{key} field {name} is not UTF-8 text (byte {})", e.utf8_error().valid_up_to())),
+        Some(redis::Value::Int(size)) => {
+            Err(format!("{key} field {name} is {size} bytes; beat reads fields up to {MAX_FIELD_BYTES} bytes"))
+        }
+        Some(other) => Err(format!("{key} field {name}: unexpected reply {other:?}")),
+    }
 }
 
 /// The Redis side of beat.
@@ -119,11 +209,42 @@ impl std::fmt::Debug for RedisStore {
 /// `redis+socket://`, `sentinel://` with `master_name`). `url` in errors is
 /// the masked one.
 pub async fn connect(url: &str, master_name: Option<&str>) -> Result<(ConnectionManager, String), BeatError> {
+    connect_with_tls(url, master_name, None).await
+}
+
+/// [`connect`], with TLS settings in kombu's spelling (the broker's
+/// `broker_use_ssl`, which RedBeat also applies to the broker's Redis when it
+/// keeps its state there): they turn TLS on for a `redis://` URL too.
+pub async fn connect_with_tls(
+    url: &str,
+    master_name: Option<&str>,
+    tls: Option<&celeriac_config::TlsSettings>,
+) -> Result<(ConnectionManager, String), BeatError> {
     let masked = celeriac_redisconn::mask_password(url);
     let setting = |reason: String| BeatError::Setting { setting: "redbeat_redis_url", reason };
     let mut options = celeriac_backend::BackendOptions::from_url(url).map_err(|e| setting(e.to_string()))?;
     if master_name.is_some() {
         options.transport.master_name = master_name.map(str::to_owned);
+    }
+    if let Some(ssl) = tls {
+        use celeriac_redisconn::Endpoint;
+        if let Endpoint::Tcp { host, port } = &options.endpoint {
+            options.endpoint = Endpoint::Tls { host: host.clone(), port: *port, tls: Default::default() };
+        }
+        if let Endpoint::Tls { tls, .. } = &mut options.endpoint {
+            let pairs = [
+                ("ssl_cert_reqs", Some(&ssl.ssl_cert_reqs)),
+                ("ssl_ca_certs", ssl.ssl_ca_certs.as_ref()),
+                ("ssl_certfile", ssl.ssl_certfile.as_ref()),
+                ("ssl_keyfile", ssl.ssl_keyfile.as_ref()),
+            ];
+            for (key, value) in pairs {
+                if let Some(value) = value {
+                    tls.set(key, value, celeriac_redisconn::Dialect::Kombu)
+                        .map_err(|e| BeatError::Setting { setting: "broker_use_ssl", reason: format!("{key}: {e}") })?;
+                }
+            }
+        }
     }
     let settings =
         celeriac_redisconn::redis_settings(options.db, options.username.as_deref(), options.password.as_deref());
@@ -267,26 +388,29 @@ impl RedisStore {
     /// and on SIGHUP), starting new ones at `now`, and deletes static entries
     /// that left the configuration. Returns false if the lease was lost.
     pub async fn sync_statics(&mut self, statics: &[Entry], now: Timestamp) -> Result<bool, BeatError> {
-        let previous: HashSet<String> = redis::cmd("SMEMBERS")
+        // Bytes, not text: any program may have added a name that is not UTF-8.
+        let previous: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
             .arg(&self.keys.statics)
             .query_async(&mut self.con)
             .await
             .map_err(self.fail("reading the static entry names"))?;
-        for name in previous.iter().filter(|n| !statics.iter().any(|e| &e.name == *n)) {
+        for name in previous.iter().filter(|n| !statics.iter().any(|e| e.name.as_bytes() == n.as_slice())) {
+            let mut key = self.keys.prefix.as_bytes().to_vec();
+            key.extend_from_slice(name);
             let done: i64 = Script::new(REMOVE_STATIC)
                 .key(&self.keys.lock)
-                .key(self.keys.entry(name))
+                .key(key)
                 .key(&self.keys.schedule)
                 .key(&self.keys.statics)
                 .arg(&self.token)
-                .arg(name)
+                .arg(name.as_slice())
                 .invoke_async(&mut self.con)
                 .await
                 .map_err(self.fail("removing a static entry"))?;
             if done == 0 {
                 return Ok(false);
             }
-            tracing::info!("beat: Removed static entry {name}: it is no longer in beat_schedule");
+            tracing::info!("beat: Removed static entry {}: it is no longer in beat_schedule", shown(name));
         }
         for entry in statics {
             let start = crate::scheduler::fresh_state(entry, now);
@@ -314,34 +438,95 @@ impl RedisStore {
         Ok(true)
     }
 
-    /// Every entry in the schedule zset, with its state.
+    /// Every entry in the schedule zset, with its state. An entry that
+    /// cannot be used is [`Loaded::Broken`] with the reason; only a failure
+    /// of Redis itself fails the load. Scores are not read: celeriac decides
+    /// from `meta` and rewrites an entry's score whenever it records it, so a
+    /// score of `inf`, `-inf` or `1e300` changes nothing.
     pub async fn load(&mut self) -> Result<Vec<Loaded>, BeatError> {
-        let keys: Vec<String> = redis::cmd("ZRANGE")
+        let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
             .arg(&self.keys.schedule)
             .arg(0)
             .arg(-1)
             .query_async(&mut self.con)
             .await
             .map_err(self.fail("reading the schedule"))?;
-        if keys.is_empty() {
+        if members.is_empty() {
             return Ok(Vec::new());
         }
-        let statics: HashSet<String> = redis::cmd("SMEMBERS")
+        let statics: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
             .arg(&self.keys.statics)
             .query_async(&mut self.con)
             .await
             .map_err(self.fail("reading the static entry names"))?;
-        let mut pipe = redis::pipe();
-        for key in &keys {
-            pipe.cmd("HMGET").arg(key).arg("definition").arg("meta").arg("celeriac").arg("celeriac_run");
+        let statics: HashSet<String> = statics.into_iter().filter_map(|s| String::from_utf8(s).ok()).collect();
+        let mut out = Vec::with_capacity(members.len());
+        let mut keys = Vec::with_capacity(members.len());
+        for member in members {
+            match String::from_utf8(member) {
+                Ok(key) => keys.push(key),
+                Err(e) => out.push(Loaded::Broken {
+                    key: shown(e.as_bytes()),
+                    reason: format!(
+                        "the member of {} is not UTF-8 text; remove it (ZREM) and write the entry under a UTF-8 name",
+                        self.keys.schedule
+                    ),
+                }),
+            }
         }
-        type Fields = (Option<String>, Option<String>, Option<String>, Option<String>);
-        let rows: Vec<Fields> = pipe.query_async(&mut self.con).await.map_err(self.fail("reading the entries"))?;
-        let mut out = Vec::with_capacity(keys.len());
+        let script = Script::new(LOAD);
+        let mut rows: Vec<Vec<redis::Value>> = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(LOAD_CHUNK) {
+            let mut invocation = script.prepare_invoke();
+            for key in chunk {
+                invocation.key(key);
+            }
+            invocation.arg(MAX_FIELD_BYTES);
+            let part: Vec<Vec<redis::Value>> =
+                invocation.invoke_async(&mut self.con).await.map_err(self.fail("reading the entries"))?;
+            rows.extend(part);
+        }
         let mut gone = Vec::new();
-        for (key, (definition, meta, extras, run)) in keys.into_iter().zip(rows) {
+        for (key, row) in keys.into_iter().zip(rows) {
+            let kind = match row.first() {
+                Some(redis::Value::BulkString(kind)) => String::from_utf8_lossy(kind).into_owned(),
+                Some(redis::Value::SimpleString(kind)) => kind.clone(),
+                _ => String::new(),
+            };
+            match kind.as_str() {
+                "hash" => {}
+                "none" => {
+                    gone.push(key);
+                    continue;
+                }
+                other => {
+                    out.push(Loaded::Broken {
+                        reason: format!("{key} is a Redis {other}, not a hash (RedBeat's entries are hashes)"),
+                        key,
+                    });
+                    continue;
+                }
+            }
+            let fields: Result<Vec<Option<String>>, String> = ["definition", "meta", "celeriac", "celeriac_run"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| field(&key, name, row.get(i + 1)))
+                .collect();
+            let (definition, meta, extras, run) = match fields.as_deref() {
+                Ok([d, m, e, r]) => (d.clone(), m.clone(), e.clone(), r.clone()),
+                Ok(_) => (None, None, None, None),
+                Err(reason) => {
+                    out.push(Loaded::Broken { reason: reason.clone(), key });
+                    continue;
+                }
+            };
             let Some(definition) = definition else {
-                gone.push(key);
+                out.push(Loaded::Broken {
+                    reason: format!(
+                        "{key} has no definition field (write it as RedBeat's save() does, or delete the key)"
+                    ),
+                    key,
+                });
                 continue;
             };
             let name = self.keys.name(&key);
@@ -359,7 +544,7 @@ impl RedisStore {
             out.push(match (entry, state) {
                 (Ok((entry, unknown)), Ok(state)) => Loaded::Entry(Box::new(entry), state, unknown),
                 (Err(e), _) => Loaded::Broken { key, reason: e.to_string() },
-                (_, Err(e)) => Loaded::Broken { key, reason: e },
+                (_, Err(e)) => Loaded::Broken { reason: format!("{key}: {e}"), key },
             });
         }
         if !gone.is_empty() && !self.read_only {
@@ -377,6 +562,55 @@ impl RedisStore {
                 .map_err(self.fail("removing vanished entries"))?;
         }
         Ok(out)
+    }
+
+    /// Extends the lease to its full time if this beat still holds it (the
+    /// check right before a publish that [`RedisStore::send_fenced`] cannot
+    /// cover). Returns false, and forgets the lease, if it is gone.
+    pub async fn renew(&mut self) -> Result<bool, BeatError> {
+        let ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let kept: i64 = Script::new(EXTEND)
+            .key(&self.keys.lock)
+            .arg(&self.token)
+            .arg(ms)
+            .invoke_async(&mut self.con)
+            .await
+            .map_err(self.fail("extending the leader lease"))?;
+        if kept != 1 {
+            self.held = false;
+        }
+        Ok(kept == 1)
+    }
+
+    /// Pushes `message` (a kombu envelope) to the lists `queues` and records
+    /// `state` and the next due time, in one script that first checks the
+    /// lease: either both happen, or neither. For a broker on this same Redis
+    /// server and database only.
+    pub async fn send_fenced(
+        &mut self,
+        entry: &Entry,
+        state: &EntryState,
+        next: Option<Timestamp>,
+        queues: &[String],
+        message: &str,
+    ) -> Result<Sent, BeatError> {
+        let script = Script::new(SEND);
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&self.keys.lock).key(self.keys.entry(&entry.name)).key(&self.keys.schedule);
+        for queue in queues {
+            invocation.key(queue);
+        }
+        invocation.arg(&self.token).arg(state.meta_json()).arg(state.run_json()).arg(redbeat::score(next)).arg(message);
+        let done: i64 = invocation.invoke_async(&mut self.con).await.map_err(self.fail("sending a task"))?;
+        Ok(match done {
+            1 => Sent::Done,
+            -1 => Sent::Gone,
+            -2 => Sent::NotAList,
+            _ => {
+                self.held = false;
+                Sent::LeaseLost
+            }
+        })
     }
 
     /// Records an entry's state and next due time. `Ok(None)`: the lease is
