@@ -162,7 +162,9 @@ pub struct Settings {
     /// (celeriac only); beat ticks at least three times per TTL.
     pub beat_health_ttl: f64,
     /// Redis for beat's dynamic entries, state and lease (RedBeat's setting);
-    /// none keeps state in `beat_schedule_filename` and runs one beat alone.
+    /// none means the broker's Redis when the broker is Redis (as RedBeat
+    /// falls back to `broker_url`), else a local `beat_schedule_filename`
+    /// and one beat alone (`celeriac beat -s FILE` asks for the file).
     pub redbeat_redis_url: Option<String>,
     /// Prefix of beat's keys in Redis (RedBeat's setting and default, `redbeat:`).
     pub redbeat_key_prefix: String,
