@@ -5,6 +5,7 @@
 //! error's text.
 
 use crate::codec::CodecError;
+use crate::limits::ErrorKind;
 
 /// Why bytes from a broker are not a usable Celery message.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -35,6 +36,25 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
+    /// What kind of failure this is: the worker's metric label and the start of
+    /// the `x-celeriac-error` reason of a dead-lettered message.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ProtocolError::Envelope(_) => ErrorKind::MalformedEnvelope,
+            ProtocolError::Codec(e) => e.kind(),
+            ProtocolError::NotATask(_) => ErrorKind::NotATask,
+            ProtocolError::Header { .. } => ErrorKind::InvalidHeader,
+            ProtocolError::Body(_) => ErrorKind::InvalidBody,
+            ProtocolError::Signature(_) => ErrorKind::InvalidSignature,
+        }
+    }
+
+    /// The reason to record with a dead-lettered message (`x-celeriac-error`):
+    /// the kind, a colon, and this error's text.
+    pub fn reason(&self) -> String {
+        format!("{}: {self}", self.kind())
+    }
+
     pub(crate) fn header(name: &str, reason: impl Into<String>) -> ProtocolError {
         ProtocolError::Header { name: name.to_owned(), reason: reason.into() }
     }

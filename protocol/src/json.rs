@@ -12,13 +12,20 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 
+use crate::limits::{Budget, DecodeLimits};
 use crate::time::{PyDate, PyDateTime, PyTime};
 use crate::value::{BigInt, Decimal, Map, Value};
 
-/// Nesting deeper than this is refused: Python's own decoder stops near 1000
-/// levels with a `RecursionError`, and a bound keeps malformed input from
-/// exhausting the stack.
-pub const MAX_DEPTH: usize = 512;
+/// Nesting deeper than this is refused by [`from_str`] and [`from_slice`]
+/// ([`DecodeLimits::max_depth`] sets it for [`from_slice_with`]): Python's own
+/// decoder stops near 1000 levels with a `RecursionError`, and a bound keeps
+/// malformed input from exhausting the stack.
+pub const MAX_DEPTH: usize = crate::limits::DEFAULT_MAX_DEPTH;
+
+/// The most digits an integer literal may have: CPython ≥ 3.11's `json.loads`
+/// refuses longer ones (`sys.get_int_max_str_digits()`), so no Python producer
+/// writes one, and the bound keeps big-integer handling cheap.
+pub const MAX_INT_DIGITS: usize = 4300;
 
 /// Why a JSON text could not be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -40,17 +47,47 @@ pub enum JsonError {
     /// A value that JSON cannot carry.
     #[error("cannot write JSON: {0}")]
     Unencodable(String),
+    /// Lists and dicts nest deeper than the bound.
+    #[error("JSON nests lists and dicts deeper than {limit} levels")]
+    TooDeep {
+        /// The most levels allowed.
+        limit: usize,
+    },
+    /// The text holds more values than the bound.
+    #[error("JSON holds more than {limit} values")]
+    TooManyElements {
+        /// The most values allowed.
+        limit: usize,
+    },
 }
 
-/// Reads kombu JSON from bytes (which must be UTF-8, as kombu requires).
+/// The bounds of [`from_str`] and [`from_slice`]: [`MAX_DEPTH`] levels and
+/// [`crate::codec::TRUSTED_MAX_ELEMENTS`] values.
+fn trusted_limits() -> DecodeLimits {
+    DecodeLimits { max_elements: crate::codec::TRUSTED_MAX_ELEMENTS, ..DecodeLimits::any_content() }
+}
+
+/// Reads kombu JSON from bytes (which must be UTF-8, as kombu requires), with
+/// the bounds of [`from_str`].
 pub fn from_slice(bytes: &[u8]) -> Result<Value, JsonError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| JsonError::NotUtf8(e.valid_up_to()))?;
-    from_str(text)
+    from_slice_with(bytes, &trusted_limits())
 }
 
-/// Reads kombu JSON from text.
+/// Reads kombu JSON from bytes within `limits`' nesting and value bounds.
+pub fn from_slice_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Value, JsonError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| JsonError::NotUtf8(e.valid_up_to()))?;
+    from_str_with(text, limits)
+}
+
+/// Reads kombu JSON from text, at most [`MAX_DEPTH`] levels deep and
+/// [`crate::codec::TRUSTED_MAX_ELEMENTS`] values: for text a process trusts.
 pub fn from_str(text: &str) -> Result<Value, JsonError> {
-    let mut parser = Parser { src: text.as_bytes(), text, pos: 0 };
+    from_str_with(text, &trusted_limits())
+}
+
+/// Reads kombu JSON from text within `limits`' nesting and value bounds.
+pub fn from_str_with(text: &str, limits: &DecodeLimits) -> Result<Value, JsonError> {
+    let mut parser = Parser { src: text.as_bytes(), text, pos: 0, budget: Budget::new(limits) };
     parser.skip_ws();
     let value = parser.value(0)?;
     parser.skip_ws();
@@ -223,6 +260,7 @@ struct Parser<'a> {
     src: &'a [u8],
     text: &'a str,
     pos: usize,
+    budget: Budget,
 }
 
 impl<'a> Parser<'a> {
@@ -245,9 +283,13 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Reads one value inside `depth` enclosing lists and dicts.
     fn value(&mut self, depth: usize) -> Result<Value, JsonError> {
-        if depth > MAX_DEPTH {
-            return Err(self.error(format!("nesting deeper than {MAX_DEPTH} levels")));
+        if !self.budget.take(1) {
+            return Err(JsonError::TooManyElements { limit: self.budget.max_elements() });
+        }
+        if matches!(self.src.get(self.pos), Some(b'[' | b'{')) && !self.budget.depth_ok(depth + 1) {
+            return Err(JsonError::TooDeep { limit: self.budget.max_depth() });
         }
         match self.src.get(self.pos) {
             None => Err(self.error("unexpected end of input")),
@@ -303,6 +345,9 @@ impl<'a> Parser<'a> {
             self.skip_ws();
             if self.src.get(self.pos) != Some(&b'"') {
                 return Err(self.error("expected a string key"));
+            }
+            if !self.budget.take(1) {
+                return Err(JsonError::TooManyElements { limit: self.budget.max_elements() });
             }
             let key = self.string()?;
             self.skip_ws();
@@ -364,7 +409,13 @@ impl<'a> Parser<'a> {
                 self.pos = mark;
             }
         }
-        let text = &self.text[start..self.pos];
+        let text = self.text.get(start..self.pos).unwrap_or_default();
+        if !is_float && text.trim_start_matches('-').len() > MAX_INT_DIGITS {
+            self.pos = start;
+            return Err(self.error(format!(
+                "integer with more than {MAX_INT_DIGITS} digits (Python's json refuses it too: sys.get_int_max_str_digits)"
+            )));
+        }
         if is_float {
             text.parse::<f64>().map(Value::Float).map_err(|_| self.error("invalid number"))
         } else if let Ok(i) = text.parse::<i64>() {

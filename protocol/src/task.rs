@@ -7,11 +7,14 @@
 //! `apply_async(headers=...)`, `redelivered`, future Celery additions) are kept in
 //! order and written back after the standard ones, as Celery writes them.
 
-use crate::codec::{Compression, ContentType, DEFAULT_DECOMPRESSED_LIMIT};
+use std::time::Duration;
+
+use crate::codec::{Compression, ContentType};
 use crate::error::ProtocolError;
+use crate::limits::DecodeLimits;
 use crate::message::Message;
 use crate::signature::{self, Signature};
-use crate::time::PyDateTime;
+use crate::time::{self, PyDateTime};
 use crate::value::{Map, Value};
 
 /// Which protocol a message used on the wire.
@@ -27,11 +30,16 @@ pub enum Protocol {
 }
 
 /// A number of seconds as Python sent it: an `int` stays an `int` on the way back.
+///
+/// Any number is kept, NaN, the infinities and negative values included (Python
+/// accepts them too); [`Seconds::to_duration`] says what each means as a
+/// [`Duration`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Seconds {
     /// A whole number of seconds.
     Int(i64),
-    /// A fractional number of seconds.
+    /// A fractional number of seconds (or an `int` beyond 64 bits, as the
+    /// nearest float: either way it means "never" in practice).
     Float(f64),
 }
 
@@ -44,12 +52,46 @@ impl Seconds {
         }
     }
 
-    fn to_value(self) -> Value {
+    /// The value as a [`Duration`], never panicking: see
+    /// [`time::duration_from_secs`] (negative → zero, huge or infinite →
+    /// [`time::MAX_DURATION`], NaN → `None`).
+    pub fn to_duration(self) -> Option<Duration> {
+        match self {
+            Seconds::Int(i) => Some(time::duration_from_int_secs(i)),
+            Seconds::Float(f) => time::duration_from_secs(f),
+        }
+    }
+
+    /// Reads a number of seconds: an int (any size), a float (any value), or
+    /// `None` for null; anything else is refused with what it was.
+    pub fn from_value(value: &Value) -> Result<Option<Seconds>, String> {
+        match value {
+            Value::Null => Ok(None),
+            Value::Int(i) => Ok(Some(Seconds::Int(*i))),
+            Value::BigInt(b) => Ok(Some(Seconds::Float(b.to_f64()))),
+            Value::Float(f) => Ok(Some(Seconds::Float(*f))),
+            other => Err(format!("{} is not a number of seconds", describe(other))),
+        }
+    }
+
+    /// The value as Python sent it (`int` or `float`).
+    pub fn to_value(self) -> Value {
         match self {
             Seconds::Int(i) => Value::Int(i),
             Seconds::Float(f) => Value::Float(f),
         }
     }
+}
+
+/// A value for an error message: its Python type and (shortened) JSON text.
+fn describe(value: &Value) -> String {
+    let mut text = crate::json::to_string(value).unwrap_or_else(|_| "?".into());
+    if text.len() > 60 {
+        let cut = (0..=57).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    format!("a {} ({text})", value.type_name())
 }
 
 /// The `timelimit` header: `[hard, soft]`, hard first (Celery's docs say otherwise; the code does this).
@@ -158,14 +200,28 @@ impl TaskMessage {
         }
     }
 
-    /// Reads a task from a message, with the default decompression limit.
+    /// Reads a task from a message with any content type celeriac reads (pickle
+    /// is refused) and the default bounds of [`DecodeLimits`]: for messages a
+    /// process made or trusts. A worker uses [`TaskMessage::from_message_with`]
+    /// with its `accept_content` and `worker_max_message_size`.
     pub fn from_message(message: &Message) -> Result<TaskMessage, ProtocolError> {
-        TaskMessage::from_message_with_limit(message, DEFAULT_DECOMPRESSED_LIMIT)
+        TaskMessage::from_message_with(message, &DecodeLimits::any_content())
     }
 
-    /// Reads a task from a message, refusing bodies that inflate beyond `limit` bytes.
+    /// As [`TaskMessage::from_message`], refusing bodies larger than `limit`
+    /// bytes raw or decompressed.
     pub fn from_message_with_limit(message: &Message, limit: usize) -> Result<TaskMessage, ProtocolError> {
-        let body = message.decode_body(limit)?;
+        let limits = DecodeLimits { max_body_bytes: limit, max_decoded_bytes: limit, ..DecodeLimits::any_content() };
+        TaskMessage::from_message_with(message, &limits)
+    }
+
+    /// Reads a task from a message delivered by a broker, within `limits`:
+    /// the content type is checked against `accept_content` before anything is
+    /// decompressed or parsed, the raw and decompressed sizes, nesting and value
+    /// count are bounded, then every header is type-checked. Each failure is a
+    /// [`ProtocolError`] whose [`ProtocolError::kind`] names it.
+    pub fn from_message_with(message: &Message, limits: &DecodeLimits) -> Result<TaskMessage, ProtocolError> {
+        let body = message.decode_body_with(limits)?;
         TaskMessage::from_parts(&message.headers, body)
     }
 
@@ -471,6 +527,18 @@ impl TaskHeaders {
         Value::List(vec![side(self.timelimit.hard), side(self.timelimit.soft)])
     }
 
+    /// The instant of `eta`, if any: a naive value is UTC (as Celery reads
+    /// it), and one past the last instant representable (year 9999 with a
+    /// negative offset) saturates to [`jiff::Timestamp::MAX`], "never".
+    pub fn eta_instant(&self) -> Option<jiff::Timestamp> {
+        self.eta.map(|d| d.to_timestamp_saturating())
+    }
+
+    /// The instant of `expires`, if any, read as [`TaskHeaders::eta_instant`] reads `eta`.
+    pub fn expires_instant(&self) -> Option<jiff::Timestamp> {
+        self.expires.map(|d| d.to_timestamp_saturating())
+    }
+
     /// True when kombu marked the message as restored or requeued.
     pub fn redelivered(&self) -> bool {
         self.extra.get("redelivered").and_then(Value::as_bool).unwrap_or(false)
@@ -531,11 +599,16 @@ fn opt_str(map: &Map, name: &str) -> Result<Option<String>, ProtocolError> {
     }
 }
 
+/// An int header. Anything else, a float or a numeric string included, is
+/// refused: Celery accepts such a message and fails only when it does
+/// arithmetic with the value (`retries + 1` on retry), so refusing it up front
+/// dead-letters what would otherwise fail later.
 fn opt_int(map: &Map, name: &str) -> Result<Option<i64>, ProtocolError> {
     match map.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Int(i)) => Ok(Some(*i)),
-        Some(other) => Err(ProtocolError::header(name, format!("a {}, expected an int", other.type_name()))),
+        Some(Value::BigInt(b)) => Err(ProtocolError::header(name, format!("{b} is outside the 64-bit range"))),
+        Some(other) => Err(ProtocolError::header(name, format!("{}, expected an int", describe(other)))),
     }
 }
 
@@ -546,25 +619,29 @@ fn opt_datetime(map: &Map, name: &str) -> Result<Option<PyDateTime>, ProtocolErr
             PyDateTime::parse_iso(s).map(Some).map_err(|e| ProtocolError::header(name, e.to_string()))
         }
         Some(Value::DateTime(d)) => Ok(Some(*d)),
-        Some(other) => {
-            Err(ProtocolError::header(name, format!("a {}, expected an ISO-8601 string", other.type_name())))
-        }
+        Some(other) => Err(ProtocolError::header(name, format!("{}, expected an ISO-8601 string", describe(other)))),
     }
 }
 
+/// `timelimit`: `[hard, soft]`, each a number of seconds or null. Like Celery
+/// (`if timelimit: ...`), null or an empty list means no limits; any number is
+/// kept as it came (NaN, infinities, negative, huge) for the worker to map
+/// with [`Seconds::to_duration`].
 fn timelimits(map: &Map) -> Result<TimeLimits, ProtocolError> {
-    let side = |v: &Value| match v {
-        Value::Null => Ok(None),
-        Value::Int(i) => Ok(Some(Seconds::Int(*i))),
-        Value::Float(f) if f.is_finite() && *f >= 0.0 => Ok(Some(Seconds::Float(*f))),
-        other => Err(ProtocolError::header("timelimit", format!("{other:?} is not a number of seconds"))),
+    let side = |v: &Value, which: &str| {
+        Seconds::from_value(v).map_err(|reason| ProtocolError::header("timelimit", format!("{which} limit: {reason}")))
     };
     match map.get("timelimit") {
         None | Some(Value::Null) => Ok(TimeLimits::default()),
-        Some(Value::List(items)) if items.len() == 2 => {
-            Ok(TimeLimits { hard: side(&items[0])?, soft: side(&items[1])? })
-        }
-        Some(other) => Err(ProtocolError::header("timelimit", format!("{other:?} is not [hard, soft]"))),
+        Some(Value::List(items)) => match items.as_slice() {
+            [] => Ok(TimeLimits::default()),
+            [hard, soft] => Ok(TimeLimits { hard: side(hard, "hard")?, soft: side(soft, "soft")? }),
+            _ => Err(ProtocolError::header(
+                "timelimit",
+                format!("a list of {} items, expected [hard, soft]", items.len()),
+            )),
+        },
+        Some(other) => Err(ProtocolError::header("timelimit", format!("{}, expected [hard, soft]", describe(other)))),
     }
 }
 

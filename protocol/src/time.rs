@@ -7,6 +7,7 @@
 //! a decoded value re-encodes to the same text.
 
 use std::fmt::{self, Write as _};
+use std::time::Duration;
 
 use jiff::civil;
 use jiff::tz::Offset;
@@ -66,8 +67,18 @@ impl PyDateTime {
 
     /// The instant this datetime names; a naive value is taken as UTC, as Celery
     /// does for `eta` and `expires` (`maybe_make_aware(naive_as_utc=True)`).
+    /// Fails for the few values Python allows whose instant is past the range
+    /// of [`Timestamp`] (`9999-12-31T23:00:00-05:00`).
     pub fn to_timestamp(&self) -> Result<Timestamp, jiff::Error> {
         self.offset.unwrap_or(Offset::UTC).to_timestamp(self.civil)
+    }
+
+    /// As [`PyDateTime::to_timestamp`], but an instant past the range of
+    /// [`Timestamp`] is clamped to its end ([`Timestamp::MAX`] for the last day
+    /// of year 9999, [`Timestamp::MIN`] for the first ones): "never" and
+    /// "long ago", which is what such a value means to Python.
+    pub fn to_timestamp_saturating(&self) -> Timestamp {
+        self.to_timestamp().unwrap_or(if self.civil.year() > 0 { Timestamp::MAX } else { Timestamp::MIN })
     }
 
     /// Reads what Python 3.11's `datetime.fromisoformat` reads in practice:
@@ -140,6 +151,37 @@ impl PyTime {
     }
 }
 
+/// The longest [`Duration`] [`duration_from_secs`] gives: 100 years
+/// (3,155,760,000 seconds), "never" for any timer, and small enough to add to
+/// any `Instant` or `Timestamp` of this century without overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(3_155_760_000);
+
+/// Converts a number of seconds from a message (a time limit, countdown or
+/// expiry) to a [`Duration`], never panicking, whatever the value:
+///
+/// - NaN: `None`, there is no such duration (the caller decides: Celery's
+///   timers never fire for NaN, and `timedelta(seconds=nan)` raises);
+/// - zero, negative, `-0.0` and `-inf`: [`Duration::ZERO`], already due;
+/// - `+inf`, `1e300`, anything above [`MAX_DURATION`]: [`MAX_DURATION`], never;
+/// - anything else: the nearest `Duration`, to the nanosecond.
+pub fn duration_from_secs(secs: f64) -> Option<Duration> {
+    if secs.is_nan() {
+        None
+    } else if secs <= 0.0 {
+        Some(Duration::ZERO)
+    } else if secs >= MAX_DURATION.as_secs_f64() {
+        Some(MAX_DURATION)
+    } else {
+        Some(Duration::try_from_secs_f64(secs).map_or(MAX_DURATION, |d| d.min(MAX_DURATION)))
+    }
+}
+
+/// [`duration_from_secs`] for whole seconds: negative is zero, more than
+/// [`MAX_DURATION`] is [`MAX_DURATION`].
+pub fn duration_from_int_secs(secs: i64) -> Duration {
+    u64::try_from(secs).map_or(Duration::ZERO, |s| Duration::from_secs(s).min(MAX_DURATION))
+}
+
 fn truncate_to_micros(dt: civil::DateTime) -> civil::DateTime {
     let nanos = dt.subsec_nanosecond();
     dt.with().subsec_nanosecond(nanos - nanos % 1000).build().unwrap_or(dt)
@@ -190,6 +232,10 @@ fn parse_date_prefix(text: &str) -> Result<(civil::Date, &str), IsoParseError> {
         let day = digits(&text[6..], 2).ok_or_else(|| err(text, "expected a two-digit day"))?;
         (month, day, &text[8..])
     };
+    if year < 1 {
+        // Python's datetime.MINYEAR.
+        return Err(err(text, "year 0 is out of range"));
+    }
     let date = civil::Date::new(year as i16, month as i8, day as i8)
         .map_err(|_| err(text, "day is out of range for month"))?;
     Ok((date, rest))
@@ -230,7 +276,7 @@ fn parse_clock(whole: &str, text: &str, allow_fraction: bool) -> Result<civil::T
             .ok_or_else(|| err(whole, "expected two-digit time fields"))?
     } else if main.len() % 2 == 0 && !main.is_empty() {
         (0..main.len() / 2)
-            .map(|i| digits(&main[i * 2..], 2))
+            .map(|i| main.get(i * 2..).and_then(|rest| digits(rest, 2)))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| err(whole, "expected two-digit time fields"))?
     } else {
