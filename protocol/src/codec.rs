@@ -419,6 +419,120 @@ mod tests {
     }
 
     #[test]
+    fn every_compression_stops_a_bomb_at_the_limit() {
+        // 2 MiB of zeros packs into a few KB with every method.
+        let data = vec![0u8; 2 << 20];
+        for c in [Compression::Zlib, Compression::Bzip2, Compression::Lzma, Compression::Zstd, Compression::Brotli] {
+            let packed = c.compress(&data).unwrap();
+            assert!(packed.len() < 16 * 1024, "{c}: {} bytes", packed.len());
+            let started = std::time::Instant::now();
+            assert_eq!(c.decompress(&packed, 1 << 18), Err(CodecError::TooLarge { limit: 1 << 18 }), "{c}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(5), "{c} took {:?}", started.elapsed());
+            // Exactly at the limit is fine; one byte less is not.
+            assert_eq!(c.decompress(&packed, 2 << 20).map(|v| v.len()), Ok(2 << 20), "{c}");
+            assert_eq!(c.decompress(&packed, (2 << 20) - 1), Err(CodecError::TooLarge { limit: (2 << 20) - 1 }));
+            assert_eq!(c.decompress(&packed, 0), Err(CodecError::TooLarge { limit: 0 }), "{c}");
+        }
+    }
+
+    #[test]
+    fn the_output_buffer_never_reserves_past_the_limit() {
+        for limit in [0, 1, 1000, 64 * 1024, 64 * 1024 + 1, 1 << 20, 3 << 20] {
+            // An endless stream of zeros: refused once the limit is passed.
+            assert_eq!(read_bounded(std::io::repeat(0), limit).unwrap(), None, "{limit}");
+            let out = read_bounded(&vec![7u8; limit][..], limit).unwrap().unwrap();
+            assert_eq!(out.len(), limit);
+            assert!(out.capacity() <= limit.max(1), "{limit}: capacity {}", out.capacity());
+        }
+    }
+
+    #[test]
+    fn limits_are_checked_in_order_before_any_work() {
+        use crate::limits::{Accept, DecodeLimits, ErrorKind};
+        use crate::message::Message;
+        let mut headers = crate::value::Map::new();
+        headers.insert("compression".into(), Value::Str("application/x-gzip".into()));
+        let msg = |content_type: &str, body: Vec<u8>| Message {
+            headers: headers.clone(),
+            properties: crate::value::Map::new(),
+            priority: 0,
+            content_type: content_type.into(),
+            content_encoding: "binary".into(),
+            body,
+        };
+        let limits = DecodeLimits { max_body_bytes: 100, ..DecodeLimits::default() };
+        // Garbage that is not zlib, too large, in a type not accepted: the type is checked first.
+        let kind = |m: &Message, l: &DecodeLimits| m.decode_body_with(l).unwrap_err().kind();
+        let garbage = vec![0xffu8; 1000];
+        assert_eq!(kind(&msg("application/x-msgpack", garbage.clone()), &limits), ErrorKind::ContentDisallowed);
+        assert_eq!(
+            kind(&msg("application/x-python-serialize", garbage.clone()), &limits),
+            ErrorKind::ContentDisallowed
+        );
+        let any = DecodeLimits { accept: Accept::any(), ..limits.clone() };
+        let err = msg("application/x-python-serialize", garbage.clone()).decode_body_with(&any).unwrap_err();
+        assert_eq!(err, CodecError::PickleRefused.into());
+        // Then the raw size, before decompressing.
+        let err = msg("application/json", garbage.clone()).decode_body_with(&limits).unwrap_err();
+        assert_eq!(err, CodecError::BodyTooLarge { limit: 100, size: 1000 }.into());
+        assert_eq!(err.kind(), ErrorKind::BodyTooLarge);
+        // Then decompression.
+        assert_eq!(kind(&msg("application/json", vec![0xff; 50]), &limits), ErrorKind::DecompressionFailed);
+        let bomb = Compression::Zlib.compress(&vec![b' '; 1 << 20]).unwrap();
+        let small = DecodeLimits { max_body_bytes: 1 << 20, max_decoded_bytes: 4096, ..DecodeLimits::default() };
+        let err = msg("application/json", bomb).decode_body_with(&small).unwrap_err();
+        assert_eq!(err, CodecError::TooLarge { limit: 4096 }.into());
+        assert_eq!(err.kind(), ErrorKind::DecodedTooLarge);
+        // The message names what was refused and what is accepted.
+        let err = msg("application/x-yaml", b"[]".to_vec()).decode_body_with(&DecodeLimits::default()).unwrap_err();
+        assert_eq!(
+            err,
+            CodecError::ContentDisallowed {
+                content_type: "application/x-yaml".into(),
+                accepted: vec!["application/json".into()]
+            }
+            .into()
+        );
+        let text = err.reason();
+        assert!(
+            text.starts_with(
+                "content_disallowed: refusing to deserialize untrusted content of type \"application/x-yaml\""
+            ),
+            "{text}"
+        );
+        assert!(text.contains("accept_content allows application/json"), "{text}");
+        // Unknown compression and unknown content types have their own kinds.
+        let mut odd = msg("application/json", b"[]".to_vec());
+        odd.headers.insert("compression".into(), Value::Str("application/x-lz4".into()));
+        assert_eq!(kind(&odd, &limits), ErrorKind::UnknownCompression);
+        let any = DecodeLimits::any_content();
+        assert_eq!(kind(&msg("application/x-unknown", b"[]".to_vec()), &any), ErrorKind::UnknownContentType);
+        // Raw bytes are trusted (kombu's TRUSTED_CONTENT), an empty type is raw bytes.
+        let mut raw = msg("", b"abc".to_vec());
+        raw.headers.clear();
+        assert_eq!(raw.decode_body_with(&DecodeLimits::default()).unwrap(), Value::Bytes(b"abc".to_vec()));
+    }
+
+    #[test]
+    fn every_codec_error_has_a_kind() {
+        use crate::limits::ErrorKind;
+        let cases = [
+            (CodecError::PickleRefused, ErrorKind::ContentDisallowed),
+            (CodecError::TextNotUtf8, ErrorKind::MalformedBody),
+            (CodecError::Msgpack("x".into()), ErrorKind::MalformedBody),
+            (CodecError::Yaml("x".into()), ErrorKind::MalformedBody),
+            (CodecError::Json(json::JsonError::NotUtf8(0)), ErrorKind::MalformedBody),
+            (CodecError::from(json::JsonError::TooDeep { limit: 1 }), ErrorKind::TooDeep),
+            (CodecError::from(json::JsonError::TooManyElements { limit: 1 }), ErrorKind::TooManyElements),
+            (CodecError::Unencodable("x".into()), ErrorKind::Unencodable),
+            (CodecError::UnknownCompression("x".into()), ErrorKind::UnknownCompression),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(err.kind(), kind, "{err}");
+        }
+    }
+
+    #[test]
     fn garbage_is_an_error() {
         for c in [Compression::Zlib, Compression::Bzip2, Compression::Lzma, Compression::Zstd, Compression::Brotli] {
             assert!(c.decompress(b"\x00\x01garbage", 1000).is_err(), "{c}");

@@ -629,6 +629,103 @@ mod tests {
     }
 
     #[test]
+    fn non_finite_and_overflowing_numbers_read_as_python_reads_them() {
+        // json.loads: NaN/Infinity literals, and a float literal too large is inf.
+        let v = from_str(
+            "[NaN, Infinity, -Infinity, 1e400, -1e400, 1e-400, 1E999999999999999999999, 1.7976931348623157e308]",
+        )
+        .unwrap();
+        let f: Vec<f64> = v.as_list().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert!(f[0].is_nan());
+        assert_eq!(
+            &f[1..],
+            [f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY, 0.0, f64::INFINITY, f64::MAX]
+        );
+        // And they are written back as Python writes them.
+        assert_eq!(rt("[1e400, -1e400]"), "[Infinity, -Infinity]");
+        // Python's json refuses these spellings too.
+        for bad in ["nan", "inf", "-NaN", "+1", "Infinity1", ".5", "1e", "0x10"] {
+            assert!(from_str(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn integers_are_bounded_as_python_bounds_them() {
+        let ok = "9".repeat(MAX_INT_DIGITS);
+        assert!(matches!(from_str(&ok), Ok(Value::BigInt(_))));
+        assert!(matches!(from_str(&format!("-{ok}")), Ok(Value::BigInt(_))));
+        let err = from_str(&format!("[{ok}9]")).unwrap_err();
+        assert!(err.to_string().contains("more than 4300 digits"), "{err}");
+        // A float literal has no such bound in Python.
+        assert!(matches!(from_str(&format!("{ok}9.0")), Ok(Value::Float(_))));
+    }
+
+    #[test]
+    fn depth_is_bounded_without_recursing_past_it() {
+        let limits = DecodeLimits::default();
+        for open in ["[", "{\"a\": ", "[{\"k\": "] {
+            // 100 000 levels: refused quickly, no stack overflow.
+            let deep = open.repeat(100_000);
+            assert_eq!(from_str_with(&deep, &limits), Err(JsonError::TooDeep { limit: 512 }), "{open}");
+        }
+        let at = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(from_str_with(&at(512), &limits).is_ok());
+        assert_eq!(from_str_with(&at(513), &limits), Err(JsonError::TooDeep { limit: 512 }));
+        let shallow = DecodeLimits { max_depth: 2, ..DecodeLimits::default() };
+        assert!(from_str_with("[[1], {\"a\": [2]}]", &shallow).is_err());
+        assert!(from_str_with("[[1], {\"a\": 2}]", &shallow).is_ok());
+        // Whatever is configured, the ceiling holds.
+        let unlimited = DecodeLimits { max_depth: usize::MAX, ..DecodeLimits::default() };
+        let ceiling = crate::limits::MAX_DEPTH_CEILING;
+        assert_eq!(from_str_with(&at(ceiling + 1), &unlimited), Err(JsonError::TooDeep { limit: ceiling }));
+    }
+
+    #[test]
+    fn a_value_at_the_depth_ceiling_is_safe_to_use_on_a_small_stack() {
+        use crate::codec::CodecError;
+        // Decoding, dropping, cloning, comparing and encoding recurse per level:
+        // at the ceiling they must fit in a worker thread's stack (tokio's is
+        // 2 MiB), even in a debug build.
+        let half = crate::limits::MAX_DEPTH_CEILING / 2;
+        let text = format!("{}1{}", "[{\"a\": ".repeat(half), "}]".repeat(half));
+        let unlimited = DecodeLimits { max_depth: usize::MAX, ..DecodeLimits::default() };
+        let handle = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let v = from_str_with(&text, &unlimited).unwrap();
+                let copy = v.clone();
+                assert_eq!(copy, v);
+                assert_eq!(to_string(&v).unwrap(), text);
+                // celeriac writes YAML in flow style, which its reader takes to 255 levels only.
+                let yaml = crate::yaml::to_vec(&v).unwrap();
+                let limit = crate::yaml::MAX_FLOW_DEPTH;
+                assert_eq!(crate::yaml::from_slice_with(&yaml, &unlimited), Err(CodecError::TooDeep { limit }));
+                let msgpack = crate::msgpack::to_vec(&v).unwrap();
+                assert_eq!(crate::msgpack::from_slice_with(&msgpack, &unlimited).unwrap(), v);
+                let _ = format!("{v:?}");
+                drop(v);
+            })
+            .unwrap();
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn values_are_counted_keys_included() {
+        let limits = DecodeLimits { max_elements: 5, ..DecodeLimits::default() };
+        // [1, 2, 3, 4]: the list and four ints.
+        assert!(from_str_with("[1, 2, 3, 4]", &limits).is_ok());
+        assert_eq!(from_str_with("[1, 2, 3, 4, 5]", &limits), Err(JsonError::TooManyElements { limit: 5 }));
+        // {"a": 1, "b": 2}: the dict, two keys, two ints.
+        assert!(from_str_with("{\"a\": 1, \"b\": 2}", &limits).is_ok());
+        assert!(from_str_with("{\"a\": 1, \"b\": [2]}", &limits).is_err());
+        // Two million values in 4 MB: refused by the default bound, a million.
+        let wide = format!("[{}0]", "0,".repeat(2_000_000));
+        let err = from_slice_with(wide.as_bytes(), &DecodeLimits::default()).unwrap_err();
+        assert_eq!(err, JsonError::TooManyElements { limit: 1_000_000 });
+        assert_eq!(crate::codec::CodecError::from(err).kind(), crate::limits::ErrorKind::TooManyElements);
+    }
+
+    #[test]
     fn duplicate_keys_keep_the_last_value_at_the_first_place() {
         assert_eq!(rt(r#"{"a": 1, "b": 2, "a": 3}"#), r#"{"a": 3, "b": 2}"#);
     }

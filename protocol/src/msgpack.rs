@@ -81,19 +81,43 @@ impl<'a> Reader<'a> {
         usize::try_from(n).map_err(|_| malformed("length does not fit in memory"))
     }
 
-    /// Reads one value inside `depth` enclosing arrays and maps.
+    /// Reads one value inside `depth` enclosing arrays and maps. Kept small:
+    /// it is the frame that repeats per level of nesting.
     fn value(&mut self, depth: usize) -> Result<Value, CodecError> {
         if !self.budget.take(1) {
             return Err(CodecError::TooManyElements { limit: self.budget.max_elements() });
         }
         let marker = self.u8()?;
+        match marker {
+            0x80..=0x8f => self.map(usize::from(marker & 0x0f), depth),
+            0x90..=0x9f => self.list(usize::from(marker & 0x0f), depth),
+            0xdc => {
+                let n = self.len(2)?;
+                self.list(n, depth)
+            }
+            0xdd => {
+                let n = self.len(4)?;
+                self.list(n, depth)
+            }
+            0xde => {
+                let n = self.len(2)?;
+                self.map(n, depth)
+            }
+            0xdf => {
+                let n = self.len(4)?;
+                self.map(n, depth)
+            }
+            _ => self.scalar(marker),
+        }
+    }
+
+    /// Reads the rest of a value that is not an array or a map.
+    #[inline(never)]
+    fn scalar(&mut self, marker: u8) -> Result<Value, CodecError> {
         Ok(match marker {
             0x00..=0x7f => Value::Int(i64::from(marker)),
-            0x80..=0x8f => return self.map(usize::from(marker & 0x0f), depth),
-            0x90..=0x9f => return self.list(usize::from(marker & 0x0f), depth),
             0xa0..=0xbf => Value::Str(self.str(usize::from(marker & 0x1f))?),
             0xc0 => Value::Null,
-            0xc1 => return Err(malformed("reserved marker 0xc1 is not msgpack")),
             0xc2 => Value::Bool(false),
             0xc3 => Value::Bool(true),
             0xc4..=0xc6 => {
@@ -119,15 +143,9 @@ impl<'a> Reader<'a> {
                 let n = self.len(1 << (marker - 0xd9))?;
                 Value::Str(self.str(n)?)
             }
-            0xdc | 0xdd => {
-                let n = self.len(if marker == 0xdc { 2 } else { 4 })?;
-                return self.list(n, depth);
-            }
-            0xde | 0xdf => {
-                let n = self.len(if marker == 0xde { 2 } else { 4 })?;
-                return self.map(n, depth);
-            }
             0xe0..=0xff => Value::Int(i64::from(i8::from_be_bytes([marker]))),
+            // 0xc1, and the collection markers `value` handles.
+            _ => return Err(malformed(format!("marker 0x{marker:02x} is not a msgpack value here"))),
         })
     }
 
@@ -258,6 +276,79 @@ mod tests {
         assert_eq!(from_slice(&to_vec(&v).unwrap()).unwrap(), v);
         let too_big = Value::BigInt(BigInt::parse("1180591620717411303424").unwrap());
         assert!(to_vec(&too_big).is_err());
+    }
+
+    #[test]
+    fn headers_claiming_huge_lengths_allocate_nothing() {
+        use crate::limits::DecodeLimits;
+        let limits = DecodeLimits::default();
+        let too_many = |limit| Err(CodecError::TooManyElements { limit });
+        // array32 / map32 claiming 2^32-1 entries in a 5-byte message: the bound first.
+        assert_eq!(from_slice_with(&[0xdd, 0xff, 0xff, 0xff, 0xff], &limits), too_many(1_000_000));
+        assert_eq!(from_slice_with(&[0xdf, 0xff, 0xff, 0xff, 0xff], &limits), too_many(1_000_000));
+        // Within the bound but longer than the bytes left: truncated, nothing reserved.
+        let unbounded = DecodeLimits { max_elements: usize::MAX, ..DecodeLimits::default() };
+        for header in [[0xdd, 0xff, 0xff, 0xff, 0xff], [0xdf, 0xff, 0xff, 0xff, 0xff]] {
+            let err = from_slice_with(&header, &unbounded).unwrap_err();
+            assert!(err.to_string().contains("truncated"), "{err}");
+        }
+        // str32 / bin32 / ext32 claiming 4 GiB.
+        for marker in [0xdb, 0xc6, 0xc9] {
+            let err = from_slice_with(&[marker, 0xff, 0xff, 0xff, 0xff, b'x'], &limits).unwrap_err();
+            assert!(err.to_string().contains("truncated"), "{err}");
+        }
+        // A map of 600 000 entries is 1.2 million values.
+        let mut wide = vec![0xde, 0xff, 0xff];
+        wide.extend(std::iter::repeat_n([0xa0, 0xc0], 0xffff).flatten());
+        assert!(from_slice_with(&wide, &limits).is_ok());
+        let small = DecodeLimits { max_elements: 100_000, ..DecodeLimits::default() };
+        assert_eq!(from_slice_with(&wide, &small), too_many(100_000));
+    }
+
+    #[test]
+    fn nesting_is_bounded_without_recursing_past_it() {
+        use crate::limits::DecodeLimits;
+        let limits = DecodeLimits::default();
+        // 100 000 nested one-element arrays, then nested maps.
+        let mut deep = vec![0x91u8; 100_000];
+        deep.push(0xc0);
+        assert_eq!(from_slice_with(&deep, &limits), Err(CodecError::TooDeep { limit: 512 }));
+        let deep_maps: Vec<u8> = std::iter::repeat_n([0x81, 0xa1, b'k'], 100_000).flatten().chain([0xc0]).collect();
+        assert_eq!(from_slice_with(&deep_maps, &limits), Err(CodecError::TooDeep { limit: 512 }));
+        let mut at = vec![0x91u8; 512];
+        at.push(0xc0);
+        assert!(from_slice_with(&at, &limits).is_ok());
+        at.insert(0, 0x91);
+        assert_eq!(from_slice_with(&at, &limits), Err(CodecError::TooDeep { limit: 512 }));
+    }
+
+    #[test]
+    fn reads_every_marker_as_python_msgpack_does() {
+        // Bytes from Python: msgpack.packb([...], use_bin_type=True).
+        let cases: [(&[u8], Value); 16] = [
+            (&[0x7f], Value::Int(127)),
+            (&[0xe0], Value::Int(-32)),
+            (&[0xcc, 0xff], Value::Int(255)),
+            (&[0xcd, 0xff, 0xff], Value::Int(65535)),
+            (&[0xce, 0xff, 0xff, 0xff, 0xff], Value::Int(4294967295)),
+            (&[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], Value::from(u64::MAX)),
+            (&[0xd0, 0x80], Value::Int(-128)),
+            (&[0xd1, 0x80, 0x00], Value::Int(-32768)),
+            (&[0xd2, 0x80, 0, 0, 0], Value::Int(-2147483648)),
+            (&[0xd3, 0x80, 0, 0, 0, 0, 0, 0, 0], Value::Int(i64::MIN)),
+            (&[0xca, 0x7f, 0xc0, 0, 0], Value::Float(f64::NAN)),
+            (&[0xcb, 0x7f, 0xf0, 0, 0, 0, 0, 0, 0], Value::Float(f64::INFINITY)),
+            (&[0xd9, 1, b'a'], Value::Str("a".into())),
+            (&[0xc4, 1, 0xff], Value::Bytes(vec![0xff])),
+            (&[0xc2], Value::Bool(false)),
+            (&[0xdc, 0, 1, 0xc3], Value::List(vec![Value::Bool(true)])),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(from_slice(bytes).unwrap(), want, "{bytes:x?}");
+        }
+        for bad in [&[0xc1][..], &[0xd4, 1, 0], &[0xc7, 1, 5, 0], &[0xa1, 0xff], &[0x81, 0x01, 0xc0]] {
+            assert!(from_slice(bad).is_err(), "{bad:x?}");
+        }
     }
 
     #[test]

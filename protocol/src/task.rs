@@ -91,7 +91,8 @@ fn describe(value: &Value) -> String {
         text.truncate(cut);
         text.push_str("...");
     }
-    format!("a {} ({text})", value.type_name())
+    let article = if value.type_name() == "int" { "an" } else { "a" };
+    format!("{article} {} ({text})", value.type_name())
 }
 
 /// The `timelimit` header: `[hard, soft]`, hard first (Celery's docs say otherwise; the code does this).
@@ -715,6 +716,160 @@ mod tests {
         bad = headers;
         bad.shift_remove("id");
         assert!(TaskHeaders::from_map(&bad).is_err());
+    }
+
+    fn with(name: &str, json_value: &str) -> Result<TaskHeaders, ProtocolError> {
+        let mut map = v2_headers();
+        map.insert(name.into(), json::from_str(json_value).unwrap());
+        TaskHeaders::from_map(&map)
+    }
+
+    fn header_error(name: &str, json_value: &str) -> String {
+        match with(name, json_value) {
+            Err(e @ ProtocolError::Header { .. }) => {
+                assert_eq!(e.kind(), crate::ErrorKind::InvalidHeader);
+                let text = e.to_string();
+                assert!(text.starts_with(&format!("invalid header {name:?}")), "{text}");
+                text
+            }
+            other => panic!("{name} = {json_value}: expected a header error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn timelimit_keeps_any_number_and_refuses_other_types() {
+        let limits = |text: &str| with("timelimit", text).unwrap().timelimit;
+        let nan = limits("[NaN, Infinity]");
+        assert!(matches!(nan.hard, Some(Seconds::Float(f)) if f.is_nan()));
+        assert_eq!(nan.soft, Some(Seconds::Float(f64::INFINITY)));
+        assert_eq!(nan.hard.unwrap().to_duration(), None);
+        assert_eq!(nan.soft.unwrap().to_duration(), Some(time::MAX_DURATION));
+        let odd = limits("[1e300, -1]");
+        assert_eq!((odd.hard, odd.soft), (Some(Seconds::Float(1e300)), Some(Seconds::Int(-1))));
+        assert_eq!(odd.hard.unwrap().to_duration(), Some(time::MAX_DURATION));
+        assert_eq!(odd.soft.unwrap().to_duration(), Some(Duration::ZERO));
+        let huge = limits("[-Infinity, 123456789012345678901234567890]");
+        assert_eq!(huge.hard.unwrap().to_duration(), Some(Duration::ZERO));
+        assert_eq!(huge.soft, Some(Seconds::Float(1.2345678901234568e29)));
+        assert_eq!(limits("[9223372036854775807, 1e-9]").hard.unwrap().to_duration(), Some(time::MAX_DURATION));
+        // Falsy means no limits, as Celery's `if timelimit:`.
+        assert_eq!(limits("[]"), TimeLimits::default());
+        assert_eq!(limits("null"), TimeLimits::default());
+        // Wrong types and shapes are refused, naming what was wrong.
+        assert!(header_error("timelimit", "[\"10\", null]")
+            .contains("hard limit: a str (\"10\") is not a number of seconds"));
+        assert!(header_error("timelimit", "[null, [1]]").contains("soft limit: a list"));
+        assert!(header_error("timelimit", "[true, null]").contains("a bool"));
+        assert!(header_error("timelimit", "[1, 2, 3]").contains("a list of 3 items"));
+        assert!(header_error("timelimit", "[1]").contains("a list of 1 items"));
+        assert!(header_error("timelimit", "5").contains("an int (5), expected [hard, soft]"));
+        assert!(header_error("timelimit", "\"ab\"").contains("expected [hard, soft]"));
+        assert!(header_error("timelimit", "{\"hard\": 1}").contains("a dict"));
+    }
+
+    #[test]
+    fn int_headers_refuse_everything_but_ints() {
+        for name in ["retries", "group_index", "replaced_task_nesting"] {
+            for bad in [
+                "NaN",
+                "Infinity",
+                "-Infinity",
+                "1e300",
+                "2.0",
+                "\"3\"",
+                "[1]",
+                "{}",
+                "true",
+                "123456789012345678901234567890",
+            ] {
+                let text = header_error(name, bad);
+                assert!(text.contains("expected an int") || text.contains("outside the 64-bit range"), "{text}");
+            }
+        }
+        assert_eq!(with("retries", "-1").unwrap().retries, -1);
+        assert_eq!(with("retries", "9223372036854775807").unwrap().retries, i64::MAX);
+        assert_eq!(with("group_index", "-9223372036854775808").unwrap().group_index, Some(i64::MIN));
+        assert!(header_error("retries", "\"3\"").contains("a str (\"3\"), expected an int"));
+        // A long value is shortened in the message.
+        let long = format!("\"{}\"", "é".repeat(100));
+        assert!(header_error("retries", &long).len() < 200);
+    }
+
+    #[test]
+    fn eta_and_expires_refuse_what_celery_refuses() {
+        for name in ["eta", "expires"] {
+            for bad in [
+                "1700000000",
+                "1e300",
+                "NaN",
+                "\"\"",
+                "\"tomorrow\"",
+                "[\"2024-01-01T00:00:00\"]",
+                "{}",
+                "true",
+                "\"0000-01-01T00:00:00\"",
+                "\"2024-13-01T00:00:00\"",
+                "\"2024-01-01T00:00:00+24:00\"",
+                "\"99999-01-01\"",
+            ] {
+                header_error(name, bad);
+            }
+        }
+        // The far future is kept; its instant saturates to "never".
+        let h = with("eta", "\"9999-12-31T23:59:59.999999-05:00\"").unwrap();
+        assert_eq!(h.eta.unwrap().to_iso(), "9999-12-31T23:59:59.999999-05:00");
+        assert_eq!(h.eta_instant(), Some(jiff::Timestamp::MAX));
+        let h = with("expires", "\"0001-01-01T00:00:00\"").unwrap();
+        assert!(h.expires_instant().unwrap() < jiff::Timestamp::UNIX_EPOCH);
+        assert_eq!(with("eta", "null").unwrap().eta_instant(), None);
+    }
+
+    #[test]
+    fn hostile_v1_bodies_are_errors_naming_the_field() {
+        let v1 = |field: &str, value: &str| {
+            let text = format!(r#"{{"task": "t", "id": "i", "args": [], "kwargs": {{}}, "{field}": {value}}}"#);
+            TaskMessage::from_parts(&Map::new(), json::from_str(&text).unwrap())
+        };
+        for (field, value) in [("retries", "NaN"), ("eta", "1e300"), ("expires", "-1"), ("timelimit", "[\"x\", 1]")] {
+            let err = v1(field, value).unwrap_err();
+            assert!(matches!(&err, ProtocolError::Header { name, .. } if name == field), "{field}: {err}");
+        }
+        let ok = v1("timelimit", "[1e300, NaN]").unwrap();
+        assert_eq!(ok.headers.timelimit.hard, Some(Seconds::Float(1e300)));
+        // A v1 body's `time_limit`/`soft_time_limit` are not Celery fields: kept as they came.
+        let extra = v1("soft_time_limit", "NaN").unwrap();
+        assert!(extra.headers.extra.get("soft_time_limit").unwrap().as_f64().unwrap().is_nan());
+    }
+
+    #[test]
+    fn decoding_with_limits_refuses_by_kind() {
+        use crate::limits::{Accept, DecodeLimits, ErrorKind};
+        let mut task = TaskMessage::new("tasks.add", "id-1");
+        task.args = vec![Value::List(vec![Value::Int(1); 100])];
+        let props = task.default_properties(None, None);
+        let json_msg = task.to_message(props.clone(), 0, ContentType::Json, None).unwrap();
+        let yaml_msg = task.to_message(props.clone(), 0, ContentType::Yaml, Some(Compression::Zstd)).unwrap();
+        let kind = |m: &Message, l: &DecodeLimits| TaskMessage::from_message_with(m, l).unwrap_err().kind();
+        let default = DecodeLimits::default();
+        assert_eq!(TaskMessage::from_message_with(&json_msg, &default).unwrap(), task);
+        assert_eq!(kind(&yaml_msg, &default), ErrorKind::ContentDisallowed);
+        let yaml_ok = DecodeLimits { accept: Accept::from_names(["json", "yaml"]).unwrap(), ..DecodeLimits::default() };
+        assert_eq!(TaskMessage::from_message_with(&yaml_msg, &yaml_ok).unwrap(), task);
+        let few = DecodeLimits { max_elements: 50, ..yaml_ok.clone() };
+        assert_eq!(kind(&json_msg, &few), ErrorKind::TooManyElements);
+        assert_eq!(kind(&yaml_msg, &few), ErrorKind::TooManyElements);
+        let shallow = DecodeLimits { max_depth: 2, ..yaml_ok.clone() };
+        assert_eq!(kind(&json_msg, &shallow), ErrorKind::TooDeep);
+        let tiny = DecodeLimits::new(Accept::any(), 64);
+        assert_eq!(kind(&json_msg, &tiny), ErrorKind::BodyTooLarge);
+        // The old entry points keep working, with any content type.
+        assert_eq!(TaskMessage::from_message(&yaml_msg).unwrap(), task);
+        assert_eq!(TaskMessage::from_message_with_limit(&yaml_msg, 1 << 20).unwrap(), task);
+        let mut bad = json_msg.clone();
+        bad.headers.insert("retries".into(), Value::Str("3".into()));
+        let err = TaskMessage::from_message_with(&bad, &default).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidHeader);
+        assert!(err.reason().starts_with("invalid_header: invalid header \"retries\""), "{}", err.reason());
     }
 
     #[test]

@@ -350,6 +350,75 @@ mod tests {
     }
 
     #[test]
+    fn extreme_and_garbage_datetimes_are_errors_not_panics() {
+        for bad in [
+            "0000-01-01T00:00:00",
+            "10000-01-01T00:00:00",
+            "9999-12-31T23:59:60",
+            "2024-01-02T03:04:05+24:00",
+            "2024-01-02T03:04:05-99:99",
+            "2024-01-02T03:04:05+05:30:00.5",
+            "2024-01-02Ta€",
+            "2024-01-02T€€",
+            "2024-01-02T12:34:5€",
+            "２０２４-01-02",
+            "2024-01-02T03:04:05.1234567890123456789012345678901234567890x",
+            "-001-01-01",
+            "2024-00-01",
+            "2024-01-00",
+        ] {
+            assert!(PyDateTime::parse_iso(bad).is_err(), "{bad}");
+        }
+        // Python accepts these; their instants are past jiff's range at the top only.
+        let last = PyDateTime::parse_iso("9999-12-31T23:59:59.999999-05:00").unwrap();
+        assert!(last.to_timestamp().is_err());
+        assert_eq!(last.to_timestamp_saturating(), Timestamp::MAX);
+        let first = PyDateTime::parse_iso("0001-01-01T00:00:00+23:59").unwrap();
+        assert_eq!(first.to_timestamp_saturating(), first.to_timestamp().unwrap());
+        let naive_last = PyDateTime::parse_iso("9999-12-31T23:59:59.999999").unwrap();
+        assert_eq!(naive_last.to_iso(), "9999-12-31T23:59:59.999999");
+        assert!(naive_last.to_timestamp_saturating() <= Timestamp::MAX);
+    }
+
+    #[test]
+    fn seconds_convert_to_durations_without_panicking() {
+        let cases = [
+            (f64::NAN, None),
+            (-f64::NAN, None),
+            (f64::INFINITY, Some(MAX_DURATION)),
+            (f64::NEG_INFINITY, Some(Duration::ZERO)),
+            (1e300, Some(MAX_DURATION)),
+            (-1e300, Some(Duration::ZERO)),
+            (f64::MAX, Some(MAX_DURATION)),
+            (1.8446744073709552e19, Some(MAX_DURATION)),
+            (3_155_760_000.0, Some(MAX_DURATION)),
+            (-1.0, Some(Duration::ZERO)),
+            (-0.0, Some(Duration::ZERO)),
+            (0.0, Some(Duration::ZERO)),
+            (5e-324, Some(Duration::ZERO)),
+            (1.6e-9, Some(Duration::from_nanos(2))),
+            (0.5, Some(Duration::from_millis(500))),
+            (30.0, Some(Duration::from_secs(30))),
+            (3_155_759_999.5, Some(Duration::new(3_155_759_999, 500_000_000))),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(duration_from_secs(secs), want, "{secs}");
+        }
+        for (secs, want) in [
+            (i64::MIN, Duration::ZERO),
+            (-1, Duration::ZERO),
+            (0, Duration::ZERO),
+            (7, Duration::from_secs(7)),
+            (i64::MAX, MAX_DURATION),
+        ] {
+            assert_eq!(duration_from_int_secs(secs), want, "{secs}");
+        }
+        // The longest duration is safe to add to now.
+        assert!(std::time::Instant::now().checked_add(MAX_DURATION).is_some());
+        assert!(Timestamp::now().checked_add(MAX_DURATION).is_ok());
+    }
+
+    #[test]
     fn naive_is_taken_as_utc() {
         let naive = PyDateTime::parse_iso("2024-01-02T03:04:05").unwrap();
         let aware = PyDateTime::parse_iso("2024-01-02T04:04:05+01:00").unwrap();

@@ -72,6 +72,11 @@ use crate::value::{BigInt, Map, Value};
 /// 100 MB) before it is refused.
 pub const MAX_ALIAS_EXPANSION: usize = 1_000_000;
 
+/// The deepest nesting of flow collections (`[...]`, `{...}`) the YAML scanner
+/// reads, whatever [`DecodeLimits::max_depth`] allows (block collections go
+/// to that bound). PyYAML has no such bound, but `safe_dump` writes block style.
+pub const MAX_FLOW_DEPTH: usize = 255;
+
 /// The most digits an integer scalar may have: CPython ≥ 3.11 refuses to convert
 /// longer decimal strings (`sys.get_int_max_str_digits()`), so no Python
 /// producer can write one, and the bound keeps the conversion cheap.
@@ -218,7 +223,13 @@ impl Loader {
         let mut parser = Parser::new_from_str(text);
         let mut documents = 0usize;
         loop {
-            let (event, mark) = parser.next_token().map_err(|e| error(e.to_string()))?;
+            let (event, mark) = parser.next_token().map_err(|e| {
+                if e.info() == "recursion limit exceeded" {
+                    CodecError::TooDeep { limit: MAX_FLOW_DEPTH }
+                } else {
+                    error(e.to_string())
+                }
+            })?;
             match event {
                 Event::StreamEnd => break,
                 Event::Nothing | Event::StreamStart | Event::DocumentEnd => {}
@@ -1368,6 +1379,72 @@ mod tests {
         assert_eq!(err, CodecError::TooManyElements { limit: MAX_ALIAS_EXPANSION });
         // A modest amount of sharing is fine.
         assert!(from_slice(b"a: &a [1, 2, 3]\nb: [*a, *a, *a]").is_ok());
+    }
+
+    #[test]
+    fn billion_laughs_stops_early_within_the_limits() {
+        use crate::limits::DecodeLimits;
+        // The classic: 9 levels of 10 aliases, 10^9 strings from under 1 KB.
+        let mut doc =
+            String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+        for pair in names.windows(2) {
+            let refs = vec![format!("*{}", pair[0]); 10].join(",");
+            doc.push_str(&format!("{}: &{} [{refs}]\n", pair[1], pair[1]));
+        }
+        assert!(doc.len() < 1024);
+        let started = std::time::Instant::now();
+        let err = from_slice_with(doc.as_bytes(), &DecodeLimits::default()).unwrap_err();
+        assert_eq!(err, CodecError::TooManyElements { limit: MAX_ALIAS_EXPANSION });
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        // A smaller value bound stops it sooner, with that bound named.
+        let small = DecodeLimits { max_elements: 5000, ..DecodeLimits::default() };
+        assert_eq!(from_slice_with(doc.as_bytes(), &small), Err(CodecError::TooManyElements { limit: 5000 }));
+        // Aliases of one long string: few values, many bytes.
+        let long = "x".repeat(10_000);
+        let doc = format!("s: &s \"{long}\"\nl: [{}]\n", vec!["*s"; 1000].join(", "));
+        let tight = DecodeLimits { max_decoded_bytes: 1 << 20, ..DecodeLimits::default() };
+        assert_eq!(from_slice_with(doc.as_bytes(), &tight), Err(CodecError::TooLarge { limit: 1 << 20 }));
+        assert!(from_slice_with(doc.as_bytes(), &DecodeLimits::default()).is_ok());
+    }
+
+    #[test]
+    fn nested_anchors_pay_for_the_copies_they_keep() {
+        use crate::limits::DecodeLimits;
+        // 300 anchored levels around a list of 5000 values: each anchor keeps a
+        // copy of everything inside it, 1.5 million values without an alias.
+        let mut nested = String::new();
+        for i in 0..300 {
+            nested.push_str(&format!("&a{i} ["));
+        }
+        nested.push_str(&format!("[{}]", "1, ".repeat(5000)));
+        nested.push_str(&"]".repeat(300));
+        let flow = DecodeLimits::default();
+        // The flow scanner stops at 255 levels; in block style it goes deeper.
+        assert_eq!(from_slice_with(nested.as_bytes(), &flow), Err(CodecError::TooDeep { limit: MAX_FLOW_DEPTH }));
+        let mut block = String::new();
+        for i in 0..300 {
+            block.push_str(&format!("{}- &a{i}\n", "  ".repeat(i)));
+        }
+        block.push_str(&format!("{}- [{}]\n", "  ".repeat(300), "1, ".repeat(5000)));
+        let err = from_slice_with(block.as_bytes(), &flow).unwrap_err();
+        assert_eq!(err, CodecError::TooManyElements { limit: MAX_ALIAS_EXPANSION });
+    }
+
+    #[test]
+    fn nesting_is_bounded_for_block_and_flow_collections() {
+        use crate::limits::DecodeLimits;
+        let limits = DecodeLimits::default();
+        // "- - - - ... x": 100 000 nested block sequences on one line.
+        let block = format!("{}x", "- ".repeat(100_000));
+        assert_eq!(from_slice_with(block.as_bytes(), &limits), Err(CodecError::TooDeep { limit: 512 }));
+        let maps: String = (0..2000).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
+        assert_eq!(from_slice_with(maps.as_bytes(), &limits), Err(CodecError::TooDeep { limit: 512 }));
+        let flow = "[".repeat(100_000);
+        assert_eq!(from_slice_with(flow.as_bytes(), &limits), Err(CodecError::TooDeep { limit: MAX_FLOW_DEPTH }));
+        let shallow = DecodeLimits { max_depth: 3, ..DecodeLimits::default() };
+        assert!(from_slice_with(b"- - - x", &shallow).is_ok());
+        assert_eq!(from_slice_with(b"- - - - x", &shallow), Err(CodecError::TooDeep { limit: 3 }));
     }
 
     #[test]
