@@ -9,7 +9,6 @@
 
 use base64::Engine as _;
 
-use crate::codec::CodecError;
 use crate::error::ProtocolError;
 use crate::json::{self, JsonError};
 use crate::limits::DecodeLimits;
@@ -120,7 +119,7 @@ impl Envelope {
     pub fn from_slice_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Envelope, ProtocolError> {
         let max = limits.max_envelope_bytes();
         if bytes.len() > max {
-            return Err(CodecError::BodyTooLarge { limit: max, size: bytes.len() }.into());
+            return Err(ProtocolError::EnvelopeTooLarge { limit: max, size: bytes.len() });
         }
         let value = json::from_slice_with(bytes, limits).map_err(|e| match e {
             JsonError::TooDeep { .. } | JsonError::TooManyElements { .. } => ProtocolError::Codec(e.into()),
@@ -376,7 +375,7 @@ mod tests {
         let huge = format!(r#"{{"body": "{}"}}"#, "A".repeat(200_000));
         let limits = DecodeLimits { max_body_bytes: 1000, ..DecodeLimits::default() };
         let big = Envelope::from_slice_with(huge.as_bytes(), &limits).unwrap_err();
-        assert!(matches!(big, ProtocolError::Codec(CodecError::BodyTooLarge { size, .. }) if size == huge.len()));
+        assert!(matches!(big, ProtocolError::EnvelopeTooLarge { size, .. } if size == huge.len()));
         assert_eq!(big.kind(), crate::ErrorKind::BodyTooLarge);
         let limits = DecodeLimits { max_depth: 4, max_elements: 40, ..DecodeLimits::default() };
         let deep = r#"{"body": "", "headers": {"a": [[[[1]]]]}}"#;

@@ -13,6 +13,18 @@ pub enum ProtocolError {
     /// The Redis list element is not kombu's JSON envelope.
     #[error("not a kombu message envelope: {0}")]
     Envelope(String),
+    /// The Redis list element is larger than any envelope of a body within
+    /// the limit can be; checked before it is parsed.
+    #[error(
+        "message is {size} bytes, more than the {limit} bytes the envelope of a body within \
+         worker_max_message_size can take; send large data out of band, or raise the limit"
+    )]
+    EnvelopeTooLarge {
+        /// The limit in bytes ([`crate::DecodeLimits::max_envelope_bytes`]).
+        limit: usize,
+        /// The element's size in bytes.
+        size: usize,
+    },
     /// The body could not be decompressed or deserialized.
     #[error(transparent)]
     Codec(#[from] CodecError),
@@ -41,6 +53,7 @@ impl ProtocolError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ProtocolError::Envelope(_) => ErrorKind::MalformedEnvelope,
+            ProtocolError::EnvelopeTooLarge { .. } => ErrorKind::BodyTooLarge,
             ProtocolError::Codec(e) => e.kind(),
             ProtocolError::NotATask(_) => ErrorKind::NotATask,
             ProtocolError::Header { .. } => ErrorKind::InvalidHeader,
