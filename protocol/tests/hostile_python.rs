@@ -233,3 +233,53 @@ fn hostile_headers_from_celery_are_kept_or_refused_by_field() {
         assert!(decode(c, &limits).is_ok(), "{name}");
     }
 }
+
+/// Numbers at the edges, read by kombu's JSON and by celeriac's, and written
+/// back: the same text (or both refuse).
+#[test]
+fn edge_numbers_read_and_write_as_kombu_does() {
+    let Some(python) = celeriac_tests::python_peer() else { return };
+    let texts = [
+        "1e400",
+        "-1e400",
+        "1e-400",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "1E999999999999999999999",
+        "-0",
+        "-0.0",
+        "1.7976931348623157e308",
+        "1.7976931348623159e308",
+        "4.9e-324",
+        "2.5e-5",
+        "1e16",
+        "123456789012345678901234567890",
+        "[9223372036854775807, 9223372036854775808, -9223372036854775809]",
+        "nan",
+        "inf",
+        "+1",
+        "01",
+        "1.",
+        ".5",
+    ];
+    let input = json::to_string(&Value::List(texts.iter().map(|t| Value::Str((*t).into())).collect())).unwrap();
+    let script = r#"
+import json, sys
+from kombu.utils.json import dumps, loads
+out = []
+for text in json.loads(sys.argv[1]):
+    try:
+        out.append(dumps(loads(text)))
+    except Exception as exc:
+        out.append("error")
+print(json.dumps(out))
+"#;
+    let out = Command::new(python).args(["-c", script, &input]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let python = json::from_slice(&out.stdout).unwrap();
+    for (text, theirs) in texts.iter().zip(python.as_list().unwrap()) {
+        let ours = json::from_str(text).map_or_else(|_| "error".to_owned(), |v| json::to_string(&v).unwrap());
+        assert_eq!(Some(ours.as_str()), theirs.as_str(), "{text}");
+    }
+}
