@@ -298,7 +298,14 @@ impl Loader {
                 }
             }
         }
-        Ok(self.root.unwrap_or(Value::Null))
+        match self.root.take() {
+            Some(root) => Ok(root),
+            None => {
+                // An empty stream is None: one value too.
+                self.count(1)?;
+                Ok(Value::Null)
+            }
+        }
     }
 
     /// Counts a new collection and checks how deep it is.
@@ -1445,6 +1452,10 @@ mod tests {
         let shallow = DecodeLimits { max_depth: 3, ..DecodeLimits::default() };
         assert!(from_slice_with(b"- - - x", &shallow).is_ok());
         assert_eq!(from_slice_with(b"- - - - x", &shallow), Err(CodecError::TooDeep { limit: 3 }));
+        // An empty stream is one value, None.
+        let none = DecodeLimits { max_elements: 0, ..DecodeLimits::default() };
+        assert_eq!(from_slice_with(b"", &none), Err(CodecError::TooManyElements { limit: 0 }));
+        assert_eq!(from_slice_with(b"", &shallow), Ok(Value::Null));
     }
 
     #[test]
