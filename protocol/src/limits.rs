@@ -35,8 +35,8 @@ pub const DEFAULT_MAX_DEPTH: usize = 512;
 /// of a tokio worker thread; at 1000 levels a debug build overflows it.
 pub const MAX_DEPTH_CEILING: usize = 512;
 
-/// The most values (every scalar, list and dict, at any depth) a body may hold
-/// by default. At about 100 bytes per value in memory, a body at this bound
+/// The most values (every scalar, list, dict and dict key, at any depth) a
+/// body may hold by default. At about 100 bytes per value in memory, a body at this bound
 /// costs some 100 MB; a JSON body of 64 MiB could otherwise hold 32 million.
 pub const DEFAULT_MAX_ELEMENTS: usize = 1_000_000;
 
@@ -147,8 +147,8 @@ pub struct DecodeLimits {
     /// The deepest nesting of lists and dicts (a top-level list is level 1).
     /// Never more than [`MAX_DEPTH_CEILING`], whatever is set here.
     pub max_depth: usize,
-    /// The most values a body may hold: every scalar, list and dict at any
-    /// depth, each copy made by a YAML alias included.
+    /// The most values a body may hold: every scalar, list, dict and dict key
+    /// at any depth, each copy made by a YAML alias included.
     pub max_elements: usize,
 }
 
