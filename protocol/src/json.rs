@@ -7,6 +7,10 @@
 //! Decimal and bytes. Reading accepts everything Python's `json.loads` accepts
 //! (including `NaN`, `Infinity` and integers of any size) and turns markers back
 //! into typed values, refusing unknown markers as kombu's `object_hook` does.
+//! Reading is bounded: nesting and the number of values by
+//! [`DecodeLimits`] (checked as the parser goes, so
+//! it never recurses past the bound), integer literals to [`MAX_INT_DIGITS`]
+//! digits as CPython bounds them.
 
 use std::fmt::Write as _;
 

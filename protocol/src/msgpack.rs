@@ -3,6 +3,8 @@
 //!
 //! Python's msgpack cannot carry datetimes, UUIDs or Decimals without extension
 //! hooks that kombu does not install, so encoding one is an error here too.
+//! Reading is a bounded reader of its own (writing uses `rmpv`): lengths are
+//! checked before anything is reserved for them, nesting and values are counted.
 
 use rmpv::Value as Mp;
 
