@@ -10,7 +10,8 @@
 use base64::Engine as _;
 
 use crate::error::ProtocolError;
-use crate::json;
+use crate::json::{self, JsonError};
+use crate::limits::DecodeLimits;
 use crate::message::Message;
 use crate::value::{Map, Value};
 
@@ -63,6 +64,31 @@ fn take_str(map: &mut Map, key: &str) -> Result<Option<String>, ProtocolError> {
     }
 }
 
+/// The priority kombu's virtual transport reads from `properties.priority`
+/// (`_get_message_priority`): `int(priority)` clamped to 0..=255, and the
+/// default 0 when `int()` refuses the value. A message is never refused for
+/// its priority. Where Python's `int()` overflows (`inf`) this saturates.
+pub fn priority_like_kombu(value: &Value) -> u8 {
+    let clamp = |p: i128| p.clamp(0, 255) as u8;
+    match value {
+        Value::Int(p) => clamp(i128::from(*p)),
+        Value::BigInt(b) => {
+            if b.as_str().starts_with('-') {
+                0
+            } else {
+                255
+            }
+        }
+        // int(3.9) is 3; int(nan) raises ValueError (the default); int(inf) overflows.
+        Value::Float(f) if f.is_nan() => 0,
+        Value::Float(f) => clamp(f.trunc().clamp(-1.0, 256.0) as i128),
+        Value::Bool(b) => u8::from(*b),
+        // int(" 7 ") is 7; int("7.5") and int("high") raise ValueError.
+        Value::Str(s) => s.trim().parse::<i128>().map_or(0, clamp),
+        _ => 0,
+    }
+}
+
 impl Envelope {
     /// A new envelope for publishing, with a fresh delivery tag and base64 body.
     pub fn new(message: Message, exchange: &str, routing_key: &str) -> Envelope {
@@ -78,9 +104,27 @@ impl Envelope {
         }
     }
 
-    /// Reads an envelope from the bytes of a Redis list element.
+    /// Reads an envelope from the bytes of a Redis list element, with the
+    /// bounds of [`json::from_slice`].
     pub fn from_slice(bytes: &[u8]) -> Result<Envelope, ProtocolError> {
         let value = json::from_slice(bytes).map_err(|e| env_err(e.to_string()))?;
+        Envelope::from_value(value)
+    }
+
+    /// Reads an envelope from the bytes of a Redis list element within
+    /// `limits`: the element may be at most [`DecodeLimits::max_envelope_bytes`]
+    /// long (checked before parsing), and its JSON is bounded in nesting and
+    /// values. The body is only unwrapped here; its content type and size are
+    /// checked when it is decoded ([`Message::decode_body_with`]).
+    pub fn from_slice_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Envelope, ProtocolError> {
+        let max = limits.max_envelope_bytes();
+        if bytes.len() > max {
+            return Err(ProtocolError::EnvelopeTooLarge { limit: max, size: bytes.len() });
+        }
+        let value = json::from_slice_with(bytes, limits).map_err(|e| match e {
+            JsonError::TooDeep { .. } | JsonError::TooManyElements { .. } => ProtocolError::Codec(e.into()),
+            other => env_err(other.to_string()),
+        })?;
         Envelope::from_value(value)
     }
 
@@ -118,11 +162,7 @@ impl Envelope {
             },
             Some(other) => return Err(env_err(format!("delivery_info is a {}", other.type_name()))),
         };
-        let priority = match properties.shift_remove("priority") {
-            None | Some(Value::Null) => 0,
-            Some(Value::Int(p)) => u8::try_from(p).map_err(|_| env_err(format!("priority {p} is outside 0..=255")))?,
-            Some(other) => return Err(env_err(format!("priority is a {}, expected an int", other.type_name()))),
-        };
+        let priority = properties.shift_remove("priority").map_or(0, |p| priority_like_kombu(&p));
         let body_encoding = match take_str(&mut properties, "body_encoding")? {
             Some(e) if e == "base64" => BodyEncoding::Base64,
             other => BodyEncoding::Text(other.unwrap_or_default()),
@@ -287,11 +327,64 @@ mod tests {
             r#"{"body": 1}"#,
             r#"{"body": "!!!", "properties": {"body_encoding": "base64"}}"#,
             r#"{"body": "", "headers": [], "properties": {}}"#,
-            r#"{"body": "", "properties": {"priority": 300}}"#,
             r#"{"body": "", "properties": {"delivery_info": 5}}"#,
         ] {
             assert!(Envelope::from_slice(bad.as_bytes()).is_err(), "{bad}");
         }
         assert!(Envelope::from_unacked_slice(b"[1, 2]").is_err());
+    }
+
+    #[test]
+    fn any_priority_is_read_as_kombu_reads_it() {
+        let cases = [
+            ("0", 0),
+            ("9", 9),
+            ("255", 255),
+            ("300", 255),
+            ("-1", 0),
+            ("-9223372036854775808", 0),
+            ("123456789012345678901234567890", 255),
+            ("-123456789012345678901234567890", 0),
+            ("3.9", 3),
+            ("-0.5", 0),
+            ("1e300", 255),
+            ("-1e300", 0),
+            ("NaN", 0),
+            ("Infinity", 255),
+            ("-Infinity", 0),
+            ("true", 1),
+            ("\" 7 \"", 7),
+            ("\"7.5\"", 0),
+            ("\"high\"", 0),
+            ("[5]", 0),
+            ("{}", 0),
+            ("null", 0),
+        ];
+        for (text, want) in cases {
+            let raw = format!(r#"{{"body": "", "properties": {{"priority": {text}, "body_encoding": "base64"}}}}"#);
+            let env = Envelope::from_slice(raw.as_bytes()).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(env.message.priority, want, "{text}");
+        }
+    }
+
+    #[test]
+    fn bounded_envelopes() {
+        let ok = Envelope::from_slice_with(CAPTURED.as_bytes(), &DecodeLimits::default()).unwrap();
+        assert_eq!(ok, Envelope::from_slice(CAPTURED.as_bytes()).unwrap());
+        // A body of 200 KB in an envelope for bodies of at most 1000 bytes.
+        let huge = format!(r#"{{"body": "{}"}}"#, "A".repeat(200_000));
+        let limits = DecodeLimits { max_body_bytes: 1000, ..DecodeLimits::default() };
+        let big = Envelope::from_slice_with(huge.as_bytes(), &limits).unwrap_err();
+        assert!(matches!(big, ProtocolError::EnvelopeTooLarge { size, .. } if size == huge.len()));
+        assert_eq!(big.kind(), crate::ErrorKind::BodyTooLarge);
+        let limits = DecodeLimits { max_depth: 4, max_elements: 40, ..DecodeLimits::default() };
+        let deep = r#"{"body": "", "headers": {"a": [[[[1]]]]}}"#;
+        let err = Envelope::from_slice_with(deep.as_bytes(), &limits).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::TooDeep, "{err}");
+        let wide = format!(r#"{{"body": "", "headers": {{"a": [{}1]}}}}"#, "1, ".repeat(50));
+        let err = Envelope::from_slice_with(wide.as_bytes(), &limits).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::TooManyElements, "{err}");
+        let err = Envelope::from_slice_with(b"{", &limits).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::MalformedEnvelope, "{err}");
     }
 }

@@ -5,6 +5,7 @@
 //! error's text.
 
 use crate::codec::CodecError;
+use crate::limits::ErrorKind;
 
 /// Why bytes from a broker are not a usable Celery message.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -12,6 +13,18 @@ pub enum ProtocolError {
     /// The Redis list element is not kombu's JSON envelope.
     #[error("not a kombu message envelope: {0}")]
     Envelope(String),
+    /// The Redis list element is larger than any envelope of a body within
+    /// the limit can be; checked before it is parsed.
+    #[error(
+        "message is {size} bytes, more than the {limit} bytes the envelope of a body within \
+         worker_max_message_size can take; send large data out of band, or raise the limit"
+    )]
+    EnvelopeTooLarge {
+        /// The limit in bytes ([`crate::DecodeLimits::max_envelope_bytes`]).
+        limit: usize,
+        /// The element's size in bytes.
+        size: usize,
+    },
     /// The body could not be decompressed or deserialized.
     #[error(transparent)]
     Codec(#[from] CodecError),
@@ -35,6 +48,26 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
+    /// What kind of failure this is: the worker's metric label and the start of
+    /// the `x-celeriac-error` reason of a dead-lettered message.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ProtocolError::Envelope(_) => ErrorKind::MalformedEnvelope,
+            ProtocolError::EnvelopeTooLarge { .. } => ErrorKind::BodyTooLarge,
+            ProtocolError::Codec(e) => e.kind(),
+            ProtocolError::NotATask(_) => ErrorKind::NotATask,
+            ProtocolError::Header { .. } => ErrorKind::InvalidHeader,
+            ProtocolError::Body(_) => ErrorKind::InvalidBody,
+            ProtocolError::Signature(_) => ErrorKind::InvalidSignature,
+        }
+    }
+
+    /// The reason to record with a dead-lettered message (`x-celeriac-error`):
+    /// the kind, a colon, and this error's text.
+    pub fn reason(&self) -> String {
+        format!("{}: {self}", self.kind())
+    }
+
     pub(crate) fn header(name: &str, reason: impl Into<String>) -> ProtocolError {
         ProtocolError::Header { name: name.to_owned(), reason: reason.into() }
     }

@@ -7,18 +7,29 @@
 //! Decimal and bytes. Reading accepts everything Python's `json.loads` accepts
 //! (including `NaN`, `Infinity` and integers of any size) and turns markers back
 //! into typed values, refusing unknown markers as kombu's `object_hook` does.
+//! Reading is bounded: nesting and the number of values by
+//! [`DecodeLimits`] (checked as the parser goes, so
+//! it never recurses past the bound), integer literals to [`MAX_INT_DIGITS`]
+//! digits as CPython bounds them.
 
 use std::fmt::Write as _;
 
 use base64::Engine as _;
 
+use crate::limits::{Budget, DecodeLimits};
 use crate::time::{PyDate, PyDateTime, PyTime};
 use crate::value::{BigInt, Decimal, Map, Value};
 
-/// Nesting deeper than this is refused: Python's own decoder stops near 1000
-/// levels with a `RecursionError`, and a bound keeps malformed input from
-/// exhausting the stack.
-pub const MAX_DEPTH: usize = 512;
+/// Nesting deeper than this is refused by [`from_str`] and [`from_slice`]
+/// ([`DecodeLimits::max_depth`] sets it for [`from_slice_with`]): Python's own
+/// decoder stops near 1000 levels with a `RecursionError`, and a bound keeps
+/// malformed input from exhausting the stack.
+pub const MAX_DEPTH: usize = crate::limits::DEFAULT_MAX_DEPTH;
+
+/// The most digits an integer literal may have: CPython ≥ 3.11's `json.loads`
+/// refuses longer ones (`sys.get_int_max_str_digits()`), so no Python producer
+/// writes one, and the bound keeps big-integer handling cheap.
+pub const MAX_INT_DIGITS: usize = 4300;
 
 /// Why a JSON text could not be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -40,17 +51,47 @@ pub enum JsonError {
     /// A value that JSON cannot carry.
     #[error("cannot write JSON: {0}")]
     Unencodable(String),
+    /// Lists and dicts nest deeper than the bound.
+    #[error("JSON nests lists and dicts deeper than {limit} levels")]
+    TooDeep {
+        /// The most levels allowed.
+        limit: usize,
+    },
+    /// The text holds more values than the bound.
+    #[error("JSON holds more than {limit} values")]
+    TooManyElements {
+        /// The most values allowed.
+        limit: usize,
+    },
 }
 
-/// Reads kombu JSON from bytes (which must be UTF-8, as kombu requires).
+/// The bounds of [`from_str`] and [`from_slice`]: [`MAX_DEPTH`] levels and
+/// [`crate::codec::TRUSTED_MAX_ELEMENTS`] values.
+fn trusted_limits() -> DecodeLimits {
+    DecodeLimits { max_elements: crate::codec::TRUSTED_MAX_ELEMENTS, ..DecodeLimits::any_content() }
+}
+
+/// Reads kombu JSON from bytes (which must be UTF-8, as kombu requires), with
+/// the bounds of [`from_str`].
 pub fn from_slice(bytes: &[u8]) -> Result<Value, JsonError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| JsonError::NotUtf8(e.valid_up_to()))?;
-    from_str(text)
+    from_slice_with(bytes, &trusted_limits())
 }
 
-/// Reads kombu JSON from text.
+/// Reads kombu JSON from bytes within `limits`' nesting and value bounds.
+pub fn from_slice_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Value, JsonError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| JsonError::NotUtf8(e.valid_up_to()))?;
+    from_str_with(text, limits)
+}
+
+/// Reads kombu JSON from text, at most [`MAX_DEPTH`] levels deep and
+/// [`crate::codec::TRUSTED_MAX_ELEMENTS`] values: for text a process trusts.
 pub fn from_str(text: &str) -> Result<Value, JsonError> {
-    let mut parser = Parser { src: text.as_bytes(), text, pos: 0 };
+    from_str_with(text, &trusted_limits())
+}
+
+/// Reads kombu JSON from text within `limits`' nesting and value bounds.
+pub fn from_str_with(text: &str, limits: &DecodeLimits) -> Result<Value, JsonError> {
+    let mut parser = Parser { src: text.as_bytes(), text, pos: 0, budget: Budget::new(limits) };
     parser.skip_ws();
     let value = parser.value(0)?;
     parser.skip_ws();
@@ -223,6 +264,7 @@ struct Parser<'a> {
     src: &'a [u8],
     text: &'a str,
     pos: usize,
+    budget: Budget,
 }
 
 impl<'a> Parser<'a> {
@@ -245,9 +287,13 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Reads one value inside `depth` enclosing lists and dicts.
     fn value(&mut self, depth: usize) -> Result<Value, JsonError> {
-        if depth > MAX_DEPTH {
-            return Err(self.error(format!("nesting deeper than {MAX_DEPTH} levels")));
+        if !self.budget.take(1) {
+            return Err(JsonError::TooManyElements { limit: self.budget.max_elements() });
+        }
+        if matches!(self.src.get(self.pos), Some(b'[' | b'{')) && !self.budget.depth_ok(depth + 1) {
+            return Err(JsonError::TooDeep { limit: self.budget.max_depth() });
         }
         match self.src.get(self.pos) {
             None => Err(self.error("unexpected end of input")),
@@ -303,6 +349,9 @@ impl<'a> Parser<'a> {
             self.skip_ws();
             if self.src.get(self.pos) != Some(&b'"') {
                 return Err(self.error("expected a string key"));
+            }
+            if !self.budget.take(1) {
+                return Err(JsonError::TooManyElements { limit: self.budget.max_elements() });
             }
             let key = self.string()?;
             self.skip_ws();
@@ -364,7 +413,13 @@ impl<'a> Parser<'a> {
                 self.pos = mark;
             }
         }
-        let text = &self.text[start..self.pos];
+        let text = self.text.get(start..self.pos).unwrap_or_default();
+        if !is_float && text.trim_start_matches('-').len() > MAX_INT_DIGITS {
+            self.pos = start;
+            return Err(self.error(format!(
+                "integer with more than {MAX_INT_DIGITS} digits (Python's json refuses it too: sys.get_int_max_str_digits)"
+            )));
+        }
         if is_float {
             text.parse::<f64>().map(Value::Float).map_err(|_| self.error("invalid number"))
         } else if let Ok(i) = text.parse::<i64>() {
@@ -575,6 +630,103 @@ mod tests {
         assert!(from_slice(b"\xff").is_err());
         let deep = "[".repeat(MAX_DEPTH + 10);
         assert!(from_str(&deep).is_err());
+    }
+
+    #[test]
+    fn non_finite_and_overflowing_numbers_read_as_python_reads_them() {
+        // json.loads: NaN/Infinity literals, and a float literal too large is inf.
+        let v = from_str(
+            "[NaN, Infinity, -Infinity, 1e400, -1e400, 1e-400, 1E999999999999999999999, 1.7976931348623157e308]",
+        )
+        .unwrap();
+        let f: Vec<f64> = v.as_list().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert!(f[0].is_nan());
+        assert_eq!(
+            &f[1..],
+            [f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY, 0.0, f64::INFINITY, f64::MAX]
+        );
+        // And they are written back as Python writes them.
+        assert_eq!(rt("[1e400, -1e400]"), "[Infinity, -Infinity]");
+        // Python's json refuses these spellings too.
+        for bad in ["nan", "inf", "-NaN", "+1", "Infinity1", ".5", "1e", "0x10"] {
+            assert!(from_str(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn integers_are_bounded_as_python_bounds_them() {
+        let ok = "9".repeat(MAX_INT_DIGITS);
+        assert!(matches!(from_str(&ok), Ok(Value::BigInt(_))));
+        assert!(matches!(from_str(&format!("-{ok}")), Ok(Value::BigInt(_))));
+        let err = from_str(&format!("[{ok}9]")).unwrap_err();
+        assert!(err.to_string().contains("more than 4300 digits"), "{err}");
+        // A float literal has no such bound in Python.
+        assert!(matches!(from_str(&format!("{ok}9.0")), Ok(Value::Float(_))));
+    }
+
+    #[test]
+    fn depth_is_bounded_without_recursing_past_it() {
+        let limits = DecodeLimits::default();
+        for open in ["[", "{\"a\": ", "[{\"k\": "] {
+            // 100 000 levels: refused quickly, no stack overflow.
+            let deep = open.repeat(100_000);
+            assert_eq!(from_str_with(&deep, &limits), Err(JsonError::TooDeep { limit: 512 }), "{open}");
+        }
+        let at = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(from_str_with(&at(512), &limits).is_ok());
+        assert_eq!(from_str_with(&at(513), &limits), Err(JsonError::TooDeep { limit: 512 }));
+        let shallow = DecodeLimits { max_depth: 2, ..DecodeLimits::default() };
+        assert!(from_str_with("[[1], {\"a\": [2]}]", &shallow).is_err());
+        assert!(from_str_with("[[1], {\"a\": 2}]", &shallow).is_ok());
+        // Whatever is configured, the ceiling holds.
+        let unlimited = DecodeLimits { max_depth: usize::MAX, ..DecodeLimits::default() };
+        let ceiling = crate::limits::MAX_DEPTH_CEILING;
+        assert_eq!(from_str_with(&at(ceiling + 1), &unlimited), Err(JsonError::TooDeep { limit: ceiling }));
+    }
+
+    #[test]
+    fn a_value_at_the_depth_ceiling_is_safe_to_use_on_a_small_stack() {
+        use crate::codec::CodecError;
+        // Decoding, dropping, cloning, comparing and encoding recurse per level:
+        // at the ceiling they must fit in a worker thread's stack (tokio's is
+        // 2 MiB), even in a debug build.
+        let half = crate::limits::MAX_DEPTH_CEILING / 2;
+        let text = format!("{}1{}", "[{\"a\": ".repeat(half), "}]".repeat(half));
+        let unlimited = DecodeLimits { max_depth: usize::MAX, ..DecodeLimits::default() };
+        let handle = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let v = from_str_with(&text, &unlimited).unwrap();
+                let copy = v.clone();
+                assert_eq!(copy, v);
+                assert_eq!(to_string(&v).unwrap(), text);
+                // celeriac writes YAML in flow style, which its reader takes to 255 levels only.
+                let yaml = crate::yaml::to_vec(&v).unwrap();
+                let limit = crate::yaml::MAX_FLOW_DEPTH;
+                assert_eq!(crate::yaml::from_slice_with(&yaml, &unlimited), Err(CodecError::TooDeep { limit }));
+                let msgpack = crate::msgpack::to_vec(&v).unwrap();
+                assert_eq!(crate::msgpack::from_slice_with(&msgpack, &unlimited).unwrap(), v);
+                let _ = format!("{v:?}");
+                drop(v);
+            })
+            .unwrap();
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn values_are_counted_keys_included() {
+        let limits = DecodeLimits { max_elements: 5, ..DecodeLimits::default() };
+        // [1, 2, 3, 4]: the list and four ints.
+        assert!(from_str_with("[1, 2, 3, 4]", &limits).is_ok());
+        assert_eq!(from_str_with("[1, 2, 3, 4, 5]", &limits), Err(JsonError::TooManyElements { limit: 5 }));
+        // {"a": 1, "b": 2}: the dict, two keys, two ints.
+        assert!(from_str_with("{\"a\": 1, \"b\": 2}", &limits).is_ok());
+        assert!(from_str_with("{\"a\": 1, \"b\": [2]}", &limits).is_err());
+        // Two million values in 4 MB: refused by the default bound, a million.
+        let wide = format!("[{}0]", "0,".repeat(2_000_000));
+        let err = from_slice_with(wide.as_bytes(), &DecodeLimits::default()).unwrap_err();
+        assert_eq!(err, JsonError::TooManyElements { limit: 1_000_000 });
+        assert_eq!(crate::codec::CodecError::from(err).kind(), crate::limits::ErrorKind::TooManyElements);
     }
 
     #[test]

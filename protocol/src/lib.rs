@@ -7,6 +7,8 @@
 //!   datetimes, UUIDs, Decimals) with insertion-ordered maps;
 //! - [`json`], [`msgpack`], [`yaml`] and [`codec`]: kombu's serializers and
 //!   compression; pickle is recognised and refused;
+//! - [`limits`]: what a consumer accepts (`accept_content`) and the bounds on
+//!   size, nesting and values every decode of a delivered message runs within;
 //! - [`message`]: kombu's transport-neutral message (headers, properties, body);
 //! - [`envelope`]: the JSON envelope kombu's Redis transport pushes onto lists;
 //! - [`task`] and [`signature`]: Celery task messages, protocol v2 (and v1, read
@@ -19,6 +21,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod json;
+pub mod limits;
 pub mod message;
 pub mod msgpack;
 pub mod result;
@@ -32,6 +35,7 @@ pub mod yaml;
 pub use codec::{CodecError, Compression, ContentType};
 pub use envelope::Envelope;
 pub use error::ProtocolError;
+pub use limits::{Accept, DecodeLimits, ErrorKind};
 pub use message::Message;
 pub use result::{ExceptionInfo, GroupMeta, ResultMeta, ResultTuple, State};
 pub use serde_value::{from_value, to_value, ValueError};

@@ -7,6 +7,7 @@
 
 use crate::codec::{self, CodecError, Compression, ContentType};
 use crate::error::ProtocolError;
+use crate::limits::DecodeLimits;
 use crate::value::{Map, Value};
 
 /// A message as kombu's `Producer.publish` makes it and a consumer receives it.
@@ -70,16 +71,42 @@ impl Message {
         }
     }
 
-    /// Decompresses and deserializes the body, refusing pickle and bodies that
-    /// inflate beyond `limit` bytes.
+    /// Decompresses and deserializes the body with any content type celeriac
+    /// reads, refusing pickle and bodies larger than `limit` bytes raw or
+    /// decompressed, and the default nesting and value bounds of
+    /// [`DecodeLimits`]. A consumer of broker messages should use
+    /// [`Message::decode_body_with`] and its `accept_content`.
     pub fn decode_body(&self, limit: usize) -> Result<Value, ProtocolError> {
-        let content_type = self.content_type()?;
+        self.decode_body_with(&DecodeLimits {
+            max_body_bytes: limit,
+            max_decoded_bytes: limit,
+            ..DecodeLimits::any_content()
+        })
+    }
+
+    /// Decompresses and deserializes the body within `limits`, checking in this
+    /// order, each before the work the next would do: the content type against
+    /// `limits.accept` (an empty one is kombu's `application/data`), pickle, the
+    /// raw size, the compression header, the decompressed size (decompression
+    /// stops at the limit), then nesting and values while parsing.
+    pub fn decode_body_with(&self, limits: &DecodeLimits) -> Result<Value, ProtocolError> {
+        if !limits.accept.allows(&self.content_type) {
+            return Err(CodecError::ContentDisallowed {
+                content_type: self.content_type.clone(),
+                accepted: limits.accept.mime_types().map(<[String]>::to_vec).unwrap_or_default(),
+            }
+            .into());
+        }
+        let content_type = if self.content_type.is_empty() { ContentType::Binary } else { self.content_type()? };
         if content_type == ContentType::Pickle {
             return Err(CodecError::PickleRefused.into());
         }
+        if self.body.len() > limits.max_body_bytes {
+            return Err(CodecError::BodyTooLarge { limit: limits.max_body_bytes, size: self.body.len() }.into());
+        }
         let value = match self.compression()? {
-            Some(c) => codec::decode(content_type, &c.decompress(&self.body, limit)?)?,
-            None => codec::decode(content_type, &self.body)?,
+            Some(c) => codec::decode_with(content_type, &c.decompress(&self.body, limits.max_decoded_bytes)?, limits)?,
+            None => codec::decode_with(content_type, &self.body, limits)?,
         };
         Ok(value)
     }

@@ -7,11 +7,14 @@
 //! `apply_async(headers=...)`, `redelivered`, future Celery additions) are kept in
 //! order and written back after the standard ones, as Celery writes them.
 
-use crate::codec::{Compression, ContentType, DEFAULT_DECOMPRESSED_LIMIT};
+use std::time::Duration;
+
+use crate::codec::{Compression, ContentType};
 use crate::error::ProtocolError;
+use crate::limits::DecodeLimits;
 use crate::message::Message;
 use crate::signature::{self, Signature};
-use crate::time::PyDateTime;
+use crate::time::{self, PyDateTime};
 use crate::value::{Map, Value};
 
 /// Which protocol a message used on the wire.
@@ -27,11 +30,16 @@ pub enum Protocol {
 }
 
 /// A number of seconds as Python sent it: an `int` stays an `int` on the way back.
+///
+/// Any number is kept, NaN, the infinities and negative values included (Python
+/// accepts them too); [`Seconds::to_duration`] says what each means as a
+/// [`Duration`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Seconds {
     /// A whole number of seconds.
     Int(i64),
-    /// A fractional number of seconds.
+    /// A fractional number of seconds (or an `int` beyond 64 bits, as the
+    /// nearest float: either way it means "never" in practice).
     Float(f64),
 }
 
@@ -44,12 +52,47 @@ impl Seconds {
         }
     }
 
-    fn to_value(self) -> Value {
+    /// The value as a [`Duration`], never panicking: see
+    /// [`time::duration_from_secs`] (negative → zero, huge or infinite →
+    /// [`time::MAX_DURATION`], NaN → `None`).
+    pub fn to_duration(self) -> Option<Duration> {
+        match self {
+            Seconds::Int(i) => Some(time::duration_from_int_secs(i)),
+            Seconds::Float(f) => time::duration_from_secs(f),
+        }
+    }
+
+    /// Reads a number of seconds: an int (any size), a float (any value), or
+    /// `None` for null; anything else is refused with what it was.
+    pub fn from_value(value: &Value) -> Result<Option<Seconds>, String> {
+        match value {
+            Value::Null => Ok(None),
+            Value::Int(i) => Ok(Some(Seconds::Int(*i))),
+            Value::BigInt(b) => Ok(Some(Seconds::Float(b.to_f64()))),
+            Value::Float(f) => Ok(Some(Seconds::Float(*f))),
+            other => Err(format!("{} is not a number of seconds", describe(other))),
+        }
+    }
+
+    /// The value as Python sent it (`int` or `float`).
+    pub fn to_value(self) -> Value {
         match self {
             Seconds::Int(i) => Value::Int(i),
             Seconds::Float(f) => Value::Float(f),
         }
     }
+}
+
+/// A value for an error message: its Python type and (shortened) JSON text.
+fn describe(value: &Value) -> String {
+    let mut text = crate::json::to_string(value).unwrap_or_else(|_| "?".into());
+    if text.len() > 60 {
+        let cut = (0..=57).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    let article = if value.type_name() == "int" { "an" } else { "a" };
+    format!("{article} {} ({text})", value.type_name())
 }
 
 /// The `timelimit` header: `[hard, soft]`, hard first (Celery's docs say otherwise; the code does this).
@@ -158,14 +201,28 @@ impl TaskMessage {
         }
     }
 
-    /// Reads a task from a message, with the default decompression limit.
+    /// Reads a task from a message with any content type celeriac reads (pickle
+    /// is refused) and the default bounds of [`DecodeLimits`]: for messages a
+    /// process made or trusts. A worker uses [`TaskMessage::from_message_with`]
+    /// with its `accept_content` and `worker_max_message_size`.
     pub fn from_message(message: &Message) -> Result<TaskMessage, ProtocolError> {
-        TaskMessage::from_message_with_limit(message, DEFAULT_DECOMPRESSED_LIMIT)
+        TaskMessage::from_message_with(message, &DecodeLimits::any_content())
     }
 
-    /// Reads a task from a message, refusing bodies that inflate beyond `limit` bytes.
+    /// As [`TaskMessage::from_message`], refusing bodies larger than `limit`
+    /// bytes raw or decompressed.
     pub fn from_message_with_limit(message: &Message, limit: usize) -> Result<TaskMessage, ProtocolError> {
-        let body = message.decode_body(limit)?;
+        let limits = DecodeLimits { max_body_bytes: limit, max_decoded_bytes: limit, ..DecodeLimits::any_content() };
+        TaskMessage::from_message_with(message, &limits)
+    }
+
+    /// Reads a task from a message delivered by a broker, within `limits`:
+    /// the content type is checked against `accept_content` before anything is
+    /// decompressed or parsed, the raw and decompressed sizes, nesting and value
+    /// count are bounded, then every header is type-checked. Each failure is a
+    /// [`ProtocolError`] whose [`ProtocolError::kind`] names it.
+    pub fn from_message_with(message: &Message, limits: &DecodeLimits) -> Result<TaskMessage, ProtocolError> {
+        let body = message.decode_body_with(limits)?;
         TaskMessage::from_parts(&message.headers, body)
     }
 
@@ -471,6 +528,18 @@ impl TaskHeaders {
         Value::List(vec![side(self.timelimit.hard), side(self.timelimit.soft)])
     }
 
+    /// The instant of `eta`, if any: a naive value is UTC (as Celery reads
+    /// it), and one past the last instant representable (year 9999 with a
+    /// negative offset) saturates to [`jiff::Timestamp::MAX`], "never".
+    pub fn eta_instant(&self) -> Option<jiff::Timestamp> {
+        self.eta.map(|d| d.to_timestamp_saturating())
+    }
+
+    /// The instant of `expires`, if any, read as [`TaskHeaders::eta_instant`] reads `eta`.
+    pub fn expires_instant(&self) -> Option<jiff::Timestamp> {
+        self.expires.map(|d| d.to_timestamp_saturating())
+    }
+
     /// True when kombu marked the message as restored or requeued.
     pub fn redelivered(&self) -> bool {
         self.extra.get("redelivered").and_then(Value::as_bool).unwrap_or(false)
@@ -531,11 +600,16 @@ fn opt_str(map: &Map, name: &str) -> Result<Option<String>, ProtocolError> {
     }
 }
 
+/// An int header. Anything else, a float or a numeric string included, is
+/// refused: Celery accepts such a message and fails only when it does
+/// arithmetic with the value (`retries + 1` on retry), so refusing it up front
+/// dead-letters what would otherwise fail later.
 fn opt_int(map: &Map, name: &str) -> Result<Option<i64>, ProtocolError> {
     match map.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Int(i)) => Ok(Some(*i)),
-        Some(other) => Err(ProtocolError::header(name, format!("a {}, expected an int", other.type_name()))),
+        Some(Value::BigInt(b)) => Err(ProtocolError::header(name, format!("{b} is outside the 64-bit range"))),
+        Some(other) => Err(ProtocolError::header(name, format!("{}, expected an int", describe(other)))),
     }
 }
 
@@ -546,25 +620,29 @@ fn opt_datetime(map: &Map, name: &str) -> Result<Option<PyDateTime>, ProtocolErr
             PyDateTime::parse_iso(s).map(Some).map_err(|e| ProtocolError::header(name, e.to_string()))
         }
         Some(Value::DateTime(d)) => Ok(Some(*d)),
-        Some(other) => {
-            Err(ProtocolError::header(name, format!("a {}, expected an ISO-8601 string", other.type_name())))
-        }
+        Some(other) => Err(ProtocolError::header(name, format!("{}, expected an ISO-8601 string", describe(other)))),
     }
 }
 
+/// `timelimit`: `[hard, soft]`, each a number of seconds or null. Like Celery
+/// (`if timelimit: ...`), null or an empty list means no limits; any number is
+/// kept as it came (NaN, infinities, negative, huge) for the worker to map
+/// with [`Seconds::to_duration`].
 fn timelimits(map: &Map) -> Result<TimeLimits, ProtocolError> {
-    let side = |v: &Value| match v {
-        Value::Null => Ok(None),
-        Value::Int(i) => Ok(Some(Seconds::Int(*i))),
-        Value::Float(f) if f.is_finite() && *f >= 0.0 => Ok(Some(Seconds::Float(*f))),
-        other => Err(ProtocolError::header("timelimit", format!("{other:?} is not a number of seconds"))),
+    let side = |v: &Value, which: &str| {
+        Seconds::from_value(v).map_err(|reason| ProtocolError::header("timelimit", format!("{which} limit: {reason}")))
     };
     match map.get("timelimit") {
         None | Some(Value::Null) => Ok(TimeLimits::default()),
-        Some(Value::List(items)) if items.len() == 2 => {
-            Ok(TimeLimits { hard: side(&items[0])?, soft: side(&items[1])? })
-        }
-        Some(other) => Err(ProtocolError::header("timelimit", format!("{other:?} is not [hard, soft]"))),
+        Some(Value::List(items)) => match items.as_slice() {
+            [] => Ok(TimeLimits::default()),
+            [hard, soft] => Ok(TimeLimits { hard: side(hard, "hard")?, soft: side(soft, "soft")? }),
+            _ => Err(ProtocolError::header(
+                "timelimit",
+                format!("a list of {} items, expected [hard, soft]", items.len()),
+            )),
+        },
+        Some(other) => Err(ProtocolError::header("timelimit", format!("{}, expected [hard, soft]", describe(other)))),
     }
 }
 
@@ -638,6 +716,160 @@ mod tests {
         bad = headers;
         bad.shift_remove("id");
         assert!(TaskHeaders::from_map(&bad).is_err());
+    }
+
+    fn with(name: &str, json_value: &str) -> Result<TaskHeaders, ProtocolError> {
+        let mut map = v2_headers();
+        map.insert(name.into(), json::from_str(json_value).unwrap());
+        TaskHeaders::from_map(&map)
+    }
+
+    fn header_error(name: &str, json_value: &str) -> String {
+        match with(name, json_value) {
+            Err(e @ ProtocolError::Header { .. }) => {
+                assert_eq!(e.kind(), crate::ErrorKind::InvalidHeader);
+                let text = e.to_string();
+                assert!(text.starts_with(&format!("invalid header {name:?}")), "{text}");
+                text
+            }
+            other => panic!("{name} = {json_value}: expected a header error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn timelimit_keeps_any_number_and_refuses_other_types() {
+        let limits = |text: &str| with("timelimit", text).unwrap().timelimit;
+        let nan = limits("[NaN, Infinity]");
+        assert!(matches!(nan.hard, Some(Seconds::Float(f)) if f.is_nan()));
+        assert_eq!(nan.soft, Some(Seconds::Float(f64::INFINITY)));
+        assert_eq!(nan.hard.unwrap().to_duration(), None);
+        assert_eq!(nan.soft.unwrap().to_duration(), Some(time::MAX_DURATION));
+        let odd = limits("[1e300, -1]");
+        assert_eq!((odd.hard, odd.soft), (Some(Seconds::Float(1e300)), Some(Seconds::Int(-1))));
+        assert_eq!(odd.hard.unwrap().to_duration(), Some(time::MAX_DURATION));
+        assert_eq!(odd.soft.unwrap().to_duration(), Some(Duration::ZERO));
+        let huge = limits("[-Infinity, 123456789012345678901234567890]");
+        assert_eq!(huge.hard.unwrap().to_duration(), Some(Duration::ZERO));
+        assert_eq!(huge.soft, Some(Seconds::Float(1.2345678901234568e29)));
+        assert_eq!(limits("[9223372036854775807, 1e-9]").hard.unwrap().to_duration(), Some(time::MAX_DURATION));
+        // Falsy means no limits, as Celery's `if timelimit:`.
+        assert_eq!(limits("[]"), TimeLimits::default());
+        assert_eq!(limits("null"), TimeLimits::default());
+        // Wrong types and shapes are refused, naming what was wrong.
+        assert!(header_error("timelimit", "[\"10\", null]")
+            .contains("hard limit: a str (\"10\") is not a number of seconds"));
+        assert!(header_error("timelimit", "[null, [1]]").contains("soft limit: a list"));
+        assert!(header_error("timelimit", "[true, null]").contains("a bool"));
+        assert!(header_error("timelimit", "[1, 2, 3]").contains("a list of 3 items"));
+        assert!(header_error("timelimit", "[1]").contains("a list of 1 items"));
+        assert!(header_error("timelimit", "5").contains("an int (5), expected [hard, soft]"));
+        assert!(header_error("timelimit", "\"ab\"").contains("expected [hard, soft]"));
+        assert!(header_error("timelimit", "{\"hard\": 1}").contains("a dict"));
+    }
+
+    #[test]
+    fn int_headers_refuse_everything_but_ints() {
+        for name in ["retries", "group_index", "replaced_task_nesting"] {
+            for bad in [
+                "NaN",
+                "Infinity",
+                "-Infinity",
+                "1e300",
+                "2.0",
+                "\"3\"",
+                "[1]",
+                "{}",
+                "true",
+                "123456789012345678901234567890",
+            ] {
+                let text = header_error(name, bad);
+                assert!(text.contains("expected an int") || text.contains("outside the 64-bit range"), "{text}");
+            }
+        }
+        assert_eq!(with("retries", "-1").unwrap().retries, -1);
+        assert_eq!(with("retries", "9223372036854775807").unwrap().retries, i64::MAX);
+        assert_eq!(with("group_index", "-9223372036854775808").unwrap().group_index, Some(i64::MIN));
+        assert!(header_error("retries", "\"3\"").contains("a str (\"3\"), expected an int"));
+        // A long value is shortened in the message.
+        let long = format!("\"{}\"", "é".repeat(100));
+        assert!(header_error("retries", &long).len() < 200);
+    }
+
+    #[test]
+    fn eta_and_expires_refuse_what_celery_refuses() {
+        for name in ["eta", "expires"] {
+            for bad in [
+                "1700000000",
+                "1e300",
+                "NaN",
+                "\"\"",
+                "\"tomorrow\"",
+                "[\"2024-01-01T00:00:00\"]",
+                "{}",
+                "true",
+                "\"0000-01-01T00:00:00\"",
+                "\"2024-13-01T00:00:00\"",
+                "\"2024-01-01T00:00:00+24:00\"",
+                "\"99999-01-01\"",
+            ] {
+                header_error(name, bad);
+            }
+        }
+        // The far future is kept; its instant saturates to "never".
+        let h = with("eta", "\"9999-12-31T23:59:59.999999-05:00\"").unwrap();
+        assert_eq!(h.eta.unwrap().to_iso(), "9999-12-31T23:59:59.999999-05:00");
+        assert_eq!(h.eta_instant(), Some(jiff::Timestamp::MAX));
+        let h = with("expires", "\"0001-01-01T00:00:00\"").unwrap();
+        assert!(h.expires_instant().unwrap() < jiff::Timestamp::UNIX_EPOCH);
+        assert_eq!(with("eta", "null").unwrap().eta_instant(), None);
+    }
+
+    #[test]
+    fn hostile_v1_bodies_are_errors_naming_the_field() {
+        let v1 = |field: &str, value: &str| {
+            let text = format!(r#"{{"task": "t", "id": "i", "args": [], "kwargs": {{}}, "{field}": {value}}}"#);
+            TaskMessage::from_parts(&Map::new(), json::from_str(&text).unwrap())
+        };
+        for (field, value) in [("retries", "NaN"), ("eta", "1e300"), ("expires", "-1"), ("timelimit", "[\"x\", 1]")] {
+            let err = v1(field, value).unwrap_err();
+            assert!(matches!(&err, ProtocolError::Header { name, .. } if name == field), "{field}: {err}");
+        }
+        let ok = v1("timelimit", "[1e300, NaN]").unwrap();
+        assert_eq!(ok.headers.timelimit.hard, Some(Seconds::Float(1e300)));
+        // A v1 body's `time_limit`/`soft_time_limit` are not Celery fields: kept as they came.
+        let extra = v1("soft_time_limit", "NaN").unwrap();
+        assert!(extra.headers.extra.get("soft_time_limit").unwrap().as_f64().unwrap().is_nan());
+    }
+
+    #[test]
+    fn decoding_with_limits_refuses_by_kind() {
+        use crate::limits::{Accept, DecodeLimits, ErrorKind};
+        let mut task = TaskMessage::new("tasks.add", "id-1");
+        task.args = vec![Value::List(vec![Value::Int(1); 100])];
+        let props = task.default_properties(None, None);
+        let json_msg = task.to_message(props.clone(), 0, ContentType::Json, None).unwrap();
+        let yaml_msg = task.to_message(props.clone(), 0, ContentType::Yaml, Some(Compression::Zstd)).unwrap();
+        let kind = |m: &Message, l: &DecodeLimits| TaskMessage::from_message_with(m, l).unwrap_err().kind();
+        let default = DecodeLimits::default();
+        assert_eq!(TaskMessage::from_message_with(&json_msg, &default).unwrap(), task);
+        assert_eq!(kind(&yaml_msg, &default), ErrorKind::ContentDisallowed);
+        let yaml_ok = DecodeLimits { accept: Accept::from_names(["json", "yaml"]).unwrap(), ..DecodeLimits::default() };
+        assert_eq!(TaskMessage::from_message_with(&yaml_msg, &yaml_ok).unwrap(), task);
+        let few = DecodeLimits { max_elements: 50, ..yaml_ok.clone() };
+        assert_eq!(kind(&json_msg, &few), ErrorKind::TooManyElements);
+        assert_eq!(kind(&yaml_msg, &few), ErrorKind::TooManyElements);
+        let shallow = DecodeLimits { max_depth: 2, ..yaml_ok.clone() };
+        assert_eq!(kind(&json_msg, &shallow), ErrorKind::TooDeep);
+        let tiny = DecodeLimits::new(Accept::any(), 64);
+        assert_eq!(kind(&json_msg, &tiny), ErrorKind::BodyTooLarge);
+        // The old entry points keep working, with any content type.
+        assert_eq!(TaskMessage::from_message(&yaml_msg).unwrap(), task);
+        assert_eq!(TaskMessage::from_message_with_limit(&yaml_msg, 1 << 20).unwrap(), task);
+        let mut bad = json_msg.clone();
+        bad.headers.insert("retries".into(), Value::Str("3".into()));
+        let err = TaskMessage::from_message_with(&bad, &default).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidHeader);
+        assert!(err.reason().starts_with("invalid_header: invalid header \"retries\""), "{}", err.reason());
     }
 
     #[test]

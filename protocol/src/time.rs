@@ -7,6 +7,7 @@
 //! a decoded value re-encodes to the same text.
 
 use std::fmt::{self, Write as _};
+use std::time::Duration;
 
 use jiff::civil;
 use jiff::tz::Offset;
@@ -66,8 +67,18 @@ impl PyDateTime {
 
     /// The instant this datetime names; a naive value is taken as UTC, as Celery
     /// does for `eta` and `expires` (`maybe_make_aware(naive_as_utc=True)`).
+    /// Fails for the few values Python allows whose instant is past the range
+    /// of [`Timestamp`] (`9999-12-31T23:00:00-05:00`).
     pub fn to_timestamp(&self) -> Result<Timestamp, jiff::Error> {
         self.offset.unwrap_or(Offset::UTC).to_timestamp(self.civil)
+    }
+
+    /// As [`PyDateTime::to_timestamp`], but an instant past the range of
+    /// [`Timestamp`] is clamped to its end ([`Timestamp::MAX`] for the last day
+    /// of year 9999, [`Timestamp::MIN`] for the first ones): "never" and
+    /// "long ago", which is what such a value means to Python.
+    pub fn to_timestamp_saturating(&self) -> Timestamp {
+        self.to_timestamp().unwrap_or(if self.civil.year() > 0 { Timestamp::MAX } else { Timestamp::MIN })
     }
 
     /// Reads what Python 3.11's `datetime.fromisoformat` reads in practice:
@@ -140,6 +151,37 @@ impl PyTime {
     }
 }
 
+/// The longest [`Duration`] [`duration_from_secs`] gives: 100 years
+/// (3,155,760,000 seconds), "never" for any timer, and small enough to add to
+/// any `Instant` or `Timestamp` of this century without overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(3_155_760_000);
+
+/// Converts a number of seconds from a message (a time limit, countdown or
+/// expiry) to a [`Duration`], never panicking, whatever the value:
+///
+/// - NaN: `None`, there is no such duration (the caller decides: Celery's
+///   timers never fire for NaN, and `timedelta(seconds=nan)` raises);
+/// - zero, negative, `-0.0` and `-inf`: [`Duration::ZERO`], already due;
+/// - `+inf`, `1e300`, anything above [`MAX_DURATION`]: [`MAX_DURATION`], never;
+/// - anything else: the nearest `Duration`, to the nanosecond.
+pub fn duration_from_secs(secs: f64) -> Option<Duration> {
+    if secs.is_nan() {
+        None
+    } else if secs <= 0.0 {
+        Some(Duration::ZERO)
+    } else if secs >= MAX_DURATION.as_secs_f64() {
+        Some(MAX_DURATION)
+    } else {
+        Some(Duration::try_from_secs_f64(secs).map_or(MAX_DURATION, |d| d.min(MAX_DURATION)))
+    }
+}
+
+/// [`duration_from_secs`] for whole seconds: negative is zero, more than
+/// [`MAX_DURATION`] is [`MAX_DURATION`].
+pub fn duration_from_int_secs(secs: i64) -> Duration {
+    u64::try_from(secs).map_or(Duration::ZERO, |s| Duration::from_secs(s).min(MAX_DURATION))
+}
+
 fn truncate_to_micros(dt: civil::DateTime) -> civil::DateTime {
     let nanos = dt.subsec_nanosecond();
     dt.with().subsec_nanosecond(nanos - nanos % 1000).build().unwrap_or(dt)
@@ -190,6 +232,10 @@ fn parse_date_prefix(text: &str) -> Result<(civil::Date, &str), IsoParseError> {
         let day = digits(&text[6..], 2).ok_or_else(|| err(text, "expected a two-digit day"))?;
         (month, day, &text[8..])
     };
+    if year < 1 {
+        // Python's datetime.MINYEAR.
+        return Err(err(text, "year 0 is out of range"));
+    }
     let date = civil::Date::new(year as i16, month as i8, day as i8)
         .map_err(|_| err(text, "day is out of range for month"))?;
     Ok((date, rest))
@@ -230,7 +276,7 @@ fn parse_clock(whole: &str, text: &str, allow_fraction: bool) -> Result<civil::T
             .ok_or_else(|| err(whole, "expected two-digit time fields"))?
     } else if main.len() % 2 == 0 && !main.is_empty() {
         (0..main.len() / 2)
-            .map(|i| digits(&main[i * 2..], 2))
+            .map(|i| main.get(i * 2..).and_then(|rest| digits(rest, 2)))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| err(whole, "expected two-digit time fields"))?
     } else {
@@ -301,6 +347,75 @@ mod tests {
         ] {
             assert!(PyDateTime::parse_iso(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn extreme_and_garbage_datetimes_are_errors_not_panics() {
+        for bad in [
+            "0000-01-01T00:00:00",
+            "10000-01-01T00:00:00",
+            "9999-12-31T23:59:60",
+            "2024-01-02T03:04:05+24:00",
+            "2024-01-02T03:04:05-99:99",
+            "2024-01-02T03:04:05+05:30:00.5",
+            "2024-01-02Ta€",
+            "2024-01-02T€€",
+            "2024-01-02T12:34:5€",
+            "２０２４-01-02",
+            "2024-01-02T03:04:05.1234567890123456789012345678901234567890x",
+            "-001-01-01",
+            "2024-00-01",
+            "2024-01-00",
+        ] {
+            assert!(PyDateTime::parse_iso(bad).is_err(), "{bad}");
+        }
+        // Python accepts these; their instants are past jiff's range at the top only.
+        let last = PyDateTime::parse_iso("9999-12-31T23:59:59.999999-05:00").unwrap();
+        assert!(last.to_timestamp().is_err());
+        assert_eq!(last.to_timestamp_saturating(), Timestamp::MAX);
+        let first = PyDateTime::parse_iso("0001-01-01T00:00:00+23:59").unwrap();
+        assert_eq!(first.to_timestamp_saturating(), first.to_timestamp().unwrap());
+        let naive_last = PyDateTime::parse_iso("9999-12-31T23:59:59.999999").unwrap();
+        assert_eq!(naive_last.to_iso(), "9999-12-31T23:59:59.999999");
+        assert!(naive_last.to_timestamp_saturating() <= Timestamp::MAX);
+    }
+
+    #[test]
+    fn seconds_convert_to_durations_without_panicking() {
+        let cases = [
+            (f64::NAN, None),
+            (-f64::NAN, None),
+            (f64::INFINITY, Some(MAX_DURATION)),
+            (f64::NEG_INFINITY, Some(Duration::ZERO)),
+            (1e300, Some(MAX_DURATION)),
+            (-1e300, Some(Duration::ZERO)),
+            (f64::MAX, Some(MAX_DURATION)),
+            (1.8446744073709552e19, Some(MAX_DURATION)),
+            (3_155_760_000.0, Some(MAX_DURATION)),
+            (-1.0, Some(Duration::ZERO)),
+            (-0.0, Some(Duration::ZERO)),
+            (0.0, Some(Duration::ZERO)),
+            (5e-324, Some(Duration::ZERO)),
+            (1.6e-9, Some(Duration::from_nanos(2))),
+            (0.5, Some(Duration::from_millis(500))),
+            (30.0, Some(Duration::from_secs(30))),
+            (3_155_759_999.5, Some(Duration::new(3_155_759_999, 500_000_000))),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(duration_from_secs(secs), want, "{secs}");
+        }
+        for (secs, want) in [
+            (i64::MIN, Duration::ZERO),
+            (-1, Duration::ZERO),
+            (0, Duration::ZERO),
+            (7, Duration::from_secs(7)),
+            (i64::MAX, MAX_DURATION),
+        ] {
+            assert_eq!(duration_from_int_secs(secs), want, "{secs}");
+        }
+        // The longest duration is safe to add to now.
+        assert!(std::time::Instant::now().checked_add(MAX_DURATION).is_some());
+        assert!(Timestamp::now().checked_add(MAX_DURATION).is_ok());
     }
 
     #[test]

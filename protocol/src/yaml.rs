@@ -21,7 +21,10 @@
 //!   are honoured; `!!python/...` and every other tag are refused, as
 //!   `safe_load` refuses them;
 //! - aliases are expanded (PyYAML shares the object; this model has no sharing),
-//!   with a bound ([`MAX_ALIAS_EXPANSION`]) that stops "billion laughs" bombs.
+//!   and every copy counts against [`DecodeLimits::max_elements`] (its values)
+//!   and [`DecodeLimits::max_decoded_bytes`] (its strings' bytes), which stops
+//!   "billion laughs" bombs after a bounded amount of work and memory; the copy
+//!   kept of each anchored node counts too.
 //!
 //! This model's dicts have `str` keys. A YAML mapping key that is an `int`,
 //! `float`, `bool` or `None` is converted to text the way `json.dumps` converts
@@ -58,19 +61,26 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 use crate::codec::CodecError;
 use crate::json::{python_float_repr, MAX_DEPTH};
+use crate::limits::{Budget, DecodeLimits};
 use crate::time::{PyDate, PyDateTime};
 use crate::value::{BigInt, Map, Value};
 
-/// The most that alias expansion may add to a document, counted in nodes plus
-/// the bytes of the strings and binaries they copy. PyYAML shares aliased
-/// objects, but this model copies them, so a small document with nested aliases
-/// (a "billion laughs" bomb) would otherwise expand without limit.
+/// The most values that alias copies (and the copies kept of anchored nodes)
+/// may add to a document, whatever [`DecodeLimits::max_elements`] allows:
+/// PyYAML shares aliased objects, but this model copies them, so this bounds
+/// the memory a "billion laughs" document can make this reader use (some
+/// 100 MB) before it is refused.
 pub const MAX_ALIAS_EXPANSION: usize = 1_000_000;
+
+/// The deepest nesting of flow collections (`[...]`, `{...}`) the YAML scanner
+/// reads, whatever [`DecodeLimits::max_depth`] allows (block collections go
+/// to that bound). PyYAML has no such bound, but `safe_dump` writes block style.
+pub const MAX_FLOW_DEPTH: usize = 255;
 
 /// The most digits an integer scalar may have: CPython ≥ 3.11 refuses to convert
 /// longer decimal strings (`sys.get_int_max_str_digits()`), so no Python
 /// producer can write one, and the bound keeps the conversion cheap.
-pub const MAX_INT_DIGITS: usize = 4300;
+pub const MAX_INT_DIGITS: usize = crate::json::MAX_INT_DIGITS;
 
 /// The prefix of YAML's standard tags (`!!str` is `tag:yaml.org,2002:str`).
 const CORE: &str = "tag:yaml.org,2002:";
@@ -84,13 +94,48 @@ fn at(mark: &Marker, reason: impl std::fmt::Display) -> CodecError {
 }
 
 /// Reads a YAML body as `yaml.safe_load` would (one document; an empty stream is
-/// `None`).
+/// `None`), with the bounds of [`crate::codec::decode`]: for bodies a process trusts.
 pub fn from_slice(bytes: &[u8]) -> Result<Value, CodecError> {
+    let limits = DecodeLimits {
+        max_elements: crate::codec::TRUSTED_MAX_ELEMENTS,
+        max_decoded_bytes: crate::codec::DEFAULT_DECOMPRESSED_LIMIT,
+        ..DecodeLimits::any_content()
+    };
+    from_slice_with(bytes, &limits)
+}
+
+/// Reads a YAML body as `yaml.safe_load` would, within `limits`: nesting, values
+/// (alias copies included) and the bytes of the body plus those alias copies add.
+pub fn from_slice_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Value, CodecError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| error(format!("body is not valid UTF-8 (at byte {})", e.valid_up_to())))?;
     check_printable(text)?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    Loader::default().load(text)
+    let loader = Loader {
+        frames: Vec::new(),
+        anchors: HashMap::new(),
+        budget: Budget::new(limits),
+        copied_bytes: bytes.len(),
+        max_bytes: limits.max_decoded_bytes,
+        copied_nodes: 0,
+        root: None,
+    };
+    loader.load(text)
+}
+
+/// What a node costs to copy: its values, and the bytes of its strings and binaries.
+#[derive(Clone, Copy, Debug, Default)]
+struct Weight {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Weight {
+    const ONE: Weight = Weight { nodes: 1, bytes: 0 };
+
+    fn add(self, other: Weight) -> Weight {
+        Weight { nodes: self.nodes.saturating_add(other.nodes), bytes: self.bytes.saturating_add(other.bytes) }
+    }
 }
 
 /// PyYAML's reader refuses control characters and other non-printable code
@@ -111,10 +156,10 @@ fn check_printable(text: &str) -> Result<(), CodecError> {
 
 /// A finished node, as its parent receives it.
 enum Node {
-    /// An ordinary value, with its weight (see [`weight`]).
-    Value(Value, usize),
+    /// An ordinary value, with its weight.
+    Value(Value, Weight),
     /// A one-pair mapping inside `!!omap`/`!!pairs`, key unconverted.
-    Pair(Value, Value, usize),
+    Pair(Value, Value, Weight),
     /// The merge key `<<`.
     Merge,
     /// The value key `=` (a plain string only when used as a mapping key).
@@ -146,7 +191,7 @@ enum Frame {
         kind: SeqKind,
         anchor: usize,
         items: Vec<Value>,
-        weight: usize,
+        weight: Weight,
     },
     Map {
         kind: MapKind,
@@ -155,15 +200,21 @@ enum Frame {
         merged: Vec<Map>,
         pairs: Vec<(Value, Value)>,
         key: Option<KeySlot>,
-        weight: usize,
+        weight: Weight,
     },
 }
 
-#[derive(Default)]
 struct Loader {
     frames: Vec<Frame>,
-    anchors: HashMap<usize, (Value, usize)>,
-    expanded: usize,
+    anchors: HashMap<usize, (Value, Weight)>,
+    /// Counts every value made, alias copies included.
+    budget: Budget,
+    /// The body's bytes plus those alias copies (and anchor copies) add.
+    copied_bytes: usize,
+    /// [`DecodeLimits::max_decoded_bytes`].
+    max_bytes: usize,
+    /// Values copied by aliases and anchors so far (bounded by [`MAX_ALIAS_EXPANSION`]).
+    copied_nodes: usize,
     root: Option<Value>,
 }
 
@@ -172,7 +223,13 @@ impl Loader {
         let mut parser = Parser::new_from_str(text);
         let mut documents = 0usize;
         loop {
-            let (event, mark) = parser.next_token().map_err(|e| error(e.to_string()))?;
+            let (event, mark) = parser.next_token().map_err(|e| {
+                if e.info() == "recursion limit exceeded" {
+                    CodecError::TooDeep { limit: MAX_FLOW_DEPTH }
+                } else {
+                    error(e.to_string())
+                }
+            })?;
             match event {
                 Event::StreamEnd => break,
                 Event::Nothing | Event::StreamStart | Event::DocumentEnd => {}
@@ -186,19 +243,14 @@ impl Loader {
                     let Some((value, weight)) = self.anchors.get(&id) else {
                         return Err(at(&mark, "found undefined or recursive alias"));
                     };
-                    self.expanded = self.expanded.saturating_add(*weight);
-                    if self.expanded > MAX_ALIAS_EXPANSION {
-                        return Err(at(
-                            &mark,
-                            format!(
-                                "aliases expand to more than {MAX_ALIAS_EXPANSION} nodes and bytes (an alias bomb?)"
-                            ),
-                        ));
-                    }
-                    let node = Node::Value(value.clone(), *weight);
+                    let weight = *weight;
+                    // Counted before the copy is made.
+                    charge(&mut self.budget, &mut self.copied_nodes, &mut self.copied_bytes, self.max_bytes, weight)?;
+                    let node = Node::Value(value.clone(), weight);
                     self.deliver(node, &mark)?;
                 }
                 Event::Scalar(text, style, anchor, tag) => {
+                    self.count(1)?;
                     let node = scalar(text, style, tag.as_ref()).map_err(|e| at(&mark, e))?;
                     self.finish(node, anchor, &mark)?;
                 }
@@ -212,7 +264,7 @@ impl Loader {
                             _ => return Err(at(&mark, tag_refusal(t, "sequence"))),
                         },
                     };
-                    self.frames.push(Frame::Seq { kind, anchor, items: Vec::new(), weight: 1 });
+                    self.frames.push(Frame::Seq { kind, anchor, items: Vec::new(), weight: Weight::ONE });
                 }
                 Event::MappingStart(anchor, tag) => {
                     self.check_depth(&mark)?;
@@ -236,7 +288,7 @@ impl Loader {
                         merged: Vec::new(),
                         pairs: Vec::new(),
                         key: None,
-                        weight: 1,
+                        weight: Weight::ONE,
                     });
                 }
                 Event::SequenceEnd | Event::MappingEnd => {
@@ -246,20 +298,39 @@ impl Loader {
                 }
             }
         }
-        Ok(self.root.unwrap_or(Value::Null))
+        match self.root.take() {
+            Some(root) => Ok(root),
+            None => {
+                // An empty stream is None: one value too.
+                self.count(1)?;
+                Ok(Value::Null)
+            }
+        }
     }
 
-    fn check_depth(&self, mark: &Marker) -> Result<(), CodecError> {
-        if self.frames.len() >= MAX_DEPTH {
-            return Err(at(mark, format!("nesting deeper than {MAX_DEPTH} levels")));
+    /// Counts a new collection and checks how deep it is.
+    fn check_depth(&mut self, _mark: &Marker) -> Result<(), CodecError> {
+        self.count(1)?;
+        if !self.budget.depth_ok(self.frames.len() + 1) {
+            return Err(CodecError::TooDeep { limit: self.budget.max_depth() });
         }
         Ok(())
     }
 
-    /// Records an anchored node, then hands it to its parent.
+    fn count(&mut self, nodes: usize) -> Result<(), CodecError> {
+        if self.budget.take(nodes) {
+            Ok(())
+        } else {
+            Err(CodecError::TooManyElements { limit: self.budget.max_elements() })
+        }
+    }
+
+    /// Records an anchored node (the copy kept counts like an alias copy), then
+    /// hands it to its parent.
     fn finish(&mut self, node: Node, anchor: usize, mark: &Marker) -> Result<(), CodecError> {
         if anchor != 0 {
             if let Node::Value(value, weight) = &node {
+                charge(&mut self.budget, &mut self.copied_nodes, &mut self.copied_bytes, self.max_bytes, *weight)?;
                 self.anchors.insert(anchor, (value.clone(), *weight));
             }
         }
@@ -282,11 +353,11 @@ impl Loader {
             Frame::Seq { kind, items, weight, .. } => match (node, *kind) {
                 (Node::Value(value, w), SeqKind::Seq) => {
                     items.push(value);
-                    *weight = weight.saturating_add(w);
+                    *weight = weight.add(w);
                 }
                 (Node::Pair(key, value, w), SeqKind::Pairs) => {
                     items.push(Value::List(vec![key, value]));
-                    *weight = weight.saturating_add(w);
+                    *weight = weight.add(w);
                 }
                 (Node::Value(..), SeqKind::Pairs) => {
                     return Err(at(mark, "expected a mapping of length 1 in !!omap/!!pairs"));
@@ -302,7 +373,7 @@ impl Loader {
                             return Err(at(mark, "found unhashable key (a list or dict) in a mapping"));
                         }
                         Node::Value(k, w) => {
-                            *weight = weight.saturating_add(w);
+                            *weight = weight.add(w);
                             KeySlot::Key(k)
                         }
                         Node::Merge if *kind != MapKind::PairItem => KeySlot::Merge,
@@ -319,7 +390,7 @@ impl Loader {
                         Node::ValueKey => return Err(at(mark, no_constructor("value"))),
                         Node::Pair(..) => return Err(at(mark, "unexpected !!omap item")),
                     };
-                    *weight = weight.saturating_add(w);
+                    *weight = weight.add(w);
                     match slot {
                         KeySlot::Key(k) => pairs.push((k, value)),
                         KeySlot::Merge => match value {
@@ -360,6 +431,26 @@ impl Loader {
         }
         Ok(())
     }
+}
+
+/// Counts a copy of a node of `weight` against the value budget, the alias
+/// bound and the byte bound, before it is made.
+fn charge(
+    budget: &mut Budget,
+    copied_nodes: &mut usize,
+    copied_bytes: &mut usize,
+    max_bytes: usize,
+    weight: Weight,
+) -> Result<(), CodecError> {
+    *copied_nodes = copied_nodes.saturating_add(weight.nodes);
+    if !budget.take(weight.nodes) || *copied_nodes > MAX_ALIAS_EXPANSION {
+        return Err(CodecError::TooManyElements { limit: budget.max_elements().min(MAX_ALIAS_EXPANSION) });
+    }
+    *copied_bytes = copied_bytes.saturating_add(weight.bytes);
+    if *copied_bytes > max_bytes {
+        return Err(CodecError::TooLarge { limit: max_bytes });
+    }
+    Ok(())
 }
 
 /// Builds the finished node of a collection.
@@ -489,12 +580,13 @@ fn scalar(text: String, style: TScalarStyle, tag: Option<&Tag>) -> Result<Node, 
     Ok(Node::Value(value, weight))
 }
 
-fn scalar_weight(value: &Value) -> usize {
-    match value {
-        Value::Str(s) => 1 + s.len(),
-        Value::Bytes(b) => 1 + b.len(),
-        _ => 1,
-    }
+fn scalar_weight(value: &Value) -> Weight {
+    let bytes = match value {
+        Value::Str(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+        _ => 0,
+    };
+    Weight { nodes: 1, bytes }
 }
 
 /// PyYAML 1.1 implicit resolution of a plain scalar.
@@ -1290,10 +1382,80 @@ mod tests {
             let p = i - 1;
             let _ = writeln!(doc, "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]");
         }
-        let err = from_slice(doc.as_bytes()).unwrap_err().to_string();
-        assert!(err.contains("alias bomb"), "{err}");
+        let err = from_slice(doc.as_bytes()).unwrap_err();
+        assert_eq!(err, CodecError::TooManyElements { limit: MAX_ALIAS_EXPANSION });
         // A modest amount of sharing is fine.
         assert!(from_slice(b"a: &a [1, 2, 3]\nb: [*a, *a, *a]").is_ok());
+    }
+
+    #[test]
+    fn billion_laughs_stops_early_within_the_limits() {
+        use crate::limits::DecodeLimits;
+        // The classic: 9 levels of 10 aliases, 10^9 strings from under 1 KB.
+        let mut doc =
+            String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+        for pair in names.windows(2) {
+            let refs = vec![format!("*{}", pair[0]); 10].join(",");
+            doc.push_str(&format!("{}: &{} [{refs}]\n", pair[1], pair[1]));
+        }
+        assert!(doc.len() < 1024);
+        let started = std::time::Instant::now();
+        let err = from_slice_with(doc.as_bytes(), &DecodeLimits::default()).unwrap_err();
+        assert_eq!(err, CodecError::TooManyElements { limit: MAX_ALIAS_EXPANSION });
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        // A smaller value bound stops it sooner, with that bound named.
+        let small = DecodeLimits { max_elements: 5000, ..DecodeLimits::default() };
+        assert_eq!(from_slice_with(doc.as_bytes(), &small), Err(CodecError::TooManyElements { limit: 5000 }));
+        // Aliases of one long string: few values, many bytes.
+        let long = "x".repeat(10_000);
+        let doc = format!("s: &s \"{long}\"\nl: [{}]\n", vec!["*s"; 1000].join(", "));
+        let tight = DecodeLimits { max_decoded_bytes: 1 << 20, ..DecodeLimits::default() };
+        assert_eq!(from_slice_with(doc.as_bytes(), &tight), Err(CodecError::TooLarge { limit: 1 << 20 }));
+        assert!(from_slice_with(doc.as_bytes(), &DecodeLimits::default()).is_ok());
+    }
+
+    #[test]
+    fn nested_anchors_pay_for_the_copies_they_keep() {
+        use crate::limits::DecodeLimits;
+        // 300 anchored levels around a list of 5000 values: each anchor keeps a
+        // copy of everything inside it, 1.5 million values without an alias.
+        let mut nested = String::new();
+        for i in 0..300 {
+            nested.push_str(&format!("&a{i} ["));
+        }
+        nested.push_str(&format!("[{}]", "1, ".repeat(5000)));
+        nested.push_str(&"]".repeat(300));
+        let flow = DecodeLimits::default();
+        // The flow scanner stops at 255 levels; in block style it goes deeper.
+        assert_eq!(from_slice_with(nested.as_bytes(), &flow), Err(CodecError::TooDeep { limit: MAX_FLOW_DEPTH }));
+        let mut block = String::new();
+        for i in 0..300 {
+            block.push_str(&format!("{}- &a{i}\n", "  ".repeat(i)));
+        }
+        block.push_str(&format!("{}- [{}]\n", "  ".repeat(300), "1, ".repeat(5000)));
+        let err = from_slice_with(block.as_bytes(), &flow).unwrap_err();
+        assert_eq!(err, CodecError::TooManyElements { limit: MAX_ALIAS_EXPANSION });
+    }
+
+    #[test]
+    fn nesting_is_bounded_for_block_and_flow_collections() {
+        use crate::limits::DecodeLimits;
+        let limits = DecodeLimits::default();
+        // "- - - - ... x": 100 000 nested block sequences on one line.
+        let block = format!("{}x", "- ".repeat(100_000));
+        assert_eq!(from_slice_with(block.as_bytes(), &limits), Err(CodecError::TooDeep { limit: 512 }));
+        let maps: String = (0..2000).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
+        assert_eq!(from_slice_with(maps.as_bytes(), &limits), Err(CodecError::TooDeep { limit: 512 }));
+        let flow = "[".repeat(100_000);
+        assert_eq!(from_slice_with(flow.as_bytes(), &limits), Err(CodecError::TooDeep { limit: MAX_FLOW_DEPTH }));
+        let shallow = DecodeLimits { max_depth: 3, ..DecodeLimits::default() };
+        assert!(from_slice_with(b"- - - x", &shallow).is_ok());
+        assert_eq!(from_slice_with(b"- - - - x", &shallow), Err(CodecError::TooDeep { limit: 3 }));
+        // An empty stream is one value, None.
+        let none = DecodeLimits { max_elements: 0, ..DecodeLimits::default() };
+        assert_eq!(from_slice_with(b"", &none), Err(CodecError::TooManyElements { limit: 0 }));
+        assert_eq!(from_slice_with(b"", &shallow), Ok(Value::Null));
     }
 
     #[test]

@@ -103,3 +103,35 @@ fn every_message_fixture_decodes_as_python_decoded_it() {
     }
     assert!(byte_identical >= 30, "only {byte_identical} fixtures were checked byte for byte");
 }
+
+/// A worker's view of the fixtures: with Celery's default `accept_content`
+/// (JSON only) every JSON fixture decodes to the same task as without limits,
+/// and every other one is refused by content type before anything else; with
+/// json, msgpack and yaml accepted, all but pickle decode.
+#[test]
+fn every_fixture_decodes_within_the_default_limits() {
+    use celeriac_protocol::limits::{Accept, DecodeLimits, ErrorKind};
+    let default = DecodeLimits::default();
+    let all = DecodeLimits { accept: Accept::from_names(["json", "msgpack", "yaml"]).unwrap(), ..default.clone() };
+    let (mut json_count, mut refused) = (0, 0);
+    for (name, fx) in &load("messages") {
+        let raw = str_field(fx, "envelope");
+        let env = Envelope::from_slice_with(raw.as_bytes(), &default).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(env, Envelope::from_slice(raw.as_bytes()).unwrap(), "{name}");
+        let pickle = fx.get("serializer").and_then(Value::as_str) == Some("pickle");
+        if env.message.content_type == "application/json" {
+            json_count += 1;
+            let want = TaskMessage::from_message(&env.message).unwrap();
+            assert_eq!(TaskMessage::from_message_with(&env.message, &default).unwrap(), want, "{name}");
+        } else {
+            refused += 1;
+            let err = TaskMessage::from_message_with(&env.message, &default).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ContentDisallowed, "{name}: {err}");
+            match TaskMessage::from_message_with(&env.message, &all) {
+                Ok(task) => assert_eq!(task, TaskMessage::from_message(&env.message).unwrap(), "{name}"),
+                Err(e) => assert!(pickle && e.kind() == ErrorKind::ContentDisallowed, "{name}: {e}"),
+            }
+        }
+    }
+    assert!(json_count >= 40 && refused >= 4, "{json_count} JSON fixtures, {refused} others");
+}
