@@ -168,6 +168,10 @@ pub struct RedisOptions {
     pub body_encoding: BodyEncoding,
     /// Queue for messages that cannot be routed or decoded (kombu's `deadletter_queue`).
     pub deadletter_queue: Option<String>,
+    /// Largest message body a consumer reads (the worker's
+    /// `worker_max_message_size`): a list element too long to hold such a
+    /// body is not parsed, and goes to `deadletter_queue` as undecodable.
+    pub max_message_size: usize,
     /// Timeout of ordinary commands (kombu `socket_timeout`; `None` uses the health check interval).
     pub socket_timeout: Option<Duration>,
     /// Timeout of connecting (kombu `socket_connect_timeout`; `None` means 10 s).
@@ -220,6 +224,7 @@ impl Default for RedisOptions {
             brpop_timeout: Duration::from_secs(1),
             body_encoding: BodyEncoding::Base64,
             deadletter_queue: None,
+            max_message_size: celeriac_protocol::limits::DEFAULT_MAX_MESSAGE_SIZE,
             socket_timeout: None,
             socket_connect_timeout: None,
             health_check_interval: Duration::from_secs(25),

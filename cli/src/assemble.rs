@@ -45,6 +45,7 @@ pub fn broker(settings: &Settings) -> Result<Broker, CliError> {
         // An element that is not even a kombu envelope is moved there as it is,
         // atomically, rather than lost.
         deadletter_queue: Some(settings.worker_dead_letter_queue.clone()),
+        max_message_size: settings.worker_max_message_size,
         body_encoding: match t.body_encoding.as_str() {
             "base64" => BodyEncoding::Base64,
             other => BodyEncoding::Text(other.to_owned()),

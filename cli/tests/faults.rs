@@ -238,7 +238,7 @@ fn hostile_messages_from_python_are_dead_lettered_and_the_worker_goes_on() {
     for class in ["msgpack", "pickle", "unknown content type"] {
         assert!(outcome(class).contains("content_disallowed"), "{}", outcome(class));
     }
-    assert!(outcome("too large").contains("too_large"), "{}", outcome("too large"));
+    assert!(outcome("too large").contains("body_too_large"), "{}", outcome("too large"));
     assert!(outcome("eta year 9999").ends_with("UNACKED"), "{}", outcome("eta year 9999"));
     eprintln!("{report:#?}");
     assert!(parked.len() >= 10, "{report:#?}");

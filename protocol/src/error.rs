@@ -64,11 +64,29 @@ impl ProtocolError {
 
     /// The reason to record with a dead-lettered message (`x-celeriac-error`):
     /// the kind, a colon, and this error's text.
+    /// At most [`MAX_REASON`] characters, however large what the message
+    /// carried.
     pub fn reason(&self) -> String {
-        format!("{}: {self}", self.kind())
+        let reason = format!("{}: {self}", self.kind());
+        match reason.char_indices().nth(MAX_REASON) {
+            Some((at, _)) => format!("{}...", &reason[..at]),
+            None => reason,
+        }
     }
 
     pub(crate) fn header(name: &str, reason: impl Into<String>) -> ProtocolError {
-        ProtocolError::Header { name: name.to_owned(), reason: reason.into() }
+        ProtocolError::Header { name: clip(name), reason: clip(&reason.into()) }
+    }
+}
+
+/// Longest [`ProtocolError::reason`], in characters.
+pub const MAX_REASON: usize = 500;
+
+/// At most 200 characters of a text from the network, for error messages:
+/// a hostile value must not turn into a megabyte log line.
+pub(crate) fn clip(text: &str) -> String {
+    match text.char_indices().nth(200) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_owned(),
     }
 }

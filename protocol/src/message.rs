@@ -6,6 +6,7 @@
 //! knows about tasks; [`crate::task`] reads a task out of a `Message`.
 
 use crate::codec::{self, CodecError, Compression, ContentType};
+use crate::error::clip;
 use crate::error::ProtocolError;
 use crate::limits::DecodeLimits;
 use crate::value::{Map, Value};
@@ -57,7 +58,7 @@ impl Message {
 
     /// The content type, if celeriac knows it.
     pub fn content_type(&self) -> Result<ContentType, CodecError> {
-        ContentType::parse(&self.content_type).ok_or_else(|| CodecError::UnknownContentType(self.content_type.clone()))
+        ContentType::parse(&self.content_type).ok_or_else(|| CodecError::UnknownContentType(clip(&self.content_type)))
     }
 
     /// The compression named by the `compression` header, if any.
@@ -65,9 +66,9 @@ impl Message {
         match self.headers.get("compression") {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Str(name)) => {
-                Compression::parse(name).map(Some).ok_or_else(|| CodecError::UnknownCompression(name.clone()))
+                Compression::parse(name).map(Some).ok_or_else(|| CodecError::UnknownCompression(clip(name)))
             }
-            Some(other) => Err(CodecError::UnknownCompression(format!("{other:?}"))),
+            Some(other) => Err(CodecError::UnknownCompression(clip(&format!("{other:?}")))),
         }
     }
 
@@ -92,7 +93,7 @@ impl Message {
     pub fn decode_body_with(&self, limits: &DecodeLimits) -> Result<Value, ProtocolError> {
         if !limits.accept.allows(&self.content_type) {
             return Err(CodecError::ContentDisallowed {
-                content_type: self.content_type.clone(),
+                content_type: clip(&self.content_type),
                 accepted: limits.accept.mime_types().map(<[String]>::to_vec).unwrap_or_default(),
             }
             .into());

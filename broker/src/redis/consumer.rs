@@ -340,7 +340,11 @@ impl Fetcher {
             }
             return;
         }
-        let envelope = match Envelope::from_slice(&p.raw) {
+        let limits = celeriac_protocol::limits::DecodeLimits::new(
+            celeriac_protocol::limits::Accept::any(),
+            self.inner.options.max_message_size,
+        );
+        let envelope = match Envelope::from_slice_with(&p.raw, &limits) {
             Ok(envelope) if !envelope.delivery_tag.is_empty() => envelope,
             Ok(_) => return self.undecodable(p, "no properties.delivery_tag".into(), score).await,
             Err(e) => return self.undecodable(p, e.to_string(), score).await,

@@ -10,94 +10,48 @@
 //! - a decoded task is then [`Verdict::Unknown`] (no such task here),
 //!   [`Verdict::Revoked`], [`Verdict::Expired`], or [`Verdict::Run`].
 
-use celeriac_protocol::codec::ContentType;
+use celeriac_protocol::limits::{Accept, DecodeLimits};
 use celeriac_protocol::{Message, TaskMessage};
+use tracing::warn;
 
 use crate::state::Revoked;
 use crate::{Registry, Task};
 
-/// What a worker accepts of a message before decoding it.
+/// What a worker accepts of a message before decoding it, and the bounds of
+/// decoding (the protocol's [`DecodeLimits`]).
 #[derive(Clone, Debug)]
 pub(crate) struct Acceptance {
-    /// The accepted content types (`accept_content`), as kombu names or MIME types.
-    pub accept: Vec<ContentType>,
-    /// The largest body, in bytes as it arrives and once decompressed.
-    pub max_size: usize,
+    limits: DecodeLimits,
 }
 
 impl Acceptance {
-    /// From the settings' names (`json`, `application/x-msgpack`, ...);
-    /// names that are not a known content type are left out (the settings
-    /// refuse them at startup).
+    /// From `accept_content` (kombu names or MIME types) and
+    /// `worker_max_message_size`. Names the settings would refuse fall back
+    /// to Celery's default, JSON only.
     pub(crate) fn new(accept: &[String], max_size: usize) -> Acceptance {
-        let accept = accept.iter().filter_map(|name| ContentType::parse(name)).filter(|c| *c != ContentType::Pickle);
-        Acceptance { accept: accept.collect(), max_size }
-    }
-}
-
-/// Why a message was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RefusalKind {
-    /// Its content type is not accepted.
-    ContentDisallowed,
-    /// It is larger than allowed.
-    TooLarge,
-    /// It is not a task message that can be read.
-    Undecodable,
-}
-
-impl RefusalKind {
-    /// The metric label and the first word of the dead-letter reason.
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            RefusalKind::ContentDisallowed => "content_disallowed",
-            RefusalKind::TooLarge => "too_large",
-            RefusalKind::Undecodable => "undecodable",
-        }
+        let accept = Accept::from_names(accept).unwrap_or_else(|e| {
+            warn!("accept_content: {e}; accepting JSON only");
+            Accept::json()
+        });
+        Acceptance { limits: DecodeLimits::new(accept, max_size) }
     }
 }
 
 /// A message that will not run (see the module docs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Refusal {
-    /// What is wrong with it.
-    pub kind: RefusalKind,
-    /// The reason, for the log and the `x-celeriac-error` header.
+    /// What is wrong with it, as one word (the metric label).
+    pub kind: &'static str,
+    /// The reason, for the log and the `x-celeriac-error` header
+    /// (`<kind>: <what happened>`).
     pub reason: String,
 }
 
-impl Refusal {
-    fn new(kind: RefusalKind, reason: String) -> Refusal {
-        Refusal { kind, reason: format!("{}: {reason}", kind.label()) }
-    }
-}
-
-/// Decodes a task message within `acceptance`.
+/// Decodes a task message within `acceptance`: the content type first, then
+/// the raw size, then decompression and parsing within their bounds.
 pub(crate) fn decode(message: &Message, acceptance: &Acceptance) -> Result<TaskMessage, Refusal> {
-    let accepted = ContentType::parse(&message.content_type).filter(|c| acceptance.accept.contains(c));
-    if accepted.is_none() {
-        let names: Vec<&str> = acceptance.accept.iter().map(|c| c.mime()).collect();
-        return Err(Refusal::new(
-            RefusalKind::ContentDisallowed,
-            format!("content type {:?} is not in accept_content {names:?}", truncated(&message.content_type)),
-        ));
-    }
-    if message.body.len() > acceptance.max_size {
-        return Err(Refusal::new(
-            RefusalKind::TooLarge,
-            format!("the body is {} bytes, over worker_max_message_size ({})", message.body.len(), acceptance.max_size),
-        ));
-    }
-    TaskMessage::from_message_with_limit(message, acceptance.max_size)
-        .map_err(|e| Refusal::new(RefusalKind::Undecodable, e.to_string()))
-}
-
-/// At most 100 characters of a value from the network, for messages.
-fn truncated(text: &str) -> String {
-    match text.char_indices().nth(100) {
-        Some((at, _)) => format!("{}...", &text[..at]),
-        None => text.to_owned(),
-    }
+    TaskMessage::from_message_with(message, &acceptance.limits)
+        .map_err(|e| Refusal { kind: e.kind().as_str(), reason: e.reason() })
 }
 
 /// What happens to a decoded task.
@@ -132,8 +86,7 @@ pub(crate) fn still_wanted<'r>(revoked: &Revoked, task: &TaskMessage, now: jiff:
     if revoked.contains(&task.headers.id) {
         return Some(Verdict::Revoked);
     }
-    let expires = task.headers.expires.as_ref().and_then(|e| e.to_timestamp().ok());
-    if expires.is_some_and(|at| at <= now) {
+    if task.headers.expires_instant().is_some_and(|at| at <= now) {
         return Some(Verdict::Expired);
     }
     None
@@ -141,7 +94,7 @@ pub(crate) fn still_wanted<'r>(revoked: &Revoked, task: &TaskMessage, now: jiff:
 
 #[cfg(test)]
 mod tests {
-    use celeriac_protocol::codec::Compression;
+    use celeriac_protocol::codec::{Compression, ContentType};
     use celeriac_protocol::{Map, Value};
 
     use super::*;
@@ -165,19 +118,19 @@ mod tests {
         let ok = decode(&message(ContentType::Json, None), &json_only());
         assert!(ok.is_ok(), "{ok:?}");
         let refused = decode(&message(ContentType::Msgpack, None), &json_only()).unwrap_err();
-        assert_eq!(refused.kind, RefusalKind::ContentDisallowed);
+        assert_eq!(refused.kind, "content_disallowed");
         assert!(refused.reason.contains("application/x-msgpack"), "{}", refused.reason);
         // Pickle is never accepted, even when named, and its body is never read.
         let mut pickle = message(ContentType::Json, None);
         pickle.content_type = "application/x-python-serialize".into();
         pickle.body = b"\x80\x04cos\nsystem\n".to_vec();
         let both = Acceptance::new(&["json".into(), "pickle".into()], 1 << 20);
-        assert_eq!(decode(&pickle, &both).unwrap_err().kind, RefusalKind::ContentDisallowed);
+        assert_eq!(decode(&pickle, &both).unwrap_err().kind, "content_disallowed");
         // A content type of any length is reported, shortened.
         let mut odd = message(ContentType::Json, None);
         odd.content_type = "x".repeat(1 << 20);
         let refused = decode(&odd, &json_only()).unwrap_err();
-        assert!(refused.reason.len() < 300, "{}", refused.reason.len());
+        assert!(refused.reason.len() <= celeriac_protocol::error::MAX_REASON + 3, "{}", refused.reason.len());
         // MIME types and kombu names are the same thing.
         let mime = Acceptance::new(&["application/x-msgpack".into()], 1 << 20);
         assert!(decode(&message(ContentType::Msgpack, None), &mime).is_ok());
@@ -192,14 +145,14 @@ mod tests {
         task.kwargs = kwargs;
         let small_limit = Acceptance::new(&["json".into()], 1024);
         big.body = task.to_message(task.default_properties(None, None), 0, ContentType::Json, None).unwrap().body;
-        assert_eq!(decode(&big, &small_limit).unwrap_err().kind, RefusalKind::TooLarge);
+        assert_eq!(decode(&big, &small_limit).unwrap_err().kind, "body_too_large");
         // Compressed, it is small on the wire but not once inflated.
         let zipped = task
             .to_message(task.default_properties(None, None), 0, ContentType::Json, Some(Compression::Zlib))
             .unwrap();
         assert!(zipped.body.len() < 1024);
         let refused = decode(&zipped, &small_limit).unwrap_err();
-        assert_eq!(refused.kind, RefusalKind::Undecodable, "{refused:?}");
+        assert_eq!(refused.kind, "decoded_too_large", "{refused:?}");
     }
 
     #[test]

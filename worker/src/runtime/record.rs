@@ -653,7 +653,7 @@ impl Shared {
     /// A message that will not run: logged, counted, dead-lettered.
     pub(super) async fn refuse(&self, delivery: &mut Delivery, refusal: &super::admit::Refusal) {
         error!(tag = delivery.delivery_tag(), "refusing a message from {}: {}", delivery.queue, refusal.reason);
-        self.count_refused(refusal.kind.label());
+        self.count_refused(refusal.kind);
         self.dead_letter(delivery, &refusal.reason).await;
     }
 

@@ -28,7 +28,9 @@ impl Shared {
         stop: &CancellationToken,
     ) -> Option<OwnedSemaphorePermit> {
         let (id, name) = (&task.headers.id, &task.headers.task);
-        if let Some(eta) = task.headers.eta.as_ref().and_then(instant) {
+        // An ETA past the last instant jiff knows (year 9999 in some offsets)
+        // is held for ever, as Celery's timer would hold it.
+        if let Some(eta) = task.headers.eta_instant() {
             if eta > jiff::Timestamp::now() {
                 let _held = Held::hold(self, control);
                 let text = task.headers.eta.as_ref().map(PyDateTime::to_iso).unwrap_or_default();
@@ -62,18 +64,6 @@ impl Shared {
             _ = stop.cancelled() => None,
             permit = self.permits.clone().acquire_owned() => permit.ok(),
         }
-    }
-}
-
-/// The instant an ETA names. One past the last instant there is (Python
-/// writes up to 9999-12-31 in any offset) is held for ever, as Celery's
-/// timer would; one that names no instant at all is ignored (the task runs
-/// now, as one that is due).
-fn instant(eta: &PyDateTime) -> Option<jiff::Timestamp> {
-    match eta.to_timestamp() {
-        Ok(at) => Some(at),
-        Err(_) if eta.civil.year() >= 9999 => Some(jiff::Timestamp::MAX),
-        Err(_) => None,
     }
 }
 
