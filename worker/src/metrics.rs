@@ -4,17 +4,36 @@
 //! hostname}`, `celery_task_runtime`), so its dashboards work unchanged;
 //! gauges for prefetch, reserved and scheduled requests and broker
 //! reconnects are celeriac's own (`celeriac_*`).
+//!
+//! Bounded against hostile input: task names not registered on this worker
+//! (once [`Metrics::known_tasks`] was called) share the one label value
+//! [`UNREGISTERED`]; no more than [`MAX_SERIES`] label sets are kept; the HTTP
+//! endpoint drops a client that does not send its request and read the answer
+//! within a timeout, serves a bounded number of connections at once and reads
+//! a bounded request head ([`HttpLimits`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use celeriac_protocol::{Map, TaskMessage, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+/// The `name` label of every task not registered on this worker, so names
+/// sent by anyone cannot create series without end.
+pub const UNREGISTERED: &str = "<unregistered>";
+/// Most label sets (series) kept across all counters and histograms; new
+/// ones beyond are not recorded, and counted in
+/// `celeriac_metrics_series_dropped_total`.
+pub const MAX_SERIES: usize = 10_000;
+/// Longest `exception` label value.
+const MAX_EXCEPTION_LABEL: usize = 100;
 
 /// Histogram buckets of `celery_task_runtime` (prometheus_client's defaults,
 /// as celery-exporter uses).
@@ -33,6 +52,28 @@ struct Inner {
     counters: BTreeMap<(String, String), u64>,
     runtimes: BTreeMap<String, Histogram>,
     gauges: BTreeMap<String, f64>,
+    /// The registered task names; `None` until given (every name counts).
+    known: Option<HashSet<String>>,
+    /// New series not recorded because of [`MAX_SERIES`].
+    dropped: u64,
+}
+
+impl Inner {
+    fn series(&self) -> usize {
+        self.counters.len() + self.runtimes.len()
+    }
+
+    /// Adds one to a counter, unless it is new and the series are full.
+    fn bump(&mut self, metric: String, labels: String) {
+        let full = self.series() >= MAX_SERIES;
+        match self.counters.get_mut(&(metric.clone(), labels.clone())) {
+            Some(n) => *n += 1,
+            None if full => self.dropped += 1,
+            None => {
+                self.counters.insert((metric, labels), 1);
+            }
+        }
+    }
 }
 
 /// The worker's metrics (see the module docs). Shared in an `Arc`.
@@ -40,6 +81,47 @@ struct Inner {
 pub struct Metrics {
     hostname: String,
     inner: Mutex<Inner>,
+}
+
+/// Bounds of the HTTP endpoint ([`Metrics::serve_with`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HttpLimits {
+    /// How long a client has, from connecting, to send its request and read
+    /// the answer; then it is dropped (a slow or silent client holds no slot).
+    pub request_timeout: Duration,
+    /// Connections served at once; more are closed as they come.
+    pub max_connections: usize,
+    /// Largest request head read; a larger one is answered 431.
+    pub max_request_bytes: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits { request_timeout: Duration::from_secs(10), max_connections: 32, max_request_bytes: 8192 }
+    }
+}
+
+/// Why the endpoint turned a connection away (the `reason` label of
+/// `celeriac_metrics_requests_rejected_total`).
+#[derive(Debug, Clone, Copy)]
+enum Rejected {
+    Busy,
+    Timeout,
+    TooLarge,
+}
+
+impl Rejected {
+    fn label(self) -> &'static str {
+        match self {
+            Rejected::Busy => "busy",
+            Rejected::Timeout => "timeout",
+            Rejected::TooLarge => "too_large",
+        }
+    }
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// celery-exporter's `hostname` label: the part of the node name after `@`.
@@ -65,20 +147,44 @@ impl Metrics {
         Metrics { hostname: hostname.to_owned(), inner: Mutex::default() }
     }
 
+    /// Gives the task names registered on this worker: from then on, events
+    /// of any other name are counted under [`UNREGISTERED`]. Until this is
+    /// called every name counts as itself.
+    pub fn known_tasks<S: Into<String>>(&self, names: impl IntoIterator<Item = S>) {
+        lock(&self.inner).known = Some(names.into_iter().map(Into::into).collect());
+    }
+
+    /// The `name` label of task `name`.
+    fn task_label<'a>(inner: &Inner, name: &'a str) -> &'a str {
+        match &inner.known {
+            Some(known) if !known.contains(name) => UNREGISTERED,
+            _ => name,
+        }
+    }
+
     /// Counts a task event (`task-succeeded`, ...) of `task` with its fields.
     pub fn observe(&self, kind: &str, task: &TaskMessage, fields: &Map) {
         let Some(state) = kind.strip_prefix("task-") else { return };
-        let name = &task.headers.task;
+        // Event kinds come from the runtime, never from a message.
+        if !state.chars().all(|c| c.is_ascii_lowercase()) || state.len() > 20 {
+            return;
+        }
+        let mut inner = lock(&self.inner);
+        let name = Self::task_label(&inner, &task.headers.task).to_owned();
         let host = host_label(&self.hostname);
-        let mut labels = format!("name=\"{}\",hostname=\"{}\"", escape(name), escape(host));
+        let mut labels = format!("name=\"{}\",hostname=\"{}\"", escape(&name), escape(host));
         if state == "failed" {
             let exc = fields.get("exception").and_then(Value::as_str).map(exception_name).unwrap_or_default();
-            let _ = write!(labels, ",exception=\"{}\"", escape(exc));
+            let exc: String = exc.chars().take(MAX_EXCEPTION_LABEL).collect();
+            let _ = write!(labels, ",exception=\"{}\"", escape(&exc));
         }
-        let Ok(mut inner) = self.inner.lock() else { return };
-        *inner.counters.entry((format!("celery_task_{state}_total"), labels)).or_default() += 1;
+        inner.bump(format!("celery_task_{state}_total"), labels);
         if let (Some(runtime), "succeeded") = (fields.get("runtime").and_then(Value::as_f64), state) {
-            let h = inner.runtimes.entry(name.clone()).or_default();
+            if !inner.runtimes.contains_key(&name) && inner.series() >= MAX_SERIES {
+                inner.dropped += 1;
+                return;
+            }
+            let h = inner.runtimes.entry(name).or_default();
             for (i, bound) in BUCKETS.iter().enumerate() {
                 if runtime <= *bound {
                     h.counts[i] += 1;
@@ -89,16 +195,29 @@ impl Metrics {
         }
     }
 
+    /// Counts a remote-control request that failed (answered with an error,
+    /// or dropped). `method` is a command name; names celeriac does not know
+    /// are counted as `other`, so the label has a fixed set of values.
+    pub fn control_error(&self, method: &str) {
+        let known = crate::control::command::METHODS.contains(&method) || method == "invalid";
+        let label = if known { method } else { "other" };
+        let labels = format!("method=\"{label}\",hostname=\"{}\"", escape(host_label(&self.hostname)));
+        lock(&self.inner).bump("celeriac_control_errors_total".into(), labels);
+    }
+
+    fn rejected(&self, why: Rejected) {
+        let labels = format!("reason=\"{}\",hostname=\"{}\"", why.label(), escape(host_label(&self.hostname)));
+        lock(&self.inner).bump("celeriac_metrics_requests_rejected_total".into(), labels);
+    }
+
     /// Sets a gauge (`celery_worker_tasks_active`, `celeriac_worker_reserved`, ...).
     pub fn set_gauge(&self, name: &str, value: f64) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.gauges.insert(name.to_owned(), value);
-        }
+        lock(&self.inner).gauges.insert(name.to_owned(), value);
     }
 
     /// The exposition text.
     pub fn render(&self) -> String {
-        let Ok(inner) = self.inner.lock() else { return String::new() };
+        let inner = lock(&self.inner);
         let host = escape(host_label(&self.hostname));
         let mut out = String::new();
         let mut last = "";
@@ -130,60 +249,111 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name}{{hostname=\"{host}\"}} {value}");
         }
+        let _ = writeln!(out, "# TYPE celeriac_metrics_series_dropped_total counter");
+        let _ = writeln!(out, "celeriac_metrics_series_dropped_total{{hostname=\"{host}\"}} {}", inner.dropped);
         out
     }
 
-    /// Serves `GET /metrics` on `addr` until `stop`. Binding errors are
-    /// returned (a port in use is a startup error); request errors are logged.
+    /// Serves `GET /metrics` on `addr` until `stop`, within the default
+    /// [`HttpLimits`]. Binding errors are returned (a port in use is a
+    /// startup error); request errors are logged.
     pub async fn serve(
-        self: std::sync::Arc<Self>,
+        self: Arc<Self>,
         addr: SocketAddr,
         stop: CancellationToken,
     ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        self.serve_with(addr, stop, HttpLimits::default()).await
+    }
+
+    /// [`Metrics::serve`] within `limits`.
+    pub async fn serve_with(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        stop: CancellationToken,
+        limits: HttpLimits,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
         let listener = TcpListener::bind(addr).await?;
         info!("metrics at http://{}/metrics", listener.local_addr()?);
+        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         Ok(tokio::spawn(async move {
             loop {
-                let (mut stream, peer) = tokio::select! {
+                let (stream, peer) = tokio::select! {
                     _ = stop.cancelled() => return,
                     accepted = listener.accept() => match accepted {
                         Ok(a) => a,
                         Err(e) => {
+                            // Out of file descriptors, typically: back off
+                            // instead of spinning on the error.
                             warn!("metrics: accept failed: {e}");
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                            }
                             continue;
                         }
                     },
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    debug!("metrics: {peer} turned away: {} connections are being served", limits.max_connections);
+                    self.rejected(Rejected::Busy);
+                    drop(stream);
+                    continue;
+                };
                 let metrics = self.clone();
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    let mut read = 0;
-                    while read < buf.len() {
-                        match stream.read(&mut buf[read..]).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => read += n,
+                    let _slot = slot;
+                    match tokio::time::timeout(limits.request_timeout, metrics.answer(stream, limits)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => debug!("metrics: serving {peer} failed: {e}"),
+                        Err(_) => {
+                            debug!(
+                                "metrics: {peer} dropped: no complete request and reply within {:?}",
+                                limits.request_timeout
+                            );
+                            metrics.rejected(Rejected::Timeout);
                         }
-                        if buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                    let request = String::from_utf8_lossy(&buf[..read]);
-                    let path = request.split_whitespace().nth(1).unwrap_or("");
-                    let (status, body) = if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
-                        ("200 OK", metrics.render())
-                    } else {
-                        ("404 Not Found", "not found; metrics are at /metrics\n".to_owned())
-                    };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if let Err(e) = stream.write_all(response.as_bytes()).await {
-                        debug!("metrics: writing to {peer} failed: {e}");
                     }
                 });
             }
         }))
+    }
+
+    /// Reads one request head (at most `limits.max_request_bytes`) and answers it.
+    async fn answer(&self, mut stream: TcpStream, limits: HttpLimits) -> std::io::Result<()> {
+        let mut buf = vec![0u8; limits.max_request_bytes];
+        let mut read = 0;
+        let complete = loop {
+            if read == buf.len() {
+                break false;
+            }
+            let before = read;
+            match stream.read(&mut buf[read..]).await? {
+                0 => break true,
+                n => read += n,
+            }
+            // Only the new bytes and the three before them can hold the end.
+            if buf[before.saturating_sub(3)..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                break true;
+            }
+        };
+        let (status, body) = if !complete {
+            self.rejected(Rejected::TooLarge);
+            ("431 Request Header Fields Too Large", "request head too large\n".to_owned())
+        } else {
+            let request = String::from_utf8_lossy(&buf[..read]);
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
+                ("200 OK", self.render())
+            } else {
+                ("404 Not Found", "not found; metrics are at /metrics\n".to_owned())
+            }
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
     }
 }
 
