@@ -135,10 +135,9 @@ fn escape(v: &str) -> String {
 }
 
 /// The exception class of a `repr` (`ValueError('x')` → `ValueError`), as
-/// celery-exporter parses it.
-fn exception_name(repr: &str) -> &str {
-    let end = repr.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(repr.len());
-    &repr[..end]
+/// celery-exporter parses it, cut to [`MAX_EXCEPTION_LABEL`] characters.
+fn exception_name(repr: &str) -> String {
+    repr.chars().take_while(|c| c.is_alphanumeric() || *c == '_').take(MAX_EXCEPTION_LABEL).collect()
 }
 
 impl Metrics {
@@ -175,7 +174,6 @@ impl Metrics {
         let mut labels = format!("name=\"{}\",hostname=\"{}\"", escape(&name), escape(host));
         if state == "failed" {
             let exc = fields.get("exception").and_then(Value::as_str).map(exception_name).unwrap_or_default();
-            let exc: String = exc.chars().take(MAX_EXCEPTION_LABEL).collect();
             let _ = write!(labels, ",exception=\"{}\"", escape(&exc));
         }
         inner.bump(format!("celery_task_{state}_total"), labels);
@@ -381,5 +379,162 @@ mod tests {
         assert!(text.contains(r#"celery_task_runtime_bucket{name="tasks.add",hostname="node1",le="0.01"} 0"#));
         assert!(text.contains(r#"celery_task_runtime_bucket{name="tasks.add",hostname="node1",le="1.0"} 1"#));
         assert!(text.contains(r#"celery_worker_tasks_active{hostname="node1"} 2"#));
+    }
+
+    #[test]
+    fn unregistered_task_names_share_one_label() {
+        let m = Metrics::new("celeriac@node1");
+        m.known_tasks(["tasks.add"]);
+        let mut fields = Map::new();
+        fields.insert("runtime".into(), Value::Float(0.5));
+        for i in 0..1000 {
+            m.observe("task-received", &TaskMessage::new(format!("random.{i}"), "id"), &Map::new());
+            m.observe("task-succeeded", &TaskMessage::new(format!("random.{i}"), "id"), &fields);
+        }
+        m.observe("task-received", &TaskMessage::new("tasks.add", "id"), &Map::new());
+        let text = m.render();
+        assert!(text.contains(r#"celery_task_received_total{name="<unregistered>",hostname="node1"} 1000"#), "{text}");
+        assert!(text.contains(r#"celery_task_runtime_count{name="<unregistered>",hostname="node1"} 1000"#));
+        assert!(text.contains(r#"celery_task_received_total{name="tasks.add",hostname="node1"} 1"#));
+        assert!(!text.contains("random."), "{text}");
+    }
+
+    #[test]
+    fn series_are_capped() {
+        let m = Metrics::new("w@h");
+        let mut failed = Map::new();
+        failed.insert("exception".into(), Value::Str(format!("{}('x')", "E".repeat(10_000))));
+        for i in 0..(MAX_SERIES + 500) {
+            m.observe("task-failed", &TaskMessage::new(format!("t{i}"), "id"), &failed);
+        }
+        let text = m.render();
+        let series = text.lines().filter(|l| l.starts_with("celery_task_failed_total{")).count();
+        assert_eq!(series, MAX_SERIES);
+        assert!(
+            text.contains(r#"celeriac_metrics_series_dropped_total{hostname="h"} 500"#),
+            "{}",
+            &text[text.len() - 300..]
+        );
+        let longest = text.lines().map(str::len).max().unwrap_or(0);
+        assert!(longest < 400, "the exception label is shortened: {longest}");
+    }
+
+    #[test]
+    fn control_errors_have_bounded_method_labels() {
+        let m = Metrics::new("w@h");
+        m.control_error("rate_limit");
+        m.control_error("rate_limit");
+        m.control_error("invalid");
+        for i in 0..100 {
+            m.control_error(&format!("made-up-{i}"));
+        }
+        let text = m.render();
+        assert!(text.contains(r#"celeriac_control_errors_total{method="rate_limit",hostname="h"} 2"#), "{text}");
+        assert!(text.contains(r#"celeriac_control_errors_total{method="invalid",hostname="h"} 1"#));
+        assert!(text.contains(r#"celeriac_control_errors_total{method="other",hostname="h"} 100"#));
+        assert!(!text.contains("made-up"));
+    }
+
+    /// Starts the endpoint on a free port with `limits`.
+    async fn endpoint(limits: HttpLimits) -> (Arc<Metrics>, SocketAddr, CancellationToken) {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let m = Arc::new(Metrics::new("w@h"));
+        let stop = CancellationToken::new();
+        m.clone().serve_with(addr, stop.clone(), limits).await.unwrap();
+        (m, addr, stop)
+    }
+
+    /// Everything the server sends until it closes (or `wait` passes).
+    async fn read_all(stream: &mut TcpStream, wait: Duration) -> Option<String> {
+        let mut out = Vec::new();
+        match tokio::time::timeout(wait, stream.read_to_end(&mut out)).await {
+            Ok(_) => Some(String::from_utf8_lossy(&out).into_owned()),
+            Err(_) => None,
+        }
+    }
+
+    async fn get(addr: SocketAddr) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+        read_all(&mut s, Duration::from_secs(10)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn silent_and_trickling_clients_are_dropped() {
+        let limits = HttpLimits { request_timeout: Duration::from_millis(300), ..HttpLimits::default() };
+        let (m, addr, stop) = endpoint(limits).await;
+        let started = std::time::Instant::now();
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let closed = read_all(&mut silent, Duration::from_secs(10)).await;
+        assert_eq!(closed.as_deref(), Some(""), "closed without an answer");
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // A byte every 50 ms never completes a request within the timeout.
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        let trickle = async {
+            for b in b"GET /metrics HTTP/1.0\r\nX: ".iter().cycle() {
+                if slow.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        assert!(tokio::time::timeout(Duration::from_secs(10), trickle).await.is_ok(), "the server hung up on it");
+        assert!(get(addr).await.starts_with("HTTP/1.1 200 OK"), "others are still served");
+        assert!(m.render().contains(r#"celeriac_metrics_requests_rejected_total{reason="timeout",hostname="h"} 2"#));
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_at_once() {
+        let limits =
+            HttpLimits { request_timeout: Duration::from_secs(2), max_connections: 2, ..HttpLimits::default() };
+        let (m, addr, stop) = endpoint(limits).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let s = TcpStream::connect(addr).await.unwrap();
+            held.push(s);
+        }
+        // The server takes connections in order: once it has turned one away
+        // the two held ones are being served.
+        let mut turned_away = false;
+        for _ in 0..50 {
+            let mut extra = TcpStream::connect(addr).await.unwrap();
+            let _ = extra.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await;
+            let answer = read_all(&mut extra, Duration::from_secs(5)).await.unwrap_or_default();
+            if answer.is_empty() {
+                turned_away = true;
+                break;
+            }
+        }
+        assert!(turned_away);
+        assert!(m.render().contains(r#"reason="busy""#));
+        drop(held);
+        // Slots free again as those clients go.
+        let mut served = false;
+        for _ in 0..100 {
+            if get(addr).await.starts_with("HTTP/1.1 200 OK") {
+                served = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(served);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn oversized_request_heads_get_431() {
+        let (m, addr, stop) = endpoint(HttpLimits::default()).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let head = format!("GET /metrics HTTP/1.0\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+        let _ = s.write_all(head.as_bytes()).await;
+        let answer = read_all(&mut s, Duration::from_secs(10)).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+        assert!(m.render().contains(r#"reason="too_large""#));
+        assert!(get(addr).await.contains("celery_worker_up"));
+        stop.cancel();
     }
 }

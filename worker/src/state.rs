@@ -577,6 +577,106 @@ mod tests {
     }
 
     #[test]
+    fn the_state_file_is_replaced_atomically_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.state");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let state = WorkerState::new(Some(path.clone()));
+        state.revoked().add(["a"]);
+        state.revoked().add(["b"]);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        assert_eq!(names, ["worker.state"], "no temporary file is left behind");
+        let entries = read_state_file(&path).unwrap();
+        assert_eq!(entries.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        // A directory that does not exist is a clear write error, not a panic.
+        assert!(write_state_file(Path::new("no-such-dir/x.state"), b"{}").is_err());
+    }
+
+    #[test]
+    fn hostile_state_files_are_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let err = |path: &Path| read_state_file(path).unwrap_err().to_string();
+        assert!(err(&file("garbage", b"\x00\xff{[")).contains("not a celeriac state file"));
+        assert!(err(&file("list", b"[1, 2]")).contains("a list, not a dict"));
+        assert!(err(&file("wrong", br#"{"revoked": [1, 2]}"#)).contains("not a dict"));
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(err(&file("deep", deep.as_bytes())).contains("not a celeriac state file"));
+        let huge = dir.path().join("huge");
+        std::fs::File::create(&huge).unwrap().set_len(MAX_STATE_FILE + 1).unwrap();
+        assert!(err(&huge).contains("more than the"), "{}", err(&huge));
+        assert!(err(dir.path()).contains("not a regular file"));
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().map(|s| s.success()).unwrap_or(false);
+        if made {
+            assert!(err(&fifo).contains("not a regular file"), "a FIFO is not opened (it would block)");
+        }
+        assert_eq!(read_state_file(&dir.path().join("absent")).unwrap(), Vec::new());
+        // Every one of them: a worker that starts with no revoked ids.
+        for name in ["garbage", "list", "wrong", "deep", "huge"] {
+            let state = WorkerState::new(Some(dir.path().join(name)));
+            assert!(state.revoked().is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn odd_times_and_ids_in_the_state_file_are_tamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.state");
+        let now = now_timestamp();
+        let long = "x".repeat(MAX_TASK_ID_LEN + 1);
+        let text = format!(
+            r#"{{"revoked": {{"nan": NaN, "inf": Infinity, "future": 1e300, "negative": -5, "text": "x", "old": {}, "fine": {}, "{long}": {now}}}}}"#,
+            now - REVOKE_EXPIRES - 60.0,
+            now - 60.0,
+        );
+        std::fs::write(&path, text).unwrap();
+        let state = WorkerState::new(Some(path));
+        let entries = state.revoked().entries();
+        let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids[0], "fine", "{ids:?}");
+        for id in ["nan", "inf", "future", "negative", "text"] {
+            assert!(ids.contains(&id), "an unusable time counts as now: {id} in {ids:?}");
+        }
+        assert!(!ids.contains(&"old"), "expired");
+        assert!(!ids.contains(&long.as_str()), "too long to be an id");
+        assert!(entries.iter().all(|(_, at)| at.is_finite() && *at <= now_timestamp()));
+    }
+
+    #[test]
+    fn the_revoked_set_is_bounded_like_celerys_limited_set() {
+        let state = WorkerState::new(None);
+        let ids: Vec<String> = (0..100_000).map(|i| format!("id-{i}")).collect();
+        let start = Instant::now();
+        state.revoked().add(ids.iter().map(String::as_str));
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        assert_eq!(state.revoked().len(), REVOKES_MAX);
+        assert!(!state.revoked().contains("id-0") && state.revoked().contains("id-99999"), "the oldest go first");
+        assert_eq!(state.revoked().ids().first().map(String::as_str), Some("id-50000"));
+        // Revoked again, an id is renewed: now the newest.
+        state.revoked().add(["id-50000"]);
+        assert_eq!(state.revoked().ids().last().map(String::as_str), Some("id-50000"));
+        state.revoked().add(["one-more"]);
+        assert!(!state.revoked().contains("id-50001"), "the oldest left to make room");
+        assert!(state.revoked().contains("id-50000"));
+        state.revoked().add([long_id().as_str()]);
+        assert!(!state.revoked().contains(&long_id()));
+    }
+
+    fn long_id() -> String {
+        "y".repeat(MAX_TASK_ID_LEN + 1)
+    }
+
+    #[test]
     fn old_revocations_expire() {
         let state = WorkerState::new(None);
         state.revoked().merge([("old".to_owned(), now_timestamp() - REVOKE_EXPIRES - 10.0)]);

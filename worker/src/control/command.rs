@@ -998,7 +998,8 @@ fn signal_number(method: &'static str, v: Option<&Value>) -> Result<i64, Command
         _ => return Err(CommandError::SignalName),
     };
     // Python's str.isupper(): some cased character, none lower case.
-    if !(name.chars().any(char::is_uppercase) && !name.chars().any(char::is_lowercase)) {
+    let is_upper = name.chars().any(char::is_uppercase) && !name.chars().any(char::is_lowercase);
+    if !is_upper {
         return Err(CommandError::SignalName);
     }
     let full = if name.starts_with("SIG") { name.clone() } else { format!("SIG{name}") };
