@@ -47,6 +47,10 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_QUEUES: usize = 1_000;
 /// Result-backend lookups a `revoke` runs at once.
 const REVOKE_BACKEND_CONCURRENCY: usize = 16;
+/// How long a `revoke` spends marking ids REVOKED in the result backend;
+/// ids not reached by then keep their stored state (they are revoked in the
+/// worker all the same), so a huge list cannot hold the control loop.
+const REVOKE_BACKEND_BUDGET: Duration = Duration::from_secs(30);
 /// Ids named in one log line at most.
 const LOGGED_IDS: usize = 20;
 /// `consumer.timer.call_at(eta, ..., priority=6)`: what `scheduled` reports.
@@ -478,8 +482,8 @@ impl Pidbox {
 
     /// Revokes `ids` (the last [`MAX_REVOKE_IDS`] of them: the revoked set
     /// keeps no more), marks the ones with no final state REVOKED in the
-    /// result backend (a bounded number of lookups at once), and terminates
-    /// the running ones when asked.
+    /// result backend (a bounded number of lookups at once, for at most
+    /// [`REVOKE_BACKEND_BUDGET`]), and terminates the running ones when asked.
     async fn revoke(&self, ids: Vec<String>, terminate: bool, signum: i64) -> Result<Reply, CommandError> {
         let shared = &self.shared;
         let kept = &ids[ids.len().saturating_sub(MAX_REVOKE_IDS)..];
@@ -488,8 +492,9 @@ impl Pidbox {
         // RECEIVED, RETRY or REJECTED (5.7): never over a result, nor over a
         // task started here or elsewhere, which ends as it ends.
         if let Some(results) = &shared.services.results {
-            futures_util::stream::iter(kept)
-                .for_each_concurrent(REVOKE_BACKEND_CONCURRENCY, |id| async move {
+            let started = std::time::Instant::now();
+            let marking =
+                futures_util::stream::iter(kept).for_each_concurrent(REVOKE_BACKEND_CONCURRENCY, |id| async move {
                     let running = matches!(shared.state.query(id), Some((Phase::Active { .. }, _)));
                     if running {
                         return;
@@ -510,8 +515,21 @@ impl Pidbox {
                             warn!("could not store REVOKED for {id}: {e}");
                         }
                     }
-                })
-                .await;
+                });
+            if tokio::time::timeout(REVOKE_BACKEND_BUDGET, marking).await.is_err() {
+                warn!(
+                    "revoke: marking {} id(s) REVOKED in the result backend stopped after {} s; the ids not reached \
+                     keep their stored state (the worker discards them all the same); send fewer ids per request",
+                    kept.len(),
+                    REVOKE_BACKEND_BUDGET.as_secs()
+                );
+            } else {
+                debug!(
+                    "revoke: {} id(s) checked in the result backend in {:.1} s",
+                    kept.len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
         }
         if terminate {
             let terminated: Vec<String> =
