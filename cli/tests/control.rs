@@ -1293,6 +1293,11 @@ fn hostile_control_requests_get_defined_answers_and_the_worker_lives_on() {
         json!({"name": "too deep", "body": {"method": "ping", "destination": [RS], "arguments": {"a": {"$nest": 600}}}, "reply": true, "limit": 1}),
         json!({"name": "too many values", "body": {"method": "ping", "destination": [RS], "pad": {"$list": [0, 300_000]}}, "reply": true, "limit": 1}),
     ];
+    // A reply aimed at the task queue's exchange is not sent there.
+    let mut misdirected = ask("misdirected", &only, json!("ping"), json!({}));
+    misdirected["body"]["reply_to"] = json!({"exchange": "celery", "routing_key": "celery"});
+    misdirected["reply"] = json!(false);
+    raw_requests(&url, &[misdirected], 2.0);
     let replies = raw_requests(&url, &dropped, 2.0);
     for (name, by_node, _) in &replies {
         assert!(by_node.is_empty(), "{name}: {by_node:?}");
@@ -1317,6 +1322,7 @@ fn hostile_control_requests_get_defined_answers_and_the_worker_lives_on() {
         "remote control: cannot decode a request",
         "remote control: a request of more than 250000 values was refused",
         "remote control: pool_grow: pool_grow(): n=1000000000000 is out of range",
+        "a ping reply to the exchange \"celery\" was not sent",
     ] {
         assert!(log.contains(line), "no {line:?} in the log:\n{log}");
     }
@@ -1332,5 +1338,7 @@ fn hostile_control_requests_get_defined_answers_and_the_worker_lives_on() {
     assert_eq!(errors("time_limit"), 7.0, "{body}");
     assert_eq!(errors("other"), 4.0, "unknown, int and list methods, the huge name: {body}");
     assert!(errors("invalid") >= 4.0, "{body}");
-    assert_eq!(errors("ping"), 4.0, "args list, state twice, pcre, an int destination: {body}");
+    assert_eq!(errors("ping"), 5.0, "args list, state twice, pcre, an int destination, misdirected: {body}");
+    let mut a = admin(&url);
+    assert_eq!(redis_int(&mut a, &["LLEN", "celeriac.dead_letter"]), 0, "no reply landed in the task queue");
 }

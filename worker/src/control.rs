@@ -213,8 +213,16 @@ impl Pidbox {
                 e.reply()
             }
         };
-        if let Some(to) = &request.reply_to {
-            self.reply(&to.exchange, &to.routing_key, &request.ticket, value).await;
+        match &request.reply_to {
+            // Replies go to the reply exchange only, never (say) into a task
+            // queue's exchange named by the request.
+            Some(to) if to.exchange != REPLY_EXCHANGE => {
+                let shown: String = to.exchange.chars().filter(|c| !c.is_control()).take(100).collect();
+                warn!("remote control: a {method} reply to the exchange {shown:?} was not sent; replies go to {REPLY_EXCHANGE}");
+                self.count_error(method);
+            }
+            Some(to) => self.reply(&to.exchange, &to.routing_key, &request.ticket, value).await,
+            None => {}
         }
     }
 
