@@ -264,14 +264,8 @@ impl Command {
     pub fn parse(method: &Value, arguments: Option<&Value>) -> Result<Command, CommandError> {
         let name = match method {
             Value::Str(s) => s.as_str(),
-            Value::List(_) | Value::Map(_) | Value::Bytes(_) => {
-                // `handlers[method]` with an unhashable key (bytes are
-                // hashable in Python, but never a command name either).
-                if let Value::Bytes(_) = method {
-                    return Err(CommandError::UnknownMethod { repr: short_repr(method) });
-                }
-                return Err(CommandError::Unhashable { type_name: method.type_name() });
-            }
+            // `handlers[method]` with a key Python cannot hash.
+            Value::List(_) | Value::Map(_) => return Err(CommandError::Unhashable { type_name: method.type_name() }),
             other => return Err(CommandError::UnknownMethod { repr: short_repr(other) }),
         };
         let Some(canonical) = canonical(name) else {
