@@ -1022,3 +1022,323 @@ fn prometheus_metrics_count_tasks_with_celery_exporters_names() {
     let (status, _) = http_get(&addr, "/elsewhere");
     assert_eq!(status, "HTTP/1.1 404 Not Found");
 }
+
+// ---------------------------------------------------------------------------
+// Hostile remote-control requests
+
+/// Sends `requests` with tests/python/control_raw.py (kombu's way, any
+/// shape): for each, its name and the replies merged by node.
+fn raw_requests(url: &str, requests: &[Value], timeout: f64) -> Vec<(String, Map<String, Value>, f64)> {
+    let mut child = Command::new(celeriac_tests::python().unwrap())
+        .arg(python_dir().join("control_raw.py"))
+        .args(["--broker", url, "--timeout", &timeout.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input: String = requests.iter().map(|r| format!("{r}\n")).collect();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let line: Value = serde_json::from_str(line).unwrap();
+            let mut merged = Map::new();
+            for reply in line["replies"].as_array().unwrap() {
+                for (node, value) in reply.as_object().unwrap() {
+                    assert!(merged.insert(node.clone(), value.clone()).is_none(), "{node} answered twice: {line}");
+                }
+            }
+            (line["name"].as_str().unwrap().to_owned(), merged, line["seconds"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+/// A request to `nodes` (all of them when empty) wanting their replies.
+fn ask(name: &str, nodes: &[&str], method: Value, arguments: Value) -> Value {
+    let mut body = json!({"method": method, "arguments": arguments});
+    if !nodes.is_empty() {
+        body["destination"] = json!(nodes);
+    }
+    json!({"name": name, "body": body, "reply": true, "limit": nodes.len().max(1)})
+}
+
+/// Every hostile request of the issue against a running `celeriac worker`
+/// with a Python worker beside it: where Python answers, celeriac answers
+/// the same; where Python would take a value it cannot use, celeriac refuses
+/// it with Celery's error reply; what cannot be answered is dropped with a
+/// log line. Each failure is counted; afterwards both still answer `ping`
+/// and celeriac still runs tasks.
+#[test]
+fn hostile_control_requests_get_defined_answers_and_the_worker_lives_on() {
+    let (Some(redis), Some(python)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
+    let url = redis.url();
+    let addr = format!("127.0.0.1:{}", celeriac_tests::free_port().unwrap());
+    let rs = celeriac_worker(&redis, RS, &["-c", "2", "--metrics-addr", &addr], &[]);
+    let _py = python_worker(&redis, &python, "py");
+    let both = [RS, PY];
+    let add = "t.integration.tasks.add";
+
+    // 1. Broken requests both answer: the same reply, word for word.
+    let same = vec![
+        ask("unknown", &both, json!("no_such_cmd"), json!({})),
+        ask("int method", &both, json!(5), json!({})),
+        ask("list method", &both, json!([1]), json!({})),
+        ask("missing args", &both, json!("rate_limit"), json!({})),
+        ask("rate not a number", &both, json!("rate_limit"), json!({"task_name": "tasks.nobody", "rate_limit": "x/s"})),
+        ask("rate unit", &both, json!("rate_limit"), json!({"task_name": "tasks.nobody", "rate_limit": "5/q"})),
+        ask(
+            "rate unknown task",
+            &both,
+            json!("rate_limit"),
+            json!({"task_name": "tasks.nobody", "rate_limit": "10/m"}),
+        ),
+        ask("time unknown task", &both, json!("time_limit"), json!({"task_name": "tasks.nobody", "hard": 10})),
+        ask("time list task", &both, json!("time_limit"), json!({"task_name": [1]})),
+        ask("revoke int", &both, json!("revoke"), json!({"task_id": 5})),
+        ask("revoke dict", &both, json!("revoke"), json!({"task_id": {"a": 1}})),
+        ask("lower signal", &both, json!("revoke"), json!({"task_id": "h-1", "terminate": true, "signal": "kill"})),
+        ask("no signal", &both, json!("revoke"), json!({"task_id": "h-2", "terminate": true, "signal": "NOPE"})),
+        ask("query list", &both, json!("query_task"), json!({"ids": [[1]]})),
+        ask("hello bare", &both, json!("hello"), json!({})),
+        ask("report extra", &both, json!("report"), json!({"x": 1})),
+        ask("autoscale extra", &both, json!("autoscale"), json!({"max": 2, "foo": 1})),
+        ask("state twice", &both, json!("ping"), json!({"state": 1})),
+        ask("events extra", &both, json!("enable_events"), json!({"x": 1})),
+    ];
+    let replies = raw_requests(&url, &same, 10.0);
+    assert_eq!(replies.len(), same.len());
+    for (name, by_node, _) in &replies {
+        assert_eq!(by_node.len(), 2, "{name}: {by_node:?}\n{}", rs.log());
+        assert!(by_node[PY]["error"].is_string(), "{name}: Python answers with an error: {by_node:?}");
+        assert_eq!(by_node[RS], by_node[PY], "{name}");
+    }
+
+    // 2. Addressing of any shape: kombu's rules, a linear-time glob.
+    let trap = format!("{}b", "*a".repeat(10_000));
+    let addressed = vec![
+        json!({"name": "dest string", "body": {"method": "ping", "destination": "rs@ctl-host py@ctl-host"}, "reply": true, "limit": 2}),
+        json!({"name": "dest mixed", "body": {"method": "ping", "destination": [1, null, {"a": 1}, RS]}, "reply": true, "limit": 1}),
+        json!({"name": "long dest", "body": {"method": "ping", "destination": {"$ids": ["n@", 100_000]}}, "reply": true, "limit": 2}),
+        json!({"name": "glob", "body": {"method": "ping", "pattern": "*@ctl-host", "matcher": "glob"}, "reply": true, "limit": 2}),
+        json!({"name": "glob trap", "body": {"method": "ping", "pattern": trap, "matcher": "glob"}, "reply": true, "limit": 2}),
+        json!({"name": "pcre", "body": {"method": "ping", "pattern": "rs@.*|py@.*", "matcher": "pcre"}, "reply": true, "limit": 2}),
+        json!({"name": "dest int", "body": {"method": "ping", "destination": 5}, "reply": true, "limit": 2}),
+    ];
+    let got = raw_requests(&url, &addressed, 2.0);
+    let nodes_of = |i: usize| {
+        let mut nodes = got[i].1.keys().cloned().collect::<Vec<_>>();
+        nodes.sort_by_key(|n| n != RS);
+        nodes
+    };
+    assert_eq!(nodes_of(0), [RS, PY], "a string destination is searched as Python's `in`");
+    assert_eq!(nodes_of(1), [RS]);
+    assert!(nodes_of(2).is_empty(), "{:?}", got[2]);
+    assert_eq!(nodes_of(3), [RS, PY]);
+    assert!(nodes_of(4).is_empty(), "{:?}", got[4]);
+    assert!(got[4].2 < 10.0, "the glob trap took {}s", got[4].2);
+    assert_eq!(nodes_of(5), [PY], "pcre is refused by celeriac, run by Python");
+    assert!(nodes_of(6).is_empty(), "neither can search an int");
+
+    // 3. Values Python would take and choke on later: refused with Celery's
+    // error reply. Sent to celeriac alone (a Python pool would fork 10^12
+    // processes).
+    let only = [RS];
+    let nan = json!({"$float": "nan"});
+    let inf = json!({"$float": "inf"});
+    let huge = json!({"$int": "1".repeat(40)});
+    let refused: Vec<(Value, &str)> = vec![
+        (
+            ask("args list", &only, json!("ping"), json!([1, 2])),
+            "TypeError('celery.worker.control.ping() argument after ** must be a mapping, not list')",
+        ),
+        (
+            ask("grow 1e12", &only, json!("pool_grow"), json!({"n": 1_000_000_000_000_i64})),
+            "ValueError('pool_grow(): n=1000000000000 is out of range",
+        ),
+        (ask("grow -1", &only, json!("pool_grow"), json!({"n": -1})), "ValueError('pool_grow(): n=-1 is out of range"),
+        (
+            ask("grow str", &only, json!("pool_grow"), json!({"n": "x"})),
+            "TypeError('pool_grow(): n must be an int, not str')",
+        ),
+        (
+            ask("grow nan", &only, json!("pool_grow"), json!({"n": nan})),
+            "TypeError('pool_grow(): n must be an int, not float')",
+        ),
+        (ask("grow huge", &only, json!("pool_grow"), json!({"n": huge})), "ValueError('pool_grow(): n=1111"),
+        (
+            ask("shrink 1e12", &only, json!("pool_shrink"), json!({"n": 1_000_000_000_000_i64})),
+            "ValueError('pool_shrink(): n=",
+        ),
+        (
+            ask("autoscale 1e12", &only, json!("autoscale"), json!({"max": 1_000_000_000_000_i64})),
+            "ValueError('autoscale(): max=",
+        ),
+        (
+            ask("autoscale str", &only, json!("autoscale"), json!({"max": "x"})),
+            "TypeError('autoscale(): max must be an int",
+        ),
+        (
+            ask("autoscale min>max", &only, json!("autoscale"), json!({"max": 2, "min": 5})),
+            "ValueError('autoscale(): min=5",
+        ),
+        (
+            ask("rate negative", &only, json!("rate_limit"), json!({"task_name": add, "rate_limit": "-5/m"})),
+            "Invalid rate limit string: ValueError(",
+        ),
+        (
+            ask("rate nan", &only, json!("rate_limit"), json!({"task_name": add, "rate_limit": "nan/s"})),
+            "Invalid rate limit string: ValueError(",
+        ),
+        (
+            ask("rate inf", &only, json!("rate_limit"), json!({"task_name": add, "rate_limit": "inf/s"})),
+            "Invalid rate limit string: ValueError(",
+        ),
+        (
+            ask("rate float nan", &only, json!("rate_limit"), json!({"task_name": add, "rate_limit": nan})),
+            "Invalid rate limit string: ValueError(",
+        ),
+        (
+            ask("time nan", &only, json!("time_limit"), json!({"task_name": add, "hard": nan})),
+            "ValueError('time_limit(): hard=nan is out of range",
+        ),
+        (
+            ask("time inf", &only, json!("time_limit"), json!({"task_name": add, "soft": inf})),
+            "ValueError('time_limit(): soft=inf is out of range",
+        ),
+        (
+            ask("time -1", &only, json!("time_limit"), json!({"task_name": add, "hard": -1})),
+            "ValueError('time_limit(): hard=-1.0 is out of range",
+        ),
+        (
+            ask("time 1e300", &only, json!("time_limit"), json!({"task_name": add, "hard": 1e300})),
+            "ValueError('time_limit(): hard=1e+300 is out of range",
+        ),
+        (
+            ask("time str", &only, json!("time_limit"), json!({"task_name": add, "hard": "10"})),
+            "TypeError('time_limit(): hard must be a number, not str')",
+        ),
+        (
+            ask("queue long", &only, json!("add_consumer"), json!({"queue": "q".repeat(300)})),
+            "ValueError('add_consumer(): queue is 300 characters long",
+        ),
+        (
+            ask("queue int", &only, json!("add_consumer"), json!({"queue": 5})),
+            "TypeError('add_consumer(): queue must be a str, not int')",
+        ),
+        (
+            ask("id long", &only, json!("revoke"), json!({"task_id": "i".repeat(10_000)})),
+            "ValueError('revoke(): task_id is 10000 characters long",
+        ),
+        (ask("huge method", &only, json!({"$repeat": ["m", 500_000]}), json!({})), "KeyError('mmmm"),
+        (ask("restart", &only, json!("pool_restart"), json!({})), "ValueError('Pool restarts not enabled')"),
+    ];
+    let requests: Vec<Value> = refused.iter().map(|(r, _)| r.clone()).collect();
+    let replies = raw_requests(&url, &requests, 10.0);
+    for ((name, by_node, _), (_, expected)) in replies.iter().zip(&refused) {
+        let text = by_node.get(RS).and_then(|r| r["error"].as_str()).unwrap_or_else(|| panic!("{name}: {by_node:?}"));
+        assert!(text.starts_with(expected), "{name}: {text}");
+        assert!(text.len() < 1000, "{name}: a reply of {} bytes", text.len());
+    }
+
+    // 4. Extreme values that are still values: taken, and harmless.
+    let taken = vec![
+        ask("rate 1e300", &only, json!("rate_limit"), json!({"task_name": add, "rate_limit": "1e300/s"})),
+        ask("rate 1e-300", &only, json!("rate_limit"), json!({"task_name": add, "rate_limit": "1e-300/s"})),
+        ask("rate off", &only, json!("rate_limit"), json!({"task_name": add, "rate_limit": 0})),
+        ask("time off", &only, json!("time_limit"), json!({"task_name": add, "hard": null, "soft": 0})),
+        ask("grow 3", &only, json!("pool_grow"), json!({"n": 3})),
+        ask("shrink lots", &only, json!("pool_shrink"), json!({"n": 9_999})),
+        ask("items 50k", &only, json!("registered"), json!({"taskinfoitems": {"$list": ["name", 50_000]}})),
+        ask("revoke 100k", &only, json!("revoke"), json!({"task_id": {"$ids": ["00000000-0000-4000-8000-", 100_000]}})),
+        ask("revoked", &only, json!("revoked"), json!({})),
+        ask(
+            "hello 60k",
+            &only,
+            json!("hello"),
+            json!({"from_node": "other@node", "revoked": {"$ids": ["hello-", 60_000]}}),
+        ),
+    ];
+    let replies = raw_requests(&url, &taken, 60.0);
+    let reply = |i: usize| replies[i].1.get(RS).cloned().unwrap_or_else(|| panic!("{:?}\n{}", replies[i], rs.log()));
+    assert_eq!(reply(0), json!({"ok": "new rate limit set successfully"}));
+    assert_eq!(reply(1), json!({"ok": "new rate limit set successfully"}));
+    assert_eq!(reply(2), json!({"ok": "rate limit disabled successfully"}));
+    assert_eq!(reply(3), json!({"ok": "time limits set successfully"}));
+    assert_eq!(reply(4), json!({"ok": "pool will grow"}));
+    assert_eq!(reply(5), json!({"ok": "pool will shrink"}));
+    for line in reply(6).as_array().unwrap() {
+        let line = line.as_str().unwrap();
+        assert_eq!(line.matches("name=").count(), 1, "one entry per attribute, as a Python dict: {line}");
+    }
+    let revoked = reply(7)["ok"].as_str().unwrap().to_owned();
+    assert!(revoked.starts_with("tasks {'00000000-0000-4000-8000-0'"), "{}", &revoked[..100]);
+    eprintln!("revoking 100k ids took {:.1}s", replies[7].2);
+    assert!(replies[7].2 < 45.0, "revoking 100k ids took {}s", replies[7].2);
+    let listed = reply(8).as_array().unwrap().len();
+    assert_eq!(listed, 50_000, "Celery's REVOKES_MAX");
+    let hello = reply(9);
+    assert_eq!(hello["revoked"].as_array().unwrap().len(), 50_000);
+    assert!(hello["revoked"].as_array().unwrap().contains(&json!("hello-59999")));
+
+    // 5. What cannot be answered is dropped, with a log line.
+    let dropped = vec![
+        json!({"name": "not json", "raw": "{\"method\": \"ping\", "}),
+        json!({"name": "too big", "body": {"method": "ping", "destination": [RS], "pad": {"$repeat": ["x", 5 << 20]}}, "reply": true, "limit": 1}),
+        json!({"name": "no method", "body": {"arguments": {}, "destination": [RS]}, "reply": true, "limit": 1}),
+        json!({"name": "too deep", "body": {"method": "ping", "destination": [RS], "arguments": {"a": {"$nest": 600}}}, "reply": true, "limit": 1}),
+        json!({"name": "too many values", "body": {"method": "ping", "destination": [RS], "pad": {"$list": [0, 300_000]}}, "reply": true, "limit": 1}),
+    ];
+    // A reply aimed at the task queue's exchange is not sent there.
+    let mut misdirected = ask("misdirected", &only, json!("ping"), json!({}));
+    misdirected["body"]["reply_to"] = json!({"exchange": "celery", "routing_key": "celery"});
+    misdirected["reply"] = json!(false);
+    raw_requests(&url, &[misdirected], 2.0);
+    let replies = raw_requests(&url, &dropped, 2.0);
+    for (name, by_node, _) in &replies {
+        assert!(by_node.is_empty(), "{name}: {by_node:?}");
+    }
+
+    // Both still answer, and celeriac still runs tasks.
+    let pong = inspect(&url, &both, &["ping"]);
+    for node in both {
+        assert_eq!(pong[node], json!({"ok": "pong"}), "{node}");
+    }
+    let out = python_calls(&url, json!([{"name": add, "args": [20, 22]}, {"name": add, "args": [1, 2]}]), true);
+    assert_eq!((&out[0]["result"], &out[1]["result"]), (&json!(42), &json!(3)), "{out:?}\n{}", rs.log());
+    let stats = inspect(&url, &[RS], &["stats"]);
+    assert_eq!(stats[RS]["pool"]["max-concurrency"], json!(1), "grown by 3 from 2, then shrunk to the floor of 1");
+
+    let log = rs.log();
+    assert!(!log.contains("panicked"), "{log}");
+    for line in [
+        "remote control: a request of 5",
+        "the \"pcre\" matcher is not supported",
+        "remote control: a request without a method was ignored",
+        "remote control: cannot decode a request",
+        "remote control: a request of more than 250000 values was refused",
+        "remote control: pool_grow: pool_grow(): n=1000000000000 is out of range",
+        "a ping reply to the exchange \"celery\" was not sent",
+    ] {
+        assert!(log.contains(line), "no {line:?} in the log:\n{log}");
+    }
+    let (_, body) = http_get(&addr, "/metrics");
+    let (samples, _) = parse_metrics(&body);
+    let errors = |method: &str| {
+        samples
+            .iter()
+            .find(|(n, l, _)| n == "celeriac_control_errors_total" && l["method"] == method)
+            .map_or(0.0, |(_, _, v)| *v)
+    };
+    assert_eq!(errors("pool_grow"), 5.0, "{body}");
+    assert_eq!(errors("time_limit"), 7.0, "{body}");
+    assert_eq!(errors("other"), 4.0, "unknown, int and list methods, the huge name: {body}");
+    assert!(errors("invalid") >= 4.0, "{body}");
+    assert_eq!(errors("ping"), 5.0, "args list, state twice, pcre, an int destination, misdirected: {body}");
+    let mut a = admin(&url);
+    assert_eq!(redis_int(&mut a, &["LLEN", "celeriac.dead_letter"]), 0, "no reply landed in the task queue");
+}

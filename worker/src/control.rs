@@ -3,27 +3,56 @@
 //! `active`, `revoke`, `rate_limit`, `add_consumer`, `shutdown`, ...) and
 //! replies on `reply.celery.pidbox` with Python's reply shapes, so `celery
 //! inspect`, `celery control` and Flower treat it like any Celery worker.
+//!
+//! A request goes through pure steps first ([`request`]: bounded decoding,
+//! addressing, envelope; [`command`]: a typed command with checked
+//! arguments), then is acted on here. Every request ends in a log line and,
+//! if it fails, in Celery's error reply and a count in
+//! `celeriac_control_errors_total{method}`; a command that panics or runs
+//! too long is answered with an error and the control loop goes on.
 
+pub mod command;
+pub mod glob;
+pub mod request;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use celeriac_broker::{BrokerError, ExchangeKind, Subscription};
 use celeriac_protocol::codec::ContentType;
 use celeriac_protocol::result::{ResultMeta, State};
 use celeriac_protocol::time::PyDateTime;
 use celeriac_protocol::{Map, Message, Value};
+use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
+
+pub use command::{Command, CommandError};
+pub use request::{Request, RequestError};
 
 use crate::runtime::Shared;
 use crate::state::Phase;
+use command::{Rate, TaskKey, MAX_CONCURRENCY, MAX_REVOKE_IDS};
 
 /// The request exchange (`<control_exchange>.pidbox`).
 pub const PIDBOX_EXCHANGE: &str = "celery.pidbox";
 /// The reply exchange.
 pub const REPLY_EXCHANGE: &str = "reply.celery.pidbox";
-/// Largest control message body read.
-const MAX_BODY: usize = 1 << 20;
+/// How long one command may run before it is answered with a `TimeoutError`.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most queues `add_consumer` lets a worker consume from.
+pub const MAX_QUEUES: usize = 1_000;
+/// Result-backend lookups a `revoke` runs at once.
+const REVOKE_BACKEND_CONCURRENCY: usize = 16;
+/// How long a `revoke` spends marking ids REVOKED in the result backend;
+/// ids not reached by then keep their stored state (they are revoked in the
+/// worker all the same), so a huge list cannot hold the control loop.
+const REVOKE_BACKEND_BUDGET: Duration = Duration::from_secs(30);
+/// Ids named in one log line at most.
+const LOGGED_IDS: usize = 20;
 /// `consumer.timer.call_at(eta, ..., priority=6)`: what `scheduled` reports.
 const ETA_TIMER_PRIORITY: i64 = 6;
 /// The Celery release whose protocol celeriac speaks (the pinned peers).
@@ -36,19 +65,16 @@ pub(crate) struct Pidbox {
 }
 
 /// What a command answers.
-enum Reply {
+#[derive(Debug)]
+pub(crate) enum Reply {
     /// Reply with this value (when the caller asked for a reply).
     Value(Value),
     /// Send nothing (`shutdown`).
     None,
 }
 
-fn ok(text: impl Into<String>) -> Reply {
-    Reply::Value(one("ok", Value::Str(text.into())))
-}
-
-fn nok(text: impl Into<String>) -> Reply {
-    Reply::Value(one("error", Value::Str(text.into())))
+fn ok(text: impl Into<String>) -> Result<Reply, CommandError> {
+    Ok(Reply::Value(one("ok", Value::Str(text.into()))))
 }
 
 fn one(key: &str, value: Value) -> Value {
@@ -61,6 +87,44 @@ fn count(n: impl TryInto<i64>) -> Value {
     Value::Int(n.try_into().unwrap_or(i64::MAX))
 }
 
+/// The text of a panic's payload.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// Runs one command's future so that whatever it does ends in a result: a
+/// panic becomes [`CommandError::Panicked`], running past `limit`
+/// [`CommandError::TimedOut`].
+pub(crate) async fn guarded<T>(
+    method: &'static str,
+    limit: Duration,
+    fut: impl Future<Output = Result<T, CommandError>>,
+) -> Result<T, CommandError> {
+    match tokio::time::timeout(limit, AssertUnwindSafe(fut).catch_unwind()).await {
+        Err(_) => Err(CommandError::TimedOut { method, seconds: limit.as_secs() }),
+        Ok(Err(panic)) => Err(CommandError::Panicked { method, message: panic_text(panic.as_ref()) }),
+        Ok(Ok(result)) => result,
+    }
+}
+
+/// Up to [`LOGGED_IDS`] ids for a log line, with how many more there are.
+fn some_ids(ids: &[String]) -> String {
+    let shown: Vec<&str> = ids.iter().take(LOGGED_IDS).map(String::as_str).collect();
+    match ids.len().saturating_sub(LOGGED_IDS) {
+        0 => shown.join(", "),
+        more => format!("{} (and {more} more)", shown.join(", ")),
+    }
+}
+
+/// The method label of a body that could not be dispatched.
+fn body_label(body: &Map) -> &'static str {
+    body.get("method").and_then(Value::as_str).and_then(command::canonical).unwrap_or("other")
+}
+
 impl Pidbox {
     /// Subscribes to the control exchange; the worker is reachable once this
     /// returns.
@@ -71,7 +135,8 @@ impl Pidbox {
         Ok(Pidbox { shared, subscription })
     }
 
-    /// Answers commands until `stop`; `shutdown` cancels `shutdown`.
+    /// Answers commands until `stop`; `shutdown` cancels `shutdown`. No
+    /// request ends this loop, not even one that panics.
     pub(crate) async fn serve(mut self, shutdown: CancellationToken, stop: CancellationToken) {
         loop {
             let next = tokio::select! {
@@ -79,11 +144,33 @@ impl Pidbox {
                 next = self.subscription.next() => next,
             };
             match next {
-                Some(Ok(message)) => self.on_message(&message.envelope.message, &shutdown).await,
+                Some(Ok(message)) => {
+                    let handled =
+                        AssertUnwindSafe(self.on_message(&message.envelope.message, &shutdown)).catch_unwind().await;
+                    if let Err(panic) = handled {
+                        error!(
+                            "remote control: a request failed inside celeriac ({}); it was dropped and the control loop goes on",
+                            panic_text(panic.as_ref())
+                        );
+                        self.count_error("invalid");
+                    }
+                }
                 Some(Err(e)) => warn!("remote control: {e}"),
                 None => return,
             }
         }
+    }
+
+    fn count_error(&self, method: &str) {
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.control_error(method);
+        }
+    }
+
+    /// A request dropped without a reply: logged and counted.
+    fn dropped(&self, method: &'static str, e: &RequestError) {
+        warn!("remote control: {e}");
+        self.count_error(method);
     }
 
     async fn on_message(&self, message: &Message, shutdown: &CancellationToken) {
@@ -95,51 +182,51 @@ impl Pidbox {
             debug!("remote control: dropping an expired request");
             return;
         }
-        let body = match message.decode_body(MAX_BODY) {
-            Ok(Value::Map(body)) => body,
-            Ok(_) => return warn!("remote control: a request that is not a dict was ignored"),
-            Err(e) => return warn!("remote control: cannot decode a request: {e}"),
+        let body = match request::decode_body(message) {
+            Ok(body) => body,
+            Err(e) => return self.dropped("invalid", &e),
         };
-        if !self.addressed_to_us(&body) {
-            return;
+        match request::addressed_to(&body, &self.shared.config.hostname) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => return self.dropped(body_label(&body), &e),
         }
-        let method = body.get("method").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let empty = Map::new();
-        let args = body.get("arguments").and_then(Value::as_map).unwrap_or(&empty);
+        let request = match Request::parse(&body) {
+            Ok(request) => request,
+            Err(e) => return self.dropped("invalid", &e),
+        };
+        let method = request.label();
         debug!(method, "remote control command");
-        let reply = self.dispatch(&method, args, shutdown).await;
-        let (Reply::Value(value), Some(ticket), Some(reply_to)) =
-            (reply, body.get("ticket").and_then(Value::as_str), body.get("reply_to").and_then(Value::as_map))
-        else {
-            return;
+        let outcome = match Command::parse(&request.method, request.arguments.as_ref()) {
+            Ok(command) => guarded(command.name(), COMMAND_TIMEOUT, self.act(command, shutdown)).await,
+            Err(e) => Err(e),
         };
-        let exchange = reply_to.get("exchange").and_then(Value::as_str).unwrap_or(REPLY_EXCHANGE);
-        let routing_key = reply_to.get("routing_key").and_then(Value::as_str).unwrap_or_default();
-        self.reply(exchange, routing_key, ticket, value).await;
-    }
-
-    /// `destination` (a list of node names), else `pattern` with `matcher`
-    /// (`glob`; `pcre` is not supported and matches nothing), else everyone.
-    fn addressed_to_us(&self, body: &Map) -> bool {
-        let me = &self.shared.config.hostname;
-        if let Some(Value::List(nodes)) = body.get("destination") {
-            if !nodes.is_empty() {
-                return nodes.iter().any(|n| n.as_str() == Some(me.as_str()));
-            }
-        }
-        if let Some(pattern) = body.get("pattern").and_then(Value::as_str) {
-            return match body.get("matcher").and_then(Value::as_str) {
-                None | Some("glob") => glob_match(pattern, me),
-                Some(other) => {
-                    warn!("remote control: the {other:?} matcher is not supported; request ignored");
-                    false
+        let value = match outcome {
+            Ok(Reply::None) => return,
+            Ok(Reply::Value(value)) => value,
+            Err(e) => {
+                match e {
+                    CommandError::Panicked { .. } | CommandError::TimedOut { .. } => error!("remote control: {e}"),
+                    _ => warn!("remote control: {method}: {e}"),
                 }
-            };
+                self.count_error(method);
+                e.reply()
+            }
+        };
+        match &request.reply_to {
+            // Replies go to the reply exchange only, never (say) into a task
+            // queue's exchange named by the request.
+            Some(to) if to.exchange != REPLY_EXCHANGE => {
+                let shown: String = to.exchange.chars().filter(|c| !c.is_control()).take(100).collect();
+                warn!("remote control: a {method} reply to the exchange {shown:?} was not sent; replies go to {REPLY_EXCHANGE}");
+                self.count_error(method);
+            }
+            Some(to) => self.reply(&to.exchange, &to.routing_key, &request.ticket, value).await,
+            None => {}
         }
-        true
     }
 
-    async fn reply(&self, exchange: &str, routing_key: &str, ticket: &str, value: Value) {
+    async fn reply(&self, exchange: &str, routing_key: &str, ticket: &Value, value: Value) {
         let shared = &self.shared;
         // A client that gave up has removed its binding: drop the reply then,
         // as kombu does, rather than leave it in a queue nobody reads.
@@ -149,7 +236,7 @@ impl Pidbox {
             Err(e) => return warn!("remote control: cannot route a reply: {e}"),
         }
         let mut headers = Map::new();
-        headers.insert("ticket".into(), Value::Str(ticket.to_owned()));
+        headers.insert("ticket".into(), ticket.clone());
         headers.insert("clock".into(), count(shared.events.clock().forward()));
         let mut properties = Map::new();
         properties.insert("delivery_mode".into(), Value::Int(1));
@@ -163,17 +250,18 @@ impl Pidbox {
         }
     }
 
-    async fn dispatch(&self, method: &str, args: &Map, shutdown: &CancellationToken) -> Reply {
+    /// Runs a checked command.
+    async fn act(&self, command: Command, shutdown: &CancellationToken) -> Result<Reply, CommandError> {
         let shared = &self.shared;
-        let arg_str = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_owned);
-        match method {
-            "ping" => ok("pong"),
-            "clock" => Reply::Value(one("clock", count(shared.events.clock().value()))),
-            "hello" => self.hello(args),
-            "stats" => Reply::Value(self.stats()),
-            "active" => Reply::Value(infos(shared.state.active(), safe(args))),
-            "reserved" => Reply::Value(infos(shared.state.reserved(), safe(args))),
-            "scheduled" => Reply::Value(Value::List(
+        let value = |v: Value| Ok(Reply::Value(v));
+        match command {
+            Command::Ping => ok("pong"),
+            Command::Clock => value(one("clock", count(shared.events.clock().value()))),
+            Command::Hello { from_node, revoked } => value(self.hello(from_node, revoked)),
+            Command::Stats => value(self.stats()),
+            Command::Active { safe } => value(infos(shared.state.active(), safe)),
+            Command::Reserved => value(infos(shared.state.reserved(), false)),
+            Command::Scheduled => value(Value::List(
                 shared
                     .state
                     .scheduled()
@@ -189,48 +277,43 @@ impl Pidbox {
                     })
                     .collect(),
             )),
-            "registered" | "dump_tasks" => Reply::Value(self.registered(args)),
-            "active_queues" => Reply::Value(self.active_queues()),
-            "revoked" | "dump_revoked" => {
-                Reply::Value(Value::List(shared.state.revoked().ids().into_iter().map(Value::Str).collect()))
+            Command::Registered { items, builtins } => value(self.registered(&items, builtins)),
+            Command::ActiveQueues => value(self.active_queues()),
+            Command::Revoked => value(Value::List(shared.state.revoked().ids().into_iter().map(Value::Str).collect())),
+            Command::QueryTask { ids } => value(self.query_task(ids)),
+            Command::Conf => value(self.conf()),
+            Command::Report => ok(self.report()),
+            Command::Revoke { ids, terminate, signal, .. } => self.revoke(ids, terminate, signal).await,
+            Command::RateLimit { task, rate, truthy, text } => self.rate_limit(task, rate, truthy, &text),
+            Command::TimeLimit { task, limits } => self.time_limit(task, limits),
+            Command::AddConsumer { queue, exchange, routing_key } => {
+                self.add_consumer(&queue, exchange.as_deref(), routing_key.as_deref()).await
             }
-            "query_task" => Reply::Value(self.query_task(args)),
-            "conf" | "dump_conf" => Reply::Value(self.conf()),
-            "report" => ok(self.report()),
-            "revoke" => self.revoke(args, truthy(args.get("terminate"))).await,
-            "terminate" => self.revoke(args, true).await,
-            "rate_limit" => self.rate_limit(args),
-            "time_limit" => self.time_limit(args),
-            "add_consumer" => match arg_str("queue") {
-                Some(queue) => self.add_consumer(&queue, args).await,
-                None => nok("add_consumer needs a queue"),
-            },
-            "cancel_consumer" => match arg_str("queue") {
-                Some(queue) => {
-                    if let Some(c) = self.consumer() {
-                        c.cancel_queue(&queue);
-                    }
-                    info!("Remote control: no longer consuming from {queue}");
-                    ok(format!("no longer consuming from {queue}"))
+            Command::CancelConsumer { queue } => {
+                if let Some(c) = self.consumer() {
+                    c.cancel_queue(&queue);
                 }
-                None => nok("cancel_consumer needs a queue"),
-            },
-            "pool_grow" => {
-                self.resize(to_usize(args.get("n")).unwrap_or(1) as i64);
+                info!("Remote control: no longer consuming from {queue}");
+                ok(format!("no longer consuming from {queue}"))
+            }
+            Command::PoolGrow { n } => {
+                let now = shared.concurrency.load(Ordering::Relaxed);
+                self.resize("pool_grow", now.saturating_add(n))?;
                 ok("pool will grow")
             }
-            "pool_shrink" => {
-                self.resize(-(to_usize(args.get("n")).unwrap_or(1) as i64));
+            Command::PoolShrink { n } => {
+                let now = shared.concurrency.load(Ordering::Relaxed);
+                self.resize("pool_shrink", now.saturating_sub(n).max(1))?;
                 ok("pool will shrink")
             }
-            "autoscale" => {
-                let max = to_usize(args.get("max")).unwrap_or(shared.concurrency.load(Ordering::Relaxed));
-                let min = to_usize(args.get("min")).unwrap_or(max);
-                let now = shared.concurrency.load(Ordering::Relaxed) as i64;
-                self.resize(max as i64 - now);
+            Command::Autoscale { max, min } => {
+                let now = shared.concurrency.load(Ordering::Relaxed);
+                let max = max.unwrap_or(now);
+                let min = min.unwrap_or(max).min(max);
+                self.resize("autoscale", max)?;
                 ok(format!("autoscale now max={max} min={min}"))
             }
-            "enable_events" => {
+            Command::EnableEvents => {
                 if shared.events.set_task_events(true) {
                     ok("task events already enabled")
                 } else {
@@ -238,7 +321,7 @@ impl Pidbox {
                     ok("task events enabled")
                 }
             }
-            "disable_events" => {
+            Command::DisableEvents => {
                 if shared.events.set_task_events(false) {
                     info!("Events of group {{task}} disabled by remote.");
                     ok("task events disabled")
@@ -246,20 +329,21 @@ impl Pidbox {
                     ok("task events already disabled")
                 }
             }
-            "heartbeat" => {
+            Command::Heartbeat => {
                 shared.events.manual_heartbeat().await;
-                Reply::Value(Value::Null)
+                value(Value::Null)
             }
-            "election" => Reply::Value(Value::Null),
+            Command::Election => value(Value::Null),
             // Python's answer when `worker_pool_restarts` is off; there is no
             // pool of processes to restart here.
-            "pool_restart" => nok("ValueError('Pool restarts not enabled')"),
-            "shutdown" => {
-                warn!("Got shutdown from remote");
-                shutdown.cancel();
-                Reply::None
+            Command::PoolRestart => {
+                Err(CommandError::Refused { method: "pool_restart", message: "Pool restarts not enabled".into() })
             }
-            other => nok(format!("KeyError('{other}')")),
+            Command::Shutdown { msg } => {
+                warn!("{msg}");
+                shutdown.cancel();
+                Ok(Reply::None)
+            }
         }
     }
 
@@ -272,25 +356,21 @@ impl Pidbox {
     /// alone, oldest first; older Celery sent `{id: stamp}`. Either way only
     /// the ids are taken, revoked from now on: the stamps come from another
     /// host's clock (Python's are `time.monotonic()`), so they mean nothing here.
-    fn hello(&self, args: &Map) -> Reply {
-        if args.get("from_node").and_then(Value::as_str) == Some(self.shared.config.hostname.as_str()) {
-            return Reply::Value(Value::Null);
+    fn hello(&self, from_node: Option<String>, theirs: Vec<String>) -> Value {
+        if from_node.as_deref() == Some(self.shared.config.hostname.as_str()) {
+            return Value::Null;
         }
         let revoked = self.shared.state.revoked();
-        let theirs: Vec<&str> = match args.get("revoked") {
-            Some(Value::List(ids)) => ids.iter().filter_map(Value::as_str).collect(),
-            Some(Value::Map(ids)) => ids.keys().map(String::as_str).collect(),
-            _ => Vec::new(),
-        };
         if !theirs.is_empty() {
-            let from = args.get("from_node").and_then(Value::as_str).unwrap_or("?");
+            let from: String =
+                from_node.as_deref().unwrap_or("?").chars().filter(|c| !c.is_control()).take(100).collect();
             info!("sync with {from}: {} revoked id(s)", theirs.len());
-            revoked.add(theirs);
+            revoked.add(theirs.iter().map(String::as_str));
         }
         let mut m = Map::new();
         m.insert("revoked".into(), Value::List(revoked.ids().into_iter().map(Value::Str).collect()));
         m.insert("clock".into(), count(self.shared.events.clock().forward()));
-        Reply::Value(Value::Map(m))
+        Value::Map(m)
     }
 
     fn stats(&self) -> Value {
@@ -324,22 +404,15 @@ impl Pidbox {
 
     /// Registered task names; with task info items (Celery's default:
     /// `exchange`, `routing_key`, `rate_limit`), `name [item=value ...]` for
-    /// the items a task has, as `str()` of Python's task attribute.
-    fn registered(&self, args: &Map) -> Value {
-        let mut items: Vec<String> = match args.get("taskinfoitems") {
-            Some(Value::List(l)) => l.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-            Some(Value::Str(one)) => vec![one.clone()],
-            _ => Vec::new(),
-        };
-        items.retain(|i| !i.starts_with('_'));
-        if items.is_empty() {
-            items = ["exchange", "routing_key", "rate_limit"].map(String::from).to_vec();
-        }
+    /// the items a task has, as `str()` of Python's task attribute. `items`
+    /// come deduplicated from the parser, so a reply is never larger than
+    /// the tasks times the attributes there are.
+    fn registered(&self, items: &[String], builtins: bool) -> Value {
         let shared = &self.shared;
         let mut names: Vec<String> = shared
             .registry
             .tasks()
-            .filter(|t| !t.name().starts_with("celery."))
+            .filter(|t| builtins || !t.name().starts_with("celery."))
             .map(|t| {
                 let fields: Vec<String> =
                     items.iter().filter_map(|item| task_attribute(t, item).map(|v| format!("{item}={v}"))).collect();
@@ -383,12 +456,7 @@ impl Pidbox {
         Value::List(queues.iter().map(|q| queue_dict(q)).collect())
     }
 
-    fn query_task(&self, args: &Map) -> Value {
-        let ids: Vec<String> = match args.get("ids") {
-            Some(Value::List(l)) => l.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-            Some(Value::Str(id)) => vec![id.clone()],
-            _ => Vec::new(),
-        };
+    fn query_task(&self, ids: Vec<String>) -> Value {
         let mut m = Map::new();
         for id in ids {
             if let Some((phase, info)) = self.shared.state.query(&id) {
@@ -420,166 +488,182 @@ impl Pidbox {
         Value::Map(m)
     }
 
-    async fn revoke(&self, args: &Map, terminate: bool) -> Reply {
-        let ids: Vec<String> = match args.get("task_id") {
-            Some(Value::Str(id)) => vec![id.clone()],
-            Some(Value::List(l)) => l.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-            _ => return nok("revoke needs a task_id"),
-        };
+    /// Revokes `ids` (the last [`MAX_REVOKE_IDS`] of them: the revoked set
+    /// keeps no more), marks the ones with no final state REVOKED in the
+    /// result backend (a bounded number of lookups at once, for at most
+    /// [`REVOKE_BACKEND_BUDGET`]), and terminates the running ones when asked.
+    async fn revoke(&self, ids: Vec<String>, terminate: bool, signum: i64) -> Result<Reply, CommandError> {
         let shared = &self.shared;
-        shared.state.revoked().add(ids.iter().map(String::as_str));
+        let kept = &ids[ids.len().saturating_sub(MAX_REVOKE_IDS)..];
+        shared.state.revoked().add(kept.iter().map(String::as_str));
         // Celery 5.6.2+ records REVOKED at once, but only over PENDING,
         // RECEIVED, RETRY or REJECTED (5.7): never over a result, nor over a
         // task started here or elsewhere, which ends as it ends.
         if let Some(results) = &shared.services.results {
-            for id in &ids {
-                let running = matches!(shared.state.query(id), Some((Phase::Active { .. }, _)));
-                let overwritable = match results.state(id).await {
-                    Ok(Some(state)) => {
-                        matches!(state, State::Pending | State::Received | State::Retry | State::Rejected)
+            let started = std::time::Instant::now();
+            let marking =
+                futures_util::stream::iter(kept).for_each_concurrent(REVOKE_BACKEND_CONCURRENCY, |id| async move {
+                    let running = matches!(shared.state.query(id), Some((Phase::Active { .. }, _)));
+                    if running {
+                        return;
                     }
-                    Ok(None) => true,
-                    Err(e) => {
-                        warn!("could not read the state of {id}: {e}");
-                        false
+                    let overwritable = match results.state(id).await {
+                        Ok(Some(state)) => {
+                            matches!(state, State::Pending | State::Received | State::Retry | State::Rejected)
+                        }
+                        Ok(None) => true,
+                        Err(e) => {
+                            warn!("could not read the state of {id}: {e}");
+                            false
+                        }
+                    };
+                    if overwritable {
+                        let meta = ResultMeta::revoked(id, "revoked", PyDateTime::now_utc());
+                        if let Err(e) = results.store(Arc::new(meta)).await {
+                            warn!("could not store REVOKED for {id}: {e}");
+                        }
                     }
-                };
-                if !running && overwritable {
-                    let meta = ResultMeta::revoked(id, "revoked", PyDateTime::now_utc());
-                    if let Err(e) = results.store(Arc::new(meta)).await {
-                        warn!("could not store REVOKED for {id}: {e}");
-                    }
-                }
+                });
+            if tokio::time::timeout(REVOKE_BACKEND_BUDGET, marking).await.is_err() {
+                warn!(
+                    "revoke: marking {} id(s) REVOKED in the result backend stopped after {} s; the ids not reached \
+                     keep their stored state (the worker discards them all the same); send fewer ids per request",
+                    kept.len(),
+                    REVOKE_BACKEND_BUDGET.as_secs()
+                );
+            } else {
+                debug!(
+                    "revoke: {} id(s) checked in the result backend in {:.1} s",
+                    kept.len(),
+                    started.elapsed().as_secs_f64()
+                );
             }
         }
-        let listed = python_set(&ids);
-        info!("Tasks flagged as revoked: {}", ids.join(", "));
         if terminate {
-            let signum = signal_number(args.get("signal"));
-            let terminated: Vec<String> = ids.iter().filter(|id| shared.state.terminate(id, signum)).cloned().collect();
+            let terminated: Vec<String> =
+                kept.iter().filter(|id| shared.state.terminate(id, signum)).cloned().collect();
             if terminated.is_empty() {
                 return ok("terminate: tasks unknown");
             }
+            info!("Terminating {} ({signum})", some_ids(&terminated));
             return ok(format!("terminate: {}", terminated.join(", ")));
         }
-        ok(format!("tasks {listed} flagged as revoked"))
+        info!("Tasks flagged as revoked: {}", some_ids(&ids));
+        ok(format!("tasks {} flagged as revoked", python_set(&ids)))
     }
 
-    fn rate_limit(&self, args: &Map) -> Reply {
-        let Some(task) = args.get("task_name").and_then(Value::as_str) else { return nok("unknown task") };
-        if self.shared.registry.get(task).is_none() {
-            return nok("unknown task");
+    /// The registered task `task`, or Celery's `unknown task` error.
+    fn known_task(&self, task: &TaskKey, what: &str) -> Result<String, CommandError> {
+        match task {
+            TaskKey::Name(name) if self.shared.registry.get(name).is_some() => Ok(name.clone()),
+            TaskKey::Name(name) => {
+                let shown: String = name.chars().filter(|c| !c.is_control()).take(200).collect();
+                warn!("{what} attempt for unknown task {shown}");
+                Err(CommandError::UnknownTask)
+            }
+            TaskKey::NotAName => Err(CommandError::UnknownTask),
         }
-        let text = match args.get("rate_limit") {
-            Some(Value::Str(s)) => s.clone(),
-            Some(Value::Int(n)) => n.to_string(),
-            Some(Value::Float(f)) => f.to_string(),
-            _ => String::new(),
-        };
-        if text.is_empty() || text == "0" {
-            self.shared.rate_limits.set(task, None);
+    }
+
+    fn rate_limit(&self, task: TaskKey, rate: Rate, truthy: bool, text: &str) -> Result<Reply, CommandError> {
+        let task = self.known_task(&task, "Rate limit")?;
+        self.shared.rate_limits.set(
+            &task,
+            match rate {
+                Rate::Off => None,
+                Rate::PerSecond(r) => Some(r),
+            },
+        );
+        if !truthy {
+            info!("Rate limits disabled for tasks of type {task}");
             return ok("rate limit disabled successfully");
         }
-        match celeriac_config::parse_rate_limit(&text) {
-            Ok(rate) => {
-                self.shared.rate_limits.set(task, rate);
-                info!("New rate limit for tasks of type {task}: {text}.");
-                ok("new rate limit set successfully")
-            }
-            Err(e) => nok(format!("Invalid rate limit string: {e}")),
-        }
+        info!("New rate limit for tasks of type {task}: {text}.");
+        ok("new rate limit set successfully")
     }
 
-    fn time_limit(&self, args: &Map) -> Reply {
-        let Some(task) = args.get("task_name").and_then(Value::as_str) else { return nok("unknown task") };
-        if self.shared.registry.get(task).is_none() {
-            return nok("unknown task");
-        }
-        // None or 0 is no limit (as Python's falsy limit): the task's own applies.
-        let hard = args.get("hard").and_then(Value::as_f64).filter(|s| *s > 0.0);
-        let soft = args.get("soft").and_then(Value::as_f64).filter(|s| *s > 0.0);
+    /// `time_limit`: the task first (an unknown one wins, as in Python),
+    /// then the limits, already checked to be sane seconds.
+    fn time_limit(
+        &self,
+        task: TaskKey,
+        limits: Result<(Option<f64>, Option<f64>), CommandError>,
+    ) -> Result<Reply, CommandError> {
+        let task = self.known_task(&task, "Change time limit")?;
+        let (hard, soft) = limits?;
         if let Ok(mut limits) = self.shared.time_limits.lock() {
-            limits.insert(task.to_owned(), (hard, soft));
+            limits.insert(task.clone(), (hard, soft));
         }
         info!("New time limits for tasks of type {task}: soft={soft:?} hard={hard:?}");
         ok("time limits set successfully")
     }
 
-    async fn add_consumer(&self, queue: &str, args: &Map) -> Reply {
-        let Some(consumer) = self.consumer() else { return nok("the worker is not consuming yet") };
-        if consumer.queues().iter().any(|q| q == queue) {
+    async fn add_consumer(
+        &self,
+        queue: &str,
+        exchange: Option<&str>,
+        routing_key: Option<&str>,
+    ) -> Result<Reply, CommandError> {
+        let refused = |message: String| CommandError::Refused { method: "add_consumer", message };
+        let Some(consumer) = self.consumer() else { return Err(refused("the worker is not consuming yet".into())) };
+        let queues = consumer.queues();
+        if queues.iter().any(|q| q == queue) {
             return ok(format!("already consuming from {queue}"));
         }
-        let exchange = args.get("exchange").and_then(Value::as_str).unwrap_or(queue);
-        let routing_key = args.get("routing_key").and_then(Value::as_str).unwrap_or(queue);
+        if queues.len() >= MAX_QUEUES {
+            return Err(refused(format!(
+                "the worker already consumes from {} queues, the most it takes; cancel_consumer some first",
+                queues.len()
+            )));
+        }
+        let exchange = exchange.unwrap_or(queue);
+        let routing_key = routing_key.unwrap_or(queue);
         if let Err(e) = self.shared.broker.declare_queue(queue, exchange, routing_key).await {
-            return nok(format!("cannot declare {queue}: {e}"));
+            return Err(refused(format!("cannot declare {queue}: {e}")));
         }
         consumer.add_queue(queue);
         info!("Remote control: started consuming from {queue}");
         ok(format!("add consumer {queue}"))
     }
 
-    /// Grows (`delta > 0`) or shrinks the pool, and the prefetch window with it.
-    fn resize(&self, delta: i64) {
+    /// Sets the pool to `target` slots (at least one, at most
+    /// [`MAX_CONCURRENCY`] or the size the worker started with), and the
+    /// prefetch window with it.
+    fn resize(&self, method: &'static str, target: usize) -> Result<(), CommandError> {
         let shared = &self.shared;
-        let now = shared.concurrency.load(Ordering::Relaxed) as i64;
-        let target = (now + delta).max(1);
-        let change = target - now;
-        if change > 0 {
-            shared.permits.add_permits(change as usize);
-        } else if change < 0 {
+        let cap = MAX_CONCURRENCY.max(shared.config.concurrency);
+        if target > cap {
+            return Err(CommandError::Refused {
+                method,
+                message: format!("the pool would have {target} slots, more than the {cap} a worker may have"),
+            });
+        }
+        let target = target.max(1);
+        let now = shared.concurrency.load(Ordering::Relaxed);
+        if target > now {
+            shared.permits.add_permits(target - now);
+        } else if target < now {
             // Slots in use are taken away as they free up.
             let permits = shared.permits.clone();
-            let n = change.unsigned_abs() as u32;
+            let n = u32::try_from(now - target).unwrap_or(u32::MAX);
             tokio::spawn(async move {
                 if let Ok(p) = permits.acquire_many_owned(n).await {
                     p.forget();
                 }
             });
         }
-        shared.concurrency.store(target as usize, Ordering::Relaxed);
+        shared.concurrency.store(target, Ordering::Relaxed);
         if let Some(c) = self.consumer() {
             let multiplier = shared.config.prefetch_multiplier;
             if multiplier > 0 && c.prefetch() > 0 {
-                let prefetch = (c.prefetch() as i64 + change * multiplier as i64).max(1);
-                c.set_prefetch(prefetch as usize);
+                let change = (target as i128 - now as i128).saturating_mul(multiplier as i128);
+                let prefetch = (c.prefetch() as i128).saturating_add(change).clamp(1, usize::MAX as i128);
+                c.set_prefetch(usize::try_from(prefetch).unwrap_or(1));
             }
         }
         info!("Pool resized to {target}");
+        Ok(())
     }
-}
-
-/// A signal named as `celery control revoke --signal` sends it (`SIGKILL`,
-/// `KILL`, `9`); SIGTERM when absent or unknown.
-fn signal_number(v: Option<&Value>) -> i64 {
-    let name = match v {
-        Some(Value::Int(n)) => return *n,
-        Some(Value::Str(s)) => s.trim().to_ascii_uppercase(),
-        _ => return 15,
-    };
-    if let Ok(n) = name.parse::<i64>() {
-        return n;
-    }
-    match name.strip_prefix("SIG").unwrap_or(&name) {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "KILL" => 9,
-        "USR1" => 10,
-        "USR2" => 12,
-        _ => 15,
-    }
-}
-
-fn safe(args: &Map) -> bool {
-    truthy(args.get("safe"))
-}
-
-/// Python's truth of an argument: Flower sends `terminate=1` (its
-/// `strtobool` gives an int), Celery's client `True`.
-fn truthy(v: Option<&Value>) -> bool {
-    v.is_some_and(Value::is_truthy)
 }
 
 /// `str(getattr(task, item))` for the task attributes celeriac has; `None`
@@ -611,10 +695,6 @@ fn task_attribute(task: &crate::Task, item: &str) -> Option<String> {
     }
 }
 
-fn to_usize(v: Option<&Value>) -> Option<usize> {
-    v.and_then(Value::as_i64).and_then(|n| usize::try_from(n).ok())
-}
-
 /// Request infos; with `safe`, args and kwargs as repr strings.
 fn infos(list: Vec<Map>, safe: bool) -> Value {
     Value::List(
@@ -637,8 +717,11 @@ fn infos(list: Vec<Map>, safe: bool) -> Value {
     )
 }
 
-/// A Python set's repr of ids (`{'a', 'b'}`), sorted.
+/// A Python set's repr of ids (`{'a', 'b'}`, sorted; `set()` when empty).
 fn python_set(ids: &[String]) -> String {
+    if ids.is_empty() {
+        return "set()".into();
+    }
     let mut sorted: Vec<&String> = ids.iter().collect();
     sorted.sort();
     let inner: Vec<String> =
@@ -732,45 +815,23 @@ fn rusage() -> Map {
     m
 }
 
-/// Shell-style `*` and `?` matching, as kombu's `glob` matcher.
-fn glob_match(pattern: &str, name: &str) -> bool {
-    fn go(p: &[char], n: &[char]) -> bool {
-        match (p.first(), n.first()) {
-            (None, None) => true,
-            (Some('*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
-            (Some('?'), Some(_)) => go(&p[1..], &n[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
-            _ => false,
-        }
-    }
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    go(&p, &n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn globs_match_node_names() {
-        assert!(glob_match("celeriac@*", "celeriac@vm"));
-        assert!(glob_match("w?@vm", "w1@vm"));
-        assert!(!glob_match("py@*", "celeriac@vm"));
-    }
-
-    #[test]
     fn flags_are_true_as_in_python() {
-        assert!(truthy(Some(&Value::Int(1))), "Flower's terminate=1");
-        assert!(truthy(Some(&Value::Bool(true))));
+        assert!(Value::Int(1).is_truthy(), "Flower's terminate=1");
+        assert!(Value::Bool(true).is_truthy());
         for falsy in [Value::Int(0), Value::Bool(false), Value::Null, Value::Str(String::new())] {
-            assert!(!truthy(Some(&falsy)), "{falsy:?}");
+            assert!(!falsy.is_truthy(), "{falsy:?}");
         }
-        assert!(!truthy(None));
     }
 
     #[test]
     fn revoked_ids_read_like_a_python_set() {
         assert_eq!(python_set(&["b".into(), "a".into()]), "{'a', 'b'}");
+        assert_eq!(python_set(&[]), "set()");
     }
 
     #[test]
@@ -780,5 +841,34 @@ mod tests {
         assert_eq!(info.get("port"), Some(&Value::Int(6390)));
         assert_eq!(info.get("virtual_host"), Some(&Value::Str("2".into())));
         assert_eq!(info.get("transport"), Some(&Value::Str("redis".into())));
+    }
+
+    #[test]
+    fn long_id_lists_are_shortened_in_logs() {
+        let ids: Vec<String> = (0..100_000).map(|i| format!("id-{i}")).collect();
+        let line = some_ids(&ids);
+        assert!(line.ends_with("(and 99980 more)") && line.len() < 400, "{line}");
+        assert_eq!(some_ids(&ids[..2]), "id-0, id-1");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_or_slow_command_ends_in_an_error_reply() {
+        let panicked = guarded("stats", COMMAND_TIMEOUT, async {
+            if std::hint::black_box(true) {
+                panic!("boom");
+            }
+            Ok(1)
+        })
+        .await;
+        assert_eq!(panicked, Err(CommandError::Panicked { method: "stats", message: "boom".into() }));
+        let text = panicked.unwrap_err().reply_text();
+        assert!(text.starts_with("RuntimeError('stats failed inside celeriac (boom)"), "{text}");
+        let slow = guarded("revoke", Duration::from_millis(10), async {
+            std::future::pending::<()>().await;
+            Ok(1)
+        })
+        .await;
+        assert_eq!(slow, Err(CommandError::TimedOut { method: "revoke", seconds: 0 }));
+        assert_eq!(guarded("ping", COMMAND_TIMEOUT, async { Ok(7) }).await, Ok(7));
     }
 }

@@ -4,17 +4,36 @@
 //! hostname}`, `celery_task_runtime`), so its dashboards work unchanged;
 //! gauges for prefetch, reserved and scheduled requests and broker
 //! reconnects are celeriac's own (`celeriac_*`).
+//!
+//! Bounded against hostile input: task names not registered on this worker
+//! (once [`Metrics::known_tasks`] was called) share the one label value
+//! [`UNREGISTERED`]; no more than [`MAX_SERIES`] label sets are kept; the HTTP
+//! endpoint drops a client that does not send its request and read the answer
+//! within a timeout, serves a bounded number of connections at once and reads
+//! a bounded request head ([`HttpLimits`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use celeriac_protocol::{Map, TaskMessage, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+/// The `name` label of every task not registered on this worker, so names
+/// sent by anyone cannot create series without end.
+pub const UNREGISTERED: &str = "<unregistered>";
+/// Most label sets (series) kept across all counters and histograms; new
+/// ones beyond are not recorded, and counted in
+/// `celeriac_metrics_series_dropped_total`.
+pub const MAX_SERIES: usize = 10_000;
+/// Longest `exception` label value.
+const MAX_EXCEPTION_LABEL: usize = 100;
 
 /// Histogram buckets of `celery_task_runtime` (prometheus_client's defaults,
 /// as celery-exporter uses).
@@ -33,6 +52,28 @@ struct Inner {
     counters: BTreeMap<(String, String), u64>,
     runtimes: BTreeMap<String, Histogram>,
     gauges: BTreeMap<String, f64>,
+    /// The registered task names; `None` until given (every name counts).
+    known: Option<HashSet<String>>,
+    /// New series not recorded because of [`MAX_SERIES`].
+    dropped: u64,
+}
+
+impl Inner {
+    fn series(&self) -> usize {
+        self.counters.len() + self.runtimes.len()
+    }
+
+    /// Adds one to a counter, unless it is new and the series are full.
+    fn bump(&mut self, metric: String, labels: String) {
+        let full = self.series() >= MAX_SERIES;
+        match self.counters.get_mut(&(metric.clone(), labels.clone())) {
+            Some(n) => *n += 1,
+            None if full => self.dropped += 1,
+            None => {
+                self.counters.insert((metric, labels), 1);
+            }
+        }
+    }
 }
 
 /// The worker's metrics (see the module docs). Shared in an `Arc`.
@@ -40,6 +81,47 @@ struct Inner {
 pub struct Metrics {
     hostname: String,
     inner: Mutex<Inner>,
+}
+
+/// Bounds of the HTTP endpoint ([`Metrics::serve_with`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HttpLimits {
+    /// How long a client has, from connecting, to send its request and read
+    /// the answer; then it is dropped (a slow or silent client holds no slot).
+    pub request_timeout: Duration,
+    /// Connections served at once; more are closed as they come.
+    pub max_connections: usize,
+    /// Largest request head read; a larger one is answered 431.
+    pub max_request_bytes: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits { request_timeout: Duration::from_secs(10), max_connections: 32, max_request_bytes: 8192 }
+    }
+}
+
+/// Why the endpoint turned a connection away (the `reason` label of
+/// `celeriac_metrics_requests_rejected_total`).
+#[derive(Debug, Clone, Copy)]
+enum Rejected {
+    Busy,
+    Timeout,
+    TooLarge,
+}
+
+impl Rejected {
+    fn label(self) -> &'static str {
+        match self {
+            Rejected::Busy => "busy",
+            Rejected::Timeout => "timeout",
+            Rejected::TooLarge => "too_large",
+        }
+    }
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// celery-exporter's `hostname` label: the part of the node name after `@`.
@@ -53,10 +135,9 @@ fn escape(v: &str) -> String {
 }
 
 /// The exception class of a `repr` (`ValueError('x')` → `ValueError`), as
-/// celery-exporter parses it.
-fn exception_name(repr: &str) -> &str {
-    let end = repr.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(repr.len());
-    &repr[..end]
+/// celery-exporter parses it, cut to [`MAX_EXCEPTION_LABEL`] characters.
+fn exception_name(repr: &str) -> String {
+    repr.chars().take_while(|c| c.is_alphanumeric() || *c == '_').take(MAX_EXCEPTION_LABEL).collect()
 }
 
 impl Metrics {
@@ -65,20 +146,43 @@ impl Metrics {
         Metrics { hostname: hostname.to_owned(), inner: Mutex::default() }
     }
 
+    /// Gives the task names registered on this worker: from then on, events
+    /// of any other name are counted under [`UNREGISTERED`]. Until this is
+    /// called every name counts as itself.
+    pub fn known_tasks<S: Into<String>>(&self, names: impl IntoIterator<Item = S>) {
+        lock(&self.inner).known = Some(names.into_iter().map(Into::into).collect());
+    }
+
+    /// The `name` label of task `name`.
+    fn task_label<'a>(inner: &Inner, name: &'a str) -> &'a str {
+        match &inner.known {
+            Some(known) if !known.contains(name) => UNREGISTERED,
+            _ => name,
+        }
+    }
+
     /// Counts a task event (`task-succeeded`, ...) of `task` with its fields.
     pub fn observe(&self, kind: &str, task: &TaskMessage, fields: &Map) {
         let Some(state) = kind.strip_prefix("task-") else { return };
-        let name = &task.headers.task;
+        // Event kinds come from the runtime, never from a message.
+        if !state.chars().all(|c| c.is_ascii_lowercase()) || state.len() > 20 {
+            return;
+        }
+        let mut inner = lock(&self.inner);
+        let name = Self::task_label(&inner, &task.headers.task).to_owned();
         let host = host_label(&self.hostname);
-        let mut labels = format!("name=\"{}\",hostname=\"{}\"", escape(name), escape(host));
+        let mut labels = format!("name=\"{}\",hostname=\"{}\"", escape(&name), escape(host));
         if state == "failed" {
             let exc = fields.get("exception").and_then(Value::as_str).map(exception_name).unwrap_or_default();
-            let _ = write!(labels, ",exception=\"{}\"", escape(exc));
+            let _ = write!(labels, ",exception=\"{}\"", escape(&exc));
         }
-        let Ok(mut inner) = self.inner.lock() else { return };
-        *inner.counters.entry((format!("celery_task_{state}_total"), labels)).or_default() += 1;
+        inner.bump(format!("celery_task_{state}_total"), labels);
         if let (Some(runtime), "succeeded") = (fields.get("runtime").and_then(Value::as_f64), state) {
-            let h = inner.runtimes.entry(name.clone()).or_default();
+            if !inner.runtimes.contains_key(&name) && inner.series() >= MAX_SERIES {
+                inner.dropped += 1;
+                return;
+            }
+            let h = inner.runtimes.entry(name).or_default();
             for (i, bound) in BUCKETS.iter().enumerate() {
                 if runtime <= *bound {
                     h.counts[i] += 1;
@@ -89,16 +193,29 @@ impl Metrics {
         }
     }
 
+    /// Counts a remote-control request that failed (answered with an error,
+    /// or dropped). `method` is a command name; names celeriac does not know
+    /// are counted as `other`, so the label has a fixed set of values.
+    pub fn control_error(&self, method: &str) {
+        let known = crate::control::command::METHODS.contains(&method) || method == "invalid";
+        let label = if known { method } else { "other" };
+        let labels = format!("method=\"{label}\",hostname=\"{}\"", escape(host_label(&self.hostname)));
+        lock(&self.inner).bump("celeriac_control_errors_total".into(), labels);
+    }
+
+    fn rejected(&self, why: Rejected) {
+        let labels = format!("reason=\"{}\",hostname=\"{}\"", why.label(), escape(host_label(&self.hostname)));
+        lock(&self.inner).bump("celeriac_metrics_requests_rejected_total".into(), labels);
+    }
+
     /// Sets a gauge (`celery_worker_tasks_active`, `celeriac_worker_reserved`, ...).
     pub fn set_gauge(&self, name: &str, value: f64) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.gauges.insert(name.to_owned(), value);
-        }
+        lock(&self.inner).gauges.insert(name.to_owned(), value);
     }
 
     /// The exposition text.
     pub fn render(&self) -> String {
-        let Ok(inner) = self.inner.lock() else { return String::new() };
+        let inner = lock(&self.inner);
         let host = escape(host_label(&self.hostname));
         let mut out = String::new();
         let mut last = "";
@@ -130,60 +247,111 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name}{{hostname=\"{host}\"}} {value}");
         }
+        let _ = writeln!(out, "# TYPE celeriac_metrics_series_dropped_total counter");
+        let _ = writeln!(out, "celeriac_metrics_series_dropped_total{{hostname=\"{host}\"}} {}", inner.dropped);
         out
     }
 
-    /// Serves `GET /metrics` on `addr` until `stop`. Binding errors are
-    /// returned (a port in use is a startup error); request errors are logged.
+    /// Serves `GET /metrics` on `addr` until `stop`, within the default
+    /// [`HttpLimits`]. Binding errors are returned (a port in use is a
+    /// startup error); request errors are logged.
     pub async fn serve(
-        self: std::sync::Arc<Self>,
+        self: Arc<Self>,
         addr: SocketAddr,
         stop: CancellationToken,
     ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        self.serve_with(addr, stop, HttpLimits::default()).await
+    }
+
+    /// [`Metrics::serve`] within `limits`.
+    pub async fn serve_with(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        stop: CancellationToken,
+        limits: HttpLimits,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
         let listener = TcpListener::bind(addr).await?;
         info!("metrics at http://{}/metrics", listener.local_addr()?);
+        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         Ok(tokio::spawn(async move {
             loop {
-                let (mut stream, peer) = tokio::select! {
+                let (stream, peer) = tokio::select! {
                     _ = stop.cancelled() => return,
                     accepted = listener.accept() => match accepted {
                         Ok(a) => a,
                         Err(e) => {
+                            // Out of file descriptors, typically: back off
+                            // instead of spinning on the error.
                             warn!("metrics: accept failed: {e}");
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                            }
                             continue;
                         }
                     },
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    debug!("metrics: {peer} turned away: {} connections are being served", limits.max_connections);
+                    self.rejected(Rejected::Busy);
+                    drop(stream);
+                    continue;
+                };
                 let metrics = self.clone();
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    let mut read = 0;
-                    while read < buf.len() {
-                        match stream.read(&mut buf[read..]).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => read += n,
+                    let _slot = slot;
+                    match tokio::time::timeout(limits.request_timeout, metrics.answer(stream, limits)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => debug!("metrics: serving {peer} failed: {e}"),
+                        Err(_) => {
+                            debug!(
+                                "metrics: {peer} dropped: no complete request and reply within {:?}",
+                                limits.request_timeout
+                            );
+                            metrics.rejected(Rejected::Timeout);
                         }
-                        if buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                    let request = String::from_utf8_lossy(&buf[..read]);
-                    let path = request.split_whitespace().nth(1).unwrap_or("");
-                    let (status, body) = if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
-                        ("200 OK", metrics.render())
-                    } else {
-                        ("404 Not Found", "not found; metrics are at /metrics\n".to_owned())
-                    };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if let Err(e) = stream.write_all(response.as_bytes()).await {
-                        debug!("metrics: writing to {peer} failed: {e}");
                     }
                 });
             }
         }))
+    }
+
+    /// Reads one request head (at most `limits.max_request_bytes`) and answers it.
+    async fn answer(&self, mut stream: TcpStream, limits: HttpLimits) -> std::io::Result<()> {
+        let mut buf = vec![0u8; limits.max_request_bytes];
+        let mut read = 0;
+        let complete = loop {
+            if read == buf.len() {
+                break false;
+            }
+            let before = read;
+            match stream.read(&mut buf[read..]).await? {
+                0 => break true,
+                n => read += n,
+            }
+            // Only the new bytes and the three before them can hold the end.
+            if buf[before.saturating_sub(3)..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                break true;
+            }
+        };
+        let (status, body) = if !complete {
+            self.rejected(Rejected::TooLarge);
+            ("431 Request Header Fields Too Large", "request head too large\n".to_owned())
+        } else {
+            let request = String::from_utf8_lossy(&buf[..read]);
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
+                ("200 OK", self.render())
+            } else {
+                ("404 Not Found", "not found; metrics are at /metrics\n".to_owned())
+            }
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
     }
 }
 
@@ -211,5 +379,162 @@ mod tests {
         assert!(text.contains(r#"celery_task_runtime_bucket{name="tasks.add",hostname="node1",le="0.01"} 0"#));
         assert!(text.contains(r#"celery_task_runtime_bucket{name="tasks.add",hostname="node1",le="1.0"} 1"#));
         assert!(text.contains(r#"celery_worker_tasks_active{hostname="node1"} 2"#));
+    }
+
+    #[test]
+    fn unregistered_task_names_share_one_label() {
+        let m = Metrics::new("celeriac@node1");
+        m.known_tasks(["tasks.add"]);
+        let mut fields = Map::new();
+        fields.insert("runtime".into(), Value::Float(0.5));
+        for i in 0..1000 {
+            m.observe("task-received", &TaskMessage::new(format!("random.{i}"), "id"), &Map::new());
+            m.observe("task-succeeded", &TaskMessage::new(format!("random.{i}"), "id"), &fields);
+        }
+        m.observe("task-received", &TaskMessage::new("tasks.add", "id"), &Map::new());
+        let text = m.render();
+        assert!(text.contains(r#"celery_task_received_total{name="<unregistered>",hostname="node1"} 1000"#), "{text}");
+        assert!(text.contains(r#"celery_task_runtime_count{name="<unregistered>",hostname="node1"} 1000"#));
+        assert!(text.contains(r#"celery_task_received_total{name="tasks.add",hostname="node1"} 1"#));
+        assert!(!text.contains("random."), "{text}");
+    }
+
+    #[test]
+    fn series_are_capped() {
+        let m = Metrics::new("w@h");
+        let mut failed = Map::new();
+        failed.insert("exception".into(), Value::Str(format!("{}('x')", "E".repeat(10_000))));
+        for i in 0..(MAX_SERIES + 500) {
+            m.observe("task-failed", &TaskMessage::new(format!("t{i}"), "id"), &failed);
+        }
+        let text = m.render();
+        let series = text.lines().filter(|l| l.starts_with("celery_task_failed_total{")).count();
+        assert_eq!(series, MAX_SERIES);
+        assert!(
+            text.contains(r#"celeriac_metrics_series_dropped_total{hostname="h"} 500"#),
+            "{}",
+            &text[text.len() - 300..]
+        );
+        let longest = text.lines().map(str::len).max().unwrap_or(0);
+        assert!(longest < 400, "the exception label is shortened: {longest}");
+    }
+
+    #[test]
+    fn control_errors_have_bounded_method_labels() {
+        let m = Metrics::new("w@h");
+        m.control_error("rate_limit");
+        m.control_error("rate_limit");
+        m.control_error("invalid");
+        for i in 0..100 {
+            m.control_error(&format!("made-up-{i}"));
+        }
+        let text = m.render();
+        assert!(text.contains(r#"celeriac_control_errors_total{method="rate_limit",hostname="h"} 2"#), "{text}");
+        assert!(text.contains(r#"celeriac_control_errors_total{method="invalid",hostname="h"} 1"#));
+        assert!(text.contains(r#"celeriac_control_errors_total{method="other",hostname="h"} 100"#));
+        assert!(!text.contains("made-up"));
+    }
+
+    /// Starts the endpoint on a free port with `limits`.
+    async fn endpoint(limits: HttpLimits) -> (Arc<Metrics>, SocketAddr, CancellationToken) {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let m = Arc::new(Metrics::new("w@h"));
+        let stop = CancellationToken::new();
+        m.clone().serve_with(addr, stop.clone(), limits).await.unwrap();
+        (m, addr, stop)
+    }
+
+    /// Everything the server sends until it closes (or `wait` passes).
+    async fn read_all(stream: &mut TcpStream, wait: Duration) -> Option<String> {
+        let mut out = Vec::new();
+        match tokio::time::timeout(wait, stream.read_to_end(&mut out)).await {
+            Ok(_) => Some(String::from_utf8_lossy(&out).into_owned()),
+            Err(_) => None,
+        }
+    }
+
+    async fn get(addr: SocketAddr) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+        read_all(&mut s, Duration::from_secs(10)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn silent_and_trickling_clients_are_dropped() {
+        let limits = HttpLimits { request_timeout: Duration::from_millis(300), ..HttpLimits::default() };
+        let (m, addr, stop) = endpoint(limits).await;
+        let started = std::time::Instant::now();
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let closed = read_all(&mut silent, Duration::from_secs(10)).await;
+        assert_eq!(closed.as_deref(), Some(""), "closed without an answer");
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // A byte every 50 ms never completes a request within the timeout.
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        let trickle = async {
+            for b in b"GET /metrics HTTP/1.0\r\nX: ".iter().cycle() {
+                if slow.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        assert!(tokio::time::timeout(Duration::from_secs(10), trickle).await.is_ok(), "the server hung up on it");
+        assert!(get(addr).await.starts_with("HTTP/1.1 200 OK"), "others are still served");
+        assert!(m.render().contains(r#"celeriac_metrics_requests_rejected_total{reason="timeout",hostname="h"} 2"#));
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_at_once() {
+        let limits =
+            HttpLimits { request_timeout: Duration::from_secs(2), max_connections: 2, ..HttpLimits::default() };
+        let (m, addr, stop) = endpoint(limits).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let s = TcpStream::connect(addr).await.unwrap();
+            held.push(s);
+        }
+        // The server takes connections in order: once it has turned one away
+        // the two held ones are being served.
+        let mut turned_away = false;
+        for _ in 0..50 {
+            let mut extra = TcpStream::connect(addr).await.unwrap();
+            let _ = extra.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await;
+            let answer = read_all(&mut extra, Duration::from_secs(5)).await.unwrap_or_default();
+            if answer.is_empty() {
+                turned_away = true;
+                break;
+            }
+        }
+        assert!(turned_away);
+        assert!(m.render().contains(r#"reason="busy""#));
+        drop(held);
+        // Slots free again as those clients go.
+        let mut served = false;
+        for _ in 0..100 {
+            if get(addr).await.starts_with("HTTP/1.1 200 OK") {
+                served = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(served);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn oversized_request_heads_get_431() {
+        let (m, addr, stop) = endpoint(HttpLimits::default()).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let head = format!("GET /metrics HTTP/1.0\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+        let _ = s.write_all(head.as_bytes()).await;
+        let answer = read_all(&mut s, Duration::from_secs(10)).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+        assert!(m.render().contains(r#"reason="too_large""#));
+        assert!(get(addr).await.contains("celery_worker_up"));
+        stop.cancel();
     }
 }

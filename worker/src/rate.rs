@@ -9,6 +9,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// The longest wait between two tokens of one task (a year): what a rate
+/// such as `"1e-300/s"` is spaced by, instead of overflowing.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// One task's bucket: the time its next token is free.
 #[derive(Debug)]
 struct Bucket {
@@ -30,13 +34,15 @@ impl RateLimits {
         RateLimits::default()
     }
 
-    /// Sets (`Some(tasks per second)`) or clears (`None`, or a rate of 0) the
-    /// limit for `task`.
+    /// Sets (`Some(tasks per second)`) or clears (`None`, or a rate that is
+    /// not a positive finite number) the limit for `task`. A rate so low that
+    /// its tokens would be more than [`MAX_INTERVAL`] apart is spaced by that.
     pub fn set(&self, task: &str, per_second: Option<f64>) {
-        let Ok(mut buckets) = self.buckets.lock() else { return };
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match per_second.filter(|r| *r > 0.0 && r.is_finite()) {
             Some(rate) => {
-                let interval = Duration::from_secs_f64(1.0 / rate);
+                // 1/rate overflows a Duration (or is infinite) for tiny rates.
+                let interval = Duration::try_from_secs_f64(1.0 / rate).unwrap_or(MAX_INTERVAL).min(MAX_INTERVAL);
                 let bucket = buckets.entry(task.to_owned()).or_insert(Bucket { interval, next_free: Instant::now() });
                 bucket.interval = interval;
             }
@@ -48,7 +54,7 @@ impl RateLimits {
 
     /// The limit of `task` in tasks per second, if it has one.
     pub fn get(&self, task: &str) -> Option<f64> {
-        let buckets = self.buckets.lock().ok()?;
+        let buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         buckets.get(task).map(|b| 1.0 / b.interval.as_secs_f64())
     }
 
@@ -60,12 +66,12 @@ impl RateLimits {
     }
 
     fn reserve_at(&self, task: &str, now: Instant) -> Duration {
-        let Ok(mut buckets) = self.buckets.lock() else { return Duration::ZERO };
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(bucket) = buckets.get_mut(task) else { return Duration::ZERO };
         // Capacity one: an idle bucket holds a single token, not a backlog.
         let at = bucket.next_free.max(now);
-        bucket.next_free = at + bucket.interval;
-        at - now
+        bucket.next_free = at.checked_add(bucket.interval).unwrap_or(at);
+        at.saturating_duration_since(now)
     }
 
     /// Waits for a token for `task`.
@@ -101,6 +107,25 @@ mod tests {
         let later = now + Duration::from_secs(10);
         assert_eq!(limits.reserve_at("t", later), Duration::ZERO);
         assert_eq!(limits.reserve_at("t", later), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn extreme_rates_neither_panic_nor_overflow() {
+        let limits = RateLimits::new();
+        for rate in [1e300, f64::MAX, f64::MIN_POSITIVE, 1e-300, 5e-324] {
+            let task = format!("t{rate}");
+            limits.set(&task, Some(rate));
+            let now = Instant::now();
+            for i in 0..3 {
+                assert!(limits.reserve_at(&task, now) <= MAX_INTERVAL * i, "{rate}");
+            }
+        }
+        limits.set("t", Some(1e-300));
+        assert_eq!(limits.get("t"), Some(1.0 / MAX_INTERVAL.as_secs_f64()), "spaced by the cap");
+        for off in [f64::NAN, f64::INFINITY, -1.0, 0.0] {
+            limits.set("t", Some(off));
+            assert_eq!(limits.get("t"), None, "{off}");
+        }
     }
 
     #[test]

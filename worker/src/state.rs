@@ -4,9 +4,10 @@
 //! other workers (optionally kept across restarts in a state file).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use celeriac_broker::Delivery;
@@ -75,9 +76,7 @@ impl WorkerState {
         let info = request_info(task, delivery, hostname);
         let tracked = Tracked { info, phase: Phase::Reserved, terminate, signum: None };
         let token = tracked.terminate.clone();
-        if let Ok(mut r) = self.requests.lock() {
-            r.entry(task.headers.id.clone()).or_default().push(tracked);
-        }
+        lock(&self.requests).entry(task.headers.id.clone()).or_default().push(tracked);
         token
     }
 
@@ -86,7 +85,8 @@ impl WorkerState {
     /// `stats["total"]` and the heartbeat's `processed` include running tasks).
     pub fn set_phase(&self, id: &str, phase: Phase) {
         let mut accepted = None;
-        if let Ok(mut r) = self.requests.lock() {
+        {
+            let mut r = lock(&self.requests);
             if let Some(t) = r.get_mut(id).and_then(|held| held.last_mut()) {
                 if let Phase::Active { time_start, acknowledged } = &phase {
                     t.info.insert("time_start".into(), Value::Float(*time_start));
@@ -101,23 +101,20 @@ impl WorkerState {
         }
         if let Some(name) = accepted {
             self.processed.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut t) = self.totals.lock() {
-                *t.entry(name).or_default() += 1;
-            }
+            *lock(&self.totals).entry(name).or_default() += 1;
         }
     }
 
     /// Forgets a finished request, the oldest received under `id` (it was
     /// counted when it became active; `_name` and `_ran` are kept for the callers).
     pub fn finished(&self, id: &str, _name: &str, _ran: bool) {
-        if let Ok(mut r) = self.requests.lock() {
-            if let Some(held) = r.get_mut(id) {
-                if !held.is_empty() {
-                    held.remove(0);
-                }
-                if held.is_empty() {
-                    r.remove(id);
-                }
+        let mut r = lock(&self.requests);
+        if let Some(held) = r.get_mut(id) {
+            if !held.is_empty() {
+                held.remove(0);
+            }
+            if held.is_empty() {
+                r.remove(id);
             }
         }
     }
@@ -129,7 +126,7 @@ impl WorkerState {
 
     /// Executions by task name (`stats["total"]`).
     pub fn totals(&self) -> BTreeMap<String, u64> {
-        self.totals.lock().map(|t| t.clone()).unwrap_or_default()
+        lock(&self.totals).clone()
     }
 
     /// Seconds since the worker started.
@@ -139,7 +136,7 @@ impl WorkerState {
 
     /// `Request.info()` of the requests in phases matching `which`.
     fn infos(&self, which: impl Fn(&Phase) -> bool) -> Vec<(Phase, Map)> {
-        let Ok(r) = self.requests.lock() else { return Vec::new() };
+        let r = lock(&self.requests);
         let mut out: Vec<(Phase, Map)> =
             r.values().flatten().filter(|t| which(&t.phase)).map(|t| (t.phase.clone(), t.info.clone())).collect();
         out.sort_by(|a, b| a.1.get("id").map(Value::as_str).cmp(&b.1.get("id").map(Value::as_str)));
@@ -175,7 +172,7 @@ impl WorkerState {
     /// The phase and info of `id`, if the worker holds it (`query_task`):
     /// its running request if one is, else the latest received.
     pub fn query(&self, id: &str) -> Option<(Phase, Map)> {
-        let r = self.requests.lock().ok()?;
+        let r = lock(&self.requests);
         let held = r.get(id)?;
         let running = held.iter().find(|t| matches!(t.phase, Phase::Active { .. }));
         running.or(held.last()).map(|t| (t.phase.clone(), t.info.clone()))
@@ -184,7 +181,7 @@ impl WorkerState {
     /// Terminates `id` if it is running, recording `signum` for its
     /// `task-revoked` event; returns whether it was running.
     pub fn terminate(&self, id: &str, signum: i64) -> bool {
-        let Ok(mut r) = self.requests.lock() else { return false };
+        let mut r = lock(&self.requests);
         let mut running = false;
         for t in r.get_mut(id).into_iter().flatten().filter(|t| matches!(t.phase, Phase::Active { .. })) {
             t.signum = Some(signum);
@@ -196,7 +193,7 @@ impl WorkerState {
 
     /// The signal `id` was terminated with, if it was.
     pub fn termination_signal(&self, id: &str) -> Option<i64> {
-        let r = self.requests.lock().ok()?;
+        let r = lock(&self.requests);
         r.get(id).into_iter().flatten().find_map(|t| t.signum)
     }
 
@@ -229,62 +226,190 @@ fn request_info(task: &TaskMessage, delivery: &Delivery, hostname: &str) -> Map 
     m
 }
 
-/// How long a revoked id is remembered, and how many (Celery's
-/// `REVOKES_MAX`/`REVOKE_EXPIRES`).
-const REVOKE_EXPIRES: f64 = 10_800.0;
-const REVOKES_MAX: usize = 50_000;
+/// How long a revoked id is remembered, in seconds (Celery's `REVOKE_EXPIRES`).
+pub const REVOKE_EXPIRES: f64 = 10_800.0;
+/// How many revoked ids are remembered; the oldest go first (Celery's `REVOKES_MAX`).
+pub const REVOKES_MAX: usize = 50_000;
+/// Longest task id kept in the revoked set (Celery's ids are 36-character UUIDs).
+pub const MAX_TASK_ID_LEN: usize = 512;
+/// Largest state file read at startup: a full revoked set of the longest ids
+/// is well under this.
+pub const MAX_STATE_FILE: u64 = 64 << 20;
+
+/// Why the state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    /// Reading it failed.
+    #[error("cannot read the state file {path}: {source}; the worker starts with no revoked ids")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// It is no regular file (a directory, a FIFO, a device).
+    #[error("the state file {path} is not a regular file; the worker starts with no revoked ids (point --statedb at a file)")]
+    NotAFile {
+        /// The file.
+        path: String,
+    },
+    /// It is larger than [`MAX_STATE_FILE`].
+    #[error("the state file {path} is {len} bytes, more than the {max} read; the worker starts with no revoked ids and rewrites it")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// Its size.
+        len: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// Its content is not celeriac's state.
+    #[error("the state file {path} is not a celeriac state file ({reason}); the worker starts with no revoked ids and rewrites it")]
+    Unreadable {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Writing it failed.
+    #[error(
+        "cannot write the state file {path}: {source}; revoked ids will not survive a restart until this is fixed"
+    )]
+    Write {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Locks `m`, going on with its data if a panic poisoned it (every update
+/// here leaves the data consistent, so a poisoned lock must not silence the
+/// worker's state for the rest of its life).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Celery's `LimitedSet`: ids with the time they were revoked, at most
+/// [`REVOKES_MAX`], each forgotten [`REVOKE_EXPIRES`] seconds after; adding an
+/// id again renews it. Ordered by (time, insertion), so purging takes the
+/// oldest first in O(log n) each.
+#[derive(Debug, Default)]
+struct LimitedSet {
+    keys: HashMap<Arc<str>, (u64, u64)>,
+    order: BTreeMap<(u64, u64), (Arc<str>, f64)>,
+    next: u64,
+}
+
+impl LimitedSet {
+    /// Adds `id` revoked at `at` (epoch seconds; finite, not negative).
+    fn add(&mut self, id: &str, at: f64) {
+        if let Some(old) = self.keys.remove(id) {
+            self.order.remove(&old);
+        }
+        // For finite non-negative floats the bit patterns sort as the values.
+        let key = (at.to_bits(), self.next);
+        self.next += 1;
+        let id: Arc<str> = Arc::from(id);
+        self.keys.insert(id.clone(), key);
+        self.order.insert(key, (id, at));
+    }
+
+    fn purge(&mut self, now: f64) {
+        let horizon = now - REVOKE_EXPIRES;
+        while let Some((_, (id, at))) = self.order.first_key_value() {
+            if self.order.len() <= REVOKES_MAX && *at >= horizon {
+                break;
+            }
+            let id = id.clone();
+            self.order.pop_first();
+            self.keys.remove(&id);
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.keys.contains_key(id)
+    }
+
+    fn entries(&self) -> Vec<(String, f64)> {
+        self.order.values().map(|(id, at)| (id.to_string(), *at)).collect()
+    }
+}
+
+/// A revocation time as given, or now when it is not a time this clock can
+/// use (not finite, negative, or in the future).
+fn sane_time(at: f64, now: f64) -> f64 {
+    if at.is_finite() && (0.0..=now).contains(&at) {
+        at
+    } else {
+        now
+    }
+}
 
 /// Revoked task ids with when they were revoked, shared with every worker
 /// that receives the `revoke` broadcast (and with Python workers through
 /// mingle's `hello`); kept in a JSON state file when one is given.
 #[derive(Debug)]
 pub struct Revoked {
-    ids: Mutex<HashMap<String, f64>>,
+    ids: Mutex<LimitedSet>,
     file: Option<PathBuf>,
+    /// Held while a snapshot is taken and written, so writes land in order.
+    saving: Mutex<()>,
 }
 
 impl Revoked {
     fn load(file: Option<PathBuf>) -> Revoked {
-        let mut ids = HashMap::new();
+        let mut set = LimitedSet::default();
         if let Some(path) = &file {
-            match std::fs::read(path) {
-                Ok(bytes) => match celeriac_protocol::json::from_slice(&bytes) {
-                    Ok(Value::Map(m)) => {
-                        if let Some(Value::Map(revoked)) = m.get("revoked") {
-                            for (id, at) in revoked {
-                                ids.insert(id.clone(), at.as_f64().unwrap_or_else(now_timestamp));
-                            }
-                        }
+            match read_state_file(path) {
+                Ok(mut entries) => {
+                    let now = now_timestamp();
+                    for entry in &mut entries {
+                        entry.1 = sane_time(entry.1, now);
                     }
-                    _ => tracing::warn!("ignoring the unreadable state file {}", path.display()),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!("cannot read the state file {}: {e}", path.display()),
+                    entries.sort_by(|a, b| a.1.total_cmp(&b.1));
+                    let skip = entries.len().saturating_sub(REVOKES_MAX);
+                    for (id, at) in entries.into_iter().skip(skip) {
+                        set.add(&id, at);
+                    }
+                    set.purge(now);
+                }
+                Err(e) => tracing::warn!("{e}"),
             }
         }
-        let revoked = Revoked { ids: Mutex::new(ids), file };
-        revoked.purge();
-        revoked
+        Revoked { ids: Mutex::new(set), file, saving: Mutex::new(()) }
     }
 
     /// Whether `id` is revoked.
     pub fn contains(&self, id: &str) -> bool {
-        self.ids.lock().map(|ids| ids.contains_key(id)).unwrap_or(false)
+        lock(&self.ids).contains(id)
     }
 
-    /// Revokes `ids` (now), saving the state file.
+    /// Revokes `ids` (now), saving the state file. Ids longer than
+    /// [`MAX_TASK_ID_LEN`] are left out; of more than [`REVOKES_MAX`], the last
+    /// ones are kept.
     pub fn add<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
-        self.merge(ids.into_iter().map(|id| (id.to_owned(), now_timestamp())));
+        let now = now_timestamp();
+        self.merge(ids.into_iter().map(|id| (id.to_owned(), now)));
     }
 
-    /// Merges ids with their revocation times (from another worker's `hello`).
+    /// Merges ids with their revocation times (epoch seconds; a time that is
+    /// not finite, negative or in the future counts as now).
     pub fn merge(&self, entries: impl IntoIterator<Item = (String, f64)>) {
-        if let Ok(mut ids) = self.ids.lock() {
+        let now = now_timestamp();
+        {
+            let mut set = lock(&self.ids);
             for (id, at) in entries {
-                ids.insert(id, at);
+                if id.chars().count() <= MAX_TASK_ID_LEN {
+                    set.add(&id, sane_time(at, now));
+                    // Keeps memory at the bound while a huge list streams in.
+                    if set.order.len() > REVOKES_MAX {
+                        set.purge(now);
+                    }
+                }
             }
+            set.purge(now);
         }
-        self.purge();
         self.save();
     }
 
@@ -293,43 +418,111 @@ impl Revoked {
         self.entries().into_iter().map(|(id, _)| id).collect()
     }
 
-    /// The ids with their times, oldest first.
+    /// The ids with their times, oldest first (expired ones left out).
     pub fn entries(&self) -> Vec<(String, f64)> {
-        let Ok(ids) = self.ids.lock() else { return Vec::new() };
-        let mut v: Vec<(String, f64)> = ids.iter().map(|(k, t)| (k.clone(), *t)).collect();
-        v.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
-        v
+        let mut set = lock(&self.ids);
+        set.purge(now_timestamp());
+        set.entries()
     }
 
-    fn purge(&self) {
-        let Ok(mut ids) = self.ids.lock() else { return };
-        let horizon = now_timestamp() - REVOKE_EXPIRES;
-        ids.retain(|_, at| *at >= horizon);
-        if ids.len() > REVOKES_MAX {
-            let mut by_age: Vec<(String, f64)> = ids.iter().map(|(k, t)| (k.clone(), *t)).collect();
-            by_age.sort_by(|a, b| a.1.total_cmp(&b.1));
-            for (id, _) in by_age.into_iter().take(ids.len() - REVOKES_MAX) {
-                ids.remove(&id);
-            }
-        }
+    /// How many ids are held.
+    pub fn len(&self) -> usize {
+        lock(&self.ids).keys.len()
     }
 
-    /// Writes the state file atomically (a temporary file renamed over it).
+    /// Whether no id is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes the state file (see [`write_state_file`]); failures are logged.
     fn save(&self) {
         let Some(path) = &self.file else { return };
+        let _saving = lock(&self.saving);
         let mut revoked = Map::new();
         for (id, at) in self.entries() {
             revoked.insert(id, Value::Float(at));
         }
         let mut doc = Map::new();
         doc.insert("revoked".into(), Value::Map(revoked));
-        let Ok(text) = celeriac_protocol::json::to_string(&Value::Map(doc)) else { return };
-        let tmp = path.with_extension("tmp");
-        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
-            tracing::warn!("cannot write the state file {}: {e}", path.display());
+        let text = match celeriac_protocol::json::to_string(&Value::Map(doc)) {
+            Ok(text) => text,
+            Err(e) => return tracing::warn!("cannot encode the state file {}: {e}", path.display()),
+        };
+        if let Err(e) = write_state_file(path, text.as_bytes()) {
+            tracing::warn!("{e}");
         }
     }
+}
+
+/// Reads the revoked ids of a state file: at most [`MAX_STATE_FILE`] bytes
+/// of a regular file, `{"revoked": {id: time, ...}}`. A missing file is an
+/// empty state.
+pub fn read_state_file(path: &Path) -> Result<Vec<(String, f64)>, StateFileError> {
+    let shown = || path.display().to_string();
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(StateFileError::Read { path: shown(), source }),
+    };
+    // Opening a FIFO would block until a writer came: look before opening.
+    if !meta.is_file() {
+        return Err(StateFileError::NotAFile { path: shown() });
+    }
+    if meta.len() > MAX_STATE_FILE {
+        return Err(StateFileError::TooLarge { path: shown(), len: meta.len(), max: MAX_STATE_FILE });
+    }
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path).and_then(|f| f.take(MAX_STATE_FILE + 1).read_to_end(&mut bytes));
+    if let Err(source) = read {
+        return Err(StateFileError::Read { path: shown(), source });
+    }
+    if bytes.len() as u64 > MAX_STATE_FILE {
+        return Err(StateFileError::TooLarge { path: shown(), len: bytes.len() as u64, max: MAX_STATE_FILE });
+    }
+    let unreadable = |reason: String| StateFileError::Unreadable { path: shown(), reason };
+    let doc = celeriac_protocol::json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
+    let Value::Map(doc) = doc else { return Err(unreadable(format!("a {}, not a dict", doc.type_name()))) };
+    match doc.get("revoked") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Map(revoked)) => {
+            let now = now_timestamp();
+            Ok(revoked
+                .iter()
+                .filter(|(id, _)| id.chars().count() <= MAX_TASK_ID_LEN)
+                .map(|(id, at)| (id.clone(), at.as_f64().unwrap_or(now)))
+                .collect())
+        }
+        Some(other) => Err(unreadable(format!("\"revoked\" is a {}, not a dict", other.type_name()))),
+    }
+}
+
+/// Replaces `path` with `bytes` atomically and durably: a temporary file
+/// with an unpredictable name in the same directory, mode 0600, written and
+/// fsynced, renamed over `path`, then the directory fsynced so the rename
+/// survives a crash. A reader sees the old file or the new one, never a part.
+pub fn write_state_file(path: &Path, bytes: &[u8]) -> Result<(), StateFileError> {
+    let failed = |source: std::io::Error| StateFileError::Write { path: path.display().to_string(), source };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o600));
+    }
+    let mut tmp = builder.tempfile_in(dir).map_err(failed)?;
+    tmp.write_all(bytes).map_err(failed)?;
+    tmp.as_file().sync_all().map_err(failed)?;
+    tmp.persist(path).map_err(|e| failed(e.error))?;
+    // The rename is durable once the directory is.
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -381,6 +574,106 @@ mod tests {
         state.finished(&id, "tasks.add", true);
         assert_eq!((state.processed(), state.active_count(), state.query(&id)), (2, 0, None));
         delivery.ack().await.unwrap();
+    }
+
+    #[test]
+    fn the_state_file_is_replaced_atomically_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.state");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let state = WorkerState::new(Some(path.clone()));
+        state.revoked().add(["a"]);
+        state.revoked().add(["b"]);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        assert_eq!(names, ["worker.state"], "no temporary file is left behind");
+        let entries = read_state_file(&path).unwrap();
+        assert_eq!(entries.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        // A directory that does not exist is a clear write error, not a panic.
+        assert!(write_state_file(Path::new("no-such-dir/x.state"), b"{}").is_err());
+    }
+
+    #[test]
+    fn hostile_state_files_are_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let err = |path: &Path| read_state_file(path).unwrap_err().to_string();
+        assert!(err(&file("garbage", b"\x00\xff{[")).contains("not a celeriac state file"));
+        assert!(err(&file("list", b"[1, 2]")).contains("a list, not a dict"));
+        assert!(err(&file("wrong", br#"{"revoked": [1, 2]}"#)).contains("not a dict"));
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(err(&file("deep", deep.as_bytes())).contains("not a celeriac state file"));
+        let huge = dir.path().join("huge");
+        std::fs::File::create(&huge).unwrap().set_len(MAX_STATE_FILE + 1).unwrap();
+        assert!(err(&huge).contains("more than the"), "{}", err(&huge));
+        assert!(err(dir.path()).contains("not a regular file"));
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().map(|s| s.success()).unwrap_or(false);
+        if made {
+            assert!(err(&fifo).contains("not a regular file"), "a FIFO is not opened (it would block)");
+        }
+        assert_eq!(read_state_file(&dir.path().join("absent")).unwrap(), Vec::new());
+        // Every one of them: a worker that starts with no revoked ids.
+        for name in ["garbage", "list", "wrong", "deep", "huge"] {
+            let state = WorkerState::new(Some(dir.path().join(name)));
+            assert!(state.revoked().is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn odd_times_and_ids_in_the_state_file_are_tamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.state");
+        let now = now_timestamp();
+        let long = "x".repeat(MAX_TASK_ID_LEN + 1);
+        let text = format!(
+            r#"{{"revoked": {{"nan": NaN, "inf": Infinity, "future": 1e300, "negative": -5, "text": "x", "old": {}, "fine": {}, "{long}": {now}}}}}"#,
+            now - REVOKE_EXPIRES - 60.0,
+            now - 60.0,
+        );
+        std::fs::write(&path, text).unwrap();
+        let state = WorkerState::new(Some(path));
+        let entries = state.revoked().entries();
+        let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids[0], "fine", "{ids:?}");
+        for id in ["nan", "inf", "future", "negative", "text"] {
+            assert!(ids.contains(&id), "an unusable time counts as now: {id} in {ids:?}");
+        }
+        assert!(!ids.contains(&"old"), "expired");
+        assert!(!ids.contains(&long.as_str()), "too long to be an id");
+        assert!(entries.iter().all(|(_, at)| at.is_finite() && *at <= now_timestamp()));
+    }
+
+    #[test]
+    fn the_revoked_set_is_bounded_like_celerys_limited_set() {
+        let state = WorkerState::new(None);
+        let ids: Vec<String> = (0..100_000).map(|i| format!("id-{i}")).collect();
+        let start = Instant::now();
+        state.revoked().add(ids.iter().map(String::as_str));
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        assert_eq!(state.revoked().len(), REVOKES_MAX);
+        assert!(!state.revoked().contains("id-0") && state.revoked().contains("id-99999"), "the oldest go first");
+        assert_eq!(state.revoked().ids().first().map(String::as_str), Some("id-50000"));
+        // Revoked again, an id is renewed: now the newest.
+        state.revoked().add(["id-50000"]);
+        assert_eq!(state.revoked().ids().last().map(String::as_str), Some("id-50000"));
+        state.revoked().add(["one-more"]);
+        assert!(!state.revoked().contains("id-50001"), "the oldest left to make room");
+        assert!(state.revoked().contains("id-50000"));
+        state.revoked().add([long_id().as_str()]);
+        assert!(!state.revoked().contains(&long_id()));
+    }
+
+    fn long_id() -> String {
+        "y".repeat(MAX_TASK_ID_LEN + 1)
     }
 
     #[test]
