@@ -70,6 +70,9 @@ pub enum BrokerError {
     Undecodable {
         /// The queue it came from.
         queue: String,
+        /// What is wrong, as one word (the protocol's error kind, e.g.
+        /// `body_too_large`, `malformed_envelope`): a metric label.
+        kind: &'static str,
         /// Why it could not be read.
         reason: String,
         /// The element as it was stored.

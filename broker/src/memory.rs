@@ -246,7 +246,8 @@ impl MemoryBroker {
                         Err(e) => {
                             let _ = tx.send(Err(BrokerError::Undecodable {
                                 queue,
-                                reason: e.to_string(),
+                                kind: e.kind().as_str(),
+                                reason: e.reason(),
                                 raw: raw.into_bytes(),
                                 dead_lettered: false,
                             }));

@@ -203,6 +203,16 @@ impl Metrics {
         lock(&self.inner).bump("celeriac_control_errors_total".into(), labels);
     }
 
+    /// Counts a message or outcome the worker could not handle the normal
+    /// way (`celeriac_messages_refused_total{reason}`): a decode error kind
+    /// (`content_disallowed`, `body_too_large`, ...), `unknown_task`,
+    /// `result_not_stored`, `runner_panic`, ... Reasons are the runtime's own
+    /// words, never a value from a message, so the label set is fixed.
+    pub fn refused(&self, reason: &'static str) {
+        let labels = format!("reason=\"{reason}\",hostname=\"{}\"", escape(host_label(&self.hostname)));
+        lock(&self.inner).bump("celeriac_messages_refused_total".into(), labels);
+    }
+
     fn rejected(&self, why: Rejected) {
         let labels = format!("reason=\"{}\",hostname=\"{}\"", why.label(), escape(host_label(&self.hostname)));
         lock(&self.inner).bump("celeriac_metrics_requests_rejected_total".into(), labels);

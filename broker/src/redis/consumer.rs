@@ -346,8 +346,11 @@ impl Fetcher {
         );
         let envelope = match Envelope::from_slice_with(&p.raw, &limits) {
             Ok(envelope) if !envelope.delivery_tag.is_empty() => envelope,
-            Ok(_) => return self.undecodable(p, "no properties.delivery_tag".into(), score).await,
-            Err(e) => return self.undecodable(p, e.to_string(), score).await,
+            Ok(_) => {
+                let reason = "malformed_envelope: no properties.delivery_tag".into();
+                return self.undecodable(p, "malformed_envelope", reason, score).await;
+            }
+            Err(e) => return self.undecodable(p, e.kind().as_str(), e.reason(), score).await,
         };
         if p.tag.is_empty() {
             // Valid for Python's json but not for Lua's decoder (NaN, huge numbers...).
@@ -369,7 +372,7 @@ impl Fetcher {
     /// dead-letter queue if one is configured. Otherwise a recorded one stays in
     /// `unacked`, and one that was not recorded exists only in the error (kombu
     /// loses such elements too).
-    async fn undecodable(&self, p: Popped, reason: String, score: &str) {
+    async fn undecodable(&self, p: Popped, kind: &'static str, reason: String, score: &str) {
         let dead_lettered = match &self.inner.options.deadletter_queue {
             None => false,
             Some(dl) => {
@@ -387,7 +390,7 @@ impl Fetcher {
             }
         };
         tracing::error!(queue = %p.queue, delivery_tag = %p.tag, reason = %reason, dead_lettered, "undecodable message");
-        let _ = self.tx.send(Err(BrokerError::Undecodable { queue: p.queue, reason, raw: p.raw, dead_lettered }));
+        let _ = self.tx.send(Err(BrokerError::Undecodable { queue: p.queue, kind, reason, raw: p.raw, dead_lettered }));
     }
 
     /// kombu stores `json.dumps([message, exchange, routing_key])` of the parsed

@@ -150,7 +150,7 @@ async fn listen(
                         Ok(envelope) => Ok(FanoutMessage { exchange, routing_key, channel, envelope }),
                         Err(e) => {
                             tracing::warn!(channel = %channel, error = %e, "cannot process a fanout message");
-                            Err(BrokerError::Undecodable { queue: channel, reason: e.to_string(), raw: payload.to_vec(), dead_lettered: false })
+                            Err(BrokerError::Undecodable { queue: channel, kind: e.kind().as_str(), reason: e.reason(), raw: payload.to_vec(), dead_lettered: false })
                         }
                     };
                     // A reader that falls behind slows this down; Redis then

@@ -275,6 +275,9 @@ impl Worker {
 
     /// Exports Prometheus metrics through `metrics` (see [`Metrics::serve`]).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Worker {
+        // Names that are not registered here share one label value, so
+        // messages cannot create series at will.
+        metrics.known_tasks(self.shared.registry.tasks().map(|t| t.name().to_owned()));
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.metrics = Some(metrics);
         }
@@ -340,7 +343,12 @@ impl Worker {
                         let control = control.clone();
                         running.spawn(Box::pin(shared.handle(delivery, control, stop)));
                     }
-                    Some(Err(e)) => warn!("consumer: {e}"),
+                    Some(Err(e)) => {
+                        if let BrokerError::Undecodable { kind, .. } = &e {
+                            shared.count_refused(kind);
+                        }
+                        warn!("consumer: {e}");
+                    }
                     None => break,
                 },
             }

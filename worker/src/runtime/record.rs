@@ -695,7 +695,9 @@ impl Shared {
     /// Counts a message or outcome the worker could not handle normally
     /// (`celeriac_messages_refused_total{reason}`).
     pub(super) fn count_refused(&self, reason: &'static str) {
-        tracing::debug!(reason, "refused");
+        if let Some(metrics) = &self.metrics {
+            metrics.refused(reason);
+        }
     }
 }
 
