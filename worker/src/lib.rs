@@ -27,7 +27,10 @@
 //! (`Args`, `Kwargs`, `Ctx`), [`handler`] (functions as tasks), [`task`]
 //! (options), [`registry`], [`context`].
 
-pub mod client;
+// The control loop and the runtime are deep futures (the Redis settler and
+// the canvas applier are in their types).
+#![recursion_limit = "256"]
+
 pub mod context;
 pub mod control;
 pub mod error;
@@ -42,7 +45,7 @@ pub mod state;
 pub mod store;
 pub mod task;
 
-pub use client::{AsyncResult, Client, ResultError};
+pub use celeriac_client::{AsyncResult, Client, ResultError};
 pub use context::{Ctx, RequestInfo, WorkerServices};
 pub use error::TaskError;
 pub use extract::{Args, FromInvocation, Invocation, Kwargs, RawArgs};

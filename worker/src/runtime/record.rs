@@ -17,8 +17,9 @@ use std::time::Duration;
 use celeriac_backend::ChordOutcome;
 use celeriac_broker::backoff::Backoff;
 use celeriac_broker::{BrokerError, Delivery, Settlement};
+use celeriac_client::{Applied, Applier, CanvasError, Lineage};
 use celeriac_config::UnknownTaskPolicy;
-use celeriac_protocol::result::{ExceptionInfo, Extended, ResultMeta, ResultTuple};
+use celeriac_protocol::result::{ExceptionInfo, Extended, ResultMeta};
 use celeriac_protocol::time::PyDateTime;
 use celeriac_protocol::{Map, Signature, TaskMessage, Value};
 use tokio_util::sync::CancellationToken;
@@ -27,7 +28,7 @@ use tracing::{error, info, warn};
 use super::execute::{Execution, Outcome};
 use super::settle::{settle_now, AckPolicy, Ending, Recorded};
 use super::Shared;
-use crate::store::{ChordPartReturn, StoreError};
+use crate::store::{ChordPartReturn, ChordSizesOf, StoreError};
 use crate::{Task, TaskError};
 
 /// Header of a message handed on by workers that do not know its task.
@@ -76,7 +77,7 @@ impl Shared {
                 // and the stored result names them as its children.
                 let (children, sent) = self.send_callbacks(task, &value, stop).await;
                 let mut meta = self.extend(ResultMeta::success(id, value, PyDateTime::now_utc()), task, delivery);
-                meta.children = children.iter().map(|child| ResultTuple::task(child).to_value()).collect();
+                meta.children = children.iter().map(|child| child.to_tuple().to_value()).collect();
                 let stored = self.finished(meta, task, !ignore_result, stop).await;
                 if self.reporting() {
                     let mut fields = uuid_fields(id);
@@ -263,92 +264,103 @@ impl Shared {
         // Old-style errbacks get the failed task's id before their own
         // arguments, as Celery sends them.
         for errback in task.embed.errbacks.iter().flatten() {
-            let mut sig = errback.clone();
-            if !sig.immutable {
-                sig.args.insert(0, Value::Str(id.clone()));
-            }
-            if self.send_signature(&sig, task, stop).await.is_none() {
+            let prev = Some(Value::Str(id.clone()));
+            if self.apply_child(errback.clone(), prev, Vec::new(), task, stop).await.is_none() {
                 recorded = Recorded::No;
             }
         }
         recorded
     }
 
-    /// Sends the links and the next step of the chain; returns their ids, and
-    /// whether all went out.
+    /// Applies the links and the next step of the chain, as Celery's tracer
+    /// does (several links go out as one group); returns what was sent, for
+    /// the result's `children`, and whether everything went out.
     async fn send_callbacks(
         &self,
         task: &TaskMessage,
         result: &Value,
         stop: &CancellationToken,
-    ) -> (Vec<String>, Recorded) {
+    ) -> (Vec<Applied>, Recorded) {
         let mut sent = Vec::new();
         let mut all = Recorded::Yes;
-        let mut send = |id: Option<String>| match id {
-            Some(id) => sent.push(id),
+        let mut keep = |applied: Option<Applied>| match applied {
+            Some(applied) => sent.push(applied),
             None => all = Recorded::No,
         };
-        for link in task.embed.callbacks.iter().flatten() {
-            let mut sig = link.clone();
-            if !sig.immutable {
-                sig.args = sig.args_with_parent_result(result);
+        let callbacks = task.embed.callbacks.as_deref().unwrap_or_default();
+        if let [one] = callbacks {
+            keep(self.apply_child(one.clone(), Some(result.clone()), Vec::new(), task, stop).await);
+        } else if !callbacks.is_empty() {
+            let (groups, plain): (Vec<&Signature>, Vec<&Signature>) =
+                callbacks.iter().partition(|s| s.kind() == celeriac_protocol::signature::SignatureKind::Group);
+            for group in groups {
+                keep(self.apply_child(group.clone(), Some(result.clone()), Vec::new(), task, stop).await);
             }
-            send(self.send_signature(&sig, task, stop).await);
+            if !plain.is_empty() {
+                let mut group = Signature::new("celery.group");
+                group.subtask_type = Some("group".into());
+                group.kwargs.insert("tasks".into(), Value::List(plain.iter().map(|s| s.to_value()).collect()));
+                keep(self.apply_child(group, Some(result.clone()), Vec::new(), task, stop).await);
+            }
         }
         if let Some(chain) = &task.embed.chain {
             if let Some((next, rest)) = chain.split_last() {
-                let mut sig = next.clone();
-                if !sig.immutable {
-                    sig.args = sig.args_with_parent_result(result);
-                }
-                if !rest.is_empty() {
-                    sig.options.insert("chain".into(), Value::List(rest.iter().map(|s| s.to_value()).collect()));
-                }
-                send(self.send_signature(&sig, task, stop).await);
+                keep(self.apply_child(next.clone(), Some(result.clone()), rest.to_vec(), task, stop).await);
             }
         }
         (sent, all)
     }
 
-    /// Sends a signature as a child of `parent`, honouring its options;
-    /// returns the id it was sent with (`None` if it could not be sent).
-    async fn send_signature(&self, sig: &Signature, parent: &TaskMessage, stop: &CancellationToken) -> Option<String> {
-        let opt = |k: &str| sig.options.get(k).and_then(Value::as_str).map(str::to_owned);
-        let mut options = celeriac_broker::SendOptions {
-            task_id: opt("task_id"),
-            queue: opt("queue"),
-            exchange: opt("exchange"),
-            routing_key: opt("routing_key"),
-            priority: sig.options.get("priority").and_then(Value::as_i64).and_then(|p| u8::try_from(p).ok()),
-            parent_id: Some(parent.headers.id.clone()),
-            root_id: parent.headers.root_id.clone().or_else(|| Some(parent.headers.id.clone())),
-            group_id: opt("group_id"),
-            ..Default::default()
+    /// Applies `sig` (a task, a group, a chain or a chord) as a child of
+    /// `parent`, with `prev` prepended to its arguments unless it is immutable,
+    /// followed by `rest`; retried through a broker outage with the same ids
+    /// until the worker stops. `None` (logged) when it could not be applied.
+    async fn apply_child(
+        &self,
+        mut sig: Signature,
+        prev: Option<Value>,
+        rest: Vec<Signature>,
+        parent: &TaskMessage,
+        stop: &CancellationToken,
+    ) -> Option<Applied> {
+        Box::pin(self.apply_child_inner(std::mem::take(&mut sig), prev, rest, parent, stop)).await
+    }
+
+    async fn apply_child_inner(
+        &self,
+        mut sig: Signature,
+        prev: Option<Value>,
+        rest: Vec<Signature>,
+        parent: &TaskMessage,
+        stop: &CancellationToken,
+    ) -> Option<Applied> {
+        celeriac_client::freeze(&mut sig);
+        let (id, name) = (&parent.headers.id, &parent.headers.task);
+        let lineage = Lineage {
+            parent_id: Some(id.clone()),
+            root_id: Some(parent.headers.root_id.clone().unwrap_or_else(|| id.clone())),
+            priority: None,
         };
-        if let Some(Value::List(chain)) = sig.options.get("chain") {
-            options.chain = chain.iter().filter_map(|v| Signature::from_value(v).ok()).collect();
-        }
-        options.link = option_signatures(sig, "link");
-        options.link_error = option_signatures(sig, "link_error");
-        let out = match self.producer.build(
-            &sig.task,
-            sig.args.clone(),
-            sig.kwargs.clone(),
-            &options,
-            jiff::Timestamp::now(),
-        ) {
-            Ok(out) => out,
-            Err(e) => {
-                error!("cannot send {} after {}[{}]: {e}", sig.task, parent.headers.task, parent.headers.id);
-                return None;
-            }
-        };
-        // Built once, so every attempt sends the same id.
-        match self.reliably("send a callback", &parent.headers.id, stop, || self.producer.publish(&out)).await {
-            Ok(()) => Some(out.task.headers.id),
-            Err(e) => {
-                error!("could not send {} after {}[{}]: {e}", sig.task, parent.headers.task, parent.headers.id);
-                None
+        let chords = self.services.results.clone().map(ChordSizesOf);
+        let applier = Applier::new(&self.producer, chords.as_ref().map(|c| c as &dyn celeriac_client::ChordSizes));
+        let mut backoff = outage_backoff();
+        loop {
+            match applier.apply(sig.clone(), prev.clone(), rest.clone(), &lineage).await {
+                Ok(applied) => return Some(applied),
+                Err(CanvasError::Broker(e)) if worth_retrying(&e) && !stop.is_cancelled() => {
+                    let delay = backoff.next_delay();
+                    if backoff.attempts() == 1 {
+                        warn!("could not send {} after {name}[{id}]: {e}; retrying until the broker is back", sig.task);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }
+                Err(e) => {
+                    error!("could not send {} after {name}[{id}]: {e}", sig.task);
+                    return None;
+                }
             }
         }
     }
@@ -447,11 +459,8 @@ impl Shared {
             .await;
         match joined {
             Ok(ChordOutcome::Ready(ready)) => {
-                let mut sig = body.clone();
-                if !sig.immutable {
-                    sig.args = sig.args_with_parent_result(&Value::List(ready.results));
-                }
-                let sent = self.send_signature(&sig, task, stop).await;
+                let joined = Some(Value::List(ready.results));
+                let sent = Box::pin(self.apply_child(body.clone(), joined, Vec::new(), task, stop)).await;
                 if sent.is_none() {
                     // The claim expires; a redelivered header task finishes the join.
                     return Recorded::No;
@@ -470,11 +479,8 @@ impl Shared {
                     let meta = ResultMeta::failure(&body_id, &exc, None, PyDateTime::now_utc());
                     recorded = self.store(meta, stop).await;
                     for errback in option_signatures(body, "link_error") {
-                        let mut sig = errback;
-                        if !sig.immutable {
-                            sig.args.insert(0, Value::Str(body_id.clone()));
-                        }
-                        if self.send_signature(&sig, task, stop).await.is_none() {
+                        let prev = Some(Value::Str(body_id.clone()));
+                        if self.apply_child(errback, prev, Vec::new(), task, stop).await.is_none() {
                             recorded = Recorded::No;
                         }
                     }
