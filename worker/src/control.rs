@@ -182,6 +182,14 @@ impl Pidbox {
             debug!("remote control: dropping an expired request");
             return;
         }
+        // As kombu's Mailbox: only the content types of accept_content.
+        if !self.shared.accept.allows(&message.content_type) {
+            let e = RequestError::Decode(format!(
+                "content type {:?} is not in accept_content",
+                message.content_type.chars().take(100).collect::<String>()
+            ));
+            return self.dropped("invalid", &e);
+        }
         let body = match request::decode_body(message) {
             Ok(body) => body,
             Err(e) => return self.dropped("invalid", &e),

@@ -353,9 +353,16 @@ fn sane_time(at: f64, now: f64) -> f64 {
 pub struct Revoked {
     ids: Mutex<LimitedSet>,
     file: Option<PathBuf>,
-    /// Held while a snapshot is taken and written, so writes land in order.
-    saving: Mutex<()>,
+    /// Held while a snapshot is taken and written, so writes land in order;
+    /// holds when the file was last written.
+    saving: Mutex<Option<std::time::Instant>>,
+    /// Changed since the file was last written.
+    dirty: std::sync::atomic::AtomicBool,
 }
+
+/// The file is written at most this often when revokes come in a flood; the
+/// worker flushes what is left every second and at shutdown.
+const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Revoked {
     fn load(file: Option<PathBuf>) -> Revoked {
@@ -377,7 +384,12 @@ impl Revoked {
                 Err(e) => tracing::warn!("{e}"),
             }
         }
-        Revoked { ids: Mutex::new(set), file, saving: Mutex::new(()) }
+        Revoked {
+            ids: Mutex::new(set),
+            file,
+            saving: Mutex::new(None),
+            dirty: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Whether `id` is revoked.
@@ -385,7 +397,8 @@ impl Revoked {
         lock(&self.ids).contains(id)
     }
 
-    /// Revokes `ids` (now), saving the state file. Ids longer than
+    /// Revokes `ids` (now), saving the state file (at most once a second:
+    /// [`Revoked::flush`] writes what is left). Ids longer than
     /// [`MAX_TASK_ID_LEN`] are left out; of more than [`REVOKES_MAX`], the last
     /// ones are kept.
     pub fn add<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
@@ -410,7 +423,19 @@ impl Revoked {
             }
             set.purge(now);
         }
-        self.save();
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+        let recent = lock(&self.saving).is_some_and(|at| at.elapsed() < SAVE_EVERY);
+        if !recent {
+            self.flush();
+        }
+    }
+
+    /// Writes the state file if something changed since it was last
+    /// written (see [`write_state_file`]); failures are logged.
+    pub fn flush(&self) {
+        if self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            self.save();
+        }
     }
 
     /// The ids, oldest first.
@@ -438,7 +463,8 @@ impl Revoked {
     /// Writes the state file (see [`write_state_file`]); failures are logged.
     fn save(&self) {
         let Some(path) = &self.file else { return };
-        let _saving = lock(&self.saving);
+        let mut saving = lock(&self.saving);
+        *saving = Some(std::time::Instant::now());
         let mut revoked = Map::new();
         for (id, at) in self.entries() {
             revoked.insert(id, Value::Float(at));
@@ -586,6 +612,10 @@ mod tests {
         let state = WorkerState::new(Some(path.clone()));
         state.revoked().add(["a"]);
         state.revoked().add(["b"]);
+        // Written at once the first time, then at most once a second: the
+        // second revoke waits for a flush (the worker flushes every second).
+        assert_eq!(read_state_file(&path).unwrap().len(), 1);
+        state.revoked().flush();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{mode:o}");
         let names: Vec<String> =

@@ -42,6 +42,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
+use celeriac_protocol::limits::Accept;
+
 use crate::context::WorkerServices;
 use crate::events::Events;
 use crate::metrics::Metrics;
@@ -185,6 +187,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Option<Arc<Metrics>>,
     /// What a task message must be to be decoded.
     acceptance: admit::Acceptance,
+    /// The content types remote-control requests may have (`accept_content`).
+    pub(crate) accept: celeriac_protocol::limits::Accept,
 }
 
 /// What `Ctx` asks of the worker.
@@ -236,8 +240,11 @@ impl Worker {
             }
         }
         let acceptance = admit::Acceptance::new(&config.accept_content, config.max_message_size);
+        let accept =
+            celeriac_protocol::limits::Accept::from_names(&config.accept_content).unwrap_or_else(|_| Accept::json());
         let shared = Shared {
             acceptance,
+            accept,
             registry,
             broker,
             producer,
@@ -325,6 +332,9 @@ impl Worker {
         if let Some(metrics) = shared.metrics.clone() {
             helpers.spawn(gauges(shared.clone(), metrics, background.clone()));
         }
+        if cfg.statedb.is_some() {
+            helpers.spawn(flush_statedb(shared.clone(), background.clone()));
+        }
         info!(hostname = %cfg.hostname, queues = ?cfg.queues, concurrency = cfg.concurrency, "{} ready.", cfg.hostname);
         let mut running = JoinSet::new();
         loop {
@@ -371,8 +381,16 @@ impl Worker {
             running.abort_all();
             while running.join_next().await.is_some() {}
         }
-        if let Err(e) = consumer.restore_unacked().await {
-            error!("could not restore unacknowledged messages: {e}; they come back after the visibility timeout");
+        // Bounded: during an outage the messages come back after the
+        // visibility timeout anyway.
+        match tokio::time::timeout(SHUTDOWN_STEP, consumer.restore_unacked()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                error!("could not restore unacknowledged messages: {e}; they come back after the visibility timeout")
+            }
+            Err(_) => error!(
+                "restoring unacknowledged messages took over {SHUTDOWN_STEP:?}; the rest come back after the visibility timeout"
+            ),
         }
         let deferred = shared.broker.deferred_settlements();
         if deferred > 0 {
@@ -383,7 +401,10 @@ impl Worker {
         background.cancel();
         while helpers.join_next().await.is_some() {}
         shared.events.close().await;
-        shared.events.worker("worker-offline", 0, shared.state.processed()).await;
+        let offline = shared.events.worker("worker-offline", 0, shared.state.processed());
+        if tokio::time::timeout(SHUTDOWN_STEP, offline).await.is_err() {
+            warn!("the worker-offline event could not be sent within {SHUTDOWN_STEP:?}");
+        }
         Ok(())
     }
 }
@@ -408,6 +429,25 @@ async fn gauges(shared: Arc<Shared>, metrics: Arc<Metrics>, stop: CancellationTo
     }
 }
 
+/// Writes the revoked ids to the state file every second when they changed
+/// (revokes write it at most once a second themselves), and once more at the end.
+async fn flush_statedb(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = ticks.tick() => false,
+        };
+        let state = shared.state.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || state.revoked().flush()).await {
+            error!("writing the state file failed: {e}");
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
 /// Sends `worker-heartbeat` every `heartbeat_interval` seconds until `stop`.
 async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     let period =
@@ -423,6 +463,10 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         }
     }
 }
+
+/// The longest each shutdown step that talks to the broker (handing back
+/// unacked messages, the `worker-offline` event) may take.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(30);
 
 /// Hard and soft limits in seconds set at run time for a task name.
 pub(crate) type TimeLimitOverride = (Option<f64>, Option<f64>);

@@ -76,6 +76,15 @@ impl Shared {
                 // As Celery: callbacks and the next chain step go out first,
                 // and the stored result names them as its children.
                 let (children, sent) = self.send_callbacks(task, &value, stop).await;
+                if let Err(Unsent::Never(why)) = &sent {
+                    // As Celery's tracer: a callback that cannot be published
+                    // fails the task with the publishing error.
+                    error!("Task {name}[{id}] succeeded, but its callbacks cannot be sent: {why}");
+                    self.count_refused("callback_not_sent");
+                    let exc = ExceptionInfo::new("kombu.exceptions", "OperationalError", vec![Value::Str(why.clone())]);
+                    return (Ending::Failed, self.fail(delivery, task, &exc, None, stop).await);
+                }
+                let sent = if sent.is_ok() { Recorded::Yes } else { Recorded::No };
                 let mut meta = self.extend(ResultMeta::success(id, value, PyDateTime::now_utc()), task, delivery);
                 meta.children = children.iter().map(|child| child.to_tuple().to_value()).collect();
                 let stored = self.finished(meta, task, !ignore_result, stop).await;
@@ -265,8 +274,10 @@ impl Shared {
         // arguments, as Celery sends them.
         for errback in task.embed.errbacks.iter().flatten() {
             let prev = Some(Value::Str(id.clone()));
-            if self.apply_child(errback.clone(), prev, Vec::new(), task, stop).await.is_none() {
-                recorded = Recorded::No;
+            match self.apply_child(errback.clone(), prev, Vec::new(), task, stop).await {
+                Ok(_) => {}
+                Err(Unsent::Outage) => recorded = Recorded::No,
+                Err(Unsent::Never(_)) => self.count_refused("callback_not_sent"),
             }
         }
         recorded
@@ -280,12 +291,18 @@ impl Shared {
         task: &TaskMessage,
         result: &Value,
         stop: &CancellationToken,
-    ) -> (Vec<Applied>, Recorded) {
+    ) -> (Vec<Applied>, Result<(), Unsent>) {
         let mut sent = Vec::new();
-        let mut all = Recorded::Yes;
-        let mut keep = |applied: Option<Applied>| match applied {
-            Some(applied) => sent.push(applied),
-            None => all = Recorded::No,
+        let mut outcome = Ok(());
+        let mut keep = |applied: Result<Applied, Unsent>| match applied {
+            Ok(applied) => sent.push(applied),
+            // A permanent failure outweighs an outage.
+            Err(e @ Unsent::Never(_)) => outcome = Err(e),
+            Err(Unsent::Outage) => {
+                if outcome.is_ok() {
+                    outcome = Err(Unsent::Outage);
+                }
+            }
         };
         let callbacks = task.embed.callbacks.as_deref().unwrap_or_default();
         if let [one] = callbacks {
@@ -308,13 +325,13 @@ impl Shared {
                 keep(self.apply_child(next.clone(), Some(result.clone()), rest.to_vec(), task, stop).await);
             }
         }
-        (sent, all)
+        (sent, outcome)
     }
 
     /// Applies `sig` (a task, a group, a chain or a chord) as a child of
     /// `parent`, with `prev` prepended to its arguments unless it is immutable,
     /// followed by `rest`; retried through a broker outage with the same ids
-    /// until the worker stops. `None` (logged) when it could not be applied.
+    /// until the worker stops. Why it was not applied otherwise (logged).
     async fn apply_child(
         &self,
         mut sig: Signature,
@@ -322,7 +339,7 @@ impl Shared {
         rest: Vec<Signature>,
         parent: &TaskMessage,
         stop: &CancellationToken,
-    ) -> Option<Applied> {
+    ) -> Result<Applied, Unsent> {
         Box::pin(self.apply_child_inner(std::mem::take(&mut sig), prev, rest, parent, stop)).await
     }
 
@@ -333,7 +350,7 @@ impl Shared {
         rest: Vec<Signature>,
         parent: &TaskMessage,
         stop: &CancellationToken,
-    ) -> Option<Applied> {
+    ) -> Result<Applied, Unsent> {
         celeriac_client::freeze(&mut sig);
         let (id, name) = (&parent.headers.id, &parent.headers.task);
         let lineage = Lineage {
@@ -346,8 +363,12 @@ impl Shared {
         let mut backoff = outage_backoff();
         loop {
             match applier.apply(sig.clone(), prev.clone(), rest.clone(), &lineage).await {
-                Ok(applied) => return Some(applied),
-                Err(CanvasError::Broker(e)) if worth_retrying(&e) && !stop.is_cancelled() => {
+                Ok(applied) => return Ok(applied),
+                Err(CanvasError::Broker(e)) if worth_retrying(&e) && stop.is_cancelled() => {
+                    error!("could not send {} after {name}[{id}]: {e}; the worker is stopping", sig.task);
+                    return Err(Unsent::Outage);
+                }
+                Err(CanvasError::Broker(e)) if worth_retrying(&e) => {
                     let delay = backoff.next_delay();
                     if backoff.attempts() == 1 {
                         warn!("could not send {} after {name}[{id}]: {e}; retrying until the broker is back", sig.task);
@@ -359,7 +380,7 @@ impl Shared {
                 }
                 Err(e) => {
                     error!("could not send {} after {name}[{id}]: {e}", sig.task);
-                    return None;
+                    return Err(Unsent::Never(e.to_string()));
                 }
             }
         }
@@ -460,10 +481,22 @@ impl Shared {
         match joined {
             Ok(ChordOutcome::Ready(ready)) => {
                 let joined = Some(Value::List(ready.results));
-                let sent = Box::pin(self.apply_child(body.clone(), joined, Vec::new(), task, stop)).await;
-                if sent.is_none() {
+                match Box::pin(self.apply_child(body.clone(), joined, Vec::new(), task, stop)).await {
+                    Ok(_) => {}
                     // The claim expires; a redelivered header task finishes the join.
-                    return Recorded::No;
+                    Err(Unsent::Outage) => return Recorded::No,
+                    Err(Unsent::Never(why)) => {
+                        // As Celery: the body fails with a ChordError.
+                        let reason = format!("Callback error: {why}");
+                        error!("Chord {group_id:?} raised: ChordError({reason:?})");
+                        if let Some(body_id) = body.options.get("task_id").and_then(Value::as_str) {
+                            let exc = ExceptionInfo::new("celery.exceptions", "ChordError", vec![Value::Str(reason)]);
+                            let meta = ResultMeta::failure(body_id, &exc, None, PyDateTime::now_utc());
+                            if self.store(meta, stop).await == Recorded::No {
+                                return Recorded::No;
+                            }
+                        }
+                    }
                 }
                 if let Err(e) = results.finish_chord(ready.claim).await {
                     error!("could not clean up chord {group_id}: {e}");
@@ -480,8 +513,10 @@ impl Shared {
                     recorded = self.store(meta, stop).await;
                     for errback in option_signatures(body, "link_error") {
                         let prev = Some(Value::Str(body_id.clone()));
-                        if self.apply_child(errback, prev, Vec::new(), task, stop).await.is_none() {
-                            recorded = Recorded::No;
+                        match self.apply_child(errback, prev, Vec::new(), task, stop).await {
+                            Ok(_) => {}
+                            Err(Unsent::Outage) => recorded = Recorded::No,
+                            Err(Unsent::Never(_)) => self.count_refused("callback_not_sent"),
                         }
                     }
                 }
@@ -649,9 +684,14 @@ impl Shared {
         let info = &delivery.envelope.delivery_info;
         match self.broker.publish(&info.exchange, &info.routing_key, &message).await {
             Ok(()) => settle_now(delivery, Settlement::Ack).await,
-            Err(e) => {
+            Err(e) if worth_retrying(&e) => {
                 warn!("could not hand an unregistered task on: {e}; requeueing it");
                 settle_now(delivery, Settlement::Requeue).await;
+            }
+            Err(e) => {
+                error!("cannot hand an unregistered task on: {e}; it comes back after the visibility timeout");
+                self.count_refused("hand_on_failed");
+                delivery.abandon();
             }
         }
     }
@@ -674,9 +714,15 @@ impl Shared {
         let dlq = &self.config.dead_letter_queue;
         match self.broker.publish("", dlq, &message).await {
             Ok(()) => settle_now(delivery, Settlement::Ack).await,
-            Err(e) => {
+            Err(e) if worth_retrying(&e) => {
                 error!("could not move a message to {dlq}: {e}; requeueing it");
                 settle_now(delivery, Settlement::Requeue).await;
+            }
+            Err(e) => {
+                // Requeueing would refuse it again at once, for ever.
+                error!("cannot move a message to {dlq}: {e}; it stays unacknowledged and comes back after the visibility timeout");
+                self.count_refused("dead_letter_failed");
+                delivery.abandon();
             }
         }
     }
@@ -705,6 +751,15 @@ impl Shared {
             metrics.refused(reason);
         }
     }
+}
+
+/// Why a child signature was not applied.
+#[derive(Debug)]
+enum Unsent {
+    /// The broker stayed unreachable until the worker stopped.
+    Outage,
+    /// It can never be sent (a bad signature, a broker that refuses it).
+    Never(String),
 }
 
 /// Both recorded, or not.
