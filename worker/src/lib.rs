@@ -31,6 +31,7 @@
 // the canvas applier are in their types).
 #![recursion_limit = "256"]
 
+mod builtins;
 pub mod context;
 pub mod control;
 pub mod error;

@@ -43,6 +43,12 @@ pub struct TaskOptions {
     pub track_started: Option<bool>,
     /// Serializer of what it sends (retries, callbacks): `json`, `msgpack`, `yaml`.
     pub serializer: Option<String>,
+    /// Used as an error callback (`link_error`), it is called in the failing
+    /// task's worker with the failed request, the exception and the
+    /// traceback before its own arguments, as Celery calls a "new-style"
+    /// errback `def errback(request, exc, traceback, ...)`; otherwise an
+    /// errback is sent as a task with the failed task's id as first argument.
+    pub errback_takes_request: bool,
 }
 
 impl Default for TaskOptions {
@@ -64,6 +70,7 @@ impl Default for TaskOptions {
             rate_limit: None,
             track_started: None,
             serializer: None,
+            errback_takes_request: false,
         }
     }
 }
@@ -157,6 +164,13 @@ impl Task {
     /// Turns backoff jitter on or off.
     pub fn retry_jitter(mut self, on: bool) -> Task {
         self.options.retry_jitter = on;
+        self
+    }
+
+    /// Called as a "new-style" errback when linked as an error callback
+    /// (see [`TaskOptions::errback_takes_request`]).
+    pub fn errback_takes_request(mut self, on: bool) -> Task {
+        self.options.errback_takes_request = on;
         self
     }
 
