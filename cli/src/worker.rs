@@ -27,7 +27,7 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub result_backend: Option<String>,
     /// Queues to consume, comma separated (default: `task_default_queue`).
-    #[arg(short = 'Q', long, value_delimiter = ',')]
+    #[arg(short = 'Q', long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub queues: Vec<String>,
     /// Tasks run at once (`worker_concurrency`, 1 to 100000; default: the number of CPUs).
     #[arg(
@@ -72,7 +72,7 @@ pub struct WorkerArgs {
     /// Task sets to register, comma separated: `builtin` (celeriac.ping, the
     /// health heartbeat), `conformance` (Celery's integration-suite tasks), and
     /// a custom binary's own sets. Default: `builtin` and the binary's own.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub tasks: Vec<String>,
 }
 

@@ -26,8 +26,8 @@ pub fn is_plumbing(queue: &str) -> bool {
     queue.ends_with(".celery.pidbox") || queue.ends_with(".reply.celery.pidbox") || queue.starts_with("celeryev.")
 }
 
-fn redis_err(e: redis::RedisError) -> CliError {
-    CliError::Operator(format!("Redis: {e}"))
+fn redis_err(what: String) -> impl Fn(redis::RedisError) -> CliError {
+    move |e| CliError::Operator(format!("Redis {what}: {e}"))
 }
 
 /// A new connection to the Redis of `broker` (no response timeout: it may
@@ -55,7 +55,9 @@ pub async fn connect(broker: &RedisBroker) -> Result<MultiplexedConnection, CliE
         .map_err(|e| CliError::Operator(format!("broker {url}: {e}")))?;
     let client = match target {
         Target::Direct(client) => client,
-        Target::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await.map_err(redis_err)?,
+        Target::Sentinel(sentinel) => {
+            sentinel.lock().await.async_get_client().await.map_err(redis_err(format!("Sentinel of {url}")))?
+        }
     };
     let timeout = o.socket_connect_timeout.unwrap_or(celeriac_redisconn::DEFAULT_CONNECT_TIMEOUT);
     let config = AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(None);
@@ -125,7 +127,8 @@ pub async fn read(
     }
     let unacked_key = keys.unacked().to_owned();
     pipe.cmd("HLEN").arg(&unacked_key);
-    let mut lens: Vec<u64> = pipe.query_async(con).await.map_err(redis_err)?;
+    let mut lens: Vec<u64> =
+        pipe.query_async(con).await.map_err(redis_err(format!("LLEN of the queues {queues:?}")))?;
     let unacked_total = lens.pop().unwrap_or(0);
     let mut out = Depths { unacked_total, ..Depths::default() };
     let mut lens = lens.into_iter();
@@ -161,8 +164,14 @@ async fn unacked_per_routing_key(
     let mut cursor: u64 = 0;
     let mut seen: u64 = 0;
     loop {
-        let (next, pairs): (u64, Vec<(String, Vec<u8>)>) =
-            redis::cmd("HSCAN").arg(key).arg(cursor).arg("COUNT").arg(500).query_async(con).await.map_err(redis_err)?;
+        let (next, pairs): (u64, Vec<(String, Vec<u8>)>) = redis::cmd("HSCAN")
+            .arg(key)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(con)
+            .await
+            .map_err(redis_err(format!("HSCAN {key}")))?;
         for (_, raw) in pairs {
             seen += 1;
             if let Ok((_, _, routing_key)) = celeriac_protocol::Envelope::from_unacked_slice(&raw) {
@@ -180,29 +189,32 @@ async fn unacked_per_routing_key(
 /// the fleet's plumbing. A queue nobody declared yet is not among them.
 pub async fn bound_queues(broker: &RedisBroker, con: &mut MultiplexedConnection) -> Result<Vec<String>, CliError> {
     let keys = broker.keys();
-    // `_kombu.binding.<exchange>` and kombu 5.7's `_kombu.binding_permanent.<exchange>`.
-    let pattern = format!("{}*", keys.binding_key("").trim_end_matches('.'));
     let mut found = std::collections::BTreeSet::new();
-    let mut cursor: u64 = 0;
+    // `_kombu.binding.<exchange>` and kombu 5.7's `_kombu.binding_permanent.<exchange>`
+    // (not its `_kombu.binding_deadlines` sorted set).
     let mut sets = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(con)
-            .await
-            .map_err(redis_err)?;
-        sets.extend(batch);
-        if next == 0 || sets.len() > 10_000 {
-            break;
+    for pattern in [format!("{}*", keys.binding_key("")), format!("{}*", keys.binding_permanent_key(""))] {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(con)
+                .await
+                .map_err(redis_err(format!("SCAN {pattern}")))?;
+            sets.extend(batch);
+            if next == 0 || sets.len() > 10_000 {
+                break;
+            }
+            cursor = next;
         }
-        cursor = next;
     }
     for set in sets {
-        let members: Vec<String> = redis::cmd("SMEMBERS").arg(&set).query_async(con).await.map_err(redis_err)?;
+        let members: Vec<String> =
+            redis::cmd("SMEMBERS").arg(&set).query_async(con).await.map_err(redis_err(format!("SMEMBERS {set}")))?;
         for member in &members {
             if let Some((_, _, queue)) = keys.parse_binding_member(member) {
                 if !is_plumbing(queue) {

@@ -25,7 +25,7 @@ pub const MANIFEST_VERSION: u32 = 1;
 pub struct TasksArgs {
     /// Task sets to list, comma separated (default: as `celeriac worker`:
     /// `builtin` and the binary's own sets).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub tasks: Vec<String>,
     /// Print the manifest as JSON (for `celeriac_shim`).
     #[arg(long)]

@@ -122,13 +122,12 @@ pub struct RemoteArgs {
     #[arg(required_unless_present = "list")]
     pub command: Option<String>,
     /// The command's arguments, as `celery inspect`/`celery control` take them.
-    #[arg(allow_hyphen_values = true)]
     pub arguments: Vec<String>,
     /// Seconds to wait for replies (Celery's default: 1).
     #[arg(short = 't', long, default_value = "1.0", value_parser = |v: &str| super::seconds("--timeout", v))]
     pub timeout: Duration,
     /// Only these nodes, comma separated (`-d w1@host,w2@host`).
-    #[arg(short = 'd', long, value_delimiter = ',')]
+    #[arg(short = 'd', long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub destination: Vec<String>,
     /// List the commands with their arguments and exit.
     #[arg(long)]

@@ -25,10 +25,10 @@ pub struct StatusArgs {
     #[arg(short = 't', long, default_value = "1.0", value_parser = |v: &str| super::seconds("--timeout", v))]
     pub timeout: Duration,
     /// Only these nodes, comma separated.
-    #[arg(short = 'd', long, value_delimiter = ',')]
+    #[arg(short = 'd', long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub destination: Vec<String>,
     /// Also show these queues (comma separated), consumed or not.
-    #[arg(short = 'Q', long, value_delimiter = ',')]
+    #[arg(short = 'Q', long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub queues: Vec<String>,
     /// Broker, settings and output.
     #[command(flatten)]
@@ -57,7 +57,7 @@ pub struct QueuesArgs {
     pub timeout: Duration,
     /// Only these queues, comma separated (default: every queue bound in the
     /// broker or consumed by a worker).
-    #[arg(short = 'Q', long, value_delimiter = ',')]
+    #[arg(short = 'Q', long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub queues: Vec<String>,
     /// Broker, settings and output.
     #[command(flatten)]
@@ -68,10 +68,10 @@ pub struct QueuesArgs {
 #[derive(Args, Debug, Clone)]
 pub struct PurgeArgs {
     /// Queues to purge, comma separated (default: `task_default_queue` and `task_queues`).
-    #[arg(short = 'Q', long, value_delimiter = ',')]
+    #[arg(short = 'Q', long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub queues: Vec<String>,
     /// Queues not to purge, comma separated.
-    #[arg(short = 'X', long, value_delimiter = ',')]
+    #[arg(short = 'X', long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub exclude_queues: Vec<String>,
     /// Do not ask for confirmation.
     #[arg(short = 'f', long)]
