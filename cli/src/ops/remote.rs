@@ -281,26 +281,29 @@ mod tests {
         text.split_whitespace().map(str::to_owned).collect()
     }
 
-    fn compiled(table: &'static [Panel], name: &str, line: &str) -> Result<String, CliError> {
+    fn compiled(table: &'static [Panel], name: &str, line: &str) -> Result<serde_json::Value, CliError> {
         let panel = find(table, "x", name)?;
-        Ok(to_json(&Value::Map(compile(panel, &words(line))?)).to_string())
+        Ok(to_json(&Value::Map(compile(panel, &words(line))?)))
     }
 
     #[test]
     fn arguments_are_read_as_celery_reads_them() {
         assert_eq!(
             compiled(CONTROL, "rate_limit", "tasks.add 10/m").unwrap(),
-            r#"{"task_name":"tasks.add","rate_limit":"10/m"}"#
+            serde_json::json!({"task_name":"tasks.add","rate_limit":"10/m"})
         );
         assert_eq!(
             compiled(CONTROL, "time_limit", "tasks.add 10 20").unwrap(),
-            r#"{"task_name":"tasks.add","soft":10.0,"hard":20.0}"#
+            serde_json::json!({"task_name":"tasks.add","soft":10.0,"hard":20.0})
         );
-        assert_eq!(compiled(CONTROL, "revoke", "a b").unwrap(), r#"{"task_id":["a","b"]}"#);
-        assert_eq!(compiled(CONTROL, "terminate", "SIGKILL a").unwrap(), r#"{"signal":"SIGKILL","task_id":["a"]}"#);
-        assert_eq!(compiled(CONTROL, "pool_grow", "").unwrap(), "{}");
-        assert_eq!(compiled(INSPECT, "registered", "").unwrap(), r#"{"taskinfoitems":[]}"#);
-        assert_eq!(compiled(INSPECT, "conf", "yes").unwrap(), r#"{"with_defaults":true}"#);
+        assert_eq!(compiled(CONTROL, "revoke", "a b").unwrap(), serde_json::json!({"task_id":["a","b"]}));
+        assert_eq!(
+            compiled(CONTROL, "terminate", "SIGKILL a").unwrap(),
+            serde_json::json!({"signal":"SIGKILL","task_id":["a"]})
+        );
+        assert_eq!(compiled(CONTROL, "pool_grow", "").unwrap(), serde_json::json!({}));
+        assert_eq!(compiled(INSPECT, "registered", "").unwrap(), serde_json::json!({"taskinfoitems":[]}));
+        assert_eq!(compiled(INSPECT, "conf", "yes").unwrap(), serde_json::json!({"with_defaults":true}));
         assert!(compiled(INSPECT, "ping", "extra").is_err());
         assert!(compiled(CONTROL, "pool_grow", "many").is_err());
         assert!(compiled(CONTROL, "time_limit", "t nan").is_err());
