@@ -272,3 +272,66 @@ fn the_worker_takes_celerys_command_line_habits() {
     drop(worker);
     assert!(!Path::new(&expanded[1]).exists(), "the pid file goes with the worker");
 }
+
+/// `GET /metrics` on `addr`: the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return String::new() };
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+}
+
+/// `celeriac beat --metrics-addr`: the leader counts what it sends and the
+/// lag of each send, a standby says it is not the leader.
+#[test]
+fn beat_metrics_count_sends_and_show_the_leader() {
+    let Some(redis) = celeriac_tests::redis() else { return };
+    let config = redis.dir().join("beat.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "broker_url = \"{}\"\nbeat_max_loop_interval = 1\nredbeat_lock_timeout = 30\nbeat_health_service = \"ops-beat\"\n\
+             [beat_schedule.tick]\ntask = \"celeriac.ping\"\nschedule = 1\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let start = |name: &str, addr: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_celeriac"));
+        command.args(["beat", "--config"]).arg(&config).args(["-l", "info", "--metrics-addr", addr]);
+        let beat =
+            LoggedProcess::spawn(command, name, redis.dir().join(format!("{name}.log")), "beat: Starting...").unwrap();
+        beat.wait_ready(WAIT).unwrap();
+        beat
+    };
+    let (a, b) = (
+        format!("127.0.0.1:{}", celeriac_tests::free_port().unwrap()),
+        format!("127.0.0.1:{}", celeriac_tests::free_port().unwrap()),
+    );
+    let leader = start("beat-a", &a);
+    let mut last = String::new();
+    let sent = celeriac_tests::wait_until(WAIT, || {
+        last = scrape(&a);
+        last.contains("celeriac_beat_leader{service=\"ops-beat\"} 1")
+            && last
+                .lines()
+                .any(|l| l.starts_with("celeriac_beat_sent_total") && !l.ends_with(" 0") && !l.ends_with(" 1"))
+    });
+    assert!(sent, "{last}\n{}", leader.log());
+    assert!(last.contains("# TYPE celeriac_beat_send_lag_seconds histogram"));
+    assert!(last.contains("celeriac_beat_skipped_total{service=\"ops-beat\",reason=\"overlap\"} 0"), "{last}");
+    let count: f64 = last
+        .lines()
+        .find(|l| l.starts_with("celeriac_beat_send_lag_seconds_count"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(count >= 2.0, "{last}");
+    let standby = start("beat-b", &b);
+    let standing_by =
+        celeriac_tests::wait_until(WAIT, || scrape(&b).contains("celeriac_beat_leader{service=\"ops-beat\"} 0"));
+    assert!(standing_by, "{}", standby.log());
+}
