@@ -117,18 +117,17 @@ def _task(raw: Any) -> TaskSpec:
 
 
 def load_manifest(source: Union["Manifest", dict, str, "os.PathLike[str]"]) -> Manifest:
-    """A manifest from a :class:`Manifest`, a dict, a JSON text or a file path."""
+    """A manifest from a :class:`Manifest`, a dict, a file path or a JSON text."""
     if isinstance(source, Manifest):
         return source
-    if isinstance(source, (str, os.PathLike)) and not str(source).lstrip().startswith("{"):
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and os.path.isfile(source)):
         with open(source, encoding="utf-8") as f:
-            text = f.read()
-        source = text
+            source = f.read()
     if isinstance(source, str):
         try:
             source = json.loads(source)
         except json.JSONDecodeError as e:
-            raise ManifestError(f"the manifest is not JSON: {e}") from e
+            raise ManifestError(f"the manifest is neither a file nor JSON: {e}") from e
     if not isinstance(source, dict) or not isinstance(source.get("tasks"), list):
         raise ManifestError("a manifest is an object with a 'tasks' list (from `celeriac tasks --json`)")
     version = source.get("manifest_version", 1)

@@ -166,7 +166,6 @@ def attach(app: Celery, manifest: Any, *, routes: bool = True, replace: bool = F
                 "name": spec.name,
                 "spec": spec,
                 "celeriac_signature": spec.signature(),
-                "queue": spec.queue,
                 "ignore_result": bool(spec.options.get("ignore_result") or False),
                 "__module__": __name__,
                 "__doc__": f"Rust task {spec.name}{spec.signature()} (celeriac, task set {spec.task_set!r}).",
