@@ -96,7 +96,7 @@ async fn client(fleet: &Fleet) -> Result<Client, CliError> {
 
 /// What waiting gave: the JSON view and a line of text, or for a task
 /// that failed its JSON view (if it has one) and the error.
-type Outcome = Result<(serde_json::Value, String), (Option<serde_json::Value>, CliError)>;
+type Outcome = Result<(serde_json::Value, String), (Option<serde_json::Value>, String)>;
 
 fn outcome(id: &str, got: Result<Value, ResultError>, traceback: bool) -> Outcome {
     match got {
@@ -120,11 +120,11 @@ fn outcome(id: &str, got: Result<Value, ResultError>, traceback: bool) -> Outcom
                     (Some(tb), true) => tb.clone(),
                     _ => format!("task {id} {}: {repr}", failed.state.as_str()),
                 };
-                Err((Some(view), CliError::TaskFailed(text)))
+                Err((Some(view), text))
             }
-            other => Err((None, CliError::TaskFailed(other.to_string()))),
+            other => Err((None, other.to_string())),
         },
-        Err(e) => Err((None, CliError::TaskFailed(e.to_string()))),
+        Err(e) => Err((None, e.to_string())),
     }
 }
 
@@ -139,11 +139,11 @@ fn report(outcome: Outcome, json_wanted: bool) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Err((view, e)) => {
+        Err((view, message)) => {
             if let (Some(view), true) = (view, json_wanted) {
                 print_json(&view);
             }
-            Err(e)
+            Err(CliError::TaskFailed(message))
         }
     }
 }
