@@ -8,7 +8,8 @@
 # Stage 1 builds a release binary; stage 2 copies it alone onto Debian slim
 # (glibc, CA certificates for rediss:// and amqps://).
 
-FROM rust:1.85-slim-bookworm AS build
+# The newest stable Rust 1.x (the workspace needs at least its rust-version).
+FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
