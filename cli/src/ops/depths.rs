@@ -20,6 +20,20 @@ use crate::error::CliError;
 /// past that only the total is given.
 pub const UNACKED_SCAN_LIMIT: u64 = 10_000;
 
+/// How long one read of the broker may take before the command gives up.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `fut` within [`READ_TIMEOUT`] (the operator's connection has no response
+/// timeout of its own, as it also waits in `BRPOP`).
+pub async fn bounded<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, CliError>>,
+) -> Result<T, CliError> {
+    tokio::time::timeout(READ_TIMEOUT, fut).await.unwrap_or_else(|_| {
+        Err(CliError::Operator(format!("the broker did not answer {what} within {READ_TIMEOUT:?}")))
+    })
+}
+
 /// Queues that are the fleet's plumbing, not task queues: the pidbox node
 /// queues, reply queues and event queues.
 pub fn is_plumbing(queue: &str) -> bool {

@@ -143,11 +143,13 @@ impl Mailbox {
             }
             // BRPOP takes fractional seconds (Redis 6+); 0 would block for ever.
             let wait = left.as_secs_f64().max(0.001);
-            let popped: Option<(String, Vec<u8>)> = redis::cmd("BRPOP")
-                .arg(&keys)
-                .arg(wait)
-                .query_async(con)
+            let mut cmd = redis::cmd("BRPOP");
+            cmd.arg(&keys).arg(wait);
+            let brpop = cmd.query_async::<Option<(String, Vec<u8>)>>(con);
+            // The server answers by `wait`; a stalled server must not hold the command.
+            let popped = tokio::time::timeout(left + Duration::from_secs(5), brpop)
                 .await
+                .map_err(|_| CliError::Operator("the broker stopped answering while replies were read".into()))?
                 .map_err(|e| CliError::Operator(format!("reading replies: {e}")))?;
             let Some((_, raw)) = popped else { break };
             match read_reply(&raw, ticket) {

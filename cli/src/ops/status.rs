@@ -208,7 +208,7 @@ async fn queue_names(
 ) -> Result<Vec<String>, CliError> {
     let mut names: BTreeSet<String> = asked.iter().cloned().collect();
     names.extend(workers.iter().flat_map(|w| w.queues.iter().cloned()));
-    names.extend(depths::bound_queues(broker, con).await?);
+    names.extend(depths::bounded("listing the bound queues", depths::bound_queues(broker, con)).await?);
     names.insert(default.to_owned());
     Ok(names.into_iter().filter(|q| !depths::is_plumbing(q)).collect())
 }
@@ -228,7 +228,7 @@ pub async fn snapshot(
     } else {
         workers.iter().flat_map(|w| w.queues.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect()
     };
-    let depths = depths::read(redis, con, &names).await?;
+    let depths = depths::bounded("reading queue depths", depths::read(redis, con, &names)).await?;
     Ok(Snapshot { broker: broker.masked_url(), workers, depths, at: Some(Instant::now()) })
 }
 
@@ -414,7 +414,7 @@ pub async fn queues(args: QueuesArgs) -> Result<(), CliError> {
     } else {
         args.queues.clone()
     };
-    let depths = depths::read(&redis, &mut s.con, &names).await?;
+    let depths = depths::bounded("reading queue depths", depths::read(&redis, &mut s.con, &names)).await?;
     if args.fleet.json {
         let list: Vec<serde_json::Value> = depths
             .queues
