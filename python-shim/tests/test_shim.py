@@ -170,3 +170,23 @@ def test_solar_schedules_are_refused_with_a_message(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, env=env)
     assert r.returncode == 1
     assert "solar schedules" in r.stderr and "'dawn'" in r.stderr
+
+
+def test_the_package_installs_with_pip(tmp_path):
+    """`pip install ./python-shim` gives an importable `celeriac_shim` (built
+    from a copy, so the source tree stays clean)."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(SHIM, src, ignore=shutil.ignore_patterns("tests", "__pycache__", "build", "*.egg-info"))
+    target = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(src)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    probe = subprocess.run(
+        [sys.executable, "-c", "import celeriac_shim, sys; print(celeriac_shim.__file__); print(celeriac_shim.__version__)"],
+        capture_output=True, text=True, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, cwd=tmp_path,
+    )
+    assert probe.returncode == 0, probe.stderr
+    where, version = probe.stdout.split()
+    assert where.startswith(str(target)) and version == "0.1.0"
