@@ -53,7 +53,7 @@ pub use extract::{Args, FromInvocation, Invocation, Kwargs, RawArgs};
 pub use registry::Registry;
 pub use runtime::{Worker, WorkerConfig};
 pub use store::{ChordPartReturn, ResultStore, StoreError};
-pub use task::{Task, TaskOptions};
+pub use task::{Param, Task, TaskOptions};
 
 #[cfg(test)]
 mod tests {

@@ -75,6 +75,21 @@ impl Default for TaskOptions {
     }
 }
 
+/// One parameter a task declares for its callers (the task manifest of
+/// `celeriac tasks --json`, and Python stubs made from it): a name, a Python
+/// type annotation, and how it is passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Param {
+    /// The parameter's name.
+    pub name: String,
+    /// A Python annotation (`int`, `str`, `float`, `bool`, `list`, `dict`,
+    /// `Any`, `Optional[int]`, ...).
+    pub annotation: String,
+    /// `true`: a keyword-only parameter with the default `None` (sent in
+    /// `kwargs`); `false`: a required positional one (sent in `args`).
+    pub keyword: bool,
+}
+
 /// A task: a name, a handler, options. Built with [`Task::new`] (async) or
 /// [`Task::blocking`] and the option methods, then added to a `Registry`.
 #[derive(Clone)]
@@ -82,6 +97,9 @@ pub struct Task {
     pub(crate) name: String,
     pub(crate) handler: SharedHandler,
     pub(crate) options: TaskOptions,
+    /// The handler's extractor types as Rust spells them (`type_name`).
+    pub(crate) extractors: &'static str,
+    pub(crate) params: Vec<Param>,
 }
 
 impl std::fmt::Debug for Task {
@@ -98,6 +116,8 @@ impl Task {
             name: name.into(),
             handler: Arc::new(AsyncFn { handler, _marker: std::marker::PhantomData }),
             options: TaskOptions::default(),
+            extractors: std::any::type_name::<M>(),
+            params: Vec::new(),
         }
     }
 
@@ -107,6 +127,8 @@ impl Task {
             name: name.into(),
             handler: Arc::new(BlockingFn { handler, _marker: std::marker::PhantomData }),
             options: TaskOptions::default(),
+            extractors: std::any::type_name::<M>(),
+            params: Vec::new(),
         }
     }
 
@@ -123,6 +145,32 @@ impl Task {
     /// The handler.
     pub fn handler(&self) -> &SharedHandler {
         &self.handler
+    }
+
+    /// The handler's parameter types as Rust spells them, e.g.
+    /// `(celeriac_worker::extract::Args<(u64,)>,)`: what the task manifest
+    /// reads positional types from when no [`Task::arg`] names them.
+    pub fn extractors(&self) -> &'static str {
+        self.extractors
+    }
+
+    /// The parameters declared with [`Task::arg`] and [`Task::kwarg`], in order.
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// Declares the next positional parameter: its name and Python type
+    /// (`.arg("run", "int")`), for the task manifest and Python stubs.
+    pub fn arg(mut self, name: impl Into<String>, annotation: impl Into<String>) -> Task {
+        self.params.push(Param { name: name.into(), annotation: annotation.into(), keyword: false });
+        self
+    }
+
+    /// Declares an optional keyword parameter (default `None`):
+    /// `.kwarg("detector", "str")`, for the task manifest and Python stubs.
+    pub fn kwarg(mut self, name: impl Into<String>, annotation: impl Into<String>) -> Task {
+        self.params.push(Param { name: name.into(), annotation: annotation.into(), keyword: true });
+        self
     }
 
     /// Replaces all options.

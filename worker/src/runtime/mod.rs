@@ -544,6 +544,9 @@ impl Shared {
             info!("Task {name}[{id}] received");
             let terminate = self.state.received(&task, delivery, &self.config.hostname);
             let _tracked = Tracked { state: &self.state, id, name };
+            if let Some(metrics) = &self.metrics {
+                metrics.note_queue(id, &delivery.queue);
+            }
             if self.reporting() {
                 self.report("task-received", &task, task_received_fields(&task));
             }
