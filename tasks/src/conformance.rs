@@ -40,7 +40,6 @@ pub const MODULE: &str = "t.integration.tasks";
 pub const LEFT_OUT: &[(&str, &str)] = &[
     ("chain_add", SENDS),
     ("chord_add", SENDS),
-    ("build_chain_inside_task", SENDS),
     ("replace_with_stamped_task", REPLACES),
     ("return_nested_signature_chain_chain", PYTHON_CANVAS),
     ("return_nested_signature_chain_group", PYTHON_CANVAS),

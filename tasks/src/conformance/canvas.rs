@@ -227,6 +227,36 @@ async fn errback_new_style_with_args(redis: Arc<RedisLink>, ctx: Ctx, RawArgs(ar
     Ok(Value::Null)
 }
 
+fn frozen(mut sig: Signature) -> (Signature, String) {
+    let id = uuid::Uuid::new_v4().to_string();
+    sig.options.insert("task_id".into(), Value::Str(id.clone()));
+    (sig, id)
+}
+
+/// `(id, parent)` of a result tuple, as Celery's `AsyncResult.as_tuple()`.
+fn tuple(id: &str, parent: Value, children: Value) -> Value {
+    Value::List(vec![Value::List(vec![Value::Str(id.to_owned()), parent]), children])
+}
+
+/// `build_chain_inside_task`: applies `add.s(1, 1) | add.s(2) | group(add.s(3),
+/// add.s(4)) | add.s(5)` and returns its result, which Celery serializes as
+/// the result tuple with its parents.
+async fn build_chain_inside_task(ctx: Ctx) -> Outcome {
+    let one = Value::Int(1);
+    let (a, a_id) = frozen(s("add", vec![one.clone(), one]));
+    let (b, b_id) = frozen(s("add", vec![Value::Int(2)]));
+    let (m1, m1_id) = frozen(s("add", vec![Value::Int(3)]));
+    let (m2, m2_id) = frozen(s("add", vec![Value::Int(4)]));
+    let (g, g_id) = frozen(group(vec![m1, m2]));
+    let (c, c_id) = frozen(s("add", vec![Value::Int(5)]));
+    ctx.apply(chain(vec![a, b, g, c])).await?;
+    let members = Value::List(vec![tuple(&m1_id, Value::Null, Value::Null), tuple(&m2_id, Value::Null, Value::Null)]);
+    let first = Value::List(vec![Value::Str(a_id), Value::Null]);
+    let second = Value::List(vec![Value::Str(b_id), first]);
+    let header = Value::List(vec![Value::List(vec![Value::Str(g_id), second]), members]);
+    Ok(tuple(&c_id, header, Value::Null))
+}
+
 /// Registers the tasks above.
 pub(super) fn register(r: &mut Registry, redis: &Arc<RedisLink>) {
     let _ = expected_exception;
@@ -243,6 +273,7 @@ pub(super) fn register(r: &mut Registry, redis: &Arc<RedisLink>) {
     r.add(with_redis(task_name("second_order_replace1"), redis, second_order_replace1));
     r.add(with_redis(task_name("second_order_replace2"), redis, second_order_replace2));
     r.add(Task::new(task_name("fail_replaced"), fail_replaced));
+    r.add(Task::new(task_name("build_chain_inside_task"), build_chain_inside_task));
     r.add(with_redis(task_name("errback_new_style"), redis, errback_new_style).errback_takes_request(true));
     r.add(
         with_redis(task_name("errback_new_style_with_args"), redis, errback_new_style_with_args)

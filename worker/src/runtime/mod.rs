@@ -550,7 +550,7 @@ impl Shared {
             if self.reporting() {
                 self.report("task-received", &task, task_received_fields(&task));
             }
-            match admit::admit(&self.registry, self.state.revoked(), &task, jiff::Timestamp::now()) {
+            match admit::admit(&self.registry, &self.state, &task, jiff::Timestamp::now()) {
                 admit::Verdict::Unknown => Box::pin(self.unknown(delivery, &task, stop)).await,
                 admit::Verdict::Revoked => {
                     Box::pin(self.discard(delivery, &task, record::Discard::Revoked, stop)).await
@@ -582,7 +582,7 @@ impl Shared {
             return;
         };
         // Revoked or expired while it waited?
-        match admit::still_wanted(self.state.revoked(), task, jiff::Timestamp::now()) {
+        match admit::still_wanted(&self.state, task, jiff::Timestamp::now()) {
             Some(admit::Verdict::Revoked) => {
                 return Box::pin(self.discard(delivery, task, record::Discard::Revoked, stop)).await;
             }
