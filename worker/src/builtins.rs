@@ -1,13 +1,98 @@
 //! Celery's built-in tasks that any worker of an app has, so a Python app may
 //! route them to a celeriac worker: `celery.accumulate` (a group replacement's
-//! results, see `runtime/replace.rs`) and `celery.backend_cleanup` (nothing to
-//! clean with Redis, whose results expire by themselves). A worker registers
-//! them unless its registry has tasks of those names already.
+//! results, see `runtime/replace.rs`), `celery.backend_cleanup` (nothing to
+//! clean with Redis, whose results expire by themselves), and `celery.map`,
+//! `celery.starmap` and `celery.chunks` (a task of this worker called over a
+//! list, in-process, as Python's). A worker registers them unless its
+//! registry has tasks of those names already.
 
-use celeriac_protocol::Value;
+use celeriac_protocol::{Map, Signature, Value};
 
 use crate::extract::RawArgs;
-use crate::{Registry, Task, TaskError};
+use crate::{Ctx, Registry, Task, TaskError};
+
+/// The argument `name` at `position` (Celery's canvas sends them as keyword
+/// arguments; a direct call may pass them by position).
+fn argument<'a>(args: &'a [Value], kwargs: &'a Map, position: usize, name: &str) -> Result<&'a Value, TaskError> {
+    kwargs
+        .get(name)
+        .or_else(|| args.get(position))
+        .ok_or_else(|| TaskError::builtin("TypeError", format!("missing required argument: '{name}'")))
+}
+
+/// The task signature and the items of a map-like call.
+fn map_arguments(args: &[Value], kwargs: &Map) -> Result<(Signature, Vec<Value>), TaskError> {
+    let task = Signature::from_value(argument(args, kwargs, 0, "task")?)
+        .map_err(|e| TaskError::builtin("TypeError", format!("task is not a signature: {e}")))?;
+    let items = match argument(args, kwargs, 1, "it")? {
+        Value::List(items) => items.clone(),
+        other => {
+            return Err(TaskError::builtin("TypeError", format!("'{}' object is not iterable", other.type_name())))
+        }
+    };
+    Ok((task, items))
+}
+
+/// `celery.map(task, it)`: `[task(item) for item in it]`, each call in
+/// this worker.
+async fn map(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value, TaskError> {
+    let (task, items) = map_arguments(&args, &kwargs)?;
+    let mut out = Vec::with_capacity(items.len().min(1024));
+    for item in items {
+        out.push(ctx.call_local(&task.task, vec![item], Map::new()).await?);
+    }
+    Ok(Value::List(out))
+}
+
+/// `celery.starmap(task, it)`: `[task(*item) for item in it]`.
+async fn starmap(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value, TaskError> {
+    let (task, items) = map_arguments(&args, &kwargs)?;
+    let mut out = Vec::with_capacity(items.len().min(1024));
+    for item in items {
+        let Value::List(item_args) = item else {
+            let message = format!("argument after * must be an iterable, not {}", item.type_name());
+            return Err(TaskError::builtin("TypeError", message));
+        };
+        out.push(ctx.call_local(&task.task, item_args, Map::new()).await?);
+    }
+    Ok(Value::List(out))
+}
+
+/// `celery.chunks(task, it, n)`: sends a group of `celery.starmap` tasks
+/// over `it` in parts of `n`, and returns the group's result (stored as
+/// Celery stores a `GroupResult`: its result tuple).
+async fn chunks(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value, TaskError> {
+    let (task, items) = map_arguments(&args, &kwargs)?;
+    let n = match argument(&args, &kwargs, 2, "n")? {
+        Value::Int(n) if *n >= 1 => usize::try_from(*n).unwrap_or(usize::MAX),
+        Value::Int(_) => {
+            let message = "Stop argument for islice() must be None or an integer: 0 <= x <= sys.maxsize.";
+            return Err(TaskError::builtin("ValueError", message));
+        }
+        other => {
+            let message = format!("'{}' object cannot be interpreted as an integer", other.type_name());
+            return Err(TaskError::builtin("TypeError", message));
+        }
+    };
+    let members = items
+        .chunks(n)
+        .map(|part| {
+            let mut sig = Signature::new("celery.starmap");
+            sig.kwargs.insert("task".into(), task.to_value());
+            sig.kwargs.insert("it".into(), Value::List(part.to_vec()));
+            sig.immutable = true;
+            if let Some(queue) = task.options.get("queue") {
+                sig.options.insert("queue".into(), queue.clone());
+            }
+            sig.to_value()
+        })
+        .collect();
+    let mut group = Signature::new("celery.group");
+    group.subtask_type = Some("group".into());
+    group.kwargs.insert("tasks".into(), Value::List(members));
+    let applied = ctx.apply(group).await?;
+    Ok(applied.to_tuple().to_value())
+}
 
 /// `celery.accumulate(*args, index=None)`: the argument at `index`, or all
 /// of them.
@@ -41,6 +126,15 @@ pub(crate) fn add_missing(registry: &mut Registry) {
     if registry.get("celery.backend_cleanup").is_none() {
         registry.add(Task::new("celery.backend_cleanup", backend_cleanup).ignore_result(true));
     }
+    if registry.get("celery.map").is_none() {
+        registry.add(Task::new("celery.map", map));
+    }
+    if registry.get("celery.starmap").is_none() {
+        registry.add(Task::new("celery.starmap", starmap));
+    }
+    if registry.get("celery.chunks").is_none() {
+        registry.add(Task::new("celery.chunks", chunks));
+    }
 }
 
 #[cfg(test)]
@@ -59,5 +153,81 @@ mod tests {
         assert_eq!(accumulate(RawArgs(args.clone(), Map::new())).await.unwrap(), Value::List(args.clone()));
         index.insert("index".into(), Value::Int(5));
         assert!(accumulate(RawArgs(args, index)).await.is_err());
+    }
+
+    struct Local(Registry);
+
+    impl crate::WorkerServices for Local {
+        fn update_state(
+            &self,
+            _: &str,
+            _: &str,
+            _: Value,
+        ) -> futures_util::future::BoxFuture<'static, Result<(), TaskError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn is_revoked(&self, _: &str) -> bool {
+            false
+        }
+        fn task(&self, name: &str) -> Option<Task> {
+            self.0.get(name).cloned()
+        }
+    }
+
+    async fn add(crate::Args((a, b)): crate::Args<(i64, i64)>) -> Result<i64, TaskError> {
+        Ok(a + b)
+    }
+
+    async fn double(crate::Args((a,)): crate::Args<(i64,)>) -> Result<i64, TaskError> {
+        Ok(a * 2)
+    }
+
+    fn ctx() -> Ctx {
+        let registry = Registry::new().with(Task::new("t.add", add)).with(Task::new("t.double", double));
+        let request = crate::context::RequestInfo::default();
+        Ctx::new(
+            request,
+            std::sync::Arc::new(Local(registry)),
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+    }
+
+    fn call(task: &str, it: Value) -> RawArgs {
+        let mut kwargs = Map::new();
+        kwargs.insert("task".into(), Signature::new(task).to_value());
+        kwargs.insert("it".into(), it);
+        RawArgs(Vec::new(), kwargs)
+    }
+
+    #[tokio::test]
+    async fn map_and_starmap_call_the_task_here_for_each_item() {
+        let items = Value::List(vec![Value::Int(1), Value::Int(2)]);
+        assert_eq!(map(ctx(), call("t.double", items)).await.unwrap(), Value::List(vec![Value::Int(2), Value::Int(4)]));
+        let pairs = Value::List(vec![
+            Value::List(vec![Value::Int(1), Value::Int(1)]),
+            Value::List(vec![Value::Int(2), Value::Int(2)]),
+        ]);
+        assert_eq!(
+            starmap(ctx(), call("t.add", pairs)).await.unwrap(),
+            Value::List(vec![Value::Int(2), Value::Int(4)])
+        );
+    }
+
+    #[tokio::test]
+    async fn map_refuses_what_python_refuses() {
+        let kind = |e: TaskError| e.kind().map(str::to_owned);
+        let unknown = map(ctx(), call("t.nope", Value::List(vec![Value::Int(1)]))).await.unwrap_err();
+        assert_eq!(kind(unknown).as_deref(), Some("NotRegistered"));
+        let not_a_list = map(ctx(), call("t.double", Value::Int(3))).await.unwrap_err();
+        assert_eq!(kind(not_a_list).as_deref(), Some("TypeError"));
+        let flat = starmap(ctx(), call("t.add", Value::List(vec![Value::Int(1)]))).await.unwrap_err();
+        assert_eq!(kind(flat).as_deref(), Some("TypeError"));
+        let mut zero = call("t.add", Value::List(vec![]));
+        zero.1.insert("n".into(), Value::Int(0));
+        assert_eq!(kind(chunks(ctx(), zero).await.unwrap_err()).as_deref(), Some("ValueError"));
+        let mut huge = call("t.add", Value::List(vec![]));
+        huge.1.insert("n".into(), Value::Float(1e300));
+        assert_eq!(kind(chunks(ctx(), huge).await.unwrap_err()).as_deref(), Some("TypeError"));
     }
 }

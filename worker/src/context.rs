@@ -41,6 +41,13 @@ pub trait WorkerServices: Send + Sync + 'static {
         })
     }
 
+    /// The task of this worker named `name`, for calling it in-process (as
+    /// Python's `task(*args)`, which `celery.map` does).
+    fn task(&self, name: &str) -> Option<crate::Task> {
+        let _ = name;
+        None
+    }
+
     /// Raises the size of chord `group_id` by one (the backend's
     /// `add_to_chord`), before a task joins it.
     fn add_to_chord(&self, group_id: &str) -> futures_util::future::BoxFuture<'static, Result<(), TaskError>> {
@@ -286,6 +293,24 @@ impl Ctx {
         celeriac_client::freeze(&mut sig);
         self.inner.services.add_to_chord(group).await?;
         self.apply(sig).await
+    }
+
+    /// Calls this worker's task `name` here and now, with `args` and
+    /// `kwargs`, as Python's `task(*args, **kwargs)` inside a task: no
+    /// message, nothing stored, the caller's request otherwise. A name this
+    /// worker does not have fails as Celery's `NotRegistered`.
+    pub async fn call_local(&self, name: &str, args: Vec<Value>, kwargs: Map) -> Result<Value, TaskError> {
+        let Some(task) = self.inner.services.task(name) else {
+            return Err(TaskError::custom("celery.exceptions", "NotRegistered", format!("{name:?}")));
+        };
+        let mut request = self.inner.request.clone();
+        request.headers.task = name.to_owned();
+        request.args = args;
+        request.kwargs = kwargs;
+        request.embed = Embed::default();
+        let ctx =
+            Ctx::new(request, self.inner.services.clone(), self.inner.soft_limit.clone(), self.inner.terminate.clone());
+        task.handler().call(crate::extract::Invocation::new(ctx)).await
     }
 
     /// The chord body this task is a header part of, if any.

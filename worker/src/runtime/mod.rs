@@ -197,6 +197,8 @@ pub(crate) struct Services {
     pub(crate) results: Option<Arc<dyn ResultStore>>,
     state: Arc<WorkerState>,
     producer: Producer,
+    /// The worker's tasks, for in-process calls (`celery.map`).
+    registry: Registry,
 }
 
 impl WorkerServices for Services {
@@ -234,6 +236,10 @@ impl WorkerServices for Services {
         })
     }
 
+    fn task(&self, name: &str) -> Option<crate::Task> {
+        self.registry.get(name).cloned()
+    }
+
     fn add_to_chord(&self, group_id: &str) -> BoxFuture<'static, Result<(), TaskError>> {
         let (results, group_id) = (self.results.clone(), group_id.to_owned());
         Box::pin(async move {
@@ -256,7 +262,12 @@ impl Worker {
     ) -> Worker {
         crate::builtins::add_missing(&mut registry);
         let state = Arc::new(WorkerState::new(config.statedb.clone()));
-        let services = Arc::new(Services { results, state: state.clone(), producer: producer.clone() });
+        let services = Arc::new(Services {
+            results,
+            state: state.clone(),
+            producer: producer.clone(),
+            registry: registry.clone(),
+        });
         let events =
             Events::start(broker.clone(), &config.hostname, config.send_task_events, config.heartbeat_interval);
         let concurrency = config.concurrency.max(1);
