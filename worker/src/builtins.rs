@@ -3,9 +3,14 @@
 //! results, see `runtime/replace.rs`), `celery.backend_cleanup` (nothing to
 //! clean with Redis, whose results expire by themselves), and `celery.map`,
 //! `celery.starmap` and `celery.chunks` (a task of this worker called over a
-//! list, in-process, as Python's). A worker registers them unless its
-//! registry has tasks of those names already.
+//! list, in-process, as Python's), and `celery.chord_unlock` (the polling
+//! join Celery uses for backends without a native one). A worker registers
+//! them unless its registry has tasks of those names already.
 
+use std::time::Duration;
+
+use celeriac_protocol::result::{ExceptionInfo, ResultMeta, ResultTuple};
+use celeriac_protocol::time::PyDateTime;
 use celeriac_protocol::{Map, Signature, Value};
 
 use crate::extract::RawArgs;
@@ -113,6 +118,84 @@ async fn accumulate(RawArgs(args, kwargs): RawArgs) -> Result<Value, TaskError> 
     }
 }
 
+/// `celery.chord_unlock(group_id, callback, interval=None, max_retries=None,
+/// result=None)`: retried every `interval` seconds (1 by default) until
+/// every result of the header is ready; then sends `callback` with their
+/// values, or, when one failed, fails the callback with Celery's
+/// `ChordError("Dependency <id> raised <exc>")` and sends its errbacks with
+/// the callback's id.
+async fn chord_unlock(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value, TaskError> {
+    let type_error = |what: &str| TaskError::builtin("TypeError", format!("chord_unlock: {what}"));
+    let group_id =
+        argument(&args, &kwargs, 0, "group_id")?.as_str().ok_or_else(|| type_error("group_id is not a str"))?;
+    let callback = Signature::from_value(argument(&args, &kwargs, 1, "callback")?)
+        .map_err(|e| type_error(&format!("callback is not a signature: {e}")))?;
+    let interval = match kwargs.get("interval").or_else(|| args.get(2)) {
+        None | Some(Value::Null) => 1.0,
+        Some(Value::Int(i)) => *i as f64,
+        Some(Value::Float(f)) => *f,
+        Some(_) => return Err(type_error("interval is not a number")),
+    };
+    // A broker peer may send anything: a retry every 10 ms at least, an hour at most.
+    let interval = Duration::from_secs_f64(if interval.is_finite() { interval.clamp(0.01, 3600.0) } else { 1.0 });
+    let max_retries = match kwargs.get("max_retries").or_else(|| args.get(3)) {
+        Some(Value::Int(n)) => Some(u32::try_from(*n).unwrap_or(if *n < 0 { 0 } else { u32::MAX })),
+        _ => None,
+    };
+    let ids = match kwargs.get("result").or_else(|| args.get(4)) {
+        Some(Value::List(tuples)) => tuples
+            .iter()
+            .map(|t| ResultTuple::from_value(t).map(|t| t.id))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| type_error(&format!("result is not a list of result tuples: {e}")))?,
+        _ => return Err(type_error("result is not a list of result tuples")),
+    };
+    let results = ctx.results(ids).await?;
+    if !results.iter().all(|r| r.status.is_ready()) {
+        let waiting = results.iter().filter(|r| !r.status.is_ready()).count();
+        let reason = format!("chord {group_id}: {waiting} of {} results not ready", results.len());
+        return Err(ctx.retry_in(reason, interval).with_max_retries(max_retries));
+    }
+    if let Some(culprit) = results.iter().find(|r| r.status.propagates()) {
+        let exc = culprit.exception().ok().flatten().map_or_else(|| culprit.status.to_string(), |e| e.python_repr());
+        let reason = format!("Dependency {} raised {exc}", culprit.task_id);
+        tracing::error!("Chord {group_id:?} raised: ChordError({reason:?})");
+        let error = ExceptionInfo::new("celery.exceptions", "ChordError", vec![Value::Str(reason)]);
+        let Some(body_id) = callback.options.get("task_id").and_then(Value::as_str) else { return Ok(Value::Null) };
+        // As Celery's chord_error_from_stack: the errbacks, then the failure.
+        let errbacks: Vec<Value> = match callback.options.get("link_error") {
+            Some(Value::List(items)) => items.clone(),
+            Some(one @ Value::Map(_)) => vec![one.clone()],
+            _ => Vec::new(),
+        };
+        if !errbacks.is_empty() {
+            let mut group = Signature::new("celery.group");
+            group.subtask_type = Some("group".into());
+            let members = errbacks
+                .iter()
+                .filter_map(|v| Signature::from_value(v).ok())
+                .map(|mut errback| {
+                    if !errback.immutable {
+                        errback.args.insert(0, Value::Str(body_id.to_owned()));
+                    }
+                    errback.to_value()
+                })
+                .collect();
+            group.kwargs.insert("tasks".into(), Value::List(members));
+            ctx.apply(group).await?;
+        }
+        ctx.store(ResultMeta::failure(body_id, &error, None, PyDateTime::now_utc())).await?;
+        return Ok(Value::Null);
+    }
+    let mut body = callback;
+    if !body.immutable {
+        let values = results.into_iter().map(|r| r.result).collect();
+        body.args.insert(0, Value::List(values));
+    }
+    ctx.apply(body).await?;
+    Ok(Value::Null)
+}
+
 /// `celery.backend_cleanup()`: results in Redis expire on their own.
 async fn backend_cleanup() -> Result<(), TaskError> {
     Ok(())
@@ -125,6 +208,9 @@ pub(crate) fn add_missing(registry: &mut Registry) {
     }
     if registry.get("celery.backend_cleanup").is_none() {
         registry.add(Task::new("celery.backend_cleanup", backend_cleanup).ignore_result(true));
+    }
+    if registry.get("celery.chord_unlock").is_none() {
+        registry.add(Task::new("celery.chord_unlock", chord_unlock).max_retries(None).ignore_result(true));
     }
     if registry.get("celery.map").is_none() {
         registry.add(Task::new("celery.map", map));

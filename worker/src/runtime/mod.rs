@@ -240,6 +240,31 @@ impl WorkerServices for Services {
         self.registry.get(name).cloned()
     }
 
+    fn results(&self, task_ids: Vec<String>) -> BoxFuture<'static, Result<Vec<ResultMeta>, TaskError>> {
+        let results = self.results.clone();
+        Box::pin(async move {
+            let Some(results) = results else {
+                return Err(TaskError::builtin("NotImplementedError", "this worker has no result backend to read"));
+            };
+            let mut out = Vec::with_capacity(task_ids.len().min(1024));
+            for id in task_ids {
+                let meta = results.meta(&id).await.map_err(|e| TaskError::fail(e.to_string()))?;
+                out.push(meta.unwrap_or_else(|| ResultMeta::new(&id, celeriac_protocol::State::Pending, Value::Null)));
+            }
+            Ok(out)
+        })
+    }
+
+    fn store(&self, meta: ResultMeta) -> BoxFuture<'static, Result<(), TaskError>> {
+        let results = self.results.clone();
+        Box::pin(async move {
+            match results {
+                Some(r) => r.store(Arc::new(meta)).await.map_err(|e| TaskError::fail(e.to_string())),
+                None => Ok(()),
+            }
+        })
+    }
+
     fn add_to_chord(&self, group_id: &str) -> BoxFuture<'static, Result<(), TaskError>> {
         let (results, group_id) = (self.results.clone(), group_id.to_owned());
         Box::pin(async move {
