@@ -78,6 +78,8 @@ class ExternalWorker:
     log_path: str
     answers_pidbox: bool = False
     proc: subprocess.Popen = field(default=None, repr=False)
+    #: Node names of the other workers of a mixed fleet on the same queue.
+    peers: list = field(default_factory=list)
 
 
 #: The running worker, for the ``wait_until_idle`` replacement.
@@ -117,6 +119,22 @@ def _wait_for_pong(app, proc, log_path, timeout):
             if value != "pong":
                 raise RuntimeError(f"celery.ping returned {value!r}, not 'pong'")
             return
+
+
+def _wait_for_nodes(app, nodes, proc, log_path, timeout):
+    """Wait until every node of a mixed fleet answers a pidbox ping."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"a worker of the fleet exited with {proc.returncode}; its log "
+                               f"({log_path}) ends:\n{_log_tail(log_path)}")
+        replies = app.control.ping(destination=nodes, timeout=1.0) or []
+        answered = {name for reply in replies for name in reply}
+        if all(node in answered for node in nodes):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"workers {sorted(set(nodes) - answered)} did not answer a pidbox ping "
+                               f"within {timeout} s")
 
 
 def _stop(proc, timeout):
@@ -163,8 +181,25 @@ def start_external_worker(app, concurrency=1, pool="solo", loglevel=None, logfil
         # In pytest's process group: run.py ends that group, so no worker outlives a killed run.
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     worker = ExternalWorker(hostname=hostname, command=command, pid=proc.pid, log_path=log_path, proc=proc)
+    peer_procs = []
+    peer_template = os.environ.get("CELERIAC_SUITE_WORKER_PEER")
+    if peer_template:
+        # A mixed fleet: a second worker (another implementation) on the same queue.
+        peer_host = f"py-{hostname}"
+        peer_command = shlex.split(peer_template.format(
+            broker=app.conf.broker_url, backend=app.conf.result_backend, hostname=hostname,
+            concurrency=concurrency, python=sys.executable))
+        with open(f"{log_path}.peer", "ab") as log:
+            log.write(f"\n=== {' '.join(peer_command)}\n".encode())
+            log.flush()
+            peer_procs.append(subprocess.Popen(peer_command, stdin=subprocess.DEVNULL, stdout=log,
+                                               stderr=subprocess.STDOUT))
+        worker.peers.append(peer_host)
     try:
         _wait_for_pong(app, proc, log_path, _env_float("CELERIAC_SUITE_READY_TIMEOUT", 60.0))
+        if peer_procs:
+            _wait_for_nodes(app, [hostname, *worker.peers], peer_procs[0], f"{log_path}.peer",
+                            _env_float("CELERIAC_SUITE_READY_TIMEOUT", 60.0))
         pidbox = os.environ.get("CELERIAC_SUITE_PIDBOX", "optional")
         if pidbox != "off":
             replies = app.control.ping(destination=[hostname], timeout=_env_float("CELERIAC_SUITE_PIDBOX_TIMEOUT", 2.0))
@@ -179,6 +214,8 @@ def start_external_worker(app, concurrency=1, pool="solo", loglevel=None, logfil
     finally:
         CURRENT = None
         _stop(proc, _env_float("CELERIAC_SUITE_STOP_TIMEOUT", 20.0))
+        for peer in peer_procs:
+            _stop(peer, _env_float("CELERIAC_SUITE_STOP_TIMEOUT", 20.0))
         testing_worker.test_worker_stopped.send(sender=app, worker=worker)
 
 
@@ -191,11 +228,12 @@ def wait_until_idle(self):
             pass
         worker = CURRENT
         if worker is not None and worker.answers_pidbox:
-            inspect = control.inspect(destination=[worker.hostname], limit=1, timeout=5.0,
+            nodes = [worker.hostname, *worker.peers]
+            inspect = control.inspect(destination=nodes, limit=len(nodes), timeout=5.0,
                                       connection=connection)
             while True:
                 replies = inspect.active() or {}
-                if worker.hostname in replies and not replies[worker.hostname]:
+                if all(node in replies and not replies[node] for node in nodes):
                     return
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the worker still reports active tasks: {replies!r}")
@@ -291,7 +329,7 @@ def pytest_collection_modifyitems(session, config, items):
         if hit is not None and hit.kind == "deselect":
             deselected.append(item)
             continue
-        if hit is not None and hit.kind == "celeriac" and kind == "celeriac":
+        if hit is not None and hit.kind == "celeriac" and kind in ("celeriac", "mixed"):
             item.add_marker(pytest.mark.xfail(reason=f"celeriac: {hit.reason}", strict=True))
         keep.append(item)
     stale = [e for e in exclusions if not e.matched and e.test.split("::", 1)[0] in collected_files]

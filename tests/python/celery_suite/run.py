@@ -3,6 +3,7 @@
 
     .venv/bin/python tests/python/celery_suite/run.py --worker celeriac --celeriac target/debug/celeriac
     .venv/bin/python tests/python/celery_suite/run.py --worker python          # the reference run
+    .venv/bin/python tests/python/celery_suite/run.py --worker mixed           # celeriac and Python on one queue
     .venv/bin/python tests/python/celery_suite/run.py --worker 'CMD {broker} ...' [-- pytest args]
 
 ``scripts/celery-suite`` calls this. Without ``--celeriac`` (or ``CELERIAC_BIN``),
@@ -83,7 +84,8 @@ def group_alive(pgid: int) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", default="celeriac",
-                        help="'celeriac' (default), 'python', or a command line template")
+                        help="'celeriac' (default), 'python', 'mixed' (a celeriac and a Python worker "
+                        "on the same queue), or a command line template")
     parser.add_argument("--celeriac", help="the celeriac binary (default: $CELERIAC_BIN, "
                         "else cargo build -p celeriac and target/debug/celeriac)")
     parser.add_argument("--log-dir", default=str(ROOT / "target" / "celery-suite"))
@@ -99,7 +101,7 @@ def main() -> int:
         return 2
 
     env = dict(os.environ)
-    if args.worker == "celeriac":
+    if args.worker in ("celeriac", "mixed"):
         binary = args.celeriac or os.environ.get("CELERIAC_BIN")
         if not binary:
             # A fresh clone has no binary yet, and a stale one would test old code.
@@ -108,9 +110,12 @@ def main() -> int:
         if not os.access(binary, os.X_OK):
             print(f"run.py: the celeriac binary {binary} is not there", file=sys.stderr)
             return 2
-        kind, template = "celeriac", CELERIAC_WORKER.format(celeriac=os.path.abspath(binary))
+        kind, template = args.worker, CELERIAC_WORKER.format(celeriac=os.path.abspath(binary))
         # conftest's celery_config: the worker stores extended results.
         env.setdefault("CELERIAC_RESULT_EXTENDED", "true")
+        if args.worker == "mixed":
+            # A mixed fleet: a Python worker on the same queue, beside the celeriac one.
+            env["CELERIAC_SUITE_WORKER_PEER"] = PYTHON_WORKER.replace("{hostname}", "py-{hostname}")
     elif args.worker == "python":
         kind, template = "python", PYTHON_WORKER
     else:
