@@ -177,7 +177,7 @@ pub struct ChordReady {
 
 /// A chord whose header failed: its body must be stored as FAILURE with
 /// [`ChordFailure::exception`] (and its errbacks called), not sent.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ChordFailure {
     /// The chord's group id.
     pub group_id: String,
@@ -185,6 +185,9 @@ pub struct ChordFailure {
     pub culprit: Option<String>,
     /// The `ChordError` text, e.g. `Dependency <id> raised ValueError('bad')`.
     pub message: String,
+    /// The failed header task's own exception (the `ChordError`'s
+    /// `__cause__` in Celery): what the members of a group body store.
+    pub cause: Option<ExceptionInfo>,
 }
 
 impl ChordFailure {
@@ -236,8 +239,8 @@ fn claim_lifetimes(join_timeout: Duration) -> (u64, u64) {
 
 /// Why a completed chord could not be joined.
 enum JoinFailure {
-    /// The chord fails (`ChordError` text, culprit).
-    Chord(String, Option<String>),
+    /// The chord fails (`ChordError` text, culprit, the culprit's exception).
+    Chord(String, Option<String>, Option<ExceptionInfo>),
     /// Redis could not be read: the caller may try again.
     Backend(BackendError),
 }
@@ -409,7 +412,7 @@ impl RedisBackend {
         let results = match self.join_chord(group_id, &keys, total).await {
             Ok(results) => results,
             Err(JoinFailure::Backend(e)) => return Err(e),
-            Err(JoinFailure::Chord(message, culprit)) => {
+            Err(JoinFailure::Chord(message, culprit, cause)) => {
                 tracing::error!(group_id, error = %message, "Chord {group_id:?} raised: ChordError({message:?})");
                 // Drop the size, so a copy of a header task arriving later does
                 // not fail the chord again; the recorded results stay.
@@ -424,7 +427,12 @@ impl RedisBackend {
                 {
                     tracing::warn!(group_id, error = %e, "cannot delete the chord size after a failed join");
                 }
-                return Ok(ChordOutcome::Failed(ChordFailure { group_id: group_id.to_owned(), culprit, message }));
+                return Ok(ChordOutcome::Failed(ChordFailure {
+                    group_id: group_id.to_owned(),
+                    culprit,
+                    message,
+                    cause,
+                }));
             }
         };
         let lease = self.inner.options.chord_publish_lease.as_secs().max(claim_expires);
@@ -493,7 +501,7 @@ impl RedisBackend {
             }
             Ok(None) => {}
             Err(e) if e.is_connection() => return Err(JoinFailure::Backend(e)),
-            Err(e) => return Err(JoinFailure::Chord(format!("Join error: {e}"), None)),
+            Err(e) => return Err(JoinFailure::Chord(format!("Join error: {e}"), None, None)),
         }
         let ordered = self.inner.options.transport.result_chord_ordered;
         let join = &keys.join;
@@ -515,11 +523,12 @@ impl RedisBackend {
                 .decode_value(join, &bytes)
                 .map_err(|e| e.to_string())
                 .and_then(|value| ChordPart::from_value(&value).map_err(|e| e.to_string()))
-                .map_err(|e| JoinFailure::Chord(format!("Join error: {e}"), None))?;
+                .map_err(|e| JoinFailure::Chord(format!("Join error: {e}"), None, None))?;
             if part.state.propagates() {
-                let exception = part.exception().ok().flatten().map_or_else(|| "None".to_owned(), |e| e.python_repr());
+                let cause = part.exception().ok().flatten();
+                let exception = cause.as_ref().map_or_else(|| "None".to_owned(), ExceptionInfo::python_repr);
                 let message = format!("Dependency {} raised {exception}", part.task_id);
-                return Err(JoinFailure::Chord(message, Some(part.task_id)));
+                return Err(JoinFailure::Chord(message, Some(part.task_id), cause));
             }
             results.push(part.result);
         }
@@ -541,17 +550,23 @@ impl RedisBackend {
             let meta = match self.wait(&member.id, Some(remaining)).await {
                 Ok(meta) => meta,
                 Err(BackendError::Timeout { .. }) => {
-                    return Err(JoinFailure::Chord("Join error: TimeoutError('The operation timed out.')".into(), None))
+                    return Err(JoinFailure::Chord(
+                        "Join error: TimeoutError('The operation timed out.')".into(),
+                        None,
+                        None,
+                    ))
                 }
                 Err(e) if e.is_connection() => return Err(JoinFailure::Backend(e)),
-                Err(e) => return Err(JoinFailure::Chord(format!("Join error: {e}"), Some(member.id.clone()))),
+                Err(e) => return Err(JoinFailure::Chord(format!("Join error: {e}"), Some(member.id.clone()), None)),
             };
             match TaskFailed::from_meta(&meta) {
                 Ok(None) => Ok(meta.result),
-                Ok(Some(failed)) => {
-                    Err(JoinFailure::Chord(format!("Join error: {}", failed.python_repr()), Some(member.id.clone())))
-                }
-                Err(e) => Err(JoinFailure::Chord(format!("Join error: {e}"), Some(member.id.clone()))),
+                Ok(Some(failed)) => Err(JoinFailure::Chord(
+                    format!("Join error: {}", failed.python_repr()),
+                    Some(member.id.clone()),
+                    None,
+                )),
+                Err(e) => Err(JoinFailure::Chord(format!("Join error: {e}"), Some(member.id.clone()), None)),
             }
         })
     }
@@ -583,6 +598,7 @@ mod tests {
             group_id: "g".into(),
             culprit: Some("t".into()),
             message: "Dependency t raised ValueError('bad')".into(),
+            cause: None,
         };
         let exc = failure.exception();
         assert_eq!((exc.exc_module.as_deref(), exc.exc_type.as_str()), (Some("celery.exceptions"), "ChordError"));

@@ -470,11 +470,13 @@ impl Shared {
     /// Celery's `chord_error_from_stack`: the body of a chord whose header
     /// failed (or that could not be sent) fails with `exc`, after its
     /// errbacks were called with a request made up from it; a group body
-    /// fails member by member. The rest of the body's chain fails too.
+    /// fails member by member, with the failed header task's own exception
+    /// (`cause`) when there is one. The rest of the body's chain fails too.
     async fn chord_error(
         &self,
         body: &Signature,
         exc: &ExceptionInfo,
+        cause: Option<&ExceptionInfo>,
         task: &TaskMessage,
         stop: &CancellationToken,
     ) -> Recorded {
@@ -490,6 +492,7 @@ impl Shared {
         };
         let mut recorded = Recorded::Yes;
         if body.kind() == celeriac_protocol::signature::SignatureKind::Group {
+            let original = cause.unwrap_or(exc);
             let group_errbacks = option_signatures(body, "link_error");
             for member in group_members(body) {
                 let (id, mut errbacks) = result_errbacks(&member);
@@ -500,10 +503,10 @@ impl Shared {
                     }
                 }
                 let (headers, embed) = made_up(&id, "unknown", errbacks);
-                recorded = both(recorded, self.errbacks_then_fail(&headers, &embed, exc, task, stop).await);
+                recorded = both(recorded, self.errbacks_then_fail(&headers, &embed, original, task, stop).await);
             }
             if let Some(group_id) = body.options.get("task_id").and_then(Value::as_str) {
-                let meta = ResultMeta::failure(group_id, exc, None, PyDateTime::now_utc());
+                let meta = ResultMeta::failure(group_id, original, None, PyDateTime::now_utc());
                 recorded = both(recorded, self.store(meta, stop).await);
             }
         } else if let Some(body_id) = body.options.get("task_id").and_then(Value::as_str) {
@@ -747,7 +750,7 @@ impl Shared {
                         let reason = format!("Callback error: {why}");
                         error!("Chord {group_id:?} raised: ChordError({reason:?})");
                         let exc = ExceptionInfo::new("celery.exceptions", "ChordError", vec![Value::Str(reason)]);
-                        if self.chord_error(body, &exc, task, stop).await == Recorded::No {
+                        if self.chord_error(body, &exc, None, task, stop).await == Recorded::No {
                             return Recorded::No;
                         }
                     }
@@ -760,7 +763,7 @@ impl Shared {
             Ok(ChordOutcome::Failed(failure)) => {
                 let exc = failure.exception();
                 error!("Chord {group_id:?} raised: {}", exc.python_repr());
-                self.chord_error(body, &exc, task, stop).await
+                self.chord_error(body, &exc, failure.cause.as_ref(), task, stop).await
             }
             Ok(_) => Recorded::Yes,
             Err(e) if e.transient => {
