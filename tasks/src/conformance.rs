@@ -37,27 +37,9 @@ pub const MODULE: &str = "t.integration.tasks";
 
 /// The suite's tasks this set does not have, each with the reason (names
 /// without the module prefix). Everything else in `tasks.py` is registered.
-pub const LEFT_OUT: &[(&str, &str)] = &[
-    ("chain_add", SENDS),
-    ("chord_add", SENDS),
-    ("replace_with_stamped_task", REPLACES),
-    ("return_nested_signature_chain_chain", PYTHON_CANVAS),
-    ("return_nested_signature_chain_group", PYTHON_CANVAS),
-    ("return_nested_signature_chain_chord", PYTHON_CANVAS),
-    ("return_nested_signature_group_chain", PYTHON_CANVAS),
-    ("return_nested_signature_group_group", PYTHON_CANVAS),
-    ("return_nested_signature_group_chord", PYTHON_CANVAS),
-    ("return_nested_signature_chord_chain", PYTHON_CANVAS),
-    ("return_nested_signature_chord_group", PYTHON_CANVAS),
-    ("return_nested_signature_chord_chord", PYTHON_CANVAS),
-    ("rebuild_signature", PYTHON_CANVAS),
-];
+pub const LEFT_OUT: &[(&str, &str)] = &[("replace_with_stamped_task", REPLACES)];
 
-const SENDS: &str = "sends a chain or chord from inside the task; the task API has no producer";
 const REPLACES: &str = "stamps its replacement in on_replace (a custom Task class); celeriac does not stamp yet";
-const PYTHON_CANVAS: &str =
-    "builds or rebuilds Python canvas objects (chain/group/chord, Signature.from_dict); the test is about Python's \
-     own deserialisation";
 
 mod canvas;
 

@@ -257,6 +257,125 @@ async fn build_chain_inside_task(ctx: Ctx) -> Outcome {
     Ok(tuple(&c_id, header, Value::Null))
 }
 
+/// A signature value as Python's json encoder writes a `Signature` (a dict).
+fn sig_value(sig: &Signature) -> Value {
+    sig.to_value()
+}
+
+/// `chord(header, body)` as Python's `chord.__init__` stores it: the header
+/// under `kwargs.header`, the body under `kwargs.body`, an empty
+/// `kwargs.kwargs`.
+fn chord_sig(header: Vec<Signature>, body: Signature) -> Signature {
+    let mut sig = Signature::new("celery.chord");
+    sig.subtask_type = Some("chord".into());
+    sig.kwargs.insert("kwargs".into(), Value::Map(Map::new()));
+    sig.kwargs.insert("header".into(), Value::List(header.iter().map(Signature::to_value).collect()));
+    sig.kwargs.insert("body".into(), body.to_value());
+    sig
+}
+
+/// The canvases the suite's `return_nested_signature_*` tasks return, built
+/// as Python builds them (a group of one group flattens; a chord of a chain
+/// or group header takes its tasks).
+fn nested_signature(kind: &str) -> Option<Signature> {
+    let add = || s("add", Vec::new());
+    Some(match kind {
+        "chain_chain" => chain(vec![chain(vec![add()])]),
+        "chain_group" => chain(vec![group(vec![add()])]),
+        "chain_chord" => chain(vec![chord_sig(vec![add()], add())]),
+        "group_chain" => group(vec![chain(vec![add()])]),
+        "group_group" => group(vec![add()]),
+        "group_chord" => group(vec![chord_sig(vec![add()], add())]),
+        "chord_chain" | "chord_group" => chord_sig(vec![add()], add()),
+        "chord_chord" => chord_sig(vec![chord_sig(vec![add()], add())], add()),
+        _ => return None,
+    })
+}
+
+/// The kinds of `return_nested_signature_<kind>`.
+const NESTED_KINDS: [&str; 9] = [
+    "chain_chain",
+    "chain_group",
+    "chain_chord",
+    "group_chain",
+    "group_group",
+    "group_chord",
+    "chord_chain",
+    "chord_group",
+    "chord_chord",
+];
+
+/// `rebuild_signature(sig_dict)`: every element of the canvas (the tasks of
+/// a chain, group or chord header, a chord's body) must be a signature;
+/// raises `TypeError` naming the first that is not, as the suite's task.
+async fn rebuild_signature(RawArgs(args, kwargs): RawArgs) -> Outcome {
+    let Some(value) = kwargs.get("sig_dict").or_else(|| args.first()) else {
+        return Err(TaskError::builtin(
+            "TypeError",
+            "rebuild_signature() missing 1 required positional argument: 'sig_dict'",
+        ));
+    };
+    check_signature(value, 0)?;
+    Ok(Value::Null)
+}
+
+fn check_signature(value: &Value, depth: usize) -> Result<(), TaskError> {
+    let not_a_signature =
+        || TaskError::builtin("TypeError", format!("{} is not a signature object", python_repr(value)));
+    if depth > 64 {
+        return Err(TaskError::builtin("RecursionError", "maximum recursion depth exceeded"));
+    }
+    let sig = Signature::from_value(value).map_err(|_| not_a_signature())?;
+    let members = match sig.subtask_type.as_deref() {
+        Some("chain" | "group") => sig.kwargs.get("tasks"),
+        Some("chord") => sig.kwargs.get("header"),
+        _ => None,
+    };
+    match members {
+        Some(Value::List(items)) => items.iter().try_for_each(|item| check_signature(item, depth + 1))?,
+        Some(other) => check_signature(other, depth + 1)?,
+        None => {}
+    }
+    if sig.subtask_type.as_deref() == Some("chord") {
+        if let Some(body) = sig.kwargs.get("body") {
+            check_signature(body, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+fn python_repr(value: &Value) -> String {
+    celeriac_protocol::result::python_repr(value)
+}
+
+/// `chain_add(x, y)`: applies `add.s(x, x) | add.s(y)`; returns None.
+async fn chain_add(ctx: Ctx, RawArgs(args, _): RawArgs) -> Outcome {
+    let (x, y) = two_args(&args)?;
+    ctx.apply(chain(vec![s("add", vec![x.clone(), x]), s("add", vec![y])])).await?;
+    Ok(Value::Null)
+}
+
+/// `chord_add(x, y)`: applies `chord(add.s(x, x), add.s(y))`; returns None.
+async fn chord_add(ctx: Ctx, RawArgs(args, _): RawArgs) -> Outcome {
+    let (x, y) = two_args(&args)?;
+    let mut sig = Signature::new("celery.chord");
+    sig.subtask_type = Some("chord".into());
+    sig.kwargs.insert("kwargs".into(), Value::Map(Map::new()));
+    sig.kwargs.insert("header".into(), s("add", vec![x.clone(), x]).to_value());
+    sig.kwargs.insert("body".into(), s("add", vec![y]).to_value());
+    ctx.apply(sig).await?;
+    Ok(Value::Null)
+}
+
+fn two_args(args: &[Value]) -> Result<(Value, Value), TaskError> {
+    match args {
+        [x, y] => Ok((x.clone(), y.clone())),
+        _ => {
+            Err(TaskError::builtin("TypeError", format!("takes 2 positional arguments but {} were given", args.len())))
+        }
+    }
+}
+
 /// Registers the tasks above.
 pub(super) fn register(r: &mut Registry, redis: &Arc<RedisLink>) {
     let _ = expected_exception;
@@ -274,6 +393,16 @@ pub(super) fn register(r: &mut Registry, redis: &Arc<RedisLink>) {
     r.add(with_redis(task_name("second_order_replace2"), redis, second_order_replace2));
     r.add(Task::new(task_name("fail_replaced"), fail_replaced));
     r.add(Task::new(task_name("build_chain_inside_task"), build_chain_inside_task));
+    r.add(Task::new(task_name("rebuild_signature"), rebuild_signature));
+    r.add(Task::new(task_name("chain_add"), chain_add));
+    r.add(Task::new(task_name("chord_add"), chord_add));
+    for kind in NESTED_KINDS {
+        let value = nested_signature(kind).map(|sig| sig_value(&sig)).unwrap_or(Value::Null);
+        r.add(Task::new(task_name(&format!("return_nested_signature_{kind}")), move || {
+            let value = value.clone();
+            async move { Ok::<_, TaskError>(value) }
+        }));
+    }
     r.add(with_redis(task_name("errback_new_style"), redis, errback_new_style).errback_takes_request(true));
     r.add(
         with_redis(task_name("errback_new_style_with_args"), redis, errback_new_style_with_args)
