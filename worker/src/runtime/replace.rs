@@ -44,6 +44,13 @@ pub(super) fn replacement(request: &TaskMessage, mut sig: Signature) -> Result<S
     for errback in request.embed.errbacks.iter().flatten() {
         link(&mut sig, "link_error", errback.clone());
     }
+    // A chain's own links move down to its last task, so they run when it
+    // ends even with the rest of the request's chain piped on below.
+    if sig.kind() == SignatureKind::Chain {
+        for callback in take_links(&mut sig, "link") {
+            link(&mut sig, "link", callback);
+        }
+    }
     freeze_as(&mut sig, &request.headers.id);
     let nesting = Value::Int(request.headers.replaced_task_nesting.saturating_add(1));
     let mut place = Map::new();
@@ -100,11 +107,28 @@ fn chain(tasks: &[Signature]) -> Signature {
     canvas("chain", kwargs)
 }
 
-/// `a | b`: a chain grows, a chord's body grows, a task becomes a chain.
+/// The signatures of option `key` of `sig`, taken out of its options.
+fn take_links(sig: &mut Signature, key: &str) -> Vec<Signature> {
+    match sig.options.shift_remove(key) {
+        Some(Value::List(items)) => items.iter().filter_map(|v| Signature::from_value(v).ok()).collect(),
+        Some(one @ Value::Map(_)) => Signature::from_value(&one).ok().into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `a | b`: a chain grows (its own links and error links first go down to
+/// its tasks, as Celery's `unchain_tasks`), a chord's body grows, a task
+/// becomes a chain.
 fn pipe(a: Signature, b: Signature) -> Signature {
     match a.kind() {
         SignatureKind::Chain => {
             let mut a = a;
+            for callback in take_links(&mut a, "link") {
+                link(&mut a, "link", callback);
+            }
+            for errback in take_links(&mut a, "link_error") {
+                link(&mut a, "link_error", errback);
+            }
             let mut tasks = members(&a, "tasks");
             tasks.push(b);
             set_members(&mut a, "tasks", &tasks);
@@ -276,6 +300,19 @@ mod tests {
         assert!(replacement(&request(), in_chord).is_err());
         let empty = chain(&[]);
         assert_eq!(replacement(&request(), empty).unwrap_err(), "Cannot replace with an empty chain");
+    }
+
+    #[test]
+    fn a_chain_replacement_keeps_its_own_links_on_its_last_task() {
+        let mut with = chain(&[Signature::new("t.a"), Signature::new("t.b")]);
+        with.options.insert("link".into(), Value::List(vec![Signature::new("t.echo").to_value()]));
+        let mut request = request();
+        request.embed.chain = Some(vec![Signature::new("t.next")]);
+        let sig = replacement(&request, with).unwrap();
+        let tasks = members(&sig, "tasks");
+        assert!(sig.options.get("link").is_none(), "not linked twice");
+        let on_b = tasks.iter().find(|t| t.task == "t.b").and_then(|t| t.options.get("link")).cloned();
+        assert_eq!(on_b, Some(Value::List(vec![Signature::new("t.echo").to_value()])));
     }
 
     #[test]
