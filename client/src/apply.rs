@@ -110,9 +110,15 @@ pub(crate) fn send_options(task: &str, options: &Map) -> Result<SendOptions, Can
         chain: signatures(task, "chain", o.get("chain"))?,
         chord: signatures(task, "chord", o.get("chord"))?.pop(),
         serializer: match text(o, "serializer") {
-            Some(name) => {
-                Some(ContentType::parse(&name).ok_or_else(|| invalid(task, format!("unknown serializer {name:?}")))?)
-            }
+            Some(name) => match ContentType::parse(&name) {
+                Some(ct @ (ContentType::Json | ContentType::Msgpack | ContentType::Yaml)) => Some(ct),
+                _ => {
+                    return Err(invalid(
+                        task,
+                        format!("serializer {name:?} cannot be sent by celeriac; use json, msgpack or yaml"),
+                    ))
+                }
+            },
             None => None,
         },
         compression: match text(o, "compression") {

@@ -944,7 +944,7 @@ fn chain_or(a: Node, b: Node) -> Node {
 /// What folding a step into a chain gave: still the steps, or something else.
 enum Folded {
     Steps,
-    Other(Node),
+    Other(Box<Node>),
 }
 
 /// `_merge_chain_step`: adds `other` to `steps` by `_chain.__or__`'s rules.
@@ -957,7 +957,7 @@ fn merge_chain_step(steps: &mut Vec<Node>, other: Node, clone_other: bool) -> Fo
         if unrolled || !other.is_group() {
             return merge_chain_step(steps, other, clone_other);
         }
-        let Some(last) = steps.last_mut() else { return Folded::Other(other) };
+        let Some(last) = steps.last_mut() else { return Folded::Other(Box::new(other)) };
         if last.is_chord() {
             let body = last.body().cloned();
             last.set_body(match body {
@@ -975,7 +975,7 @@ fn merge_chain_step(steps: &mut Vec<Node>, other: Node, clone_other: bool) -> Fo
         let mut remaining = inner.into_iter().enumerate();
         while let Some((position, task)) = remaining.next() {
             if let Folded::Other(result) = merge_chain_step(steps, task, clone_other || position + 1 != n) {
-                return Folded::Other(remaining.map(|(_, t)| t).fold(result, or));
+                return Folded::Other(Box::new(remaining.map(|(_, t)| t).fold(*result, or)));
             }
         }
         return Folded::Steps;
@@ -1006,7 +1006,7 @@ pub(crate) fn fold_chain(tasks: Vec<Node>) -> Node {
     let mut remaining = tasks.into_iter().enumerate();
     while let Some((position, task)) = remaining.next() {
         if let Folded::Other(result) = merge_chain_step(&mut steps, task, position + 1 != n) {
-            return remaining.map(|(_, t)| t).fold(result, or);
+            return remaining.map(|(_, t)| t).fold(*result, or);
         }
     }
     let last = steps.pop();
@@ -1026,8 +1026,12 @@ struct Step {
     node: Node,
     origin: Option<Vec<usize>>,
     /// For a group turned into a chord: where the group and the body were.
-    upgraded: Option<(Option<Vec<usize>>, Option<Vec<usize>>)>,
+    upgraded: Option<(Origin, Origin)>,
 }
+
+/// Where a step sits in the chain's own steps (indexes down the tree), if
+/// it is one of them.
+type Origin = Option<Vec<usize>>;
 
 impl Step {
     fn at(node: Node, origin: Option<Vec<usize>>) -> Step {
