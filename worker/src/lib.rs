@@ -31,6 +31,7 @@
 // the canvas applier are in their types).
 #![recursion_limit = "256"]
 
+mod builtins;
 pub mod context;
 pub mod control;
 pub mod error;
@@ -52,7 +53,7 @@ pub use extract::{Args, FromInvocation, Invocation, Kwargs, RawArgs};
 pub use registry::Registry;
 pub use runtime::{Worker, WorkerConfig};
 pub use store::{ChordPartReturn, ResultStore, StoreError};
-pub use task::{Task, TaskOptions};
+pub use task::{Param, Task, TaskOptions};
 
 #[cfg(test)]
 mod tests {

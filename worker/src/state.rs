@@ -40,6 +40,8 @@ pub enum Phase {
 #[derive(Debug, Clone)]
 struct Tracked {
     info: Map,
+    /// The request's stamps (`stamps` header), for `revoke_by_stamped_headers`.
+    stamps: Map,
     phase: Phase,
     terminate: CancellationToken,
     /// The signal a `revoke --terminate` named (15 for SIGTERM).
@@ -56,6 +58,7 @@ pub struct WorkerState {
     processed: AtomicU64,
     started: Instant,
     revoked: Revoked,
+    revoked_stamps: RevokedStamps,
 }
 
 impl WorkerState {
@@ -67,6 +70,7 @@ impl WorkerState {
             processed: AtomicU64::new(0),
             started: Instant::now(),
             revoked: Revoked::load(statedb),
+            revoked_stamps: RevokedStamps::default(),
         }
     }
 
@@ -74,7 +78,8 @@ impl WorkerState {
     pub fn received(&self, task: &TaskMessage, delivery: &Delivery, hostname: &str) -> CancellationToken {
         let terminate = CancellationToken::new();
         let info = request_info(task, delivery, hostname);
-        let tracked = Tracked { info, phase: Phase::Reserved, terminate, signum: None };
+        let tracked =
+            Tracked { info, stamps: task.headers.stamps.clone(), phase: Phase::Reserved, terminate, signum: None };
         let token = tracked.terminate.clone();
         lock(&self.requests).entry(task.headers.id.clone()).or_default().push(tracked);
         token
@@ -189,6 +194,41 @@ impl WorkerState {
             running = true;
         }
         running
+    }
+
+    /// Terminates every running request with a stamp among `headers`
+    /// (`revoke_by_stamped_headers` with `terminate`); returns, by header,
+    /// the stamp values that matched.
+    pub fn terminate_stamped(&self, headers: &[(String, Vec<Value>)], signum: i64) -> Vec<(String, Vec<Value>)> {
+        let mut matched: Vec<(String, Vec<Value>)> = Vec::new();
+        let mut r = lock(&self.requests);
+        for t in r.values_mut().flatten().filter(|t| matches!(t.phase, Phase::Active { .. })) {
+            for (header, wanted) in headers {
+                let Some(stamp) = t.stamps.get(header) else { continue };
+                let hits: Vec<Value> = stamp_values(stamp).into_iter().filter(|v| wanted.contains(v)).collect();
+                if hits.is_empty() {
+                    continue;
+                }
+                t.signum = Some(signum);
+                t.terminate.cancel();
+                match matched.iter_mut().find(|(h, _)| h == header) {
+                    Some((_, values)) => {
+                        for hit in hits {
+                            if !values.contains(&hit) {
+                                values.push(hit);
+                            }
+                        }
+                    }
+                    None => matched.push((header.clone(), hits)),
+                }
+            }
+        }
+        matched
+    }
+
+    /// The stamp values revoked by `revoke_by_stamped_headers`, by header.
+    pub fn revoked_stamps(&self) -> &RevokedStamps {
+        &self.revoked_stamps
     }
 
     /// The signal `id` was terminated with, if it was.
@@ -549,6 +589,60 @@ pub fn write_state_file(path: &Path, bytes: &[u8]) -> Result<(), StateFileError>
     // The rename is durable once the directory is.
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed)?;
     Ok(())
+}
+
+/// A stamp's values: a list's items, or the value itself (Celery's `maybe_list`).
+pub fn stamp_values(stamp: &Value) -> Vec<Value> {
+    match stamp {
+        Value::List(items) => items.clone(),
+        other => vec![other.clone()],
+    }
+}
+
+/// Most stamp values kept by `revoke_by_stamped_headers` (the oldest go first).
+pub const REVOKED_STAMPS_MAX: usize = 50_000;
+
+/// Stamp values revoked by `revoke_by_stamped_headers`, by header (Celery's
+/// `worker_state.revoked_stamps`), bounded to [`REVOKED_STAMPS_MAX`] values.
+#[derive(Debug, Default)]
+pub struct RevokedStamps {
+    by_header: Mutex<Vec<(String, Vec<Value>)>>,
+}
+
+impl RevokedStamps {
+    /// Revokes `values` of each header.
+    pub fn add(&self, headers: &[(String, Vec<Value>)]) {
+        let mut all = lock(&self.by_header);
+        for (header, values) in headers {
+            match all.iter_mut().find(|(h, _)| h == header) {
+                Some((_, known)) => known.extend(values.iter().cloned()),
+                None => all.push((header.clone(), values.clone())),
+            }
+        }
+        let mut total: usize = all.iter().map(|(_, v)| v.len()).sum();
+        for (_, values) in all.iter_mut() {
+            while total > REVOKED_STAMPS_MAX && !values.is_empty() {
+                values.remove(0);
+                total -= 1;
+            }
+        }
+        all.retain(|(_, v)| !v.is_empty());
+    }
+
+    /// The first stamp of `stamps` (with `stamped_headers` naming them) that
+    /// is revoked, as `(header, value)`, checked as Celery's `Request.revoked`.
+    pub fn matching(&self, stamped_headers: &[String], stamps: &Map) -> Option<(String, Value)> {
+        let all = lock(&self.by_header);
+        if all.is_empty() {
+            return None;
+        }
+        for header in stamped_headers {
+            let Some((_, revoked)) = all.iter().find(|(h, _)| h == header) else { continue };
+            let stamp = stamps.get(header)?;
+            return stamp_values(stamp).into_iter().find(|v| revoked.contains(v)).map(|v| (header.clone(), v));
+        }
+        None
+    }
 }
 
 #[cfg(test)]

@@ -90,6 +90,15 @@ pub trait ResultStore: Send + Sync + 'static {
         })
     }
 
+    /// Raises the size of chord `group_id` by one (Celery's `add_to_chord`:
+    /// `INCR .t`), before a new part is sent.
+    fn add_to_chord(&self, group_id: &str) -> BoxFuture<'static, Result<(), StoreError>> {
+        let group_id = group_id.to_owned();
+        Box::pin(async move {
+            Err(StoreError::permanent(format!("chord {group_id}: this result store cannot join chords")))
+        })
+    }
+
     /// After the body of a completed chord was sent: cleans up the join.
     fn finish_chord(&self, claim: ChordClaim) -> BoxFuture<'static, Result<(), StoreError>> {
         let _ = claim;
@@ -128,6 +137,11 @@ impl ResultStore for RedisBackend {
     fn set_chord_size(&self, group_id: &str, size: u64) -> BoxFuture<'static, Result<(), StoreError>> {
         let (backend, group_id) = (self.clone(), group_id.to_owned());
         Box::pin(async move { backend.set_chord_size(&group_id, size).await.map_err(StoreError::from) })
+    }
+
+    fn add_to_chord(&self, group_id: &str) -> BoxFuture<'static, Result<(), StoreError>> {
+        let (backend, group_id) = (self.clone(), group_id.to_owned());
+        Box::pin(async move { backend.add_to_chord(&group_id).await.map(drop).map_err(StoreError::from) })
     }
 
     fn finish_chord(&self, claim: ChordClaim) -> BoxFuture<'static, Result<(), StoreError>> {

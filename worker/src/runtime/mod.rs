@@ -21,6 +21,7 @@ mod admit;
 mod execute;
 mod limits;
 mod record;
+mod replace;
 mod schedule;
 mod settle;
 
@@ -195,6 +196,7 @@ pub(crate) struct Shared {
 pub(crate) struct Services {
     pub(crate) results: Option<Arc<dyn ResultStore>>,
     state: Arc<WorkerState>,
+    producer: Producer,
 }
 
 impl WorkerServices for Services {
@@ -211,19 +213,50 @@ impl WorkerServices for Services {
     fn is_revoked(&self, task_id: &str) -> bool {
         self.state.revoked().contains(task_id)
     }
+
+    fn apply(
+        &self,
+        mut sig: celeriac_protocol::Signature,
+        lineage: celeriac_client::Lineage,
+    ) -> BoxFuture<'static, Result<celeriac_client::Applied, TaskError>> {
+        let (producer, results) = (self.producer.clone(), self.results.clone());
+        Box::pin(async move {
+            celeriac_client::freeze(&mut sig);
+            let chords = results.map(crate::store::ChordSizesOf);
+            let applier = celeriac_client::Applier::new(
+                &producer,
+                chords.as_ref().map(|c| c as &dyn celeriac_client::ChordSizes),
+            );
+            applier
+                .apply(sig, None, Vec::new(), &lineage)
+                .await
+                .map_err(|e| TaskError::custom("kombu.exceptions", "OperationalError", e.to_string()))
+        })
+    }
+
+    fn add_to_chord(&self, group_id: &str) -> BoxFuture<'static, Result<(), TaskError>> {
+        let (results, group_id) = (self.results.clone(), group_id.to_owned());
+        Box::pin(async move {
+            match results {
+                Some(r) => r.add_to_chord(&group_id).await.map_err(|e| TaskError::fail(e.to_string())),
+                None => Err(TaskError::builtin("NotImplementedError", "add_to_chord needs a result backend")),
+            }
+        })
+    }
 }
 
 impl Worker {
     /// A worker for `registry` on `broker`.
     pub fn new(
-        registry: Registry,
+        mut registry: Registry,
         broker: Broker,
         producer: Producer,
         results: Option<Arc<dyn ResultStore>>,
         config: WorkerConfig,
     ) -> Worker {
+        crate::builtins::add_missing(&mut registry);
         let state = Arc::new(WorkerState::new(config.statedb.clone()));
-        let services = Arc::new(Services { results, state: state.clone() });
+        let services = Arc::new(Services { results, state: state.clone(), producer: producer.clone() });
         let events =
             Events::start(broker.clone(), &config.hostname, config.send_task_events, config.heartbeat_interval);
         let concurrency = config.concurrency.max(1);
@@ -511,10 +544,13 @@ impl Shared {
             info!("Task {name}[{id}] received");
             let terminate = self.state.received(&task, delivery, &self.config.hostname);
             let _tracked = Tracked { state: &self.state, id, name };
+            if let Some(metrics) = &self.metrics {
+                metrics.note_queue(id, &delivery.queue);
+            }
             if self.reporting() {
                 self.report("task-received", &task, task_received_fields(&task));
             }
-            match admit::admit(&self.registry, self.state.revoked(), &task, jiff::Timestamp::now()) {
+            match admit::admit(&self.registry, &self.state, &task, jiff::Timestamp::now()) {
                 admit::Verdict::Unknown => Box::pin(self.unknown(delivery, &task, stop)).await,
                 admit::Verdict::Revoked => {
                     Box::pin(self.discard(delivery, &task, record::Discard::Revoked, stop)).await
@@ -546,7 +582,7 @@ impl Shared {
             return;
         };
         // Revoked or expired while it waited?
-        match admit::still_wanted(self.state.revoked(), task, jiff::Timestamp::now()) {
+        match admit::still_wanted(&self.state, task, jiff::Timestamp::now()) {
             Some(admit::Verdict::Revoked) => {
                 return Box::pin(self.discard(delivery, task, record::Discard::Revoked, stop)).await;
             }

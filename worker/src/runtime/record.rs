@@ -69,13 +69,17 @@ impl Shared {
         let ignore_result = opts.ignore_result.or(task.headers.ignore_result).unwrap_or(self.config.ignore_result);
         let (id, name) = (&task.headers.id, &task.headers.task);
         let runtime = run.runtime;
+        let ctx = run.ctx;
         match run.outcome {
             Outcome::Success(value) => {
                 let repr = celeriac_protocol::result::saferepr(&value, Some(1024), 3);
                 info!("Task {name}[{id}] succeeded in {runtime:.3}s: {repr}");
                 // As Celery: callbacks and the next chain step go out first,
                 // and the stored result names them as its children.
-                let (children, sent) = self.send_callbacks(task, &value, stop).await;
+                // What it sent while running comes first, as Celery's trail.
+                let mut children = ctx.take_trail();
+                let (callbacks, sent) = self.send_callbacks(task, &value, stop).await;
+                children.extend(callbacks);
                 if let Err(Unsent::Never(why)) = &sent {
                     // As Celery's tracer: a callback that cannot be published
                     // fails the task with the publishing error.
@@ -142,7 +146,10 @@ impl Shared {
                 }
                 (Ending::Rejected { requeue }, recorded)
             }
-            Outcome::Failed(TaskError::Ignore) => (Ending::Ignored, Recorded::Yes),
+            Outcome::Failed(TaskError::Ignore) => match ctx.take_replacement() {
+                None => (Ending::Ignored, Recorded::Yes),
+                Some(sig) => self.replace(delivery, task, sig, stop).await,
+            },
             Outcome::Failed(err) => {
                 let exc = err.exception();
                 error!("Task {name}[{id}] raised unexpected: {}", exc.python_repr());
@@ -179,6 +186,70 @@ impl Shared {
                 let exc = ExceptionInfo::new("billiard.exceptions", "WorkerLostError", vec![Value::Str(text)]);
                 (Ending::Lost, self.fail(delivery, task, &exc, None, stop).await)
             }
+        }
+    }
+
+    /// Applies what the task asked to be replaced with (see `replace.rs`);
+    /// nothing is stored for the task itself.
+    async fn replace(
+        &self,
+        delivery: &Delivery,
+        task: &TaskMessage,
+        sig: Signature,
+        stop: &CancellationToken,
+    ) -> (Ending, Recorded) {
+        let (id, name) = (&task.headers.id, &task.headers.task);
+        let sig = match super::replace::replacement(task, sig) {
+            Ok(sig) => sig,
+            Err(why) => {
+                error!("Task {name}[{id}] cannot be replaced: {why}");
+                let exc = ExceptionInfo::new("celery.exceptions", "ImproperlyConfigured", vec![Value::Str(why)]);
+                return (Ending::Failed, self.fail(delivery, task, &exc, None, stop).await);
+            }
+        };
+        info!("Task {name}[{id}] replaced by {}", sig.task);
+        match self.apply_child(sig, None, Vec::new(), task, stop).await {
+            Ok(_) => (Ending::Ignored, Recorded::Yes),
+            Err(Unsent::Outage) => (Ending::Succeeded, Recorded::No),
+            Err(Unsent::Never(why)) => {
+                let exc = ExceptionInfo::new("kombu.exceptions", "OperationalError", vec![Value::Str(why)]);
+                (Ending::Failed, self.fail(delivery, task, &exc, None, stop).await)
+            }
+        }
+    }
+
+    /// Calls a "new-style" errback (`errback(request, exc, traceback, *args)`)
+    /// here and now, as Celery's worker does for one it has registered: with
+    /// the failed task's request, and the exception and traceback before the
+    /// errback's own arguments. What it returns is not stored.
+    async fn errback_inline(
+        &self,
+        def: &Task,
+        errback: &Signature,
+        task: &TaskMessage,
+        delivery: &Delivery,
+        exc: &ExceptionInfo,
+        traceback: Option<&str>,
+    ) {
+        let mut args = vec![exc.to_value(), traceback.map_or(Value::Null, |t| Value::Str(t.to_owned()))];
+        args.extend(errback.args.iter().cloned());
+        let request = crate::context::RequestInfo {
+            headers: task.headers.clone(),
+            args,
+            kwargs: errback.kwargs.clone(),
+            delivery_info: delivery.envelope.delivery_info.clone(),
+            hostname: self.config.hostname.clone(),
+            redelivered: delivery.redelivered(),
+            properties: delivery.message().properties.clone(),
+            priority: delivery.message().priority,
+            embed: task.embed.clone(),
+        };
+        let ctx = crate::Ctx::new(request, self.services.clone(), CancellationToken::new(), CancellationToken::new());
+        let call = tokio::spawn(def.handler().call(crate::extract::Invocation::new(ctx)));
+        match call.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => error!("errback {} of {}[{}] raised: {e}", errback.task, task.headers.task, task.headers.id),
+            Err(e) => error!("errback {} of {}[{}] failed: {e}", errback.task, task.headers.task, task.headers.id),
         }
     }
 
@@ -265,16 +336,26 @@ impl Shared {
             fields.insert("traceback".into(), Value::Str(traceback.clone().unwrap_or_default()));
             fields
         });
-        let meta = self.extend(ResultMeta::failure(id, exc, traceback, PyDateTime::now_utc()), task, delivery);
+        let meta = self.extend(ResultMeta::failure(id, exc, traceback.clone(), PyDateTime::now_utc()), task, delivery);
         let mut recorded = self.finished(meta, task, true, stop).await;
         if let Some(fields) = fields {
             self.report("task-failed", task, fields);
         }
-        // Old-style errbacks get the failed task's id before their own
-        // arguments, as Celery sends them.
+        // As Celery: an errback registered here that takes the request is
+        // called now; the others are sent, as one group, with the failed
+        // task's id before their own arguments.
+        let mut old_style = Vec::new();
         for errback in task.embed.errbacks.iter().flatten() {
-            let prev = Some(Value::Str(id.clone()));
-            match self.apply_child(errback.clone(), prev, Vec::new(), task, stop).await {
+            match self.registry.get(&errback.task).filter(|def| def.options().errback_takes_request) {
+                Some(def) => self.errback_inline(def, errback, task, delivery, exc, traceback.as_deref()).await,
+                None => old_style.push(errback.to_value()),
+            }
+        }
+        if !old_style.is_empty() {
+            let mut group = Signature::new("celery.group");
+            group.subtask_type = Some("group".into());
+            group.kwargs.insert("tasks".into(), Value::List(old_style));
+            match self.apply_child(group, Some(Value::Str(id.clone())), Vec::new(), task, stop).await {
                 Ok(_) => {}
                 Err(Unsent::Outage) => recorded = Recorded::No,
                 Err(Unsent::Never(_)) => self.count_refused("callback_not_sent"),
