@@ -13,6 +13,30 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The workflow of the README's "Canvas" section: a chain whose group and
+//! last task become a chord, with an errback, and a group read in order.
+//!
+//! ```no_run
+//! # async fn demo(client: celeriac_client::Client, files: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use celeriac_client::{chain, group, Signature};
+//!
+//! let stage = |p: &str| Signature::new("workflow.stage").arg(p);
+//! let hpc = |d: &str| Signature::new("workflow.hpc").kwarg("detector", d);
+//! let report = Signature::new("workflow.report");
+//!
+//! let flow = chain([stage("/data/run42"), group(["d1", "d2", "d3"].map(hpc)), report.queue("reports")])
+//!     .link_error(Signature::new("workflow.alert").arg("run42").si());
+//! let res = client.apply_async(&flow).await?;
+//! println!("{:?}", res.get(Some(Duration::from_secs(600))).await?);
+//! if let Some(header) = res.parent() {
+//!     println!("{:?}", header.get(None).await?);
+//! }
+//! let sizes = client.apply_async(&group(files.iter().map(|f| Signature::new("tasks.size").arg(f)))).await?;
+//! println!("{:?}", sizes.get(None).await?);
+//! # Ok(()) }
+//! ```
+//!
 //! - [`signature`]: the builder ([`Signature`], [`chain`], [`group`],
 //!   [`chord`], `|`);
 //! - [`result`]: [`Client`] (send a task or a canvas, freeze one) and the

@@ -25,6 +25,7 @@ use celeriac_backend::{GetError, RedisBackend, ResultHandle};
 use celeriac_broker::{BrokerError, Producer, SendOptions};
 use celeriac_protocol::result::{ResultMeta, ResultTuple};
 use celeriac_protocol::{Map, Value};
+use futures_util::future::BoxFuture;
 
 use crate::engine::{Engine, Op, R};
 use crate::signature::Signature;
@@ -165,7 +166,11 @@ impl Client {
                 reason: "an empty chain sends nothing".into(),
             })?;
         for op in std::mem::take(&mut engine.ops) {
-            self.perform(op).await?;
+            // Boxed: the producer's and backend's futures are deep, and a
+            // caller's async fn that awaits several canvases would otherwise
+            // need a higher `recursion_limit` to compute its own layout.
+            let perform: BoxFuture<'_, Result<(), CanvasError>> = Box::pin(self.perform(op));
+            perform.await?;
         }
         Ok(self.canvas_result(&engine, res))
     }
@@ -238,10 +243,11 @@ impl CanvasResult {
     }
 
     /// Waits for the value: a task's return value, or the list of a group's.
-    pub async fn get(&self, timeout: Option<Duration>) -> Result<Value, ResultError> {
+    /// (A boxed future: a group's members are canvas results themselves.)
+    pub fn get(&self, timeout: Option<Duration>) -> BoxFuture<'_, Result<Value, ResultError>> {
         match self {
-            CanvasResult::Task(r) => r.get(timeout).await,
-            CanvasResult::Group(g) => g.get(timeout).await,
+            CanvasResult::Task(r) => Box::pin(r.get(timeout)),
+            CanvasResult::Group(g) => Box::pin(g.get(timeout)),
         }
     }
 
@@ -315,7 +321,7 @@ impl GroupResult {
                 },
                 None => None,
             };
-            values.push(Box::pin(member.get(left)).await?);
+            values.push(member.get(left).await?);
         }
         Ok(Value::List(values))
     }
@@ -385,12 +391,17 @@ impl AsyncResult {
     /// Waits (for ever when `timeout` is `None`) and returns the task's
     /// return value, or the exception it raised as [`GetError::Failed`].
     pub async fn get(&self, timeout: Option<Duration>) -> Result<Value, ResultError> {
-        Ok(self.handle()?.get(timeout).await?)
+        let handle = self.handle()?;
+        // Boxed as in `apply_async_with`: callers' futures stay shallow.
+        let wait: BoxFuture<'_, Result<Value, GetError>> = Box::pin(handle.get(timeout));
+        Ok(wait.await?)
     }
 
     /// The stored record now (PENDING when there is none).
     pub async fn meta(&self) -> Result<ResultMeta, ResultError> {
-        Ok(self.handle()?.meta().await.map_err(GetError::from)?)
+        let handle = self.handle()?;
+        let read: BoxFuture<'_, Result<ResultMeta, celeriac_backend::BackendError>> = Box::pin(handle.meta());
+        Ok(read.await.map_err(GetError::from)?)
     }
 
     fn handle(&self) -> Result<ResultHandle, ResultError> {
