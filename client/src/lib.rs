@@ -32,7 +32,8 @@
 //! if let Some(header) = res.parent() {
 //!     println!("{:?}", header.get(None).await?);
 //! }
-//! let sizes = client.apply_async(&group(files.iter().map(|f| Signature::new("tasks.size").arg(f)))).await?;
+//! let size = |f: &String| Signature::new("workflow.size").arg(f);
+//! let sizes = client.apply_async(&group(files.iter().map(size))).await?;
 //! println!("{:?}", sizes.get(None).await?);
 //! # Ok(()) }
 //! ```
