@@ -198,3 +198,33 @@ async fn options_links_and_errbacks_reach_a_python_worker() {
         other => panic!("expected the member's ValueError, got {other:?}"),
     }
 }
+
+/// The README's "Canvas" workflow as Python builds it, in Celery's dict form.
+const README_FLOW: &str = r#"
+from celery import Celery, chain, group
+from kombu.utils.json import dumps
+app = Celery("datacenter", broker="memory://")
+sig = lambda name, *a, **kw: app.signature(name, args=a, kwargs=kw)
+flow = chain(
+    sig("workflow.stage", "/data/run42"),
+    group(sig("workflow.hpc", detector=d) for d in ("d1", "d2", "d3")),
+    sig("workflow.report").set(queue="reports"),
+).on_error(sig("workflow.alert", "run42").set(immutable=True))
+print(dumps(flow))
+"#;
+
+#[test]
+fn the_readme_workflow_is_the_signature_python_builds() {
+    let Some(python) = celeriac_tests::python_peer() else { return };
+    let out = Command::new(python).args(["-c", README_FLOW]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs = String::from_utf8(out.stdout).unwrap();
+
+    let stage = |p: &str| Signature::new("workflow.stage").arg(p);
+    let hpc = |d: &str| Signature::new("workflow.hpc").kwarg("detector", d);
+    let report = Signature::new("workflow.report");
+    let flow = chain([stage("/data/run42"), group(["d1", "d2", "d3"].map(hpc)), report.queue("reports")])
+        .link_error(Signature::new("workflow.alert").arg("run42").si());
+    let ours = json::to_string(&flow.to_wire().unwrap().to_value()).unwrap();
+    assert_eq!(ours, theirs.trim(), "the same workflow, byte for byte in Celery's dict form");
+}
