@@ -198,6 +198,14 @@ fn canvases_from_python_run_on_celeriac() {
     assert_eq!(got["chord_failed_body"], json!({"state": "FAILURE", "exc_type": "ChordError"}), "{got}\n{log}");
     assert_eq!(got["link"], json!({"result": 42}), "{got}");
     assert_eq!(got["link_child"], json!({"result": 42}), "the callback got the parent's result: {got}\n{log}");
+    assert_eq!(got["starmap"], json!({"result": [2, 4]}), "{got}\n{log}");
+    assert_eq!(got["map"], json!({"result": [1, "a", null]}), "{got}\n{log}");
+    assert_eq!(got["unlock"], json!({"result": 6}), "chord_unlock sent the callback with the values: {got}\n{log}");
+    assert_eq!(got["unlock_failed"]["exc_type"], json!("ChordError"), "{got}\n{log}");
+    assert!(
+        got["unlock_failed"]["exc_args"][0].as_str().unwrap().starts_with("Dependency "),
+        "Celery's ChordError text: {got}"
+    );
 }
 
 #[test]

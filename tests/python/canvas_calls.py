@@ -5,13 +5,18 @@
 
 Prints one JSON object: {"<canvas>": {"result": ...} | {"exc_type": ..., "exc_args": [...]}}
 for a chain, a group, a chord, a chord with a failing header task (and its
-body), and a task with a link callback (and that callback, its child).
+body), a task with a link callback (and that callback, its child), the
+built-ins celery.map and celery.starmap, and celery.chord_unlock (the join
+Celery sends for backends without a native one) over a finished group, with
+and without a failed member (the callback gets the values, or fails with
+ChordError).
 """
 
 import argparse
 import json
 
 from celery import Celery, chain, chord, group
+from celery.canvas import xmap, xstarmap
 
 
 def main() -> None:
@@ -36,6 +41,19 @@ def main() -> None:
     # errback gets the failed task's id.
     linked = sig("add", 20, 22).set(link=sig("identity"))
     sent["link"] = linked.apply_async()
+    sent["starmap"] = xstarmap(sig("add"), [(1, 1), (2, 2)], app=app).apply_async()
+    sent["map"] = xmap(sig("identity"), [1, "a", None], app=app).apply_async()
+    # chord_unlock over groups that already finished.
+    for name, members in (("unlock", [sig("add", 1, 1), sig("add", 2, 2)]), ("unlock_failed", [sig("add", 1, 1), sig("fail")])):
+        header = group(members).apply_async()
+        header.join(timeout=a.timeout, propagate=False)
+        body = sig("tsum").freeze()
+        callback = sig("tsum").set(task_id=body.id)
+        if name == "unlock_failed":
+            callback = callback.set(link_error=[sig("identity")])
+        app.send_task("celery.chord_unlock", args=[header.id, dict(callback)],
+                      kwargs={"result": [r.as_tuple() for r in header.results], "interval": 0.1})
+        sent[name] = app.AsyncResult(body.id)
     out = {}
     for name, res in sent.items():
         try:

@@ -1,13 +1,103 @@
 //! Celery's built-in tasks that any worker of an app has, so a Python app may
 //! route them to a celeriac worker: `celery.accumulate` (a group replacement's
-//! results, see `runtime/replace.rs`) and `celery.backend_cleanup` (nothing to
-//! clean with Redis, whose results expire by themselves). A worker registers
+//! results, see `runtime/replace.rs`), `celery.backend_cleanup` (nothing to
+//! clean with Redis, whose results expire by themselves), and `celery.map`,
+//! `celery.starmap` and `celery.chunks` (a task of this worker called over a
+//! list, in-process, as Python's), and `celery.chord_unlock` (the polling
+//! join Celery uses for backends without a native one). A worker registers
 //! them unless its registry has tasks of those names already.
 
-use celeriac_protocol::Value;
+use std::time::Duration;
+
+use celeriac_protocol::result::{ExceptionInfo, ResultMeta, ResultTuple};
+use celeriac_protocol::time::PyDateTime;
+use celeriac_protocol::{Map, Signature, Value};
 
 use crate::extract::RawArgs;
-use crate::{Registry, Task, TaskError};
+use crate::{Ctx, Registry, Task, TaskError};
+
+/// The argument `name` at `position` (Celery's canvas sends them as keyword
+/// arguments; a direct call may pass them by position).
+fn argument<'a>(args: &'a [Value], kwargs: &'a Map, position: usize, name: &str) -> Result<&'a Value, TaskError> {
+    kwargs
+        .get(name)
+        .or_else(|| args.get(position))
+        .ok_or_else(|| TaskError::builtin("TypeError", format!("missing required argument: '{name}'")))
+}
+
+/// The task signature and the items of a map-like call.
+fn map_arguments(args: &[Value], kwargs: &Map) -> Result<(Signature, Vec<Value>), TaskError> {
+    let task = Signature::from_value(argument(args, kwargs, 0, "task")?)
+        .map_err(|e| TaskError::builtin("TypeError", format!("task is not a signature: {e}")))?;
+    let items = match argument(args, kwargs, 1, "it")? {
+        Value::List(items) => items.clone(),
+        other => {
+            return Err(TaskError::builtin("TypeError", format!("'{}' object is not iterable", other.type_name())))
+        }
+    };
+    Ok((task, items))
+}
+
+/// `celery.map(task, it)`: `[task(item) for item in it]`, each call in
+/// this worker.
+async fn map(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value, TaskError> {
+    let (task, items) = map_arguments(&args, &kwargs)?;
+    let mut out = Vec::with_capacity(items.len().min(1024));
+    for item in items {
+        out.push(ctx.call_local(&task.task, vec![item], Map::new()).await?);
+    }
+    Ok(Value::List(out))
+}
+
+/// `celery.starmap(task, it)`: `[task(*item) for item in it]`.
+async fn starmap(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value, TaskError> {
+    let (task, items) = map_arguments(&args, &kwargs)?;
+    let mut out = Vec::with_capacity(items.len().min(1024));
+    for item in items {
+        let Value::List(item_args) = item else {
+            let message = format!("argument after * must be an iterable, not {}", item.type_name());
+            return Err(TaskError::builtin("TypeError", message));
+        };
+        out.push(ctx.call_local(&task.task, item_args, Map::new()).await?);
+    }
+    Ok(Value::List(out))
+}
+
+/// `celery.chunks(task, it, n)`: sends a group of `celery.starmap` tasks
+/// over `it` in parts of `n`, and returns the group's result (stored as
+/// Celery stores a `GroupResult`: its result tuple).
+async fn chunks(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value, TaskError> {
+    let (task, items) = map_arguments(&args, &kwargs)?;
+    let n = match argument(&args, &kwargs, 2, "n")? {
+        Value::Int(n) if *n >= 1 => usize::try_from(*n).unwrap_or(usize::MAX),
+        Value::Int(_) => {
+            let message = "Stop argument for islice() must be None or an integer: 0 <= x <= sys.maxsize.";
+            return Err(TaskError::builtin("ValueError", message));
+        }
+        other => {
+            let message = format!("'{}' object cannot be interpreted as an integer", other.type_name());
+            return Err(TaskError::builtin("TypeError", message));
+        }
+    };
+    let members = items
+        .chunks(n)
+        .map(|part| {
+            let mut sig = Signature::new("celery.starmap");
+            sig.kwargs.insert("task".into(), task.to_value());
+            sig.kwargs.insert("it".into(), Value::List(part.to_vec()));
+            sig.immutable = true;
+            if let Some(queue) = task.options.get("queue") {
+                sig.options.insert("queue".into(), queue.clone());
+            }
+            sig.to_value()
+        })
+        .collect();
+    let mut group = Signature::new("celery.group");
+    group.subtask_type = Some("group".into());
+    group.kwargs.insert("tasks".into(), Value::List(members));
+    let applied = ctx.apply(group).await?;
+    Ok(applied.to_tuple().to_value())
+}
 
 /// `celery.accumulate(*args, index=None)`: the argument at `index`, or all
 /// of them.
@@ -28,6 +118,84 @@ async fn accumulate(RawArgs(args, kwargs): RawArgs) -> Result<Value, TaskError> 
     }
 }
 
+/// `celery.chord_unlock(group_id, callback, interval=None, max_retries=None,
+/// result=None)`: retried every `interval` seconds (1 by default) until
+/// every result of the header is ready; then sends `callback` with their
+/// values, or, when one failed, fails the callback with Celery's
+/// `ChordError("Dependency <id> raised <exc>")` and sends its errbacks with
+/// the callback's id.
+async fn chord_unlock(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value, TaskError> {
+    let type_error = |what: &str| TaskError::builtin("TypeError", format!("chord_unlock: {what}"));
+    let group_id =
+        argument(&args, &kwargs, 0, "group_id")?.as_str().ok_or_else(|| type_error("group_id is not a str"))?;
+    let callback = Signature::from_value(argument(&args, &kwargs, 1, "callback")?)
+        .map_err(|e| type_error(&format!("callback is not a signature: {e}")))?;
+    let interval = match kwargs.get("interval").or_else(|| args.get(2)) {
+        None | Some(Value::Null) => 1.0,
+        Some(Value::Int(i)) => *i as f64,
+        Some(Value::Float(f)) => *f,
+        Some(_) => return Err(type_error("interval is not a number")),
+    };
+    // A broker peer may send anything: a retry every 10 ms at least, an hour at most.
+    let interval = Duration::from_secs_f64(if interval.is_finite() { interval.clamp(0.01, 3600.0) } else { 1.0 });
+    let max_retries = match kwargs.get("max_retries").or_else(|| args.get(3)) {
+        Some(Value::Int(n)) => Some(u32::try_from(*n).unwrap_or(if *n < 0 { 0 } else { u32::MAX })),
+        _ => None,
+    };
+    let ids = match kwargs.get("result").or_else(|| args.get(4)) {
+        Some(Value::List(tuples)) => tuples
+            .iter()
+            .map(|t| ResultTuple::from_value(t).map(|t| t.id))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| type_error(&format!("result is not a list of result tuples: {e}")))?,
+        _ => return Err(type_error("result is not a list of result tuples")),
+    };
+    let results = ctx.results(ids).await?;
+    if !results.iter().all(|r| r.status.is_ready()) {
+        let waiting = results.iter().filter(|r| !r.status.is_ready()).count();
+        let reason = format!("chord {group_id}: {waiting} of {} results not ready", results.len());
+        return Err(ctx.retry_in(reason, interval).with_max_retries(max_retries));
+    }
+    if let Some(culprit) = results.iter().find(|r| r.status.propagates()) {
+        let exc = culprit.exception().ok().flatten().map_or_else(|| culprit.status.to_string(), |e| e.python_repr());
+        let reason = format!("Dependency {} raised {exc}", culprit.task_id);
+        tracing::error!("Chord {group_id:?} raised: ChordError({reason:?})");
+        let error = ExceptionInfo::new("celery.exceptions", "ChordError", vec![Value::Str(reason)]);
+        let Some(body_id) = callback.options.get("task_id").and_then(Value::as_str) else { return Ok(Value::Null) };
+        // As Celery's chord_error_from_stack: the errbacks, then the failure.
+        let errbacks: Vec<Value> = match callback.options.get("link_error") {
+            Some(Value::List(items)) => items.clone(),
+            Some(one @ Value::Map(_)) => vec![one.clone()],
+            _ => Vec::new(),
+        };
+        if !errbacks.is_empty() {
+            let mut group = Signature::new("celery.group");
+            group.subtask_type = Some("group".into());
+            let members = errbacks
+                .iter()
+                .filter_map(|v| Signature::from_value(v).ok())
+                .map(|mut errback| {
+                    if !errback.immutable {
+                        errback.args.insert(0, Value::Str(body_id.to_owned()));
+                    }
+                    errback.to_value()
+                })
+                .collect();
+            group.kwargs.insert("tasks".into(), Value::List(members));
+            ctx.apply(group).await?;
+        }
+        ctx.store(ResultMeta::failure(body_id, &error, None, PyDateTime::now_utc())).await?;
+        return Ok(Value::Null);
+    }
+    let mut body = callback;
+    if !body.immutable {
+        let values = results.into_iter().map(|r| r.result).collect();
+        body.args.insert(0, Value::List(values));
+    }
+    ctx.apply(body).await?;
+    Ok(Value::Null)
+}
+
 /// `celery.backend_cleanup()`: results in Redis expire on their own.
 async fn backend_cleanup() -> Result<(), TaskError> {
     Ok(())
@@ -40,6 +208,18 @@ pub(crate) fn add_missing(registry: &mut Registry) {
     }
     if registry.get("celery.backend_cleanup").is_none() {
         registry.add(Task::new("celery.backend_cleanup", backend_cleanup).ignore_result(true));
+    }
+    if registry.get("celery.chord_unlock").is_none() {
+        registry.add(Task::new("celery.chord_unlock", chord_unlock).retry_forever().ignore_result(true));
+    }
+    if registry.get("celery.map").is_none() {
+        registry.add(Task::new("celery.map", map));
+    }
+    if registry.get("celery.starmap").is_none() {
+        registry.add(Task::new("celery.starmap", starmap));
+    }
+    if registry.get("celery.chunks").is_none() {
+        registry.add(Task::new("celery.chunks", chunks));
     }
 }
 
@@ -59,5 +239,81 @@ mod tests {
         assert_eq!(accumulate(RawArgs(args.clone(), Map::new())).await.unwrap(), Value::List(args.clone()));
         index.insert("index".into(), Value::Int(5));
         assert!(accumulate(RawArgs(args, index)).await.is_err());
+    }
+
+    struct Local(Registry);
+
+    impl crate::WorkerServices for Local {
+        fn update_state(
+            &self,
+            _: &str,
+            _: &str,
+            _: Value,
+        ) -> futures_util::future::BoxFuture<'static, Result<(), TaskError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn is_revoked(&self, _: &str) -> bool {
+            false
+        }
+        fn task(&self, name: &str) -> Option<Task> {
+            self.0.get(name).cloned()
+        }
+    }
+
+    async fn add(crate::Args((a, b)): crate::Args<(i64, i64)>) -> Result<i64, TaskError> {
+        Ok(a + b)
+    }
+
+    async fn double(crate::Args((a,)): crate::Args<(i64,)>) -> Result<i64, TaskError> {
+        Ok(a * 2)
+    }
+
+    fn ctx() -> Ctx {
+        let registry = Registry::new().with(Task::new("t.add", add)).with(Task::new("t.double", double));
+        let request = crate::context::RequestInfo::default();
+        Ctx::new(
+            request,
+            std::sync::Arc::new(Local(registry)),
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+    }
+
+    fn call(task: &str, it: Value) -> RawArgs {
+        let mut kwargs = Map::new();
+        kwargs.insert("task".into(), Signature::new(task).to_value());
+        kwargs.insert("it".into(), it);
+        RawArgs(Vec::new(), kwargs)
+    }
+
+    #[tokio::test]
+    async fn map_and_starmap_call_the_task_here_for_each_item() {
+        let items = Value::List(vec![Value::Int(1), Value::Int(2)]);
+        assert_eq!(map(ctx(), call("t.double", items)).await.unwrap(), Value::List(vec![Value::Int(2), Value::Int(4)]));
+        let pairs = Value::List(vec![
+            Value::List(vec![Value::Int(1), Value::Int(1)]),
+            Value::List(vec![Value::Int(2), Value::Int(2)]),
+        ]);
+        assert_eq!(
+            starmap(ctx(), call("t.add", pairs)).await.unwrap(),
+            Value::List(vec![Value::Int(2), Value::Int(4)])
+        );
+    }
+
+    #[tokio::test]
+    async fn map_refuses_what_python_refuses() {
+        let kind = |e: TaskError| e.kind().map(str::to_owned);
+        let unknown = map(ctx(), call("t.nope", Value::List(vec![Value::Int(1)]))).await.unwrap_err();
+        assert_eq!(kind(unknown).as_deref(), Some("NotRegistered"));
+        let not_a_list = map(ctx(), call("t.double", Value::Int(3))).await.unwrap_err();
+        assert_eq!(kind(not_a_list).as_deref(), Some("TypeError"));
+        let flat = starmap(ctx(), call("t.add", Value::List(vec![Value::Int(1)]))).await.unwrap_err();
+        assert_eq!(kind(flat).as_deref(), Some("TypeError"));
+        let mut zero = call("t.add", Value::List(vec![]));
+        zero.1.insert("n".into(), Value::Int(0));
+        assert_eq!(kind(chunks(ctx(), zero).await.unwrap_err()).as_deref(), Some("ValueError"));
+        let mut huge = call("t.add", Value::List(vec![]));
+        huge.1.insert("n".into(), Value::Float(1e300));
+        assert_eq!(kind(chunks(ctx(), huge).await.unwrap_err()).as_deref(), Some("TypeError"));
     }
 }

@@ -41,6 +41,32 @@ pub trait WorkerServices: Send + Sync + 'static {
         })
     }
 
+    /// The stored records of `task_ids`, in order (PENDING for those with
+    /// none), as `AsyncResult` reads them.
+    fn results(
+        &self,
+        task_ids: Vec<String>,
+    ) -> futures_util::future::BoxFuture<'static, Result<Vec<celeriac_protocol::ResultMeta>, TaskError>> {
+        let _ = task_ids;
+        Box::pin(async { Err(TaskError::builtin("NotImplementedError", "this worker has no result backend to read")) })
+    }
+
+    /// Stores a record (a final state for a task other than the running one).
+    fn store(
+        &self,
+        meta: celeriac_protocol::ResultMeta,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), TaskError>> {
+        let _ = meta;
+        Box::pin(async { Err(TaskError::builtin("NotImplementedError", "this worker has no result backend")) })
+    }
+
+    /// The task of this worker named `name`, for calling it in-process (as
+    /// Python's `task(*args)`, which `celery.map` does).
+    fn task(&self, name: &str) -> Option<crate::Task> {
+        let _ = name;
+        None
+    }
+
     /// Raises the size of chord `group_id` by one (the backend's
     /// `add_to_chord`), before a task joins it.
     fn add_to_chord(&self, group_id: &str) -> futures_util::future::BoxFuture<'static, Result<(), TaskError>> {
@@ -286,6 +312,36 @@ impl Ctx {
         celeriac_client::freeze(&mut sig);
         self.inner.services.add_to_chord(group).await?;
         self.apply(sig).await
+    }
+
+    /// Calls this worker's task `name` here and now, with `args` and
+    /// `kwargs`, as Python's `task(*args, **kwargs)` inside a task: no
+    /// message, nothing stored, the caller's request otherwise. A name this
+    /// worker does not have fails as Celery's `NotRegistered`.
+    pub async fn call_local(&self, name: &str, args: Vec<Value>, kwargs: Map) -> Result<Value, TaskError> {
+        let Some(task) = self.inner.services.task(name) else {
+            return Err(TaskError::custom("celery.exceptions", "NotRegistered", format!("{name:?}")));
+        };
+        let mut request = self.inner.request.clone();
+        request.headers.task = name.to_owned();
+        request.args = args;
+        request.kwargs = kwargs;
+        request.embed = Embed::default();
+        let ctx =
+            Ctx::new(request, self.inner.services.clone(), self.inner.soft_limit.clone(), self.inner.terminate.clone());
+        task.handler().call(crate::extract::Invocation::new(ctx)).await
+    }
+
+    /// The stored records of `task_ids`, in order (PENDING where nothing
+    /// is stored).
+    pub async fn results(&self, task_ids: Vec<String>) -> Result<Vec<celeriac_protocol::ResultMeta>, TaskError> {
+        self.inner.services.results(task_ids).await
+    }
+
+    /// Stores `meta` (a final state for another task: a chord body that
+    /// fails because a header part did).
+    pub async fn store(&self, meta: celeriac_protocol::ResultMeta) -> Result<(), TaskError> {
+        self.inner.services.store(meta).await
     }
 
     /// The chord body this task is a header part of, if any.

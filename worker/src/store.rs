@@ -71,6 +71,13 @@ pub trait ResultStore: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
 
+    /// The stored record of `task_id` (a PENDING one when nothing is
+    /// stored); `None` from a store that cannot read.
+    fn meta(&self, task_id: &str) -> BoxFuture<'static, Result<Option<ResultMeta>, StoreError>> {
+        let _ = task_id;
+        Box::pin(async { Ok(None) })
+    }
+
     /// Records a finished chord header task (Celery's `on_chord_part_return`).
     /// A store without chord support reports the chord as never complete.
     /// Called again with the same part (and token) after a transient error.
@@ -115,6 +122,11 @@ impl ResultStore for RedisBackend {
     fn state(&self, task_id: &str) -> BoxFuture<'static, Result<Option<State>, StoreError>> {
         let (backend, id) = (self.clone(), task_id.to_owned());
         Box::pin(async move { backend.get(&id).await.map(|m| Some(m.status)).map_err(StoreError::from) })
+    }
+
+    fn meta(&self, task_id: &str) -> BoxFuture<'static, Result<Option<ResultMeta>, StoreError>> {
+        let (backend, id) = (self.clone(), task_id.to_owned());
+        Box::pin(async move { backend.get(&id).await.map(Some).map_err(StoreError::from) })
     }
 
     fn on_chord_part_return(&self, part: Arc<ChordPartReturn>) -> BoxFuture<'static, Result<ChordOutcome, StoreError>> {

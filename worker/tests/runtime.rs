@@ -281,3 +281,36 @@ async fn a_task_that_expires_while_waiting_for_a_slot_is_revoked() {
     s.stop.cancel();
     s.run.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_failure_fails_the_rest_of_its_chain_as_celery_does() {
+    // Celery's `_fail_chain`: every later step with an id gets the failure,
+    // so whoever waits on the chain's last result is not left waiting; a
+    // step that is a chord fails through to its body.
+    let mut s = start(UnknownTaskPolicy::Reject);
+    let mut next = celeriac_protocol::Signature::new("tasks.add");
+    next.args = vec![1.into()];
+    next.options.insert("task_id".into(), "step-2".into());
+    let mut body = celeriac_protocol::Signature::new("tasks.add");
+    body.options.insert("task_id".into(), "chord-body".into());
+    let mut chord = celeriac_protocol::Signature::new("celery.chord");
+    chord.subtask_type = Some("chord".into());
+    chord.kwargs.insert("header".into(), Value::List(vec![]));
+    chord.kwargs.insert("body".into(), body.to_value());
+    // The chain is stored last step first, as Celery sends it.
+    let options = SendOptions { chain: vec![chord, next], ..SendOptions::default() };
+    let id = s.producer.send_task("tasks.boom", vec!["bad".into()], Map::new(), options).await.unwrap();
+    let mut failed = std::collections::BTreeMap::new();
+    while failed.len() < 3 {
+        let meta = next_final(&mut s.results).await;
+        assert_eq!(meta.status, State::Failure, "{meta:?}");
+        assert_eq!(meta.exception().unwrap().unwrap().exc_type, "ValueError");
+        failed.insert(meta.task_id.clone(), ());
+    }
+    let ids: Vec<&str> = failed.keys().map(String::as_str).collect();
+    let mut want = vec![id.as_str(), "step-2", "chord-body"];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    s.stop.cancel();
+    s.run.await.unwrap();
+}

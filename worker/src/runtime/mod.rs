@@ -197,6 +197,8 @@ pub(crate) struct Services {
     pub(crate) results: Option<Arc<dyn ResultStore>>,
     state: Arc<WorkerState>,
     producer: Producer,
+    /// The worker's tasks, for in-process calls (`celery.map`).
+    registry: Registry,
 }
 
 impl WorkerServices for Services {
@@ -234,6 +236,35 @@ impl WorkerServices for Services {
         })
     }
 
+    fn task(&self, name: &str) -> Option<crate::Task> {
+        self.registry.get(name).cloned()
+    }
+
+    fn results(&self, task_ids: Vec<String>) -> BoxFuture<'static, Result<Vec<ResultMeta>, TaskError>> {
+        let results = self.results.clone();
+        Box::pin(async move {
+            let Some(results) = results else {
+                return Err(TaskError::builtin("NotImplementedError", "this worker has no result backend to read"));
+            };
+            let mut out = Vec::with_capacity(task_ids.len().min(1024));
+            for id in task_ids {
+                let meta = results.meta(&id).await.map_err(|e| TaskError::fail(e.to_string()))?;
+                out.push(meta.unwrap_or_else(|| ResultMeta::new(&id, celeriac_protocol::State::Pending, Value::Null)));
+            }
+            Ok(out)
+        })
+    }
+
+    fn store(&self, meta: ResultMeta) -> BoxFuture<'static, Result<(), TaskError>> {
+        let results = self.results.clone();
+        Box::pin(async move {
+            match results {
+                Some(r) => r.store(Arc::new(meta)).await.map_err(|e| TaskError::fail(e.to_string())),
+                None => Ok(()),
+            }
+        })
+    }
+
     fn add_to_chord(&self, group_id: &str) -> BoxFuture<'static, Result<(), TaskError>> {
         let (results, group_id) = (self.results.clone(), group_id.to_owned());
         Box::pin(async move {
@@ -256,7 +287,12 @@ impl Worker {
     ) -> Worker {
         crate::builtins::add_missing(&mut registry);
         let state = Arc::new(WorkerState::new(config.statedb.clone()));
-        let services = Arc::new(Services { results, state: state.clone(), producer: producer.clone() });
+        let services = Arc::new(Services {
+            results,
+            state: state.clone(),
+            producer: producer.clone(),
+            registry: registry.clone(),
+        });
         let events =
             Events::start(broker.clone(), &config.hostname, config.send_task_events, config.heartbeat_interval);
         let concurrency = config.concurrency.max(1);

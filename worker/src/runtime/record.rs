@@ -20,8 +20,9 @@ use celeriac_broker::{BrokerError, Delivery, Settlement};
 use celeriac_client::{Applied, Applier, CanvasError, Lineage};
 use celeriac_config::UnknownTaskPolicy;
 use celeriac_protocol::result::{ExceptionInfo, Extended, ResultMeta};
+use celeriac_protocol::task::Embed;
 use celeriac_protocol::time::PyDateTime;
-use celeriac_protocol::{Map, Signature, TaskMessage, Value};
+use celeriac_protocol::{Map, Signature, TaskHeaders, TaskMessage, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -220,36 +221,71 @@ impl Shared {
 
     /// Calls a "new-style" errback (`errback(request, exc, traceback, *args)`)
     /// here and now, as Celery's worker does for one it has registered: with
-    /// the failed task's request, and the exception and traceback before the
+    /// the failed request, and the exception and traceback before the
     /// errback's own arguments. What it returns is not stored.
     async fn errback_inline(
         &self,
         def: &Task,
         errback: &Signature,
-        task: &TaskMessage,
-        delivery: &Delivery,
+        failed: &FailedRequest<'_>,
         exc: &ExceptionInfo,
         traceback: Option<&str>,
     ) {
         let mut args = vec![exc.to_value(), traceback.map_or(Value::Null, |t| Value::Str(t.to_owned()))];
         args.extend(errback.args.iter().cloned());
         let request = crate::context::RequestInfo {
-            headers: task.headers.clone(),
+            headers: failed.headers.clone(),
             args,
             kwargs: errback.kwargs.clone(),
-            delivery_info: delivery.envelope.delivery_info.clone(),
+            delivery_info: failed.delivery.map(|d| d.envelope.delivery_info.clone()).unwrap_or_default(),
             hostname: self.config.hostname.clone(),
-            redelivered: delivery.redelivered(),
-            properties: delivery.message().properties.clone(),
-            priority: delivery.message().priority,
-            embed: task.embed.clone(),
+            redelivered: failed.delivery.is_some_and(Delivery::redelivered),
+            properties: failed.delivery.map(|d| d.message().properties.clone()).unwrap_or_default(),
+            priority: failed.delivery.map_or(0, |d| d.message().priority),
+            embed: failed.embed.clone(),
         };
         let ctx = crate::Ctx::new(request, self.services.clone(), CancellationToken::new(), CancellationToken::new());
         let call = tokio::spawn(def.handler().call(crate::extract::Invocation::new(ctx)));
+        let (id, name) = (&failed.headers.id, &failed.headers.task);
         match call.await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => error!("errback {} of {}[{}] raised: {e}", errback.task, task.headers.task, task.headers.id),
-            Err(e) => error!("errback {} of {}[{}] failed: {e}", errback.task, task.headers.task, task.headers.id),
+            Ok(Err(e)) => error!("errback {} of {name}[{id}] raised: {e}", errback.task),
+            Err(e) => error!("errback {} of {name}[{id}] failed: {e}", errback.task),
+        }
+    }
+
+    /// Celery's `_call_task_errbacks`: an errback registered here that takes
+    /// the request is called now; the others are sent, as one group, with
+    /// the failed request's id before their own arguments.
+    async fn call_errbacks(
+        &self,
+        errbacks: &[Signature],
+        failed: &FailedRequest<'_>,
+        exc: &ExceptionInfo,
+        traceback: Option<&str>,
+        stop: &CancellationToken,
+    ) -> Recorded {
+        let mut old_style = Vec::new();
+        for errback in errbacks {
+            match self.registry.get(&errback.task).filter(|def| def.options().errback_takes_request) {
+                Some(def) => self.errback_inline(def, errback, failed, exc, traceback).await,
+                None => old_style.push(errback.to_value()),
+            }
+        }
+        if old_style.is_empty() {
+            return Recorded::Yes;
+        }
+        let mut group = Signature::new("celery.group");
+        group.subtask_type = Some("group".into());
+        group.kwargs.insert("tasks".into(), Value::List(old_style));
+        let id = Value::Str(failed.headers.id.clone());
+        match self.apply_child(group, Some(id), Vec::new(), failed.parent, stop).await {
+            Ok(_) => Recorded::Yes,
+            Err(Unsent::Outage) => Recorded::No,
+            Err(Unsent::Never(_)) => {
+                self.count_refused("callback_not_sent");
+                Recorded::Yes
+            }
         }
     }
 
@@ -341,27 +377,159 @@ impl Shared {
         if let Some(fields) = fields {
             self.report("task-failed", task, fields);
         }
-        // As Celery: an errback registered here that takes the request is
-        // called now; the others are sent, as one group, with the failed
-        // task's id before their own arguments.
-        let mut old_style = Vec::new();
-        for errback in task.embed.errbacks.iter().flatten() {
-            match self.registry.get(&errback.task).filter(|def| def.options().errback_takes_request) {
-                Some(def) => self.errback_inline(def, errback, task, delivery, exc, traceback.as_deref()).await,
-                None => old_style.push(errback.to_value()),
+        let chain = task.embed.chain.as_deref().unwrap_or_default();
+        recorded = both(recorded, self.fail_chain(chain, task, exc, traceback.as_deref(), stop).await);
+        let failed =
+            FailedRequest { headers: &task.headers, embed: &task.embed, delivery: Some(delivery), parent: task };
+        let errbacks = task.embed.errbacks.as_deref().unwrap_or_default();
+        both(recorded, self.call_errbacks(errbacks, &failed, exc, traceback.as_deref(), stop).await)
+    }
+
+    /// As Celery's `_fail_chain`: every later step of a failed task's chain
+    /// that has an id fails with the same exception (so whoever waits on the
+    /// chain's last result is not left waiting); a step that is part of a
+    /// chord counts as a failed part of it (unless it already failed), and a
+    /// step that is a chord fails through to its body.
+    async fn fail_chain(
+        &self,
+        chain: &[Signature],
+        task: &TaskMessage,
+        exc: &ExceptionInfo,
+        traceback: Option<&str>,
+        stop: &CancellationToken,
+    ) -> Recorded {
+        let mut recorded = Recorded::Yes;
+        let mut steps: std::collections::VecDeque<Signature> = chain.iter().cloned().collect();
+        // A chain of chord bodies is finite, but it came from the network.
+        let mut budget = 10_000usize;
+        while let Some(step) = steps.pop_front() {
+            budget = budget.saturating_sub(1);
+            if budget == 0 {
+                warn!(
+                    "Task {}[{}]: the failed chain is too long to fail step by step",
+                    task.headers.task, task.headers.id
+                );
+                break;
             }
-        }
-        if !old_style.is_empty() {
-            let mut group = Signature::new("celery.group");
-            group.subtask_type = Some("group".into());
-            group.kwargs.insert("tasks".into(), Value::List(old_style));
-            match self.apply_child(group, Some(Value::Str(id.clone())), Vec::new(), task, stop).await {
-                Ok(_) => {}
-                Err(Unsent::Outage) => recorded = Recorded::No,
-                Err(Unsent::Never(_)) => self.count_refused("callback_not_sent"),
+            let option = |key: &str| step.options.get(key).and_then(Value::as_str).map(str::to_owned);
+            let step_id = option("task_id");
+            let in_chord = step.options.get("chord").filter(|v| !v.is_null());
+            let already_failed = match (&step_id, in_chord, &self.services.results) {
+                (Some(id), Some(_), Some(results)) => {
+                    matches!(results.state(id).await, Ok(Some(state)) if state.propagates())
+                }
+                _ => false,
+            };
+            let now = PyDateTime::now_utc();
+            let mut meta =
+                ResultMeta::failure(step_id.as_deref().unwrap_or_default(), exc, traceback.map(str::to_owned), now);
+            meta.group_id = option("group_id");
+            if self.config.result_extended {
+                meta.extended = Some(Extended {
+                    name: Some(step.task.clone()),
+                    args: Value::List(step.args.clone()),
+                    kwargs: Value::Map(step.kwargs.clone()),
+                    worker: None,
+                    retries: Some(0),
+                    queue: None,
+                    stamped_headers: None,
+                    stamps: Map::new(),
+                });
+            }
+            let part = match (in_chord, &meta.group_id, already_failed) {
+                (Some(body), Some(group_id), false) => Signature::from_value(body).ok().map(|body| {
+                    let part = ChordPartReturn {
+                        group_id: group_id.clone(),
+                        group_index: step.options.get("group_index").and_then(Value::as_i64),
+                        task_id: step_id.clone().unwrap_or_default(),
+                        state: meta.status.clone(),
+                        result: meta.result.clone(),
+                        token: uuid::Uuid::new_v4().simple().to_string(),
+                    };
+                    (part, body)
+                }),
+                _ => None,
+            };
+            if step_id.is_some() {
+                recorded = both(recorded, self.store(meta, stop).await);
+            }
+            if let Some((part, body)) = part {
+                recorded = both(recorded, Box::pin(self.chord_part_return(part, &body, task, stop)).await);
+            }
+            // A chord step completes only when its body does: the failure
+            // goes on to the body's result.
+            if step.kind() == celeriac_protocol::signature::SignatureKind::Chord {
+                if let Some(body) = step.kwargs.get("body").and_then(|v| Signature::from_value(v).ok()) {
+                    steps.push_back(body);
+                }
             }
         }
         recorded
+    }
+
+    /// Celery's `chord_error_from_stack`: the body of a chord whose header
+    /// failed (or that could not be sent) fails with `exc`, after its
+    /// errbacks were called with a request made up from it; a group body
+    /// fails member by member. The rest of the body's chain fails too.
+    async fn chord_error(
+        &self,
+        body: &Signature,
+        exc: &ExceptionInfo,
+        task: &TaskMessage,
+        stop: &CancellationToken,
+    ) -> Recorded {
+        let made_up = |id: &str, name: &str, errbacks: Vec<Signature>| {
+            let headers = TaskHeaders {
+                id: id.to_owned(),
+                task: name.to_owned(),
+                root_id: Some(id.to_owned()),
+                ..TaskHeaders::default()
+            };
+            let embed = Embed { errbacks: Some(errbacks), ..Embed::default() };
+            (headers, embed)
+        };
+        let mut recorded = Recorded::Yes;
+        if body.kind() == celeriac_protocol::signature::SignatureKind::Group {
+            let group_errbacks = option_signatures(body, "link_error");
+            for member in group_members(body) {
+                let (id, mut errbacks) = result_errbacks(&member);
+                let Some(id) = id else { continue };
+                for errback in &group_errbacks {
+                    if !errbacks.contains(errback) {
+                        errbacks.push(errback.clone());
+                    }
+                }
+                let (headers, embed) = made_up(&id, "unknown", errbacks);
+                recorded = both(recorded, self.errbacks_then_fail(&headers, &embed, exc, task, stop).await);
+            }
+            if let Some(group_id) = body.options.get("task_id").and_then(Value::as_str) {
+                let meta = ResultMeta::failure(group_id, exc, None, PyDateTime::now_utc());
+                recorded = both(recorded, self.store(meta, stop).await);
+            }
+        } else if let Some(body_id) = body.options.get("task_id").and_then(Value::as_str) {
+            let (headers, embed) = made_up(body_id, &body.task, option_signatures(body, "link_error"));
+            recorded = both(recorded, self.errbacks_then_fail(&headers, &embed, exc, task, stop).await);
+        }
+        let chain = option_signatures(body, "chain");
+        both(recorded, Box::pin(self.fail_chain(&chain, task, exc, None, stop)).await)
+    }
+
+    /// Calls the errbacks of a made-up request, then stores its failure.
+    async fn errbacks_then_fail(
+        &self,
+        headers: &TaskHeaders,
+        embed: &Embed,
+        exc: &ExceptionInfo,
+        task: &TaskMessage,
+        stop: &CancellationToken,
+    ) -> Recorded {
+        let mut parent = task.clone();
+        parent.headers = headers.clone();
+        let failed = FailedRequest { headers, embed, delivery: None, parent: &parent };
+        let errbacks = embed.errbacks.as_deref().unwrap_or_default();
+        let called = self.call_errbacks(errbacks, &failed, exc, None, stop).await;
+        let meta = ResultMeta::failure(&headers.id, exc, None, PyDateTime::now_utc());
+        both(called, self.store(meta, stop).await)
     }
 
     /// Applies the links and the next step of the chain, as Celery's tracer
@@ -539,14 +707,22 @@ impl Shared {
         if store {
             recorded = self.store(meta, stop).await;
         }
-        if let Some(part) = part {
-            recorded = both(recorded, self.chord_part_return(part, task, stop).await);
+        if let (Some(part), Some(body)) = (part, &task.embed.chord) {
+            recorded = both(recorded, self.chord_part_return(part, body, task, stop).await);
         }
         recorded
     }
 
-    async fn chord_part_return(&self, part: ChordPartReturn, task: &TaskMessage, stop: &CancellationToken) -> Recorded {
-        let Some(body) = &task.embed.chord else { return Recorded::Yes };
+    /// Records `part` of the chord whose body is `body`; the last part sends
+    /// the body, or fails it with a `ChordError` (calling its errbacks, as
+    /// Celery's `chord_error_from_stack`). `task` is the message that ran.
+    async fn chord_part_return(
+        &self,
+        part: ChordPartReturn,
+        body: &Signature,
+        task: &TaskMessage,
+        stop: &CancellationToken,
+    ) -> Recorded {
         let Some(results) = self.services.results.clone() else {
             warn!(
                 "Task {}[{}] is part of a chord, but this worker has no result backend",
@@ -570,12 +746,9 @@ impl Shared {
                         // As Celery: the body fails with a ChordError.
                         let reason = format!("Callback error: {why}");
                         error!("Chord {group_id:?} raised: ChordError({reason:?})");
-                        if let Some(body_id) = body.options.get("task_id").and_then(Value::as_str) {
-                            let exc = ExceptionInfo::new("celery.exceptions", "ChordError", vec![Value::Str(reason)]);
-                            let meta = ResultMeta::failure(body_id, &exc, None, PyDateTime::now_utc());
-                            if self.store(meta, stop).await == Recorded::No {
-                                return Recorded::No;
-                            }
+                        let exc = ExceptionInfo::new("celery.exceptions", "ChordError", vec![Value::Str(reason)]);
+                        if self.chord_error(body, &exc, task, stop).await == Recorded::No {
+                            return Recorded::No;
                         }
                     }
                 }
@@ -586,22 +759,8 @@ impl Shared {
             }
             Ok(ChordOutcome::Failed(failure)) => {
                 let exc = failure.exception();
-                let body_id = body.options.get("task_id").and_then(Value::as_str).map(str::to_owned);
                 error!("Chord {group_id:?} raised: {}", exc.python_repr());
-                let mut recorded = Recorded::Yes;
-                if let Some(body_id) = body_id {
-                    let meta = ResultMeta::failure(&body_id, &exc, None, PyDateTime::now_utc());
-                    recorded = self.store(meta, stop).await;
-                    for errback in option_signatures(body, "link_error") {
-                        let prev = Some(Value::Str(body_id.clone()));
-                        match self.apply_child(errback, prev, Vec::new(), task, stop).await {
-                            Ok(_) => {}
-                            Err(Unsent::Outage) => recorded = Recorded::No,
-                            Err(Unsent::Never(_)) => self.count_refused("callback_not_sent"),
-                        }
-                    }
-                }
-                recorded
+                self.chord_error(body, &exc, task, stop).await
             }
             Ok(_) => Recorded::Yes,
             Err(e) if e.transient => {
@@ -881,6 +1040,56 @@ struct RetryPlan {
     max_retries: Option<u32>,
     /// New arguments for the retry.
     arguments: Option<crate::error::RetryArguments>,
+}
+
+/// The request whose errbacks are called: a failed task's, or one made up
+/// from a chord body that fails because a header task did.
+struct FailedRequest<'a> {
+    headers: &'a TaskHeaders,
+    embed: &'a Embed,
+    /// The message that ran, when there is one.
+    delivery: Option<&'a Delivery>,
+    /// The parent of what is sent (its id and root id).
+    parent: &'a TaskMessage,
+}
+
+/// The members of a group signature (`kwargs.tasks`).
+fn group_members(group: &Signature) -> Vec<Signature> {
+    match group.kwargs.get("tasks") {
+        Some(Value::List(items)) => items.iter().filter_map(|v| Signature::from_value(v).ok()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Celery's `_result_errbacks`: the id of the result of `sig` (a chord's is
+/// its body's) and the errbacks linked to it (a group's include its
+/// members').
+fn result_errbacks(sig: &Signature) -> (Option<String>, Vec<Signature>) {
+    use celeriac_protocol::signature::SignatureKind;
+    let mut errbacks = Vec::new();
+    let mut sig = sig.clone();
+    // Bounded: a body nested deeper than this is not followed.
+    for _ in 0..64 {
+        if sig.kind() != SignatureKind::Chord {
+            break;
+        }
+        let Some(body) = sig.kwargs.get("body").and_then(|v| Signature::from_value(v).ok()) else { break };
+        errbacks.extend(option_signatures(&sig, "link_error"));
+        sig = body;
+    }
+    errbacks.extend(option_signatures(&sig, "link_error"));
+    if sig.kind() == SignatureKind::Group {
+        for member in group_members(&sig) {
+            errbacks.extend(result_errbacks_shallow(&member));
+        }
+    }
+    (sig.options.get("task_id").and_then(Value::as_str).map(str::to_owned), errbacks)
+}
+
+/// The errbacks of a group member (its own, not descending further: a
+/// group of groups is flattened by Celery before it is sent).
+fn result_errbacks_shallow(sig: &Signature) -> Vec<Signature> {
+    option_signatures(sig, "link_error")
 }
 
 /// The signatures under `key` (`link`, `link_error`) in a signature's
