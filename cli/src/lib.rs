@@ -32,6 +32,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub use celeriac_tasks::TaskSet;
+pub use celeriac_worker::{Args, Ctx, Kwargs, Registry, State, Task, TaskError};
 pub use error::CliError;
 
 /// A Celery-protocol-compatible worker, beat scheduler and client.

@@ -145,6 +145,7 @@ pub async fn run(args: WorkerArgs, extra: &'static [celeriac_tasks::TaskSet]) ->
     };
     let registry = registry(&args.tasks, extra, &task_config)?;
     check_rate_limits(&registry)?;
+    registry.check_states().map_err(|e| CliError::Tasks(e.to_string()))?;
 
     for queue in &config.queues {
         let (exchange, routing_key) = binding(&settings, queue);

@@ -82,13 +82,13 @@ pub fn registry(config: &TaskSetConfig) -> Result<Registry, TaskSetError> {
         .default_retry_delay(Duration::from_secs(1)),
     );
     r.add(Task::new(task_name("retry_unpickleable"), retry_unpickleable).default_retry_delay(Duration::from_secs(1)));
-    r.add(Task::new(task_name("retry_with_args_after_kwargs"), retry_with_args_after_kwargs).max_retries(Some(1)));
-    r.add(Task::new(task_name("retry_with_kwargs_after_args"), retry_with_kwargs_after_args).max_retries(Some(1)));
-    r.add(Task::new(task_name("retry_once"), retry_once).max_retries(Some(1)));
+    r.add(Task::new(task_name("retry_with_args_after_kwargs"), retry_with_args_after_kwargs).max_retries(1));
+    r.add(Task::new(task_name("retry_with_kwargs_after_args"), retry_with_kwargs_after_args).max_retries(1));
+    r.add(Task::new(task_name("retry_once"), retry_once).max_retries(1));
     r.add(Task::new(task_name("retry_once_ignore_result"), retry_once_plain).ignore_result(true));
     r.add(Task::new(task_name("retry_once_with_result"), retry_once_plain).ignore_result(false));
-    r.add(Task::new(task_name("retry_once_priority"), retry_once_priority).max_retries(Some(1)));
-    r.add(Task::new(task_name("retry_once_headers"), retry_once_headers).max_retries(Some(1)));
+    r.add(Task::new(task_name("retry_once_priority"), retry_once_priority).max_retries(1));
+    r.add(Task::new(task_name("retry_once_headers"), retry_once_headers).max_retries(1));
     r.add(with_redis(task_name("redis_echo"), &redis, redis_echo));
     r.add(with_redis(task_name("redis_echo_group_id"), &redis, redis_echo_group_id));
     r.add(with_redis(task_name("redis_count"), &redis, redis_count));
@@ -100,7 +100,7 @@ pub fn registry(config: &TaskSetConfig) -> Result<Registry, TaskSetError> {
     // A class-based task registered under a bare name.
     r.add(
         Task::new("auto_retry_class_task", auto_retry_class_task)
-            .max_retries(Some(1))
+            .max_retries(1)
             .autoretry_for(["ValueError"], Some(Duration::from_secs(1))),
     );
     r.add(with_redis(task_name("errback_old_style"), &redis, errback_old_style));

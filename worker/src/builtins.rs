@@ -210,7 +210,7 @@ pub(crate) fn add_missing(registry: &mut Registry) {
         registry.add(Task::new("celery.backend_cleanup", backend_cleanup).ignore_result(true));
     }
     if registry.get("celery.chord_unlock").is_none() {
-        registry.add(Task::new("celery.chord_unlock", chord_unlock).max_retries(None).ignore_result(true));
+        registry.add(Task::new("celery.chord_unlock", chord_unlock).retry_forever().ignore_result(true));
     }
     if registry.get("celery.map").is_none() {
         registry.add(Task::new("celery.map", map));

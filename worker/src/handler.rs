@@ -12,7 +12,7 @@ use celeriac_protocol::{to_value, Value};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
-use crate::extract::{FromInvocation, Invocation};
+use crate::extract::{FromInvocation, Invocation, StateNeed, States};
 use crate::TaskError;
 
 /// A task body with its parameters erased.
@@ -25,12 +25,22 @@ pub trait ErasedHandler: Send + Sync + 'static {
 pub trait Handler<M>: Clone + Send + Sync + 'static {
     /// Runs it.
     fn call(&self, inv: Invocation) -> BoxFuture<'static, Result<Value, TaskError>>;
+
+    /// The states its parameters need ([`State<T>`](crate::State)).
+    fn state_needs() -> Vec<StateNeed> {
+        Vec::new()
+    }
 }
 
 /// A blocking function usable as a task (runs on tokio's blocking pool).
 pub trait BlockingHandler<M>: Clone + Send + Sync + 'static {
     /// Runs it, blocking the calling thread.
     fn call_blocking(&self, inv: Invocation) -> Result<Value, TaskError>;
+
+    /// The states its parameters need ([`State<T>`](crate::State)).
+    fn state_needs() -> Vec<StateNeed> {
+        Vec::new()
+    }
 }
 
 fn encode<R: Serialize>(r: R) -> Result<Value, TaskError> {
@@ -55,6 +65,13 @@ macro_rules! impl_handlers {
                 let fut = (self)($($ty),*);
                 Box::pin(async move { encode(fut.await?) })
             }
+
+            fn state_needs() -> Vec<StateNeed> {
+                #[allow(unused_mut)] // no parameters: nothing to add
+                let mut needs: Vec<StateNeed> = Vec::new();
+                $(needs.extend($ty::needs_state());)*
+                needs
+            }
         }
 
         #[allow(non_snake_case, unused_variables)]
@@ -67,6 +84,13 @@ macro_rules! impl_handlers {
             fn call_blocking(&self, inv: Invocation) -> Result<Value, TaskError> {
                 $(let $ty = $ty::from_invocation(&inv)?;)*
                 encode((self)($($ty),*)?)
+            }
+
+            fn state_needs() -> Vec<StateNeed> {
+                #[allow(unused_mut)] // no parameters: nothing to add
+                let mut needs: Vec<StateNeed> = Vec::new();
+                $(needs.extend($ty::needs_state());)*
+                needs
             }
         }
     };
@@ -109,3 +133,15 @@ impl<H: BlockingHandler<M>, M: 'static> ErasedHandler for BlockingFn<H, M> {
 
 /// Shared, erased handler.
 pub type SharedHandler = Arc<dyn ErasedHandler>;
+
+/// A handler called with its registry's states.
+pub(crate) struct WithStates {
+    pub(crate) inner: SharedHandler,
+    pub(crate) states: Arc<States>,
+}
+
+impl ErasedHandler for WithStates {
+    fn call(&self, inv: Invocation) -> BoxFuture<'static, Result<Value, TaskError>> {
+        self.inner.call(inv.with_states(self.states.clone()))
+    }
+}

@@ -19,13 +19,18 @@
 //!
 //! let registry = Registry::new()
 //!     .with(Task::new("tasks.add", add))
-//!     .with(Task::new("workflow.stage", stage).acks_late(true).max_retries(Some(10)));
+//!     .with(Task::new("workflow.stage", stage).acks_late(true).max_retries(10));
 //! assert_eq!(registry.len(), 2);
 //! ```
 //!
-//! Modules: [`error`] (how a task fails, retries, rejects), [`extract`]
-//! (`Args`, `Kwargs`, `Ctx`), [`handler`] (functions as tasks), [`task`]
-//! (options), [`registry`], [`context`].
+//! Shared resources (a database pool, an HTTP client) are registered once
+//! with [`Registry::with_state`] and taken as a [`State<T>`] parameter; `?`
+//! works on I/O, JSON, parse and timeout errors, each becoming the Python
+//! exception a Python task would raise (see [`error`]).
+//!
+//! Modules: [`error`] (how a task fails, retries, rejects; `?` on common
+//! errors), [`extract`] (`Args`, `Kwargs`, `Ctx`, `State`), [`handler`]
+//! (functions as tasks), [`task`] (options), [`registry`], [`context`].
 
 // The control loop and the runtime are deep futures (the Redis settler and
 // the canvas applier are in their types).
@@ -49,8 +54,8 @@ pub mod task;
 pub use celeriac_client::{AsyncResult, Client, ResultError};
 pub use context::{Ctx, RequestInfo, WorkerServices};
 pub use error::TaskError;
-pub use extract::{Args, FromInvocation, Invocation, Kwargs, RawArgs};
-pub use registry::Registry;
+pub use extract::{Args, FromInvocation, Invocation, Kwargs, RawArgs, State, StateNeed, States};
+pub use registry::{MissingState, Registry};
 pub use runtime::{Worker, WorkerConfig};
 pub use store::{ChordPartReturn, ResultStore, StoreError};
 pub use task::{Param, Task, TaskOptions};

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::handler::{AsyncFn, BlockingFn, BlockingHandler, Handler, SharedHandler};
+use crate::extract::{StateNeed, States};
+use crate::handler::{AsyncFn, BlockingFn, BlockingHandler, Handler, SharedHandler, WithStates};
 
 /// Celery's per-task options, with Celery's defaults. `None` means "use the
 /// worker's setting" (e.g. `task_acks_late`).
@@ -95,7 +96,13 @@ pub struct Param {
 #[derive(Clone)]
 pub struct Task {
     pub(crate) name: String,
+    /// What the worker calls: `plain`, with the registry's states once the
+    /// task is in a registry that has some.
     pub(crate) handler: SharedHandler,
+    /// The handler as registered.
+    plain: SharedHandler,
+    /// The states its parameters need.
+    needs: Vec<StateNeed>,
     pub(crate) options: TaskOptions,
     /// The handler's extractor types as Rust spells them (`type_name`).
     pub(crate) extractors: &'static str,
@@ -112,24 +119,47 @@ impl Task {
     /// An async task: `Task::new("tasks.add", add)` with
     /// `async fn add(Args((a, b)): Args<(i64, i64)>) -> Result<i64, TaskError>`.
     pub fn new<H: Handler<M>, M: 'static>(name: impl Into<String>, handler: H) -> Task {
-        Task {
-            name: name.into(),
-            handler: Arc::new(AsyncFn { handler, _marker: std::marker::PhantomData }),
-            options: TaskOptions::default(),
-            extractors: std::any::type_name::<M>(),
-            params: Vec::new(),
-        }
+        let needs = H::state_needs();
+        Task::erased(name.into(), Arc::new(AsyncFn { handler, _marker: std::marker::PhantomData }), needs)
+            .with_extractors(std::any::type_name::<M>())
     }
 
     /// A blocking task, run on the blocking pool (CPU-heavy or blocking I/O).
     pub fn blocking<H: BlockingHandler<M>, M: 'static>(name: impl Into<String>, handler: H) -> Task {
+        let needs = H::state_needs();
+        Task::erased(name.into(), Arc::new(BlockingFn { handler, _marker: std::marker::PhantomData }), needs)
+            .with_extractors(std::any::type_name::<M>())
+    }
+
+    fn erased(name: String, handler: SharedHandler, needs: Vec<StateNeed>) -> Task {
         Task {
-            name: name.into(),
-            handler: Arc::new(BlockingFn { handler, _marker: std::marker::PhantomData }),
+            name,
+            handler: handler.clone(),
+            plain: handler,
+            needs,
             options: TaskOptions::default(),
-            extractors: std::any::type_name::<M>(),
+            extractors: "()",
             params: Vec::new(),
         }
+    }
+
+    fn with_extractors(mut self, extractors: &'static str) -> Task {
+        self.extractors = extractors;
+        self
+    }
+
+    /// The states ([`State<T>`](crate::State)) its parameters need.
+    pub fn state_needs(&self) -> &[StateNeed] {
+        &self.needs
+    }
+
+    /// Calls the handler with `states` from now on (the registry does this).
+    pub(crate) fn bind_states(&mut self, states: &Arc<States>) {
+        self.handler = if states.is_empty() {
+            self.plain.clone()
+        } else {
+            Arc::new(WithStates { inner: self.plain.clone(), states: states.clone() })
+        };
     }
 
     /// The registered name.
@@ -185,9 +215,17 @@ impl Task {
         self
     }
 
-    /// Most retries (`None`: forever).
-    pub fn max_retries(mut self, n: Option<u32>) -> Task {
-        self.options.max_retries = n;
+    /// At most `n` retries (Celery's `max_retries`; the default is 3): the
+    /// retry after the `n`-th fails the task with `MaxRetriesExceededError`,
+    /// or with the exception being retried.
+    pub fn max_retries(mut self, n: u32) -> Task {
+        self.options.max_retries = Some(n);
+        self
+    }
+
+    /// Retries without limit (Celery's `max_retries=None`).
+    pub fn retry_forever(mut self) -> Task {
+        self.options.max_retries = None;
         self
     }
 

@@ -91,7 +91,7 @@ fn start(config: WorkerConfig, fault: Fault) -> Setup {
     let registry = Registry::new()
         .with(Task::new("tasks.add", add))
         .with(Task::new("tasks.sleepy", sleepy))
-        .with(Task::new("tasks.again", again).max_retries(Some(3)));
+        .with(Task::new("tasks.again", again).max_retries(3));
     let (tx, rx) = mpsc::unbounded_channel();
     let store = Store { tx, fault, failures: AtomicUsize::new(0) };
     let config = WorkerConfig { shutdown_timeout: Duration::from_secs(5), concurrency: 2, ..config };

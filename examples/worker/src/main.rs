@@ -6,11 +6,14 @@
 //! ```python
 //! app.send_task("science.calibrate", args=[42], kwargs={"detector": "d7"}).get()
 //! ```
+//!
+//! Everything a task author needs comes from the one crate `celeriac`.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac::TaskSet;
-use celeriac_worker::{Args, Ctx, Kwargs, Registry, Task, TaskError};
+use celeriac::{Args, Ctx, Kwargs, Registry, State, Task, TaskError, TaskSet};
 use serde::{Deserialize, Serialize};
 
 /// Keyword arguments of `science.calibrate`, as Python passes them.
@@ -50,9 +53,36 @@ async fn stage(ctx: Ctx, Args((path,)): Args<(String,)>) -> Result<String, TaskE
     Ok(format!("staged {path} on {}", ctx.hostname()))
 }
 
+/// Where the runs' files are: a shared resource, registered once with the
+/// task set and given to every task that takes a `State<Arc<DataRoot>>`
+/// (a database pool or an HTTP client is registered the same way).
+struct DataRoot {
+    dir: PathBuf,
+}
+
+/// What `science.checksum` returns.
+#[derive(Serialize)]
+struct Checksum {
+    bytes: u64,
+    sum: u64,
+}
+
+/// Reads a run's file under the data root. `?` on the I/O error makes it the
+/// exception Python raises for it: a missing file is `FileNotFoundError`
+/// with `errno` 2, as from a Python task calling `open()`.
+async fn checksum(State(root): State<Arc<DataRoot>>, Args((name,)): Args<(String,)>) -> Result<Checksum, TaskError> {
+    if name.contains('/') || name.starts_with('.') {
+        return Err(TaskError::builtin("ValueError", format!("{name:?} is not a file name")));
+    }
+    let data = tokio::fs::read(root.dir.join(&name)).await?;
+    Ok(Checksum { bytes: data.len() as u64, sum: data.iter().map(|&b| u64::from(b)).sum() })
+}
+
 /// The task set `--tasks science` selects (and the default, with `builtin`).
-const SCIENCE: TaskSet = TaskSet::new("science", "calibration and staging", |_config| {
+const SCIENCE: TaskSet = TaskSet::new("science", "calibration, staging and checksums", |_config| {
+    let data_root = std::env::var_os("SCIENCE_DATA_ROOT").map_or_else(std::env::temp_dir, PathBuf::from);
     Ok(Registry::new()
+        .with_state(Arc::new(DataRoot { dir: data_root }))
         .with(
             Task::blocking("science.calibrate", calibrate)
                 .time_limit(Duration::from_secs(600))
@@ -62,7 +92,8 @@ const SCIENCE: TaskSet = TaskSet::new("science", "calibration and staging", |_co
                 .kwarg("detector", "str")
                 .kwarg("passes", "int"),
         )
-        .with(Task::new("science.stage", stage).acks_late(true).max_retries(Some(20)).queue("science")))
+        .with(Task::new("science.stage", stage).acks_late(true).max_retries(20).queue("science"))
+        .with(Task::new("science.checksum", checksum).queue("science")))
 });
 
 fn main() -> std::process::ExitCode {
