@@ -835,7 +835,9 @@ impl Beat {
         if !self.config.publish_in_store {
             return Ok(false);
         }
-        let (Store::Redis(_), Broker::Redis(broker)) = (&self.store, self.producer.broker()) else {
+        // Only a Redis broker can take the task in the same transaction as
+        // the state; on AMQP beat publishes (with confirms) and then records.
+        let (Store::Redis(_), Some(broker)) = (&self.store, self.producer.broker().as_redis()) else {
             return Ok(false);
         };
         if !out.exchange.is_empty() && broker.exchange_kind(&out.exchange) == ExchangeKind::Fanout {
