@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_broker::{Broker, ExchangeKind, Outgoing, Producer};
+use celeriac_broker::{ExchangeKind, Outgoing, Producer};
 use celeriac_config::CatchUpPolicy;
 use celeriac_protocol::envelope::Envelope;
 use celeriac_protocol::event::{task_sent_fields, EventSource};
@@ -1073,7 +1073,7 @@ mod tests {
         use super::*;
         use crate::redbeat::Keys;
         use crate::{ManualClock, RedisStore};
-        use celeriac_broker::{MemoryBroker, ProducerConfig, RedisBroker};
+        use celeriac_broker::{Broker, MemoryBroker, ProducerConfig, RedisBroker};
         use celeriac_tests::RedisServer;
         use std::sync::Mutex;
 
