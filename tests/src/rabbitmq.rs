@@ -31,6 +31,7 @@ pub struct RabbitNode {
     server: ChildGuard,
     epmd: ChildGuard,
     port: u16,
+    epmd_port: u16,
     node_name: String,
     dir: tempfile::TempDir,
 }
@@ -101,7 +102,7 @@ impl RabbitNode {
                 log: tail(&log, 3000),
             });
         }
-        Ok(RabbitNode { server, epmd, port, node_name, dir })
+        Ok(RabbitNode { server, epmd, port, epmd_port, node_name, dir })
     }
 
     /// `amqp://guest:guest@127.0.0.1:<port>//`, the spelling kombu and lapin share.
@@ -122,6 +123,29 @@ impl RabbitNode {
     /// The node's data and log dir.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Runs `rabbitmqctl -n <node> <args>` against this node; its output.
+    pub fn ctl(&self, args: &[&str]) -> Result<String, HarnessError> {
+        let ctl = ["/usr/lib/rabbitmq/bin/rabbitmqctl"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .or_else(|| which("rabbitmqctl"))
+            .ok_or(HarnessError::NotInstalled { program: "rabbitmqctl".into() })?;
+        let out = Command::new(ctl)
+            .envs(node_env(self.dir.path(), &self.node_name, self.epmd_port))
+            .args(["-n", &self.node_name])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| HarnessError::io("running rabbitmqctl", e))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            let output = format!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
+            return Err(HarnessError::PeerFailed { what: format!("rabbitmqctl {}", args.join(" ")), output });
+        }
+        Ok(text)
     }
 
     /// Stops the node now (it is also stopped on drop).
