@@ -173,3 +173,43 @@ fn warm_shutdown_hands_held_messages_back_to_rabbitmq() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&count.stdout).trim(), "2", "{sent:?} {}", worker.log());
 }
+
+#[test]
+fn beat_sends_on_amqp_and_a_worker_runs_it() {
+    let (Some(amqp), Some(redis), Some(_)) =
+        (celeriac_tests::amqp(), celeriac_tests::redis(), celeriac_tests::python_peer())
+    else {
+        return;
+    };
+    let queue = unique("amqpbeat");
+    let node = format!("{queue}@test");
+    let _worker = celeriac_worker(&amqp, &redis, &queue, &node, &["-c", "2"]);
+    // Beat's state in a local file (no Redis named): it sends on RabbitMQ.
+    let config = redis.dir().join("beat-amqp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "broker_url = \"{amqp}\"\nresult_backend = \"{backend}\"\nbeat_schedule_filename = \"{state}\"\n\n\
+             [beat_schedule.sum]\ntask = \"t.integration.tasks.add\"\nschedule = 1\nargs = [20, 22]\n\
+             options = {{ queue = \"{queue}\" }}\n",
+            backend = redis.url(),
+            state = redis.dir().join("beat-amqp-state.json").display(),
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_celeriac"));
+    command.args(["beat", "--config"]).arg(&config).args(["-l", "info"]).current_dir(redis.dir());
+    let beat = LoggedProcess::spawn(command, "beat", redis.dir().join("beat-amqp.log"), "beat: Starting...").unwrap();
+    beat.wait_ready(WAIT).unwrap();
+    // Every task beat sends is run by the worker: three results of 42 in Redis.
+    let mut con = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let done = celeriac_tests::wait_until(WAIT, || {
+        let keys: Vec<String> = redis::cmd("KEYS").arg("celery-task-meta-*").query(&mut con).unwrap_or_default();
+        keys.len() >= 3
+    });
+    assert!(done, "beat's tasks did not run:\n{}\n{}", beat.log(), _worker.log());
+    let keys: Vec<String> = redis::cmd("KEYS").arg("celery-task-meta-*").query(&mut con).unwrap();
+    let record: String = redis::cmd("GET").arg(&keys[0]).query(&mut con).unwrap();
+    assert!(record.contains(r#""result": 42"#) && record.contains("SUCCESS"), "{record}");
+    assert!(beat.log().contains("Scheduler: Sending due task sum"), "{}", beat.log());
+}
