@@ -199,10 +199,29 @@ pub fn backend_options(settings: &Settings) -> Result<Option<BackendOptions>, Cl
 
 /// Connects the result backend, if one is configured.
 pub async fn backend(settings: &Settings) -> Result<Option<RedisBackend>, CliError> {
+    if settings.result_backend.as_deref().is_some_and(celeriac_backend::is_rpc_url) {
+        return Ok(None);
+    }
     match backend_options(settings)? {
         Some(options) => Ok(Some(RedisBackend::connect(options).await?)),
         None => Ok(None),
     }
+}
+
+/// The `rpc://` result backend over `broker` (which must be RabbitMQ), when
+/// `result_backend` names it.
+pub fn rpc_backend(settings: &Settings, broker: &Broker) -> Result<Option<celeriac_backend::RpcBackend>, CliError> {
+    let Some(url) = settings.result_backend.as_deref().filter(|u| celeriac_backend::is_rpc_url(u)) else {
+        return Ok(None);
+    };
+    let Some(amqp) = broker.as_amqp() else {
+        return Err(CliError::Setting(format!("result_backend {url:?} needs an amqp:// broker_url")));
+    };
+    let mut o = BackendOptions::from_url("redis://localhost")?;
+    o.set_serializer(&settings.result_serializer)?;
+    o.set_compression(settings.result_compression.as_deref().unwrap_or(""))?;
+    let codec = celeriac_backend::PayloadCodec { serializer: o.result_serializer, compression: o.result_compression };
+    Ok(Some(celeriac_backend::RpcBackend::new(amqp.clone(), codec, settings.result_extended)))
 }
 
 /// The producer's settings: serializer, compression, time zone, default queue.

@@ -213,3 +213,45 @@ fn beat_sends_on_amqp_and_a_worker_runs_it() {
     assert!(record.contains(r#""result": 42"#) && record.contains("SUCCESS"), "{record}");
     assert!(beat.log().contains("Scheduler: Sending due task sum"), "{}", beat.log());
 }
+
+#[test]
+fn python_clients_read_results_over_rpc() {
+    let (Some(amqp), Some(redis), Some(_)) =
+        (celeriac_tests::amqp(), celeriac_tests::redis(), celeriac_tests::python_peer())
+    else {
+        return;
+    };
+    let queue = unique("amqprpc");
+    let node = format!("{queue}@test");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_celeriac"));
+    command
+        .args(["worker", "-b", &amqp, "--result-backend", "rpc://", "--tasks", "builtin,conformance"])
+        .args(["-l", "info", "-Q", &queue, "-n", &node, "-c", "2"]);
+    let log = redis.dir().join("celeriac-rpc-worker.log");
+    let worker = LoggedProcess::spawn(command, "celeriac worker", log, " ready.").unwrap();
+    worker.wait_ready(WAIT).unwrap();
+    // call_tasks.py with backend rpc://: Celery's RPCBackend reads the replies.
+    let mut child = Command::new(celeriac_tests::python().unwrap())
+        .arg(python_dir().join("call_tasks.py"))
+        .args(["--broker", &amqp, "--backend", "rpc://", "--timeout", "30"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let calls = json!([
+        {"name": "t.integration.tasks.add", "args": [2, 40], "options": {"queue": queue}},
+        {"name": "t.integration.tasks.fail", "args": ["disk full"], "options": {"queue": queue}},
+    ]);
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(calls.to_string().as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}\n{}", String::from_utf8_lossy(&out.stderr), worker.log());
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["state"], json!("SUCCESS"), "{lines:?}");
+    assert_eq!(lines[0]["result"], json!(42));
+    assert_eq!((&lines[1]["state"], &lines[1]["exc_type"]), (&json!("FAILURE"), &json!("ExpectedException")));
+}

@@ -187,6 +187,17 @@ impl Session<'_> {
         }
     }
 
+    /// Records where the task's result goes, for the `rpc://` backend.
+    fn remember_reply_route(&self, message: &celeriac_protocol::Message) {
+        let text =
+            |v: Option<&celeriac_protocol::Value>| v.and_then(celeriac_protocol::Value::as_str).map(str::to_owned);
+        let Some(reply_to) = text(message.properties.get("reply_to")).filter(|r| !r.is_empty()) else { return };
+        let id = text(message.headers.get("id")).or_else(|| text(message.properties.get("correlation_id")));
+        if let Some(id) = id {
+            self.inner.replies.lock().unwrap_or_else(|p| p.into_inner()).insert(id, reply_to);
+        }
+    }
+
     async fn qos(&self, channel: &Channel, prefetch: usize, global: bool) -> Result<(), BrokerError> {
         // AMQP's prefetch count is 16 bits; more is as good as unlimited.
         let count = u16::try_from(prefetch).unwrap_or(u16::MAX);
@@ -240,6 +251,7 @@ impl Session<'_> {
                 return Ok(());
             }
         };
+        self.remember_reply_route(&message);
         let mut envelope = Envelope::new(message, d.exchange.as_str(), d.routing_key.as_str());
         envelope.delivery_tag = tag.to_string();
         envelope.delivery_info.redelivered = Some(d.redelivered);

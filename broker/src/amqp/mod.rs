@@ -74,6 +74,36 @@ pub(crate) struct AmqpInner {
     declared: Mutex<(u64, HashSet<String>)>,
     /// Consumer tags handed out (`None1`, `None2`, ... as kombu's).
     tags: AtomicU64,
+    /// Where results of consumed tasks go (see [`AmqpBroker::reply_to`]).
+    pub replies: Mutex<ReplyRoutes>,
+}
+
+/// Most reply routes remembered; the oldest are forgotten first.
+const MAX_REPLY_ROUTES: usize = 100_000;
+
+/// Task id → `reply_to` of the deliveries consumed (for the `rpc://` result
+/// backend), bounded, oldest forgotten first.
+#[derive(Debug, Default)]
+pub(crate) struct ReplyRoutes {
+    routes: HashMap<String, String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl ReplyRoutes {
+    pub fn insert(&mut self, task_id: String, reply_to: String) {
+        if self.routes.insert(task_id.clone(), reply_to).is_none() {
+            self.order.push_back(task_id);
+        }
+        while self.order.len() > MAX_REPLY_ROUTES {
+            if let Some(old) = self.order.pop_front() {
+                self.routes.remove(&old);
+            }
+        }
+    }
+
+    pub fn get(&self, task_id: &str) -> Option<String> {
+        self.routes.get(task_id).cloned()
+    }
 }
 
 impl std::fmt::Debug for AmqpInner {
@@ -507,6 +537,7 @@ impl AmqpBroker {
                 kinds: Mutex::new(HashMap::new()),
                 declared: Mutex::new((0, HashSet::new())),
                 tags: AtomicU64::new(0),
+                replies: Mutex::new(ReplyRoutes::default()),
             }),
         })
     }
@@ -664,6 +695,13 @@ impl AmqpBroker {
     /// Connections lost and replaced since start.
     pub fn reconnects(&self) -> u64 {
         self.inner.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// The `reply_to` of a task this broker's consumers received (its
+    /// correlation id or `id` header), for the `rpc://` result backend, which
+    /// sends the result there. The most recent 100,000 are remembered.
+    pub fn reply_to(&self, task_id: &str) -> Option<String> {
+        lock(&self.inner.replies).get(task_id)
     }
 
     /// Closes the connection (consumers and subscriptions reconnect if still running).
