@@ -165,6 +165,18 @@ impl Broker {
         self.transport.subscribe(exchange, binding_key).await
     }
 
+    /// Subscribes through a queue named `queue` where the transport has
+    /// queues (AMQP: a worker's `<node>.celery.pidbox`, as kombu names it);
+    /// elsewhere the same as [`Broker::subscribe`].
+    pub async fn subscribe_queue(
+        &self,
+        exchange: &str,
+        binding_key: &str,
+        queue: &str,
+    ) -> Result<Subscription, BrokerError> {
+        self.transport.subscribe_queue(exchange, binding_key, queue).await
+    }
+
     /// Restores messages unacked for longer than the visibility timeout
     /// (Redis; other brokers redeliver by themselves and return 0).
     pub async fn restore_visible(&self) -> Result<usize, BrokerError> {

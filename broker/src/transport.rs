@@ -69,6 +69,19 @@ pub trait Transport: Send + Sync + Debug + 'static {
     /// events topic exchange) with `binding_key`.
     fn subscribe<'a>(&'a self, exchange: &'a str, binding_key: &'a str) -> BrokerFuture<'a, Subscription>;
 
+    /// [`Transport::subscribe`] through a queue named `queue`, where the
+    /// transport has queues (a worker's `<node>.celery.pidbox` on AMQP);
+    /// others subscribe as [`Transport::subscribe`] does.
+    fn subscribe_queue<'a>(
+        &'a self,
+        exchange: &'a str,
+        binding_key: &'a str,
+        queue: &'a str,
+    ) -> BrokerFuture<'a, Subscription> {
+        let _ = queue;
+        self.subscribe(exchange, binding_key)
+    }
+
     /// Restores messages unacked for longer than the visibility timeout
     /// (transports whose broker redelivers by itself return 0).
     fn restore_visible(&self) -> BrokerFuture<'_, usize> {

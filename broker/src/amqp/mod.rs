@@ -756,6 +756,15 @@ impl Transport for AmqpBroker {
         Box::pin(AmqpBroker::subscribe(self, exchange, binding_key))
     }
 
+    fn subscribe_queue<'a>(
+        &'a self,
+        exchange: &'a str,
+        binding_key: &'a str,
+        queue: &'a str,
+    ) -> BrokerFuture<'a, Subscription> {
+        Box::pin(AmqpBroker::subscribe_queue(self, exchange, binding_key, queue))
+    }
+
     fn reconnects(&self) -> u64 {
         AmqpBroker::reconnects(self)
     }
