@@ -156,7 +156,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_komb_us() {
+    fn keys_are_kombus() {
         // Captured from Python: countdown=30 and 20 with routing key qtopic.
         assert_eq!(
             routing_key(30, "qtopic").unwrap(),
