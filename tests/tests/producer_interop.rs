@@ -243,31 +243,69 @@ async fn the_client_waits_for_what_a_python_worker_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_sent_events_reach_a_python_event_receiver() {
-    let (Some(redis), Some(python)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
-    let receiver = std::process::Command::new(python)
+    task_sent_events(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_sent_events_reach_a_python_event_receiver_on_rabbitmq() {
+    task_sent_events(true).await;
+}
+
+async fn task_sent_events(amqp: bool) {
+    let Some(f) = fleet(amqp, None) else { return };
+    let python = celeriac_tests::python().unwrap();
+    let mut receiver = std::process::Command::new(python)
         .arg(celeriac_tests::repo_root().join("tests/python/capture_events.py"))
-        .args(["--broker", &redis.url(), "--limit", "1", "--types", "task-sent"])
+        .args(["--broker", &f.broker, "--limit", "1", "--types", "task-sent"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut admin = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
-    let subscribed = celeriac_tests::wait_until(Duration::from_secs(30), || {
-        redis::cmd("PUBSUB").arg("NUMPAT").query::<i64>(&mut admin).unwrap() > 0
-    });
-    assert!(subscribed, "the Python event receiver never subscribed");
-
     let config = ProducerConfig { send_sent_event: true, ..ProducerConfig::default() };
-    let p = Producer::new(Broker::from_url(&redis.url()).unwrap(), config);
-    let options = SendOptions { queue: Some("workflow.hpc".into()), ..SendOptions::default() };
-    let id = p.send_task("tasks.add", vec![2.into(), 3.into()], Map::new(), options).await.unwrap();
-
+    let p = Producer::new(Broker::from_url(&f.broker).unwrap(), config);
+    let options = SendOptions { queue: Some(f.hpc_queue.clone()), ..SendOptions::default() };
+    let id = if amqp {
+        // The receiver's queue exists once it consumes; events sent before are
+        // dropped by RabbitMQ, so send until one arrives.
+        let stdout = receiver.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = tx.send(line);
+        });
+        let mut sent = Vec::new();
+        let line = loop {
+            sent.push(p.send_task("tasks.add", vec![2.into(), 3.into()], Map::new(), options.clone()).await.unwrap());
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+                break line;
+            }
+            assert!(sent.len() < 60, "no task-sent event arrived");
+        };
+        assert!(receiver.wait().unwrap().success());
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(sent.iter().any(|id| event["uuid"] == serde_json::json!(id)), "{event}");
+        check_sent_event(&event, &f, &p);
+        p.broker().delete_queue(&f.hpc_queue).await.unwrap();
+        return;
+    } else {
+        let mut admin = redis::Client::open(f.redis.url()).unwrap().get_connection().unwrap();
+        let subscribed = celeriac_tests::wait_until(Duration::from_secs(30), || {
+            redis::cmd("PUBSUB").arg("NUMPAT").query::<i64>(&mut admin).unwrap() > 0
+        });
+        assert!(subscribed, "the Python event receiver never subscribed");
+        p.send_task("tasks.add", vec![2.into(), 3.into()], Map::new(), options).await.unwrap()
+    };
     let out = receiver.wait_with_output().unwrap();
     assert!(out.status.success(), "no task-sent event arrived");
     let event: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(event["uuid"], serde_json::json!(id));
+    check_sent_event(&event, &f, &p);
+}
+
+fn check_sent_event(event: &serde_json::Value, f: &Fleet, p: &Producer) {
     assert_eq!(event["name"], "tasks.add");
     assert_eq!(event["args"], "(2, 3)");
-    assert_eq!(event["queue"], "workflow.hpc");
+    assert_eq!(event["queue"], serde_json::json!(f.hpc_queue));
     assert_eq!(event["hostname"], serde_json::json!(p.config().origin));
     assert!(event["clock"].is_u64() && event["timestamp"].is_f64(), "{event}");
 }
