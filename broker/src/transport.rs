@@ -6,7 +6,7 @@
 //! - [`Transport`]: publish, declare exchanges and queues, consume with a
 //!   prefetch window, subscribe to a broadcast (fanout) or topic exchange,
 //!   queue length/purge/delete;
-//! - [`Settle`]: how the transport acks, rejects, requeues and hands back the
+//! - `Settle` (crate-private): how the transport acks, rejects, requeues and hands back the
 //!   deliveries a consumer holds. A [`crate::Delivery`] and a
 //!   [`crate::Consumer`] carry one as a trait object, so neither names a
 //!   transport.
