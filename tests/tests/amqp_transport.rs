@@ -321,3 +321,33 @@ async fn a_python_worker_runs_what_celeriac_sends_on_amqp() {
     drop(worker);
     producer.broker().delete_queue(&q).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_redelivers_and_old_deliveries_are_not_acked_on_the_new_channel() {
+    let Some(url) = celeriac_tests::amqp() else { return };
+    let q = unique("reconnect");
+    let amqp = AmqpBroker::from_url(&url).unwrap();
+    let b = Broker::new(amqp.clone());
+    b.declare_queue(&q, &q, &q).await.unwrap();
+    let producer = Producer::new(b.clone(), ProducerConfig::default());
+    let options = SendOptions { queue: Some(q.clone()), ..SendOptions::default() };
+    let id = producer.send_task("tasks.add", vec![Value::Int(1), Value::Int(1)], Map::new(), options).await.unwrap();
+
+    let mut consumer = b.consumer(std::slice::from_ref(&q), 4);
+    let mut first = next(&mut consumer).await;
+    assert!(!first.redelivered());
+    // The connection goes away under the consumer: RabbitMQ requeues the
+    // message, the consumer reconnects and gets it again, redelivered.
+    amqp.close().await;
+    let mut again = next(&mut consumer).await;
+    assert_eq!(again.message().headers.get("id"), Some(&Value::Str(id)));
+    assert!(again.redelivered());
+    // The first delivery's tag means nothing on the new channel: it is refused,
+    // and does not ack the redelivered message (which carries tag 1 as well).
+    let err = first.ack().await.unwrap_err();
+    assert!(matches!(err, celeriac_broker::BrokerError::ChannelGone { .. }), "{err}");
+    again.ack().await.unwrap();
+    consumer.close().await;
+    assert_eq!(b.queue_len(&q).await.unwrap(), 0);
+    b.delete_queue(&q).await.unwrap();
+}

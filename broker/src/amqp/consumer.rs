@@ -175,7 +175,7 @@ impl Session<'_> {
                 }
                 _ = check.tick() => {
                     if !channel.status().connected() {
-                        return Err(BrokerError::ChannelGone { tag: String::new() });
+                        return Err(inner.error("consuming", lapin::Error::InvalidChannelState(channel.status().state())));
                     }
                 }
                 item = streams.next(), if !streams.is_empty() => match item {
