@@ -145,12 +145,9 @@ impl From<celeriac_redisconn::Error> for BackendError {
     }
 }
 
-/// Errors Celery's `ensure` retries: the connection broke, was refused or timed
-/// out, or (after a Sentinel failover) the server became a read-only replica.
+/// Errors worth retrying: the connection broke, was refused or timed out,
+/// or the server asked to come back later (see
+/// [`celeriac_redisconn::is_transient`], shared with the broker).
 pub(crate) fn is_retryable(err: &redis::RedisError) -> bool {
-    err.is_io_error()
-        || err.is_connection_dropped()
-        || err.is_connection_refusal()
-        || err.is_timeout()
-        || err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+    celeriac_redisconn::is_transient(err)
 }

@@ -8,13 +8,15 @@
 //! - [`store`]: state in a local file, or in Redis with a leader lease;
 //! - [`scheduler`]: the loop: lease, catch-up, no-overlap, sending, health;
 //! - [`overlap`], [`health`], [`explain`], [`clock`]: no-overlap judged from the
-//!   result backend, the `health:<service>` key, `--explain`, the injectable clock.
+//!   result backend, the `health:<service>` key, `--explain`, the injectable clock;
+//! - [`metrics`]: Prometheus metrics (sent, skipped, lag, leader).
 
 pub mod clock;
 pub mod entry;
 mod error;
 pub mod explain;
 pub mod health;
+pub mod metrics;
 pub mod overlap;
 pub mod redbeat;
 pub mod schedule;

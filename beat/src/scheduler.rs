@@ -231,6 +231,7 @@ pub struct Beat {
     events: EventSource,
     counters: Counters,
     ticks: tokio::sync::watch::Sender<u64>,
+    metrics: Option<Arc<crate::metrics::BeatMetrics>>,
     /// Called right before a message is published (tests: a stall there).
     #[cfg(test)]
     before_publish: Option<Box<dyn Fn() + Send + Sync>>,
@@ -281,6 +282,7 @@ impl Beat {
             producer,
             counters: Counters::default(),
             ticks: tokio::sync::watch::channel(0).0,
+            metrics: None,
             #[cfg(test)]
             before_publish: None,
         }
@@ -290,6 +292,13 @@ impl Beat {
     /// await the next one instead of sleeping.
     pub fn ticks(&self) -> tokio::sync::watch::Receiver<u64> {
         self.ticks.subscribe()
+    }
+
+    /// Publishes the counters, the lease and each send's lag to `metrics`
+    /// (`celeriac beat --metrics-addr`).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::BeatMetrics>) -> Beat {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Judges no-overlap entries with `states` (the result backend).
@@ -564,6 +573,9 @@ impl Beat {
     /// One tick; returns when the next one is due.
     pub async fn tick(&mut self) -> Timestamp {
         let wake = self.tick_once().await;
+        if let Some(m) = &self.metrics {
+            m.update(&self.counters, self.leader);
+        }
         self.ticks.send_modify(|n| *n += 1);
         wake
     }
@@ -768,6 +780,9 @@ impl Beat {
         }
         info!("Scheduler: Sending due task {} ({}) id={id} slot={slot} lag={}", entry.name, entry.task, seconds(lag));
         self.counters.sent = self.counters.sent.saturating_add(1);
+        if let Some(m) = &self.metrics {
+            m.observe_lag(lag.as_secs_f64());
+        }
         Ok(())
     }
 

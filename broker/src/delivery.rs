@@ -89,6 +89,17 @@ impl Delivery {
         self.left = true;
     }
 
+    /// Gives the delivery up without settling it: its prefetch slot is free
+    /// at once, and its message stays in the broker's unacked bookkeeping
+    /// until the visibility timeout hands it to a consumer again (a shutdown
+    /// does not restore it). For a message that cannot be settled the way it
+    /// should now (its dead-letter queue refuses it, ...): neither lost nor
+    /// spun through the queue.
+    pub fn abandon(&mut self) {
+        self.window.release(self.seq);
+        self.left = true;
+    }
+
     /// kombu's delivery tag (a uuid4 set at publish time; the `unacked` key).
     pub fn delivery_tag(&self) -> &str {
         &self.envelope.delivery_tag

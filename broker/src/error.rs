@@ -205,21 +205,7 @@ impl From<celeriac_redisconn::Error> for BrokerError {
 
 /// Whether a Redis client error means "the connection is gone or not ready yet".
 pub(crate) fn is_transient_redis(e: &redis::RedisError) -> bool {
-    use redis::{ErrorKind, ServerErrorKind};
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_unrecoverable_error()
-        || matches!(
-            e.kind(),
-            ErrorKind::Server(ServerErrorKind::BusyLoading)
-                | ErrorKind::Server(ServerErrorKind::MasterDown)
-                | ErrorKind::Server(ServerErrorKind::ReadOnly)
-                | ErrorKind::Server(ServerErrorKind::TryAgain)
-                | ErrorKind::MasterNameNotFoundBySentinel
-                | ErrorKind::NoValidReplicasFoundBySentinel
-        )
+    celeriac_redisconn::is_transient(e)
 }
 
 /// Whether a Redis error is an authentication or ACL refusal.

@@ -80,6 +80,12 @@ pub struct SendOptions {
     pub group_index: Option<i64>,
     /// Retries so far (for re-sends).
     pub retries: Option<i64>,
+    /// How many times `Task.replace` replaced the task this one replaces
+    /// (`replaced_task_nesting`).
+    pub replaced_task_nesting: Option<i64>,
+    /// Stamps (`sig.stamp(...)`): written as the `stamps` header with their
+    /// names in `stamped_headers`, as Celery does.
+    pub stamps: Map,
     /// Serializer (default: the producer's).
     pub serializer: Option<ContentType>,
     /// Compression (default: the producer's).
@@ -272,6 +278,11 @@ impl Producer {
         h.kwargsrepr = Some(saferepr_dict(&kwargs, Some(REPR_MAXSIZE), SAFEREPR_MAXLEVELS));
         h.origin = Some(self.config.origin.clone());
         h.ignore_result = o.ignore_result;
+        h.replaced_task_nesting = o.replaced_task_nesting.unwrap_or(0);
+        if !o.stamps.is_empty() {
+            h.stamped_headers = Some(o.stamps.keys().cloned().collect());
+            h.stamps = o.stamps.clone();
+        }
         h.extra = o.headers.clone();
         task.args = args;
         task.kwargs = kwargs;

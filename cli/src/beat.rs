@@ -75,6 +75,30 @@ pub struct BeatArgs {
     /// How many fire times `--explain` prints per entry.
     #[arg(long, default_value_t = 5)]
     pub count: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (runs sent, slots
+    /// skipped, send lag, leader), e.g. 127.0.0.1:9809.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// Log to this file instead of stderr (as `celery beat`, not expanded).
+    #[arg(short = 'f', long)]
+    pub logfile: Option<PathBuf>,
+    /// Write the process id to this file, refusing to start while another
+    /// running process holds it.
+    #[arg(long)]
+    pub pidfile: Option<PathBuf>,
+}
+
+/// The beat's metrics as the worker's endpoint serves them.
+struct Served(Arc<celeriac_beat::metrics::BeatMetrics>);
+
+impl celeriac_worker::metrics::Exposition for Served {
+    fn render(&self) -> String {
+        self.0.render()
+    }
+
+    fn rejected(&self, reason: &'static str) {
+        tracing::debug!("beat metrics: a connection was turned away ({reason})");
+    }
 }
 
 /// The settings after the file, the environment and the flags.
@@ -227,8 +251,9 @@ async fn open_store(
 /// Runs `celeriac beat` until a signal stops it (or prints `--explain`).
 pub async fn run(args: BeatArgs) -> Result<(), CliError> {
     let level = crate::logging::level(&args.loglevel).map_err(CliError::Setting)?;
-    crate::logging::init(level);
+    crate::logging::init_to(level, args.logfile.as_deref()).map_err(CliError::Setting)?;
     let settings = settings(&args)?;
+    let _pidfile = args.pidfile.as_deref().map(crate::habits::PidFile::create).transpose()?;
     let tz = app_timezone(&settings)?;
     let statics = statics(&settings, &tz)?;
     let at = state_at(&settings, args.schedule_file.is_some());
@@ -314,7 +339,26 @@ pub async fn run(args: BeatArgs) -> Result<(), CliError> {
     if let Some(health) = health {
         beat = beat.with_health(health);
     }
-    beat.run(celeriac_beat::Control { shutdown, reload }).await;
+    let metrics_server = match args.metrics_addr.as_deref() {
+        Some(addr) => {
+            let addr: std::net::SocketAddr =
+                addr.parse().map_err(|e| CliError::Setting(format!("--metrics-addr {addr:?}: {e}")))?;
+            let metrics = Arc::new(celeriac_beat::metrics::BeatMetrics::new(&settings.beat_health_service));
+            beat = beat.with_metrics(metrics.clone());
+            let served = Arc::new(Served(metrics));
+            let limits = celeriac_worker::metrics::HttpLimits::default();
+            let server = celeriac_worker::metrics::serve_exposition(served, addr, shutdown.child_token(), limits)
+                .await
+                .map_err(|e| CliError::Setting(format!("--metrics-addr {addr}: cannot listen there: {e}")))?;
+            Some(server)
+        }
+        None => None,
+    };
+    beat.run(celeriac_beat::Control { shutdown: shutdown.clone(), reload }).await;
+    shutdown.cancel();
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     Ok(())
 }
 

@@ -25,4 +25,25 @@ pub enum CliError {
     /// A signal handler could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// An operator command could not do what it was asked.
+    #[error("{0}")]
+    Operator(String),
+    /// No worker answered a remote-control request in time (exit status 69,
+    /// as `celery inspect`).
+    #[error("No nodes replied within time constraint (is a worker running on this broker? raise -t/--timeout)")]
+    NoReplies,
+    /// A task sent with `--wait` failed, or its result could not be read.
+    #[error("{0}")]
+    TaskFailed(String),
+}
+
+impl CliError {
+    /// The process exit status for this error: Celery's `EX_UNAVAILABLE`
+    /// (69) when no worker answered, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::NoReplies => crate::ops::EX_UNAVAILABLE,
+            _ => 1,
+        }
+    }
 }

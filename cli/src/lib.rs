@@ -22,7 +22,9 @@
 mod assemble;
 pub mod beat;
 mod error;
+pub mod habits;
 mod logging;
+pub mod ops;
 pub mod worker;
 
 use std::process::ExitCode;
@@ -33,8 +35,12 @@ pub use celeriac_tasks::TaskSet;
 pub use error::CliError;
 
 /// A Celery-protocol-compatible worker, beat scheduler and client.
+///
+/// Options follow Celery's habits: a repeated option takes its last value
+/// (wrapper scripts append flags), `--opt=value` and `-c4` both work, and
+/// `-Q a,b` lists queues.
 #[derive(Parser, Debug)]
-#[command(name = "celeriac", version, about)]
+#[command(name = "celeriac", version, about, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,15 +49,58 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a worker: consume queues and execute tasks, as `celery worker`.
+    #[command(args_override_self = true)]
     Worker(worker::WorkerArgs),
     /// Run the periodic scheduler, as `celery beat` (RedBeat-compatible with Redis).
+    #[command(args_override_self = true)]
     Beat(beat::BeatArgs),
+    /// The fleet at a glance: workers, their pools and tasks, queue depths
+    /// (every priority, unacked), rates.
+    #[command(args_override_self = true)]
+    Status(ops::status::StatusArgs),
+    /// `status` refreshed every 2 seconds in the terminal (`--json`: one line each).
+    #[command(args_override_self = true)]
+    Monitor(ops::status::MonitorArgs),
+    /// Ask the workers something, as `celery inspect` (ping, stats, active, ...).
+    #[command(args_override_self = true)]
+    Inspect(ops::remote::RemoteArgs),
+    /// Tell the workers to do something, as `celery control` (revoke, rate_limit, ...).
+    #[command(args_override_self = true)]
+    Control(ops::remote::RemoteArgs),
+    /// Send a task by name, as `celery call`; `--wait` prints its result.
+    #[command(args_override_self = true)]
+    Call(ops::call::CallArgs),
+    /// Show a task's state or result, as `celery result`.
+    #[command(args_override_self = true)]
+    Result(ops::call::ResultArgs),
+    /// Remove every message waiting in queues, as `celery purge`.
+    #[command(args_override_self = true)]
+    Purge(ops::status::PurgeArgs),
+    /// List the queues with their depths and consumers.
+    #[command(args_override_self = true)]
+    Queues(ops::status::QueuesArgs),
+    /// List the tasks this binary registers; `--json` is the manifest for `celeriac_shim`.
+    #[command(args_override_self = true)]
+    Tasks(ops::manifest::TasksArgs),
 }
 
 /// Runs the command line with the built-in task sets and `extra` ones (a
-/// user's own), returning the process exit code.
+/// user's own), returning the process exit code. Every command is there,
+/// so `my-worker tasks --json` lists the user's tasks too.
 pub fn main_with(extra: &'static [TaskSet]) -> ExitCode {
-    let cli = Cli::parse();
+    main_from(std::env::args_os(), extra)
+}
+
+/// [`main_with`] for the given command line (the program name first).
+pub fn main_from<I, T>(args: I, extra: &'static [TaskSet]) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    if let Command::Tasks(args) = cli.command {
+        return exit(ops::manifest::run(args, extra));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -59,15 +108,63 @@ pub fn main_with(extra: &'static [TaskSet]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = match cli.command {
-        Command::Worker(args) => runtime.block_on(worker::run(args, extra)),
-        Command::Beat(args) => runtime.block_on(beat::run(args)),
-    };
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::Worker(args) => worker::run(args, extra).await,
+            Command::Beat(args) => beat::run(args).await,
+            Command::Status(args) => ops::status::status(args).await,
+            Command::Monitor(args) => ops::status::monitor(args).await,
+            Command::Inspect(args) => ops::remote::run(args, false).await,
+            Command::Control(args) => ops::remote::run(args, true).await,
+            Command::Call(args) => ops::call::call(args).await,
+            Command::Result(args) => ops::call::result(args).await,
+            Command::Purge(args) => ops::status::purge(args).await,
+            Command::Queues(args) => ops::status::queues(args).await,
+            Command::Tasks(_) => Ok(()),
+        }
+    });
+    // Background tasks (a blocked BRPOP, a subscription) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    exit(outcome)
+}
+
+fn exit(outcome: Result<(), CliError>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("celeriac: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Cli {
+        Cli::try_parse_from(line.split_whitespace()).unwrap_or_else(|e| panic!("{line}: {e}"))
+    }
+
+    #[test]
+    fn options_follow_clicks_habits() {
+        let Command::Worker(w) =
+            parse("celeriac worker -c4 -c 8 --loglevel=info -Q a,b -Q c,d -n x@%h -n y@%h").command
+        else {
+            panic!()
+        };
+        assert_eq!(w.concurrency, Some(8), "the last -c wins");
+        assert_eq!(w.queues, vec!["c", "d"], "the last -Q wins, split at commas");
+        assert_eq!(w.hostname, "y@%h");
+        assert_eq!(w.loglevel, "info");
+        let Command::Worker(w) = parse("celeriac worker --concurrency=3").command else { panic!() };
+        assert_eq!(w.concurrency, Some(3));
+        let Command::Inspect(i) = parse("celeriac inspect ping -t 1 -t 2.5 -d a@h -d b@h,c@h --json").command else {
+            panic!()
+        };
+        assert_eq!(i.timeout, std::time::Duration::from_millis(2500));
+        assert_eq!(i.destination, vec!["b@h", "c@h"]);
+        let Command::Beat(b) = parse("celeriac beat -l DEBUG -l warning --max-interval=5").command else { panic!() };
+        assert_eq!((b.loglevel.as_str(), b.max_interval), ("warning", Some(5.0)));
     }
 }

@@ -18,16 +18,35 @@ pub fn level(name: &str) -> Result<&'static str, String> {
 
 /// Installs the subscriber. `RUST_LOG`, when set, is added to the level.
 pub fn init(level: &str) {
+    let _ = init_to(level, None);
+}
+
+fn filter(level: &str) -> EnvFilter {
     let mut filter = EnvFilter::new(level);
     if let Ok(extra) = std::env::var("RUST_LOG") {
         for directive in extra.split(',').filter_map(|d| d.parse().ok()) {
             filter = filter.add_directive(directive);
         }
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    filter
+}
+
+/// Installs the subscriber writing to `logfile` (appended to, as Celery's
+/// `-f/--logfile`) or, without one, to stderr.
+pub fn init_to(level: &str, logfile: Option<&std::path::Path>) -> Result<(), String> {
+    let builder = tracing_subscriber::fmt().with_env_filter(filter(level)).with_target(false);
+    match logfile {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))?;
+            let _ = builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).try_init();
+        }
+        None => {
+            let _ = builder.with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).try_init();
+        }
+    }
+    Ok(())
 }

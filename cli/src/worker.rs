@@ -27,7 +27,7 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub result_backend: Option<String>,
     /// Queues to consume, comma separated (default: `task_default_queue`).
-    #[arg(short = 'Q', long, value_delimiter = ',')]
+    #[arg(short = 'Q', long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub queues: Vec<String>,
     /// Tasks run at once (`worker_concurrency`, 1 to 100000; default: the number of CPUs).
     #[arg(
@@ -62,40 +62,29 @@ pub struct WorkerArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (`worker_metrics_addr`), e.g. 127.0.0.1:9808.
     #[arg(long)]
     pub metrics_addr: Option<String>,
+    /// Log to this file instead of stderr (`%n`, `%h`, `%d`, `%p`, `%i` expand as in Celery).
+    #[arg(short = 'f', long)]
+    pub logfile: Option<String>,
+    /// Write the process id to this file, refusing to start while another
+    /// running process holds it (`%n`, `%h`, ... expand as in Celery).
+    #[arg(long)]
+    pub pidfile: Option<String>,
     /// Task sets to register, comma separated: `builtin` (celeriac.ping, the
     /// health heartbeat), `conformance` (Celery's integration-suite tasks), and
     /// a custom binary's own sets. Default: `builtin` and the binary's own.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub tasks: Vec<String>,
 }
 
-/// Expands Celery's node-name placeholders against `host`.
-pub fn expand_hostname(template: &str, host: &str) -> String {
-    let (name, domain) = host.split_once('.').unwrap_or((host, ""));
-    let mut out = String::with_capacity(template.len() + host.len());
-    let mut chars = template.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('h') => out.push_str(host),
-            Some('n') => out.push_str(name),
-            Some('d') => out.push_str(domain),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
-            }
-            None => out.push('%'),
-        }
-    }
-    out
+/// Expands Celery's node-name placeholders against `host` (`%h` the host,
+/// `%n` its first label, `%d` the domain, `%%` a `%`; see
+/// [`crate::habits::host_format`]).
+pub fn expand_hostname(template: &str, host: &str) -> Result<String, CliError> {
+    crate::habits::host_format(template, host)
 }
 
 /// The settings after the file, the environment and the flags.
-fn settings(args: &WorkerArgs) -> Result<Settings, CliError> {
+fn settings(args: &WorkerArgs, node: &str) -> Result<Settings, CliError> {
     let mut settings = celeriac_config::load(args.config.as_deref())?.settings;
     if let Some(url) = &args.broker {
         settings.broker_url = url.clone();
@@ -115,6 +104,9 @@ fn settings(args: &WorkerArgs) -> Result<Settings, CliError> {
     if let Some(path) = &args.statedb {
         settings.worker_state_db = Some(path.clone());
     }
+    if let Some(path) = &settings.worker_state_db {
+        settings.worker_state_db = Some(crate::habits::node_format(path, node)?);
+    }
     if let Some(addr) = &args.metrics_addr {
         settings.worker_metrics_addr = Some(addr.clone());
     }
@@ -125,9 +117,16 @@ fn settings(args: &WorkerArgs) -> Result<Settings, CliError> {
 /// Runs the worker until a signal stops it.
 pub async fn run(args: WorkerArgs, extra: &'static [celeriac_tasks::TaskSet]) -> Result<(), CliError> {
     let level = crate::logging::level(&args.loglevel).map_err(CliError::Setting)?;
-    crate::logging::init(level);
-    let settings = settings(&args)?;
-    let hostname = expand_hostname(&args.hostname, &celeriac_broker::producer::hostname());
+    let hostname = expand_hostname(&args.hostname, &celeriac_broker::producer::hostname())?;
+    let logfile = args.logfile.as_deref().map(|f| crate::habits::node_format(f, &hostname)).transpose()?;
+    crate::logging::init_to(level, logfile.as_deref().map(std::path::Path::new)).map_err(CliError::Setting)?;
+    let settings = settings(&args, &hostname)?;
+    let _pidfile = match &args.pidfile {
+        Some(path) => {
+            Some(crate::habits::PidFile::create(std::path::Path::new(&crate::habits::node_format(path, &hostname)?))?)
+        }
+        None => None,
+    };
 
     let broker = assemble::broker(&settings)?;
     let backend = assemble::backend(&settings).await?;
@@ -156,6 +155,7 @@ pub async fn run(args: WorkerArgs, extra: &'static [celeriac_tasks::TaskSet]) ->
     let rpc = assemble::rpc_backend(&settings, &broker)?.map(|b| Arc::new(b) as Arc<dyn ResultStore>);
     let results = rpc.or_else(|| backend.map(|b| Arc::new(b) as Arc<dyn ResultStore>));
     let hostname_for_metrics = config.hostname.clone();
+    let (broker_for_metrics, queues_for_metrics, slots) = (broker.clone(), config.queues.clone(), config.concurrency);
     let mut worker = Worker::new(registry, broker, producer, results, config);
     let warm = CancellationToken::new();
     let metrics_server = match settings.worker_metrics_addr.as_deref() {
@@ -164,6 +164,13 @@ pub async fn run(args: WorkerArgs, extra: &'static [celeriac_tasks::TaskSet]) ->
                 addr.parse().map_err(|e| CliError::Setting(format!("worker_metrics_addr {addr:?}: {e}")))?;
             let metrics = Arc::new(celeriac_worker::metrics::Metrics::new(&hostname_for_metrics));
             worker = worker.with_metrics(metrics.clone());
+            tokio::spawn(queue_gauges(
+                broker_for_metrics.clone(),
+                metrics.clone(),
+                queues_for_metrics.clone(),
+                slots,
+                warm.child_token(),
+            ));
             let server = metrics
                 .serve(addr, warm.child_token())
                 .await
@@ -181,6 +188,33 @@ pub async fn run(args: WorkerArgs, extra: &'static [celeriac_tasks::TaskSet]) ->
     }
     info!("{hostname} stopped.");
     Ok(())
+}
+
+/// How often the queue gauges of the metrics are read from the broker.
+const QUEUE_GAUGE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps `celery_queue_length{queue_name}` (and the worker and slot counts
+/// of celery-exporter) of the consumed queues fresh until `stop`.
+async fn queue_gauges(
+    broker: celeriac_broker::Broker,
+    metrics: Arc<celeriac_worker::metrics::Metrics>,
+    queues: Vec<String>,
+    slots: usize,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(QUEUE_GAUGE_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        for queue in &queues {
+            match broker.queue_len(queue).await {
+                Ok(n) => metrics.set_queue(queue, n, u64::try_from(slots).unwrap_or(u64::MAX)),
+                Err(e) => tracing::debug!("metrics: cannot read the length of {queue}: {e}"),
+            }
+        }
+    }
 }
 
 /// Where the built-in tasks find Redis: the broker's URL when it is Redis,
@@ -251,7 +285,7 @@ fn binding(settings: &Settings, queue: &str) -> (String, String) {
 }
 
 /// The tasks of the sets named in `--tasks`: celeriac's own and `extra`.
-fn registry(
+pub(crate) fn registry(
     names: &[String],
     extra: &'static [celeriac_tasks::TaskSet],
     config: &celeriac_tasks::TaskSetConfig,
@@ -363,10 +397,11 @@ mod tests {
 
     #[test]
     fn node_names_expand_like_celery() {
-        assert_eq!(expand_hostname("celeriac@%h", "node1.dc.example"), "celeriac@node1.dc.example");
-        assert_eq!(expand_hostname("w1@%n", "node1.dc.example"), "w1@node1");
-        assert_eq!(expand_hostname("%n.%d", "node1.dc.example"), "node1.dc.example");
-        assert_eq!(expand_hostname("a%%b%x", "h"), "a%b%x");
+        assert_eq!(expand_hostname("celeriac@%h", "node1.dc.example").unwrap(), "celeriac@node1.dc.example");
+        assert_eq!(expand_hostname("w1@%n", "node1.dc.example").unwrap(), "w1@node1");
+        assert_eq!(expand_hostname("%n.%d", "node1.dc.example").unwrap(), "node1.dc.example");
+        assert_eq!(expand_hostname("a%%b", "h").unwrap(), "a%b");
+        assert!(expand_hostname("a%xb", "h").is_err(), "Celery refuses an unknown key");
     }
 
     #[test]

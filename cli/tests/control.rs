@@ -974,6 +974,12 @@ fn prometheus_metrics_count_tasks_with_celery_exporters_names() {
         m.insert("hostname".into(), json!("metrics-host"));
         m
     };
+    // Task series carry the queue the message came from, as celery-exporter's.
+    let task = |extra: &[(&str, &str)]| {
+        let mut m = host(extra);
+        m.insert("queue_name".into(), json!("celery"));
+        m
+    };
     let value = |samples: &[Sample], name: &str, labels: &Map<String, Value>| {
         samples.iter().find(|(n, l, _)| n == name && l == labels).map(|(_, _, v)| *v)
     };
@@ -991,17 +997,17 @@ fn prometheus_metrics_count_tasks_with_celery_exporters_names() {
     let (samples, types) = parse_metrics(&last);
     let v = |name: &str, labels: Map<String, Value>| value(&samples, name, &labels);
     for state in ["received", "started", "succeeded"] {
-        assert_eq!(v(&format!("celery_task_{state}_total"), host(&add)), Some(2.0), "{state}\n{last}");
+        assert_eq!(v(&format!("celery_task_{state}_total"), task(&add)), Some(2.0), "{state}\n{last}");
         assert_eq!(types[&format!("celery_task_{state}")], json!("counter"));
     }
     let fail = [("name", "t.integration.tasks.fail"), ("exception", "ExpectedException")];
-    assert_eq!(v("celery_task_failed_total", host(&fail)), Some(1.0), "{last}");
+    assert_eq!(v("celery_task_failed_total", task(&fail)), Some(1.0), "{last}");
     assert_eq!(types["celery_task_runtime"], json!("histogram"));
-    assert_eq!(v("celery_task_runtime_count", host(&add)), Some(2.0), "{last}");
+    assert_eq!(v("celery_task_runtime_count", task(&add)), Some(2.0), "{last}");
     let sleeping = [("name", "t.integration.tasks.sleeping")];
-    let slept = v("celery_task_runtime_sum", host(&sleeping)).unwrap();
+    let slept = v("celery_task_runtime_sum", task(&sleeping)).unwrap();
     assert!((0.3..5.0).contains(&slept), "runtime of sleeping(0.3): {slept}");
-    let below = |le: &str| v("celery_task_runtime_bucket", host(&[sleeping[0], ("le", le)]));
+    let below = |le: &str| v("celery_task_runtime_bucket", task(&[sleeping[0], ("le", le)]));
     assert_eq!((below("0.25"), below("0.5"), below("+Inf")), (Some(0.0), Some(1.0), Some(1.0)), "{last}");
     // Bounds spelled as prometheus_client (celery-exporter) spells them.
     assert_eq!((below("1.0"), below("10.0")), (Some(1.0), Some(1.0)), "{last}");
@@ -1018,6 +1024,15 @@ fn prometheus_metrics_count_tasks_with_celery_exporters_names() {
     assert_eq!(v("celeriac_worker_prefetch_count", host(&[])), Some(12.0));
     assert_eq!(v("celeriac_worker_reserved", host(&[])), Some(0.0));
     assert_eq!(v("celeriac_broker_reconnects_total", host(&[])), Some(0.0));
+    // celery-exporter's queue gauges, for its Grafana dashboards.
+    let queue = |name: &str| {
+        let mut m = Map::new();
+        m.insert("queue_name".into(), json!(name));
+        m
+    };
+    assert_eq!(v("celery_queue_length", queue("celery")), Some(0.0), "{last}");
+    assert_eq!(v("celery_active_process_count", queue("celery")), Some(3.0));
+    assert_eq!(v("celery_active_worker_count", queue("celery")), Some(1.0));
 
     let (status, _) = http_get(&addr, "/elsewhere");
     assert_eq!(status, "HTTP/1.1 404 Not Found");

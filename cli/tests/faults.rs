@@ -138,8 +138,11 @@ fn a_redis_outage_loses_nothing_and_needs_no_restart() {
     assert!(not_succeeded(&states).is_empty(), "new work after the outage: {states:?}");
     let states = check(&url, &ids, WAIT);
     assert!(not_succeeded(&states).is_empty(), "every task ran: {:?}", not_succeeded(&states));
+    // The control subscription reconnects on its own backoff (at most
+    // `reconnect_backoff_max` after Redis is back): wait for the answer.
     for node in ["early", "late"] {
-        assert!(pings(&url, &format!("{node}@faults")), "{node} answers inspect ping");
+        let node = format!("{node}@faults");
+        assert!(wait_until(WAIT, || pings(&url, &node)), "{node} answers inspect ping");
     }
     assert!(alive(&mut early) && alive(&mut late), "both workers are still running");
     let mut a = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();

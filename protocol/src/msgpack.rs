@@ -188,7 +188,7 @@ impl<'a> Reader<'a> {
     }
 
     fn list(&mut self, n: usize, depth: usize) -> Result<Value, CodecError> {
-        let mut items = Vec::with_capacity(self.open(n, 1, depth)?);
+        let mut items = Vec::with_capacity(self.open(n, 1, depth)?.min(1024));
         for _ in 0..n {
             items.push(self.value(depth + 1)?);
         }
@@ -196,7 +196,7 @@ impl<'a> Reader<'a> {
     }
 
     fn map(&mut self, n: usize, depth: usize) -> Result<Value, CodecError> {
-        let mut map = Map::with_capacity(self.open(n, 2, depth)?);
+        let mut map = Map::with_capacity(self.open(n, 2, depth)?.min(1024));
         for _ in 0..n {
             let key = match self.value(depth + 1)? {
                 Value::Str(s) => s,

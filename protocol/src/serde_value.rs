@@ -7,6 +7,14 @@
 //! hyphenated text, Decimal as its digits), so `String`, `uuid::Uuid` or `jiff`
 //! types with serde support take them. Python ints beyond 64 bits fit `i128`/
 //! `u128` when they can.
+//!
+//! A [`Value`] that goes through serde and back keeps its type, so a task
+//! returning an argument (or a struct holding [`Value`] fields) gives Python
+//! back a `datetime`, not a `str`: `Value` serializes a datetime, date, time,
+//! UUID or Decimal as a newtype struct with a reserved name around its text
+//! (other serializers, such as serde_json's, see just the text), and
+//! deserializes through another reserved newtype name that this module's
+//! deserializer answers with the typed value.
 
 use std::fmt;
 
@@ -87,9 +95,12 @@ impl<'de> de::Deserializer<'de> for Value {
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
-        _name: &'static str,
+        name: &'static str,
         visitor: V,
     ) -> Result<V::Value, ValueError> {
+        if name == EXACT {
+            return visitor.visit_newtype_struct(Exact(self));
+        }
         visitor.visit_newtype_struct(self)
     }
 
@@ -265,18 +276,73 @@ impl Serialize for Value {
                 }
                 m.end()
             }
-            Value::DateTime(d) => s.serialize_str(&d.to_iso()),
-            Value::Date(d) => s.serialize_str(&d.to_iso()),
-            Value::Time(t) => s.serialize_str(&t.to_iso()),
-            Value::Uuid(u) => s.serialize_str(&u.hyphenated().to_string()),
-            Value::Decimal(d) => s.serialize_str(d.as_str()),
+            Value::DateTime(d) => s.serialize_newtype_struct(TYPED_DATETIME, &d.to_iso()),
+            Value::Date(d) => s.serialize_newtype_struct(TYPED_DATE, &d.to_iso()),
+            Value::Time(t) => s.serialize_newtype_struct(TYPED_TIME, &t.to_iso()),
+            Value::Uuid(u) => s.serialize_newtype_struct(TYPED_UUID, &u.hyphenated().to_string()),
+            Value::Decimal(d) => s.serialize_newtype_struct(TYPED_DECIMAL, d.as_str()),
         }
     }
 }
 
+/// Prefix of the reserved newtype names (and map keys) that carry a typed
+/// value's text through serde.
+const TYPED: &str = "$celeriac::typed::";
+const TYPED_DATETIME: &str = "$celeriac::typed::datetime";
+const TYPED_DATE: &str = "$celeriac::typed::date";
+const TYPED_TIME: &str = "$celeriac::typed::time";
+const TYPED_UUID: &str = "$celeriac::typed::uuid";
+const TYPED_DECIMAL: &str = "$celeriac::typed::decimal";
+/// The newtype name `Value` asks a deserializer for: this module's answers
+/// with typed values as one-entry maps `{TYPED_<kind>: text}`.
+const EXACT: &str = "$celeriac::exact";
+
+/// The typed value of `kind` (`datetime`, ...) written as `text`, or `None`
+/// if the text does not read as one.
+fn typed(kind: &str, text: &str) -> Option<Value> {
+    use crate::time::{PyDate, PyDateTime, PyTime};
+    Some(match kind {
+        "datetime" => Value::DateTime(PyDateTime::parse_iso(text).ok()?),
+        "date" => Value::Date(PyDate::parse_iso(text).ok()?),
+        "time" => Value::Time(PyTime::parse_iso(text).ok()?),
+        "uuid" => Value::Uuid(uuid::Uuid::try_parse(text).ok()?),
+        "decimal" => Value::Decimal(crate::value::Decimal::parse(text)?),
+        _ => return None,
+    })
+}
+
 impl<'de> de::Deserialize<'de> for Value {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(ValueVisitor)
+        // Other deserializers treat an unknown newtype as its content.
+        d.deserialize_newtype_struct(EXACT, ValueVisitor)
+    }
+}
+
+/// A [`Value`] deserialized for a [`Value`]: typed values come out as
+/// one-entry maps that [`ValueVisitor`] turns back into them.
+struct Exact(Value);
+
+impl<'de> de::Deserializer<'de> for Exact {
+    type Error = ValueError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ValueError> {
+        let (name, text) = match self.0 {
+            Value::DateTime(d) => (TYPED_DATETIME, d.to_iso()),
+            Value::Date(d) => (TYPED_DATE, d.to_iso()),
+            Value::Time(t) => (TYPED_TIME, t.to_iso()),
+            Value::Uuid(u) => (TYPED_UUID, u.hyphenated().to_string()),
+            Value::Decimal(d) => (TYPED_DECIMAL, d.as_str().to_owned()),
+            other => return other.deserialize_any(visitor),
+        };
+        let mut m = Map::with_capacity(1);
+        m.insert(name.to_owned(), Value::Str(text));
+        visitor.visit_map(MapDeser { iter: m.into_iter(), value: None })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
+        identifier ignored_any
     }
 }
 
@@ -339,8 +405,17 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let mut map = Map::with_capacity(access.size_hint().unwrap_or(0).min(4096));
-        while let Some((k, v)) = access.next_entry::<String, Value>()? {
+        while let Some(k) = access.next_key::<String>()? {
+            let v: Value = access.next_value()?;
             map.insert(k, v);
+        }
+        // A typed value passed through `Exact`: exactly one reserved key.
+        if map.len() == 1 {
+            if let Some((k, Value::Str(text))) = map.first() {
+                if let Some(value) = k.strip_prefix(TYPED).and_then(|kind| typed(kind, text)) {
+                    return Ok(value);
+                }
+            }
         }
         Ok(Value::Map(map))
     }
@@ -454,8 +529,12 @@ impl ser::Serializer for ValueSerializer {
     fn serialize_unit_variant(self, _name: &'static str, _i: u32, variant: &'static str) -> Result<Value, ValueError> {
         Ok(Value::Str(variant.to_owned()))
     }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _name: &'static str, v: &T) -> Result<Value, ValueError> {
-        v.serialize(self)
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, name: &'static str, v: &T) -> Result<Value, ValueError> {
+        let inner = v.serialize(self)?;
+        if let (Some(kind), Value::Str(text)) = (name.strip_prefix(TYPED), &inner) {
+            return typed(kind, text).ok_or_else(|| ValueError(format!("{text:?} is not a {kind}")));
+        }
+        Ok(inner)
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
@@ -689,5 +768,47 @@ mod tests {
         let again: Value = from_value(v.clone()).unwrap();
         assert_eq!(again, v);
         assert_eq!(to_value(&v).unwrap(), v);
+    }
+
+    #[test]
+    fn typed_values_keep_their_type_through_serde() {
+        use crate::time::{PyDate, PyDateTime, PyTime};
+        let typed = vec![
+            Value::DateTime(PyDateTime::parse_iso("2024-01-02T03:04:05.678901+00:00").unwrap()),
+            Value::DateTime(PyDateTime::parse_iso("2024-01-02T03:04:05").unwrap()),
+            Value::Date(PyDate::parse_iso("2024-01-02").unwrap()),
+            Value::Time(PyTime::parse_iso("03:04:05.000001").unwrap()),
+            Value::Uuid(uuid::Uuid::from_u128(5)),
+            Value::Decimal(crate::value::Decimal::parse("1.10").unwrap()),
+        ];
+        for v in &typed {
+            // A task returning a Value, or taking one.
+            assert_eq!(&to_value(v).unwrap(), v);
+            assert_eq!(&from_value::<Value>(v.clone()).unwrap(), v);
+        }
+        // Nested in the caller's own types.
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Out {
+            when: Value,
+            all: Vec<Value>,
+        }
+        let out = Out { when: typed[0].clone(), all: typed.clone() };
+        let v = to_value(&out).unwrap();
+        let Value::Map(m) = &v else { panic!("{v:?}") };
+        assert_eq!(m.get("when"), Some(&typed[0]));
+        assert_eq!(m.get("all"), Some(&Value::List(typed.clone())));
+        assert_eq!(from_value::<Out>(v).unwrap(), out);
+        // Text for types that want text, and for other serializers.
+        let s: String = from_value(typed[0].clone()).unwrap();
+        assert_eq!(s, "2024-01-02T03:04:05.678901+00:00");
+        assert_eq!(serde_json::to_string(&typed[4]).unwrap(), "\"00000000-0000-0000-0000-000000000005\"");
+        // A one-entry map with a reserved key that is not a typed value stays a map.
+        let mut odd = Map::new();
+        odd.insert("$celeriac::typed::datetime".into(), Value::Str("not a date".into()));
+        let odd = Value::Map(odd);
+        assert_eq!(from_value::<Value>(odd.clone()).unwrap(), odd);
+        // And serde_json values deserialize as before.
+        let j: Value = serde_json::from_str(r#"{"a": [1, "x"]}"#).unwrap();
+        assert!(matches!(j, Value::Map(_)));
     }
 }

@@ -1049,7 +1049,11 @@ fn write_value(out: &mut String, value: &Value, depth: usize) -> Result<(), Code
         }
         Value::Map(map) => {
             out.push('{');
-            for (i, (key, item)) in map.iter().enumerate() {
+            // PyYAML's safe_dump sorts mapping keys (sort_keys=True), so a
+            // Python reader sees the same order from celeriac as from Python.
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            for (i, (key, item)) in entries.into_iter().enumerate() {
                 if i > 0 {
                     out.push_str(", ");
                 }

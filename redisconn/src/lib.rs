@@ -381,6 +381,27 @@ pub enum Target {
     Sentinel(tokio::sync::Mutex<SentinelClient>),
 }
 
+/// Whether waiting can fix a Redis error, for the broker and the result
+/// backend alike: the connection broke, was refused or timed out; or the
+/// server said to come back later (`LOADING` after a restart with
+/// persistence, `BUSY` while a script runs, `OOM` at `maxmemory`,
+/// `MASTERDOWN`/`READONLY`/`TRYAGAIN` around a failover), or Sentinel knows
+/// no master yet. Everything else (a wrong type, a refused script, bad
+/// credentials) fails again if retried.
+pub fn is_transient(e: &redis::RedisError) -> bool {
+    use redis::ErrorKind;
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.code(),
+            Some("LOADING" | "BUSY" | "OOM" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN" | "NOREPLICAS")
+        )
+        || matches!(e.kind(), ErrorKind::MasterNameNotFoundBySentinel | ErrorKind::NoValidReplicasFoundBySentinel)
+}
+
 /// The database and credentials for the server (under Sentinel, for the master).
 pub fn redis_settings(db: i64, username: Option<&str>, password: Option<&str>) -> RedisConnectionInfo {
     let settings = RedisConnectionInfo::default().set_db(db);

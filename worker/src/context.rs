@@ -1,7 +1,11 @@
 //! `Ctx`: what a running task knows about itself and can ask of its worker.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use celeriac_client::{Applied, Lineage};
+use celeriac_protocol::task::Embed;
+use celeriac_protocol::Signature;
 
 use celeriac_protocol::envelope::DeliveryInfo;
 use celeriac_protocol::task::TaskHeaders;
@@ -23,6 +27,28 @@ pub trait WorkerServices: Send + Sync + 'static {
     ) -> futures_util::future::BoxFuture<'static, Result<(), TaskError>>;
     /// Whether `task_id` has been revoked.
     fn is_revoked(&self, task_id: &str) -> bool;
+
+    /// Applies a canvas signature (task, group, chain, chord) in `lineage`,
+    /// as `sig.apply_async()` from inside a Python task.
+    fn apply(
+        &self,
+        sig: Signature,
+        lineage: Lineage,
+    ) -> futures_util::future::BoxFuture<'static, Result<Applied, TaskError>> {
+        let _ = (sig, lineage);
+        Box::pin(async {
+            Err(TaskError::builtin("RuntimeError", "this task runs outside a worker: nothing can be sent"))
+        })
+    }
+
+    /// Raises the size of chord `group_id` by one (the backend's
+    /// `add_to_chord`), before a task joins it.
+    fn add_to_chord(&self, group_id: &str) -> futures_util::future::BoxFuture<'static, Result<(), TaskError>> {
+        let _ = group_id;
+        Box::pin(async {
+            Err(TaskError::builtin("RuntimeError", "this task runs outside a worker: no chord to add to"))
+        })
+    }
 }
 
 /// Services that do nothing: for running a handler outside a worker.
@@ -63,6 +89,10 @@ pub struct RequestInfo {
     pub properties: Map,
     /// The message priority (Python's `delivery_info['priority']`).
     pub priority: u8,
+    /// What happens after the task: links, error links, the rest of its
+    /// chain, the chord it is a header part of (Python's `request.callbacks`,
+    /// `.errbacks`, `.chain`, `.chord`).
+    pub embed: Embed,
 }
 
 /// The task's context: an extractor (`ctx: Ctx`) giving the request's
@@ -78,6 +108,14 @@ struct CtxInner {
     services: Arc<dyn WorkerServices>,
     soft_limit: CancellationToken,
     terminate: CancellationToken,
+    /// What the task sent while it ran (its result's `children`).
+    trail: Mutex<Vec<Applied>>,
+    /// What the task asked to be replaced with.
+    replacement: Mutex<Option<Signature>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for Ctx {
@@ -95,7 +133,16 @@ impl Ctx {
         soft_limit: CancellationToken,
         terminate: CancellationToken,
     ) -> Ctx {
-        Ctx { inner: Arc::new(CtxInner { request, services, soft_limit, terminate }) }
+        Ctx {
+            inner: Arc::new(CtxInner {
+                request,
+                services,
+                soft_limit,
+                terminate,
+                trail: Mutex::default(),
+                replacement: Mutex::default(),
+            }),
+        }
     }
 
     /// A context with no worker behind it (for calling a task in tests).
@@ -203,6 +250,71 @@ impl Ctx {
     /// Completes when the task is revoked with `terminate`.
     pub async fn terminated(&self) {
         self.inner.terminate.cancelled().await;
+    }
+
+    /// Applies a signature (a task, group, chain or chord) as a child of this
+    /// task, as `sig.apply_async()` from inside a Python task: its
+    /// `parent_id` is this task, its `root_id` this task's root, and it is
+    /// listed in this task's result as one of its `children`.
+    pub async fn apply(&self, sig: impl Into<Signature>) -> Result<Applied, TaskError> {
+        let applied = self.inner.services.apply(sig.into(), self.lineage()).await?;
+        lock(&self.inner.trail).push(applied.clone());
+        Ok(applied)
+    }
+
+    /// Replaces this task with `sig` (Python's `return self.replace(sig)`):
+    /// `return Err(ctx.replace(sig))`. The replacement inherits this task's
+    /// id (its last task does), its place in a group or chord, its links and
+    /// the rest of its chain; nothing is stored for this task itself.
+    pub fn replace(&self, sig: impl Into<Signature>) -> TaskError {
+        *lock(&self.inner.replacement) = Some(sig.into());
+        TaskError::Ignore
+    }
+
+    /// Adds `sig` to the chord this task is a header part of (Python's
+    /// `self.add_to_chord(sig)`): the chord waits for it too.
+    pub async fn add_to_chord(&self, sig: impl Into<Signature>) -> Result<Applied, TaskError> {
+        let (Some(chord), Some(group)) = (&self.inner.request.embed.chord, self.group_id()) else {
+            return Err(TaskError::builtin("ValueError", "Current task is not member of any chord"));
+        };
+        let mut sig = sig.into();
+        sig.options.insert("group_id".into(), Value::Str(group.to_owned()));
+        if let Some(index) = self.inner.request.headers.group_index {
+            sig.options.insert("group_index".into(), Value::Int(index));
+        }
+        sig.options.insert("chord".into(), chord.to_value());
+        celeriac_client::freeze(&mut sig);
+        self.inner.services.add_to_chord(group).await?;
+        self.apply(sig).await
+    }
+
+    /// The chord body this task is a header part of, if any.
+    pub fn chord(&self) -> Option<&Signature> {
+        self.inner.request.embed.chord.as_ref()
+    }
+
+    /// How many times the task this one replaces was itself replaced.
+    pub fn replaced_task_nesting(&self) -> i64 {
+        self.inner.request.headers.replaced_task_nesting
+    }
+
+    fn lineage(&self) -> Lineage {
+        let id = self.id().to_owned();
+        Lineage {
+            root_id: Some(self.root_id().map(str::to_owned).unwrap_or_else(|| id.clone())),
+            parent_id: Some(id),
+            priority: None,
+        }
+    }
+
+    /// What the task sent while it ran, in order (taken once).
+    pub(crate) fn take_trail(&self) -> Vec<Applied> {
+        std::mem::take(&mut *lock(&self.inner.trail))
+    }
+
+    /// The signature the task asked to be replaced with (taken once).
+    pub(crate) fn take_replacement(&self) -> Option<Signature> {
+        lock(&self.inner.replacement).take()
     }
 
     /// The error to return after noticing the soft time limit: Python sees

@@ -184,6 +184,14 @@ impl Pidbox {
             debug!("remote control: dropping an expired request");
             return;
         }
+        // As kombu's Mailbox: only the content types of accept_content.
+        if !self.shared.accept.allows(&message.content_type) {
+            let e = RequestError::Decode(format!(
+                "content type {:?} is not in accept_content",
+                message.content_type.chars().take(100).collect::<String>()
+            ));
+            return self.dropped("invalid", &e);
+        }
         let body = match request::decode_body(message) {
             Ok(body) => body,
             Err(e) => return self.dropped("invalid", &e),
@@ -286,6 +294,30 @@ impl Pidbox {
             Command::Conf => value(self.conf()),
             Command::Report => ok(self.report()),
             Command::Revoke { ids, terminate, signal, .. } => self.revoke(ids, terminate, signal).await,
+            Command::RevokeByStampedHeaders { headers, terminate, signal, repr } => {
+                shared.state.revoked_stamps().add(&headers);
+                info!("Tasks flagged as revoked by stamped headers: {repr}");
+                if !terminate {
+                    return ok(format!("headers {repr} flagged as revoked, but not terminated"));
+                }
+                let matched = shared.state.terminate_stamped(&headers, signal);
+                if matched.is_empty() {
+                    return ok(format!("headers {repr} were not terminated"));
+                }
+                // Celery's reply shows its defaultdict of sets.
+                let entries: Vec<String> = matched
+                    .iter()
+                    .map(|(h, vs)| {
+                        let set: Vec<String> = vs.iter().map(celeriac_protocol::result::python_repr).collect();
+                        format!(
+                            "{}: {{{}}}",
+                            celeriac_protocol::result::python_repr(&Value::Str(h.clone())),
+                            set.join(", ")
+                        )
+                    })
+                    .collect();
+                ok(format!("headers defaultdict(<class 'set'>, {{{}}}) revoked", entries.join(", ")))
+            }
             Command::RateLimit { task, rate, truthy, text } => self.rate_limit(task, rate, truthy, &text),
             Command::TimeLimit { task, limits } => self.time_limit(task, limits),
             Command::AddConsumer { queue, exchange, routing_key } => {

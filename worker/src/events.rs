@@ -138,17 +138,25 @@ impl Events {
         }
     }
 
-    /// Flushes the task events still buffered and stops the flusher.
+    /// Flushes the task events still buffered and stops the flusher, giving
+    /// up (and saying how many were dropped) after [`CLOSE_DEADLINE`]: a
+    /// shutdown during an outage must not wait for every batch's retries.
     pub async fn close(&self) {
         if let Ok(mut buffer) = self.buffer.lock() {
             buffer.take();
         }
         let flusher = self.flusher.lock().ok().and_then(|mut f| f.take());
-        if let Some(flusher) = flusher {
-            let _ = flusher.await;
+        if let Some(mut flusher) = flusher {
+            if tokio::time::timeout(CLOSE_DEADLINE, &mut flusher).await.is_err() {
+                flusher.abort();
+                warn!("task events still buffered after {CLOSE_DEADLINE:?} were dropped: the broker did not take them");
+            }
         }
     }
 }
+
+/// How long [`Events::close`] waits for the buffered task events to go out.
+pub const CLOSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Sends buffered task events: alone when one is waiting, else up to
 /// [`BATCH`] in a `task.multi` list.

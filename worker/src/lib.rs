@@ -27,7 +27,11 @@
 //! (`Args`, `Kwargs`, `Ctx`), [`handler`] (functions as tasks), [`task`]
 //! (options), [`registry`], [`context`].
 
-pub mod client;
+// The control loop and the runtime are deep futures (the Redis settler and
+// the canvas applier are in their types).
+#![recursion_limit = "256"]
+
+mod builtins;
 pub mod context;
 pub mod control;
 pub mod error;
@@ -42,14 +46,14 @@ pub mod state;
 pub mod store;
 pub mod task;
 
-pub use client::{AsyncResult, Client, ResultError};
+pub use celeriac_client::{AsyncResult, Client, ResultError};
 pub use context::{Ctx, RequestInfo, WorkerServices};
 pub use error::TaskError;
 pub use extract::{Args, FromInvocation, Invocation, Kwargs, RawArgs};
 pub use registry::Registry;
 pub use runtime::{Worker, WorkerConfig};
 pub use store::{ChordPartReturn, ResultStore, StoreError};
-pub use task::{Task, TaskOptions};
+pub use task::{Param, Task, TaskOptions};
 
 #[cfg(test)]
 mod tests {

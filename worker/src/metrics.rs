@@ -1,9 +1,16 @@
 //! Prometheus metrics of a worker, served on `--metrics-addr` at `/metrics`
 //! in the text exposition format. Task counters and the runtime histogram
 //! use celery-exporter's names and labels (`celery_task_succeeded_total{name,
-//! hostname}`, `celery_task_runtime`), so its dashboards work unchanged;
+//! hostname,queue_name}`, `celery_task_runtime`), and the queue gauges its
+//! (`celery_queue_length{queue_name}`, `celery_active_worker_count`,
+//! `celery_active_process_count`), so its Grafana dashboards work unchanged;
 //! gauges for prefetch, reserved and scheduled requests and broker
 //! reconnects are celeriac's own (`celeriac_*`).
+//!
+//! A task's `queue_name` is the queue its message came from, noted when it
+//! is received ([`Metrics::note_queue`]); a task never noted counts under
+//! [`DEFAULT_QUEUE_LABEL`], as celery-exporter does for a task it knows no
+//! queue of.
 //!
 //! Bounded against hostile input: task names not registered on this worker
 //! (once [`Metrics::known_tasks`] was called) share the one label value
@@ -34,6 +41,13 @@ pub const UNREGISTERED: &str = "<unregistered>";
 pub const MAX_SERIES: usize = 10_000;
 /// Longest `exception` label value.
 const MAX_EXCEPTION_LABEL: usize = 100;
+/// The `queue_name` of a task whose queue was not noted (celery-exporter's default).
+pub const DEFAULT_QUEUE_LABEL: &str = "celery";
+/// Most task ids whose queue is remembered at once (the oldest half is
+/// forgotten beyond it; those tasks then count under [`DEFAULT_QUEUE_LABEL`]).
+pub const MAX_NOTED_QUEUES: usize = 100_000;
+/// Most queues with a `celery_queue_length` series.
+pub const MAX_QUEUE_SERIES: usize = 1_000;
 
 /// Histogram buckets of `celery_task_runtime` (prometheus_client's defaults,
 /// as celery-exporter uses).
@@ -50,12 +64,18 @@ struct Histogram {
 struct Inner {
     /// (metric, labels) → value.
     counters: BTreeMap<(String, String), u64>,
-    runtimes: BTreeMap<String, Histogram>,
+    /// (task name, queue) → runtimes.
+    runtimes: BTreeMap<(String, String), Histogram>,
     gauges: BTreeMap<String, f64>,
     /// The registered task names; `None` until given (every name counts).
     known: Option<HashSet<String>>,
     /// New series not recorded because of [`MAX_SERIES`].
     dropped: u64,
+    /// Task id → the queue its message came from, with the order noted.
+    queues_by_id: std::collections::HashMap<String, (u64, String)>,
+    noted: u64,
+    /// Queue → (messages waiting, workers consuming it, their slots).
+    queue_gauges: BTreeMap<String, (u64, u64, u64)>,
 }
 
 impl Inner {
@@ -161,6 +181,37 @@ impl Metrics {
         }
     }
 
+    /// Notes the queue the message of task `id` came from, for the
+    /// `queue_name` label of its events. Bounded by [`MAX_NOTED_QUEUES`].
+    pub fn note_queue(&self, id: &str, queue: &str) {
+        let mut inner = lock(&self.inner);
+        if inner.queues_by_id.len() >= MAX_NOTED_QUEUES && !inner.queues_by_id.contains_key(id) {
+            let cut = inner.noted.saturating_sub((MAX_NOTED_QUEUES / 2) as u64);
+            inner.queues_by_id.retain(|_, (n, _)| *n >= cut);
+        }
+        inner.noted += 1;
+        let n = inner.noted;
+        inner.queues_by_id.insert(id.to_owned(), (n, queue.to_owned()));
+    }
+
+    /// Sets the queue gauges of `queue`: messages waiting in the broker
+    /// (`celery_queue_length`), this worker consuming it
+    /// (`celery_active_worker_count` 1) with `slots` task slots
+    /// (`celery_active_process_count`). At most [`MAX_QUEUE_SERIES`] queues.
+    pub fn set_queue(&self, queue: &str, waiting: u64, slots: u64) {
+        let mut inner = lock(&self.inner);
+        if inner.queue_gauges.len() >= MAX_QUEUE_SERIES && !inner.queue_gauges.contains_key(queue) {
+            inner.dropped += 1;
+            return;
+        }
+        inner.queue_gauges.insert(queue.to_owned(), (waiting, 1, slots));
+    }
+
+    /// Forgets the queue gauges of queues not in `keep` (no longer consumed).
+    pub fn retain_queues(&self, keep: &[String]) {
+        lock(&self.inner).queue_gauges.retain(|q, _| keep.iter().any(|k| k == q));
+    }
+
     /// Counts a task event (`task-succeeded`, ...) of `task` with its fields.
     pub fn observe(&self, kind: &str, task: &TaskMessage, fields: &Map) {
         let Some(state) = kind.strip_prefix("task-") else { return };
@@ -170,19 +221,28 @@ impl Metrics {
         }
         let mut inner = lock(&self.inner);
         let name = Self::task_label(&inner, &task.headers.task).to_owned();
+        let queue = match inner.queues_by_id.get(&task.headers.id) {
+            Some((_, q)) => q.clone(),
+            None => DEFAULT_QUEUE_LABEL.to_owned(),
+        };
+        if matches!(state, "succeeded" | "failed" | "revoked" | "rejected") {
+            inner.queues_by_id.remove(&task.headers.id);
+        }
         let host = host_label(&self.hostname);
         let mut labels = format!("name=\"{}\",hostname=\"{}\"", escape(&name), escape(host));
         if state == "failed" {
             let exc = fields.get("exception").and_then(Value::as_str).map(exception_name).unwrap_or_default();
             let _ = write!(labels, ",exception=\"{}\"", escape(&exc));
         }
+        let _ = write!(labels, ",queue_name=\"{}\"", escape(&queue));
         inner.bump(format!("celery_task_{state}_total"), labels);
         if let (Some(runtime), "succeeded") = (fields.get("runtime").and_then(Value::as_f64), state) {
-            if !inner.runtimes.contains_key(&name) && inner.series() >= MAX_SERIES {
+            let key = (name, queue);
+            if !inner.runtimes.contains_key(&key) && inner.series() >= MAX_SERIES {
                 inner.dropped += 1;
                 return;
             }
-            let h = inner.runtimes.entry(name).or_default();
+            let h = inner.runtimes.entry(key).or_default();
             for (i, bound) in BUCKETS.iter().enumerate() {
                 if runtime <= *bound {
                     h.counts[i] += 1;
@@ -213,11 +273,6 @@ impl Metrics {
         lock(&self.inner).bump("celeriac_messages_refused_total".into(), labels);
     }
 
-    fn rejected(&self, why: Rejected) {
-        let labels = format!("reason=\"{}\",hostname=\"{}\"", why.label(), escape(host_label(&self.hostname)));
-        lock(&self.inner).bump("celeriac_metrics_requests_rejected_total".into(), labels);
-    }
-
     /// Sets a gauge (`celery_worker_tasks_active`, `celeriac_worker_reserved`, ...).
     pub fn set_gauge(&self, name: &str, value: f64) {
         lock(&self.inner).gauges.insert(name.to_owned(), value);
@@ -239,8 +294,8 @@ impl Metrics {
         if !inner.runtimes.is_empty() {
             let _ = writeln!(out, "# TYPE celery_task_runtime histogram");
         }
-        for (name, h) in &inner.runtimes {
-            let labels = format!("name=\"{}\",hostname=\"{host}\"", escape(name));
+        for ((name, queue), h) in &inner.runtimes {
+            let labels = format!("name=\"{}\",hostname=\"{host}\",queue_name=\"{}\"", escape(name), escape(queue));
             // `le` as prometheus_client writes it (`1.0`, not `1`), so the
             // series are the same as celery-exporter's.
             for (bound, count) in BUCKETS.iter().zip(h.counts) {
@@ -256,6 +311,18 @@ impl Metrics {
             let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name}{{hostname=\"{host}\"}} {value}");
+        }
+        if !inner.queue_gauges.is_empty() {
+            for (i, metric) in ["celery_queue_length", "celery_active_worker_count", "celery_active_process_count"]
+                .into_iter()
+                .enumerate()
+            {
+                let _ = writeln!(out, "# TYPE {metric} gauge");
+                for (queue, (waiting, workers, slots)) in &inner.queue_gauges {
+                    let value = [waiting, workers, slots][i];
+                    let _ = writeln!(out, "{metric}{{queue_name=\"{}\"}} {value}", escape(queue));
+                }
+            }
         }
         let _ = writeln!(out, "# TYPE celeriac_metrics_series_dropped_total counter");
         let _ = writeln!(out, "celeriac_metrics_series_dropped_total{{hostname=\"{host}\"}} {}", inner.dropped);
@@ -280,89 +347,121 @@ impl Metrics {
         stop: CancellationToken,
         limits: HttpLimits,
     ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-        let listener = TcpListener::bind(addr).await?;
-        info!("metrics at http://{}/metrics", listener.local_addr()?);
-        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-        Ok(tokio::spawn(async move {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            // Out of file descriptors, typically: back off
-                            // instead of spinning on the error.
-                            warn!("metrics: accept failed: {e}");
-                            tokio::select! {
-                                _ = stop.cancelled() => return,
-                                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                            }
-                            continue;
-                        }
-                    },
-                };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    debug!("metrics: {peer} turned away: {} connections are being served", limits.max_connections);
-                    self.rejected(Rejected::Busy);
-                    drop(stream);
-                    continue;
-                };
-                let metrics = self.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    match tokio::time::timeout(limits.request_timeout, metrics.answer(stream, limits)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => debug!("metrics: serving {peer} failed: {e}"),
-                        Err(_) => {
-                            debug!(
-                                "metrics: {peer} dropped: no complete request and reply within {:?}",
-                                limits.request_timeout
-                            );
-                            metrics.rejected(Rejected::Timeout);
-                        }
-                    }
-                });
-            }
-        }))
+        serve_exposition(self, addr, stop, limits).await
+    }
+}
+
+/// Something served as a Prometheus text exposition at `/metrics` (the
+/// worker's [`Metrics`], a beat's metrics).
+pub trait Exposition: Send + Sync + 'static {
+    /// The exposition text.
+    fn render(&self) -> String;
+    /// Counts a connection turned away (`busy`, `timeout`, `too_large`).
+    fn rejected(&self, reason: &'static str);
+}
+
+impl Exposition for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
     }
 
-    /// Reads one request head (at most `limits.max_request_bytes`) and answers it.
-    async fn answer(&self, mut stream: TcpStream, limits: HttpLimits) -> std::io::Result<()> {
-        let mut buf = vec![0u8; limits.max_request_bytes];
-        let mut read = 0;
-        let complete = loop {
-            if read == buf.len() {
-                break false;
-            }
-            let before = read;
-            match stream.read(&mut buf[read..]).await? {
-                0 => break true,
-                n => read += n,
-            }
-            // Only the new bytes and the three before them can hold the end.
-            if buf[before.saturating_sub(3)..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                break true;
-            }
-        };
-        let (status, body) = if !complete {
-            self.rejected(Rejected::TooLarge);
-            ("431 Request Header Fields Too Large", "request head too large\n".to_owned())
-        } else {
-            let request = String::from_utf8_lossy(&buf[..read]);
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
-                ("200 OK", self.render())
-            } else {
-                ("404 Not Found", "not found; metrics are at /metrics\n".to_owned())
-            }
-        };
-        let response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
+    fn rejected(&self, reason: &'static str) {
+        let labels = format!("reason=\"{reason}\",hostname=\"{}\"", escape(host_label(&self.hostname)));
+        lock(&self.inner).bump("celeriac_metrics_requests_rejected_total".into(), labels);
     }
+}
+
+/// Serves `GET /metrics` of `source` on `addr` until `stop`, within
+/// `limits` (a slow or silent client is dropped, connections and request
+/// heads are bounded). Binding errors are returned; request errors logged.
+pub async fn serve_exposition<E: Exposition>(
+    source: Arc<E>,
+    addr: SocketAddr,
+    stop: CancellationToken,
+    limits: HttpLimits,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await?;
+    info!("metrics at http://{}/metrics", listener.local_addr()?);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    Ok(tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors, typically: back off
+                        // instead of spinning on the error.
+                        warn!("metrics: accept failed: {e}");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        }
+                        continue;
+                    }
+                },
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                debug!("metrics: {peer} turned away: {} connections are being served", limits.max_connections);
+                source.rejected(Rejected::Busy.label());
+                drop(stream);
+                continue;
+            };
+            let source = source.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                match tokio::time::timeout(limits.request_timeout, answer(source.as_ref(), stream, limits)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!("metrics: serving {peer} failed: {e}"),
+                    Err(_) => {
+                        debug!(
+                            "metrics: {peer} dropped: no complete request and reply within {:?}",
+                            limits.request_timeout
+                        );
+                        source.rejected(Rejected::Timeout.label());
+                    }
+                }
+            });
+        }
+    }))
+}
+
+/// Reads one request head (at most `limits.max_request_bytes`) and answers it.
+async fn answer<E: Exposition>(source: &E, mut stream: TcpStream, limits: HttpLimits) -> std::io::Result<()> {
+    let mut buf = vec![0u8; limits.max_request_bytes];
+    let mut read = 0;
+    let complete = loop {
+        if read == buf.len() {
+            break false;
+        }
+        let before = read;
+        match stream.read(&mut buf[read..]).await? {
+            0 => break true,
+            n => read += n,
+        }
+        // Only the new bytes and the three before them can hold the end.
+        if buf[before.saturating_sub(3)..read].windows(4).any(|w| w == b"\r\n\r\n") {
+            break true;
+        }
+    };
+    let (status, body) = if !complete {
+        source.rejected(Rejected::TooLarge.label());
+        ("431 Request Header Fields Too Large", "request head too large\n".to_owned())
+    } else {
+        let request = String::from_utf8_lossy(&buf[..read]);
+        let path = request.split_whitespace().nth(1).unwrap_or("");
+        if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
+            ("200 OK", source.render())
+        } else {
+            ("404 Not Found", "not found; metrics are at /metrics\n".to_owned())
+        }
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
 }
 
 #[cfg(test)]
@@ -381,13 +480,21 @@ mod tests {
         m.observe("task-failed", &task, &failed);
         m.set_gauge("celery_worker_tasks_active", 2.0);
         let text = m.render();
-        assert!(text.contains(r#"celery_task_succeeded_total{name="tasks.add",hostname="node1"} 1"#), "{text}");
         assert!(
-            text.contains(r#"celery_task_failed_total{name="tasks.add",hostname="node1",exception="ValueError"} 1"#)
+            text.contains(r#"celery_task_succeeded_total{name="tasks.add",hostname="node1",queue_name="celery"} 1"#),
+            "{text}"
         );
-        assert!(text.contains(r#"celery_task_runtime_bucket{name="tasks.add",hostname="node1",le="0.025"} 1"#));
-        assert!(text.contains(r#"celery_task_runtime_bucket{name="tasks.add",hostname="node1",le="0.01"} 0"#));
-        assert!(text.contains(r#"celery_task_runtime_bucket{name="tasks.add",hostname="node1",le="1.0"} 1"#));
+        assert!(text.contains(
+            r#"celery_task_failed_total{name="tasks.add",hostname="node1",exception="ValueError",queue_name="celery"} 1"#
+        ));
+        let bucket = |le: &str, n: u32| {
+            format!(
+                r#"celery_task_runtime_bucket{{name="tasks.add",hostname="node1",queue_name="celery",le="{le}"}} {n}"#
+            )
+        };
+        assert!(text.contains(&bucket("0.025", 1)), "{text}");
+        assert!(text.contains(&bucket("0.01", 0)));
+        assert!(text.contains(&bucket("1.0", 1)));
         assert!(text.contains(r#"celery_worker_tasks_active{hostname="node1"} 2"#));
     }
 
@@ -403,10 +510,43 @@ mod tests {
         }
         m.observe("task-received", &TaskMessage::new("tasks.add", "id"), &Map::new());
         let text = m.render();
-        assert!(text.contains(r#"celery_task_received_total{name="<unregistered>",hostname="node1"} 1000"#), "{text}");
-        assert!(text.contains(r#"celery_task_runtime_count{name="<unregistered>",hostname="node1"} 1000"#));
-        assert!(text.contains(r#"celery_task_received_total{name="tasks.add",hostname="node1"} 1"#));
+        let unregistered = r#"name="<unregistered>",hostname="node1",queue_name="celery""#;
+        assert!(text.contains(&format!("celery_task_received_total{{{unregistered}}} 1000")), "{text}");
+        assert!(text.contains(&format!("celery_task_runtime_count{{{unregistered}}} 1000")));
+        assert!(text.contains(r#"celery_task_received_total{name="tasks.add",hostname="node1",queue_name="celery"} 1"#));
         assert!(!text.contains("random."), "{text}");
+    }
+
+    #[test]
+    fn tasks_count_under_the_queue_they_came_from() {
+        let m = Metrics::new("w@h");
+        let task = TaskMessage::new("tasks.add", "id-7");
+        m.note_queue("id-7", "workflow.hpc");
+        m.observe("task-received", &task, &Map::new());
+        let mut fields = Map::new();
+        fields.insert("runtime".into(), Value::Float(0.2));
+        m.observe("task-succeeded", &task, &fields);
+        // Finished: forgotten, so a later event of that id has no queue.
+        m.observe("task-revoked", &task, &Map::new());
+        m.set_queue("workflow.hpc", 12, 4);
+        m.set_queue("celery", 0, 4);
+        m.retain_queues(&["workflow.hpc".to_owned()]);
+        let text = m.render();
+        assert!(
+            text.contains(r#"celery_task_received_total{name="tasks.add",hostname="h",queue_name="workflow.hpc"} 1"#)
+        );
+        assert!(
+            text.contains(r#"celery_task_runtime_count{name="tasks.add",hostname="h",queue_name="workflow.hpc"} 1"#)
+        );
+        assert!(text.contains(r#"celery_task_revoked_total{name="tasks.add",hostname="h",queue_name="celery"} 1"#));
+        assert!(text.contains(r#"celery_queue_length{queue_name="workflow.hpc"} 12"#), "{text}");
+        assert!(text.contains(r#"celery_active_worker_count{queue_name="workflow.hpc"} 1"#));
+        assert!(text.contains(r#"celery_active_process_count{queue_name="workflow.hpc"} 4"#));
+        assert!(!text.contains(r#"queue_length{queue_name="celery"}"#), "{text}");
+        for i in 0..(MAX_NOTED_QUEUES + 10) {
+            m.note_queue(&format!("id-{i}"), "q");
+        }
+        assert!(lock(&m.inner).queues_by_id.len() <= MAX_NOTED_QUEUES);
     }
 
     #[test]

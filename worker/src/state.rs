@@ -40,6 +40,8 @@ pub enum Phase {
 #[derive(Debug, Clone)]
 struct Tracked {
     info: Map,
+    /// The request's stamps (`stamps` header), for `revoke_by_stamped_headers`.
+    stamps: Map,
     phase: Phase,
     terminate: CancellationToken,
     /// The signal a `revoke --terminate` named (15 for SIGTERM).
@@ -56,6 +58,7 @@ pub struct WorkerState {
     processed: AtomicU64,
     started: Instant,
     revoked: Revoked,
+    revoked_stamps: RevokedStamps,
 }
 
 impl WorkerState {
@@ -67,6 +70,7 @@ impl WorkerState {
             processed: AtomicU64::new(0),
             started: Instant::now(),
             revoked: Revoked::load(statedb),
+            revoked_stamps: RevokedStamps::default(),
         }
     }
 
@@ -74,7 +78,8 @@ impl WorkerState {
     pub fn received(&self, task: &TaskMessage, delivery: &Delivery, hostname: &str) -> CancellationToken {
         let terminate = CancellationToken::new();
         let info = request_info(task, delivery, hostname);
-        let tracked = Tracked { info, phase: Phase::Reserved, terminate, signum: None };
+        let tracked =
+            Tracked { info, stamps: task.headers.stamps.clone(), phase: Phase::Reserved, terminate, signum: None };
         let token = tracked.terminate.clone();
         lock(&self.requests).entry(task.headers.id.clone()).or_default().push(tracked);
         token
@@ -189,6 +194,41 @@ impl WorkerState {
             running = true;
         }
         running
+    }
+
+    /// Terminates every running request with a stamp among `headers`
+    /// (`revoke_by_stamped_headers` with `terminate`); returns, by header,
+    /// the stamp values that matched.
+    pub fn terminate_stamped(&self, headers: &[(String, Vec<Value>)], signum: i64) -> Vec<(String, Vec<Value>)> {
+        let mut matched: Vec<(String, Vec<Value>)> = Vec::new();
+        let mut r = lock(&self.requests);
+        for t in r.values_mut().flatten().filter(|t| matches!(t.phase, Phase::Active { .. })) {
+            for (header, wanted) in headers {
+                let Some(stamp) = t.stamps.get(header) else { continue };
+                let hits: Vec<Value> = stamp_values(stamp).into_iter().filter(|v| wanted.contains(v)).collect();
+                if hits.is_empty() {
+                    continue;
+                }
+                t.signum = Some(signum);
+                t.terminate.cancel();
+                match matched.iter_mut().find(|(h, _)| h == header) {
+                    Some((_, values)) => {
+                        for hit in hits {
+                            if !values.contains(&hit) {
+                                values.push(hit);
+                            }
+                        }
+                    }
+                    None => matched.push((header.clone(), hits)),
+                }
+            }
+        }
+        matched
+    }
+
+    /// The stamp values revoked by `revoke_by_stamped_headers`, by header.
+    pub fn revoked_stamps(&self) -> &RevokedStamps {
+        &self.revoked_stamps
     }
 
     /// The signal `id` was terminated with, if it was.
@@ -353,9 +393,16 @@ fn sane_time(at: f64, now: f64) -> f64 {
 pub struct Revoked {
     ids: Mutex<LimitedSet>,
     file: Option<PathBuf>,
-    /// Held while a snapshot is taken and written, so writes land in order.
-    saving: Mutex<()>,
+    /// Held while a snapshot is taken and written, so writes land in order;
+    /// holds when the file was last written.
+    saving: Mutex<Option<std::time::Instant>>,
+    /// Changed since the file was last written.
+    dirty: std::sync::atomic::AtomicBool,
 }
+
+/// The file is written at most this often when revokes come in a flood; the
+/// worker flushes what is left every second and at shutdown.
+const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Revoked {
     fn load(file: Option<PathBuf>) -> Revoked {
@@ -377,7 +424,12 @@ impl Revoked {
                 Err(e) => tracing::warn!("{e}"),
             }
         }
-        Revoked { ids: Mutex::new(set), file, saving: Mutex::new(()) }
+        Revoked {
+            ids: Mutex::new(set),
+            file,
+            saving: Mutex::new(None),
+            dirty: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Whether `id` is revoked.
@@ -385,7 +437,8 @@ impl Revoked {
         lock(&self.ids).contains(id)
     }
 
-    /// Revokes `ids` (now), saving the state file. Ids longer than
+    /// Revokes `ids` (now), saving the state file (at most once a second:
+    /// [`Revoked::flush`] writes what is left). Ids longer than
     /// [`MAX_TASK_ID_LEN`] are left out; of more than [`REVOKES_MAX`], the last
     /// ones are kept.
     pub fn add<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
@@ -410,7 +463,19 @@ impl Revoked {
             }
             set.purge(now);
         }
-        self.save();
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+        let recent = lock(&self.saving).is_some_and(|at| at.elapsed() < SAVE_EVERY);
+        if !recent {
+            self.flush();
+        }
+    }
+
+    /// Writes the state file if something changed since it was last
+    /// written (see [`write_state_file`]); failures are logged.
+    pub fn flush(&self) {
+        if self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            self.save();
+        }
     }
 
     /// The ids, oldest first.
@@ -438,7 +503,8 @@ impl Revoked {
     /// Writes the state file (see [`write_state_file`]); failures are logged.
     fn save(&self) {
         let Some(path) = &self.file else { return };
-        let _saving = lock(&self.saving);
+        let mut saving = lock(&self.saving);
+        *saving = Some(std::time::Instant::now());
         let mut revoked = Map::new();
         for (id, at) in self.entries() {
             revoked.insert(id, Value::Float(at));
@@ -525,6 +591,60 @@ pub fn write_state_file(path: &Path, bytes: &[u8]) -> Result<(), StateFileError>
     Ok(())
 }
 
+/// A stamp's values: a list's items, or the value itself (Celery's `maybe_list`).
+pub fn stamp_values(stamp: &Value) -> Vec<Value> {
+    match stamp {
+        Value::List(items) => items.clone(),
+        other => vec![other.clone()],
+    }
+}
+
+/// Most stamp values kept by `revoke_by_stamped_headers` (the oldest go first).
+pub const REVOKED_STAMPS_MAX: usize = 50_000;
+
+/// Stamp values revoked by `revoke_by_stamped_headers`, by header (Celery's
+/// `worker_state.revoked_stamps`), bounded to [`REVOKED_STAMPS_MAX`] values.
+#[derive(Debug, Default)]
+pub struct RevokedStamps {
+    by_header: Mutex<Vec<(String, Vec<Value>)>>,
+}
+
+impl RevokedStamps {
+    /// Revokes `values` of each header.
+    pub fn add(&self, headers: &[(String, Vec<Value>)]) {
+        let mut all = lock(&self.by_header);
+        for (header, values) in headers {
+            match all.iter_mut().find(|(h, _)| h == header) {
+                Some((_, known)) => known.extend(values.iter().cloned()),
+                None => all.push((header.clone(), values.clone())),
+            }
+        }
+        let mut total: usize = all.iter().map(|(_, v)| v.len()).sum();
+        for (_, values) in all.iter_mut() {
+            while total > REVOKED_STAMPS_MAX && !values.is_empty() {
+                values.remove(0);
+                total -= 1;
+            }
+        }
+        all.retain(|(_, v)| !v.is_empty());
+    }
+
+    /// The first stamp of `stamps` (with `stamped_headers` naming them) that
+    /// is revoked, as `(header, value)`, checked as Celery's `Request.revoked`.
+    pub fn matching(&self, stamped_headers: &[String], stamps: &Map) -> Option<(String, Value)> {
+        let all = lock(&self.by_header);
+        if all.is_empty() {
+            return None;
+        }
+        for header in stamped_headers {
+            let Some((_, revoked)) = all.iter().find(|(h, _)| h == header) else { continue };
+            let stamp = stamps.get(header)?;
+            return stamp_values(stamp).into_iter().find(|v| revoked.contains(v)).map(|v| (header.clone(), v));
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,6 +706,10 @@ mod tests {
         let state = WorkerState::new(Some(path.clone()));
         state.revoked().add(["a"]);
         state.revoked().add(["b"]);
+        // Written at once the first time, then at most once a second: the
+        // second revoke waits for a flush (the worker flushes every second).
+        assert_eq!(read_state_file(&path).unwrap().len(), 1);
+        state.revoked().flush();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{mode:o}");
         let names: Vec<String> =

@@ -79,6 +79,26 @@ pub trait ResultStore: Send + Sync + 'static {
         Box::pin(async { Ok(ChordOutcome::NotReady { ready: 0, total: None }) })
     }
 
+    /// Records that chord `group_id` completes after `size` header parts
+    /// (Celery's `set_chord_size`), before its header is sent. A store
+    /// without chord support refuses: the chord could never complete.
+    fn set_chord_size(&self, group_id: &str, size: u64) -> BoxFuture<'static, Result<(), StoreError>> {
+        let _ = size;
+        let group_id = group_id.to_owned();
+        Box::pin(async move {
+            Err(StoreError::permanent(format!("chord {group_id}: this result store cannot join chords")))
+        })
+    }
+
+    /// Raises the size of chord `group_id` by one (Celery's `add_to_chord`:
+    /// `INCR .t`), before a new part is sent.
+    fn add_to_chord(&self, group_id: &str) -> BoxFuture<'static, Result<(), StoreError>> {
+        let group_id = group_id.to_owned();
+        Box::pin(async move {
+            Err(StoreError::permanent(format!("chord {group_id}: this result store cannot join chords")))
+        })
+    }
+
     /// After the body of a completed chord was sent: cleans up the join.
     fn finish_chord(&self, claim: ChordClaim) -> BoxFuture<'static, Result<(), StoreError>> {
         let _ = claim;
@@ -124,8 +144,28 @@ impl ResultStore for RedisBackend {
         })
     }
 
+    fn set_chord_size(&self, group_id: &str, size: u64) -> BoxFuture<'static, Result<(), StoreError>> {
+        let (backend, group_id) = (self.clone(), group_id.to_owned());
+        Box::pin(async move { backend.set_chord_size(&group_id, size).await.map_err(StoreError::from) })
+    }
+
+    fn add_to_chord(&self, group_id: &str) -> BoxFuture<'static, Result<(), StoreError>> {
+        let (backend, group_id) = (self.clone(), group_id.to_owned());
+        Box::pin(async move { backend.add_to_chord(&group_id).await.map(drop).map_err(StoreError::from) })
+    }
+
     fn finish_chord(&self, claim: ChordClaim) -> BoxFuture<'static, Result<(), StoreError>> {
         let backend = self.clone();
         Box::pin(async move { backend.finish_chord(&claim).await.map(|_| ()).map_err(StoreError::from) })
+    }
+}
+
+/// A worker's result store as the canvas applier's chord sizes.
+pub(crate) struct ChordSizesOf(pub Arc<dyn ResultStore>);
+
+impl celeriac_client::ChordSizes for ChordSizesOf {
+    fn set_chord_size(&self, group_id: &str, size: u64) -> BoxFuture<'_, Result<(), String>> {
+        let fut = self.0.set_chord_size(group_id, size);
+        Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
     }
 }

@@ -43,6 +43,12 @@ pub struct TaskOptions {
     pub track_started: Option<bool>,
     /// Serializer of what it sends (retries, callbacks): `json`, `msgpack`, `yaml`.
     pub serializer: Option<String>,
+    /// Used as an error callback (`link_error`), it is called in the failing
+    /// task's worker with the failed request, the exception and the
+    /// traceback before its own arguments, as Celery calls a "new-style"
+    /// errback `def errback(request, exc, traceback, ...)`; otherwise an
+    /// errback is sent as a task with the failed task's id as first argument.
+    pub errback_takes_request: bool,
 }
 
 impl Default for TaskOptions {
@@ -64,8 +70,24 @@ impl Default for TaskOptions {
             rate_limit: None,
             track_started: None,
             serializer: None,
+            errback_takes_request: false,
         }
     }
+}
+
+/// One parameter a task declares for its callers (the task manifest of
+/// `celeriac tasks --json`, and Python stubs made from it): a name, a Python
+/// type annotation, and how it is passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Param {
+    /// The parameter's name.
+    pub name: String,
+    /// A Python annotation (`int`, `str`, `float`, `bool`, `list`, `dict`,
+    /// `Any`, `Optional[int]`, ...).
+    pub annotation: String,
+    /// `true`: a keyword-only parameter with the default `None` (sent in
+    /// `kwargs`); `false`: a required positional one (sent in `args`).
+    pub keyword: bool,
 }
 
 /// A task: a name, a handler, options. Built with [`Task::new`] (async) or
@@ -75,6 +97,9 @@ pub struct Task {
     pub(crate) name: String,
     pub(crate) handler: SharedHandler,
     pub(crate) options: TaskOptions,
+    /// The handler's extractor types as Rust spells them (`type_name`).
+    pub(crate) extractors: &'static str,
+    pub(crate) params: Vec<Param>,
 }
 
 impl std::fmt::Debug for Task {
@@ -91,6 +116,8 @@ impl Task {
             name: name.into(),
             handler: Arc::new(AsyncFn { handler, _marker: std::marker::PhantomData }),
             options: TaskOptions::default(),
+            extractors: std::any::type_name::<M>(),
+            params: Vec::new(),
         }
     }
 
@@ -100,6 +127,8 @@ impl Task {
             name: name.into(),
             handler: Arc::new(BlockingFn { handler, _marker: std::marker::PhantomData }),
             options: TaskOptions::default(),
+            extractors: std::any::type_name::<M>(),
+            params: Vec::new(),
         }
     }
 
@@ -116,6 +145,32 @@ impl Task {
     /// The handler.
     pub fn handler(&self) -> &SharedHandler {
         &self.handler
+    }
+
+    /// The handler's parameter types as Rust spells them, e.g.
+    /// `(celeriac_worker::extract::Args<(u64,)>,)`: what the task manifest
+    /// reads positional types from when no [`Task::arg`] names them.
+    pub fn extractors(&self) -> &'static str {
+        self.extractors
+    }
+
+    /// The parameters declared with [`Task::arg`] and [`Task::kwarg`], in order.
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// Declares the next positional parameter: its name and Python type
+    /// (`.arg("run", "int")`), for the task manifest and Python stubs.
+    pub fn arg(mut self, name: impl Into<String>, annotation: impl Into<String>) -> Task {
+        self.params.push(Param { name: name.into(), annotation: annotation.into(), keyword: false });
+        self
+    }
+
+    /// Declares an optional keyword parameter (default `None`):
+    /// `.kwarg("detector", "str")`, for the task manifest and Python stubs.
+    pub fn kwarg(mut self, name: impl Into<String>, annotation: impl Into<String>) -> Task {
+        self.params.push(Param { name: name.into(), annotation: annotation.into(), keyword: true });
+        self
     }
 
     /// Replaces all options.
@@ -157,6 +212,13 @@ impl Task {
     /// Turns backoff jitter on or off.
     pub fn retry_jitter(mut self, on: bool) -> Task {
         self.options.retry_jitter = on;
+        self
+    }
+
+    /// Called as a "new-style" errback when linked as an error callback
+    /// (see [`TaskOptions::errback_takes_request`]).
+    pub fn errback_takes_request(mut self, on: bool) -> Task {
+        self.options.errback_takes_request = on;
         self
     }
 

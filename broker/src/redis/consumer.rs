@@ -176,6 +176,7 @@ impl Fetcher {
         let (room_s, nsteps) = (room.to_string(), suffixes.len().to_string());
         let pop_id = self.pops.fetch_add(1, Ordering::Relaxed).to_string();
         let journal_ms = self.inner.options.visibility_timeout.as_millis().clamp(1000, 1 << 40).to_string();
+        let max_bytes = self.max_element().to_string();
         let mut args: Vec<&[u8]> = vec![
             room_s.as_bytes(),
             score.as_bytes(),
@@ -183,10 +184,12 @@ impl Fetcher {
             nsteps.as_bytes(),
             pop_id.as_bytes(),
             journal_ms.as_bytes(),
+            max_bytes.as_bytes(),
         ];
         args.extend(suffixes.iter().map(|s| s.as_bytes()));
         args.extend(bases.iter().map(|s| s.as_bytes()));
-        let script_keys = [key_refs[0], key_refs[1], self.journal.as_str()];
+        let dead_letter = self.dead_letter_key();
+        let script_keys = [key_refs[0], key_refs[1], self.journal.as_str(), dead_letter.as_str()];
         let reply: Vec<redis::Value> = match self.inner.eval("pop", &self.inner.scripts.pop, &script_keys, &args).await
         {
             Ok(reply) => reply,
@@ -206,6 +209,11 @@ impl Fetcher {
             let (Some(queue), Some(step)) = (order.get(qi), keys.steps().get(si)) else { continue };
             popped += 1;
             self.window.rotate(queue);
+            if as_bytes(tag) == b"!" {
+                // Too large to read: the script moved it to the dead-letter list.
+                self.too_large(queue);
+                continue;
+            }
             let element = Popped {
                 queue: queue.clone(),
                 list: keys.queue_key(queue, *step),
@@ -215,6 +223,36 @@ impl Fetcher {
             self.deliver(element, &score).await;
         }
         Ok(popped)
+    }
+
+    /// The longest list element read: one that can hold a body of
+    /// `max_message_size` in kombu's envelope.
+    fn max_element(&self) -> usize {
+        celeriac_protocol::limits::DecodeLimits::new(
+            celeriac_protocol::limits::Accept::any(),
+            self.inner.options.max_message_size,
+        )
+        .max_envelope_bytes()
+    }
+
+    /// The dead-letter list's key, or '' without one.
+    fn dead_letter_key(&self) -> String {
+        self.inner.options.deadletter_queue.as_deref().map(|dl| self.inner.keys.queue_key(dl, 0)).unwrap_or_default()
+    }
+
+    /// Reports an element the pop script parked in the dead-letter list
+    /// unread because it was too large.
+    fn too_large(&self, queue: &str) {
+        let limit = self.max_element();
+        tracing::error!(queue, limit, "a message larger than the limit was moved to the dead-letter queue unread");
+        let reason = format!("body_too_large: the list element is over {limit} bytes (worker_max_message_size)");
+        let _ = self.tx.send(Err(BrokerError::Undecodable {
+            queue: queue.to_owned(),
+            kind: "body_too_large",
+            reason,
+            raw: Vec::new(),
+            dead_lettered: true,
+        }));
     }
 
     /// Puts back the batch of the last pop if its reply was lost (see
@@ -266,6 +304,14 @@ impl Fetcher {
         };
         self.window.rotate(&queue);
         let score = now_score();
+        if raw.len() > self.max_element() && self.inner.options.deadletter_queue.is_some() {
+            // Not sent back to Redis to be parsed there: parked as it is.
+            let p = Popped { queue, list, raw, tag: String::new() };
+            let limit = self.max_element();
+            let reason = format!("body_too_large: the list element is over {limit} bytes (worker_max_message_size)");
+            self.undecodable(p, "body_too_large", reason, &score).await;
+            return Ok(());
+        }
         let tag = self.track(&raw, &score).await;
         self.deliver(Popped { queue, list, raw, tag }, &score).await;
         Ok(())

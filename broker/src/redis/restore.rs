@@ -180,12 +180,13 @@ impl Inner {
         let mut restored = 0;
         let mut first_error = None;
         for (_, h) in held {
-            // Once Redis kept failing for settle_timeout, one attempt each: a
-            // shutdown during an outage must not wait that long per message.
-            let limit = match first_error {
-                None => RetryLimit::For(self.options.settle_timeout),
-                Some(_) => RetryLimit::Attempts(1),
-            };
+            // Once Redis kept failing for settle_timeout, stop: a shutdown
+            // during an outage must not wait that long per message, and the
+            // rest come back after the visibility timeout.
+            if first_error.is_some() {
+                break;
+            }
+            let limit = RetryLimit::For(self.options.settle_timeout);
             match self.retrying("restore", limit, || self.restore_by_tag(&h.tag, false, Some(&h.scores))).await {
                 Ok(RestoreOutcome::Restored) => restored += 1,
                 Ok(outcome) => tracing::debug!(delivery_tag = %h.tag, ?outcome, "not restored"),

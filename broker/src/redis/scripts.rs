@@ -95,6 +95,9 @@ end
 local function envelope_info(raw)
   local p = tail_properties(raw)
   if not p then
+    -- Decoding a whole element blocks Redis for as long as it takes: only
+    -- small ones; celeriac reads larger ones itself, within its limits.
+    if #raw > 1048576 then return nil end
     local ok, m = pcall(cjson.decode, raw)
     if not ok or type(m) ~= 'table' then return nil end
     p = m['properties']
@@ -133,13 +136,18 @@ end
 /// Pops up to `ARGV[1]` elements in kombu's BRPOP order and records each in
 /// `unacked`/`unacked_index`.
 ///
-/// KEYS: 1 `unacked`, 2 `unacked_index`, 3 this consumer's pop journal.
+/// KEYS: 1 `unacked`, 2 `unacked_index`, 3 this consumer's pop journal,
+/// 4 the dead-letter list ('' for none).
 /// ARGV: 1 count, 2 score (delivery time), 3 `1` to rotate queues round-robin,
 /// 4 number of steps S, 5 the pop's id, 6 the journal's lifetime in
-/// milliseconds, 7..6+S step suffixes, then the prefixed queue names in
-/// cycle order. Returns a flat list of `[queue index, step index (both 0-based),
-/// raw, tag]` per element, in pop order; the tag is '' when Lua's JSON decoder
-/// could not read the element, which is then left for celeriac to record.
+/// milliseconds, 7 the largest element read (bytes), 8..7+S step suffixes,
+/// then the prefixed queue names in cycle order. Returns a flat list of
+/// `[queue index, step index (both 0-based), raw, tag]` per element, in pop
+/// order; the tag is '' when Lua's JSON decoder could not read the element,
+/// which is then left for celeriac to record. An element larger than ARGV[7]
+/// is never parsed: with a dead-letter list it is moved there as it is and
+/// reported with raw '' and tag '!'; without one it is returned unread
+/// (tag '') for celeriac to refuse.
 ///
 /// When it pops anything it also rewrites the journal: the pop's id, then per
 /// element `T, list, tag, raw length` (recorded) or `R, list, raw` (not
@@ -154,7 +162,8 @@ local rotate = ARGV[3] == '1'
 local nsteps = tonumber(ARGV[4])
 local pop_id = ARGV[5]
 local journal_ms = tonumber(ARGV[6])
-local first = 6
+local max_bytes = tonumber(ARGV[7])
+local first = 7
 local base = first + nsteps
 local order = {}
 for i = base + 1, #ARGV do order[#order + 1] = i - base end
@@ -185,8 +194,20 @@ for _ = 1, max do
     table.remove(order, found_pos)
     order[#order + 1] = found_q
   end
-  local tag, ex, rk = envelope_info(raw)
-  if tag then
+  local tag, ex, rk = nil, nil, nil
+  local parked = false
+  if #raw > max_bytes then
+    if KEYS[4] ~= '' then
+      redis.call('LPUSH', KEYS[4], raw)
+      parked = true
+    end
+  else
+    tag, ex, rk = envelope_info(raw)
+  end
+  if parked then
+    -- moved whole to the dead-letter list: nothing to record or journal
+    raw, tag = '', '!'
+  elseif tag then
     zargs[#zargs + 1] = score
     zargs[#zargs + 1] = tag
     hargs[#hargs + 1] = tag

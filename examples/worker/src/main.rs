@@ -53,7 +53,15 @@ async fn stage(ctx: Ctx, Args((path,)): Args<(String,)>) -> Result<String, TaskE
 /// The task set `--tasks science` selects (and the default, with `builtin`).
 const SCIENCE: TaskSet = TaskSet::new("science", "calibration and staging", |_config| {
     Ok(Registry::new()
-        .with(Task::blocking("science.calibrate", calibrate).time_limit(Duration::from_secs(600)))
+        .with(
+            Task::blocking("science.calibrate", calibrate)
+                .time_limit(Duration::from_secs(600))
+                .queue("science")
+                // For the task manifest (`science-worker tasks --json`) and Python stubs.
+                .arg("run", "int")
+                .kwarg("detector", "str")
+                .kwarg("passes", "int"),
+        )
         .with(Task::new("science.stage", stage).acks_late(true).max_retries(Some(20)).queue("science")))
 });
 

@@ -92,6 +92,8 @@ def main() -> int:
                         help="the broker: a private redis-server (default), or RabbitMQ at $CELERIAC_TEST_AMQP_URL")
     parser.add_argument("--log-dir", default=str(ROOT / "target" / "celery-suite"))
     parser.add_argument("--timeout", type=float, default=600.0, help="limit for the whole pytest run, seconds")
+    parser.add_argument("--files", nargs="+", default=SUITE_FILES,
+                        help=f"the suite's test files to run (default: {' '.join(SUITE_FILES)})")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --), e.g. -k test_fail")
     args = parser.parse_args()
 
@@ -138,10 +140,10 @@ def main() -> int:
             "CELERIAC_SUITE_WORKER": template,
             "CELERIAC_SUITE_WORKER_KIND": kind,
             "CELERIAC_SUITE_WORKER_LOG": str(worker_log),
-            "CELERIAC_SUITE_CHECK_STALE": "0" if args.pytest_args else "1",
+            "CELERIAC_SUITE_CHECK_STALE": "0" if args.pytest_args or args.files != SUITE_FILES else "1",
         })
         command = [sys.executable, "-m", "pytest", "-p", "celery.contrib.pytest", "-p", "celeriac_suite_plugin",
-                   "-p", "no:cacheprovider", "-p", "no:timeout", "-q", "-rfEXxs", *SUITE_FILES, *args.pytest_args]
+                   "-p", "no:cacheprovider", "-p", "no:timeout", "-q", "-rfEXxs", *args.files, *args.pytest_args]
         print(f"run.py: {' '.join(command)}\n  in {suite}, broker {env['TEST_BROKER']}, backend {redis.url}, "
               f"worker ({kind}): {template}",
               flush=True)

@@ -47,6 +47,7 @@ pub const METHODS: &[&str] = &[
     "conf",
     "report",
     "revoke",
+    "revoke_by_stamped_headers",
     "terminate",
     "rate_limit",
     "time_limit",
@@ -157,6 +158,17 @@ pub enum Command {
         /// `terminate` rather than `revoke` (for logs and metrics).
         via_terminate: bool,
     },
+    /// `revoke_by_stamped_headers`.
+    RevokeByStampedHeaders {
+        /// Stamp values to revoke, by header.
+        headers: Vec<(String, Vec<Value>)>,
+        /// Whether to stop running tasks with those stamps.
+        terminate: bool,
+        /// The signal number to report.
+        signal: i64,
+        /// Python's `repr` of the headers argument, for the reply.
+        repr: String,
+    },
     /// `rate_limit`.
     RateLimit {
         /// The task.
@@ -244,6 +256,7 @@ impl Command {
             Command::Report => "report",
             Command::Revoke { via_terminate: true, .. } => "terminate",
             Command::Revoke { .. } => "revoke",
+            Command::RevokeByStampedHeaders { .. } => "revoke_by_stamped_headers",
             Command::RateLimit { .. } => "rate_limit",
             Command::TimeLimit { .. } => "time_limit",
             Command::AddConsumer { .. } => "add_consumer",
@@ -306,6 +319,7 @@ fn signature(method: &str) -> Signature {
         "conf" => sig(&[], &["with_defaults"], true),
         "report" | "enable_events" | "disable_events" | "heartbeat" | "active_queues" => sig(&[], &[], false),
         "revoke" => sig(&["task_id"], &["terminate", "signal"], true),
+        "revoke_by_stamped_headers" => sig(&["headers"], &["terminate", "signal"], true),
         "terminate" => sig(&["signal", "task_id"], &[], true),
         "rate_limit" => sig(&["task_name", "rate_limit"], &[], true),
         "time_limit" => sig(&[], &["task_name", "hard", "soft"], true),
@@ -372,6 +386,24 @@ fn parse_command(method: &'static str, args: &Map) -> Result<Command, CommandErr
             // Python reads the signal only when it terminates.
             let signal = if terminate { signal_number(method, get("signal"))? } else { SIGTERM };
             Command::Revoke { ids, terminate, signal, via_terminate }
+        }
+        "revoke_by_stamped_headers" => {
+            let terminate = truthy("terminate");
+            let signal = if terminate { signal_number(method, get("signal"))? } else { SIGTERM };
+            let given = get("headers").unwrap_or(&Value::Null);
+            let headers = stamped_headers(given)?;
+            let repr = match given {
+                Value::Map(_) => truncate(&celeriac_protocol::result::python_repr(given), 200),
+                // A list of "k=v" is turned into a dict first, as Celery does.
+                _ => {
+                    let mut m = Map::new();
+                    for (k, v) in &headers {
+                        m.insert(k.clone(), v.first().cloned().unwrap_or(Value::Null));
+                    }
+                    truncate(&celeriac_protocol::result::python_repr(&Value::Map(m)), 200)
+                }
+            };
+            Command::RevokeByStampedHeaders { headers, terminate, signal, repr }
         }
         "rate_limit" => {
             let value = get("rate_limit").unwrap_or(&Value::Null);
@@ -1038,6 +1070,47 @@ fn signal_by_name(name: &str) -> Option<i64> {
         "SIGRTMAX" => 64,
         _ => return None,
     })
+}
+
+/// The `headers` of `revoke_by_stamped_headers`: a dict of header to a
+/// value or a list of values, or a list of `"header=value"` strings; at most
+/// [`MAX_REVOKE_IDS`] values in all.
+fn stamped_headers(given: &Value) -> Result<Vec<(String, Vec<Value>)>, CommandError> {
+    let bad = |what: String| CommandError::OutOfRange {
+        method: "revoke_by_stamped_headers",
+        argument: "headers",
+        value: what,
+        allowed: "a dict of stamp names to values, or a list of \"name=value\"".into(),
+    };
+    let mut out: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut total = 0usize;
+    let mut push = |k: String, vs: Vec<Value>| -> Result<(), CommandError> {
+        total = total.saturating_add(vs.len());
+        if total > MAX_REVOKE_IDS || k.chars().count() > 255 {
+            return Err(bad(format!("{total} values")));
+        }
+        match out.iter_mut().find(|(h, _)| *h == k) {
+            Some((_, v)) => v.extend(vs),
+            None => out.push((k, vs)),
+        }
+        Ok(())
+    };
+    match given {
+        Value::Map(m) => {
+            for (k, v) in m {
+                push(k.clone(), crate::state::stamp_values(v))?;
+            }
+        }
+        Value::List(items) => {
+            for item in items {
+                let Some(text) = item.as_str() else { return Err(bad(item.type_name().to_owned())) };
+                let Some((k, v)) = text.split_once('=') else { return Err(bad(truncate(text, 100))) };
+                push(k.to_owned(), vec![Value::Str(v.split('=').next().unwrap_or_default().to_owned())])?;
+            }
+        }
+        other => return Err(bad(other.type_name().to_owned())),
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use celeriac_protocol::limits::{Accept, DecodeLimits};
 use celeriac_protocol::{Message, TaskMessage};
 use tracing::warn;
 
-use crate::state::Revoked;
+use crate::state::WorkerState;
 use crate::{Registry, Task};
 
 /// What a worker accepts of a message before decoding it, and the bounds of
@@ -70,21 +70,29 @@ pub(crate) enum Verdict<'r> {
 /// revocation and expiry, right before the task starts.
 pub(crate) fn admit<'r>(
     registry: &'r Registry,
-    revoked: &Revoked,
+    state: &WorkerState,
     task: &TaskMessage,
     now: jiff::Timestamp,
 ) -> Verdict<'r> {
     let Some(def) = registry.get(&task.headers.task) else { return Verdict::Unknown };
-    match still_wanted(revoked, task, now) {
+    match still_wanted(state, task, now) {
         Some(verdict) => verdict,
         None => Verdict::Run(def),
     }
 }
 
-/// `Revoked` or `Expired` if the task must not start now, else `None`.
-pub(crate) fn still_wanted<'r>(revoked: &Revoked, task: &TaskMessage, now: jiff::Timestamp) -> Option<Verdict<'r>> {
-    if revoked.contains(&task.headers.id) {
+/// `Revoked` (by id, or by one of its stamps) or `Expired` if the task must
+/// not start now, else `None`.
+pub(crate) fn still_wanted<'r>(state: &WorkerState, task: &TaskMessage, now: jiff::Timestamp) -> Option<Verdict<'r>> {
+    if state.revoked().contains(&task.headers.id) {
         return Some(Verdict::Revoked);
+    }
+    if let Some(stamped) = &task.headers.stamped_headers {
+        if let Some((header, value)) = state.revoked_stamps().matching(stamped, &task.headers.stamps) {
+            let shown = celeriac_protocol::result::python_repr(&value);
+            tracing::info!("{}[{}] is revoked by header: {{'{header}': {shown}}}", task.headers.task, task.headers.id);
+            return Some(Verdict::Revoked);
+        }
     }
     if task.headers.expires_instant().is_some_and(|at| at <= now) {
         return Some(Verdict::Expired);
@@ -160,17 +168,18 @@ mod tests {
         let registry = Registry::new().with(Task::new("tasks.nothing", nothing));
         let state = crate::state::WorkerState::new(None);
         let revoked = state.revoked();
+        let revoked_state = &state;
         let now = jiff::Timestamp::now();
         let mut task = TaskMessage::new("tasks.nothing", "id-1");
-        assert!(matches!(admit(&registry, revoked, &task, now), Verdict::Run(_)));
+        assert!(matches!(admit(&registry, revoked_state, &task, now), Verdict::Run(_)));
         task.headers.expires = Some(celeriac_protocol::time::PyDateTime::from_timestamp(
             now - jiff::SignedDuration::from_secs(1),
             jiff::tz::Offset::UTC,
         ));
-        assert!(matches!(admit(&registry, revoked, &task, now), Verdict::Expired));
+        assert!(matches!(admit(&registry, revoked_state, &task, now), Verdict::Expired));
         revoked.add(["id-1"]);
-        assert!(matches!(admit(&registry, revoked, &task, now), Verdict::Revoked));
+        assert!(matches!(admit(&registry, revoked_state, &task, now), Verdict::Revoked));
         task.headers.task = "tasks.other".into();
-        assert!(matches!(admit(&registry, revoked, &task, now), Verdict::Unknown));
+        assert!(matches!(admit(&registry, revoked_state, &task, now), Verdict::Unknown));
     }
 }

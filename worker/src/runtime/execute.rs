@@ -34,6 +34,8 @@ pub(super) struct Execution {
     pub outcome: Outcome,
     /// Seconds the handler ran.
     pub runtime: f64,
+    /// The task's context: what it sent, what it asked to be replaced with.
+    pub ctx: Ctx,
 }
 
 impl Shared {
@@ -70,10 +72,11 @@ impl Shared {
             redelivered: delivery.redelivered(),
             properties: delivery.message().properties.clone(),
             priority: delivery.message().priority,
+            embed: task.embed.clone(),
         };
         let ctx = Ctx::new(request, self.services.clone(), soft_token.clone(), terminate.clone());
         let started = Instant::now();
-        let mut handle = tokio::spawn(def.handler().call(Invocation::new(ctx)));
+        let mut handle = tokio::spawn(def.handler().call(Invocation::new(ctx.clone())));
         let soft_timer = limits.soft.map(|d| {
             tokio::spawn(async move {
                 tokio::time::sleep(d).await;
@@ -101,7 +104,7 @@ impl Shared {
             t.abort();
         }
         drop(permit);
-        Execution { outcome, runtime: started.elapsed().as_secs_f64() }
+        Execution { outcome, runtime: started.elapsed().as_secs_f64(), ctx }
     }
 
     /// The limits `task` runs with: the message's, then those set by the

@@ -21,6 +21,7 @@ mod admit;
 mod execute;
 mod limits;
 mod record;
+mod replace;
 mod schedule;
 mod settle;
 
@@ -41,6 +42,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
+
+use celeriac_protocol::limits::Accept;
 
 use crate::context::WorkerServices;
 use crate::events::Events;
@@ -185,12 +188,15 @@ pub(crate) struct Shared {
     pub(crate) metrics: Option<Arc<Metrics>>,
     /// What a task message must be to be decoded.
     acceptance: admit::Acceptance,
+    /// The content types remote-control requests may have (`accept_content`).
+    pub(crate) accept: celeriac_protocol::limits::Accept,
 }
 
 /// What `Ctx` asks of the worker.
 pub(crate) struct Services {
     pub(crate) results: Option<Arc<dyn ResultStore>>,
     state: Arc<WorkerState>,
+    producer: Producer,
 }
 
 impl WorkerServices for Services {
@@ -207,19 +213,50 @@ impl WorkerServices for Services {
     fn is_revoked(&self, task_id: &str) -> bool {
         self.state.revoked().contains(task_id)
     }
+
+    fn apply(
+        &self,
+        mut sig: celeriac_protocol::Signature,
+        lineage: celeriac_client::Lineage,
+    ) -> BoxFuture<'static, Result<celeriac_client::Applied, TaskError>> {
+        let (producer, results) = (self.producer.clone(), self.results.clone());
+        Box::pin(async move {
+            celeriac_client::freeze(&mut sig);
+            let chords = results.map(crate::store::ChordSizesOf);
+            let applier = celeriac_client::Applier::new(
+                &producer,
+                chords.as_ref().map(|c| c as &dyn celeriac_client::ChordSizes),
+            );
+            applier
+                .apply(sig, None, Vec::new(), &lineage)
+                .await
+                .map_err(|e| TaskError::custom("kombu.exceptions", "OperationalError", e.to_string()))
+        })
+    }
+
+    fn add_to_chord(&self, group_id: &str) -> BoxFuture<'static, Result<(), TaskError>> {
+        let (results, group_id) = (self.results.clone(), group_id.to_owned());
+        Box::pin(async move {
+            match results {
+                Some(r) => r.add_to_chord(&group_id).await.map_err(|e| TaskError::fail(e.to_string())),
+                None => Err(TaskError::builtin("NotImplementedError", "add_to_chord needs a result backend")),
+            }
+        })
+    }
 }
 
 impl Worker {
     /// A worker for `registry` on `broker`.
     pub fn new(
-        registry: Registry,
+        mut registry: Registry,
         broker: Broker,
         producer: Producer,
         results: Option<Arc<dyn ResultStore>>,
         config: WorkerConfig,
     ) -> Worker {
+        crate::builtins::add_missing(&mut registry);
         let state = Arc::new(WorkerState::new(config.statedb.clone()));
-        let services = Arc::new(Services { results, state: state.clone() });
+        let services = Arc::new(Services { results, state: state.clone(), producer: producer.clone() });
         let events =
             Events::start(broker.clone(), &config.hostname, config.send_task_events, config.heartbeat_interval);
         let concurrency = config.concurrency.max(1);
@@ -236,8 +273,11 @@ impl Worker {
             }
         }
         let acceptance = admit::Acceptance::new(&config.accept_content, config.max_message_size);
+        let accept =
+            celeriac_protocol::limits::Accept::from_names(&config.accept_content).unwrap_or_else(|_| Accept::json());
         let shared = Shared {
             acceptance,
+            accept,
             registry,
             broker,
             producer,
@@ -325,6 +365,9 @@ impl Worker {
         if let Some(metrics) = shared.metrics.clone() {
             helpers.spawn(gauges(shared.clone(), metrics, background.clone()));
         }
+        if cfg.statedb.is_some() {
+            helpers.spawn(flush_statedb(shared.clone(), background.clone()));
+        }
         info!(hostname = %cfg.hostname, queues = ?cfg.queues, concurrency = cfg.concurrency, "{} ready.", cfg.hostname);
         let mut running = JoinSet::new();
         loop {
@@ -371,8 +414,16 @@ impl Worker {
             running.abort_all();
             while running.join_next().await.is_some() {}
         }
-        if let Err(e) = consumer.restore_unacked().await {
-            error!("could not restore unacknowledged messages: {e}; they come back after the visibility timeout");
+        // Bounded: during an outage the messages come back after the
+        // visibility timeout anyway.
+        match tokio::time::timeout(SHUTDOWN_STEP, consumer.restore_unacked()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                error!("could not restore unacknowledged messages: {e}; they come back after the visibility timeout")
+            }
+            Err(_) => error!(
+                "restoring unacknowledged messages took over {SHUTDOWN_STEP:?}; the rest come back after the visibility timeout"
+            ),
         }
         let deferred = shared.broker.deferred_settlements();
         if deferred > 0 {
@@ -383,7 +434,10 @@ impl Worker {
         background.cancel();
         while helpers.join_next().await.is_some() {}
         shared.events.close().await;
-        shared.events.worker("worker-offline", 0, shared.state.processed()).await;
+        let offline = shared.events.worker("worker-offline", 0, shared.state.processed());
+        if tokio::time::timeout(SHUTDOWN_STEP, offline).await.is_err() {
+            warn!("the worker-offline event could not be sent within {SHUTDOWN_STEP:?}");
+        }
         Ok(())
     }
 }
@@ -408,6 +462,25 @@ async fn gauges(shared: Arc<Shared>, metrics: Arc<Metrics>, stop: CancellationTo
     }
 }
 
+/// Writes the revoked ids to the state file every second when they changed
+/// (revokes write it at most once a second themselves), and once more at the end.
+async fn flush_statedb(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = ticks.tick() => false,
+        };
+        let state = shared.state.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || state.revoked().flush()).await {
+            error!("writing the state file failed: {e}");
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
 /// Sends `worker-heartbeat` every `heartbeat_interval` seconds until `stop`.
 async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     let period =
@@ -423,6 +496,10 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
         }
     }
 }
+
+/// The longest each shutdown step that talks to the broker (handing back
+/// unacked messages, the `worker-offline` event) may take.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(30);
 
 /// Hard and soft limits in seconds set at run time for a task name.
 pub(crate) type TimeLimitOverride = (Option<f64>, Option<f64>);
@@ -467,10 +544,13 @@ impl Shared {
             info!("Task {name}[{id}] received");
             let terminate = self.state.received(&task, delivery, &self.config.hostname);
             let _tracked = Tracked { state: &self.state, id, name };
+            if let Some(metrics) = &self.metrics {
+                metrics.note_queue(id, &delivery.queue);
+            }
             if self.reporting() {
                 self.report("task-received", &task, task_received_fields(&task));
             }
-            match admit::admit(&self.registry, self.state.revoked(), &task, jiff::Timestamp::now()) {
+            match admit::admit(&self.registry, &self.state, &task, jiff::Timestamp::now()) {
                 admit::Verdict::Unknown => Box::pin(self.unknown(delivery, &task, stop)).await,
                 admit::Verdict::Revoked => {
                     Box::pin(self.discard(delivery, &task, record::Discard::Revoked, stop)).await
@@ -502,7 +582,7 @@ impl Shared {
             return;
         };
         // Revoked or expired while it waited?
-        match admit::still_wanted(self.state.revoked(), task, jiff::Timestamp::now()) {
+        match admit::still_wanted(&self.state, task, jiff::Timestamp::now()) {
             Some(admit::Verdict::Revoked) => {
                 return Box::pin(self.discard(delivery, task, record::Discard::Revoked, stop)).await;
             }

@@ -17,8 +17,9 @@ use std::time::Duration;
 use celeriac_backend::ChordOutcome;
 use celeriac_broker::backoff::Backoff;
 use celeriac_broker::{BrokerError, Delivery, Settlement};
+use celeriac_client::{Applied, Applier, CanvasError, Lineage};
 use celeriac_config::UnknownTaskPolicy;
-use celeriac_protocol::result::{ExceptionInfo, Extended, ResultMeta, ResultTuple};
+use celeriac_protocol::result::{ExceptionInfo, Extended, ResultMeta};
 use celeriac_protocol::time::PyDateTime;
 use celeriac_protocol::{Map, Signature, TaskMessage, Value};
 use tokio_util::sync::CancellationToken;
@@ -27,7 +28,7 @@ use tracing::{error, info, warn};
 use super::execute::{Execution, Outcome};
 use super::settle::{settle_now, AckPolicy, Ending, Recorded};
 use super::Shared;
-use crate::store::{ChordPartReturn, StoreError};
+use crate::store::{ChordPartReturn, ChordSizesOf, StoreError};
 use crate::{Task, TaskError};
 
 /// Header of a message handed on by workers that do not know its task.
@@ -68,15 +69,28 @@ impl Shared {
         let ignore_result = opts.ignore_result.or(task.headers.ignore_result).unwrap_or(self.config.ignore_result);
         let (id, name) = (&task.headers.id, &task.headers.task);
         let runtime = run.runtime;
+        let ctx = run.ctx;
         match run.outcome {
             Outcome::Success(value) => {
                 let repr = celeriac_protocol::result::saferepr(&value, Some(1024), 3);
                 info!("Task {name}[{id}] succeeded in {runtime:.3}s: {repr}");
                 // As Celery: callbacks and the next chain step go out first,
                 // and the stored result names them as its children.
-                let (children, sent) = self.send_callbacks(task, &value, stop).await;
+                // What it sent while running comes first, as Celery's trail.
+                let mut children = ctx.take_trail();
+                let (callbacks, sent) = self.send_callbacks(task, &value, stop).await;
+                children.extend(callbacks);
+                if let Err(Unsent::Never(why)) = &sent {
+                    // As Celery's tracer: a callback that cannot be published
+                    // fails the task with the publishing error.
+                    error!("Task {name}[{id}] succeeded, but its callbacks cannot be sent: {why}");
+                    self.count_refused("callback_not_sent");
+                    let exc = ExceptionInfo::new("kombu.exceptions", "OperationalError", vec![Value::Str(why.clone())]);
+                    return (Ending::Failed, self.fail(delivery, task, &exc, None, stop).await);
+                }
+                let sent = if sent.is_ok() { Recorded::Yes } else { Recorded::No };
                 let mut meta = self.extend(ResultMeta::success(id, value, PyDateTime::now_utc()), task, delivery);
-                meta.children = children.iter().map(|child| ResultTuple::task(child).to_value()).collect();
+                meta.children = children.iter().map(|child| child.to_tuple().to_value()).collect();
                 let stored = self.finished(meta, task, !ignore_result, stop).await;
                 if self.reporting() {
                     let mut fields = uuid_fields(id);
@@ -132,7 +146,10 @@ impl Shared {
                 }
                 (Ending::Rejected { requeue }, recorded)
             }
-            Outcome::Failed(TaskError::Ignore) => (Ending::Ignored, Recorded::Yes),
+            Outcome::Failed(TaskError::Ignore) => match ctx.take_replacement() {
+                None => (Ending::Ignored, Recorded::Yes),
+                Some(sig) => self.replace(delivery, task, sig, stop).await,
+            },
             Outcome::Failed(err) => {
                 let exc = err.exception();
                 error!("Task {name}[{id}] raised unexpected: {}", exc.python_repr());
@@ -169,6 +186,70 @@ impl Shared {
                 let exc = ExceptionInfo::new("billiard.exceptions", "WorkerLostError", vec![Value::Str(text)]);
                 (Ending::Lost, self.fail(delivery, task, &exc, None, stop).await)
             }
+        }
+    }
+
+    /// Applies what the task asked to be replaced with (see `replace.rs`);
+    /// nothing is stored for the task itself.
+    async fn replace(
+        &self,
+        delivery: &Delivery,
+        task: &TaskMessage,
+        sig: Signature,
+        stop: &CancellationToken,
+    ) -> (Ending, Recorded) {
+        let (id, name) = (&task.headers.id, &task.headers.task);
+        let sig = match super::replace::replacement(task, sig) {
+            Ok(sig) => sig,
+            Err(why) => {
+                error!("Task {name}[{id}] cannot be replaced: {why}");
+                let exc = ExceptionInfo::new("celery.exceptions", "ImproperlyConfigured", vec![Value::Str(why)]);
+                return (Ending::Failed, self.fail(delivery, task, &exc, None, stop).await);
+            }
+        };
+        info!("Task {name}[{id}] replaced by {}", sig.task);
+        match self.apply_child(sig, None, Vec::new(), task, stop).await {
+            Ok(_) => (Ending::Ignored, Recorded::Yes),
+            Err(Unsent::Outage) => (Ending::Succeeded, Recorded::No),
+            Err(Unsent::Never(why)) => {
+                let exc = ExceptionInfo::new("kombu.exceptions", "OperationalError", vec![Value::Str(why)]);
+                (Ending::Failed, self.fail(delivery, task, &exc, None, stop).await)
+            }
+        }
+    }
+
+    /// Calls a "new-style" errback (`errback(request, exc, traceback, *args)`)
+    /// here and now, as Celery's worker does for one it has registered: with
+    /// the failed task's request, and the exception and traceback before the
+    /// errback's own arguments. What it returns is not stored.
+    async fn errback_inline(
+        &self,
+        def: &Task,
+        errback: &Signature,
+        task: &TaskMessage,
+        delivery: &Delivery,
+        exc: &ExceptionInfo,
+        traceback: Option<&str>,
+    ) {
+        let mut args = vec![exc.to_value(), traceback.map_or(Value::Null, |t| Value::Str(t.to_owned()))];
+        args.extend(errback.args.iter().cloned());
+        let request = crate::context::RequestInfo {
+            headers: task.headers.clone(),
+            args,
+            kwargs: errback.kwargs.clone(),
+            delivery_info: delivery.envelope.delivery_info.clone(),
+            hostname: self.config.hostname.clone(),
+            redelivered: delivery.redelivered(),
+            properties: delivery.message().properties.clone(),
+            priority: delivery.message().priority,
+            embed: task.embed.clone(),
+        };
+        let ctx = crate::Ctx::new(request, self.services.clone(), CancellationToken::new(), CancellationToken::new());
+        let call = tokio::spawn(def.handler().call(crate::extract::Invocation::new(ctx)));
+        match call.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => error!("errback {} of {}[{}] raised: {e}", errback.task, task.headers.task, task.headers.id),
+            Err(e) => error!("errback {} of {}[{}] failed: {e}", errback.task, task.headers.task, task.headers.id),
         }
     }
 
@@ -255,100 +336,133 @@ impl Shared {
             fields.insert("traceback".into(), Value::Str(traceback.clone().unwrap_or_default()));
             fields
         });
-        let meta = self.extend(ResultMeta::failure(id, exc, traceback, PyDateTime::now_utc()), task, delivery);
+        let meta = self.extend(ResultMeta::failure(id, exc, traceback.clone(), PyDateTime::now_utc()), task, delivery);
         let mut recorded = self.finished(meta, task, true, stop).await;
         if let Some(fields) = fields {
             self.report("task-failed", task, fields);
         }
-        // Old-style errbacks get the failed task's id before their own
-        // arguments, as Celery sends them.
+        // As Celery: an errback registered here that takes the request is
+        // called now; the others are sent, as one group, with the failed
+        // task's id before their own arguments.
+        let mut old_style = Vec::new();
         for errback in task.embed.errbacks.iter().flatten() {
-            let mut sig = errback.clone();
-            if !sig.immutable {
-                sig.args.insert(0, Value::Str(id.clone()));
+            match self.registry.get(&errback.task).filter(|def| def.options().errback_takes_request) {
+                Some(def) => self.errback_inline(def, errback, task, delivery, exc, traceback.as_deref()).await,
+                None => old_style.push(errback.to_value()),
             }
-            if self.send_signature(&sig, task, stop).await.is_none() {
-                recorded = Recorded::No;
+        }
+        if !old_style.is_empty() {
+            let mut group = Signature::new("celery.group");
+            group.subtask_type = Some("group".into());
+            group.kwargs.insert("tasks".into(), Value::List(old_style));
+            match self.apply_child(group, Some(Value::Str(id.clone())), Vec::new(), task, stop).await {
+                Ok(_) => {}
+                Err(Unsent::Outage) => recorded = Recorded::No,
+                Err(Unsent::Never(_)) => self.count_refused("callback_not_sent"),
             }
         }
         recorded
     }
 
-    /// Sends the links and the next step of the chain; returns their ids, and
-    /// whether all went out.
+    /// Applies the links and the next step of the chain, as Celery's tracer
+    /// does (several links go out as one group); returns what was sent, for
+    /// the result's `children`, and whether everything went out.
     async fn send_callbacks(
         &self,
         task: &TaskMessage,
         result: &Value,
         stop: &CancellationToken,
-    ) -> (Vec<String>, Recorded) {
+    ) -> (Vec<Applied>, Result<(), Unsent>) {
         let mut sent = Vec::new();
-        let mut all = Recorded::Yes;
-        let mut send = |id: Option<String>| match id {
-            Some(id) => sent.push(id),
-            None => all = Recorded::No,
-        };
-        for link in task.embed.callbacks.iter().flatten() {
-            let mut sig = link.clone();
-            if !sig.immutable {
-                sig.args = sig.args_with_parent_result(result);
+        let mut outcome = Ok(());
+        let mut keep = |applied: Result<Applied, Unsent>| match applied {
+            Ok(applied) => sent.push(applied),
+            // A permanent failure outweighs an outage.
+            Err(e @ Unsent::Never(_)) => outcome = Err(e),
+            Err(Unsent::Outage) => {
+                if outcome.is_ok() {
+                    outcome = Err(Unsent::Outage);
+                }
             }
-            send(self.send_signature(&sig, task, stop).await);
+        };
+        let callbacks = task.embed.callbacks.as_deref().unwrap_or_default();
+        if let [one] = callbacks {
+            keep(self.apply_child(one.clone(), Some(result.clone()), Vec::new(), task, stop).await);
+        } else if !callbacks.is_empty() {
+            let (groups, plain): (Vec<&Signature>, Vec<&Signature>) =
+                callbacks.iter().partition(|s| s.kind() == celeriac_protocol::signature::SignatureKind::Group);
+            for group in groups {
+                keep(self.apply_child(group.clone(), Some(result.clone()), Vec::new(), task, stop).await);
+            }
+            if !plain.is_empty() {
+                let mut group = Signature::new("celery.group");
+                group.subtask_type = Some("group".into());
+                group.kwargs.insert("tasks".into(), Value::List(plain.iter().map(|s| s.to_value()).collect()));
+                keep(self.apply_child(group, Some(result.clone()), Vec::new(), task, stop).await);
+            }
         }
         if let Some(chain) = &task.embed.chain {
             if let Some((next, rest)) = chain.split_last() {
-                let mut sig = next.clone();
-                if !sig.immutable {
-                    sig.args = sig.args_with_parent_result(result);
-                }
-                if !rest.is_empty() {
-                    sig.options.insert("chain".into(), Value::List(rest.iter().map(|s| s.to_value()).collect()));
-                }
-                send(self.send_signature(&sig, task, stop).await);
+                keep(self.apply_child(next.clone(), Some(result.clone()), rest.to_vec(), task, stop).await);
             }
         }
-        (sent, all)
+        (sent, outcome)
     }
 
-    /// Sends a signature as a child of `parent`, honouring its options;
-    /// returns the id it was sent with (`None` if it could not be sent).
-    async fn send_signature(&self, sig: &Signature, parent: &TaskMessage, stop: &CancellationToken) -> Option<String> {
-        let opt = |k: &str| sig.options.get(k).and_then(Value::as_str).map(str::to_owned);
-        let mut options = celeriac_broker::SendOptions {
-            task_id: opt("task_id"),
-            queue: opt("queue"),
-            exchange: opt("exchange"),
-            routing_key: opt("routing_key"),
-            priority: sig.options.get("priority").and_then(Value::as_i64).and_then(|p| u8::try_from(p).ok()),
-            parent_id: Some(parent.headers.id.clone()),
-            root_id: parent.headers.root_id.clone().or_else(|| Some(parent.headers.id.clone())),
-            group_id: opt("group_id"),
-            ..Default::default()
+    /// Applies `sig` (a task, a group, a chain or a chord) as a child of
+    /// `parent`, with `prev` prepended to its arguments unless it is immutable,
+    /// followed by `rest`; retried through a broker outage with the same ids
+    /// until the worker stops. Why it was not applied otherwise (logged).
+    async fn apply_child(
+        &self,
+        mut sig: Signature,
+        prev: Option<Value>,
+        rest: Vec<Signature>,
+        parent: &TaskMessage,
+        stop: &CancellationToken,
+    ) -> Result<Applied, Unsent> {
+        Box::pin(self.apply_child_inner(std::mem::take(&mut sig), prev, rest, parent, stop)).await
+    }
+
+    async fn apply_child_inner(
+        &self,
+        mut sig: Signature,
+        prev: Option<Value>,
+        rest: Vec<Signature>,
+        parent: &TaskMessage,
+        stop: &CancellationToken,
+    ) -> Result<Applied, Unsent> {
+        celeriac_client::freeze(&mut sig);
+        let (id, name) = (&parent.headers.id, &parent.headers.task);
+        let lineage = Lineage {
+            parent_id: Some(id.clone()),
+            root_id: Some(parent.headers.root_id.clone().unwrap_or_else(|| id.clone())),
+            priority: None,
         };
-        if let Some(Value::List(chain)) = sig.options.get("chain") {
-            options.chain = chain.iter().filter_map(|v| Signature::from_value(v).ok()).collect();
-        }
-        options.link = option_signatures(sig, "link");
-        options.link_error = option_signatures(sig, "link_error");
-        let out = match self.producer.build(
-            &sig.task,
-            sig.args.clone(),
-            sig.kwargs.clone(),
-            &options,
-            jiff::Timestamp::now(),
-        ) {
-            Ok(out) => out,
-            Err(e) => {
-                error!("cannot send {} after {}[{}]: {e}", sig.task, parent.headers.task, parent.headers.id);
-                return None;
-            }
-        };
-        // Built once, so every attempt sends the same id.
-        match self.reliably("send a callback", &parent.headers.id, stop, || self.producer.publish(&out)).await {
-            Ok(()) => Some(out.task.headers.id),
-            Err(e) => {
-                error!("could not send {} after {}[{}]: {e}", sig.task, parent.headers.task, parent.headers.id);
-                None
+        let chords = self.services.results.clone().map(ChordSizesOf);
+        let applier = Applier::new(&self.producer, chords.as_ref().map(|c| c as &dyn celeriac_client::ChordSizes));
+        let mut backoff = outage_backoff();
+        loop {
+            match applier.apply(sig.clone(), prev.clone(), rest.clone(), &lineage).await {
+                Ok(applied) => return Ok(applied),
+                Err(CanvasError::Broker(e)) if worth_retrying(&e) && stop.is_cancelled() => {
+                    error!("could not send {} after {name}[{id}]: {e}; the worker is stopping", sig.task);
+                    return Err(Unsent::Outage);
+                }
+                Err(CanvasError::Broker(e)) if worth_retrying(&e) => {
+                    let delay = backoff.next_delay();
+                    if backoff.attempts() == 1 {
+                        warn!("could not send {} after {name}[{id}]: {e}; retrying until the broker is back", sig.task);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }
+                Err(e) => {
+                    error!("could not send {} after {name}[{id}]: {e}", sig.task);
+                    return Err(Unsent::Never(e.to_string()));
+                }
             }
         }
     }
@@ -447,14 +561,23 @@ impl Shared {
             .await;
         match joined {
             Ok(ChordOutcome::Ready(ready)) => {
-                let mut sig = body.clone();
-                if !sig.immutable {
-                    sig.args = sig.args_with_parent_result(&Value::List(ready.results));
-                }
-                let sent = self.send_signature(&sig, task, stop).await;
-                if sent.is_none() {
+                let joined = Some(Value::List(ready.results));
+                match Box::pin(self.apply_child(body.clone(), joined, Vec::new(), task, stop)).await {
+                    Ok(_) => {}
                     // The claim expires; a redelivered header task finishes the join.
-                    return Recorded::No;
+                    Err(Unsent::Outage) => return Recorded::No,
+                    Err(Unsent::Never(why)) => {
+                        // As Celery: the body fails with a ChordError.
+                        let reason = format!("Callback error: {why}");
+                        error!("Chord {group_id:?} raised: ChordError({reason:?})");
+                        if let Some(body_id) = body.options.get("task_id").and_then(Value::as_str) {
+                            let exc = ExceptionInfo::new("celery.exceptions", "ChordError", vec![Value::Str(reason)]);
+                            let meta = ResultMeta::failure(body_id, &exc, None, PyDateTime::now_utc());
+                            if self.store(meta, stop).await == Recorded::No {
+                                return Recorded::No;
+                            }
+                        }
+                    }
                 }
                 if let Err(e) = results.finish_chord(ready.claim).await {
                     error!("could not clean up chord {group_id}: {e}");
@@ -470,12 +593,11 @@ impl Shared {
                     let meta = ResultMeta::failure(&body_id, &exc, None, PyDateTime::now_utc());
                     recorded = self.store(meta, stop).await;
                     for errback in option_signatures(body, "link_error") {
-                        let mut sig = errback;
-                        if !sig.immutable {
-                            sig.args.insert(0, Value::Str(body_id.clone()));
-                        }
-                        if self.send_signature(&sig, task, stop).await.is_none() {
-                            recorded = Recorded::No;
+                        let prev = Some(Value::Str(body_id.clone()));
+                        match self.apply_child(errback, prev, Vec::new(), task, stop).await {
+                            Ok(_) => {}
+                            Err(Unsent::Outage) => recorded = Recorded::No,
+                            Err(Unsent::Never(_)) => self.count_refused("callback_not_sent"),
                         }
                     }
                 }
@@ -643,9 +765,14 @@ impl Shared {
         let info = &delivery.envelope.delivery_info;
         match self.broker.publish(&info.exchange, &info.routing_key, &message).await {
             Ok(()) => settle_now(delivery, Settlement::Ack).await,
-            Err(e) => {
+            Err(e) if worth_retrying(&e) => {
                 warn!("could not hand an unregistered task on: {e}; requeueing it");
                 settle_now(delivery, Settlement::Requeue).await;
+            }
+            Err(e) => {
+                error!("cannot hand an unregistered task on: {e}; it comes back after the visibility timeout");
+                self.count_refused("hand_on_failed");
+                delivery.abandon();
             }
         }
     }
@@ -668,9 +795,15 @@ impl Shared {
         let dlq = &self.config.dead_letter_queue;
         match self.broker.publish("", dlq, &message).await {
             Ok(()) => settle_now(delivery, Settlement::Ack).await,
-            Err(e) => {
+            Err(e) if worth_retrying(&e) => {
                 error!("could not move a message to {dlq}: {e}; requeueing it");
                 settle_now(delivery, Settlement::Requeue).await;
+            }
+            Err(e) => {
+                // Requeueing would refuse it again at once, for ever.
+                error!("cannot move a message to {dlq}: {e}; it stays unacknowledged and comes back after the visibility timeout");
+                self.count_refused("dead_letter_failed");
+                delivery.abandon();
             }
         }
     }
@@ -699,6 +832,15 @@ impl Shared {
             metrics.refused(reason);
         }
     }
+}
+
+/// Why a child signature was not applied.
+#[derive(Debug)]
+enum Unsent {
+    /// The broker stayed unreachable until the worker stopped.
+    Outage,
+    /// It can never be sent (a bad signature, a broker that refuses it).
+    Never(String),
 }
 
 /// Both recorded, or not.

@@ -1,4 +1,4 @@
-//! The client side of a Celery app: send a task by name and get a handle
+//! Sending a task by name and getting a handle
 //! that waits for its result, as Python's `app.send_task(...)` returns an
 //! `AsyncResult`.
 //!
@@ -7,7 +7,7 @@
 //! use celeriac_backend::RedisBackend;
 //! use celeriac_broker::{Broker, Producer, ProducerConfig, SendOptions};
 //! use celeriac_protocol::Map;
-//! use celeriac_worker::Client;
+//! use celeriac_client::Client;
 //!
 //! let broker = Broker::from_url("redis://127.0.0.1:6379/0")?;
 //! let backend = RedisBackend::from_url("redis://127.0.0.1:6379/1").await?;

@@ -1,0 +1,300 @@
+//! What a hostile peer on the broker, or a struggling Redis, could do to a
+//! worker, and what must happen instead (each test failed before its fix):
+//!
+//! - a late-ack task whose callback can never be published fails, as in
+//!   Celery, instead of holding its prefetch slot for the worker's life;
+//! - a result backend answering `LOADING` (a Redis restarted with
+//!   persistence) is waited for: the late-ack message is not acked away;
+//! - a message that cannot even be dead-lettered is refused once and left
+//!   for the visibility timeout, not spun through the queue;
+//! - closing the task-event buffer during a partition is bounded;
+//! - a huge list element is moved to the dead-letter list unread, instead
+//!   of being parsed inside Redis.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed assertion
+#![recursion_limit = "256"]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_broker::{Broker, BrokerError, MemoryBroker, Producer, ProducerConfig, RedisOptions};
+use celeriac_protocol::result::{ResultMeta, State};
+use celeriac_protocol::{ContentType, Map, Signature, TaskMessage, Value};
+use celeriac_worker::metrics::Metrics;
+use celeriac_worker::{Args, Registry, ResultStore, StoreError, Task, TaskError, Worker, WorkerConfig};
+use futures_util::future::BoxFuture;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn init_log() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("celeriac_worker=info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+async fn add(Args((a, b)): Args<(i64, i64)>) -> Result<i64, TaskError> {
+    Ok(a + b)
+}
+
+/// Final results, as they are stored.
+struct Results(mpsc::UnboundedSender<ResultMeta>);
+
+impl ResultStore for Results {
+    fn store(&self, meta: Arc<ResultMeta>) -> BoxFuture<'static, Result<(), StoreError>> {
+        if meta.status.is_ready() {
+            let _ = self.0.send(Arc::unwrap_or_clone(meta));
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn start(
+    broker: Broker,
+    results: Option<Arc<dyn ResultStore>>,
+    config: WorkerConfig,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    start_with_metrics(broker, results, config, None)
+}
+
+fn start_with_metrics(
+    broker: Broker,
+    results: Option<Arc<dyn ResultStore>>,
+    config: WorkerConfig,
+    metrics: Option<Arc<Metrics>>,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let producer = Producer::new(broker.clone(), ProducerConfig::default());
+    let registry = Registry::new().with(Task::new("tasks.add", add));
+    let config = WorkerConfig { shutdown_timeout: Duration::from_secs(2), ..config };
+    let mut worker = Worker::new(registry, broker, producer, results, config);
+    if let Some(metrics) = metrics {
+        worker = worker.with_metrics(metrics);
+    }
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    (stop, tokio::spawn(async move { worker.run(token).await.unwrap() }))
+}
+
+fn message(task: &TaskMessage, content_type: ContentType) -> celeriac_protocol::Message {
+    task.to_message(task.default_properties(None, None), 0, content_type, None).unwrap()
+}
+
+fn add_task(id: &str) -> TaskMessage {
+    let mut t = TaskMessage::new("tasks.add", id.to_owned());
+    t.args = vec![1.into(), 2.into()];
+    t
+}
+
+fn refused(metrics: &Metrics, reason: &str) -> u64 {
+    metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("celeriac_messages_refused_total") && l.contains(&format!("reason=\"{reason}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_that_can_never_be_sent_fails_the_task_instead_of_holding_its_slot() {
+    init_log();
+    let memory = MemoryBroker::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let config = WorkerConfig { acks_late: true, concurrency: 2, prefetch_multiplier: 1, ..WorkerConfig::default() };
+    let (stop, run) = start(Broker::Memory(memory.clone()), Some(Arc::new(Results(tx))), config);
+    for i in 0..2 {
+        // A link to the queue "": no route, and never will be.
+        let mut t = add_task(&format!("hostile-{i}"));
+        let mut link = Signature::new("tasks.add");
+        link.options.insert("queue".into(), Value::Str(String::new()));
+        link.immutable = true;
+        t.embed.callbacks = Some(vec![link]);
+        memory.publish("", "celery", &message(&t, ContentType::Json)).unwrap();
+    }
+    for _ in 0..2 {
+        let meta = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+        let exc = meta.exception().unwrap().unwrap();
+        assert_eq!((meta.status, exc.exc_type.as_str()), (State::Failure, "OperationalError"), "as Celery's tracer");
+    }
+    // Both prefetch slots are free: an ordinary task runs.
+    memory.publish("", "celery", &message(&add_task("ordinary"), ContentType::Json)).unwrap();
+    let meta = tokio::time::timeout(WAIT, rx.recv()).await.expect("the ordinary task ran").unwrap();
+    assert_eq!((meta.task_id.as_str(), meta.result), ("ordinary", Value::Int(3)));
+    stop.cancel();
+    run.await.unwrap();
+    assert_eq!((memory.queue_len("celery"), memory.unacked_len()), (0, 0));
+}
+
+/// A fake Redis that answers connection set-up but `-LOADING` to every data
+/// command (a Redis restarted with persistence, loading its dataset), and
+/// counts the data commands.
+async fn loading_redis(seen: Arc<AtomicUsize>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some((command, used)) = first_word(&buf) {
+                        buf.drain(..used);
+                        let reply: &[u8] = match command.to_ascii_uppercase().as_str() {
+                            "PING" => b"+PONG\r\n",
+                            "CLIENT" | "SELECT" | "AUTH" | "HELLO" => b"+OK\r\n",
+                            _ => {
+                                seen.fetch_add(1, Ordering::SeqCst);
+                                b"-LOADING Redis is loading the dataset in memory\r\n"
+                            }
+                        };
+                        if sock.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The first word of one complete RESP array of bulk strings in `buf`, and
+/// the bytes it takes.
+fn first_word(buf: &[u8]) -> Option<(String, usize)> {
+    let line = |from: usize| -> Option<(String, usize)> {
+        let end = buf.get(from..)?.windows(2).position(|w| w == b"\r\n")? + from;
+        Some((String::from_utf8_lossy(&buf[from..end]).into_owned(), end + 2))
+    };
+    let (head, mut at) = line(0)?;
+    let n: usize = head.strip_prefix('*')?.parse().ok()?;
+    let mut first = None;
+    for _ in 0..n {
+        let (len, next) = line(at)?;
+        let len: usize = len.strip_prefix('$')?.parse().ok()?;
+        if buf.len() < next + len + 2 {
+            return None;
+        }
+        first.get_or_insert_with(|| String::from_utf8_lossy(&buf[next..next + len]).into_owned());
+        at = next + len + 2;
+    }
+    Some((first.unwrap_or_default(), at))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loading_result_backend_is_waited_for_and_the_message_kept() {
+    init_log();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let port = loading_redis(seen.clone()).await;
+    let backend = celeriac_backend::RedisBackend::from_url(&format!("redis://127.0.0.1:{port}/0")).await.unwrap();
+    let memory = MemoryBroker::default();
+    let config = WorkerConfig { acks_late: true, concurrency: 1, ..WorkerConfig::default() };
+    let (stop, run) = start(Broker::Memory(memory.clone()), Some(Arc::new(backend)), config);
+    memory.publish("", "celery", &message(&add_task("loading-1"), ContentType::Json)).unwrap();
+    // The worker keeps trying to store the result...
+    let before = seen.load(Ordering::SeqCst);
+    while seen.load(Ordering::SeqCst) < before + 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(memory.unacked_len(), 1, "...and the message is not acked meanwhile");
+    stop.cancel();
+    run.await.unwrap();
+    assert_eq!(memory.queue_len("celery"), 1, "at shutdown it goes back to its queue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_cannot_be_dead_lettered_is_refused_once_not_spun() {
+    init_log();
+    let Some(server) = celeriac_tests::redis() else { return };
+    let mut admin = redis::Client::open(server.url()).unwrap().get_connection().unwrap();
+    let () = redis::cmd("SET").arg("celeriac.dead_letter").arg("not a list").query(&mut admin).unwrap();
+    let broker = Broker::from_url(&server.url()).unwrap();
+    let metrics = Arc::new(Metrics::new("w@h"));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let config = WorkerConfig { concurrency: 1, prefetch_multiplier: 1, ..WorkerConfig::default() };
+    let (stop, run) = start_with_metrics(broker.clone(), Some(Arc::new(Results(tx))), config, Some(metrics.clone()));
+    // A YAML message: refused (content_disallowed), and the dead-letter key is a string.
+    broker.publish("", "celery", &message(&add_task("yaml-1"), ContentType::Yaml)).await.unwrap();
+    while refused(&metrics, "dead_letter_failed") == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its prefetch slot (the only one) is free: an ordinary task runs...
+    broker.publish("", "celery", &message(&add_task("after"), ContentType::Json)).await.unwrap();
+    let meta = tokio::time::timeout(WAIT, rx.recv()).await.expect("the ordinary task ran").unwrap();
+    assert_eq!(meta.task_id, "after");
+    // ...and the refused one was not taken again meanwhile: it waits in unacked.
+    assert_eq!(refused(&metrics, "content_disallowed"), 1);
+    let unacked: u64 = redis::cmd("HLEN").arg("unacked").query(&mut admin).unwrap();
+    assert_eq!(unacked, 1);
+    stop.cancel();
+    run.await.unwrap();
+}
+
+/// A server that accepts connections and never answers: a partition that
+/// lets the handshake through, or a hung server.
+async fn silent_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_event_buffer_during_a_partition_is_bounded() {
+    init_log();
+    let port = silent_server().await;
+    let broker = Broker::from_url(&format!("redis://127.0.0.1:{port}/0")).unwrap();
+    let events = celeriac_worker::events::Events::start(broker, "w@h", true, 2.0);
+    for i in 0..1000 {
+        let mut fields = Map::new();
+        fields.insert("uuid".into(), Value::Str(format!("id-{i}")));
+        events.task("task-received", fields);
+    }
+    let deadline = celeriac_worker::events::CLOSE_DEADLINE + Duration::from_secs(10);
+    assert!(tokio::time::timeout(deadline, events.close()).await.is_ok(), "close() still running after {deadline:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_list_element_is_parked_unread_not_parsed_inside_redis() {
+    init_log();
+    let Some(server) = celeriac_tests::redis() else { return };
+    let mut admin = redis::Client::open(server.url()).unwrap().get_connection().unwrap();
+    // 8 MB of JSON no kombu envelope looks like: parsing it in Lua takes long.
+    let element = format!("[{}0]", "0,".repeat(4_000_000));
+    let () = redis::cmd("LPUSH").arg("celery").arg(&element).query(&mut admin).map(|_: i64| ()).unwrap();
+    let () = redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg("100000").query(&mut admin).unwrap();
+    let mut options = RedisOptions::from_url(&server.url()).unwrap();
+    options.max_message_size = 1 << 20;
+    options.deadletter_queue = Some("celeriac.dead_letter".into());
+    let broker = celeriac_broker::RedisBroker::new(options).unwrap();
+    let mut consumer = broker.consumer(&["celery".to_owned()], 1);
+    match tokio::time::timeout(WAIT, consumer.next()).await.unwrap() {
+        Some(Err(BrokerError::Undecodable { kind, dead_lettered, .. })) => {
+            assert_eq!((kind, dead_lettered), ("body_too_large", true));
+        }
+        other => panic!(
+            "expected the element to be refused, got {:?}",
+            other.map(|r| r.map(|d| d.delivery_tag().to_owned()))
+        ),
+    }
+    let parked: u64 = redis::cmd("LLEN").arg("celeriac.dead_letter").query(&mut admin).unwrap();
+    assert_eq!(parked, 1);
+    let slow: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").query(&mut admin).unwrap();
+    assert!(slow.is_empty(), "a command ran over 100 ms inside Redis: {slow:?}");
+}
