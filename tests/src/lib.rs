@@ -37,7 +37,7 @@ pub use fixtures::fixture_files;
 pub use net::{free_port, wait_until};
 pub use process::LoggedProcess;
 pub use proxy::FaultProxy;
-pub use python::{python, python_calls, repo_root, venv_python};
+pub use python::{python, python_calls, python_calls_on, repo_root, venv_python};
 pub use rabbitmq::{shared_amqp_url, RabbitNode, AMQP_URL_ENV};
 pub use redis::RedisServer;
 pub use sentinel::SentinelServer;

@@ -637,7 +637,8 @@ impl AmqpBroker {
             .await
     }
 
-    /// Empties `queue`; returns how many messages were removed.
+    /// Empties `queue`; returns how many messages were removed (0 for a
+    /// queue that does not exist, as `celery purge` counts it).
     pub async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
         let inner = &self.inner;
         inner
@@ -645,7 +646,13 @@ impl AmqpBroker {
                 let channel = link.conn.create_channel().await.map_err(|e| inner.error("opening a channel", e))?;
                 let purged = channel.queue_purge(queue, QueuePurgeOptions::default()).await;
                 let _ = channel.close(200, "done").await;
-                purged.map(u64::from).map_err(|e| inner.error(&format!("purging {queue}"), e))
+                match purged {
+                    Ok(n) => Ok(u64::from(n)),
+                    Err(e) => match inner.error(&format!("purging {queue}"), e) {
+                        BrokerError::AmqpRefused { code: 404, .. } => Ok(0),
+                        other => Err(other),
+                    },
+                }
             })
             .await
     }
