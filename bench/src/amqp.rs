@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use celeriac_broker::{AmqpBroker, Broker, Producer, ProducerConfig};
 use celeriac_tests::RabbitNode;
 
+use crate::machine::Machine;
 use crate::peers::Peer;
 use crate::{load, procs, BenchError, Plan};
 
@@ -104,16 +105,32 @@ pub async fn drain(plan: &Plan, node: &RabbitNode, peer: Peer) -> Result<AmqpDra
     })
 }
 
-/// The markdown section for the drains (and failures) of one run.
-pub fn markdown(plan: &Plan, runs: &[(Peer, Result<AmqpDrain, String>)], rabbit_version: &str) -> String {
+/// The markdown section for the drains (and failures) of one run, on
+/// `machine` (load average before the run, and `load_after`).
+pub fn markdown(
+    plan: &Plan,
+    runs: &[(Peer, Result<AmqpDrain, String>)],
+    rabbit_version: &str,
+    machine: &Machine,
+    load_after: [f64; 3],
+) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(
         s,
         "RabbitMQ {rabbit_version} (one private node on loopback), queue `{QUEUE}` (durable classic), \
          {} `bench.noop` tasks queued by celeriac's producer with publisher confirms, drained with `acks_late`, \
-         results ignored.\n",
+         results ignored. The time runs from the worker's start (process start included, as in the Redis \
+         drain) until no message is ready.\n",
         plan.drain_tasks
+    );
+    let [b1, b5, _] = machine.load_before;
+    let [a1, a5, _] = load_after;
+    let _ = writeln!(
+        s,
+        "{} cores ({}), celeriac {}, {}, rusty-celery {}; load average before {b1:.2}/{b5:.2}, \
+         after {a1:.2}/{a5:.2} (1/5 min).\n",
+        machine.cores, machine.cpu, machine.celeriac, machine.python_celery, machine.rusty_celery
     );
     s.push_str("| worker | settings | tasks/s | seconds | CPU ms / 1000 tasks | all acked after (s) | fill with confirms: tasks/s |\n");
     s.push_str("|---|---|--:|--:|--:|--:|--:|\n");

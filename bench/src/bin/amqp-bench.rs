@@ -59,6 +59,7 @@ fn main() -> ExitCode {
         }
     };
     let _ = std::fs::create_dir_all(&plan.log_dir);
+    let machine = celeriac_bench::machine::Machine::probe(&plan);
     let mut runs = Vec::new();
     for peer in plan.peers.clone() {
         if peer.is_python() && plan.python.is_none() {
@@ -72,7 +73,7 @@ fn main() -> ExitCode {
         }
         runs.push((peer, run));
     }
-    let section = amqp::markdown(&plan, &runs, &version);
+    let section = amqp::markdown(&plan, &runs, &version, &machine, celeriac_bench::machine::load_average());
     println!("{section}");
     if let Some(path) = markdown {
         let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
