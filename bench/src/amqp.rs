@@ -37,6 +37,11 @@ pub struct AmqpDrain {
     pub all_acked_seconds: f64,
     /// CPU seconds of the worker's process tree.
     pub worker_cpu_s: f64,
+    /// CPU seconds of the RabbitMQ node (its Erlang VM) meanwhile.
+    pub broker_cpu_s: f64,
+    /// CPU seconds of every other process meanwhile (the bench itself
+    /// excluded): the machine's other load.
+    pub other_cpu_s: f64,
     /// Seconds the producer took to queue the tasks (with confirms).
     pub fill_seconds: f64,
 }
@@ -70,6 +75,8 @@ pub async fn drain(plan: &Plan, node: &RabbitNode, peer: Peer) -> Result<AmqpDra
     if queued != tasks as u64 {
         return Err(BenchError::Other(format!("queued {queued} of {tasks} tasks")));
     }
+    let broker_cpu = procs::cpu_seconds(node.pid());
+    let (busy, own) = (procs::machine_busy_seconds(), procs::own_cpu_seconds());
     let start = Instant::now();
     let mut worker = peer.spawn(plan, &url, None, QUEUE)?;
     let pid = worker.pid();
@@ -85,6 +92,10 @@ pub async fn drain(plan: &Plan, node: &RabbitNode, peer: Peer) -> Result<AmqpDra
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    let worker_cpu_s = procs::cpu_seconds(pid);
+    let broker_cpu_s = procs::cpu_seconds(node.pid()) - broker_cpu;
+    let other_cpu_s =
+        (procs::machine_busy_seconds() - busy) - (procs::own_cpu_seconds() - own) - worker_cpu_s - broker_cpu_s;
     let all_acked = loop {
         if messages(node, QUEUE)? == Some(0) {
             break start.elapsed();
@@ -93,7 +104,6 @@ pub async fn drain(plan: &Plan, node: &RabbitNode, peer: Peer) -> Result<AmqpDra
             return Err(BenchError::Other(format!("{} left messages unacked:\n{}", peer.label(), worker.log_tail())));
         }
     };
-    let worker_cpu_s = procs::cpu_seconds(pid);
     worker.stop();
     Ok(AmqpDrain {
         peer,
@@ -101,6 +111,8 @@ pub async fn drain(plan: &Plan, node: &RabbitNode, peer: Peer) -> Result<AmqpDra
         seconds: ready_empty.as_secs_f64(),
         all_acked_seconds: all_acked.as_secs_f64(),
         worker_cpu_s,
+        broker_cpu_s,
+        other_cpu_s,
         fill_seconds: fill.as_secs_f64(),
     })
 }
@@ -132,26 +144,30 @@ pub fn markdown(
          after {a1:.2}/{a5:.2} (1/5 min).\n",
         machine.cores, machine.cpu, machine.celeriac, machine.python_celery, machine.rusty_celery
     );
-    s.push_str("| worker | settings | tasks/s | seconds | CPU ms / 1000 tasks | all acked after (s) | fill with confirms: tasks/s |\n");
-    s.push_str("|---|---|--:|--:|--:|--:|--:|\n");
+    s.push_str(
+        "| worker | settings | tasks/s | seconds | worker CPU µs/task | RabbitMQ CPU µs/task | other processes' CPU meanwhile | all acked after (s) | fill with confirms: tasks/s |\n",
+    );
+    s.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|\n");
     for (peer, run) in runs {
         match run {
             Ok(d) => {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.0} | {:.2} | {:.0} | {:.1} | {:.0} |",
+                    "| {} | {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.0}% of a core | {:.1} | {:.0} |",
                     peer.label(),
                     peer.settings(plan),
                     d.rate(),
                     d.seconds,
                     d.worker_cpu_s * 1_000_000.0 / d.tasks as f64,
+                    d.broker_cpu_s * 1_000_000.0 / d.tasks as f64,
+                    (d.other_cpu_s / d.seconds * 100.0).max(0.0),
                     d.all_acked_seconds,
                     d.tasks as f64 / d.fill_seconds
                 );
             }
             Err(e) => {
                 let first = e.lines().next().unwrap_or("");
-                let _ = writeln!(s, "| {} | {} | failed: {first} | | | | |", peer.label(), peer.settings(plan));
+                let _ = writeln!(s, "| {} | {} | failed: {first} | | | | | | |", peer.label(), peer.settings(plan));
             }
         }
     }

@@ -110,6 +110,11 @@ impl RabbitNode {
         format!("amqp://guest:guest@127.0.0.1:{}/%2F", self.port)
     }
 
+    /// The process id of `rabbitmq-server` (the Erlang VM runs below it).
+    pub fn pid(&self) -> u32 {
+        self.server.id()
+    }
+
     /// The AMQP port.
     pub fn port(&self) -> u16 {
         self.port
