@@ -2,8 +2,9 @@
 //! shared node (`CELERIAC_TEST_AMQP_URL`): declarations that neither side
 //! refuses (PRECONDITION_FAILED), messages that read the same both ways,
 //! prefetch, ack/reject/requeue, the control fanout, quorum queues and native
-//! delayed delivery in both directions, and a Python worker running what
-//! celeriac sends. Every test works in queues of its own (uuid names), so
+//! delayed delivery in both directions, a Python worker running what
+//! celeriac sends, a lost connection, and `amqps://` with the certificate
+//! verified. Every test works in queues of its own (uuid names), so
 //! tests share the node safely.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed assertion
@@ -350,4 +351,36 @@ async fn a_lost_connection_redelivers_and_old_deliveries_are_not_acked_on_the_ne
     consumer.close().await;
     assert_eq!(b.queue_len(&q).await.unwrap(), 0);
     b.delete_queue(&q).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_verifies_the_brokers_certificate() {
+    let Some((url, ca)) = celeriac_tests::amqps() else { return };
+    // Trusting the private CA that signed the node's certificate (broker_use_ssl
+    // ssl_ca_certs): a verified TLS connection that carries tasks as a plain one.
+    let mut options = AmqpOptions::from_url(&url).unwrap();
+    assert!(options.endpoints[0].tls);
+    options.tls.ca_certs = Some(ca);
+    let b = Broker::new(AmqpBroker::new(options).unwrap());
+    let q = unique("tls");
+    b.declare_queue(&q, &q, &q).await.unwrap();
+    let producer = Producer::new(b.clone(), ProducerConfig::default());
+    let options = SendOptions { queue: Some(q.clone()), ..SendOptions::default() };
+    let id = producer.send_task("tasks.add", vec![Value::Int(2), Value::Int(2)], Map::new(), options).await.unwrap();
+    let mut consumer = b.consumer(std::slice::from_ref(&q), 1);
+    let mut got = next(&mut consumer).await;
+    assert_eq!(got.message().headers.get("id"), Some(&Value::Str(id)));
+    got.ack().await.unwrap();
+    consumer.close().await;
+    b.delete_queue(&q).await.unwrap();
+
+    // Without that CA (the system's roots only) the certificate is refused:
+    // verification is never turned off.
+    let mut options = AmqpOptions::from_url(&url).unwrap();
+    options.max_retries = Some(1);
+    options.backoff_max = Duration::from_millis(200);
+    let untrusted = AmqpBroker::new(options).unwrap();
+    let err = tokio::time::timeout(WAIT, untrusted.connect()).await.expect("a refusal, not a hang").unwrap_err();
+    let text = format!("{err} {err:?}").to_lowercase();
+    assert!(text.contains("certificate") || text.contains("unknownissuer"), "{text}");
 }
