@@ -3,7 +3,8 @@
 //! sends tasks over `amqp://` and reads their results from Redis; Celery's
 //! own remote-control client (`celery inspect`'s) and event receiver (what
 //! Flower uses) talk to the worker over the pidbox and `celeryev` exchanges;
-//! a warm shutdown hands held ETA messages back to RabbitMQ.
+//! a warm shutdown hands held ETA messages back to RabbitMQ; Flower watches a
+//! celeriac worker on RabbitMQ.
 //! Each test consumes a queue of its own, so tests share the node safely.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed assertion
@@ -254,4 +255,88 @@ fn python_clients_read_results_over_rpc() {
     assert_eq!(lines[0]["state"], json!("SUCCESS"), "{lines:?}");
     assert_eq!(lines[0]["result"], json!(42));
     assert_eq!((&lines[1]["state"], &lines[1]["exc_type"]), (&json!("FAILURE"), &json!("ExpectedException")));
+}
+
+/// One HTTP/1.0 request to Flower: the status code and the body.
+fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body.to_owned())
+}
+
+/// A Flower API call that must answer 200, as JSON.
+fn api(addr: &str, method: &str, path: &str) -> Value {
+    let (code, body) = http(addr, method, path);
+    assert_eq!(code, 200, "{method} {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body}"))
+}
+
+#[test]
+fn flower_watches_a_celeriac_worker_on_rabbitmq() {
+    let (Some(amqp), Some(redis), Some(python)) =
+        (celeriac_tests::amqp(), celeriac_tests::redis(), celeriac_tests::python_peer())
+    else {
+        return;
+    };
+    let queue = unique("amqpflower");
+    let node = format!("{queue}@test");
+    let _worker = celeriac_worker(&amqp, &redis, &queue, &node, &["-c", "2", "-E"]);
+    let port = celeriac_tests::free_port().unwrap();
+    let apps = python_dir().join("apps");
+    let mut command = Command::new(python);
+    command
+        .args(["-m", "celery", "-A", "flower_app", "--broker", &amqp, "flower"])
+        .args([format!("--port={port}"), "--address=127.0.0.1".into(), "--inspect_timeout=3000".into()])
+        .env("FLOWER_UNAUTHENTICATED_API", "true")
+        .env("PYTHONPATH", &apps)
+        .current_dir(&apps);
+    let flower = LoggedProcess::spawn(command, "flower", redis.dir().join("flower-amqp.log"), "Visit me at").unwrap();
+    flower.wait_ready(WAIT).unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let up = celeriac_tests::wait_until(WAIT, || {
+        std::net::TcpStream::connect(&addr).is_ok() && http(&addr, "GET", "/healthcheck").0 == 200
+    });
+    assert!(up, "{}", flower.log());
+    // Online from its heartbeats on celeryev: Flower's event receiver is
+    // subscribed, so the task events that follow reach it.
+    let mut status = Value::Null;
+    let online = celeriac_tests::wait_until(WAIT, || {
+        status = api(&addr, "GET", "/api/workers?status=1");
+        status[node.as_str()] == true
+    });
+    assert!(online, "{status}\n{}", flower.log());
+    let q = json!({"queue": queue});
+    let done =
+        python_calls(&amqp, &redis, json!([{"name": "t.integration.tasks.add", "args": [2, 3], "options": q}]), true);
+    let id = done[0]["id"].as_str().unwrap().to_owned();
+
+    // The worker, from Flower's broadcasts over celery.pidbox.
+    let mut workers = Value::Null;
+    let counted = celeriac_tests::wait_until(WAIT, || {
+        workers = api(&addr, "GET", &format!("/api/workers?refresh=1&workername={node}"));
+        workers[node.as_str()]["stats"]["total"] == json!({"t.integration.tasks.add": 1})
+    });
+    assert!(counted, "{workers:#}\n{}", flower.log());
+    let w = &workers[node.as_str()];
+    assert_eq!(w["stats"]["broker"]["transport"], json!("amqp"), "{w:#}");
+    assert_eq!(w["active_queues"][0]["name"], json!(queue), "{w:#}");
+    assert!(w["registered"].as_array().unwrap().contains(&json!("t.integration.tasks.add")), "{w:#}");
+    // The task, from its events on celeryev.
+    let mut tasks = Value::Null;
+    let seen = celeriac_tests::wait_until(WAIT, || {
+        tasks = api(&addr, "GET", "/api/tasks");
+        tasks[id.as_str()]["state"] == "SUCCESS"
+    });
+    assert!(seen, "{tasks:#}");
+    assert_eq!((&tasks[id.as_str()]["result"], &tasks[id.as_str()]["worker"]), (&json!("5"), &json!(node)));
+    // A worker button: the reply carries celeriac's `ok`.
+    let path = format!("/api/task/rate-limit/t.integration.tasks.add?workername={node}&ratelimit=100/m");
+    let reply = api(&addr, "POST", &path);
+    assert!(reply["message"].as_str().is_some_and(|m| m.contains("new rate limit")), "{reply}");
 }
