@@ -78,7 +78,7 @@ pub(crate) fn require_id(id: &str, what: &'static str) -> Result<(), BackendErro
 }
 
 /// See [`RedisBackend::prepare`].
-fn prepare_record(meta: &ResultMeta, extended: bool) -> ResultMeta {
+pub(crate) fn prepare_record(meta: &ResultMeta, extended: bool) -> ResultMeta {
     let mut meta = meta.clone();
     if !extended {
         meta.extended = None;

@@ -105,6 +105,9 @@ pub enum BackendError {
         /// How long was waited.
         timeout: Duration,
     },
+    /// The `rpc://` backend could not send a result over the broker.
+    #[error("cannot send the result over RabbitMQ (rpc:// backend): {0}")]
+    Rpc(String),
 }
 
 impl BackendError {

@@ -10,7 +10,9 @@
 //! - [`chord`]: the native chord join (`.j/.t/.s/.d/.c` keys), interoperable
 //!   with Python workers completing parts of the same chord;
 //! - [`ResultHandle`]: an `AsyncResult` for one task id;
-//! - [`payload`]: the serializer and Celery 5.7's compressed-record marker.
+//! - [`payload`]: the serializer and Celery 5.7's compressed-record marker;
+//! - [`rpc`]: the `rpc://` backend, results sent as messages to the client's
+//!   reply queue on RabbitMQ, as Celery's `RPCBackend`.
 //!
 //! The record formats themselves are in [`celeriac_protocol::result`].
 //!
@@ -33,6 +35,7 @@ pub mod error;
 pub mod handle;
 pub mod options;
 pub mod payload;
+pub mod rpc;
 
 pub use backend::{RedisBackend, StoreOutcome};
 pub use chord::{chord_error, ChordClaim, ChordFailure, ChordOutcome, ChordReady};
@@ -40,3 +43,4 @@ pub use error::BackendError;
 pub use handle::{GetError, ResultHandle, TaskFailed};
 pub use options::{BackendOptions, CertReqs, Endpoint, RetryPolicy, TlsOptions, TransportOptions};
 pub use payload::PayloadCodec;
+pub use rpc::{is_rpc_url, RpcBackend};

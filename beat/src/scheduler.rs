@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_broker::{Broker, ExchangeKind, Outgoing, Producer};
+use celeriac_broker::{ExchangeKind, Outgoing, Producer};
 use celeriac_config::CatchUpPolicy;
 use celeriac_protocol::envelope::Envelope;
 use celeriac_protocol::event::{task_sent_fields, EventSource};
@@ -850,7 +850,9 @@ impl Beat {
         if !self.config.publish_in_store {
             return Ok(false);
         }
-        let (Store::Redis(_), Broker::Redis(broker)) = (&self.store, self.producer.broker()) else {
+        // Only a Redis broker can take the task in the same transaction as
+        // the state; on AMQP beat publishes (with confirms) and then records.
+        let (Store::Redis(_), Some(broker)) = (&self.store, self.producer.broker().as_redis()) else {
             return Ok(false);
         };
         if !out.exchange.is_empty() && broker.exchange_kind(&out.exchange) == ExchangeKind::Fanout {
@@ -1086,7 +1088,7 @@ mod tests {
         use super::*;
         use crate::redbeat::Keys;
         use crate::{ManualClock, RedisStore};
-        use celeriac_broker::{MemoryBroker, ProducerConfig, RedisBroker};
+        use celeriac_broker::{Broker, MemoryBroker, ProducerConfig, RedisBroker};
         use celeriac_tests::RedisServer;
         use std::sync::Mutex;
 

@@ -19,6 +19,7 @@
 //! The smoke test (`tests/smoke.rs`) runs the same code with a few thousand
 //! tasks and no timing assertions.
 
+pub mod amqp;
 pub mod load;
 pub mod machine;
 pub mod peers;

@@ -1,96 +1,122 @@
-//! [`Broker`]: one type over the transports, so the worker, beat and CLI need
-//! not know which one the configuration chose.
+//! [`Broker`]: one handle over any [`Transport`], so the worker, beat and CLI
+//! need not know which one the configuration chose.
+
+use std::sync::Arc;
 
 use celeriac_protocol::Message;
 
+use crate::amqp::AmqpBroker;
 use crate::consumer::Consumer;
 use crate::error::BrokerError;
 use crate::exchange::ExchangeKind;
 use crate::memory::MemoryBroker;
-use crate::redis::{RedisBroker, Subscription};
+use crate::redis::RedisBroker;
+use crate::subscription::Subscription;
+use crate::transport::Transport;
 
-/// A broker connection of any transport; cheap to clone.
+/// A broker connection of any transport; cheap to clone (clones share the
+/// transport and its connections).
 #[derive(Clone, Debug)]
-pub enum Broker {
-    /// Redis, exactly as kombu uses it.
-    Redis(RedisBroker),
-    /// In memory, for tests.
-    Memory(MemoryBroker),
+pub struct Broker {
+    transport: Arc<dyn Transport>,
 }
 
 impl Broker {
-    /// A broker for a URL: `memory://` for the in-memory broker, else Redis
-    /// (`redis://`, `rediss://`, `redis+socket://`, `sentinel://`). Connects lazily.
+    /// A broker over `transport`.
+    pub fn new(transport: impl Transport) -> Broker {
+        Broker { transport: Arc::new(transport) }
+    }
+
+    /// A broker over a shared transport.
+    pub fn from_transport(transport: Arc<dyn Transport>) -> Broker {
+        Broker { transport }
+    }
+
+    /// A Redis broker (the constructor's name is kept from when `Broker` was an enum).
+    #[allow(non_snake_case)]
+    pub fn Redis(broker: RedisBroker) -> Broker {
+        Broker::new(broker)
+    }
+
+    /// An in-memory broker (the constructor's name is kept from when `Broker` was an enum).
+    #[allow(non_snake_case)]
+    pub fn Memory(broker: MemoryBroker) -> Broker {
+        Broker::new(broker)
+    }
+
+    /// A broker for a URL: `memory://` for the in-memory broker; `amqp://`,
+    /// `amqps://` (and `pyamqp://`, failover lists `amqp://h1;amqp://h2`) for
+    /// RabbitMQ; else Redis (`redis://`, `rediss://`, `redis+socket://`,
+    /// `sentinel://`). Connects lazily.
     pub fn from_url(url: &str) -> Result<Broker, BrokerError> {
         if url.starts_with("memory://") {
-            return Ok(Broker::Memory(MemoryBroker::default()));
+            return Ok(Broker::new(MemoryBroker::default()));
         }
-        Ok(Broker::Redis(RedisBroker::from_url(url)?))
+        if crate::amqp::is_amqp_url(url) {
+            return Ok(Broker::new(AmqpBroker::from_url(url)?));
+        }
+        Ok(Broker::new(RedisBroker::from_url(url)?))
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
+    }
+
+    /// The Redis transport, when this broker is Redis.
+    pub fn as_redis(&self) -> Option<&RedisBroker> {
+        self.transport.as_any().downcast_ref()
+    }
+
+    /// The in-memory transport, when this broker is one.
+    pub fn as_memory(&self) -> Option<&MemoryBroker> {
+        self.transport.as_any().downcast_ref()
+    }
+
+    /// The AMQP transport, when this broker is RabbitMQ.
+    pub fn as_amqp(&self) -> Option<&AmqpBroker> {
+        self.transport.as_any().downcast_ref()
     }
 
     /// The URL, password masked.
     pub fn masked_url(&self) -> String {
-        match self {
-            Broker::Redis(b) => b.masked_url().to_owned(),
-            Broker::Memory(_) => "memory://".to_owned(),
-        }
+        self.transport.masked_url()
     }
 
-    /// Records an exchange's type for this process.
+    /// Declares an exchange (on Redis: records its type for this process).
     pub fn declare_exchange(&self, name: &str, kind: ExchangeKind) {
-        match self {
-            Broker::Redis(b) => b.declare_exchange(name, kind),
-            Broker::Memory(b) => b.declare_exchange(name, kind),
-        }
+        self.transport.declare_exchange(name, kind);
     }
 
-    /// Binds `queue` to `exchange` with `routing_key`.
+    /// Declares `queue` and binds it to `exchange` with `routing_key`.
     pub async fn declare_queue(&self, queue: &str, exchange: &str, routing_key: &str) -> Result<(), BrokerError> {
-        match self {
-            Broker::Redis(b) => b.declare_queue(queue, exchange, routing_key).await,
-            Broker::Memory(b) => {
-                b.declare_queue(queue, exchange, routing_key);
-                Ok(())
-            }
-        }
+        self.transport.declare_queue(queue, exchange, routing_key).await
     }
 
     /// Publishes `message` to `exchange` with `routing_key`.
     pub async fn publish(&self, exchange: &str, routing_key: &str, message: &Message) -> Result<(), BrokerError> {
-        match self {
-            Broker::Redis(b) => b.publish(exchange, routing_key, message).await,
-            Broker::Memory(b) => b.publish(exchange, routing_key, message),
-        }
+        self.transport.publish(exchange, routing_key, message).await
     }
 
     /// The queues a publish to `exchange` with `routing_key` would reach,
     /// ignoring the dead-letter queue (empty: nobody is bound).
     pub async fn bound_queues(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, BrokerError> {
-        match self {
-            Broker::Redis(b) => b.bound_queues(exchange, routing_key).await,
-            Broker::Memory(b) => Ok(b.bound_queues(exchange, routing_key)),
-        }
+        self.transport.bound_queues(exchange, routing_key).await
     }
 
     /// Connections lost and replaced since start (0 for the in-memory broker).
     pub fn reconnects(&self) -> u64 {
-        match self {
-            Broker::Redis(b) => b.reconnects(),
-            Broker::Memory(_) => 0,
-        }
+        self.transport.reconnects()
     }
 
     /// Settlements (acks, rejects, requeues) waiting for the broker to come
     /// back (see [`crate::Delivery::settle`]); 0 for the in-memory broker.
     pub fn deferred_settlements(&self) -> usize {
-        match self {
-            Broker::Redis(b) => b.deferred_settlements(),
-            Broker::Memory(_) => 0,
-        }
+        self.transport.deferred_settlements()
     }
 
-    /// Publishes a Celery event on the `celeryev` exchange (declare it as a
-    /// fanout first, as Celery does on Redis).
+    /// Publishes a Celery event on the `celeryev` exchange (declare it first:
+    /// as a fanout on Redis, as Celery does; AMQP declares it as a topic).
     pub async fn publish_event(&self, event: &celeriac_protocol::event::Event) -> Result<(), BrokerError> {
         let message = event.to_message()?;
         self.publish(celeriac_protocol::event::EVENT_EXCHANGE, &event.routing_key(), &message).await
@@ -115,65 +141,63 @@ impl Broker {
 
     /// Messages waiting in `queue`.
     pub async fn queue_len(&self, queue: &str) -> Result<u64, BrokerError> {
-        match self {
-            Broker::Redis(b) => b.queue_len(queue).await,
-            Broker::Memory(b) => Ok(b.queue_len(queue)),
-        }
+        self.transport.queue_len(queue).await
     }
 
     /// Empties `queue`; returns how many messages were removed.
     pub async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
-        match self {
-            Broker::Redis(b) => b.purge(queue).await,
-            Broker::Memory(b) => Ok(b.purge(queue)),
-        }
+        self.transport.purge(queue).await
     }
 
     /// Deletes `queue` and its bindings.
     pub async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError> {
-        match self {
-            Broker::Redis(b) => b.delete_queue(queue).await,
-            Broker::Memory(b) => {
-                b.delete_queue(queue);
-                Ok(())
-            }
-        }
+        self.transport.delete_queue(queue).await
     }
 
     /// A consumer of `queues` with `prefetch` (0 = unlimited); call it from
     /// within a Tokio runtime (it spawns its fetch task there).
     pub fn consumer(&self, queues: &[String], prefetch: usize) -> Consumer {
-        match self {
-            Broker::Redis(b) => b.consumer(queues, prefetch),
-            Broker::Memory(b) => b.consumer(queues, prefetch),
-        }
+        self.transport.consumer(queues, prefetch)
     }
 
-    /// Subscribes to a fanout exchange.
+    /// Subscribes to a broadcast exchange (remote control's fanout, events).
     pub async fn subscribe(&self, exchange: &str, binding_key: &str) -> Result<Subscription, BrokerError> {
-        match self {
-            Broker::Redis(b) => b.subscribe(exchange, binding_key).await,
-            Broker::Memory(b) => Ok(b.subscribe(exchange, binding_key)),
-        }
+        self.transport.subscribe(exchange, binding_key).await
     }
 
-    /// Restores messages unacked for longer than the visibility timeout.
+    /// Subscribes through a queue named `queue` where the transport has
+    /// queues (AMQP: a worker's `<node>.celery.pidbox`, as kombu names it);
+    /// elsewhere the same as [`Broker::subscribe`].
+    pub async fn subscribe_queue(
+        &self,
+        exchange: &str,
+        binding_key: &str,
+        queue: &str,
+    ) -> Result<Subscription, BrokerError> {
+        self.transport.subscribe_queue(exchange, binding_key, queue).await
+    }
+
+    /// Restores messages unacked for longer than the visibility timeout
+    /// (Redis; other brokers redeliver by themselves and return 0).
     pub async fn restore_visible(&self) -> Result<usize, BrokerError> {
-        match self {
-            Broker::Redis(b) => b.restore_visible().await,
-            Broker::Memory(b) => Ok(b.restore_visible()),
-        }
+        self.transport.restore_visible().await
     }
 }
 
 impl From<RedisBroker> for Broker {
     fn from(b: RedisBroker) -> Self {
-        Broker::Redis(b)
+        Broker::new(b)
     }
 }
 
 impl From<MemoryBroker> for Broker {
     fn from(b: MemoryBroker) -> Self {
-        Broker::Memory(b)
+        Broker::new(b)
+    }
+}
+
+impl From<AmqpBroker> for Broker {
+    fn from(b: AmqpBroker) -> Self {
+        Broker::new(b)
     }
 }

@@ -16,8 +16,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::{Delivery, Settler};
+use crate::delivery::Delivery;
 use crate::error::BrokerError;
+use crate::transport::Settler;
 use crate::window::Window;
 
 /// What the fetch task sends.
@@ -106,10 +107,7 @@ impl Consumer {
             return Ok(0);
         }
         tracing::info!("Restoring {} unacknowledged message(s)", held.len());
-        match &self.source {
-            Settler::Redis(inner) => inner.restore_all(&held).await,
-            Settler::Memory(broker) => Ok(broker.restore_all(&held)),
-        }
+        self.source.restore_all(&held).await
     }
 
     /// Stops fetching and waits for the fetch task to finish, leaving held

@@ -6,16 +6,8 @@ use std::sync::Arc;
 use celeriac_protocol::{Envelope, Message, Value};
 
 use crate::error::BrokerError;
+use crate::transport::Settler;
 use crate::window::Window;
-
-/// What a transport does to settle a delivery.
-#[derive(Debug)]
-pub(crate) enum Settler {
-    /// Redis: kombu's ack emulation in `unacked`/`unacked_index`.
-    Redis(Arc<crate::redis::Inner>),
-    /// The in-memory broker.
-    Memory(crate::memory::MemoryBroker),
-}
 
 /// How a delivery was settled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,7 +136,7 @@ impl Delivery {
         if self.check(Settled::Acked)? {
             return Ok(());
         }
-        self.remove().await?;
+        self.remove(Settled::Acked).await?;
         self.settled = Some(Settled::Acked);
         Ok(())
     }
@@ -156,7 +148,7 @@ impl Delivery {
         if self.check(Settled::Rejected)? {
             return Ok(());
         }
-        self.remove().await?;
+        self.remove(Settled::Rejected).await?;
         self.settled = Some(Settled::Rejected);
         Ok(())
     }
@@ -168,10 +160,7 @@ impl Delivery {
             return Ok(());
         }
         let held = self.window.held(self.seq).ok_or_else(|| self.handed_back())?;
-        match &self.settler {
-            Settler::Redis(inner) => inner.requeue_held(&held).await?,
-            Settler::Memory(broker) => broker.requeue_held(&held),
-        }
+        self.settler.requeue(&held).await?;
         self.window.release(self.seq);
         self.settled = Some(Settled::Requeued);
         Ok(())
@@ -198,16 +187,7 @@ impl Delivery {
             return SettleOutcome::Failed(error);
         }
         let Some(held) = self.window.held(self.seq) else { return SettleOutcome::Failed(error) };
-        let deferred = match &self.settler {
-            Settler::Redis(inner) => {
-                let kind = match how {
-                    Settlement::Ack | Settlement::Reject => crate::redis::DeferredKind::Remove,
-                    Settlement::Requeue => crate::redis::DeferredKind::Requeue,
-                };
-                inner.deferred.push(inner, held, kind)
-            }
-            Settler::Memory(_) => false,
-        };
+        let deferred = self.settler.defer(held, how);
         self.window.release(self.seq);
         self.settled = Some(settled);
         if deferred {
@@ -225,24 +205,18 @@ impl Delivery {
             return Err(BrokerError::AlreadySettled { tag: self.delivery_tag().to_owned(), how: done.word() });
         }
         let held = self.window.held(self.seq).ok_or_else(|| self.handed_back())?;
-        match &self.settler {
-            Settler::Redis(inner) => inner.extend_held(&self.window, self.seq, &held).await,
-            Settler::Memory(broker) => {
-                broker.extend_held(&held);
-                Ok(())
-            }
-        }
+        self.settler.extend(&self.window, self.seq, &held).await
     }
 
     fn handed_back(&self) -> BrokerError {
         BrokerError::AlreadySettled { tag: self.delivery_tag().to_owned(), how: "handed back by restore_unacked" }
     }
 
-    async fn remove(&mut self) -> Result<(), BrokerError> {
+    async fn remove(&mut self, how: Settled) -> Result<(), BrokerError> {
         let held = self.window.held(self.seq).ok_or_else(|| self.handed_back())?;
-        match &self.settler {
-            Settler::Redis(inner) => crate::redis::Inner::ack_held(inner, &held).await?,
-            Settler::Memory(broker) => broker.ack_held(&held),
+        match how {
+            Settled::Rejected => self.settler.reject(&held).await?,
+            _ => self.settler.ack(&held).await?,
         }
         self.window.release(self.seq);
         Ok(())

@@ -98,13 +98,64 @@ pub enum BrokerError {
     /// The consumer was closed.
     #[error("the consumer is closed")]
     Closed,
+
+    /// RabbitMQ could not be reached, or the connection or channel broke.
+    #[error("cannot talk to RabbitMQ at {url}: {source}; is the broker up and reachable?")]
+    Amqp {
+        /// The broker URL, password masked.
+        url: String,
+        /// The client's error.
+        source: lapin::Error,
+    },
+
+    /// RabbitMQ refused an operation (and closed the channel it came on):
+    /// a declaration that differs from the existing queue or exchange
+    /// (`PRECONDITION_FAILED`), a missing queue, a refused permission.
+    #[error("RabbitMQ refused {operation}: {code} {text}{}", refusal_hint(*.code))]
+    AmqpRefused {
+        /// What we were doing.
+        operation: String,
+        /// The AMQP reply code (406, 404, 403, ...).
+        code: u16,
+        /// The broker's reply text.
+        text: String,
+    },
+
+    /// A delivery's channel closed before it was settled: RabbitMQ has put
+    /// the message back already, so it is not settled on another channel.
+    #[error(
+        "delivery {tag} came on a channel that has closed; RabbitMQ redelivers the message, so it is not settled here"
+    )]
+    ChannelGone {
+        /// Its delivery tag (empty when no delivery is concerned).
+        tag: String,
+    },
+
+    /// RabbitMQ did not take a publish (a negative publisher confirm).
+    #[error("RabbitMQ did not accept a message published to {exchange:?} with routing key {routing_key:?} (nack); it was not stored, send it again")]
+    Nacked {
+        /// The exchange.
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+    },
+}
+
+/// What to do about an AMQP refusal.
+fn refusal_hint(code: u16) -> &'static str {
+    match code {
+        406 => "; the queue or exchange exists with other arguments: make task_queues (queue_arguments, x-max-priority, x-queue-type) match how it was declared, or delete it",
+        404 => "; declare it first (task_create_missing_queues) or check its name",
+        403 => "; the user lacks a permission on this vhost",
+        _ => "",
+    }
 }
 
 impl BrokerError {
     /// Whether retrying (after reconnecting) may succeed: lost connections,
     /// timeouts, a server still loading its data, a failover in progress.
     pub fn is_transient(&self) -> bool {
-        matches!(self, BrokerError::Connection { .. })
+        matches!(self, BrokerError::Connection { .. } | BrokerError::Amqp { .. } | BrokerError::ChannelGone { .. })
     }
 
     /// Sorts a Redis error into [`BrokerError::Auth`], [`BrokerError::Connection`]

@@ -6,13 +6,16 @@
 //!   Python and Rust workers consume the same queues and restore each other's
 //!   messages after a crash;
 //! - [`MemoryBroker`]: the same semantics in memory, for unit tests;
-//! - AMQP (lapin) is to come.
+//! - [`AmqpBroker`]: AMQP 0-9-1 (RabbitMQ) through lapin, with kombu's
+//!   topology, qos, quorum queues and native delayed delivery;
 //!
-//! The crate moves [`celeriac_protocol::Message`]s and never looks inside a
-//! body. Modules: [`options`] (URL and transport options), [`keys`] (Redis key
+//! Each implements [`Transport`] (and its consumers' settling), which
+//! [`Broker`] wraps. The crate moves [`celeriac_protocol::Message`]s and never
+//! looks inside a body. Modules: [`options`] (URL and transport options), [`keys`] (Redis key
 //! names), [`topic`] (topic routing), [`exchange`], [`backoff`], and the
 //! consumer/delivery types.
 
+pub mod amqp;
 pub mod backoff;
 mod broker;
 mod consumer;
@@ -24,9 +27,12 @@ pub mod memory;
 pub mod options;
 pub mod producer;
 pub mod redis;
+mod subscription;
 pub mod topic;
+pub mod transport;
 mod window;
 
+pub use amqp::{AmqpBroker, AmqpOptions};
 pub use broker::Broker;
 pub use consumer::{Consumer, ConsumerControl};
 pub use delivery::{Delivery, SettleOutcome, Settlement};
@@ -35,7 +41,14 @@ pub use exchange::ExchangeKind;
 pub use memory::MemoryBroker;
 pub use options::{CertReqs, FanoutPrefix, QueueOrderStrategy, RedisEndpoint, RedisOptions, Secret, TlsOptions};
 pub use producer::{Expires, Outgoing, Producer, ProducerConfig, SendOptions};
-pub use redis::{FanoutMessage, RedisBroker, RestoreOutcome, Subscription};
+pub use redis::{RedisBroker, RestoreOutcome};
+pub use subscription::{FanoutMessage, Subscription};
+pub use transport::{BrokerFuture, Transport};
+
+/// The current Unix time in seconds (what kombu's `time.time()` gives).
+pub(crate) fn now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
 
 #[cfg(test)]
 mod tests {
@@ -48,6 +61,7 @@ mod tests {
         send_sync::<Broker>();
         send_sync::<RedisBroker>();
         send_sync::<MemoryBroker>();
+        send_sync::<AmqpBroker>();
         send_sync::<Consumer>();
         send_sync::<Delivery>();
         send_sync::<Subscription>();

@@ -13,13 +13,15 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{Consumer, Feed};
-use crate::delivery::{Delivery, Settler};
+use crate::delivery::Delivery;
 use crate::error::BrokerError;
 use crate::exchange::{self, ExchangeKind, ExchangeRegistry};
 use crate::keys::KeySpace;
+use crate::now_secs;
 use crate::options::RedisOptions;
-use crate::redis::{now_secs, FanoutMessage, Subscription};
+use crate::subscription::{FanoutMessage, Subscription, SUBSCRIPTION_BUFFER};
 use crate::topic;
+use crate::transport::{BrokerFuture, Settle, Settler, Transport};
 use crate::window::{Held, Window};
 
 type Subscriber = (String, mpsc::Sender<Result<FanoutMessage, BrokerError>>);
@@ -209,7 +211,7 @@ impl MemoryBroker {
     /// Subscribes to a fanout exchange (Redis glob matching of the channel).
     pub fn subscribe(&self, exchange: &str, binding_key: &str) -> Subscription {
         let pattern = self.inner.keys.fanout_subscribe_pattern(exchange, binding_key);
-        let (tx, rx) = mpsc::channel(crate::redis::SUBSCRIPTION_BUFFER);
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
         self.lock().subscribers.push((pattern.clone(), tx));
         Subscription::new(rx, pattern, CancellationToken::new().drop_guard())
     }
@@ -221,11 +223,12 @@ impl MemoryBroker {
         let window = Arc::new(Window::new(queues, prefetch, o.max_prefetch, o.queue_order_strategy));
         let (tx, rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(self.clone().fetch(window.clone(), tx, stop.clone()));
-        Consumer::new(window, rx, stop, vec![task], Settler::Memory(self.clone()))
+        let settler: Settler = Arc::new(MemorySettler(self.clone()));
+        let task = tokio::spawn(self.clone().fetch(window.clone(), tx, stop.clone(), settler.clone()));
+        Consumer::new(window, rx, stop, vec![task], settler)
     }
 
-    async fn fetch(self, window: Arc<Window>, tx: Feed, stop: CancellationToken) {
+    async fn fetch(self, window: Arc<Window>, tx: Feed, stop: CancellationToken, settler: Settler) {
         let mut pushed = self.inner.pushed.subscribe();
         loop {
             if stop.is_cancelled() || tx.is_closed() {
@@ -240,7 +243,7 @@ impl MemoryBroker {
                     match Envelope::from_slice(raw.as_bytes()) {
                         Ok(envelope) => {
                             let seq = window.hold(&tag, None);
-                            let d = Delivery::new(envelope, queue, Settler::Memory(self.clone()), window.clone(), seq);
+                            let d = Delivery::new(envelope, queue, settler.clone(), window.clone(), seq);
                             let _ = tx.send(Ok(d));
                         }
                         Err(e) => {
@@ -349,6 +352,95 @@ impl MemoryBroker {
             self.lock().unacked.iter().filter(|(_, (_, t))| *t <= ceil).map(|(k, (_, t))| (k.clone(), *t)).collect();
         due.sort_by(|a, b| b.1.total_cmp(&a.1));
         due.iter().filter(|(tag, _)| self.restore_tag(tag, false)).count()
+    }
+}
+
+/// Settles the in-memory broker's deliveries.
+#[derive(Debug)]
+struct MemorySettler(MemoryBroker);
+
+impl Settle for MemorySettler {
+    fn ack<'a>(&'a self, held: &'a Held) -> BrokerFuture<'a, ()> {
+        self.0.ack_held(held);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn reject<'a>(&'a self, held: &'a Held) -> BrokerFuture<'a, ()> {
+        self.0.ack_held(held);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn requeue<'a>(&'a self, held: &'a Held) -> BrokerFuture<'a, ()> {
+        self.0.requeue_held(held);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn extend<'a>(&'a self, _window: &'a Window, _seq: u64, held: &'a Held) -> BrokerFuture<'a, ()> {
+        self.0.extend_held(held);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn restore_all<'a>(&'a self, held: &'a [(u64, Held)]) -> BrokerFuture<'a, usize> {
+        let restored = self.0.restore_all(held);
+        Box::pin(async move { Ok(restored) })
+    }
+}
+
+impl Transport for MemoryBroker {
+    fn masked_url(&self) -> String {
+        "memory://".to_owned()
+    }
+
+    fn declare_exchange(&self, name: &str, kind: ExchangeKind) {
+        MemoryBroker::declare_exchange(self, name, kind);
+    }
+
+    fn declare_queue<'a>(&'a self, queue: &'a str, exchange: &'a str, routing_key: &'a str) -> BrokerFuture<'a, ()> {
+        MemoryBroker::declare_queue(self, queue, exchange, routing_key);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn publish<'a>(&'a self, exchange: &'a str, routing_key: &'a str, message: &'a Message) -> BrokerFuture<'a, ()> {
+        let result = MemoryBroker::publish(self, exchange, routing_key, message);
+        Box::pin(async { result })
+    }
+
+    fn bound_queues<'a>(&'a self, exchange: &'a str, routing_key: &'a str) -> BrokerFuture<'a, Vec<String>> {
+        let queues = MemoryBroker::bound_queues(self, exchange, routing_key);
+        Box::pin(async { Ok(queues) })
+    }
+
+    fn queue_len<'a>(&'a self, queue: &'a str) -> BrokerFuture<'a, u64> {
+        let n = MemoryBroker::queue_len(self, queue);
+        Box::pin(async move { Ok(n) })
+    }
+
+    fn purge<'a>(&'a self, queue: &'a str) -> BrokerFuture<'a, u64> {
+        let n = MemoryBroker::purge(self, queue);
+        Box::pin(async move { Ok(n) })
+    }
+
+    fn delete_queue<'a>(&'a self, queue: &'a str) -> BrokerFuture<'a, ()> {
+        MemoryBroker::delete_queue(self, queue);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn consumer(&self, queues: &[String], prefetch: usize) -> Consumer {
+        MemoryBroker::consumer(self, queues, prefetch)
+    }
+
+    fn subscribe<'a>(&'a self, exchange: &'a str, binding_key: &'a str) -> BrokerFuture<'a, Subscription> {
+        let subscription = MemoryBroker::subscribe(self, exchange, binding_key);
+        Box::pin(async { Ok(subscription) })
+    }
+
+    fn restore_visible(&self) -> BrokerFuture<'_, usize> {
+        let n = MemoryBroker::restore_visible(self);
+        Box::pin(async move { Ok(n) })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

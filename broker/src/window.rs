@@ -188,6 +188,9 @@ impl Window {
         let mut s = self.lock();
         if s.prefetch > 1 {
             s.prefetch -= 1;
+            drop(s);
+            // A transport that tells the broker (AMQP's basic.qos) hears of it.
+            self.changed.notify_one();
         }
     }
 

@@ -28,6 +28,9 @@ pub fn broker(settings: &Settings) -> Result<Broker, CliError> {
     if url.starts_with("memory://") {
         return Ok(Broker::from_url(url)?);
     }
+    if celeriac_broker::amqp::is_amqp_url(url) {
+        return amqp_broker(settings);
+    }
     let t = &settings.broker_transport_options;
     let mut o = RedisOptions {
         visibility_timeout: secs(t.visibility_timeout),
@@ -71,6 +74,55 @@ pub fn broker(settings: &Settings) -> Result<Broker, CliError> {
         apply_tls(tls, ssl, Dialect::Kombu)?;
     }
     Ok(Broker::Redis(celeriac_broker::RedisBroker::new(o)?))
+}
+
+/// The RabbitMQ broker for an `amqp://`/`amqps://` `broker_url`: the
+/// topology settings (`task_queues`, `task_default_*`, quorum queues), the
+/// connection settings and `broker_use_ssl`'s CA.
+fn amqp_broker(settings: &Settings) -> Result<Broker, CliError> {
+    use celeriac_broker::amqp::{AmqpOptions, QueueSpec};
+    let mut o = AmqpOptions::from_url(&settings.broker_url)?;
+    o.heartbeat = settings.broker_heartbeat.map_or(0, |h| h.clamp(0.0, f64::from(u16::MAX)) as u16);
+    o.connect_timeout = secs(settings.broker_connection_timeout);
+    o.max_retries = settings.broker_connection_max_retries;
+    o.confirm_publish = settings.broker_transport_options.confirm_publish;
+    o.default_queue_type = settings.task_default_queue_type.parse()?;
+    o.default_exchange_type = settings.task_default_exchange_type.parse()?;
+    o.default_max_priority = settings.task_queue_max_priority;
+    o.detect_quorum_queues = settings.worker_detect_quorum_queues;
+    o.event_exchange = settings.event_exchange.clone();
+    o.control_exchange = settings.control_exchange.clone();
+    o.event_queue_ttl = settings.event_queue_ttl.map(secs);
+    o.event_queue_expires = settings.event_queue_expires.map(secs);
+    for (name, q) in &settings.task_queues {
+        let mut arguments = Vec::new();
+        for (key, value) in q.queue_arguments.iter().flatten() {
+            let value = celeriac_protocol::serde_value::to_value(value)
+                .map_err(|e| CliError::Setting(format!("task_queues.{name}.queue_arguments.{key}: {e}")))?;
+            arguments.push((key.clone(), value));
+        }
+        if let Some(max) = q.max_priority {
+            arguments.push(("x-max-priority".into(), celeriac_protocol::Value::Int(i64::from(max))));
+        }
+        let exchange_type = q.exchange_type.as_deref().map(str::parse).transpose()?;
+        let spec =
+            QueueSpec { exchange: q.exchange.clone(), exchange_type, routing_key: q.routing_key.clone(), arguments };
+        o.queues.insert(name.clone(), spec);
+    }
+    if let Some(ssl) = &settings.broker_use_ssl {
+        if ssl.ssl_certfile.is_some() || ssl.ssl_keyfile.is_some() {
+            return Err(CliError::Setting(
+                "broker_use_ssl: client certificates are not supported on amqps:// yet; use user and password".into(),
+            ));
+        }
+        if ssl.ssl_cert_reqs.eq_ignore_ascii_case("none") || ssl.ssl_cert_reqs.eq_ignore_ascii_case("cert_none") {
+            return Err(CliError::Setting(
+                "broker_use_ssl: amqps:// always verifies the broker's certificate; give ssl_ca_certs instead of ssl_cert_reqs=none".into(),
+            ));
+        }
+        o.tls.ca_certs = ssl.ssl_ca_certs.as_ref().map(std::path::PathBuf::from);
+    }
+    Ok(Broker::new(celeriac_broker::AmqpBroker::new(o)?))
 }
 
 /// `sentinel_kwargs["password"]`, the Sentinel nodes' own.
@@ -147,10 +199,29 @@ pub fn backend_options(settings: &Settings) -> Result<Option<BackendOptions>, Cl
 
 /// Connects the result backend, if one is configured.
 pub async fn backend(settings: &Settings) -> Result<Option<RedisBackend>, CliError> {
+    if settings.result_backend.as_deref().is_some_and(celeriac_backend::is_rpc_url) {
+        return Ok(None);
+    }
     match backend_options(settings)? {
         Some(options) => Ok(Some(RedisBackend::connect(options).await?)),
         None => Ok(None),
     }
+}
+
+/// The `rpc://` result backend over `broker` (which must be RabbitMQ), when
+/// `result_backend` names it.
+pub fn rpc_backend(settings: &Settings, broker: &Broker) -> Result<Option<celeriac_backend::RpcBackend>, CliError> {
+    let Some(url) = settings.result_backend.as_deref().filter(|u| celeriac_backend::is_rpc_url(u)) else {
+        return Ok(None);
+    };
+    let Some(amqp) = broker.as_amqp() else {
+        return Err(CliError::Setting(format!("result_backend {url:?} needs an amqp:// broker_url")));
+    };
+    let mut o = BackendOptions::from_url("redis://localhost")?;
+    o.set_serializer(&settings.result_serializer)?;
+    o.set_compression(settings.result_compression.as_deref().unwrap_or(""))?;
+    let codec = celeriac_backend::PayloadCodec { serializer: o.result_serializer, compression: o.result_compression };
+    Ok(Some(celeriac_backend::RpcBackend::new(amqp.clone(), codec, settings.result_extended)))
 }
 
 /// The producer's settings: serializer, compression, time zone, default queue.

@@ -153,7 +153,8 @@ pub async fn run(args: WorkerArgs, extra: &'static [celeriac_tasks::TaskSet]) ->
     }
     print!("{}", banner(&settings, &config, &broker, &registry));
 
-    let results = backend.map(|b| Arc::new(b) as Arc<dyn ResultStore>);
+    let rpc = assemble::rpc_backend(&settings, &broker)?.map(|b| Arc::new(b) as Arc<dyn ResultStore>);
+    let results = rpc.or_else(|| backend.map(|b| Arc::new(b) as Arc<dyn ResultStore>));
     let hostname_for_metrics = config.hostname.clone();
     let (broker_for_metrics, queues_for_metrics, slots) = (broker.clone(), config.queues.clone(), config.concurrency);
     let mut worker = Worker::new(registry, broker, producer, results, config);

@@ -1,6 +1,6 @@
 //! The operator's commands of the real `celeriac` binary against a real
 //! fleet: a celeriac worker and a Python Celery worker on a private
-//! redis-server. Where Celery's own command line does the same thing
+//! redis-server, and on RabbitMQ (the run's shared node). Where Celery's own command line does the same thing
 //! (`celery inspect`, `celery control`, `celery purge`, `celery result`),
 //! both run and their answers are compared side by side.
 
@@ -206,6 +206,165 @@ fn no_worker_answering_exits_69_as_celery_inspect() {
     assert!(String::from_utf8_lossy(&ours.stderr).contains("No nodes replied"));
     let usage = celeriac(&["inspect", "nosuch", "-b", &url]);
     assert!(String::from_utf8_lossy(&usage.stderr).contains("Available inspect commands"));
+}
+
+/// `celeriac <args> -b BROKER --result-backend BACKEND --json`: exit status
+/// and stdout as JSON.
+fn celeriac_json_on(broker: &str, backend: &str, args: &[&str]) -> (Option<i32>, Value) {
+    let out = celeriac(&[args, &["-b", broker, "--result-backend", backend, "--json"]].concat());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("celeriac {args:?}: {e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code(), value)
+}
+
+/// The pinned `celery -A mixed <args>` on `broker` with results in `backend`.
+fn celery_on(broker: &str, backend: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(celeriac_tests::python().unwrap())
+        .args(["-m", "celery", "-A", "mixed"])
+        .args(args)
+        .current_dir(apps())
+        .env("PYTHONPATH", apps())
+        .env("CELERIAC_TEST_BROKER", broker)
+        .env("CELERIAC_TEST_BACKEND", backend)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// The operator commands on RabbitMQ (the run's shared node, results in a
+/// private Redis): remote control over the `celery.pidbox` fanout with
+/// replies on `reply.celery.pidbox`, answered by a Python and a celeriac
+/// worker as `celery inspect`/`control` get them; depths by passive
+/// `queue.declare`; `call`, `result` and `purge` beside Celery's. Queue and
+/// node names are unique, as other tests share the node.
+#[test]
+fn the_operator_commands_work_on_rabbitmq_as_celerys_do() {
+    let (Some(amqp), Some(redis), Some(python)) =
+        (celeriac_tests::amqp(), celeriac_tests::redis(), celeriac_tests::python_peer())
+    else {
+        return;
+    };
+    let backend = redis.url();
+    let tag = format!("{}x{}", std::process::id(), redis.port());
+    let (rs, py) = (format!("rs{tag}@ops-amqp"), format!("py{tag}@ops-amqp"));
+    let (rq, pq, idle) = (format!("rq{tag}"), format!("pq{tag}"), format!("idle{tag}"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_celeriac"));
+    command
+        .args(["worker", "-b", &amqp, "--result-backend", &backend, "--tasks", "builtin,conformance"])
+        .args(["-n", &rs, "-Q", &rq, "-c", "1"]);
+    let rs_worker = LoggedProcess::spawn(command, "celeriac worker", redis.dir().join("rs.log"), " ready.").unwrap();
+    let py_worker = CeleryWorker::builder(&python, "mixed", &apps())
+        .queues(&pq)
+        .args(&["--pool=solo", "-n", &py, "--loglevel=INFO"])
+        .env("CELERIAC_TEST_BROKER", &amqp)
+        .env("CELERIAC_TEST_BACKEND", &backend)
+        .log(redis.dir().join("py.log"))
+        .start()
+        .unwrap();
+    rs_worker.wait_ready(WAIT).unwrap();
+    py_worker.wait_ready(WAIT).unwrap();
+    let both = format!("{rs},{py}");
+    let ours = |args: &[&str]| celeriac_json_on(&amqp, &backend, args);
+    let theirs = |args: &[&str]| celery_on(&amqp, &backend, args);
+
+    // inspect: the replies `celery inspect` gets, from both workers.
+    for command in [&["ping"][..], &["active_queues"], &["registered"], &["stats"]] {
+        let (code, got) = ours(&[&["inspect"], command, &["-d", &both, "-t", "10"]].concat());
+        assert_eq!(code, Some(0), "{command:?}: {got}");
+        let (ok, text, err) = theirs(&[&["inspect"], command, &["--json", "-t", "10", "-d", &both]].concat());
+        assert_eq!(ok, Some(0), "celery inspect {command:?}: {err}");
+        let want: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(steady(got.clone()), steady(want), "inspect {command:?}:\n{}", rs_worker.log());
+        assert_eq!(got.as_object().unwrap().len(), 2, "{got}");
+    }
+    // control: the same list of {node: reply} as `celery control --json`.
+    let (code, got) = ours(&["control", "rate_limit", "tasks.add", "10/m", "-d", &both, "-t", "10"]);
+    assert_eq!(code, Some(0));
+    let (_, text, _) = theirs(&["control", "rate_limit", "tasks.add", "10/m", "--json", "-t", "10", "-d", &both]);
+    let sorted = |v: &Value| {
+        let mut list: Vec<String> = v.as_array().unwrap().iter().map(Value::to_string).collect();
+        list.sort();
+        list
+    };
+    assert_eq!(sorted(&got), sorted(&serde_json::from_str(text.trim()).unwrap()));
+    assert!(got.to_string().contains("new rate limit set successfully"), "{got}");
+    // No node of that name: nobody answers, exit 69 as `celery inspect`.
+    let nobody = celeriac(&["inspect", "ping", "-d", "nobody@ops-amqp", "-t", "0.5", "-b", &amqp]);
+    let (theirs_code, _, _) = theirs(&["inspect", "ping", "-d", "nobody@ops-amqp", "-t", "0.5"]);
+    assert_eq!((nobody.status.code(), theirs_code), (Some(69), Some(69)));
+
+    // call and result, over AMQP with results in Redis.
+    let (code, on_py) = ours(&["call", "tasks.add", "--args", "[2, 3]", "-Q", &pq, "--wait", "-t", "20"]);
+    assert_eq!((code, &on_py["result"]), (Some(0), &json!(5)), "{on_py}\n{}", py_worker.log());
+    let (_, on_rs) = ours(&["call", "t.integration.tasks.add", "-a", "[40, 2]", "-Q", &rq, "-w", "-t", "20"]);
+    assert_eq!(on_rs["result"], json!(42), "{on_rs}\n{}", rs_worker.log());
+    let id = on_py["id"].as_str().unwrap();
+    let (_, text, _) = theirs(&["result", id]);
+    let out = celeriac(&["result", id, "-b", &amqp, "--result-backend", &backend]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), text.trim(), "the same text as `celery result`");
+
+    // status and queues: ready messages in a queue nobody consumes, an ETA
+    // task held by the celeriac worker; AMQP reports no unacked counts.
+    let calls = json!([
+        {"name": "tasks.add", "args": [1, 1], "options": {"queue": idle}},
+        {"name": "tasks.add", "args": [1, 2], "options": {"queue": idle}},
+        {"name": "tasks.add", "args": [1, 3], "options": {"queue": idle}},
+        {"name": "t.integration.tasks.add", "args": [1, 4], "options": {"queue": rq, "countdown": 3600}},
+    ]);
+    celeriac_tests::python_calls_on(&amqp, &backend, &calls.to_string(), false, 20).unwrap();
+    let mut status = Value::Null;
+    let held = celeriac_tests::wait_until(WAIT, || {
+        status = ours(&["status", "-d", &both, "-Q", &idle, "-t", "5"]).1;
+        let workers = status["workers"].as_array().cloned().unwrap_or_default();
+        workers.iter().any(|w| w["name"] == rs.as_str() && w["scheduled"] == json!(1))
+    });
+    assert!(held, "{status}\n{}", rs_worker.log());
+    let mut names: Vec<&str> =
+        status["workers"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    let mut want = vec![py.as_str(), rs.as_str()];
+    want.sort_unstable();
+    assert_eq!(names, want, "{status}");
+    let queue = |name: &str| status["queues"].as_array().unwrap().iter().find(|q| q["name"] == name).cloned().unwrap();
+    assert_eq!(queue(&idle)["messages"], json!(3), "{status}");
+    assert_eq!(queue(&idle)["consumers"], json!([]));
+    assert_eq!(queue(&idle)["unacked"], Value::Null);
+    assert_eq!(queue(&pq)["consumers"], json!([py.as_str()]));
+    assert_eq!(queue(&rq)["messages"], json!(0), "the ETA message is held, not ready: {status}");
+    assert_eq!(status["unacked"], Value::Null);
+    let (code, queues) = ours(&["queues", "-Q", &format!("{idle},{rq},{pq}")]);
+    assert_eq!(code, Some(0));
+    let depth: Vec<(&str, &Value)> =
+        queues.as_array().unwrap().iter().map(|q| (q["name"].as_str().unwrap(), &q["messages"])).collect();
+    assert!(depth.contains(&(idle.as_str(), &json!(3))), "{queues}");
+    let text = celeriac(&["status", "-b", &amqp, "-d", &both, "-t", "5"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&rs) && text.contains(&py) && text.contains("not reported"), "{text}");
+    let out =
+        celeriac(&["monitor", "-b", &amqp, "--json", "--count", "2", "--interval", "0.2", "-t", "2", "-d", &both]);
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lines[1]["workers"].as_array().unwrap().len(), 2, "{:?}", lines[1]);
+
+    // purge: what `celery purge` removes, and its words.
+    let (code, purged) = ours(&["purge", "-Q", &idle, "-f"]);
+    assert_eq!((code, purged), (Some(0), json!({"purged": {idle.as_str(): 3}, "total": 3})));
+    let one = json!([{"name": "tasks.add", "args": [1, 1], "options": {"queue": idle}}]).to_string();
+    celeriac_tests::python_calls_on(&amqp, &backend, &one, false, 20).unwrap();
+    let (_, text, err) = theirs(&["purge", "-Q", &idle, "-f"]);
+    assert!(text.contains("Purged 1 message"), "{text}{err}");
+    celeriac_tests::python_calls_on(&amqp, &backend, &one, false, 20).unwrap();
+    let out = celeriac(&["purge", "-Q", &idle, "-f", "-b", &amqp]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), text.trim());
+    // A queue that does not exist purges nothing, as with Celery.
+    let (code, purged) = ours(&["purge", "-Q", &format!("nosuch{tag}"), "-f"]);
+    assert_eq!((code, &purged["total"]), (Some(0), &json!(0)), "{purged}");
+    drop(rs_worker);
+    drop(py_worker);
+    let _ = ours(&["purge", "-Q", &format!("{rq},{pq},{idle}"), "-f"]);
 }
 
 /// Celery's command-line habits on the real binary: a repeated option takes

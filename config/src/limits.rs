@@ -124,6 +124,9 @@ pub const NUMERIC_SETTINGS: &[Numeric] = &[
             .filter_map(|(q, v)| Some((format!("task_queues.{q}.max_priority"), f64::from(v.max_priority?))))
             .collect()
     }),
+    n("task_queue_max_priority", Limit::whole(1, 255), |s| {
+        one("task_queue_max_priority", s.task_queue_max_priority.map(f64::from))
+    }),
     n("task_routes.*.priority", Limit::whole(0, 255), |s| {
         let routes = s.task_routes.iter();
         routes.filter_map(|(r, v)| Some((format!("task_routes.{r}.priority"), f64::from(v.priority?)))).collect()

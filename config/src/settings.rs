@@ -80,6 +80,11 @@ pub struct Settings {
     pub task_routes: IndexMap<String, crate::Route>,
     /// Create a queue named by a route that is not in `task_queues`.
     pub task_create_missing_queues: bool,
+    /// Type of queues not in `task_queues` on RabbitMQ: `classic` or `quorum`
+    /// (Celery 5.5+).
+    pub task_default_queue_type: String,
+    /// `x-max-priority` of queues not in `task_queues` on RabbitMQ (classic queues only).
+    pub task_queue_max_priority: Option<u8>,
 
     // ---- task execution -----------------------------------------------------
     /// Acknowledge after the task ran instead of before.
@@ -129,6 +134,10 @@ pub struct Settings {
     pub worker_unknown_task: UnknownTaskPolicy,
     /// Queue for messages that cannot be decoded or run (celeriac only).
     pub worker_dead_letter_queue: String,
+    /// On RabbitMQ, look for quorum queues among the configured ones: then
+    /// prefetch is per consumer (no global qos) and ETA tasks to non-direct
+    /// exchanges use native delayed delivery (Celery 5.5+).
+    pub worker_detect_quorum_queues: bool,
     /// Most ETA/countdown tasks held at once before the worker stops reserving (celeriac only).
     pub worker_max_scheduled_tasks: usize,
     /// Largest task message a worker decodes, in bytes of the raw body as it
@@ -209,6 +218,8 @@ impl Default for Settings {
             task_queues: IndexMap::new(),
             task_routes: IndexMap::new(),
             task_create_missing_queues: true,
+            task_default_queue_type: "classic".into(),
+            task_queue_max_priority: None,
             task_acks_late: false,
             task_acks_on_failure_or_timeout: true,
             task_reject_on_worker_lost: false,
@@ -230,6 +241,7 @@ impl Default for Settings {
             worker_metrics_addr: None,
             worker_unknown_task: UnknownTaskPolicy::Reject,
             worker_dead_letter_queue: "celeriac.dead_letter".into(),
+            worker_detect_quorum_queues: true,
             worker_max_scheduled_tasks: 100_000,
             worker_max_message_size: 64 * 1024 * 1024,
             event_exchange: "celeryev".into(),
@@ -290,6 +302,9 @@ pub struct BrokerTransportOptions {
     /// Settings of the connections to the Sentinel nodes themselves (kombu's
     /// `sentinel_kwargs`): their own password. TLS to them follows `broker_use_ssl`.
     pub sentinel_kwargs: Option<SentinelKwargs>,
+    /// RabbitMQ: wait for the broker's confirm of every publish (kombu's
+    /// `confirm_publish`; celeriac's default is on, kombu's off).
+    pub confirm_publish: bool,
 }
 
 impl Default for BrokerTransportOptions {
@@ -312,6 +327,7 @@ impl Default for BrokerTransportOptions {
             client_name: None,
             body_encoding: "base64".into(),
             sentinel_kwargs: None,
+            confirm_publish: true,
         }
     }
 }
@@ -515,6 +531,13 @@ impl Settings {
     /// ([`crate::NUMERIC_SETTINGS`]), serializers, rate limits, URLs. Called by
     /// [`crate::load`]; call it again after changing settings in code.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !["classic", "quorum"].contains(&self.task_default_queue_type.as_str()) {
+            return Err(ConfigError::value(
+                "task_default_queue_type",
+                &self.task_default_queue_type,
+                "expected classic or quorum",
+            ));
+        }
         const SERIALIZERS: [&str; 3] = ["json", "msgpack", "yaml"];
         for (setting, value) in
             [("task_serializer", &self.task_serializer), ("result_serializer", &self.result_serializer)]

@@ -37,8 +37,8 @@ pub use fixtures::fixture_files;
 pub use net::{free_port, wait_until};
 pub use process::LoggedProcess;
 pub use proxy::FaultProxy;
-pub use python::{python, python_calls, repo_root, venv_python};
-pub use rabbitmq::{shared_amqp_url, RabbitNode, AMQP_URL_ENV};
+pub use python::{python, python_calls, python_calls_on, repo_root, venv_python};
+pub use rabbitmq::{shared_amqp_url, shared_amqps, RabbitNode, AMQPS_URL_ENV, AMQP_CA_ENV, AMQP_URL_ENV};
 pub use redis::RedisServer;
 pub use sentinel::SentinelServer;
 pub use tls::TestCertificates;
@@ -81,4 +81,10 @@ pub fn python_peer() -> Option<std::path::PathBuf> {
 /// The run's shared RabbitMQ node, or a skip (see [`or_skip`]).
 pub fn amqp() -> Option<String> {
     or_skip("RabbitMQ", shared_amqp_url())
+}
+
+/// The run's shared RabbitMQ node over TLS (`amqps://` URL and the CA that
+/// signed its certificate), or a skip (see [`or_skip`]).
+pub fn amqps() -> Option<(String, std::path::PathBuf)> {
+    or_skip("RabbitMQ with TLS", shared_amqps())
 }

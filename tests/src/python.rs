@@ -32,11 +32,23 @@ pub fn python() -> Result<PathBuf, HarnessError> {
 /// line per call with what `AsyncResult.get()` gave (waiting up to
 /// `timeout_secs` each); without, lines with the ids only.
 pub fn python_calls(url: &str, calls: &str, wait: bool, timeout_secs: u32) -> Result<Vec<String>, HarnessError> {
+    python_calls_on(url, url, calls, wait, timeout_secs)
+}
+
+/// [`python_calls`] with the broker and the result backend apart (a Python
+/// client on RabbitMQ with its results in Redis).
+pub fn python_calls_on(
+    broker: &str,
+    backend: &str,
+    calls: &str,
+    wait: bool,
+    timeout_secs: u32,
+) -> Result<Vec<String>, HarnessError> {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let timeout = timeout_secs.to_string();
     let mut command = Command::new(python()?);
-    command.arg(repo_root().join("tests/python/call_tasks.py")).args(["--broker", url, "--backend", url]);
+    command.arg(repo_root().join("tests/python/call_tasks.py")).args(["--broker", broker, "--backend", backend]);
     command.args(["--timeout", timeout.as_str()]);
     if !wait {
         command.arg("--no-wait");

@@ -1,5 +1,7 @@
 //! A private RabbitMQ node: own node name, AMQP/distribution/epmd ports, data
-//! and log dirs and Erlang cookie, so it never meets a system-wide broker.
+//! and log dirs and Erlang cookie, so it never meets a system-wide broker. It
+//! also listens for `amqps://` with a certificate from a private CA
+//! ([`TestCertificates`]).
 //!
 //! Starting a node takes seconds, so a test run shares one: `scripts/test`
 //! starts it with the `celeriac-testenv` binary and passes its URL in
@@ -17,12 +19,20 @@ use std::time::Duration;
 
 use crate::child::ChildGuard;
 use crate::net::{free_port, tail, wait_until, which};
+use crate::tls::TestCertificates;
 use crate::HarnessError;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The environment variable carrying a run-wide node's AMQP URL.
 pub const AMQP_URL_ENV: &str = "CELERIAC_TEST_AMQP_URL";
+
+/// The environment variable carrying the same node's `amqps://` URL (its TLS
+/// listener, a certificate for `localhost` signed by a private CA).
+pub const AMQPS_URL_ENV: &str = "CELERIAC_TEST_AMQPS_URL";
+
+/// The environment variable carrying the path of that private CA (PEM).
+pub const AMQP_CA_ENV: &str = "CELERIAC_TEST_AMQP_CA";
 
 /// A running private RabbitMQ node, stopped on drop.
 #[derive(Debug)]
@@ -31,12 +41,16 @@ pub struct RabbitNode {
     server: ChildGuard,
     epmd: ChildGuard,
     port: u16,
+    tls_port: u16,
+    epmd_port: u16,
     node_name: String,
+    certificates: TestCertificates,
     dir: tempfile::TempDir,
 }
 
 impl RabbitNode {
-    /// Starts a node and waits until it accepts AMQP connections.
+    /// Starts a node and waits until it accepts AMQP connections, plain and
+    /// over TLS.
     pub fn start() -> Result<RabbitNode, HarnessError> {
         let server_bin = ["/usr/lib/rabbitmq/bin/rabbitmq-server"]
             .iter()
@@ -50,12 +64,25 @@ impl RabbitNode {
             .tempdir()
             .map_err(|e| HarnessError::io("creating a temp dir for RabbitMQ", e))?;
         let (port, dist_port, epmd_port) = (free_port()?, free_port()?, free_port()?);
+        let tls_port = free_port()?;
         let node_name = format!("celeriac-test-{}-{port}@localhost", std::process::id());
         let d = dir.path();
+        let certificates = TestCertificates::generate()?;
         std::fs::write(d.join("enabled_plugins"), "[].\n")
             .map_err(|e| HarnessError::io("writing enabled_plugins", e))?;
-        std::fs::write(d.join("rabbitmq.conf"), "loopback_users = none\n")
-            .map_err(|e| HarnessError::io("writing rabbitmq.conf", e))?;
+        let conf = format!(
+            "loopback_users = none\n\
+             listeners.ssl.1 = 127.0.0.1:{tls_port}\n\
+             ssl_options.cacertfile = {}\n\
+             ssl_options.certfile = {}\n\
+             ssl_options.keyfile = {}\n\
+             ssl_options.verify = verify_none\n\
+             ssl_options.fail_if_no_peer_cert = false\n",
+            certificates.path("ca.pem"),
+            certificates.path("server.pem"),
+            certificates.path("server.key"),
+        );
+        std::fs::write(d.join("rabbitmq.conf"), conf).map_err(|e| HarnessError::io("writing rabbitmq.conf", e))?;
 
         let epmd = Command::new(epmd_bin)
             .args(["-port", &epmd_port.to_string(), "-address", "127.0.0.1"])
@@ -93,7 +120,9 @@ impl RabbitNode {
         let mut server = ChildGuard::new(format!("rabbitmq {node_name}"), server);
         watch_owner(&[server.id(), epmd.id()]);
 
-        let ready = wait_until(READY_TIMEOUT, || server.try_wait().is_some() || speaks_amqp(port));
+        let ready = wait_until(READY_TIMEOUT, || {
+            server.try_wait().is_some() || (speaks_amqp(port) && TcpStream::connect(("127.0.0.1", tls_port)).is_ok())
+        });
         if !ready || server.try_wait().is_some() {
             return Err(HarnessError::NotReady {
                 what: format!("RabbitMQ node {node_name} on port {port}"),
@@ -101,12 +130,28 @@ impl RabbitNode {
                 log: tail(&log, 3000),
             });
         }
-        Ok(RabbitNode { server, epmd, port, node_name, dir })
+        Ok(RabbitNode { server, epmd, port, tls_port, epmd_port, node_name, certificates, dir })
     }
 
     /// `amqp://guest:guest@127.0.0.1:<port>//`, the spelling kombu and lapin share.
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2F", self.port)
+    }
+
+    /// `amqps://guest:guest@localhost:<tls port>/%2F`: the TLS listener, whose
+    /// certificate (for `localhost` and 127.0.0.1) [`RabbitNode::ca_file`] signed.
+    pub fn amqps_url(&self) -> String {
+        format!("amqps://guest:guest@localhost:{}/%2F", self.tls_port)
+    }
+
+    /// The private CA (PEM) that signed the TLS listener's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.certificates.file("ca.pem")
+    }
+
+    /// The process id of `rabbitmq-server` (the Erlang VM runs below it).
+    pub fn pid(&self) -> u32 {
+        self.server.id()
     }
 
     /// The AMQP port.
@@ -122,6 +167,29 @@ impl RabbitNode {
     /// The node's data and log dir.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Runs `rabbitmqctl -n <node> <args>` against this node; its output.
+    pub fn ctl(&self, args: &[&str]) -> Result<String, HarnessError> {
+        let ctl = ["/usr/lib/rabbitmq/bin/rabbitmqctl"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .or_else(|| which("rabbitmqctl"))
+            .ok_or(HarnessError::NotInstalled { program: "rabbitmqctl".into() })?;
+        let out = Command::new(ctl)
+            .envs(node_env(self.dir.path(), &self.node_name, self.epmd_port))
+            .args(["-n", &self.node_name])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| HarnessError::io("running rabbitmqctl", e))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            let output = format!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
+            return Err(HarnessError::PeerFailed { what: format!("rabbitmqctl {}", args.join(" ")), output });
+        }
+        Ok(text)
     }
 
     /// Stops the node now (it is also stopped on drop).
@@ -184,9 +252,25 @@ pub fn shared_amqp_url() -> Result<String, HarnessError> {
             return Ok(url);
         }
     }
+    process_node().map(RabbitNode::url)
+}
+
+/// The run's node over TLS: its `amqps://` URL and the CA file to verify it
+/// with, from [`AMQPS_URL_ENV`] and [`AMQP_CA_ENV`], else this process's own
+/// node.
+pub fn shared_amqps() -> Result<(String, PathBuf), HarnessError> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if let (Some(url), Some(ca)) = (env(AMQPS_URL_ENV), env(AMQP_CA_ENV)) {
+        return Ok((url, PathBuf::from(ca)));
+    }
+    process_node().map(|node| (node.amqps_url(), node.ca_file()))
+}
+
+/// The node this process started for itself (once).
+fn process_node() -> Result<&'static RabbitNode, HarnessError> {
     static NODE: OnceLock<Result<RabbitNode, String>> = OnceLock::new();
     match NODE.get_or_init(|| RabbitNode::start().map_err(|e| e.to_string())) {
-        Ok(node) => Ok(node.url()),
+        Ok(node) => Ok(node),
         Err(e) => Err(HarnessError::NotReady { what: "the shared RabbitMQ node".into(), seconds: 0, log: e.clone() }),
     }
 }

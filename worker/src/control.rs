@@ -131,7 +131,9 @@ impl Pidbox {
     pub(crate) async fn subscribe(shared: Arc<Shared>) -> Result<Pidbox, BrokerError> {
         shared.broker.declare_exchange(PIDBOX_EXCHANGE, ExchangeKind::Fanout);
         shared.broker.declare_exchange(REPLY_EXCHANGE, ExchangeKind::Direct);
-        let subscription = shared.broker.subscribe(PIDBOX_EXCHANGE, "").await?;
+        // On AMQP the queue is `<node>.celery.pidbox`, as kombu's Mailbox names it.
+        let queue = format!("{}.{PIDBOX_EXCHANGE}", shared.config.hostname);
+        let subscription = shared.broker.subscribe_queue(PIDBOX_EXCHANGE, "", &queue).await?;
         Ok(Pidbox { shared, subscription })
     }
 

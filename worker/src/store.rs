@@ -113,6 +113,16 @@ pub trait ResultStore: Send + Sync + 'static {
     }
 }
 
+/// The `rpc://` backend: results go to the task's reply queue on RabbitMQ.
+/// No state is kept there (`state` reads nothing), and chords need a backend
+/// that stores (a chord with `rpc://` never completes, as in Celery).
+impl ResultStore for celeriac_backend::RpcBackend {
+    fn store(&self, meta: Arc<ResultMeta>) -> BoxFuture<'static, Result<(), StoreError>> {
+        let backend = self.clone();
+        Box::pin(async move { backend.store(&meta).await.map(drop).map_err(StoreError::from) })
+    }
+}
+
 impl ResultStore for RedisBackend {
     fn store(&self, meta: Arc<ResultMeta>) -> BoxFuture<'static, Result<(), StoreError>> {
         let backend = self.clone();

@@ -19,10 +19,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::SharedConnection;
+use super::RedisSettler;
 use super::{now_score, Inner};
 use crate::backoff::Backoff;
 use crate::consumer::{Consumer, Feed};
-use crate::delivery::{Delivery, Settler};
+use crate::delivery::Delivery;
 use crate::error::BrokerError;
 use crate::window::Window;
 
@@ -38,8 +39,10 @@ pub(crate) fn start(inner: Arc<Inner>, queues: &[String], prefetch: usize) -> Co
         if options.health_check_interval.is_zero() { Duration::from_secs(5) } else { options.health_check_interval };
     let brpop = SharedConnection::new(inner.connector.clone(), Some(options.brpop_timeout + slack));
     let journal = format!("{}celeriac.pop.{}", inner.keys.prefix(), uuid::Uuid::new_v4().simple());
+    let settler: crate::transport::Settler = Arc::new(RedisSettler(inner.clone()));
     let fetcher = Fetcher {
         inner: inner.clone(),
+        settler: settler.clone(),
         window: window.clone(),
         tx,
         stop: stop.clone(),
@@ -50,7 +53,7 @@ pub(crate) fn start(inner: Arc<Inner>, queues: &[String], prefetch: usize) -> Co
     };
     let fetch = tokio::spawn(fetcher.run());
     let sweep = tokio::spawn(sweep(inner.clone(), stop.clone()));
-    Consumer::new(window, rx, stop, vec![fetch, sweep], Settler::Redis(inner))
+    Consumer::new(window, rx, stop, vec![fetch, sweep], settler)
 }
 
 /// Runs the visibility sweep at start and then every `restore_visible_every`.
@@ -79,6 +82,8 @@ struct Popped {
 
 struct Fetcher {
     inner: Arc<Inner>,
+    /// What its deliveries settle through.
+    settler: crate::transport::Settler,
     window: Arc<Window>,
     tx: Feed,
     stop: CancellationToken,
@@ -408,7 +413,7 @@ impl Fetcher {
             self.make_canonical(&envelope, &p, score).await;
         }
         let seq = self.window.hold(&p.tag, Some(score.to_owned()));
-        let delivery = Delivery::new(envelope, p.queue, Settler::Redis(self.inner.clone()), self.window.clone(), seq);
+        let delivery = Delivery::new(envelope, p.queue, self.settler.clone(), self.window.clone(), seq);
         if self.tx.send(Ok(delivery)).is_err() {
             tracing::debug!("consumer gone; the message stays unacked");
         }

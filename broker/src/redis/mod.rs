@@ -16,6 +16,7 @@ mod deferred;
 mod pubsub;
 mod restore;
 mod scripts;
+mod settle;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,10 +32,11 @@ use crate::keys::KeySpace;
 use crate::options::RedisOptions;
 use crate::topic;
 
-pub(crate) use deferred::DeferredKind;
-pub(crate) use pubsub::SUBSCRIPTION_BUFFER;
-pub use pubsub::{FanoutMessage, Subscription};
+/// Kept here for callers that import them from the Redis module.
+pub use crate::subscription::{FanoutMessage, Subscription};
+use deferred::DeferredKind;
 pub use restore::RestoreOutcome;
+pub(crate) use settle::RedisSettler;
 
 use connection::{Connector, SharedConnection};
 use scripts::Scripts;
@@ -74,9 +76,7 @@ pub(crate) fn now_score() -> String {
     celeriac_protocol::json::python_float_repr(now_secs())
 }
 
-pub(crate) fn now_secs() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
+pub(crate) use crate::now_secs;
 
 impl Inner {
     pub fn backoff(&self) -> Backoff {
@@ -497,5 +497,73 @@ impl RedisBroker {
     /// (messages published meanwhile are lost, as on any PUB/SUB).
     pub async fn subscribe(&self, exchange: &str, binding_key: &str) -> Result<Subscription, BrokerError> {
         pubsub::subscribe(self.inner.clone(), exchange, binding_key).await
+    }
+}
+
+impl crate::transport::Transport for RedisBroker {
+    fn masked_url(&self) -> String {
+        RedisBroker::masked_url(self).to_owned()
+    }
+
+    fn declare_exchange(&self, name: &str, kind: ExchangeKind) {
+        RedisBroker::declare_exchange(self, name, kind);
+    }
+
+    fn declare_queue<'a>(
+        &'a self,
+        queue: &'a str,
+        exchange: &'a str,
+        routing_key: &'a str,
+    ) -> crate::BrokerFuture<'a, ()> {
+        Box::pin(RedisBroker::declare_queue(self, queue, exchange, routing_key))
+    }
+
+    fn publish<'a>(
+        &'a self,
+        exchange: &'a str,
+        routing_key: &'a str,
+        message: &'a Message,
+    ) -> crate::BrokerFuture<'a, ()> {
+        Box::pin(RedisBroker::publish(self, exchange, routing_key, message))
+    }
+
+    fn bound_queues<'a>(&'a self, exchange: &'a str, routing_key: &'a str) -> crate::BrokerFuture<'a, Vec<String>> {
+        Box::pin(RedisBroker::bound_queues(self, exchange, routing_key))
+    }
+
+    fn queue_len<'a>(&'a self, queue: &'a str) -> crate::BrokerFuture<'a, u64> {
+        Box::pin(RedisBroker::queue_len(self, queue))
+    }
+
+    fn purge<'a>(&'a self, queue: &'a str) -> crate::BrokerFuture<'a, u64> {
+        Box::pin(RedisBroker::purge(self, queue))
+    }
+
+    fn delete_queue<'a>(&'a self, queue: &'a str) -> crate::BrokerFuture<'a, ()> {
+        Box::pin(RedisBroker::delete_queue(self, queue))
+    }
+
+    fn consumer(&self, queues: &[String], prefetch: usize) -> Consumer {
+        RedisBroker::consumer(self, queues, prefetch)
+    }
+
+    fn subscribe<'a>(&'a self, exchange: &'a str, binding_key: &'a str) -> crate::BrokerFuture<'a, Subscription> {
+        Box::pin(RedisBroker::subscribe(self, exchange, binding_key))
+    }
+
+    fn restore_visible(&self) -> crate::BrokerFuture<'_, usize> {
+        Box::pin(RedisBroker::restore_visible(self))
+    }
+
+    fn reconnects(&self) -> u64 {
+        RedisBroker::reconnects(self)
+    }
+
+    fn deferred_settlements(&self) -> usize {
+        RedisBroker::deferred_settlements(self)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

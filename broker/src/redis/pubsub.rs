@@ -6,71 +6,17 @@
 //! health-check interval finds half-open connections, as kombu 5.7's
 //! `maybe_check_subclient_health` does.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use celeriac_protocol::Envelope;
 use futures_util::StreamExt as _;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use super::Inner;
 use crate::error::BrokerError;
-
-/// One message received on a fanout exchange.
-#[derive(Clone, Debug)]
-pub struct FanoutMessage {
-    /// The exchange, read from the channel as kombu does.
-    pub exchange: String,
-    /// The routing key part of the channel, if any.
-    pub routing_key: Option<String>,
-    /// The channel it came on, without the global key prefix.
-    pub channel: String,
-    /// The envelope (kombu publishes the same envelope as on lists).
-    pub envelope: Envelope,
-}
-
-/// Most fanout messages waiting for their reader (remote control, events):
-/// a flood of broadcasts cannot grow a subscriber's memory past this.
-pub(crate) const SUBSCRIPTION_BUFFER: usize = 1024;
-
-/// A live fanout subscription; dropping it unsubscribes.
-#[derive(Debug)]
-pub struct Subscription {
-    rx: mpsc::Receiver<Result<FanoutMessage, BrokerError>>,
-    pattern: String,
-    _stop: DropGuard,
-}
-
-impl Subscription {
-    pub(crate) fn new(
-        rx: mpsc::Receiver<Result<FanoutMessage, BrokerError>>,
-        pattern: String,
-        stop: DropGuard,
-    ) -> Subscription {
-        Subscription { rx, pattern, _stop: stop }
-    }
-
-    /// The next message; errors are undecodable messages (the subscription goes on).
-    pub async fn next(&mut self) -> Option<Result<FanoutMessage, BrokerError>> {
-        self.rx.recv().await
-    }
-
-    /// The subscribed pattern (with the global key prefix).
-    pub fn pattern(&self) -> &str {
-        &self.pattern
-    }
-}
-
-impl futures_util::Stream for Subscription {
-    type Item = Result<FanoutMessage, BrokerError>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().rx.poll_recv(cx)
-    }
-}
+use crate::subscription::{FanoutMessage, Subscription, SUBSCRIPTION_BUFFER};
 
 pub(crate) async fn subscribe(
     inner: Arc<Inner>,
@@ -83,7 +29,7 @@ pub(crate) async fn subscribe(
     let stop = CancellationToken::new();
     tokio::spawn(listen(inner, pattern.clone(), tx, ready_tx, stop.clone()));
     match ready_rx.await {
-        Ok(Ok(())) => Ok(Subscription { rx, pattern, _stop: stop.drop_guard() }),
+        Ok(Ok(())) => Ok(Subscription::new(rx, pattern, stop.drop_guard())),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(BrokerError::Closed),
     }

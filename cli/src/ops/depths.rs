@@ -1,10 +1,16 @@
-//! Queue depths as kombu keeps them in Redis: each queue is a list per
+//! Queue depths. On Redis, as kombu keeps them: each queue is a list per
 //! priority step (`q`, `q\x06\x163`, `q\x06\x166`, `q\x06\x169` with the
 //! default steps), messages delivered but not acked wait in the `unacked`
 //! hash, and a queue is known by its bindings (`_kombu.binding.<exchange>`).
 //! Also the operator's own connection to the broker's Redis (for reading
 //! replies and depths), made from the broker's settings so TLS, unix sockets,
 //! ACL users and Sentinel work as they do for the worker.
+//!
+//! On RabbitMQ ([`DepthReader::Transport`]) a queue's ready messages come
+//! from a passive `queue.declare` (what `celery inspect active_queues` users
+//! read with `rabbitmqctl list_queues`); AMQP 0-9-1 reports neither the
+//! unacked count nor the list of queues, so those are left out and the
+//! queues shown are the ones asked for, consumed or configured.
 
 use std::collections::BTreeMap;
 
@@ -81,13 +87,65 @@ pub async fn connect(broker: &RedisBroker) -> Result<MultiplexedConnection, CliE
         .map_err(|e| CliError::Operator(format!("cannot reach the broker at {url}: {e}")))
 }
 
-/// The Redis broker of `broker`, or an error naming what is not supported.
-pub fn redis_of<'a>(broker: &'a Broker, what: &str) -> Result<&'a RedisBroker, CliError> {
-    #[allow(unreachable_patterns)] // other transports come
-    match broker {
-        Broker::Redis(r) => Ok(r),
-        _ => Err(CliError::Operator(format!("{what} needs a Redis broker; {} is not one", broker.masked_url()))),
+/// Where depths are read from: the broker's Redis, or the transport itself
+/// (RabbitMQ).
+pub enum DepthReader {
+    /// kombu's Redis layout, through the operator's own connection.
+    Redis {
+        /// The broker.
+        broker: RedisBroker,
+        /// The connection reads go through.
+        con: MultiplexedConnection,
+    },
+    /// Through the transport (a passive `queue.declare` per queue on AMQP).
+    Transport {
+        /// The broker.
+        broker: Broker,
+        /// The queues the settings declare (`task_queues`), since the broker
+        /// cannot list its queues.
+        declared: Vec<String>,
+    },
+}
+
+impl DepthReader {
+    /// A reader for `broker`; `declared` are the settings' queues, shown
+    /// where the broker cannot list them.
+    pub async fn open(broker: &Broker, declared: Vec<String>) -> Result<DepthReader, CliError> {
+        match broker.as_redis() {
+            Some(redis) => Ok(DepthReader::Redis { broker: redis.clone(), con: connect(redis).await? }),
+            None => Ok(DepthReader::Transport { broker: broker.clone(), declared }),
+        }
     }
+
+    /// The task queues the broker knows of (Redis: the bound ones; AMQP:
+    /// those the settings declare).
+    pub async fn known_queues(&mut self) -> Result<Vec<String>, CliError> {
+        match self {
+            DepthReader::Redis { broker, con } => bounded("listing the bound queues", bound_queues(broker, con)).await,
+            DepthReader::Transport { declared, .. } => Ok(declared.clone()),
+        }
+    }
+
+    /// The depths of `queues`.
+    pub async fn read(&mut self, queues: &[String]) -> Result<Depths, CliError> {
+        match self {
+            DepthReader::Redis { broker, con } => bounded("reading queue depths", read(broker, con, queues)).await,
+            DepthReader::Transport { broker, .. } => {
+                bounded("reading queue depths", read_transport(broker, queues)).await
+            }
+        }
+    }
+}
+
+/// Depths through the transport: ready messages per queue (0 for a queue
+/// that does not exist), no unacked counts.
+async fn read_transport(broker: &Broker, queues: &[String]) -> Result<Depths, CliError> {
+    let mut out = Depths { unacked_total: None, ..Depths::default() };
+    for queue in queues {
+        let messages = broker.queue_len(queue).await?;
+        out.queues.insert(queue.clone(), Depth { messages, ..Depth::default() });
+    }
+    Ok(out)
 }
 
 /// One queue's depth.
@@ -116,8 +174,9 @@ impl Depth {
 pub struct Depths {
     /// Each queue asked about.
     pub queues: BTreeMap<String, Depth>,
-    /// Entries of the `unacked` hash (all queues).
-    pub unacked_total: u64,
+    /// Entries of the `unacked` hash (all queues); `None` where the broker
+    /// does not say (AMQP).
+    pub unacked_total: Option<u64>,
     /// Whether `unacked` was counted per queue (not when it is larger than
     /// [`UNACKED_SCAN_LIMIT`]).
     pub unacked_by_queue: bool,
@@ -144,7 +203,7 @@ pub async fn read(
     let mut lens: Vec<u64> =
         pipe.query_async(con).await.map_err(redis_err(format!("LLEN of the queues {queues:?}")))?;
     let unacked_total = lens.pop().unwrap_or(0);
-    let mut out = Depths { unacked_total, ..Depths::default() };
+    let mut out = Depths { unacked_total: Some(unacked_total), ..Depths::default() };
     let mut lens = lens.into_iter();
     for queue in queues {
         let mut depth = Depth::default();

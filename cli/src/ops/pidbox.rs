@@ -6,10 +6,16 @@
 //! our ticket until `limit` came or `timeout` passed, then delete the queue
 //! so late replies are dropped by the workers. Python and celeriac workers
 //! answer it alike.
+//!
+//! On Redis the reply queue is kombu's list, read with `BRPOP` on the
+//! operator's own connection. On RabbitMQ it is a queue of its own
+//! (non-durable, auto-delete, `x-expires` 10 s, `x-message-ttl` 300 s as
+//! kombu declares it), bound and consumed before the request goes out, and
+//! gone when the call ends.
 
 use std::time::{Duration, Instant};
 
-use celeriac_broker::{Broker, ExchangeKind, RedisBroker};
+use celeriac_broker::{Broker, ExchangeKind, RedisBroker, Subscription};
 use celeriac_protocol::codec::ContentType;
 use celeriac_protocol::{Envelope, Map, Message, Value};
 use celeriac_worker::control::{request, PIDBOX_EXCHANGE, REPLY_EXCHANGE};
@@ -52,29 +58,36 @@ impl Call {
     }
 }
 
-/// The caller's mailbox on one Redis broker.
+/// The caller's mailbox on one broker.
 pub struct Mailbox {
     broker: Broker,
-    redis: RedisBroker,
+    /// The broker's Redis, when it is one (replies are read from its list).
+    redis: Option<RedisBroker>,
 }
 
 impl Mailbox {
-    /// A mailbox on `broker` (Redis; other transports are refused with a message).
+    /// A mailbox on `broker` (Redis or AMQP).
     pub fn new(broker: &Broker) -> Result<Mailbox, CliError> {
-        let redis = super::depths::redis_of(broker, "remote control")?.clone();
         broker.declare_exchange(PIDBOX_EXCHANGE, ExchangeKind::Fanout);
         broker.declare_exchange(REPLY_EXCHANGE, ExchangeKind::Direct);
-        Ok(Mailbox { broker: broker.clone(), redis })
+        Ok(Mailbox { broker: broker.clone(), redis: broker.as_redis().cloned() })
     }
 
     /// Sends `call` and returns the replies in arrival order, each as
     /// `(node, value)`.
     pub async fn call(&self, call: &Call) -> Result<Vec<(String, Value)>, CliError> {
+        match &self.redis {
+            Some(redis) => self.call_redis(redis, call).await,
+            None => self.call_queued(call).await,
+        }
+    }
+
+    async fn call_redis(&self, redis: &RedisBroker, call: &Call) -> Result<Vec<(String, Value)>, CliError> {
         let oid = uuid_v4();
         let ticket = uuid_v4();
         let queue = format!("{oid}.{REPLY_EXCHANGE}");
         let mut con = match call.reply {
-            true => Some(super::depths::connect(&self.redis).await?),
+            true => Some(super::depths::connect(redis).await?),
             false => None,
         };
         if call.reply {
@@ -84,7 +97,7 @@ impl Mailbox {
         let replies = match (sent, con.as_mut()) {
             (Err(e), _) => Err(e),
             (Ok(()), None) => Ok(Vec::new()),
-            (Ok(()), Some(con)) => self.collect(con, &queue, &ticket, call).await,
+            (Ok(()), Some(con)) => self.collect(redis, con, &queue, &ticket, call).await,
         };
         if call.reply {
             // Late replies now find no binding and are dropped by the workers.
@@ -93,6 +106,21 @@ impl Mailbox {
             }
         }
         replies
+    }
+
+    /// A call on a transport with queues of its own (AMQP): the reply queue
+    /// is subscribed before the request goes out, and dropped after.
+    async fn call_queued(&self, call: &Call) -> Result<Vec<(String, Value)>, CliError> {
+        if !call.reply {
+            return self.publish(call, None).await.map(|()| Vec::new());
+        }
+        let oid = uuid_v4();
+        let ticket = uuid_v4();
+        let queue = format!("{oid}.{REPLY_EXCHANGE}");
+        let mut replies = self.broker.subscribe_queue(REPLY_EXCHANGE, &oid, &queue).await?;
+        self.publish(call, Some((&oid, &ticket))).await?;
+        collect_subscribed(&mut replies, &ticket, call).await
+        // Dropping the subscription deletes the queue: late replies are dropped.
     }
 
     async fn publish(&self, call: &Call, reply: Option<(&String, &String)>) -> Result<(), CliError> {
@@ -127,13 +155,14 @@ impl Mailbox {
 
     async fn collect(
         &self,
+        redis: &RedisBroker,
         con: &mut MultiplexedConnection,
         queue: &str,
         ticket: &str,
         call: &Call,
     ) -> Result<Vec<(String, Value)>, CliError> {
-        let limit = call.limit.or_else(|| call.destination.as_ref().map(Vec::len)).filter(|n| *n > 0);
-        let keys = self.redis.keys().queue_keys(queue);
+        let limit = reply_limit(call);
+        let keys = redis.keys().queue_keys(queue);
         let deadline = Instant::now() + call.timeout;
         let mut replies = Vec::new();
         while limit.is_none_or(|n| replies.len() < n) {
@@ -162,6 +191,39 @@ impl Mailbox {
     }
 }
 
+/// How many replies to wait for: `limit`, else one per destination, else
+/// all that come within the timeout.
+fn reply_limit(call: &Call) -> Option<usize> {
+    call.limit.or_else(|| call.destination.as_ref().map(Vec::len)).filter(|n| *n > 0)
+}
+
+/// Replies from a subscribed reply queue, as [`Mailbox::call`] collects them.
+async fn collect_subscribed(
+    replies: &mut Subscription,
+    ticket: &str,
+    call: &Call,
+) -> Result<Vec<(String, Value)>, CliError> {
+    let limit = reply_limit(call);
+    let deadline = tokio::time::Instant::now() + call.timeout;
+    let mut got = Vec::new();
+    while limit.is_none_or(|n| got.len() < n) {
+        let next = match tokio::time::timeout_at(deadline, replies.next()).await {
+            Err(_) => break,
+            Ok(next) => next,
+        };
+        match next {
+            None => return Err(CliError::Operator("the reply queue was closed while replies were read".into())),
+            Some(Err(e)) => tracing::warn!("remote control: an unreadable reply was dropped: {e}"),
+            Some(Ok(m)) => match read_reply_message(&m.envelope.message, ticket) {
+                Ok(Some(mut replies)) => got.append(&mut replies),
+                Ok(None) => debug!("remote control: a reply to another request was dropped"),
+                Err(e) => tracing::warn!("remote control: an unreadable reply was dropped: {e}"),
+            },
+        }
+    }
+    Ok(got)
+}
+
 /// The `(node, value)` pairs of one reply element, if it carries `ticket`
 /// and has not expired.
 pub fn read_reply(raw: &[u8], ticket: &str) -> Result<Option<Vec<(String, Value)>>, String> {
@@ -169,7 +231,12 @@ pub fn read_reply(raw: &[u8], ticket: &str) -> Result<Option<Vec<(String, Value)
         return Err(format!("{} bytes, more than the {MAX_REPLY_BYTES} read", raw.len()));
     }
     let envelope = Envelope::from_slice(raw).map_err(|e| e.to_string())?;
-    let message = &envelope.message;
+    read_reply_message(&envelope.message, ticket)
+}
+
+/// The `(node, value)` pairs of one reply message, if it carries `ticket`
+/// and has not expired.
+pub fn read_reply_message(message: &Message, ticket: &str) -> Result<Option<Vec<(String, Value)>>, String> {
     // kombu keeps replies without a ticket header as ours.
     if let Some(theirs) = message.headers.get("ticket").and_then(Value::as_str) {
         if theirs != ticket {

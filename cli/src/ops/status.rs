@@ -2,7 +2,8 @@
 //! purge`: the fleet at a glance. Workers are found with a `ping` broadcast
 //! (Python and celeriac alike), then asked at once for `stats`, `active`,
 //! `reserved`, `scheduled` and `active_queues`; queue depths come from the
-//! broker (every priority list, and the `unacked` hash).
+//! broker (on Redis every priority list and the `unacked` hash; on RabbitMQ
+//! the ready count of each queue, see [`depths`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
@@ -13,7 +14,7 @@ use celeriac_protocol::{Map, Value};
 use clap::Args;
 use serde_json::json;
 
-use super::depths::{self, Depths};
+use super::depths::{self, DepthReader, Depths};
 use super::pidbox::{Call, Mailbox};
 use super::{print_json, Fleet};
 use crate::error::CliError;
@@ -197,18 +198,17 @@ pub async fn workers(mailbox: &Mailbox, only: &[String], timeout: Duration) -> R
         .collect())
 }
 
-/// The queues to show: those asked for, those the workers consume, the
-/// bound ones and the default queue.
+/// The queues to show: those asked for, those the workers consume, those
+/// the broker knows of and the default queue.
 async fn queue_names(
-    broker: &celeriac_broker::RedisBroker,
-    con: &mut redis::aio::MultiplexedConnection,
+    reader: &mut DepthReader,
     asked: &[String],
     workers: &[WorkerView],
     default: &str,
 ) -> Result<Vec<String>, CliError> {
     let mut names: BTreeSet<String> = asked.iter().cloned().collect();
     names.extend(workers.iter().flat_map(|w| w.queues.iter().cloned()));
-    names.extend(depths::bounded("listing the bound queues", depths::bound_queues(broker, con)).await?);
+    names.extend(reader.known_queues().await?);
     names.insert(default.to_owned());
     Ok(names.into_iter().filter(|q| !depths::is_plumbing(q)).collect())
 }
@@ -217,18 +217,17 @@ async fn queue_names(
 pub async fn snapshot(
     broker: &Broker,
     mailbox: &Mailbox,
-    con: &mut redis::aio::MultiplexedConnection,
+    reader: &mut DepthReader,
     args: &StatusArgs,
     default_queue: &str,
 ) -> Result<Snapshot, CliError> {
-    let redis = depths::redis_of(broker, "status")?;
     let workers = workers(mailbox, &args.destination, args.timeout).await?;
     let names = if args.destination.is_empty() || !args.queues.is_empty() {
-        queue_names(redis, con, &args.queues, &workers, default_queue).await?
+        queue_names(reader, &args.queues, &workers, default_queue).await?
     } else {
         workers.iter().flat_map(|w| w.queues.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect()
     };
-    let depths = depths::bounded("reading queue depths", depths::read(redis, con, &names)).await?;
+    let depths = reader.read(&names).await?;
     Ok(Snapshot { broker: broker.masked_url(), workers, depths, at: Some(Instant::now()) })
 }
 
@@ -320,14 +319,19 @@ pub fn to_text(now: &Snapshot, before: Option<&Snapshot>) -> String {
             consumers(&now.workers, name).join(", ")
         ));
     }
-    out.push_str(&format!("\nunacked (all queues): {}\n", now.depths.unacked_total));
+    match now.depths.unacked_total {
+        Some(n) => out.push_str(&format!("\nunacked (all queues): {n}\n")),
+        None => {
+            out.push_str("\nunacked: not reported by this broker (see each worker's ACTIVE, RESERVED, SCHEDULED)\n")
+        }
+    }
     out
 }
 
 struct Session {
     broker: Broker,
     mailbox: Mailbox,
-    con: redis::aio::MultiplexedConnection,
+    reader: DepthReader,
     default_queue: String,
 }
 
@@ -335,14 +339,15 @@ async fn open(fleet: &Fleet) -> Result<Session, CliError> {
     let settings = fleet.settings()?;
     let broker = crate::assemble::broker(&settings)?;
     let mailbox = Mailbox::new(&broker)?;
-    let con = depths::connect(depths::redis_of(&broker, "status")?).await?;
-    Ok(Session { broker, mailbox, con, default_queue: settings.task_default_queue })
+    let declared = settings.task_queues.keys().cloned().collect();
+    let reader = DepthReader::open(&broker, declared).await?;
+    Ok(Session { broker, mailbox, reader, default_queue: settings.task_default_queue })
 }
 
 /// `celeriac status`.
 pub async fn status(args: StatusArgs) -> Result<(), CliError> {
     let mut s = open(&args.fleet).await?;
-    let snap = snapshot(&s.broker, &s.mailbox, &mut s.con, &args, &s.default_queue).await?;
+    let snap = snapshot(&s.broker, &s.mailbox, &mut s.reader, &args, &s.default_queue).await?;
     if args.fleet.json {
         print_json(&to_json_view(&snap, None));
     } else {
@@ -365,7 +370,7 @@ pub async fn monitor(args: MonitorArgs) -> Result<(), CliError> {
             _ = ticks.tick() => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
-        let snap = snapshot(&s.broker, &s.mailbox, &mut s.con, &args.status, &s.default_queue).await?;
+        let snap = snapshot(&s.broker, &s.mailbox, &mut s.reader, &args.status, &s.default_queue).await?;
         if args.status.fleet.json {
             print_json(&to_json_view(&snap, before.as_ref()));
         } else {
@@ -392,7 +397,6 @@ pub async fn monitor(args: MonitorArgs) -> Result<(), CliError> {
 /// `celeriac queues`: every queue with its depth and consumers.
 pub async fn queues(args: QueuesArgs) -> Result<(), CliError> {
     let mut s = open(&args.fleet).await?;
-    let redis = depths::redis_of(&s.broker, "queues")?.clone();
     let call = Call::new("active_queues", Map::new(), args.timeout);
     let replies = s.mailbox.call(&call).await?;
     let workers: Vec<WorkerView> = replies
@@ -410,11 +414,11 @@ pub async fn queues(args: QueuesArgs) -> Result<(), CliError> {
         })
         .collect();
     let names = if args.queues.is_empty() {
-        queue_names(&redis, &mut s.con, &[], &workers, &s.default_queue).await?
+        queue_names(&mut s.reader, &[], &workers, &s.default_queue).await?
     } else {
         args.queues.clone()
     };
-    let depths = depths::bounded("reading queue depths", depths::read(&redis, &mut s.con, &names)).await?;
+    let depths = s.reader.read(&names).await?;
     if args.fleet.json {
         let list: Vec<serde_json::Value> = depths
             .queues
@@ -512,7 +516,7 @@ mod tests {
 
     #[test]
     fn the_text_view_lists_workers_and_queues() {
-        let mut depths = Depths { unacked_total: 3, ..Depths::default() };
+        let mut depths = Depths { unacked_total: Some(3), ..Depths::default() };
         let mut d = depths::Depth { messages: 7, unacked: Some(2), ..Default::default() };
         d.by_priority.insert(0, 4);
         d.by_priority.insert(9, 3);

@@ -4,6 +4,7 @@
     .venv/bin/python tests/python/celery_suite/run.py --worker celeriac --celeriac target/debug/celeriac
     .venv/bin/python tests/python/celery_suite/run.py --worker python          # the reference run
     .venv/bin/python tests/python/celery_suite/run.py --worker mixed           # celeriac and Python on one queue
+    .venv/bin/python tests/python/celery_suite/run.py --broker amqp            # on RabbitMQ
     .venv/bin/python tests/python/celery_suite/run.py --worker 'CMD {broker} ...' [-- pytest args]
 
 ``scripts/celery-suite`` calls this. Without ``--celeriac`` (or ``CELERIAC_BIN``),
@@ -17,7 +18,8 @@ unpacked by ``scripts/setup`` into ``.cache/celery-<version>/``.
 
 This starts a private redis-server on a free loopback port for broker and result
 backend (``TEST_BROKER``/``TEST_BACKEND`` and ``REDIS_HOST``/``REDIS_PORT``, as the
-suite reads them), runs pytest on the suite with ``-p celery.contrib.pytest -p
+suite reads them); with ``--broker amqp`` the broker is the RabbitMQ node named by
+``CELERIAC_TEST_AMQP_URL`` (``scripts/test`` starts one) and Redis keeps the results, runs pytest on the suite with ``-p celery.contrib.pytest -p
 celeriac_suite_plugin``, applies ``exclusions.txt``, and exits with pytest's status.
 The worker's output goes to ``<log dir>/worker-<kind>.log`` (default
 ``target/celery-suite/``) and its tail is printed when the run fails.
@@ -88,6 +90,8 @@ def main() -> int:
                         "on the same queue), or a command line template")
     parser.add_argument("--celeriac", help="the celeriac binary (default: $CELERIAC_BIN, "
                         "else cargo build -p celeriac and target/debug/celeriac)")
+    parser.add_argument("--broker", choices=("redis", "amqp"), default="redis",
+                        help="the broker: a private redis-server (default), or RabbitMQ at $CELERIAC_TEST_AMQP_URL")
     parser.add_argument("--log-dir", default=str(ROOT / "target" / "celery-suite"))
     parser.add_argument("--timeout", type=float, default=600.0, help="limit for the whole pytest run, seconds")
     parser.add_argument("--files", nargs="+", default=SUITE_FILES,
@@ -123,12 +127,16 @@ def main() -> int:
 
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    worker_log = log_dir / f"worker-{kind}.log"
+    worker_log = log_dir / f"worker-{kind}-{args.broker}.log"
+    amqp_url = os.environ.get("CELERIAC_TEST_AMQP_URL", "")
+    if args.broker == "amqp" and not amqp_url:
+        print("run.py: --broker amqp needs CELERIAC_TEST_AMQP_URL (scripts/test starts a node)", file=sys.stderr)
+        return 2
     worker_log.unlink(missing_ok=True)
 
     with RedisServer() as redis:
         env.update({
-            "TEST_BROKER": redis.url,
+            "TEST_BROKER": amqp_url if args.broker == "amqp" else redis.url,
             "TEST_BACKEND": redis.url,
             "REDIS_HOST": "127.0.0.1",
             "REDIS_PORT": str(redis.port),
@@ -141,7 +149,8 @@ def main() -> int:
         })
         command = [sys.executable, "-m", "pytest", "-p", "celery.contrib.pytest", "-p", "celeriac_suite_plugin",
                    "-p", "no:cacheprovider", "-p", "no:timeout", "-q", "-rfEXxs", *args.files, *args.pytest_args]
-        print(f"run.py: {' '.join(command)}\n  in {suite}, broker/backend {redis.url}, worker ({kind}): {template}",
+        print(f"run.py: {' '.join(command)}\n  in {suite}, broker {env['TEST_BROKER']}, backend {redis.url}, "
+              f"worker ({kind}): {template}",
               flush=True)
         # pytest and the worker it starts get a process group of their own, ended below
         # whatever happens, so that a hung or interrupted run leaves no worker behind.
