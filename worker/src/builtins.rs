@@ -168,6 +168,7 @@ async fn chord_unlock(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value,
             Some(one @ Value::Map(_)) => vec![one.clone()],
             _ => Vec::new(),
         };
+        let mut children = Vec::new();
         if !errbacks.is_empty() {
             let mut group = Signature::new("celery.group");
             group.subtask_type = Some("group".into());
@@ -182,9 +183,12 @@ async fn chord_unlock(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value,
                 })
                 .collect();
             group.kwargs.insert("tasks".into(), Value::List(members));
-            ctx.apply(group).await?;
+            children.push(ctx.apply(group).await?.to_tuple().to_value());
         }
-        ctx.store(ResultMeta::failure(body_id, &error, None, PyDateTime::now_utc())).await?;
+        // With the children of the task running the join, as Celery stores it.
+        let mut meta = ResultMeta::failure(body_id, &error, None, PyDateTime::now_utc());
+        meta.children = children;
+        ctx.store(meta).await?;
         return Ok(Value::Null);
     }
     let mut body = callback;

@@ -264,7 +264,7 @@ impl Shared {
         exc: &ExceptionInfo,
         traceback: Option<&str>,
         stop: &CancellationToken,
-    ) -> Recorded {
+    ) -> (Recorded, Option<Applied>) {
         let mut old_style = Vec::new();
         for errback in errbacks {
             match self.registry.get(&errback.task).filter(|def| def.options().errback_takes_request) {
@@ -273,18 +273,18 @@ impl Shared {
             }
         }
         if old_style.is_empty() {
-            return Recorded::Yes;
+            return (Recorded::Yes, None);
         }
         let mut group = Signature::new("celery.group");
         group.subtask_type = Some("group".into());
         group.kwargs.insert("tasks".into(), Value::List(old_style));
         let id = Value::Str(failed.headers.id.clone());
         match self.apply_child(group, Some(id), Vec::new(), failed.parent, stop).await {
-            Ok(_) => Recorded::Yes,
-            Err(Unsent::Outage) => Recorded::No,
+            Ok(applied) => (Recorded::Yes, Some(applied)),
+            Err(Unsent::Outage) => (Recorded::No, None),
             Err(Unsent::Never(_)) => {
                 self.count_refused("callback_not_sent");
-                Recorded::Yes
+                (Recorded::Yes, None)
             }
         }
     }
@@ -382,7 +382,7 @@ impl Shared {
         let failed =
             FailedRequest { headers: &task.headers, embed: &task.embed, delivery: Some(delivery), parent: task };
         let errbacks = task.embed.errbacks.as_deref().unwrap_or_default();
-        both(recorded, self.call_errbacks(errbacks, &failed, exc, traceback.as_deref(), stop).await)
+        both(recorded, self.call_errbacks(errbacks, &failed, exc, traceback.as_deref(), stop).await.0)
     }
 
     /// As Celery's `_fail_chain`: every later step of a failed task's chain
@@ -530,8 +530,11 @@ impl Shared {
         parent.headers = headers.clone();
         let failed = FailedRequest { headers, embed, delivery: None, parent: &parent };
         let errbacks = embed.errbacks.as_deref().unwrap_or_default();
-        let called = self.call_errbacks(errbacks, &failed, exc, None, stop).await;
-        let meta = ResultMeta::failure(&headers.id, exc, None, PyDateTime::now_utc());
+        let (called, sent) = self.call_errbacks(errbacks, &failed, exc, None, stop).await;
+        let mut meta = ResultMeta::failure(&headers.id, exc, None, PyDateTime::now_utc());
+        // Celery stores the children of the task running the join (the
+        // errbacks it just sent) with the failure.
+        meta.children = sent.iter().map(|applied| applied.to_tuple().to_value()).collect();
         both(called, self.store(meta, stop).await)
     }
 
