@@ -152,17 +152,38 @@ impl Schedule {
         if let Some(due) = walk(first, WALK_CAP) {
             return Some(due);
         }
-        for hours in [1, 24, 24 * 35, 24 * 400, 24 * 366 * 30] {
+        // Windows before `now`, grown by the density of slots the last one
+        // held, so the walk takes about twice `limit` steps (an hourly
+        // schedule last run centuries ago is not walked hour by hour).
+        const MAX_WINDOW_HOURS: i64 = 24 * 366 * 30;
+        // `lo`: a window that held fewer than `limit` slots; `hi`: one whose
+        // walk ran past its cap (denser than the growth assumed).
+        let (mut lo, mut hi, mut hours) = (0i64, i64::MAX, 1i64);
+        loop {
             let from = now.checked_sub(SignedDuration::from_hours(hours)).ok()?.max(first);
-            let Some(start) = self.next_after(Some(from), tz).filter(|t| *t <= now) else { continue };
-            if let Some(mut due) = walk(start, usize::MAX / 2) {
-                if due.count >= limit || from == first {
+            let held = match self.next_after(Some(from), tz).filter(|t| *t <= now) {
+                Some(start) => walk(start, limit.saturating_mul(8).max(WALK_CAP)),
+                None => Some(DueSlots { latest: from, count: 0, recent: Vec::new() }),
+            };
+            match held {
+                Some(mut due) if due.count >= limit || from == first || hours >= MAX_WINDOW_HOURS => {
                     due.count = due.count.max(WALK_CAP);
-                    return Some(due);
+                    return (!due.recent.is_empty()).then_some(due);
+                }
+                Some(due) => {
+                    lo = hours;
+                    let factor = i64::try_from(limit / due.count.max(1)).unwrap_or(i64::MAX).saturating_mul(2).max(24);
+                    hours = hours.saturating_mul(factor).min(MAX_WINDOW_HOURS).min(hi.saturating_sub(1));
+                }
+                None => {
+                    hi = hours;
+                    hours = lo + (hi - lo) / 2;
                 }
             }
+            if hours <= lo {
+                return None;
+            }
         }
-        None
     }
 
     /// How the schedule reads to a person.
@@ -238,6 +259,21 @@ mod tests {
         let due = cron.due(Some(last), now, &TimeZone::UTC, 100).unwrap();
         assert_eq!(due.latest.to_string(), "2026-01-01T00:00:00Z");
         assert_eq!((due.recent.len(), due.recent[0].to_string()), (100, "2025-12-31T22:21:00Z".to_string()));
+        assert!(due.count >= 10_000);
+    }
+
+    #[test]
+    fn a_relative_hourly_interval_last_run_centuries_ago_is_caught_up_from_a_window() {
+        // Found by the beat_entry fuzz target: the window search walked
+        // thirty years of hourly slots one by one.
+        let s = Schedule::parse(&ScheduleSetting::Seconds(3600.0), true).unwrap();
+        let tz = TimeZone::get("America/New_York").unwrap();
+        let last: Timestamp = "1013-10-25T01:30:00Z".parse().unwrap();
+        let now: Timestamp = "2026-12-03T15:10:00Z".parse().unwrap();
+        let due = s.due(Some(last), now, &tz, 10_000).unwrap();
+        assert_eq!(due.latest.to_string(), "2026-12-03T15:00:00Z");
+        assert_eq!(due.recent.len(), 10_000);
+        assert!(due.recent.windows(2).all(|w| w[0] < w[1]), "oldest first, each later");
         assert!(due.count >= 10_000);
     }
 
