@@ -43,6 +43,8 @@ sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 from capture import RedisServer  # noqa: E402  (tests/fixtures/capture.py; importing it has no side effects)
 
 SUITE_FILES = ["t/integration/test_tasks.py", "t/integration/test_inspect.py"]
+#: Celery's canvas tests (run on their own: see scripts/test).
+CANVAS_FILES = ["t/integration/test_canvas.py"]
 
 #: Worker command lines; the plugin fills in {broker}, {backend}, {hostname}, {concurrency}, {python}.
 PYTHON_WORKER = ("{python} -m celery -A python_worker_app -b {broker} --result-backend {backend} worker "
@@ -145,7 +147,7 @@ def main() -> int:
             "CELERIAC_SUITE_WORKER": template,
             "CELERIAC_SUITE_WORKER_KIND": kind,
             "CELERIAC_SUITE_WORKER_LOG": str(worker_log),
-            "CELERIAC_SUITE_CHECK_STALE": "0" if args.pytest_args or args.files != SUITE_FILES else "1",
+            "CELERIAC_SUITE_CHECK_STALE": "0" if args.pytest_args or args.files not in (SUITE_FILES, CANVAS_FILES) else "1",
         })
         command = [sys.executable, "-m", "pytest", "-p", "celery.contrib.pytest", "-p", "celeriac_suite_plugin",
                    "-p", "no:cacheprovider", "-p", "no:timeout", "-q", "-rfEXxs", *args.files, *args.pytest_args]
