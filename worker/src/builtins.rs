@@ -38,13 +38,22 @@ fn map_arguments(args: &[Value], kwargs: &Map) -> Result<(Signature, Vec<Value>)
     Ok((task, items))
 }
 
+/// Lets other tasks run (and a time limit or revoke take effect) every 64
+/// items of a long in-process loop.
+async fn yield_sometimes(i: usize) {
+    if i % 64 == 63 {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// `celery.map(task, it)`: `[task(item) for item in it]`, each call in
 /// this worker.
 async fn map(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value, TaskError> {
     let (task, items) = map_arguments(&args, &kwargs)?;
     let mut out = Vec::with_capacity(items.len().min(1024));
-    for item in items {
+    for (i, item) in items.into_iter().enumerate() {
         out.push(ctx.call_local(&task.task, vec![item], Map::new()).await?);
+        yield_sometimes(i).await;
     }
     Ok(Value::List(out))
 }
@@ -53,7 +62,8 @@ async fn map(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value, TaskErro
 async fn starmap(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value, TaskError> {
     let (task, items) = map_arguments(&args, &kwargs)?;
     let mut out = Vec::with_capacity(items.len().min(1024));
-    for item in items {
+    for (i, item) in items.into_iter().enumerate() {
+        yield_sometimes(i).await;
         let Value::List(item_args) = item else {
             let message = format!("argument after * must be an iterable, not {}", item.type_name());
             return Err(TaskError::builtin("TypeError", message));
@@ -61,6 +71,28 @@ async fn starmap(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value, Task
         out.push(ctx.call_local(&task.task, item_args, Map::new()).await?);
     }
     Ok(Value::List(out))
+}
+
+/// Most values the group `celery.chunks` sends may hold (parts times the
+/// task signature's size).
+const CHUNKS_MAX_VALUES: usize = 1_000_000;
+
+/// How many values `value` holds, counting no further than `cap`.
+fn value_count(value: &Value, cap: usize) -> usize {
+    let mut count = 0usize;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        count += 1;
+        if count >= cap {
+            return cap;
+        }
+        match v {
+            Value::List(items) => stack.extend(items.iter()),
+            Value::Map(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    count
 }
 
 /// `celery.chunks(task, it, n)`: sends a group of `celery.starmap` tasks
@@ -79,11 +111,21 @@ async fn chunks(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value, TaskE
             return Err(TaskError::builtin("TypeError", message));
         }
     };
+    // Each part carries a copy of `task`: refuse what would multiply the
+    // message far beyond its own size.
+    let parts = items.len().div_ceil(n);
+    let task_value = task.to_value();
+    let copies = parts.saturating_mul(1 + value_count(&task_value, CHUNKS_MAX_VALUES));
+    if copies > CHUNKS_MAX_VALUES {
+        let message =
+            format!("chunks: {parts} parts of this task would be {copies} values, more than {CHUNKS_MAX_VALUES}");
+        return Err(TaskError::builtin("ValueError", message));
+    }
     let members = items
         .chunks(n)
         .map(|part| {
             let mut sig = Signature::new("celery.starmap");
-            sig.kwargs.insert("task".into(), task.to_value());
+            sig.kwargs.insert("task".into(), task_value.clone());
             sig.kwargs.insert("it".into(), Value::List(part.to_vec()));
             sig.immutable = true;
             if let Some(queue) = task.options.get("queue") {
@@ -150,7 +192,12 @@ async fn chord_unlock(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value,
             .map_err(|e| type_error(&format!("result is not a list of result tuples: {e}")))?,
         _ => return Err(type_error("result is not a list of result tuples")),
     };
-    let results = ctx.results(ids).await?;
+    // An outage of the backend or the broker is waited out as Celery does:
+    // the unlock is retried.
+    let again = |what: &str, e: TaskError| {
+        ctx.retry_in(format!("chord {group_id}: {what}: {e}"), interval).with_max_retries(max_retries)
+    };
+    let results = ctx.results(ids).await.map_err(|e| again("cannot read the header's results", e))?;
     if !results.iter().all(|r| r.status.is_ready()) {
         let waiting = results.iter().filter(|r| !r.status.is_ready()).count();
         let reason = format!("chord {group_id}: {waiting} of {} results not ready", results.len());
@@ -183,12 +230,13 @@ async fn chord_unlock(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value,
                 })
                 .collect();
             group.kwargs.insert("tasks".into(), Value::List(members));
-            children.push(ctx.apply(group).await?.to_tuple().to_value());
+            children
+                .push(ctx.apply(group).await.map_err(|e| again("cannot send the errbacks", e))?.to_tuple().to_value());
         }
         // With the children of the task running the join, as Celery stores it.
         let mut meta = ResultMeta::failure(body_id, &error, None, PyDateTime::now_utc());
         meta.children = children;
-        ctx.store(meta).await?;
+        ctx.store(meta).await.map_err(|e| again("cannot store the chord error", e))?;
         return Ok(Value::Null);
     }
     let mut body = callback;
@@ -196,7 +244,7 @@ async fn chord_unlock(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value,
         let values = results.into_iter().map(|r| r.result).collect();
         body.args.insert(0, Value::List(values));
     }
-    ctx.apply(body).await?;
+    ctx.apply(body).await.map_err(|e| again("cannot send the callback", e))?;
     Ok(Value::Null)
 }
 
@@ -319,5 +367,28 @@ mod tests {
         let mut huge = call("t.add", Value::List(vec![]));
         huge.1.insert("n".into(), Value::Float(1e300));
         assert_eq!(kind(chunks(ctx(), huge).await.unwrap_err()).as_deref(), Some("TypeError"));
+    }
+
+    #[tokio::test]
+    async fn chunks_refuses_to_multiply_a_large_task_and_local_calls_are_bounded_in_depth() {
+        let mut big = call("t.add", Value::List((0..600_000).map(Value::Int).collect()));
+        big.1.insert("n".into(), Value::Int(1));
+        let kind = |e: TaskError| e.kind().map(str::to_owned);
+        assert_eq!(kind(chunks(ctx(), big).await.unwrap_err()).as_deref(), Some("ValueError"));
+
+        // starmap of starmap of ... : Python's RecursionError, not a stack overflow.
+        let registry = Registry::new().with(Task::new("celery.starmap", starmap));
+        let deep = Ctx::new(
+            crate::context::RequestInfo::default(),
+            std::sync::Arc::new(Local(registry)),
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let mut inner = Value::List(vec![]);
+        for _ in 0..40 {
+            inner = Value::List(vec![Value::List(vec![Signature::new("celery.starmap").to_value(), inner])]);
+        }
+        let err = starmap(deep, call("celery.starmap", inner)).await.unwrap_err();
+        assert_eq!(kind(err).as_deref(), Some("RecursionError"));
     }
 }

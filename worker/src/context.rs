@@ -138,7 +138,13 @@ struct CtxInner {
     trail: Mutex<Vec<Applied>>,
     /// What the task asked to be replaced with.
     replacement: Mutex<Option<Signature>>,
+    /// How deep in in-process calls (`call_local`) this context is.
+    local_depth: usize,
 }
+
+/// The deepest chain of in-process task calls (`celery.map` of
+/// `celery.starmap` of ...) a message can make.
+const MAX_LOCAL_DEPTH: usize = 16;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -167,6 +173,7 @@ impl Ctx {
                 terminate,
                 trail: Mutex::default(),
                 replacement: Mutex::default(),
+                local_depth: 0,
             }),
         }
     }
@@ -322,14 +329,38 @@ impl Ctx {
         let Some(task) = self.inner.services.task(name) else {
             return Err(TaskError::custom("celery.exceptions", "NotRegistered", format!("{name:?}")));
         };
-        let mut request = self.inner.request.clone();
-        request.headers.task = name.to_owned();
-        request.args = args;
-        request.kwargs = kwargs;
-        request.embed = Embed::default();
-        let ctx =
+        if self.inner.local_depth >= MAX_LOCAL_DEPTH {
+            return Err(TaskError::builtin(
+                "RecursionError",
+                "maximum recursion depth exceeded in in-process task calls",
+            ));
+        }
+        let from = &self.inner.request;
+        let mut headers = from.headers.clone();
+        headers.task = name.to_owned();
+        // The caller's arguments are not copied: a call per item must stay
+        // linear in the items.
+        let request = RequestInfo {
+            headers,
+            args,
+            kwargs,
+            delivery_info: from.delivery_info.clone(),
+            hostname: from.hostname.clone(),
+            redelivered: from.redelivered,
+            properties: from.properties.clone(),
+            priority: from.priority,
+            embed: Embed::default(),
+        };
+        let mut ctx =
             Ctx::new(request, self.inner.services.clone(), self.inner.soft_limit.clone(), self.inner.terminate.clone());
-        task.handler().call(crate::extract::Invocation::new(ctx)).await
+        if let Some(inner) = Arc::get_mut(&mut ctx.inner) {
+            inner.local_depth = self.inner.local_depth + 1;
+        }
+        let result = task.handler().call(crate::extract::Invocation::new(ctx.clone())).await;
+        // What the inner call sent counts as this task's children.
+        let sent = ctx.take_trail();
+        lock(&self.inner.trail).extend(sent);
+        result
     }
 
     /// The stored records of `task_ids`, in order (PENDING where nothing

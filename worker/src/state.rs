@@ -3,7 +3,7 @@
 //! active), counts of what it processed, and the revoked ids it shares with
 //! other workers (optionally kept across restarts in a state file).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -200,26 +200,35 @@ impl WorkerState {
     /// (`revoke_by_stamped_headers` with `terminate`); returns, by header,
     /// the stamp values that matched.
     pub fn terminate_stamped(&self, headers: &[(String, Vec<Value>)], signum: i64) -> Vec<(String, Vec<Value>)> {
+        let wanted: HashMap<&str, HashSet<String>> =
+            headers.iter().map(|(h, vs)| (h.as_str(), vs.iter().map(stamp_key).collect())).collect();
         let mut matched: Vec<(String, Vec<Value>)> = Vec::new();
+        let mut seen: HashMap<String, (usize, HashSet<String>)> = HashMap::new();
         let mut r = lock(&self.requests);
         for t in r.values_mut().flatten().filter(|t| matches!(t.phase, Phase::Active { .. })) {
-            for (header, wanted) in headers {
-                let Some(stamp) = t.stamps.get(header) else { continue };
-                let hits: Vec<Value> = stamp_values(stamp).into_iter().filter(|v| wanted.contains(v)).collect();
+            for (header, stamp) in t.stamps.iter().take(STAMP_CHECK_MAX_HEADERS) {
+                let Some(keys) = wanted.get(header.as_str()) else { continue };
+                let values: &[Value] = match stamp {
+                    Value::List(items) => items,
+                    one => std::slice::from_ref(one),
+                };
+                let hits: Vec<&Value> =
+                    values.iter().take(STAMP_CHECK_MAX_VALUES).filter(|v| keys.contains(&stamp_key(v))).collect();
                 if hits.is_empty() {
                     continue;
                 }
                 t.signum = Some(signum);
                 t.terminate.cancel();
-                match matched.iter_mut().find(|(h, _)| h == header) {
-                    Some((_, values)) => {
-                        for hit in hits {
-                            if !values.contains(&hit) {
-                                values.push(hit);
-                            }
+                let (slot, known) = seen.entry(header.clone()).or_insert_with(|| {
+                    matched.push((header.clone(), Vec::new()));
+                    (matched.len() - 1, HashSet::new())
+                });
+                for hit in hits {
+                    if known.insert(stamp_key(hit)) {
+                        if let Some((_, values)) = matched.get_mut(*slot) {
+                            values.push(hit.clone());
                         }
                     }
-                    None => matched.push((header.clone(), hits)),
                 }
             }
         }
@@ -602,44 +611,76 @@ pub fn stamp_values(stamp: &Value) -> Vec<Value> {
 /// Most stamp values kept by `revoke_by_stamped_headers` (the oldest go first).
 pub const REVOKED_STAMPS_MAX: usize = 50_000;
 
+/// Most stamped headers of one message checked against revoked stamps, and
+/// most values of one stamp: a message cannot make the check expensive.
+pub const STAMP_CHECK_MAX_HEADERS: usize = 64;
+/// See [`STAMP_CHECK_MAX_HEADERS`].
+pub const STAMP_CHECK_MAX_VALUES: usize = 1024;
+
+/// The key a stamp value is compared by (values are compared as they were
+/// sent; a map's keys in its order).
+pub fn stamp_key(value: &Value) -> String {
+    format!("{value:?}")
+}
+
 /// Stamp values revoked by `revoke_by_stamped_headers`, by header (Celery's
-/// `worker_state.revoked_stamps`), bounded to [`REVOKED_STAMPS_MAX`] values.
+/// `worker_state.revoked_stamps`), bounded to [`REVOKED_STAMPS_MAX`] values
+/// (the oldest go first). Lookups are hashed.
 #[derive(Debug, Default)]
 pub struct RevokedStamps {
-    by_header: Mutex<Vec<(String, Vec<Value>)>>,
+    inner: Mutex<RevokedInner>,
+}
+
+#[derive(Debug, Default)]
+struct RevokedInner {
+    by_header: HashMap<String, HashSet<String>>,
+    /// (header, key), oldest first.
+    order: VecDeque<(String, String)>,
 }
 
 impl RevokedStamps {
     /// Revokes `values` of each header.
     pub fn add(&self, headers: &[(String, Vec<Value>)]) {
-        let mut all = lock(&self.by_header);
+        let mut all = lock(&self.inner);
         for (header, values) in headers {
-            match all.iter_mut().find(|(h, _)| h == header) {
-                Some((_, known)) => known.extend(values.iter().cloned()),
-                None => all.push((header.clone(), values.clone())),
+            for value in values {
+                let key = stamp_key(value);
+                if all.by_header.entry(header.clone()).or_default().insert(key.clone()) {
+                    all.order.push_back((header.clone(), key));
+                }
             }
         }
-        let mut total: usize = all.iter().map(|(_, v)| v.len()).sum();
-        for (_, values) in all.iter_mut() {
-            while total > REVOKED_STAMPS_MAX && !values.is_empty() {
-                values.remove(0);
-                total -= 1;
+        while all.order.len() > REVOKED_STAMPS_MAX {
+            let Some((header, key)) = all.order.pop_front() else { break };
+            if let Some(set) = all.by_header.get_mut(&header) {
+                set.remove(&key);
+                if set.is_empty() {
+                    all.by_header.remove(&header);
+                }
             }
         }
-        all.retain(|(_, v)| !v.is_empty());
     }
 
     /// The first stamp of `stamps` (with `stamped_headers` naming them) that
-    /// is revoked, as `(header, value)`, checked as Celery's `Request.revoked`.
+    /// is revoked, as `(header, value)`, checked as Celery's `Request.revoked`:
+    /// a revoked header the message has no stamp for is skipped, the first
+    /// matching value wins. At most [`STAMP_CHECK_MAX_HEADERS`] headers and
+    /// [`STAMP_CHECK_MAX_VALUES`] values of each are looked at.
     pub fn matching(&self, stamped_headers: &[String], stamps: &Map) -> Option<(String, Value)> {
-        let all = lock(&self.by_header);
-        if all.is_empty() {
+        let all = lock(&self.inner);
+        if all.by_header.is_empty() {
             return None;
         }
-        for header in stamped_headers {
-            let Some((_, revoked)) = all.iter().find(|(h, _)| h == header) else { continue };
-            let stamp = stamps.get(header)?;
-            return stamp_values(stamp).into_iter().find(|v| revoked.contains(v)).map(|v| (header.clone(), v));
+        for header in stamped_headers.iter().take(STAMP_CHECK_MAX_HEADERS) {
+            let Some(revoked) = all.by_header.get(header) else { continue };
+            let Some(stamp) = stamps.get(header) else { continue };
+            let values: &[Value] = match stamp {
+                Value::List(items) => items,
+                one => std::slice::from_ref(one),
+            };
+            if let Some(v) = values.iter().take(STAMP_CHECK_MAX_VALUES).find(|v| revoked.contains(&stamp_key(v))) {
+                return Some((header.clone(), v.clone()));
+            }
         }
         None
     }
@@ -648,6 +689,36 @@ impl RevokedStamps {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revoked_stamp_is_found_as_celery_finds_it() {
+        let revoked = RevokedStamps::default();
+        revoked.add(&[("b".into(), vec![Value::Str("X".into())]), ("a".into(), vec![Value::Str("Y".into())])]);
+        let mut stamps = Map::new();
+        stamps.insert("b".into(), Value::List(vec![Value::Str("W".into()), Value::Str("X".into())]));
+        // `a` is revoked but the message has no stamp for it: skipped, and
+        // `b` is still checked.
+        let headers = vec!["a".to_owned(), "b".to_owned()];
+        assert_eq!(revoked.matching(&headers, &stamps), Some(("b".into(), Value::Str("X".into()))));
+        stamps.insert("a".into(), Value::Str("Z".into()));
+        // `a` matches nothing: `b` is still checked.
+        assert_eq!(revoked.matching(&headers, &stamps), Some(("b".into(), Value::Str("X".into()))));
+        stamps.insert("b".into(), Value::Str("nope".into()));
+        assert_eq!(revoked.matching(&headers, &stamps), None);
+    }
+
+    #[test]
+    fn revoked_stamps_keep_the_newest_and_stay_bounded() {
+        let revoked = RevokedStamps::default();
+        let many: Vec<Value> = (0..REVOKED_STAMPS_MAX as i64 + 10).map(Value::Int).collect();
+        revoked.add(&[("h".into(), many)]);
+        let mut stamps = Map::new();
+        stamps.insert("h".into(), Value::Int(0));
+        let headers = vec!["h".to_owned()];
+        assert_eq!(revoked.matching(&headers, &stamps), None, "the oldest went first");
+        stamps.insert("h".into(), Value::Int(REVOKED_STAMPS_MAX as i64 + 9));
+        assert!(revoked.matching(&headers, &stamps).is_some());
+    }
 
     #[test]
     fn revoked_ids_survive_a_restart_through_the_state_file() {

@@ -144,13 +144,17 @@ impl Schedule {
                 }
                 recent.push_back(next);
                 if count >= cap {
-                    return None;
+                    return (DueSlots { latest, count, recent: recent.into() }, true);
                 }
             }
-            Some(DueSlots { latest, count, recent: recent.into() })
+            (DueSlots { latest, count, recent: recent.into() }, false)
         };
-        if let Some(due) = walk(first, WALK_CAP) {
-            return Some(due);
+        // The first WALK_CAP slots: the answer when there are no more, and
+        // the fallback when no window before `now` holds the latest ones
+        // (the schedule then catches up WALK_CAP slots a tick).
+        let (from_first, capped) = walk(first, WALK_CAP);
+        if !capped {
+            return Some(from_first);
         }
         // Windows before `now`, grown by the density of slots the last one
         // held, so the walk takes about twice `limit` steps (an hourly
@@ -162,13 +166,19 @@ impl Schedule {
         loop {
             let from = now.checked_sub(SignedDuration::from_hours(hours)).ok()?.max(first);
             let held = match self.next_after(Some(from), tz).filter(|t| *t <= now) {
-                Some(start) => walk(start, limit.saturating_mul(8).max(WALK_CAP)),
+                Some(start) => match walk(start, limit.saturating_mul(8).max(WALK_CAP)) {
+                    (due, false) => Some(due),
+                    (_, true) => None,
+                },
                 None => Some(DueSlots { latest: from, count: 0, recent: Vec::new() }),
             };
             match held {
                 Some(mut due) if due.count >= limit || from == first || hours >= MAX_WINDOW_HOURS => {
+                    if due.recent.is_empty() {
+                        return Some(from_first);
+                    }
                     due.count = due.count.max(WALK_CAP);
-                    return (!due.recent.is_empty()).then_some(due);
+                    return Some(due);
                 }
                 Some(due) => {
                     lo = hours;
@@ -181,7 +191,7 @@ impl Schedule {
                 }
             }
             if hours <= lo {
-                return None;
+                return Some(from_first);
             }
         }
     }

@@ -1083,15 +1083,19 @@ fn stamped_headers(given: &Value) -> Result<Vec<(String, Vec<Value>)>, CommandEr
         allowed: "a dict of stamp names to values, or a list of \"name=value\"".into(),
     };
     let mut out: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut total = 0usize;
     let mut push = |k: String, vs: Vec<Value>| -> Result<(), CommandError> {
         total = total.saturating_add(vs.len());
         if total > MAX_REVOKE_IDS || k.chars().count() > 255 {
             return Err(bad(format!("{total} values")));
         }
-        match out.iter_mut().find(|(h, _)| *h == k) {
+        match index.get(&k).and_then(|i| out.get_mut(*i)) {
             Some((_, v)) => v.extend(vs),
-            None => out.push((k, vs)),
+            None => {
+                index.insert(k.clone(), out.len());
+                out.push((k, vs));
+            }
         }
         Ok(())
     };

@@ -491,9 +491,21 @@ impl Shared {
             (headers, embed)
         };
         let mut recorded = Recorded::Yes;
+        // The parent of what is sent: the running task's headers only (its
+        // arguments and canvas are not copied for every member).
+        let mut slim = TaskMessage::new(&task.headers.task, &task.headers.id);
+        slim.headers = task.headers.clone();
+        let task = &slim;
         if body.kind() == celeriac_protocol::signature::SignatureKind::Group {
             let original = cause.unwrap_or(exc);
-            let group_errbacks = option_signatures(body, "link_error");
+            let mut group_errbacks = option_signatures(body, "link_error");
+            if group_errbacks.len() > MAX_GROUP_ERRBACKS {
+                warn!(
+                    "a failed chord's group body has {} errbacks; the first {MAX_GROUP_ERRBACKS} are called",
+                    group_errbacks.len()
+                );
+                group_errbacks.truncate(MAX_GROUP_ERRBACKS);
+            }
             for member in group_members(body) {
                 let (id, mut errbacks) = result_errbacks(&member);
                 let Some(id) = id else { continue };
@@ -1047,6 +1059,10 @@ struct RetryPlan {
     /// New arguments for the retry.
     arguments: Option<crate::error::RetryArguments>,
 }
+
+/// Most errbacks of a group chord body added to each member's own when the
+/// chord fails (each member's list is checked for duplicates).
+const MAX_GROUP_ERRBACKS: usize = 256;
 
 /// The request whose errbacks are called: a failed task's, or one made up
 /// from a chord body that fails because a header task did.
