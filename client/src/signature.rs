@@ -21,7 +21,7 @@
 //!
 //! Arguments are anything serde serializes; a value that does not serialize
 //! (a map with non-string keys, ...) is reported when the canvas is applied
-//! or frozen, as [`CanvasError::Invalid`](crate::CanvasError::Invalid).
+//! or frozen, as [`CanvasError::Invalid`].
 
 use std::time::Duration;
 
