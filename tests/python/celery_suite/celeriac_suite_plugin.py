@@ -330,7 +330,12 @@ def pytest_collection_modifyitems(session, config, items):
             deselected.append(item)
             continue
         if hit is not None and hit.kind == "celeriac" and kind in ("celeriac", "mixed"):
-            item.add_marker(pytest.mark.xfail(reason=f"celeriac: {hit.reason}", strict=True))
+            if os.environ.get("CELERIAC_SUITE_SKIP_TODO") == "1":
+                # Tests with subtests cannot be strict xfails (a failed subtest
+                # fails the test), and each would wait out its timeout.
+                item.add_marker(pytest.mark.skip(reason=f"celeriac (not yet): {hit.reason}"))
+            else:
+                item.add_marker(pytest.mark.xfail(reason=f"celeriac: {hit.reason}", strict=True))
         keep.append(item)
     stale = [e for e in exclusions if not e.matched and e.test.split("::", 1)[0] in collected_files]
     if stale and os.environ.get("CELERIAC_SUITE_CHECK_STALE") == "1":
