@@ -210,18 +210,13 @@ async fn chord_unlock(ctx: Ctx, RawArgs(args, kwargs): RawArgs) -> Result<Value,
         let error = ExceptionInfo::new("celery.exceptions", "ChordError", vec![Value::Str(reason)]);
         let Some(body_id) = callback.options.get("task_id").and_then(Value::as_str) else { return Ok(Value::Null) };
         // As Celery's chord_error_from_stack: the errbacks, then the failure.
-        let errbacks: Vec<Value> = match callback.options.get("link_error") {
-            Some(Value::List(items)) => items.clone(),
-            Some(one @ Value::Map(_)) => vec![one.clone()],
-            _ => Vec::new(),
-        };
+        let errbacks = crate::runtime::signatures_in(callback.options.get("link_error"));
         let mut children = Vec::new();
         if !errbacks.is_empty() {
             let mut group = Signature::new("celery.group");
             group.subtask_type = Some("group".into());
             let members = errbacks
-                .iter()
-                .filter_map(|v| Signature::from_value(v).ok())
+                .into_iter()
                 .map(|mut errback| {
                     if !errback.immutable {
                         errback.args.insert(0, Value::Str(body_id.to_owned()));

@@ -192,6 +192,17 @@ pub(crate) struct Shared {
     pub(crate) accept: celeriac_protocol::limits::Accept,
 }
 
+/// The signatures an option or argument holds: one (a map), a list of
+/// them, or none; what is not a signature is left out.
+pub(crate) fn signatures_in(value: Option<&Value>) -> Vec<celeriac_protocol::Signature> {
+    use celeriac_protocol::Signature;
+    match value {
+        Some(Value::List(items)) => items.iter().filter_map(|v| Signature::from_value(v).ok()).collect(),
+        Some(one @ Value::Map(_)) => Signature::from_value(one).ok().into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// What `Ctx` asks of the worker.
 pub(crate) struct Services {
     pub(crate) results: Option<Arc<dyn ResultStore>>,

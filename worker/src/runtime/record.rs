@@ -1102,26 +1102,18 @@ fn result_errbacks(sig: &Signature) -> (Option<String>, Vec<Signature>) {
     errbacks.extend(option_signatures(&sig, "link_error"));
     if sig.kind() == SignatureKind::Group {
         for member in group_members(&sig) {
-            errbacks.extend(result_errbacks_shallow(&member));
+            // A member's own errbacks (Celery flattens a group of groups
+            // before it is sent).
+            errbacks.extend(option_signatures(&member, "link_error"));
         }
     }
     (sig.options.get("task_id").and_then(Value::as_str).map(str::to_owned), errbacks)
 }
 
-/// The errbacks of a group member (its own, not descending further: a
-/// group of groups is flattened by Celery before it is sent).
-fn result_errbacks_shallow(sig: &Signature) -> Vec<Signature> {
-    option_signatures(sig, "link_error")
-}
-
 /// The signatures under `key` (`link`, `link_error`) in a signature's
 /// options: one, a list of them, or none.
 fn option_signatures(sig: &Signature, key: &str) -> Vec<Signature> {
-    match sig.options.get(key) {
-        Some(Value::List(items)) => items.iter().filter_map(|v| Signature::from_value(v).ok()).collect(),
-        Some(v @ Value::Map(_)) => Signature::from_value(v).ok().into_iter().collect(),
-        _ => Vec::new(),
-    }
+    super::signatures_in(sig.options.get(key))
 }
 
 fn autoretries(def: &Task, err: &TaskError) -> bool {

@@ -109,11 +109,7 @@ fn chain(tasks: &[Signature]) -> Signature {
 
 /// The signatures of option `key` of `sig`, taken out of its options.
 fn take_links(sig: &mut Signature, key: &str) -> Vec<Signature> {
-    match sig.options.shift_remove(key) {
-        Some(Value::List(items)) => items.iter().filter_map(|v| Signature::from_value(v).ok()).collect(),
-        Some(one @ Value::Map(_)) => Signature::from_value(&one).ok().into_iter().collect(),
-        _ => Vec::new(),
-    }
+    super::signatures_in(sig.options.shift_remove(key).as_ref())
 }
 
 /// `a | b`: a chain grows (its own links and error links first go down to
