@@ -386,4 +386,34 @@ mod tests {
         let err = starmap(deep, call("celery.starmap", inner)).await.unwrap_err();
         assert_eq!(kind(err).as_deref(), Some("RecursionError"));
     }
+
+    #[tokio::test]
+    async fn chord_unlock_takes_any_interval_and_retries_when_results_cannot_be_read() {
+        for (interval, want) in [
+            (Value::Float(f64::NAN), 1.0),
+            (Value::Float(f64::INFINITY), 1.0),
+            (Value::Float(1e300), 3600.0),
+            (Value::Int(-5), 0.01),
+            (Value::Null, 1.0),
+        ] {
+            let mut kwargs = Map::new();
+            kwargs.insert("group_id".into(), Value::Str("g".into()));
+            kwargs.insert("callback".into(), Signature::new("t.add").to_value());
+            kwargs.insert("interval".into(), interval.clone());
+            kwargs.insert("max_retries".into(), Value::Int(-1));
+            kwargs.insert("result".into(), Value::List(vec![]));
+            // The test services cannot read results: an outage, retried.
+            match chord_unlock(ctx(), RawArgs(Vec::new(), kwargs)).await.unwrap_err() {
+                TaskError::Retry { countdown, max_retries, .. } => {
+                    assert_eq!(countdown, Some(Duration::from_secs_f64(want)), "{interval:?}");
+                    assert_eq!(max_retries, Some(0));
+                }
+                other => panic!("{interval:?}: {other:?}"),
+            }
+        }
+        let mut wrong = Map::new();
+        wrong.insert("group_id".into(), Value::Int(1));
+        let err = chord_unlock(ctx(), RawArgs(Vec::new(), wrong)).await.unwrap_err();
+        assert_eq!(err.kind(), Some("TypeError"));
+    }
 }
