@@ -183,6 +183,13 @@ impl WorkerState {
         running.or(held.last()).map(|t| (t.phase.clone(), t.info.clone()))
     }
 
+    /// The token that terminates the request held under `id` (the latest
+    /// received), for a parked ETA task's second pass; a fresh token if none
+    /// is held.
+    pub(crate) fn terminate_token(&self, id: &str) -> CancellationToken {
+        lock(&self.requests).get(id).and_then(|held| held.last()).map(|t| t.terminate.clone()).unwrap_or_default()
+    }
+
     /// Terminates `id` if it is running, recording `signum` for its
     /// `task-revoked` event; returns whether it was running.
     pub fn terminate(&self, id: &str, signum: i64) -> bool {

@@ -5,8 +5,8 @@
 //!
 //! - `admit`: decode within `accept_content` and the size limit, then
 //!   decide: run, unknown, revoked or expired;
-//! - `schedule`: wait for the ETA (visibility kept fresh), the rate limit
-//!   and an execution slot (`-c`);
+//! - `schedule`: wait for the ETA (parked in the `timer`, its visibility
+//!   kept fresh), the rate limit and an execution slot (`-c`);
 //! - `execute`: run the handler under time limits resolved once by
 //!   `limits`;
 //! - `record`: results, events, retries, callbacks and chord parts, with
@@ -24,6 +24,7 @@ mod record;
 mod replace;
 mod schedule;
 mod settle;
+mod timer;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -35,10 +36,11 @@ use celeriac_broker::{Broker, BrokerError, ConsumerControl, Delivery, Producer};
 use celeriac_config::UnknownTaskPolicy;
 use celeriac_protocol::event::task_received_fields;
 use celeriac_protocol::result::ResultMeta;
+use celeriac_protocol::time::PyDateTime;
 use celeriac_protocol::{Map, Value};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
@@ -171,7 +173,7 @@ pub(crate) struct Shared {
     /// Per-task rate limits.
     pub(crate) rate_limits: RateLimits,
     /// ETA tasks held now.
-    pub(crate) scheduled: AtomicUsize,
+    pub(crate) scheduled: Arc<AtomicUsize>,
     /// The requests held, counts, revoked ids.
     pub(crate) state: Arc<WorkerState>,
     /// Events (and the node's clock).
@@ -331,7 +333,7 @@ impl Worker {
             config,
             services,
             rate_limits,
-            scheduled: AtomicUsize::new(0),
+            scheduled: Arc::default(),
             state,
             events,
             permits: Arc::new(Semaphore::new(concurrency)),
@@ -415,6 +417,16 @@ impl Worker {
         if cfg.statedb.is_some() {
             helpers.spawn(flush_statedb(shared.clone(), background.clone()));
         }
+        let (park, parked) = mpsc::unbounded_channel();
+        let (due_tx, mut due) = mpsc::unbounded_channel();
+        let timer = timer::Timer::new(
+            timer::TimerConfig { refresh: cfg.eta_refresh, max_scheduled: cfg.max_scheduled_tasks },
+            control.clone(),
+            shared.scheduled.clone(),
+            due_tx,
+        );
+        let timer = tokio::spawn(timer.run(parked, shutdown.clone()));
+        let lane = Arc::new(Lane { stop: shutdown.clone(), park });
         info!(hostname = %cfg.hostname, queues = ?cfg.queues, concurrency = cfg.concurrency, "{} ready.", cfg.hostname);
         let mut running = JoinSet::new();
         loop {
@@ -426,12 +438,12 @@ impl Worker {
                         error!("a task runner ended abnormally: {e}");
                     }
                 }
+                Some(delivery) = due.recv() => {
+                        running.spawn(Box::pin(shared.clone().handle(delivery, lane.clone(), Pass::Due)));
+                }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        let shared = shared.clone();
-                        let stop = shutdown.clone();
-                        let control = control.clone();
-                        running.spawn(Box::pin(shared.handle(delivery, control, stop)));
+                        running.spawn(Box::pin(shared.clone().handle(delivery, lane.clone(), Pass::Received)));
                     }
                     Some(Err(e)) => {
                         if let BrokerError::Undecodable { kind, .. } = &e {
@@ -460,6 +472,15 @@ impl Worker {
             }
             running.abort_all();
             while running.join_next().await.is_some() {}
+        }
+        // The timer leaves what it holds unacked when `shutdown` fires; so
+        // does this with what it made due meanwhile.
+        if let Err(e) = timer.await {
+            error!("the ETA timer ended abnormally: {e}");
+        }
+        due.close();
+        while let Ok(mut delivery) = due.try_recv() {
+            delivery.leave_unacked();
         }
         // Bounded: during an outage the messages come back after the
         // visibility timeout anyway.
@@ -551,53 +572,120 @@ const SHUTDOWN_STEP: Duration = Duration::from_secs(30);
 /// Hard and soft limits in seconds set at run time for a task name.
 pub(crate) type TimeLimitOverride = (Option<f64>, Option<f64>);
 
-/// Forgets a received request when dropped, however its runner ends.
+/// Forgets a received request when dropped, however its runner ends,
+/// unless it was [`Tracked::keep`]t for a later pass.
 struct Tracked<'a> {
     state: &'a WorkerState,
     id: &'a str,
     name: &'a str,
+    kept: bool,
+}
+
+impl Tracked<'_> {
+    /// The request stays held: its delivery is parked in the timer.
+    fn keep(mut self) {
+        self.kept = true;
+    }
 }
 
 impl Drop for Tracked<'_> {
     fn drop(&mut self) {
-        self.state.finished(self.id, self.name, true);
+        if !self.kept {
+            self.state.finished(self.id, self.name, true);
+        }
     }
+}
+
+/// What every runner of one consumer shares: the worker's stop token and
+/// the ETA timer's inbox.
+struct Lane {
+    stop: CancellationToken,
+    park: mpsc::UnboundedSender<timer::Parked>,
+}
+
+/// Which pass through the stages a delivery is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    /// Just received: recorded, reported, admitted.
+    Received,
+    /// Its ETA has come (it was received and admitted before it was parked).
+    Due,
+}
+
+/// How a pass ended.
+enum Flow {
+    /// The delivery was settled (or deliberately left unacked).
+    Done,
+    /// The task waits for its ETA: park the delivery in the timer.
+    Park(jiff::Timestamp),
 }
 
 impl Shared {
     /// Takes one delivery through the stages (see the module docs). A panic
     /// in the runner itself (never in a task's handler: those are caught as
     /// lost executions) fails the task and dead-letters its message.
-    async fn handle(self: Arc<Self>, mut delivery: Delivery, control: ConsumerControl, stop: CancellationToken) {
-        let run = AssertUnwindSafe(self.process(&mut delivery, &control, &stop)).catch_unwind().await;
-        if let Err(panic) = run {
-            let text = panic_text(panic.as_ref());
-            let cleanup = AssertUnwindSafe(self.runner_panicked(&mut delivery, &text)).catch_unwind().await;
-            if cleanup.is_err() {
-                error!("handling a panicked task runner panicked too; its message is left for restore");
-                delivery.leave_unacked();
+    async fn handle(self: Arc<Self>, mut delivery: Delivery, lane: Arc<Lane>, pass: Pass) {
+        let run = AssertUnwindSafe(self.process(&mut delivery, &lane, pass)).catch_unwind().await;
+        match run {
+            Ok(Flow::Done) => {}
+            Ok(Flow::Park(eta)) => {
+                if let Err(mpsc::error::SendError(mut parked)) = lane.park.send(timer::Parked { delivery, eta }) {
+                    // The timer has stopped with the worker: restored on shutdown.
+                    parked.delivery.leave_unacked();
+                }
+            }
+            Err(panic) => {
+                let text = panic_text(panic.as_ref());
+                let cleanup = AssertUnwindSafe(self.runner_panicked(&mut delivery, &text)).catch_unwind().await;
+                if cleanup.is_err() {
+                    error!("handling a panicked task runner panicked too; its message is left for restore");
+                    delivery.leave_unacked();
+                }
             }
         }
     }
 
-    async fn process(&self, delivery: &mut Delivery, control: &ConsumerControl, stop: &CancellationToken) {
+    async fn process(&self, delivery: &mut Delivery, lane: &Lane, pass: Pass) -> Flow {
+        let stop = &lane.stop;
         let task = match admit::decode(delivery.message(), &self.acceptance) {
             Ok(task) => task,
-            Err(refusal) => return Box::pin(self.refuse(delivery, &refusal)).await,
+            Err(refusal) => {
+                Box::pin(self.refuse(delivery, &refusal)).await;
+                return Flow::Done;
+            }
         };
         let (id, name) = (task.headers.id.as_str(), task.headers.task.as_str());
         let span = tracing::info_span!("task", %id, %name);
         async {
-            info!("Task {name}[{id}] received");
-            let terminate = self.state.received(&task, delivery, &self.config.hostname);
-            let _tracked = Tracked { state: &self.state, id, name };
-            if let Some(metrics) = &self.metrics {
-                metrics.note_queue(id, &delivery.queue);
-            }
-            if self.reporting() {
-                self.report("task-received", &task, task_received_fields(&task));
-            }
-            match admit::admit(&self.registry, &self.state, &task, jiff::Timestamp::now()) {
+            let terminate = match pass {
+                Pass::Received => {
+                    info!("Task {name}[{id}] received");
+                    let terminate = self.state.received(&task, delivery, &self.config.hostname);
+                    if let Some(metrics) = &self.metrics {
+                        metrics.note_queue(id, &delivery.queue);
+                    }
+                    if self.reporting() {
+                        self.report("task-received", &task, task_received_fields(&task));
+                    }
+                    terminate
+                }
+                Pass::Due => {
+                    self.state.set_phase(id, crate::state::Phase::Reserved);
+                    self.state.terminate_token(id)
+                }
+            };
+            let tracked = Tracked { state: &self.state, id, name, kept: false };
+            let now = jiff::Timestamp::now();
+            let verdict = match pass {
+                Pass::Received => admit::admit(&self.registry, &self.state, &task, now),
+                // Admitted before it was parked: only revocation and expiry
+                // can have changed.
+                Pass::Due => match self.registry.get(name) {
+                    Some(def) => admit::still_wanted(&self.state, &task, now).unwrap_or(admit::Verdict::Run(def)),
+                    None => admit::Verdict::Unknown,
+                },
+            };
+            match verdict {
                 admit::Verdict::Unknown => Box::pin(self.unknown(delivery, &task, stop)).await,
                 admit::Verdict::Revoked => {
                     Box::pin(self.discard(delivery, &task, record::Discard::Revoked, stop)).await
@@ -606,9 +694,17 @@ impl Shared {
                     Box::pin(self.discard(delivery, &task, record::Discard::Expired, stop)).await
                 }
                 admit::Verdict::Run(def) => {
-                    Box::pin(self.run_task(delivery, def, &task, control, stop, terminate)).await;
+                    if let Some(eta) = schedule::eta_ahead(&task, now).filter(|_| pass == Pass::Received) {
+                        let text = task.headers.eta.as_ref().map(PyDateTime::to_iso).unwrap_or_default();
+                        let priority = delivery.message().priority;
+                        self.state.set_phase(id, crate::state::Phase::Scheduled { eta: text, priority });
+                        tracked.keep();
+                        return Flow::Park(eta);
+                    }
+                    Box::pin(self.run_task(delivery, def, &task, stop, terminate)).await;
                 }
             }
+            Flow::Done
         }
         .instrument(span)
         .await
@@ -620,15 +716,14 @@ impl Shared {
         delivery: &mut Delivery,
         def: &crate::Task,
         task: &celeriac_protocol::TaskMessage,
-        control: &ConsumerControl,
         stop: &CancellationToken,
         terminate: CancellationToken,
     ) {
-        let Some(permit) = Box::pin(self.schedule(delivery, task, control, stop)).await else {
+        let Some(permit) = Box::pin(self.schedule(task, stop)).await else {
             delivery.leave_unacked(); // the worker stops: restored on shutdown
             return;
         };
-        // Revoked or expired while it waited?
+        // Revoked or expired while it waited for its rate limit or a slot?
         match admit::still_wanted(&self.state, task, jiff::Timestamp::now()) {
             Some(admit::Verdict::Revoked) => {
                 return Box::pin(self.discard(delivery, task, record::Discard::Revoked, stop)).await;

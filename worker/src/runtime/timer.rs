@@ -1,0 +1,320 @@
+//! The ETA timer: every admitted task whose ETA or countdown is still ahead is
+//! parked here, as its bare delivery, until it is due. One task owns them all
+//! in a heap ordered by when each next needs attention: its ETA, or, for ETAs
+//! further away than `eta_refresh`, the next refresh of its visibility (so no
+//! other worker's visibility sweep restores a message this worker still
+//! holds). A due delivery goes back to the worker's main loop, which runs it
+//! through the rest of the stages.
+//!
+//! Holding the delivery rather than a waiting future per task keeps a held
+//! task at about the size of its message. While it is held, a task counts in
+//! `scheduled` and widens the prefetch window by one slot (Celery's
+//! `qos.increment_eventually`) as long as fewer than `worker_max_scheduled_tasks`
+//! are held. When the worker stops, whatever is parked is left unacked, and
+//! the shutdown hands it back to its queue.
+
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_broker::{ConsumerControl, Delivery};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// A delivery handed to the timer, due at `eta`.
+#[derive(Debug)]
+pub(super) struct Parked {
+    /// The held message.
+    pub delivery: Delivery,
+    /// When its task is due (wall clock).
+    pub eta: jiff::Timestamp,
+}
+
+/// What the timer needs to know of the worker.
+#[derive(Clone)]
+pub(super) struct TimerConfig {
+    /// How often a held message's visibility is refreshed.
+    pub refresh: Duration,
+    /// `worker_max_scheduled_tasks`.
+    pub max_scheduled: usize,
+}
+
+/// One parked delivery and when the timer next looks at it.
+struct Entry {
+    wake: Instant,
+    seq: u64,
+    eta: jiff::Timestamp,
+    delivery: Delivery,
+    /// Whether it widened the prefetch window (undone when it leaves).
+    widened: bool,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == CmpOrdering::Equal
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    /// Reversed, so the max-heap yields the earliest wake first (then the
+    /// earliest parked).
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        (other.wake, other.seq).cmp(&(self.wake, self.seq))
+    }
+}
+
+/// When to look at a task due at `eta` again, seen at `now`/`wall`: at its
+/// ETA, or after `refresh` if that comes first. `None` when it is due.
+pub(super) fn next_wake(
+    eta: jiff::Timestamp,
+    wall: jiff::Timestamp,
+    now: Instant,
+    refresh: Duration,
+) -> Option<Instant> {
+    let wait = eta.duration_since(wall);
+    if wait.is_negative() || wait.is_zero() {
+        return None;
+    }
+    let step = Duration::try_from(wait).unwrap_or(Duration::MAX).min(refresh.max(Duration::from_millis(1)));
+    Some(now.checked_add(step).unwrap_or(now + refresh))
+}
+
+/// The timer's state, owned by its task (see the module docs).
+pub(super) struct Timer {
+    config: TimerConfig,
+    control: ConsumerControl,
+    scheduled: Arc<AtomicUsize>,
+    heap: BinaryHeap<Entry>,
+    next_seq: u64,
+    due: mpsc::UnboundedSender<Delivery>,
+    /// Visibility refreshes under way, each holding its delivery.
+    refreshing: JoinSet<Option<Entry>>,
+}
+
+impl Timer {
+    /// A timer that hands due deliveries to `due` and counts held ones in
+    /// `scheduled`.
+    pub(super) fn new(
+        config: TimerConfig,
+        control: ConsumerControl,
+        scheduled: Arc<AtomicUsize>,
+        due: mpsc::UnboundedSender<Delivery>,
+    ) -> Timer {
+        Timer { config, control, scheduled, heap: BinaryHeap::new(), next_seq: 0, due, refreshing: JoinSet::new() }
+    }
+
+    /// Runs until `stop`: takes parked deliveries from `park`, hands each to
+    /// `due` when it is, and refreshes the visibility of the others. On `stop`
+    /// every delivery still held is left unacked for the shutdown's restore.
+    pub(super) async fn run(mut self, mut park: mpsc::UnboundedReceiver<Parked>, stop: CancellationToken) {
+        loop {
+            let wake = self.heap.peek().map(|e| e.wake);
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                parked = park.recv() => match parked {
+                    Some(p) => self.hold(p),
+                    None => break,
+                },
+                Some(done) = self.refreshing.join_next(), if !self.refreshing.is_empty() => {
+                    if let Ok(Some(mut entry)) = done {
+                        self.requeue(&mut entry);
+                        self.push(entry);
+                    }
+                }
+                _ = sleep_until(wake), if wake.is_some() => self.wake(stop.clone()),
+            }
+        }
+        // Anything parked meanwhile stays unacked too.
+        park.close();
+        while let Ok(p) = park.try_recv() {
+            self.hold(p);
+        }
+        for mut entry in std::mem::take(&mut self.heap) {
+            entry.delivery.leave_unacked();
+            self.release(&entry);
+        }
+        while let Some(done) = self.refreshing.join_next().await {
+            if let Ok(Some(mut entry)) = done {
+                entry.delivery.leave_unacked();
+                self.release(&entry);
+            }
+        }
+    }
+
+    /// Takes a newly parked delivery in.
+    fn hold(&mut self, p: Parked) {
+        let before = self.scheduled.fetch_add(1, Ordering::Relaxed);
+        let widened = before < self.config.max_scheduled;
+        if widened {
+            self.control.increment_prefetch();
+        } else if before == self.config.max_scheduled {
+            warn!("{before} ETA tasks held (worker_max_scheduled_tasks): reserving no more until some are due");
+        }
+        let mut entry = Entry { wake: Instant::now(), seq: 0, eta: p.eta, delivery: p.delivery, widened };
+        entry.seq = self.next_seq;
+        self.next_seq += 1;
+        self.requeue(&mut entry);
+        self.push(entry);
+    }
+
+    /// Sets when to look at `entry` next (now, if it is due).
+    fn requeue(&self, entry: &mut Entry) {
+        let now = Instant::now();
+        entry.wake = next_wake(entry.eta, jiff::Timestamp::now(), now, self.config.refresh).unwrap_or(now);
+    }
+
+    fn push(&mut self, entry: Entry) {
+        self.heap.push(entry);
+    }
+
+    /// Handles every entry whose wake time has come: due ones go to the
+    /// worker, the others have their visibility refreshed.
+    fn wake(&mut self, stop: CancellationToken) {
+        let now = Instant::now();
+        while self.heap.peek().is_some_and(|e| e.wake <= now) {
+            let Some(entry) = self.heap.pop() else { break };
+            if next_wake(entry.eta, jiff::Timestamp::now(), now, self.config.refresh).is_none() {
+                self.release(&entry);
+                if let Err(mpsc::error::SendError(mut delivery)) = self.due.send(entry.delivery) {
+                    // The worker is stopping: the shutdown restores it.
+                    delivery.leave_unacked();
+                }
+            } else {
+                self.refreshing.spawn(refresh(entry, stop.clone()));
+            }
+        }
+    }
+
+    /// Undoes what holding `entry` counted.
+    fn release(&self, entry: &Entry) {
+        self.scheduled.fetch_sub(1, Ordering::Relaxed);
+        if entry.widened {
+            self.control.decrement_prefetch();
+        }
+    }
+}
+
+/// Sleeps until `at` (for ever without one; the select guard skips that).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Refreshes one held message's visibility; on `stop` first, leaves it
+/// unacked and gives it back as `None` after undoing nothing (the timer
+/// releases its counts).
+async fn refresh(mut entry: Entry, stop: CancellationToken) -> Option<Entry> {
+    let tag = entry.delivery.delivery_tag().to_owned();
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => return Some(entry),
+        r = entry.delivery.extend_visibility() => {
+            if let Err(e) = r {
+                warn!("could not refresh the visibility of held ETA message {tag}: {e}");
+            }
+        }
+    }
+    Some(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn a_task_is_looked_at_at_its_eta_or_at_the_next_refresh() {
+        let now = Instant::now();
+        let refresh = Duration::from_secs(600);
+        assert_eq!(next_wake(ts(1000), ts(1000), now, refresh), None, "due at its ETA");
+        assert_eq!(next_wake(ts(999), ts(1000), now, refresh), None, "overdue");
+        assert_eq!(next_wake(ts(1010), ts(1000), now, refresh), Some(now + Duration::from_secs(10)));
+        assert_eq!(next_wake(ts(100_000), ts(1000), now, refresh), Some(now + refresh), "far away: refreshed first");
+        // The last instant jiff knows: held for ever, refreshed.
+        assert_eq!(next_wake(jiff::Timestamp::MAX, ts(1000), now, refresh), Some(now + refresh));
+        // A zero refresh interval cannot spin the timer.
+        assert_eq!(next_wake(ts(1010), ts(1000), now, Duration::ZERO), Some(now + Duration::from_millis(1)));
+    }
+
+    /// A memory broker with `n` task messages queued, a consumer with a
+    /// window of `n`, and its deliveries.
+    async fn deliveries(n: usize) -> (celeriac_broker::Consumer, Vec<Delivery>) {
+        use celeriac_broker::{Broker, MemoryBroker};
+        let memory = MemoryBroker::default();
+        memory.declare_queue("q", "", "q");
+        for i in 0..n {
+            let task = celeriac_protocol::TaskMessage::new("tasks.held", &format!("id-{i}"));
+            let message = task
+                .to_message(task.default_properties(None, None), 0, celeriac_protocol::codec::ContentType::Json, None)
+                .unwrap();
+            memory.publish("", "q", &message).unwrap();
+        }
+        let broker = Broker::Memory(memory);
+        let mut consumer = broker.consumer(&["q".to_owned()], n);
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(consumer.next().await.unwrap().unwrap());
+        }
+        (consumer, out)
+    }
+
+    fn id(delivery: &Delivery) -> String {
+        match delivery.message().headers.get("id") {
+            Some(celeriac_protocol::Value::Str(s)) => s.clone(),
+            other => panic!("no id: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn due_deliveries_come_back_in_eta_order_and_the_window_shrinks_back() {
+        let (consumer, held) = deliveries(4).await;
+        let control = consumer.control();
+        let (due_tx, mut due) = mpsc::unbounded_channel();
+        let (park, parked) = mpsc::unbounded_channel();
+        let scheduled = Arc::new(AtomicUsize::new(0));
+        let config = TimerConfig { refresh: Duration::from_secs(600), max_scheduled: 2 };
+        let timer = Timer::new(config, control.clone(), scheduled.clone(), due_tx);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(timer.run(parked, stop.clone()));
+        let prefetch = control.prefetch();
+        let now = jiff::Timestamp::now();
+        let ms = |n: i64| now.checked_add(jiff::SignedDuration::from_millis(n)).unwrap();
+        // id-0 in 300 ms, id-1 overdue, id-2 in 150 ms, id-3 in an hour.
+        for (delivery, eta) in held.into_iter().zip([ms(300), ms(-5), ms(150), ms(3_600_000)]) {
+            park.send(Parked { delivery, eta }).unwrap();
+        }
+        let mut order = Vec::new();
+        for _ in 0..3 {
+            let mut d = due.recv().await.unwrap();
+            order.push(id(&d));
+            d.ack().await.unwrap();
+        }
+        assert_eq!(order, ["id-1", "id-2", "id-0"]);
+        assert_eq!(scheduled.load(Ordering::Relaxed), 1, "id-3 is still held");
+        // Only the first two parked widened the window
+        // (worker_max_scheduled_tasks = 2), and both have left.
+        assert_eq!(control.prefetch(), prefetch);
+        stop.cancel();
+        task.await.unwrap();
+        assert_eq!(scheduled.load(Ordering::Relaxed), 0);
+        assert_eq!(control.prefetch(), prefetch, "the window is back to its size");
+        assert!(due.try_recv().is_err(), "the held one was left unacked, not run");
+        assert_eq!(consumer.control().in_flight(), 1, "id-3 stays unacked for the restore");
+    }
+}
