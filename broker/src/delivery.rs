@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use celeriac_protocol::{Envelope, Message, Value};
+use tracing::error;
 
 use crate::error::BrokerError;
 use crate::transport::Settler;
@@ -220,6 +221,110 @@ impl Delivery {
         }
         self.window.release(self.seq);
         Ok(())
+    }
+}
+
+impl Delivery {
+    /// Packs the delivery for a long wait (an ETA task held for hours): its
+    /// envelope is kept as kombu's JSON text, a few times smaller than the
+    /// parsed message, and read again by [`ParkedDelivery::unpark`]. The
+    /// delivery stays held (prefetch slot, `unacked`) as before. An envelope
+    /// whose JSON would not read back the same is kept parsed.
+    pub fn park(mut self) -> ParkedDelivery {
+        let envelope = match self.envelope.to_json() {
+            Ok(json) if Envelope::from_slice(json.as_bytes()).is_ok_and(|back| back == self.envelope) => {
+                Packed::Json(json.into_boxed_str())
+            }
+            _ => Packed::Parsed(Box::new(std::mem::replace(&mut self.envelope, Envelope::placeholder()))),
+        };
+        let parked = ParkedDelivery {
+            envelope,
+            queue: std::mem::take(&mut self.queue).into_boxed_str(),
+            settler: self.settler.clone(),
+            window: self.window.clone(),
+            seq: self.seq,
+            settled: self.settled,
+            left: self.left,
+        };
+        // Its bookkeeping lives on in `parked`: this shell must not warn.
+        self.left = true;
+        parked
+    }
+}
+
+/// How a parked delivery keeps its envelope.
+#[derive(Debug)]
+enum Packed {
+    Json(Box<str>),
+    Parsed(Box<Envelope>),
+}
+
+/// A [`Delivery`] packed by [`Delivery::park`]: still held, its envelope
+/// kept as JSON text. Dropped unsettled, it stays unacked like a delivery.
+#[derive(Debug)]
+pub struct ParkedDelivery {
+    envelope: Packed,
+    queue: Box<str>,
+    settler: Settler,
+    window: Arc<Window>,
+    seq: u64,
+    settled: Option<Settled>,
+    left: bool,
+}
+
+impl ParkedDelivery {
+    /// The delivery again, its envelope parsed.
+    pub fn unpark(mut self) -> Delivery {
+        let envelope = match std::mem::replace(&mut self.envelope, Packed::Json(Box::default())) {
+            Packed::Parsed(envelope) => *envelope,
+            // `park` checked that the text reads back.
+            Packed::Json(json) => Envelope::from_slice(json.as_bytes()).unwrap_or_else(|e| {
+                error!("a parked envelope did not read back ({e}); its task sees an empty message");
+                Envelope::placeholder()
+            }),
+        };
+        let queue = std::mem::take(&mut self.queue).into_string();
+        let mut delivery = Delivery::new(envelope, queue, self.settler.clone(), self.window.clone(), self.seq);
+        delivery.settled = self.settled;
+        delivery.left = self.left;
+        self.left = true;
+        delivery
+    }
+
+    /// See [`Delivery::leave_unacked`].
+    pub fn leave_unacked(&mut self) {
+        self.left = true;
+    }
+
+    /// See [`Delivery::extend_visibility`].
+    pub async fn extend_visibility(&mut self) -> Result<(), BrokerError> {
+        if let Some(done) = self.settled {
+            return Err(BrokerError::AlreadySettled { tag: self.delivery_tag(), how: done.word() });
+        }
+        let held = self.window.held(self.seq).ok_or_else(|| BrokerError::AlreadySettled {
+            tag: self.delivery_tag(),
+            how: "handed back by restore_unacked",
+        })?;
+        self.settler.extend(&self.window, self.seq, &held).await
+    }
+
+    /// kombu's delivery tag, as the window holds it.
+    pub fn delivery_tag(&self) -> String {
+        match &self.envelope {
+            Packed::Parsed(envelope) => envelope.delivery_tag.clone(),
+            Packed::Json(_) => self.window.held(self.seq).map(|h| h.tag).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for ParkedDelivery {
+    fn drop(&mut self) {
+        if self.settled.is_none() && !self.left && !self.window.is_restoring() && self.window.held(self.seq).is_some() {
+            tracing::warn!(
+                queue = %self.queue,
+                "parked delivery dropped without ack, reject or requeue; it stays unacked until restore_unacked or the visibility timeout"
+            );
+        }
     }
 }
 

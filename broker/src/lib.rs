@@ -35,7 +35,7 @@ mod window;
 pub use amqp::{AmqpBroker, AmqpOptions};
 pub use broker::Broker;
 pub use consumer::{Consumer, ConsumerControl};
-pub use delivery::{Delivery, SettleOutcome, Settlement};
+pub use delivery::{Delivery, ParkedDelivery, SettleOutcome, Settlement};
 pub use error::BrokerError;
 pub use exchange::ExchangeKind;
 pub use memory::MemoryBroker;

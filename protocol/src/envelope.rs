@@ -104,6 +104,24 @@ impl Envelope {
         }
     }
 
+    /// An empty envelope (no headers, body or tag), to stand in for one moved
+    /// out of a structure.
+    pub fn placeholder() -> Envelope {
+        Envelope {
+            message: Message {
+                headers: Map::new(),
+                properties: Map::new(),
+                priority: 0,
+                content_type: String::new(),
+                content_encoding: String::new(),
+                body: Vec::new(),
+            },
+            delivery_info: DeliveryInfo::default(),
+            delivery_tag: String::new(),
+            body_encoding: BodyEncoding::Base64,
+        }
+    }
+
     /// Reads an envelope from the bytes of a Redis list element, with the
     /// bounds of [`json::from_slice`].
     pub fn from_slice(bytes: &[u8]) -> Result<Envelope, ProtocolError> {

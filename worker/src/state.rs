@@ -36,10 +36,61 @@ pub enum Phase {
     },
 }
 
+/// A request's `Request.info()`: a map while it is reserved or running,
+/// packed as JSON text while it waits for its ETA (for hours, perhaps, and by
+/// the ten thousand), where it is only read by `inspect scheduled`.
+#[derive(Debug, Clone)]
+enum Info {
+    Map(Map),
+    Packed(Box<str>),
+}
+
+impl Info {
+    /// Packs the map, unless its JSON would not read back the same (bytes,
+    /// NaN, nesting beyond the JSON reader's bounds): that one stays a map.
+    fn pack(&mut self) {
+        let Info::Map(map) = self else { return };
+        let mut text = String::new();
+        if celeriac_protocol::json::write_map(&mut text, map).is_err() {
+            return;
+        }
+        if matches!(celeriac_protocol::json::from_str(&text), Ok(Value::Map(back)) if back == *map) {
+            *self = Info::Packed(text.into_boxed_str());
+        }
+    }
+
+    /// The map, unpacked first if need be.
+    fn map_mut(&mut self) -> &mut Map {
+        if let Info::Packed(_) = self {
+            *self = Info::Map(self.to_map());
+        }
+        match self {
+            Info::Map(map) => map,
+            // Not reached: unpacked above.
+            Info::Packed(_) => {
+                *self = Info::Map(Map::new());
+                self.map_mut()
+            }
+        }
+    }
+
+    /// A copy of the map.
+    fn to_map(&self) -> Map {
+        match self {
+            Info::Map(map) => map.clone(),
+            Info::Packed(text) => match celeriac_protocol::json::from_str(text) {
+                Ok(Value::Map(map)) => map,
+                // `pack` read it back before keeping it.
+                _ => Map::new(),
+            },
+        }
+    }
+}
+
 /// One request the worker holds.
 #[derive(Debug, Clone)]
 struct Tracked {
-    info: Map,
+    info: Info,
     /// The request's stamps (`stamps` header), for `revoke_by_stamped_headers`.
     stamps: Map,
     phase: Phase,
@@ -78,8 +129,13 @@ impl WorkerState {
     pub fn received(&self, task: &TaskMessage, delivery: &Delivery, hostname: &str) -> CancellationToken {
         let terminate = CancellationToken::new();
         let info = request_info(task, delivery, hostname);
-        let tracked =
-            Tracked { info, stamps: task.headers.stamps.clone(), phase: Phase::Reserved, terminate, signum: None };
+        let tracked = Tracked {
+            info: Info::Map(info),
+            stamps: task.headers.stamps.clone(),
+            phase: Phase::Reserved,
+            terminate,
+            signum: None,
+        };
         let token = tracked.terminate.clone();
         lock(&self.requests).entry(task.headers.id.clone()).or_default().push(tracked);
         token
@@ -94,12 +150,18 @@ impl WorkerState {
             let mut r = lock(&self.requests);
             if let Some(t) = r.get_mut(id).and_then(|held| held.last_mut()) {
                 if let Phase::Active { time_start, acknowledged } = &phase {
-                    t.info.insert("time_start".into(), Value::Float(*time_start));
-                    t.info.insert("acknowledged".into(), Value::Bool(*acknowledged));
-                    t.info.insert("worker_pid".into(), Value::Int(i64::from(std::process::id())));
+                    let info = t.info.map_mut();
+                    info.insert("time_start".into(), Value::Float(*time_start));
+                    info.insert("acknowledged".into(), Value::Bool(*acknowledged));
+                    info.insert("worker_pid".into(), Value::Int(i64::from(std::process::id())));
                     if !matches!(t.phase, Phase::Active { .. }) {
-                        accepted = t.info.get("name").and_then(Value::as_str).map(str::to_owned);
+                        accepted = info.get("name").and_then(Value::as_str).map(str::to_owned);
                     }
+                }
+                if matches!(phase, Phase::Scheduled { .. }) {
+                    t.info.pack();
+                } else {
+                    t.info.map_mut();
                 }
                 t.phase = phase;
             }
@@ -143,7 +205,7 @@ impl WorkerState {
     fn infos(&self, which: impl Fn(&Phase) -> bool) -> Vec<(Phase, Map)> {
         let r = lock(&self.requests);
         let mut out: Vec<(Phase, Map)> =
-            r.values().flatten().filter(|t| which(&t.phase)).map(|t| (t.phase.clone(), t.info.clone())).collect();
+            r.values().flatten().filter(|t| which(&t.phase)).map(|t| (t.phase.clone(), t.info.to_map())).collect();
         out.sort_by(|a, b| a.1.get("id").map(Value::as_str).cmp(&b.1.get("id").map(Value::as_str)));
         out
     }
@@ -180,7 +242,7 @@ impl WorkerState {
         let r = lock(&self.requests);
         let held = r.get(id)?;
         let running = held.iter().find(|t| matches!(t.phase, Phase::Active { .. }));
-        running.or(held.last()).map(|t| (t.phase.clone(), t.info.clone()))
+        running.or(held.last()).map(|t| (t.phase.clone(), t.info.to_map()))
     }
 
     /// The token that terminates the request held under `id` (the latest
@@ -696,6 +758,31 @@ impl RevokedStamps {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scheduled_requests_info_is_packed_and_reads_back_the_same() {
+        let mut map = Map::new();
+        map.insert("id".into(), Value::Str("id-1".into()));
+        map.insert("args".into(), Value::List(vec![Value::Int(1), Value::Float(2.5), Value::Str("é\u{1F600}".into())]));
+        map.insert("kwargs".into(), Value::Map(Map::new()));
+        map.insert("time_start".into(), Value::Null);
+        let mut info = Info::Map(map.clone());
+        info.pack();
+        assert!(matches!(info, Info::Packed(_)));
+        assert_eq!(info.to_map(), map);
+        info.map_mut().insert("acknowledged".into(), Value::Bool(true));
+        assert!(matches!(info, Info::Map(_)), "unpacked to be changed");
+        // An info always reads back as it was (what JSON would carry
+        // differently stays a map).
+        for odd in [Value::Float(f64::NAN), Value::Float(f64::INFINITY), Value::Float(1e300), Value::Bytes(vec![0, 1])]
+        {
+            let mut map = map.clone();
+            map.insert("args".into(), Value::List(vec![odd.clone()]));
+            let mut info = Info::Map(map.clone());
+            info.pack();
+            assert_eq!(info.to_map(), map, "{odd:?}");
+        }
+    }
 
     #[test]
     fn a_revoked_stamp_is_found_as_celery_finds_it() {

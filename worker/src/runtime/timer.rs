@@ -6,8 +6,9 @@
 //! holds). A due delivery goes back to the worker's main loop, which runs it
 //! through the rest of the stages.
 //!
-//! Holding the delivery rather than a waiting future per task keeps a held
-//! task at about the size of its message. While it is held, a task counts in
+//! Holding the delivery, packed as its JSON text ([`Delivery::park`]), rather
+//! than a waiting future and a parsed message per task keeps a held task at
+//! about the size of its message. While it is held, a task counts in
 //! `scheduled` and widens the prefetch window by one slot (Celery's
 //! `qos.increment_eventually`) as long as fewer than `worker_max_scheduled_tasks`
 //! are held. When the worker stops, whatever is parked is left unacked, and
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_broker::{ConsumerControl, Delivery};
+use celeriac_broker::{ConsumerControl, Delivery, ParkedDelivery};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -49,7 +50,7 @@ struct Entry {
     wake: Instant,
     seq: u64,
     eta: jiff::Timestamp,
-    delivery: Delivery,
+    delivery: ParkedDelivery,
     /// Whether it widened the prefetch window (undone when it leaves).
     widened: bool,
 }
@@ -161,7 +162,7 @@ impl Timer {
         } else if before == self.config.max_scheduled {
             warn!("{before} ETA tasks held (worker_max_scheduled_tasks): reserving no more until some are due");
         }
-        let mut entry = Entry { wake: Instant::now(), seq: 0, eta: p.eta, delivery: p.delivery, widened };
+        let mut entry = Entry { wake: Instant::now(), seq: 0, eta: p.eta, delivery: p.delivery.park(), widened };
         entry.seq = self.next_seq;
         self.next_seq += 1;
         self.requeue(&mut entry);
@@ -186,7 +187,7 @@ impl Timer {
             let Some(entry) = self.heap.pop() else { break };
             if next_wake(entry.eta, jiff::Timestamp::now(), now, self.config.refresh).is_none() {
                 self.release(&entry);
-                if let Err(mpsc::error::SendError(mut delivery)) = self.due.send(entry.delivery) {
+                if let Err(mpsc::error::SendError(mut delivery)) = self.due.send(entry.delivery.unpark()) {
                     // The worker is stopping: the shutdown restores it.
                     delivery.leave_unacked();
                 }
@@ -217,7 +218,7 @@ async fn sleep_until(at: Option<Instant>) {
 /// unacked and gives it back as `None` after undoing nothing (the timer
 /// releases its counts).
 async fn refresh(mut entry: Entry, stop: CancellationToken) -> Option<Entry> {
-    let tag = entry.delivery.delivery_tag().to_owned();
+    let tag = entry.delivery.delivery_tag();
     tokio::select! {
         biased;
         _ = stop.cancelled() => return Some(entry),
