@@ -238,6 +238,80 @@ async fn rust_publishes_and_a_python_worker_runs_the_tasks() {
     assert_eq!(broker.queue_len("rs2py").await.unwrap(), 0);
 }
 
+/// The lists of a Redis database and their lengths (binding sets left out).
+fn lists(conn: &mut redis::Connection) -> BTreeMap<String, i64> {
+    let keys: Vec<String> = q(conn, &["KEYS", "*"]);
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let kind: String = q(conn, &["TYPE", &key]);
+        if kind == "list" {
+            out.insert(key.clone(), q(conn, &["LLEN", &key]));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn direct_exchange_publishes_land_where_kombus_do() {
+    init_logs();
+    let Some(redis) = celeriac_tests::redis() else { return };
+    let Some(python) = celeriac_tests::python_peer() else { return };
+    let url = redis.url();
+    let mut a = admin(&url);
+    let sep = "\x06\x16";
+    for prefix in ["", "pfx:"] {
+        let _: () = q(&mut a, &["FLUSHDB"]);
+        let binding = format!("{prefix}_kombu.binding.ex");
+        // `qa` bound twice under `rk` (another pattern), `qb` once, `qc`
+        // under another key.
+        for member in [["rk", "rk", "qa"], ["rk", "", "qa"], ["rk", "rk", "qb"], ["other", "other", "qc"]] {
+            let _: i64 = q(&mut a, &["SADD", &binding, &member.join(sep)]);
+        }
+        let mut options = fast(&url);
+        options.global_keyprefix = prefix.to_owned();
+        let broker = RedisBroker::connect(options).await.unwrap();
+        let mut transport_options = serde_json::Map::new();
+        if !prefix.is_empty() {
+            transport_options.insert("global_keyprefix".into(), json!(prefix));
+        }
+        for priority in [0u8, 5] {
+            broker.publish("ex", "rk", &task("t", "id", vec![], priority)).await.unwrap();
+            let ours = lists(&mut a);
+            for key in ours.keys() {
+                let _: i64 = q(&mut a, &["DEL", key]);
+            }
+            py(
+                &python,
+                "publish_direct",
+                json!({"url": url, "transport_options": transport_options, "exchange": "ex",
+                       "routing_key": "rk", "priority": priority, "body": {"x": 1}}),
+            );
+            let theirs = lists(&mut a);
+            for key in theirs.keys() {
+                let _: i64 = q(&mut a, &["DEL", key]);
+            }
+            assert_eq!(ours, theirs, "prefix {prefix:?}, priority {priority}");
+            assert_eq!(ours.len(), 2, "qa once and qb: {ours:?}");
+        }
+    }
+    // Members that are not three parts (kombu itself would fail on them)
+    // are skipped; the well-formed ones still route.
+    let _: () = q(&mut a, &["FLUSHDB"]);
+    for member in ["rk\x06\x16qz", "rk\x06\x16rk\x06\x16qq\x06\x16extra", "rk\x06\x16rk\x06\x16qa"] {
+        let _: i64 = q(&mut a, &["SADD", "_kombu.binding.ex", member]);
+    }
+    let broker = RedisBroker::connect(fast(&url)).await.unwrap();
+    broker.publish("ex", "rk", &task("t", "id", vec![], 0)).await.unwrap();
+    assert_eq!(lists(&mut a), BTreeMap::from([("qa".to_owned(), 1)]));
+    // Nothing bound under the key: kombu's fallback, the dead-letter queue
+    // when one is set.
+    let mut options = fast(&url);
+    options.deadletter_queue = Some("dead".into());
+    let broker = RedisBroker::connect(options).await.unwrap();
+    broker.publish("ex", "nothing", &task("t", "id", vec![], 0)).await.unwrap();
+    assert_eq!(lists(&mut a), BTreeMap::from([("qa".to_owned(), 1), ("dead".to_owned(), 1)]));
+}
+
 /// Publishes the same mix of priorities to queues `a` and `b` of `broker`.
 async fn publish_mix(broker: &RedisBroker, mix: &[(&str, u8)]) {
     for (i, (queue, priority)) in mix.iter().enumerate() {

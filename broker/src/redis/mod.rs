@@ -437,6 +437,32 @@ impl RedisBroker {
         if exchange.is_empty() && routing_key.is_empty() {
             return Err(BrokerError::NoRoutingKey);
         }
+        if !exchange.is_empty() && self.inner.registry.kind_of(exchange) == ExchangeKind::Direct {
+            // Routing and pushing in one script: one round trip, as kombu's
+            // two commands would be. Nothing bound: kombu's fallback below.
+            let binding = self.inner.keys.binding_key(exchange);
+            let suffix = self.inner.keys.step_suffix(self.inner.keys.priority_step(envelope.message.priority));
+            let keys = &self.inner.keys;
+            let pushed: i64 =
+                self.inner
+                    .retrying("publishing", limit, || {
+                        let args: [&[u8]; 5] = [
+                            routing_key.as_bytes(),
+                            payload.as_bytes(),
+                            keys.sep().as_bytes(),
+                            keys.prefix().as_bytes(),
+                            suffix.as_bytes(),
+                        ];
+                        let binding = binding.as_str();
+                        async move {
+                            self.inner.eval("publishing", &self.inner.scripts.publish_direct, &[binding], &args).await
+                        }
+                    })
+                    .await?;
+            if pushed > 0 {
+                return Ok(());
+            }
+        }
         let queues = self.inner.retrying("routing", limit, || self.inner.lookup(exchange, routing_key, true)).await?;
         if queues.is_empty() {
             tracing::warn!(exchange = %exchange, routing_key = %routing_key, "message has no route: no queue is bound to the exchange with this key; dropped as kombu does");

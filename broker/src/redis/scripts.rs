@@ -460,6 +460,35 @@ redis.call('LPUSH', KEYS[3], ARGV[2])
 return 1
 "#;
 
+/// kombu's publish through a direct exchange (`_lookup` by `SMEMBERS` of the
+/// binding set, then `LPUSH` to each queue bound with the routing key) in one
+/// round trip instead of two. A member that is not three parts is skipped
+/// (the Rust lookup warns about it). Returns how many queues got the message;
+/// 0 means none matched, and the caller routes the way kombu does then
+/// (dead-letter queue, or dropped).
+///
+/// KEYS: 1 the exchange's binding set. ARGV: 1 routing key, 2 payload,
+/// 3 separator, 4 key prefix, 5 priority suffix.
+const PUBLISH_DIRECT: &str = r#"
+local rk, sep = ARGV[1], ARGV[3]
+local queues, seen = {}, {}
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local a = string.find(member, sep, 1, true)
+  local b = a and string.find(member, sep, a + #sep, true)
+  if b and string.sub(member, 1, a - 1) == rk then
+    local queue = string.sub(member, b + #sep)
+    if not string.find(queue, sep, 1, true) and not seen[queue] then
+      seen[queue] = true
+      queues[#queues + 1] = queue
+    end
+  end
+end
+for _, queue in ipairs(queues) do
+  redis.call('LPUSH', ARGV[4] .. queue .. ARGV[5], ARGV[2])
+end
+return #queues
+"#;
+
 /// redis-py's `Lock.release` (`LUA_RELEASE_SCRIPT`), which kombu's sweep uses to
 /// drop `unacked_mutex`: delete only if the token is still ours.
 const RELEASE_LOCK: &str = r#"
@@ -486,6 +515,7 @@ pub(crate) struct Scripts {
     pub give_back: Script,
     pub dead_letter: Script,
     pub release_lock: Script,
+    pub publish_direct: Script,
 }
 
 impl Scripts {
@@ -504,6 +534,7 @@ impl Scripts {
             give_back: with(&[SCORE_GUARD, GIVE_BACK]),
             dead_letter: with(&[SCORE_GUARD, DEAD_LETTER]),
             release_lock: Script::new(RELEASE_LOCK),
+            publish_direct: Script::new(PUBLISH_DIRECT),
         }
     }
 }

@@ -20,7 +20,10 @@ Commands:
   ``_do_restore_message`` pushes: the payload with ``headers.redelivered`` and
   ``delivery_info.redelivered`` set;
 - ``publish_fanout``: publishes ``body`` on fanout exchange ``exchange`` with
-  ``routing_key``.
+  ``routing_key``;
+- ``publish_direct``: publishes ``body`` on direct exchange ``exchange`` with
+  ``routing_key`` and ``priority``, declaring nothing (the test wrote the
+  bindings).
 """
 
 import json
@@ -98,12 +101,27 @@ def publish_fanout(req):
     return "ok"
 
 
+def publish_direct(req):
+    with connection(req) as conn:
+        exchange = Exchange(req["exchange"], "direct")
+        producer = conn.Producer(exchange=exchange, auto_declare=False)
+        producer.publish(
+            req["body"],
+            routing_key=req["routing_key"],
+            priority=req.get("priority", 0),
+            serializer="json",
+            declare=[],
+        )
+    return "ok"
+
+
 COMMANDS = {
     "send": send,
     "drain": drain,
     "unacked_values": unacked_values,
     "redelivered": redelivered,
     "publish_fanout": publish_fanout,
+    "publish_direct": publish_direct,
 }
 
 if __name__ == "__main__":
