@@ -260,7 +260,7 @@ mod tests {
         let memory = MemoryBroker::default();
         memory.declare_queue("q", "", "q");
         for i in 0..n {
-            let task = celeriac_protocol::TaskMessage::new("tasks.held", &format!("id-{i}"));
+            let task = celeriac_protocol::TaskMessage::new("tasks.held", format!("id-{i}"));
             let message = task
                 .to_message(task.default_properties(None, None), 0, celeriac_protocol::codec::ContentType::Json, None)
                 .unwrap();
