@@ -273,22 +273,32 @@ pub struct ParkedDelivery {
 }
 
 impl ParkedDelivery {
-    /// The delivery again, its envelope parsed.
-    pub fn unpark(mut self) -> Delivery {
+    /// The delivery again, its envelope parsed; the parked delivery back if
+    /// its text does not read (never seen: [`Delivery::park`] checks it).
+    pub fn unpark(mut self) -> Result<Delivery, ParkedDelivery> {
         let envelope = match std::mem::replace(&mut self.envelope, Packed::Json(Box::default())) {
             Packed::Parsed(envelope) => *envelope,
-            // `park` checked that the text reads back.
-            Packed::Json(json) => Envelope::from_slice(json.as_bytes()).unwrap_or_else(|e| {
-                error!("a parked envelope did not read back ({e}); its task sees an empty message");
-                Envelope::placeholder()
-            }),
+            Packed::Json(json) => match Envelope::from_slice(json.as_bytes()) {
+                Ok(envelope) => envelope,
+                Err(e) => {
+                    error!("a parked envelope did not read back ({e})");
+                    self.envelope = Packed::Json(json);
+                    return Err(self);
+                }
+            },
         };
         let queue = std::mem::take(&mut self.queue).into_string();
         let mut delivery = Delivery::new(envelope, queue, self.settler.clone(), self.window.clone(), self.seq);
         delivery.settled = self.settled;
         delivery.left = self.left;
         self.left = true;
-        delivery
+        Ok(delivery)
+    }
+
+    /// See [`Delivery::abandon`].
+    pub fn abandon(&mut self) {
+        self.window.release(self.seq);
+        self.left = true;
     }
 
     /// See [`Delivery::leave_unacked`].

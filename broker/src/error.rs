@@ -131,6 +131,17 @@ pub enum BrokerError {
         tag: String,
     },
 
+    /// A held delivery is no longer this consumer's: the visibility timeout
+    /// handed it to another consumer, or a newer delivery of the message
+    /// holds it. It must not run or be settled here.
+    #[error("delivery {tag} is no longer held by this consumer ({why}); it is not run or settled here")]
+    NotHeld {
+        /// Its delivery tag.
+        tag: String,
+        /// What happened to it.
+        why: &'static str,
+    },
+
     /// RabbitMQ did not take a publish (a negative publisher confirm).
     #[error("RabbitMQ did not accept a message published to {exchange:?} with routing key {routing_key:?} (nack); it was not stored, send it again")]
     Nacked {
@@ -152,6 +163,16 @@ fn refusal_hint(code: u16) -> &'static str {
 }
 
 impl BrokerError {
+    /// Whether the error says a held delivery is no longer this consumer's
+    /// (restored to another, its channel closed, handed back): it must not
+    /// run or be settled here.
+    pub fn delivery_lost(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::NotHeld { .. } | BrokerError::ChannelGone { .. } | BrokerError::AlreadySettled { .. }
+        )
+    }
+
     /// Whether retrying (after reconnecting) may succeed: lost connections,
     /// timeouts, a server still loading its data, a failover in progress.
     pub fn is_transient(&self) -> bool {

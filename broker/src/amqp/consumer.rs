@@ -321,8 +321,10 @@ impl Settle for AmqpSettler {
 
     /// Nothing to do: RabbitMQ has no visibility timeout (mind its
     /// `consumer_timeout` for ETAs further out than 30 minutes).
-    fn extend<'a>(&'a self, _window: &'a Window, _seq: u64, _held: &'a Held) -> BrokerFuture<'a, ()> {
-        Box::pin(async { Ok(()) })
+    /// Nothing to refresh on RabbitMQ, but a delivery whose channel has
+    /// closed is no longer ours: RabbitMQ has redelivered it.
+    fn extend<'a>(&'a self, _window: &'a Window, _seq: u64, held: &'a Held) -> BrokerFuture<'a, ()> {
+        Box::pin(async move { self.channel_for(held).map(|_| ()) })
     }
 
     /// Requeues each held delivery whose channel is open; the others were

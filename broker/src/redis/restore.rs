@@ -163,15 +163,18 @@ impl Inner {
             .retrying("extend_visibility", limit, || self.eval("extend", &self.scripts.extend, &keys, &args))
             .await?;
         match result {
-            1 => window.add_score(seq, score, true),
-            0 => {
-                tracing::warn!(delivery_tag = %held.tag, "extend_visibility: the message is no longer in unacked_index (restored after the visibility timeout?)")
+            1 => {
+                window.add_score(seq, score, true);
+                Ok(())
             }
+            0 => Err(BrokerError::NotHeld {
+                tag: held.tag.clone(),
+                why: "it is no longer in unacked_index: restored after the visibility timeout",
+            }),
             _ => {
-                tracing::warn!(delivery_tag = %held.tag, "extend_visibility: another delivery of this message holds it now")
+                Err(BrokerError::NotHeld { tag: held.tag.clone(), why: "another delivery of the message holds it now" })
             }
         }
-        Ok(())
     }
 
     /// Restores every held delivery in delivery order (`RPUSH`, as kombu's

@@ -425,7 +425,9 @@ impl Worker {
             shared.scheduled.clone(),
             due_tx,
         );
-        let timer = tokio::spawn(timer.run(parked, shutdown.clone()));
+        // Its own token: the timer also stops when the consumer ends.
+        let timer_stop = shutdown.child_token();
+        let timer = tokio::spawn(timer.run(parked, timer_stop.clone()));
         let lane = Arc::new(Lane { stop: shutdown.clone(), park });
         info!(hostname = %cfg.hostname, queues = ?cfg.queues, concurrency = cfg.concurrency, "{} ready.", cfg.hostname);
         let mut running = JoinSet::new();
@@ -438,8 +440,8 @@ impl Worker {
                         error!("a task runner ended abnormally: {e}");
                     }
                 }
-                Some(delivery) = due.recv() => {
-                        running.spawn(Box::pin(shared.clone().handle(delivery, lane.clone(), Pass::Due)));
+                Some(parked) = due.recv() => {
+                    running.spawn(Box::pin(shared.clone().handle_due(parked, lane.clone())));
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
@@ -473,14 +475,15 @@ impl Worker {
             running.abort_all();
             while running.join_next().await.is_some() {}
         }
-        // The timer leaves what it holds unacked when `shutdown` fires; so
-        // does this with what it made due meanwhile.
+        // The timer leaves what it holds unacked when it stops; so does this
+        // with what it made due meanwhile.
+        timer_stop.cancel();
         if let Err(e) = timer.await {
             error!("the ETA timer ended abnormally: {e}");
         }
         due.close();
-        while let Ok(mut delivery) = due.try_recv() {
-            delivery.leave_unacked();
+        while let Ok(mut parked) = due.try_recv() {
+            parked.leave_unacked();
         }
         // Bounded: during an outage the messages come back after the
         // visibility timeout anyway.
@@ -521,7 +524,7 @@ async fn gauges(shared: Arc<Shared>, metrics: Arc<Metrics>, stop: CancellationTo
         let state = &shared.state;
         metrics.set_gauge("celery_worker_tasks_active", state.active_count() as f64);
         metrics.set_gauge("celeriac_worker_reserved", state.reserved().len() as f64);
-        metrics.set_gauge("celeriac_worker_scheduled", state.scheduled().len() as f64);
+        metrics.set_gauge("celeriac_worker_scheduled", shared.scheduled.load(Ordering::Relaxed) as f64);
         metrics.set_gauge("celeriac_worker_processed_total", state.processed() as f64);
         metrics.set_gauge("celeriac_worker_concurrency", shared.concurrency.load(Ordering::Relaxed) as f64);
         let prefetch = shared.consumer.lock().ok().and_then(|c| c.as_ref().map(|c| c.prefetch())).unwrap_or(0);
@@ -629,7 +632,8 @@ impl Shared {
         match run {
             Ok(Flow::Done) => {}
             Ok(Flow::Park(eta)) => {
-                if let Err(mpsc::error::SendError(mut parked)) = lane.park.send(timer::Parked { delivery, eta }) {
+                let parked = timer::Parked { delivery: delivery.park(), eta };
+                if let Err(mpsc::error::SendError(mut parked)) = lane.park.send(parked) {
                     // The timer has stopped with the worker: restored on shutdown.
                     parked.delivery.leave_unacked();
                 }
@@ -641,6 +645,20 @@ impl Shared {
                     error!("handling a panicked task runner panicked too; its message is left for restore");
                     delivery.leave_unacked();
                 }
+            }
+        }
+    }
+
+    /// A parked delivery whose ETA has come: parsed again, then through the
+    /// rest of the stages.
+    async fn handle_due(self: Arc<Self>, parked: celeriac_broker::ParkedDelivery, lane: Arc<Lane>) {
+        match parked.unpark() {
+            Ok(delivery) => self.handle(delivery, lane, Pass::Due).await,
+            Err(mut parked) => {
+                // Never seen (parking checks the text reads back): left to
+                // the visibility timeout rather than run without its message.
+                error!("a held ETA message could not be read back; it is left for the visibility timeout");
+                parked.abandon();
             }
         }
     }
@@ -675,6 +693,19 @@ impl Shared {
                 }
             };
             let tracked = Tracked { state: &self.state, id, name, kept: false };
+            if pass == Pass::Due {
+                // A full visibility timeout from the start, as for any task;
+                // and one that is no longer ours (restored to another
+                // consumer, its channel closed) is not run here.
+                if let Err(e) = Box::pin(delivery.extend_visibility()).await {
+                    if e.delivery_lost() {
+                        warn!("ETA task {name}[{id}] is not run here: {e}");
+                        delivery.abandon();
+                        return Flow::Done;
+                    }
+                    warn!("could not refresh the visibility of ETA task {id} as it became due: {e}");
+                }
+            }
             let now = jiff::Timestamp::now();
             let verdict = match pass {
                 Pass::Received => admit::admit(&self.registry, &self.state, &task, now),

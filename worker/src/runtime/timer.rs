@@ -6,7 +6,8 @@
 //! holds). A due delivery goes back to the worker's main loop, which runs it
 //! through the rest of the stages.
 //!
-//! Holding the delivery, packed as its JSON text ([`Delivery::park`]), rather
+//! Holding the delivery, packed as its JSON text
+//! ([`celeriac_broker::Delivery::park`]), rather
 //! than a waiting future and a parsed message per task keeps a held task at
 //! about the size of its message. While it is held, a task counts in
 //! `scheduled` and widens the prefetch window by one slot (Celery's
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_broker::{ConsumerControl, Delivery, ParkedDelivery};
+use celeriac_broker::{ConsumerControl, ParkedDelivery};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -30,8 +31,8 @@ use tracing::warn;
 /// A delivery handed to the timer, due at `eta`.
 #[derive(Debug)]
 pub(super) struct Parked {
-    /// The held message.
-    pub delivery: Delivery,
+    /// The held message, packed ([`celeriac_broker::Delivery::park`]).
+    pub delivery: ParkedDelivery,
     /// When its task is due (wall clock).
     pub eta: jiff::Timestamp,
 }
@@ -45,11 +46,19 @@ pub(super) struct TimerConfig {
     pub max_scheduled: usize,
 }
 
+/// Visibility refreshes run at once at most; the others wait their turn
+/// (an outage must not start thousands of retrying calls together).
+const MAX_REFRESHING: usize = 64;
+/// How soon a refresh that failed (the broker unreachable) is tried again.
+const REFRESH_RETRY: Duration = Duration::from_secs(15);
+
 /// One parked delivery and when the timer next looks at it.
 struct Entry {
     wake: Instant,
     seq: u64,
     eta: jiff::Timestamp,
+    /// When its visibility must be refreshed next.
+    refresh_at: Instant,
     delivery: ParkedDelivery,
     /// Whether it widened the prefetch window (undone when it leaves).
     widened: bool,
@@ -74,20 +83,15 @@ impl Ord for Entry {
     }
 }
 
-/// When to look at a task due at `eta` again, seen at `now`/`wall`: at its
-/// ETA, or after `refresh` if that comes first. `None` when it is due.
-pub(super) fn next_wake(
-    eta: jiff::Timestamp,
-    wall: jiff::Timestamp,
-    now: Instant,
-    refresh: Duration,
-) -> Option<Instant> {
+/// When a task due at `eta` is due, seen at `now`/`wall`: `None` if it is.
+pub(super) fn until_due(eta: jiff::Timestamp, wall: jiff::Timestamp, now: Instant) -> Option<Instant> {
     let wait = eta.duration_since(wall);
     if wait.is_negative() || wait.is_zero() {
         return None;
     }
-    let step = Duration::try_from(wait).unwrap_or(Duration::MAX).min(refresh.max(Duration::from_millis(1)));
-    Some(now.checked_add(step).unwrap_or(now + refresh))
+    let wait = Duration::try_from(wait).unwrap_or(Duration::MAX);
+    // Far ETAs (year 9999) are looked at again in a year, and then again.
+    Some(now.checked_add(wait).unwrap_or(now + Duration::from_secs(365 * 86_400)))
 }
 
 /// The timer's state, owned by its task (see the module docs).
@@ -95,11 +99,26 @@ pub(super) struct Timer {
     config: TimerConfig,
     control: ConsumerControl,
     scheduled: Arc<AtomicUsize>,
+    /// Held entries that widened the window (at most `max_scheduled`).
+    widened: usize,
     heap: BinaryHeap<Entry>,
     next_seq: u64,
-    due: mpsc::UnboundedSender<Delivery>,
-    /// Visibility refreshes under way, each holding its delivery.
-    refreshing: JoinSet<Option<Entry>>,
+    due: mpsc::UnboundedSender<ParkedDelivery>,
+    /// Visibility refreshes under way, each holding its entry; `true` when
+    /// the refresh went through.
+    refreshing: JoinSet<(Entry, Refreshed)>,
+}
+
+/// How a visibility refresh went.
+enum Refreshed {
+    Yes,
+    /// The broker could not be reached: try again soon.
+    Failed,
+    /// The message is no longer this consumer's: hand it on at once, the
+    /// worker drops it.
+    Lost,
+    /// The worker stops.
+    Stopped,
 }
 
 impl Timer {
@@ -109,9 +128,18 @@ impl Timer {
         config: TimerConfig,
         control: ConsumerControl,
         scheduled: Arc<AtomicUsize>,
-        due: mpsc::UnboundedSender<Delivery>,
+        due: mpsc::UnboundedSender<ParkedDelivery>,
     ) -> Timer {
-        Timer { config, control, scheduled, heap: BinaryHeap::new(), next_seq: 0, due, refreshing: JoinSet::new() }
+        Timer {
+            config,
+            control,
+            scheduled,
+            widened: 0,
+            heap: BinaryHeap::new(),
+            next_seq: 0,
+            due,
+            refreshing: JoinSet::new(),
+        }
     }
 
     /// Runs until `stop`: takes parked deliveries from `park`, hands each to
@@ -120,20 +148,21 @@ impl Timer {
     pub(super) async fn run(mut self, mut park: mpsc::UnboundedReceiver<Parked>, stop: CancellationToken) {
         loop {
             let wake = self.heap.peek().map(|e| e.wake);
+            // Due work first: a flood of new ETA messages cannot hold back
+            // those that are due.
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
+                _ = sleep_until(wake), if wake.is_some() => self.wake(&stop),
+                Some(done) = self.refreshing.join_next(), if !self.refreshing.is_empty() => {
+                    if let Ok((entry, how)) = done {
+                        self.refreshed(entry, how);
+                    }
+                }
                 parked = park.recv() => match parked {
                     Some(p) => self.hold(p),
                     None => break,
                 },
-                Some(done) = self.refreshing.join_next(), if !self.refreshing.is_empty() => {
-                    if let Ok(Some(mut entry)) = done {
-                        self.requeue(&mut entry);
-                        self.push(entry);
-                    }
-                }
-                _ = sleep_until(wake), if wake.is_some() => self.wake(stop.clone()),
             }
         }
         // Anything parked meanwhile stays unacked too.
@@ -146,7 +175,7 @@ impl Timer {
             self.release(&entry);
         }
         while let Some(done) = self.refreshing.join_next().await {
-            if let Ok(Some(mut entry)) = done {
+            if let Ok((mut entry, _)) = done {
                 entry.delivery.leave_unacked();
                 self.release(&entry);
             }
@@ -156,51 +185,85 @@ impl Timer {
     /// Takes a newly parked delivery in.
     fn hold(&mut self, p: Parked) {
         let before = self.scheduled.fetch_add(1, Ordering::Relaxed);
-        let widened = before < self.config.max_scheduled;
+        let widened = self.widened < self.config.max_scheduled;
         if widened {
+            self.widened += 1;
             self.control.increment_prefetch();
         } else if before == self.config.max_scheduled {
             warn!("{before} ETA tasks held (worker_max_scheduled_tasks): reserving no more until some are due");
         }
-        let mut entry = Entry { wake: Instant::now(), seq: 0, eta: p.eta, delivery: p.delivery.park(), widened };
-        entry.seq = self.next_seq;
-        self.next_seq += 1;
-        self.requeue(&mut entry);
-        self.push(entry);
-    }
-
-    /// Sets when to look at `entry` next (now, if it is due).
-    fn requeue(&self, entry: &mut Entry) {
         let now = Instant::now();
-        entry.wake = next_wake(entry.eta, jiff::Timestamp::now(), now, self.config.refresh).unwrap_or(now);
-    }
-
-    fn push(&mut self, entry: Entry) {
+        let refresh_at = now.checked_add(self.config.refresh).unwrap_or(now);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut entry = Entry { wake: now, seq, eta: p.eta, refresh_at, delivery: p.delivery, widened };
+        self.schedule(&mut entry);
         self.heap.push(entry);
     }
 
+    /// Sets when to look at `entry` next: at its ETA, or at its next
+    /// refresh if that comes first.
+    fn schedule(&self, entry: &mut Entry) {
+        let now = Instant::now();
+        entry.wake = match until_due(entry.eta, jiff::Timestamp::now(), now) {
+            Some(due) => due.min(entry.refresh_at),
+            None => now,
+        };
+    }
+
     /// Handles every entry whose wake time has come: due ones go to the
-    /// worker, the others have their visibility refreshed.
-    fn wake(&mut self, stop: CancellationToken) {
+    /// worker (which refreshes their visibility as they start), the others
+    /// have their visibility refreshed if it is time.
+    fn wake(&mut self, stop: &CancellationToken) {
         let now = Instant::now();
         while self.heap.peek().is_some_and(|e| e.wake <= now) {
-            let Some(entry) = self.heap.pop() else { break };
-            if next_wake(entry.eta, jiff::Timestamp::now(), now, self.config.refresh).is_none() {
-                self.release(&entry);
-                if let Err(mpsc::error::SendError(mut delivery)) = self.due.send(entry.delivery.unpark()) {
-                    // The worker is stopping: the shutdown restores it.
-                    delivery.leave_unacked();
-                }
+            let Some(mut entry) = self.heap.pop() else { break };
+            if until_due(entry.eta, jiff::Timestamp::now(), now).is_none() {
+                self.hand_on(entry);
+            } else if entry.refresh_at > now {
+                // Woken early (the wall clock moved): back to sleep.
+                self.schedule(&mut entry);
+                self.heap.push(entry);
+            } else if self.refreshing.len() >= MAX_REFRESHING {
+                entry.wake = now + Duration::from_millis(100);
+                self.heap.push(entry);
+                break;
             } else {
                 self.refreshing.spawn(refresh(entry, stop.clone()));
             }
         }
     }
 
+    /// Puts an entry back after its refresh.
+    fn refreshed(&mut self, mut entry: Entry, how: Refreshed) {
+        let now = Instant::now();
+        match how {
+            Refreshed::Yes => entry.refresh_at = now.checked_add(self.config.refresh).unwrap_or(now),
+            Refreshed::Failed => entry.refresh_at = now + REFRESH_RETRY.min(self.config.refresh),
+            Refreshed::Lost => return self.hand_on(entry),
+            Refreshed::Stopped => {
+                entry.delivery.leave_unacked();
+                return self.release(&entry);
+            }
+        }
+        self.schedule(&mut entry);
+        self.heap.push(entry);
+    }
+
+    /// Hands an entry to the worker.
+    fn hand_on(&mut self, entry: Entry) {
+        self.release(&entry);
+        if let Err(mpsc::error::SendError(mut delivery)) = self.due.send(entry.delivery) {
+            // The worker is stopping: the shutdown restores it.
+            delivery.leave_unacked();
+        }
+    }
+
     /// Undoes what holding `entry` counted.
-    fn release(&self, entry: &Entry) {
+    fn release(&mut self, entry: &Entry) {
         self.scheduled.fetch_sub(1, Ordering::Relaxed);
         if entry.widened {
+            self.widened = self.widened.saturating_sub(1);
             self.control.decrement_prefetch();
         }
     }
@@ -214,21 +277,21 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Refreshes one held message's visibility; on `stop` first, leaves it
-/// unacked and gives it back as `None` after undoing nothing (the timer
-/// releases its counts).
-async fn refresh(mut entry: Entry, stop: CancellationToken) -> Option<Entry> {
-    let tag = entry.delivery.delivery_tag();
-    tokio::select! {
+/// Refreshes one held message's visibility.
+async fn refresh(mut entry: Entry, stop: CancellationToken) -> (Entry, Refreshed) {
+    let how = tokio::select! {
         biased;
-        _ = stop.cancelled() => return Some(entry),
-        r = entry.delivery.extend_visibility() => {
-            if let Err(e) = r {
-                warn!("could not refresh the visibility of held ETA message {tag}: {e}");
+        _ = stop.cancelled() => Refreshed::Stopped,
+        r = entry.delivery.extend_visibility() => match r {
+            Ok(()) => Refreshed::Yes,
+            Err(e) if e.delivery_lost() => Refreshed::Lost,
+            Err(e) => {
+                warn!("could not refresh the visibility of a held ETA message (tried again in {REFRESH_RETRY:?}): {e}");
+                Refreshed::Failed
             }
         }
-    }
-    Some(entry)
+    };
+    (entry, how)
 }
 
 #[cfg(test)]
@@ -240,22 +303,19 @@ mod tests {
     }
 
     #[test]
-    fn a_task_is_looked_at_at_its_eta_or_at_the_next_refresh() {
+    fn a_task_is_due_at_its_eta_and_far_etas_never_overflow() {
         let now = Instant::now();
-        let refresh = Duration::from_secs(600);
-        assert_eq!(next_wake(ts(1000), ts(1000), now, refresh), None, "due at its ETA");
-        assert_eq!(next_wake(ts(999), ts(1000), now, refresh), None, "overdue");
-        assert_eq!(next_wake(ts(1010), ts(1000), now, refresh), Some(now + Duration::from_secs(10)));
-        assert_eq!(next_wake(ts(100_000), ts(1000), now, refresh), Some(now + refresh), "far away: refreshed first");
-        // The last instant jiff knows: held for ever, refreshed.
-        assert_eq!(next_wake(jiff::Timestamp::MAX, ts(1000), now, refresh), Some(now + refresh));
-        // A zero refresh interval cannot spin the timer.
-        assert_eq!(next_wake(ts(1010), ts(1000), now, Duration::ZERO), Some(now + Duration::from_millis(1)));
+        assert_eq!(until_due(ts(1000), ts(1000), now), None, "due at its ETA");
+        assert_eq!(until_due(ts(999), ts(1000), now), None, "overdue");
+        assert_eq!(until_due(ts(1010), ts(1000), now), Some(now + Duration::from_secs(10)));
+        // The last instant jiff knows: held, looked at again later.
+        assert!(until_due(jiff::Timestamp::MAX, ts(1000), now).is_some_and(|at| at > now));
+        assert!(until_due(jiff::Timestamp::MAX, jiff::Timestamp::MIN, now).is_some_and(|at| at > now));
     }
 
     /// A memory broker with `n` task messages queued, a consumer with a
     /// window of `n`, and its deliveries.
-    async fn deliveries(n: usize) -> (celeriac_broker::Consumer, Vec<Delivery>) {
+    async fn deliveries(n: usize) -> (celeriac_broker::Consumer, Vec<celeriac_broker::Delivery>) {
         use celeriac_broker::{Broker, MemoryBroker};
         let memory = MemoryBroker::default();
         memory.declare_queue("q", "", "q");
@@ -275,7 +335,7 @@ mod tests {
         (consumer, out)
     }
 
-    fn id(delivery: &Delivery) -> String {
+    fn id(delivery: &celeriac_broker::Delivery) -> String {
         match delivery.message().headers.get("id") {
             Some(celeriac_protocol::Value::Str(s)) => s.clone(),
             other => panic!("no id: {other:?}"),
@@ -298,11 +358,11 @@ mod tests {
         let ms = |n: i64| now.checked_add(jiff::SignedDuration::from_millis(n)).unwrap();
         // id-0 in 300 ms, id-1 overdue, id-2 in 150 ms, id-3 in an hour.
         for (delivery, eta) in held.into_iter().zip([ms(300), ms(-5), ms(150), ms(3_600_000)]) {
-            park.send(Parked { delivery, eta }).unwrap();
+            park.send(Parked { delivery: delivery.park(), eta }).unwrap();
         }
         let mut order = Vec::new();
         for _ in 0..3 {
-            let mut d = due.recv().await.unwrap();
+            let mut d = due.recv().await.unwrap().unpark().unwrap();
             order.push(id(&d));
             d.ack().await.unwrap();
         }
