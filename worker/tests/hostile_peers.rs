@@ -337,3 +337,54 @@ async fn a_huge_list_element_is_parked_unread_not_parsed_inside_redis() {
         "the consumer's longest script took {scripts} µs inside Redis, parsing the element takes {parse} µs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_eta_message_restored_by_the_visibility_timeout_runs_once() {
+    init_log();
+    let Some(server) = celeriac_tests::redis() else { return };
+    let mut options = RedisOptions::from_url(&server.url()).unwrap();
+    // The sweep hands the held message back (to this same worker) while it
+    // waits for its ETA: the worker then holds two deliveries of one message.
+    options.visibility_timeout = Duration::from_secs(1);
+    options.unacked_restore_interval = Duration::from_millis(200);
+    options.unacked_restore_throttle = 1;
+    let broker = Broker::Redis(celeriac_broker::RedisBroker::new(options).unwrap());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let config = WorkerConfig { eta_refresh: Duration::from_secs(3600), ..WorkerConfig::default() };
+    let (stop, run) = start(broker.clone(), Some(Arc::new(Results(tx))), config);
+    let mut t = add_task("held-twice");
+    let eta = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(4);
+    t.headers.eta = Some(celeriac_protocol::time::PyDateTime::from_timestamp(eta, jiff::tz::Offset::UTC));
+    broker.publish("", "celery", &message(&t, ContentType::Json)).await.unwrap();
+    let mut admin = redis::Client::open(server.url()).unwrap().get_connection().unwrap();
+    let redelivered = tokio::time::timeout(WAIT, async {
+        loop {
+            // kombu's restore marks the element it pushes back.
+            let unacked: Vec<String> = redis::cmd("HVALS").arg("unacked").query(&mut admin).unwrap();
+            if unacked.iter().any(|v| v.contains("\"redelivered\": true")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(redelivered.is_ok(), "the sweep did not hand the held message back within {WAIT:?}");
+    let meta = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    assert_eq!((meta.task_id.as_str(), meta.result), ("held-twice", Value::Int(3)));
+    // Both deliveries are done with once nothing is unacked or queued.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let held: i64 = redis::cmd("HLEN").arg("unacked").query(&mut admin).unwrap();
+            let queued: i64 = redis::cmd("LLEN").arg("celery").query(&mut admin).unwrap();
+            if held == 0 && queued == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("both deliveries settled or dropped");
+    stop.cancel();
+    run.await.unwrap();
+    assert!(rx.try_recv().is_err(), "the task ran twice");
+}
