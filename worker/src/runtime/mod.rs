@@ -427,7 +427,8 @@ impl Worker {
         );
         // Its own token: the timer also stops when the consumer ends.
         let timer_stop = shutdown.child_token();
-        let timer = tokio::spawn(timer.run(parked, timer_stop.clone()));
+        let mut timer = tokio::spawn(timer.run(parked, timer_stop.clone()));
+        let mut timer_ended = false;
         let lane = Arc::new(Lane { stop: shutdown.clone(), park });
         info!(hostname = %cfg.hostname, queues = ?cfg.queues, concurrency = cfg.concurrency, "{} ready.", cfg.hostname);
         let mut running = JoinSet::new();
@@ -439,6 +440,14 @@ impl Worker {
                         // Panics are caught inside the runner; this is an abort.
                         error!("a task runner ended abnormally: {e}");
                     }
+                }
+                ended = &mut timer, if !timer_ended => {
+                    // Only a bug ends it early: stop, so that a supervisor
+                    // restarts the worker instead of it holding ETA tasks
+                    // no timer will ever hand back.
+                    timer_ended = true;
+                    error!("the ETA timer ended while the worker runs ({ended:?}); shutting down");
+                    break;
                 }
                 Some(parked) = due.recv() => {
                     running.spawn(Box::pin(shared.clone().handle_due(parked, lane.clone())));
@@ -478,8 +487,10 @@ impl Worker {
         // The timer leaves what it holds unacked when it stops; so does this
         // with what it made due meanwhile.
         timer_stop.cancel();
-        if let Err(e) = timer.await {
-            error!("the ETA timer ended abnormally: {e}");
+        if !timer_ended {
+            if let Err(e) = timer.await {
+                error!("the ETA timer ended abnormally: {e}");
+            }
         }
         due.close();
         while let Ok(mut parked) = due.try_recv() {
