@@ -176,10 +176,24 @@ impl<'a> Applier<'a> {
                         Some(Value::List(items)) => parse_all(&sig, items)?,
                         _ => return Err(invalid(&sig, "a chord without a header".into())),
                     };
-                    let body = match sig.kwargs.get("body") {
+                    let mut body = match sig.kwargs.get("body") {
                         Some(v) => Signature::from_value(v).map_err(|e| invalid(&sig, e.to_string()))?,
                         None => return Err(invalid(&sig, "a chord without a body".into())),
                     };
+                    // The chord's own links (a chain's `link` lands on its
+                    // last step, a chord) go on its body, as `chord.run` does.
+                    let mut links = Map::new();
+                    for key in ["link", "link_error"] {
+                        if let Some(v) = sig.options.get(key).filter(|v| !v.is_null()) {
+                            links.insert(key.into(), v.clone());
+                        }
+                    }
+                    if !links.is_empty() {
+                        let node = crate::engine::Node::from_value(&body.to_value())
+                            .map_err(|e| invalid(&sig, e.0.clone()))?;
+                        let node = crate::engine::add_body_callbacks(node, &mut links);
+                        body = Signature::from_value(&node.to_value()).map_err(|e| invalid(&sig, e.to_string()))?;
+                    }
                     let gid = sig
                         .kwargs
                         .get("header")

@@ -1836,32 +1836,40 @@ impl Engine {
 
     /// `chord._add_body_callbacks`: the chord's links go on its body.
     fn add_body_callbacks(&mut self, body: Node, options: &mut Map) -> Node {
-        let callbacks = maybe_list(options.shift_remove("link"));
-        let errbacks = maybe_list(options.shift_remove("link_error"));
-        if callbacks.is_empty() && errbacks.is_empty() {
-            return body;
-        }
-        let mut body = body.clone_with_members();
-        for callback in callbacks {
-            let Ok(callback) = Node::from_value(&callback) else { continue };
-            let callback = callback.clone_with_members();
-            if body.is_empty_group() {
-                body.append_to_list_option("link", callback.to_value());
-            } else {
-                body.link(&callback);
-            }
-        }
-        for errback in errbacks {
-            if body.is_group() {
-                if let Ok(sig) = Node::from_value(&errback) {
-                    link_error_to_body_tasks(&mut body, &sig, true);
-                }
-            } else {
-                body.append_to_list_option("link_error", errback);
-            }
-        }
-        body
+        add_body_callbacks(body, options)
     }
+}
+
+/// `chord._add_body_callbacks`: `link` and `link_error` of `options` (taken
+/// out) go on the chord's body, as Celery links them: a callback with
+/// `body.link`, an errback on each task of a group body, else in the body's
+/// own `link_error`.
+pub(crate) fn add_body_callbacks(body: Node, options: &mut Map) -> Node {
+    let callbacks = maybe_list(options.shift_remove("link"));
+    let errbacks = maybe_list(options.shift_remove("link_error"));
+    if callbacks.is_empty() && errbacks.is_empty() {
+        return body;
+    }
+    let mut body = body.clone_with_members();
+    for callback in callbacks {
+        let Ok(callback) = Node::from_value(&callback) else { continue };
+        let callback = callback.clone_with_members();
+        if body.is_empty_group() {
+            body.append_to_list_option("link", callback.to_value());
+        } else {
+            body.link(&callback);
+        }
+    }
+    for errback in errbacks {
+        if body.is_group() {
+            if let Ok(sig) = Node::from_value(&errback) {
+                link_error_to_body_tasks(&mut body, &sig, true);
+            }
+        } else {
+            body.append_to_list_option("link_error", errback);
+        }
+    }
+    body
 }
 
 /// `_link_error_to_body_tasks`.
