@@ -202,11 +202,7 @@ impl Delivery {
     /// for long): its `unacked_index` time becomes now, so no visibility sweep
     /// restores it for another `visibility_timeout`.
     pub async fn extend_visibility(&mut self) -> Result<(), BrokerError> {
-        if let Some(done) = self.settled {
-            return Err(BrokerError::AlreadySettled { tag: self.delivery_tag().to_owned(), how: done.word() });
-        }
-        let held = self.window.held(self.seq).ok_or_else(|| self.handed_back())?;
-        self.settler.extend(&self.window, self.seq, &held).await
+        extend(&self.settler, &self.window, self.seq, self.settled, || self.delivery_tag().to_owned()).await
     }
 
     fn handed_back(&self) -> BrokerError {
@@ -308,14 +304,7 @@ impl ParkedDelivery {
 
     /// See [`Delivery::extend_visibility`].
     pub async fn extend_visibility(&mut self) -> Result<(), BrokerError> {
-        if let Some(done) = self.settled {
-            return Err(BrokerError::AlreadySettled { tag: self.delivery_tag(), how: done.word() });
-        }
-        let held = self.window.held(self.seq).ok_or_else(|| BrokerError::AlreadySettled {
-            tag: self.delivery_tag(),
-            how: "handed back by restore_unacked",
-        })?;
-        self.settler.extend(&self.window, self.seq, &held).await
+        extend(&self.settler, &self.window, self.seq, self.settled, || self.delivery_tag()).await
     }
 
     /// kombu's delivery tag, as the window holds it.
@@ -336,6 +325,24 @@ impl Drop for ParkedDelivery {
             );
         }
     }
+}
+
+/// `extend_visibility` of a held delivery, parked or not: refused once it
+/// was settled or handed back, else the transport's refresh.
+async fn extend(
+    settler: &Settler,
+    window: &Window,
+    seq: u64,
+    settled: Option<Settled>,
+    tag: impl Fn() -> String,
+) -> Result<(), BrokerError> {
+    if let Some(done) = settled {
+        return Err(BrokerError::AlreadySettled { tag: tag(), how: done.word() });
+    }
+    let held = window
+        .held(seq)
+        .ok_or_else(|| BrokerError::AlreadySettled { tag: tag(), how: "handed back by restore_unacked" })?;
+    settler.extend(window, seq, &held).await
 }
 
 impl Drop for Delivery {
