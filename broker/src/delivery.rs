@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use celeriac_protocol::{Envelope, Message, Value};
+use celeriac_protocol::{Envelope, Message};
 use tracing::error;
 
 use crate::error::BrokerError;
@@ -114,8 +114,7 @@ impl Delivery {
     /// Whether the message was restored or requeued before (kombu sets
     /// `delivery_info.redelivered` and the `redelivered` header).
     pub fn redelivered(&self) -> bool {
-        self.envelope.delivery_info.redelivered == Some(true)
-            || matches!(self.envelope.message.headers.get("redelivered"), Some(Value::Bool(true)))
+        self.envelope.redelivered()
     }
 
     /// Whether it was acked, rejected or requeued.
@@ -229,7 +228,7 @@ impl Delivery {
     pub fn park(mut self) -> ParkedDelivery {
         let envelope = match self.envelope.to_json() {
             Ok(json) if Envelope::from_slice(json.as_bytes()).is_ok_and(|back| back == self.envelope) => {
-                Packed::Json(json.into_boxed_str())
+                Packed::Json(Arc::from(json))
             }
             _ => Packed::Parsed(Box::new(std::mem::replace(&mut self.envelope, Envelope::placeholder()))),
         };
@@ -251,7 +250,8 @@ impl Delivery {
 /// How a parked delivery keeps its envelope.
 #[derive(Debug)]
 enum Packed {
-    Json(Box<str>),
+    /// Shared: the worker rebuilds the request's `inspect` info from it.
+    Json(Arc<str>),
     Parsed(Box<Envelope>),
 }
 
@@ -272,7 +272,7 @@ impl ParkedDelivery {
     /// The delivery again, its envelope parsed; the parked delivery back if
     /// its text does not read (never seen: [`Delivery::park`] checks it).
     pub fn unpark(mut self) -> Result<Delivery, ParkedDelivery> {
-        let envelope = match std::mem::replace(&mut self.envelope, Packed::Json(Box::default())) {
+        let envelope = match std::mem::replace(&mut self.envelope, Packed::Json(Arc::from(""))) {
             Packed::Parsed(envelope) => *envelope,
             Packed::Json(json) => match Envelope::from_slice(json.as_bytes()) {
                 Ok(envelope) => envelope,
@@ -305,6 +305,16 @@ impl ParkedDelivery {
     /// See [`Delivery::extend_visibility`].
     pub async fn extend_visibility(&mut self) -> Result<(), BrokerError> {
         extend(&self.settler, &self.window, self.seq, self.settled, || self.delivery_tag()).await
+    }
+
+    /// The envelope as kombu's JSON text, shared rather than copied (the
+    /// worker reads a held task's `inspect scheduled` info from it instead
+    /// of keeping a second copy); `None` for the rare envelope kept parsed.
+    pub fn envelope_text(&self) -> Option<Arc<str>> {
+        match &self.envelope {
+            Packed::Json(text) => Some(text.clone()),
+            Packed::Parsed(_) => None,
+        }
     }
 
     /// kombu's delivery tag, as the window holds it.

@@ -90,6 +90,13 @@ pub fn priority_like_kombu(value: &Value) -> u8 {
 }
 
 impl Envelope {
+    /// Whether the message was restored or requeued before (kombu sets
+    /// `delivery_info.redelivered` and the `redelivered` header).
+    pub fn redelivered(&self) -> bool {
+        self.delivery_info.redelivered == Some(true)
+            || matches!(self.message.headers.get("redelivered"), Some(Value::Bool(true)))
+    }
+
     /// A new envelope for publishing, with a fresh delivery tag and base64 body.
     pub fn new(message: Message, exchange: &str, routing_key: &str) -> Envelope {
         Envelope {

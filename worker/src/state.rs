@@ -7,12 +7,12 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use celeriac_broker::Delivery;
 use celeriac_protocol::event::now_timestamp;
-use celeriac_protocol::{Map, TaskMessage, Value};
+use celeriac_protocol::{Envelope, Map, TaskMessage, Value};
 use tokio_util::sync::CancellationToken;
 
 /// Where a request is in its life.
@@ -36,13 +36,17 @@ pub enum Phase {
     },
 }
 
-/// A request's `Request.info()`: a map while it is reserved or running,
-/// packed as JSON text while it waits for its ETA (for hours, perhaps, and by
-/// the ten thousand), where it is only read by `inspect scheduled`.
+/// A request's `Request.info()`: a map while it is reserved or running; while
+/// it waits for its ETA (for hours, perhaps, and by the ten thousand), where
+/// only `inspect scheduled` reads it, it is rebuilt from the held message
+/// itself (shared with the ETA timer, not copied), or kept as packed JSON
+/// text when that message is not at hand.
 #[derive(Debug, Clone)]
 enum Info {
     Map(Map),
     Packed(Box<str>),
+    /// The envelope's kombu JSON text; the info is rebuilt from it on demand.
+    Message(Arc<str>),
 }
 
 impl Info {
@@ -60,22 +64,22 @@ impl Info {
     }
 
     /// The map, unpacked first if need be.
-    fn map_mut(&mut self) -> &mut Map {
-        if let Info::Packed(_) = self {
-            *self = Info::Map(self.to_map());
+    fn map_mut(&mut self, hostname: &str) -> &mut Map {
+        if !matches!(self, Info::Map(_)) {
+            *self = Info::Map(self.to_map(hostname));
         }
         match self {
             Info::Map(map) => map,
             // Not reached: unpacked above.
-            Info::Packed(_) => {
+            Info::Packed(_) | Info::Message(_) => {
                 *self = Info::Map(Map::new());
-                self.map_mut()
+                self.map_mut(hostname)
             }
         }
     }
 
     /// A copy of the map.
-    fn to_map(&self) -> Map {
+    fn to_map(&self, hostname: &str) -> Map {
         match self {
             Info::Map(map) => map.clone(),
             Info::Packed(text) => match celeriac_protocol::json::from_str(text) {
@@ -83,18 +87,31 @@ impl Info {
                 // `pack` read it back before keeping it.
                 _ => Map::new(),
             },
+            // `share` rebuilt it before keeping it.
+            Info::Message(envelope) => rebuild_info(envelope, hostname).unwrap_or_default(),
         }
     }
+}
+
+/// `Request.info()` read again from a held message's kombu JSON text.
+fn rebuild_info(envelope: &str, hostname: &str) -> Option<Map> {
+    let envelope = celeriac_protocol::Envelope::from_slice(envelope.as_bytes()).ok()?;
+    let task = TaskMessage::from_message(&envelope.message).ok()?;
+    Some(request_info(&task, &envelope, hostname))
 }
 
 /// One request the worker holds.
 #[derive(Debug, Clone)]
 struct Tracked {
     info: Info,
-    /// The request's stamps (`stamps` header), for `revoke_by_stamped_headers`.
-    stamps: Map,
+    /// The request's stamps (`stamps` header), for `revoke_by_stamped_headers`;
+    /// `None` when it has none (most requests).
+    stamps: Option<Box<Map>>,
     phase: Phase,
-    terminate: CancellationToken,
+    /// Made when the request is received, dropped while it waits for its
+    /// ETA (nothing terminates a task that is not running) and made again
+    /// when it is due.
+    terminate: Option<CancellationToken>,
     /// The signal a `revoke --terminate` named (15 for SIGTERM).
     signum: Option<i64>,
 }
@@ -110,6 +127,9 @@ pub struct WorkerState {
     started: Instant,
     revoked: Revoked,
     revoked_stamps: RevokedStamps,
+    /// The worker's name, for the `hostname` of rebuilt request info (set
+    /// by the first request received).
+    hostname: OnceLock<Box<str>>,
 }
 
 impl WorkerState {
@@ -122,23 +142,26 @@ impl WorkerState {
             started: Instant::now(),
             revoked: Revoked::load(statedb),
             revoked_stamps: RevokedStamps::default(),
+            hostname: OnceLock::new(),
         }
     }
 
     /// Records a received request; returns the token that terminates it.
     pub fn received(&self, task: &TaskMessage, delivery: &Delivery, hostname: &str) -> CancellationToken {
+        self.hostname.get_or_init(|| hostname.into());
         let terminate = CancellationToken::new();
-        let info = request_info(task, delivery, hostname);
+        let info = request_info(task, &delivery.envelope, hostname);
+        let stamps = &task.headers.stamps;
         let tracked = Tracked {
             info: Info::Map(info),
-            stamps: task.headers.stamps.clone(),
+            stamps: (!stamps.is_empty()).then(|| Box::new(stamps.clone())),
             phase: Phase::Reserved,
-            terminate,
+            terminate: Some(terminate.clone()),
             signum: None,
         };
-        let token = tracked.terminate.clone();
-        lock(&self.requests).entry(task.headers.id.clone()).or_default().push(tracked);
-        token
+        // Almost always the only request under its id: room for one.
+        lock(&self.requests).entry(task.headers.id.clone()).or_insert_with(|| Vec::with_capacity(1)).push(tracked);
+        terminate
     }
 
     /// Moves a request (the latest received under `id`) to `phase`. A request that becomes active is counted
@@ -146,11 +169,12 @@ impl WorkerState {
     /// `stats["total"]` and the heartbeat's `processed` include running tasks).
     pub fn set_phase(&self, id: &str, phase: Phase) {
         let mut accepted = None;
+        let hostname = self.hostname();
         {
             let mut r = lock(&self.requests);
             if let Some(t) = r.get_mut(id).and_then(|held| held.last_mut()) {
                 if let Phase::Active { time_start, acknowledged } = &phase {
-                    let info = t.info.map_mut();
+                    let info = t.info.map_mut(hostname);
                     info.insert("time_start".into(), Value::Float(*time_start));
                     info.insert("acknowledged".into(), Value::Bool(*acknowledged));
                     info.insert("worker_pid".into(), Value::Int(i64::from(std::process::id())));
@@ -159,9 +183,10 @@ impl WorkerState {
                     }
                 }
                 if matches!(phase, Phase::Scheduled { .. }) {
-                    t.info.pack();
+                    // Packed or shared when the timer holds its message (`parked`).
+                    t.terminate = None;
                 } else {
-                    t.info.map_mut();
+                    t.info.map_mut(hostname);
                 }
                 t.phase = phase;
             }
@@ -170,6 +195,33 @@ impl WorkerState {
             self.processed.fetch_add(1, Ordering::Relaxed);
             *lock(&self.totals).entry(name).or_default() += 1;
         }
+    }
+
+    /// A scheduled request (the latest under `id`) is now held by the ETA
+    /// timer as `envelope` (its kombu JSON text, `None` if the timer keeps
+    /// it parsed): its info is rebuilt from that text from now on instead of
+    /// being kept twice, or packed when there is no text.
+    ///
+    /// The text is kept only if the info rebuilt from it is the map held now
+    /// (it is, for a request just received): one parse per held task, done
+    /// outside the state's lock, that makes every later rebuild exact.
+    pub(crate) fn parked(&self, id: &str, envelope: Option<Arc<str>>) {
+        let rebuilt = envelope.as_deref().and_then(|text| rebuild_info(text, self.hostname()));
+        let mut r = lock(&self.requests);
+        let Some(t) = r.get_mut(id).and_then(|held| held.last_mut()) else { return };
+        if !matches!(t.phase, Phase::Scheduled { .. }) {
+            return;
+        }
+        match (envelope, rebuilt) {
+            (Some(text), Some(rebuilt)) if matches!(&t.info, Info::Map(map) if *map == rebuilt) => {
+                t.info = Info::Message(text);
+            }
+            _ => t.info.pack(),
+        }
+    }
+
+    fn hostname(&self) -> &str {
+        self.hostname.get().map_or("", |h| h)
     }
 
     /// Forgets a finished request, the oldest received under `id` (it was
@@ -202,10 +254,14 @@ impl WorkerState {
     }
 
     /// `Request.info()` of the requests in phases matching `which`.
+    /// The infos are copied under the lock and unpacked after it.
     fn infos(&self, which: impl Fn(&Phase) -> bool) -> Vec<(Phase, Map)> {
-        let r = lock(&self.requests);
-        let mut out: Vec<(Phase, Map)> =
-            r.values().flatten().filter(|t| which(&t.phase)).map(|t| (t.phase.clone(), t.info.to_map())).collect();
+        let held: Vec<(Phase, Info)> = {
+            let r = lock(&self.requests);
+            r.values().flatten().filter(|t| which(&t.phase)).map(|t| (t.phase.clone(), t.info.clone())).collect()
+        };
+        let hostname = self.hostname();
+        let mut out: Vec<(Phase, Map)> = held.into_iter().map(|(p, info)| (p, info.to_map(hostname))).collect();
         out.sort_by(|a, b| a.1.get("id").map(Value::as_str).cmp(&b.1.get("id").map(Value::as_str)));
         out
     }
@@ -233,23 +289,30 @@ impl WorkerState {
 
     /// Number of running requests.
     pub fn active_count(&self) -> usize {
-        self.infos(|p| matches!(p, Phase::Active { .. })).len()
+        lock(&self.requests).values().flatten().filter(|t| matches!(t.phase, Phase::Active { .. })).count()
     }
 
     /// The phase and info of `id`, if the worker holds it (`query_task`):
     /// its running request if one is, else the latest received.
     pub fn query(&self, id: &str) -> Option<(Phase, Map)> {
-        let r = lock(&self.requests);
-        let held = r.get(id)?;
-        let running = held.iter().find(|t| matches!(t.phase, Phase::Active { .. }));
-        running.or(held.last()).map(|t| (t.phase.clone(), t.info.to_map()))
+        let (phase, info) = {
+            let r = lock(&self.requests);
+            let held = r.get(id)?;
+            let running = held.iter().find(|t| matches!(t.phase, Phase::Active { .. }));
+            running.or(held.last()).map(|t| (t.phase.clone(), t.info.clone()))?
+        };
+        Some((phase, info.to_map(self.hostname())))
     }
 
     /// The token that terminates the request held under `id` (the latest
     /// received), for a parked ETA task's second pass; a fresh token if none
     /// is held.
     pub(crate) fn terminate_token(&self, id: &str) -> CancellationToken {
-        lock(&self.requests).get(id).and_then(|held| held.last()).map(|t| t.terminate.clone()).unwrap_or_default()
+        let mut r = lock(&self.requests);
+        match r.get_mut(id).and_then(|held| held.last_mut()) {
+            Some(t) => t.terminate.get_or_insert_with(CancellationToken::new).clone(),
+            None => CancellationToken::new(),
+        }
     }
 
     /// Terminates `id` if it is running, recording `signum` for its
@@ -259,7 +322,9 @@ impl WorkerState {
         let mut running = false;
         for t in r.get_mut(id).into_iter().flatten().filter(|t| matches!(t.phase, Phase::Active { .. })) {
             t.signum = Some(signum);
-            t.terminate.cancel();
+            if let Some(token) = &t.terminate {
+                token.cancel();
+            }
             running = true;
         }
         running
@@ -275,7 +340,8 @@ impl WorkerState {
         let mut seen: HashMap<String, (usize, HashSet<String>)> = HashMap::new();
         let mut r = lock(&self.requests);
         for t in r.values_mut().flatten().filter(|t| matches!(t.phase, Phase::Active { .. })) {
-            for (header, stamp) in t.stamps.iter().take(STAMP_CHECK_MAX_HEADERS) {
+            let Some(stamps) = &t.stamps else { continue };
+            for (header, stamp) in stamps.iter().take(STAMP_CHECK_MAX_HEADERS) {
                 let Some(keys) = wanted.get(header.as_str()) else { continue };
                 let values: &[Value] = match stamp {
                     Value::List(items) => items,
@@ -287,7 +353,9 @@ impl WorkerState {
                     continue;
                 }
                 t.signum = Some(signum);
-                t.terminate.cancel();
+                if let Some(token) = &t.terminate {
+                    token.cancel();
+                }
                 let (slot, known) = seen.entry(header.clone()).or_insert_with(|| {
                     matched.push((header.clone(), Vec::new()));
                     (matched.len() - 1, HashSet::new())
@@ -322,7 +390,7 @@ impl WorkerState {
 }
 
 /// `Request.info()`: what `inspect active/reserved/scheduled` show of a request.
-fn request_info(task: &TaskMessage, delivery: &Delivery, hostname: &str) -> Map {
+fn request_info(task: &TaskMessage, envelope: &Envelope, hostname: &str) -> Map {
     let h = &task.headers;
     let mut m = Map::new();
     m.insert("id".into(), Value::Str(h.id.clone()));
@@ -334,10 +402,10 @@ fn request_info(task: &TaskMessage, delivery: &Delivery, hostname: &str) -> Map 
     m.insert("time_start".into(), Value::Null);
     m.insert("acknowledged".into(), Value::Bool(false));
     let mut info = Map::new();
-    info.insert("exchange".into(), Value::Str(delivery.envelope.delivery_info.exchange.clone()));
-    info.insert("routing_key".into(), Value::Str(delivery.envelope.delivery_info.routing_key.clone()));
-    info.insert("priority".into(), Value::Int(i64::from(delivery.message().priority)));
-    info.insert("redelivered".into(), Value::Bool(delivery.redelivered()));
+    info.insert("exchange".into(), Value::Str(envelope.delivery_info.exchange.clone()));
+    info.insert("routing_key".into(), Value::Str(envelope.delivery_info.routing_key.clone()));
+    info.insert("priority".into(), Value::Int(i64::from(envelope.message.priority)));
+    info.insert("redelivered".into(), Value::Bool(envelope.redelivered()));
     m.insert("delivery_info".into(), Value::Map(info));
     // Python's `Request.worker_pid` is set when the pool runs it.
     m.insert("worker_pid".into(), Value::Null);
@@ -769,8 +837,8 @@ mod tests {
         let mut info = Info::Map(map.clone());
         info.pack();
         assert!(matches!(info, Info::Packed(_)));
-        assert_eq!(info.to_map(), map);
-        info.map_mut().insert("acknowledged".into(), Value::Bool(true));
+        assert_eq!(info.to_map("h"), map);
+        info.map_mut("h").insert("acknowledged".into(), Value::Bool(true));
         assert!(matches!(info, Info::Map(_)), "unpacked to be changed");
         // An info always reads back as it was (what JSON would carry
         // differently stays a map).
@@ -780,7 +848,7 @@ mod tests {
             map.insert("args".into(), Value::List(vec![odd.clone()]));
             let mut info = Info::Map(map.clone());
             info.pack();
-            assert_eq!(info.to_map(), map, "{odd:?}");
+            assert_eq!(info.to_map("h"), map, "{odd:?}");
         }
     }
 
@@ -859,6 +927,61 @@ mod tests {
         state.finished(&id, "tasks.add", true);
         assert_eq!((state.processed(), state.active_count(), state.query(&id)), (2, 0, None));
         delivery.ack().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_held_eta_requests_info_is_read_from_its_message_and_matches_the_received_one() {
+        use celeriac_broker::{Broker, MemoryBroker, Producer, ProducerConfig, SendOptions};
+        let broker = Broker::Memory(MemoryBroker::default());
+        broker.declare_queue("celery", "celery", "celery").await.unwrap();
+        let producer = Producer::new(broker.clone(), ProducerConfig::default());
+        let mut kwargs = Map::new();
+        kwargs.insert("path".into(), Value::Str("/data/é\u{1F600}".into()));
+        let args = vec![Value::Int(-1), Value::Float(1e300), Value::List(vec![Value::Null, Value::Bool(true)])];
+        // kombu's JSON carries NaN as Python writes it.
+        let odd = vec![Value::Float(f64::NAN)];
+        let mut ids = Vec::new();
+        for args in [args, odd] {
+            ids.push(producer.send_task("tasks.add", args, kwargs.clone(), SendOptions::default()).await.unwrap());
+        }
+        let mut consumer = broker.consumer(&["celery".to_owned()], 2);
+        let state = WorkerState::new(None);
+        for id in &ids {
+            let delivery = consumer.next().await.unwrap().unwrap();
+            let task = TaskMessage::from_message(delivery.message()).unwrap();
+            state.received(&task, &delivery, "w@h");
+            let before = state.query(id).unwrap().1;
+            state.set_phase(id, Phase::Scheduled { eta: "2026-12-03T00:00:00+00:00".into(), priority: 0 });
+            let parked = delivery.park();
+            // Without the message's text (a timer that keeps it parsed) the
+            // info is packed instead.
+            let text = parked.envelope_text().filter(|_| id == &ids[0]);
+            state.parked(id, text);
+            let shared = lock(&state.requests).get(id.as_str()).map(|h| matches!(h[0].info, Info::Message(_)));
+            let packed = lock(&state.requests).get(id.as_str()).map(|h| matches!(h[0].info, Info::Packed(_)));
+            assert_eq!((shared, packed), (Some(id == &ids[0]), Some(id != &ids[0])));
+            let (eta, priority, info) =
+                state.scheduled().into_iter().find(|s| s.2.get("id") == before.get("id")).unwrap();
+            assert_eq!((eta.as_str(), priority), ("2026-12-03T00:00:00+00:00", 0));
+            if id == &ids[0] {
+                assert_eq!(info, before, "inspect scheduled shows what it showed when received");
+            } else {
+                assert!(
+                    matches!(info.get("args"), Some(Value::List(a)) if matches!(a[0], Value::Float(f) if f.is_nan()))
+                );
+            }
+            assert!(lock(&state.requests)[id.as_str()][0].terminate.is_none(), "no token while it waits");
+            // Due: reserved again, its info a map, a terminate token made.
+            state.set_phase(id, Phase::Reserved);
+            let token = state.terminate_token(id);
+            assert!(!token.is_cancelled());
+            assert_eq!(state.reserved().len(), 1);
+            state.set_phase(id, Phase::Active { time_start: 1.0, acknowledged: false });
+            assert!(state.terminate(id, 15));
+            assert!(token.is_cancelled(), "the token made at due is the one terminate cancels");
+            state.finished(id, "tasks.add", true);
+            parked.unpark().unwrap().ack().await.unwrap();
+        }
     }
 
     #[test]

@@ -630,8 +630,8 @@ enum Pass {
 enum Flow {
     /// The delivery was settled (or deliberately left unacked).
     Done,
-    /// The task waits for its ETA: park the delivery in the timer.
-    Park(jiff::Timestamp),
+    /// The task (this id) waits for its ETA: park the delivery in the timer.
+    Park(jiff::Timestamp, String),
 }
 
 impl Shared {
@@ -642,8 +642,10 @@ impl Shared {
         let run = AssertUnwindSafe(self.process(&mut delivery, &lane, pass)).catch_unwind().await;
         match run {
             Ok(Flow::Done) => {}
-            Ok(Flow::Park(eta)) => {
-                let parked = timer::Parked { delivery: delivery.park(), eta };
+            Ok(Flow::Park(eta, id)) => {
+                let delivery = delivery.park();
+                self.state.parked(&id, delivery.envelope_text());
+                let parked = timer::Parked { delivery, eta };
                 if let Err(mpsc::error::SendError(mut parked)) = lane.park.send(parked) {
                     // The timer has stopped with the worker: restored on shutdown.
                     parked.delivery.leave_unacked();
@@ -741,7 +743,7 @@ impl Shared {
                         let priority = delivery.message().priority;
                         self.state.set_phase(id, crate::state::Phase::Scheduled { eta: text, priority });
                         tracked.keep();
-                        return Flow::Park(eta);
+                        return Flow::Park(eta, id.to_owned());
                     }
                     Box::pin(self.run_task(delivery, def, &task, stop, terminate)).await;
                 }
