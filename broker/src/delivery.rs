@@ -234,7 +234,7 @@ impl Delivery {
         };
         let parked = ParkedDelivery {
             envelope,
-            queue: std::mem::take(&mut self.queue).into_boxed_str(),
+            queue: self.window.shared_name(&self.queue),
             settler: self.settler.clone(),
             window: self.window.clone(),
             seq: self.seq,
@@ -260,7 +260,7 @@ enum Packed {
 #[derive(Debug)]
 pub struct ParkedDelivery {
     envelope: Packed,
-    queue: Box<str>,
+    queue: Arc<str>,
     settler: Settler,
     window: Arc<Window>,
     seq: u64,
@@ -283,7 +283,7 @@ impl ParkedDelivery {
                 }
             },
         };
-        let queue = std::mem::take(&mut self.queue).into_string();
+        let queue = self.queue.to_string();
         let mut delivery = Delivery::new(envelope, queue, self.settler.clone(), self.window.clone(), self.seq);
         delivery.settled = self.settled;
         delivery.left = self.left;

@@ -7,7 +7,7 @@
 //! deliveries release their slot when settled.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
@@ -41,6 +41,8 @@ pub(crate) struct Window {
     strategy: QueueOrderStrategy,
     /// Signalled whenever room opens up or the queues change.
     pub changed: Notify,
+    /// Queue names shared by parked deliveries (one per name ever consumed).
+    names: Mutex<Vec<Arc<str>>>,
 }
 
 impl Window {
@@ -68,7 +70,20 @@ impl Window {
             }),
             strategy,
             changed: Notify::new(),
+            names: Mutex::default(),
         }
+    }
+
+    /// `queue`'s name as one shared string, so ten thousand parked
+    /// deliveries from one queue do not each keep a copy.
+    pub fn shared_name(&self, queue: &str) -> Arc<str> {
+        let mut names = self.names.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(name) = names.iter().find(|n| ***n == *queue) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(queue);
+        names.push(name.clone());
+        name
     }
 
     fn lock(&self) -> MutexGuard<'_, WindowState> {

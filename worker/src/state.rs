@@ -43,7 +43,8 @@ pub enum Phase {
 /// text when that message is not at hand.
 #[derive(Debug, Clone)]
 enum Info {
-    Map(Map),
+    /// Boxed: a held ETA task's entry should not carry a map's room.
+    Map(Box<Map>),
     Packed(Box<str>),
     /// The envelope's kombu JSON text; the info is rebuilt from it on demand.
     Message(Arc<str>),
@@ -58,7 +59,7 @@ impl Info {
         if celeriac_protocol::json::write_map(&mut text, map).is_err() {
             return;
         }
-        if matches!(celeriac_protocol::json::from_str(&text), Ok(Value::Map(back)) if back == *map) {
+        if matches!(celeriac_protocol::json::from_str(&text), Ok(Value::Map(back)) if back == **map) {
             *self = Info::Packed(text.into_boxed_str());
         }
     }
@@ -66,13 +67,13 @@ impl Info {
     /// The map, unpacked first if need be.
     fn map_mut(&mut self, hostname: &str) -> &mut Map {
         if !matches!(self, Info::Map(_)) {
-            *self = Info::Map(self.to_map(hostname));
+            *self = Info::Map(Box::new(self.to_map(hostname)));
         }
         match self {
             Info::Map(map) => map,
             // Not reached: unpacked above.
             Info::Packed(_) | Info::Message(_) => {
-                *self = Info::Map(Map::new());
+                *self = Info::Map(Box::default());
                 self.map_mut(hostname)
             }
         }
@@ -81,7 +82,7 @@ impl Info {
     /// A copy of the map.
     fn to_map(&self, hostname: &str) -> Map {
         match self {
-            Info::Map(map) => map.clone(),
+            Info::Map(map) => map.as_ref().clone(),
             Info::Packed(text) => match celeriac_protocol::json::from_str(text) {
                 Ok(Value::Map(map)) => map,
                 // `pack` read it back before keeping it.
@@ -121,7 +122,7 @@ struct Tracked {
 pub struct WorkerState {
     /// By id, oldest first: a retry is received under the same id before the
     /// run that sent it has finished.
-    requests: Mutex<HashMap<String, Vec<Tracked>>>,
+    requests: Mutex<HashMap<Box<str>, Vec<Tracked>>>,
     totals: Mutex<BTreeMap<String, u64>>,
     processed: AtomicU64,
     started: Instant,
@@ -153,14 +154,17 @@ impl WorkerState {
         let info = request_info(task, &delivery.envelope, hostname);
         let stamps = &task.headers.stamps;
         let tracked = Tracked {
-            info: Info::Map(info),
+            info: Info::Map(Box::new(info)),
             stamps: (!stamps.is_empty()).then(|| Box::new(stamps.clone())),
             phase: Phase::Reserved,
             terminate: Some(terminate.clone()),
             signum: None,
         };
         // Almost always the only request under its id: room for one.
-        lock(&self.requests).entry(task.headers.id.clone()).or_insert_with(|| Vec::with_capacity(1)).push(tracked);
+        lock(&self.requests)
+            .entry(task.headers.id.as_str().into())
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(tracked);
         terminate
     }
 
@@ -213,7 +217,7 @@ impl WorkerState {
             return;
         }
         match (envelope, rebuilt) {
-            (Some(text), Some(rebuilt)) if matches!(&t.info, Info::Map(map) if *map == rebuilt) => {
+            (Some(text), Some(rebuilt)) if matches!(&t.info, Info::Map(map) if **map == rebuilt) => {
                 t.info = Info::Message(text);
             }
             _ => t.info.pack(),
@@ -834,7 +838,7 @@ mod tests {
         map.insert("args".into(), Value::List(vec![Value::Int(1), Value::Float(2.5), Value::Str("é\u{1F600}".into())]));
         map.insert("kwargs".into(), Value::Map(Map::new()));
         map.insert("time_start".into(), Value::Null);
-        let mut info = Info::Map(map.clone());
+        let mut info = Info::Map(Box::new(map.clone()));
         info.pack();
         assert!(matches!(info, Info::Packed(_)));
         assert_eq!(info.to_map("h"), map);
@@ -846,7 +850,7 @@ mod tests {
         {
             let mut map = map.clone();
             map.insert("args".into(), Value::List(vec![odd.clone()]));
-            let mut info = Info::Map(map.clone());
+            let mut info = Info::Map(Box::new(map.clone()));
             info.pack();
             assert_eq!(info.to_map("h"), map, "{odd:?}");
         }
