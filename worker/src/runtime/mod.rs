@@ -445,8 +445,12 @@ impl Worker {
                     // Only a bug ends it early: stop, so that a supervisor
                     // restarts the worker instead of it holding ETA tasks
                     // no timer will ever hand back.
+                    // (It also ends, correctly, with the shutdown this
+                    // select may not have picked yet.)
                     timer_ended = true;
-                    error!("the ETA timer ended while the worker runs ({ended:?}); shutting down");
+                    if !shutdown.is_cancelled() {
+                        error!("the ETA timer ended while the worker runs ({ended:?}); shutting down");
+                    }
                     break;
                 }
                 Some(parked) = due.recv() => {
