@@ -327,5 +327,161 @@ fn invalid(sig: &Signature, reason: String) -> CanvasError {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use celeriac_protocol::json;
+
     use super::*;
+
+    /// Ids of the signatures handed to the worker (pinned by the capture).
+    const PINNED: &str = "00000007-";
+
+    /// Keys sorted at every level, so two equal values encode the same.
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Map(m) => {
+                let mut m: Map = m.iter().map(|(k, v)| (k.clone(), sorted(v))).collect();
+                m.sort_keys();
+                Value::Map(m)
+            }
+            Value::List(items) => Value::List(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+
+    /// The JSON text with the ids that are not pinned numbered by first appearance.
+    fn numbered(value: &Value) -> String {
+        let text = json::to_string(&sorted(value)).unwrap();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut out = String::new();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find('"') {
+            out.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            let end = rest.find('"').unwrap_or(rest.len());
+            let word = &rest[..end];
+            let is_uuid = word.len() == 36 && word.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+            if is_uuid && !word.starts_with(PINNED) {
+                let n = seen.len();
+                let n = *seen.entry(word.to_owned()).or_insert(n);
+                out.push_str(&format!("<id-{n}>"));
+            } else {
+                out.push_str(word);
+            }
+            out.push('"');
+            rest = rest.get(end + 1..).unwrap_or("");
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn ops_value(plan: &Plan) -> Value {
+        let one = |key: &str, v: Value| {
+            let mut m = Map::new();
+            m.insert(key.into(), v);
+            Value::Map(m)
+        };
+        Value::List(
+            plan.ops
+                .iter()
+                .map(|op| match op {
+                    Op::Send { task, args, kwargs, options } => {
+                        // `add_to_parent` is `send_task`'s, not the message's (the capture drops it).
+                        let mut options = options.clone();
+                        options.shift_remove("add_to_parent");
+                        one(
+                            "send",
+                            Value::List(vec![
+                                Value::Str(task.clone()),
+                                Value::List(args.clone()),
+                                Value::Map(kwargs.clone()),
+                                Value::Map(options),
+                            ]),
+                        )
+                    }
+                    Op::ChordSize { group_id, size } => one(
+                        "chord_size",
+                        Value::List(vec![Value::Str(group_id.clone()), Value::Int(i64::try_from(*size).unwrap())]),
+                    ),
+                    Op::ApplyChord { header } => one("apply_chord", header.to_value()),
+                })
+                .collect(),
+        )
+    }
+
+    /// What a worker sends for a chain step, a link, a chord body or an
+    /// errback group is what Celery 5.7's canvas code sends for it
+    /// (`client/tests/python/worker_apply.py` recorded Celery).
+    #[test]
+    fn plans_match_what_celery_applies() {
+        let fixture = json::from_str(include_str!("../tests/fixtures/worker_apply.json")).unwrap();
+        let cases = fixture.as_map().unwrap()["cases"].as_list().unwrap();
+        assert!(cases.len() >= 9);
+        for case in cases {
+            let case = case.as_map().unwrap();
+            let name = case["name"].as_str().unwrap();
+            let sig = Signature::from_value(&case["sig"]).unwrap();
+            let call = Call {
+                args: case["args"].as_list().unwrap().to_vec(),
+                options: case["options"].as_map().unwrap().clone(),
+            };
+            let plan = plan("reply-oid", &sig, call).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(numbered(&ops_value(&plan)), numbered(&case["ops"]), "{name}");
+        }
+    }
+
+    /// The tracer's call: `chain` only for a chain step, parent, root and
+    /// priority always (`None` when unset), as trace.py passes them.
+    #[test]
+    fn step_calls_pass_what_the_tracer_passes() {
+        let lineage = Lineage { parent_id: Some("p".into()), root_id: Some("r".into()), priority: None };
+        let link = Call::step(Some(Value::Int(1)), None, &lineage);
+        assert_eq!(link.args, [Value::Int(1)]);
+        assert!(!link.options.contains_key("chain"));
+        assert_eq!(link.options["parent_id"], Value::Str("p".into()));
+        assert_eq!(link.options["priority"], Value::Null);
+        let step = Call::step(Some(Value::Null), Some(Vec::new()), &lineage);
+        assert_eq!(step.args, [Value::Null]);
+        assert_eq!(step.options["chain"], Value::List(Vec::new()));
+        assert!(Call::delay(vec![Value::Int(2)]).options.is_empty());
+    }
+
+    /// A chord body applied with `delay` carries no parent: the running task's
+    /// is filled in when it is sent; the trail names the chord's header group.
+    #[test]
+    fn chord_trail_is_its_header_group() {
+        let mut header = Signature::new("celery.group");
+        header.subtask_type = Some("group".into());
+        header.kwargs.insert("tasks".into(), Value::List(vec![Signature::new("t.a").to_value()]));
+        let mut c = Signature::new("celery.chord");
+        c.subtask_type = Some("chord".into());
+        c.kwargs.insert("header".into(), header.to_value());
+        c.kwargs.insert("body".into(), Signature::new("t.b").to_value());
+        c.kwargs.insert("kwargs".into(), Value::Map(Map::new()));
+        let plan = plan("reply-oid", &c, Call::delay(Vec::new())).unwrap();
+        let [Applied::Group(gid, members)] = plan.trail() else { panic!("trail {:?}", plan.trail()) };
+        assert_eq!(members.len(), 1);
+        let sent: Vec<_> = plan.messages().collect();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].2.get("group_id"), Some(&Value::Str(gid.clone())));
+        assert!(sent[0].2.get("parent_id").is_none());
+        assert!(matches!(plan.result(), Applied::Task(_)));
+    }
+
+    /// Hostile signatures are refused, not panicked on.
+    #[test]
+    fn hostile_signatures_are_errors() {
+        let mut group = Signature::new("celery.group");
+        group.subtask_type = Some("group".into());
+        group.kwargs.insert("tasks".into(), Value::Int(3));
+        assert!(plan("r", &group, Call::default()).is_err());
+        let mut deep = Signature::new("t.leaf");
+        for _ in 0..100 {
+            let mut chain = Signature::new("celery.chain");
+            chain.subtask_type = Some("chain".into());
+            chain.kwargs.insert("tasks".into(), Value::List(vec![deep.to_value()]));
+            deep = chain;
+        }
+        assert!(plan("r", &deep, Call::default()).is_err());
+    }
 }
