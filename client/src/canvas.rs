@@ -6,7 +6,7 @@
 //! (`sig.apply_async((retval,), chain=..., parent_id=..., root_id=...)` in
 //! the tracer, `callback.delay(results)` in the chord join), so the
 //! [`Applier`] plans with the same port of `celery.canvas` the client sends
-//! canvases with ([`crate::engine`]): ids frozen at the same moments, chord
+//! canvases with (`engine.rs`): ids frozen at the same moments, chord
 //! sizes as `_chord._descend` counts them (a chain ending in a group or a
 //! chord counts that group's tasks or that chord's body), a header whose
 //! parts are groups saved for the join (`apply_chord`), group options such as

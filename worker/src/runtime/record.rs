@@ -1164,3 +1164,26 @@ fn traceback_of(err: &TaskError) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As the tracer: the running task is the parent, its root (or itself
+    /// when it has none) the root; a chain step passes them explicitly and
+    /// `chain` (even empty), a chord body's `delay` passes nothing.
+    #[test]
+    fn children_are_applied_with_the_tracers_arguments() {
+        let mut task = TaskMessage::new("t.add", "tid");
+        let lineage = lineage_of(&task);
+        assert_eq!(lineage.parent_id.as_deref(), Some("tid"));
+        assert_eq!(lineage.root_id.as_deref(), Some("tid"));
+        task.headers.root_id = Some("root".into());
+        let lineage = lineage_of(&task);
+        assert_eq!(lineage.root_id.as_deref(), Some("root"));
+        let step = Call::step(Some(Value::Int(3)), Some(Vec::new()), &lineage);
+        assert_eq!(step.options.get("chain"), Some(&Value::List(Vec::new())));
+        assert_eq!(step.options.get("root_id"), Some(&Value::Str("root".into())));
+        assert!(Call::delay(vec![Value::Int(3)]).options.is_empty());
+    }
+}
