@@ -81,7 +81,9 @@ pub(crate) fn send_options(task: &str, options: &Map) -> Result<SendOptions, Can
     };
     let mut send = SendOptions {
         task_id: text(o, "task_id"),
-        queue: text(o, "queue"),
+        // An empty queue name is kept: the producer refuses it (it names no
+        // queue), rather than sending to the default queue instead.
+        queue: o.get("queue").and_then(Value::as_str).map(str::to_owned),
         exchange: text(o, "exchange"),
         routing_key: text(o, "routing_key"),
         priority,

@@ -1,34 +1,30 @@
-//! Applying a canvas signature as Celery does: a plain task, a group, a
-//! chain or a chord, with a previous result to prepend, the rest of a chain
-//! to continue with, and the parent and root ids of the workflow.
+//! Applying a canvas signature as a Celery worker does: the next step of a
+//! chain, a task's links and errbacks, a chord body once its header is done,
+//! a replacement, with the previous result prepended.
 //!
-//! This is what a Celery worker does with the next step of a chain, with a
-//! task's links, and with a chord body once its header is done
-//! (`Signature.apply_async` for each canvas type, `celery.canvas`), and what
-//! a producer does with a canvas it sends. The rules, captured from Celery
-//! 5.7 (see `canvas.md` in the design references):
+//! A Celery worker applies these with `celery.canvas` itself
+//! (`sig.apply_async((retval,), chain=..., parent_id=..., root_id=...)` in
+//! the tracer, `callback.delay(results)` in the chord join), so the
+//! [`Applier`] plans with the same port of `celery.canvas` the client sends
+//! canvases with (`engine.rs`): ids frozen at the same moments, chord
+//! sizes as `_chord._descend` counts them (a chain ending in a group or a
+//! chord counts that group's tasks or that chord's body), a header whose
+//! parts are groups saved for the join (`apply_chord`), group options such as
+//! `link_error` passed on as Celery does. Planning is pure ([`Plan`]); the
+//! plan is then performed (sent, sizes written) and can be performed again
+//! after an outage with the same ids.
 //!
-//! - a plain task is sent with `[previous result] + args` unless immutable,
-//!   and its options: `task_id`, routing, `group_id`/`group_index`, `chord`
-//!   (the body it is a header part of), `chain` (what follows it), links,
-//!   time limits, `replaced_task_nesting`, stamps;
-//! - a group sends each member with `group = <the group's task_id>` and its
-//!   position as `group_index`; nested groups are flattened; a member chain
-//!   gets its group membership on its last step; a group followed by more
-//!   steps is a chord whose body is the next step;
-//! - a chord sets its size in the result backend (each plain task counts one,
-//!   a chain counts as its last step), then sends its header as a group whose
-//!   members carry the body (with `group_id`, `root_id` and the rest of the
-//!   outer chain in its options);
-//! - a chain sends its first step with the others (and the outer rest) as
-//!   the `chain` of that message, in Celery's reversed order.
+//! What the worker adds, as Celery's `send_task` does inside a task: a
+//! message planned without a `parent_id` or `root_id` gets the running
+//! task's ([`Lineage`]).
 
-use celeriac_broker::{BrokerError, Expires, Producer, SendOptions};
+use celeriac_broker::{BrokerError, Producer};
 use celeriac_protocol::result::ResultTuple;
 use celeriac_protocol::signature::SignatureKind;
-use celeriac_protocol::time::PyDateTime;
 use celeriac_protocol::{Map, Signature, Value};
 use futures_util::future::BoxFuture;
+
+use crate::engine::{Engine, Node, Op};
 
 /// Why a canvas could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +53,16 @@ pub enum CanvasError {
     },
 }
 
-/// Where a chord's size goes: the result backend's join (`set_chord_size`).
+/// Where a chord's bookkeeping goes: the result backend's join
+/// (`set_chord_size`, `apply_chord`).
 pub trait ChordSizes: Send + Sync {
     /// Records that chord `group_id` completes after `size` header parts.
     fn set_chord_size(&self, group_id: &str, size: u64) -> BoxFuture<'_, Result<(), String>>;
+
+    /// Celery's `backend.apply_chord(header_result)`: saves the header's
+    /// group result when one of its parts is a group, so the join returns
+    /// the nested results (see `RedisBackend::apply_chord`).
+    fn apply_chord(&self, header: &ResultTuple) -> BoxFuture<'_, Result<(), String>>;
 }
 
 impl ChordSizes for celeriac_backend::RedisBackend {
@@ -68,6 +70,17 @@ impl ChordSizes for celeriac_backend::RedisBackend {
         let group_id = group_id.to_owned();
         Box::pin(async move {
             celeriac_backend::RedisBackend::set_chord_size(self, &group_id, size).await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn apply_chord(&self, header: &ResultTuple) -> BoxFuture<'_, Result<(), String>> {
+        let header = header.clone();
+        Box::pin(async move {
+            let meta = celeriac_protocol::GroupMeta::new(header);
+            celeriac_backend::RedisBackend::apply_chord(self, meta.group_id(), &meta)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
         })
     }
 }
@@ -94,6 +107,14 @@ pub enum Applied {
 }
 
 impl Applied {
+    /// What a result tuple names (its parent left out).
+    pub fn from_tuple(tuple: &ResultTuple) -> Applied {
+        match &tuple.children {
+            Some(members) => Applied::Group(tuple.id.clone(), members.iter().map(Applied::from_tuple).collect()),
+            None => Applied::Task(tuple.id.clone()),
+        }
+    }
+
     /// Celery's result tuple of it, as stored in a parent's `children`.
     pub fn to_tuple(&self) -> ResultTuple {
         match self {
@@ -110,18 +131,78 @@ impl Applied {
     }
 }
 
+/// What applying a canvas does, planned: the messages and the chord
+/// bookkeeping in order, and what the applying task records as children.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    ops: Vec<Op>,
+    trail: Vec<Applied>,
+    result: Applied,
+}
+
+impl Plan {
+    /// What the applying task records as its children (Celery's trail): the
+    /// first message of a chain, a group or a chord's header.
+    pub fn trail(&self) -> &[Applied] {
+        &self.trail
+    }
+
+    /// The canvas's result: a task (a chain's last, a chord's body) or a group.
+    pub fn result(&self) -> &Applied {
+        &self.result
+    }
+
+    /// The first child, else the result: what one applied canvas is named as.
+    pub fn applied(&self) -> Applied {
+        self.trail.first().unwrap_or(&self.result).clone()
+    }
+
+    /// The messages planned: task name, arguments, `send_task` options.
+    pub fn messages(&self) -> impl Iterator<Item = (&str, &[Value], &Map)> {
+        self.ops.iter().filter_map(|op| match op {
+            Op::Send { task, args, options, .. } => Some((task.as_str(), args.as_slice(), options)),
+            _ => None,
+        })
+    }
+}
+
+/// How a canvas is applied: Celery's `apply_async` arguments.
+#[derive(Clone, Debug, Default)]
+pub struct Call {
+    /// Positional arguments (`(retval,)`): prepended unless immutable.
+    pub args: Vec<Value>,
+    /// `send_task`/`apply_async` options (`chain`, `parent_id`, `root_id`,
+    /// `priority`, ...).
+    pub options: Map,
+}
+
+impl Call {
+    /// The tracer's call for the next step of a chain or a link:
+    /// `apply_async((retval,), chain=rest, parent_id=, root_id=, priority=)`.
+    /// `rest` is `None` for a link (no `chain` option).
+    pub fn step(prev: Option<Value>, rest: Option<Vec<Signature>>, lineage: &Lineage) -> Call {
+        let mut options = Map::new();
+        if let Some(rest) = rest {
+            options.insert("chain".into(), Value::List(rest.iter().map(Signature::to_value).collect()));
+        }
+        options.insert("parent_id".into(), lineage.parent_id.clone().map_or(Value::Null, Value::Str));
+        options.insert("root_id".into(), lineage.root_id.clone().map_or(Value::Null, Value::Str));
+        options.insert("priority".into(), lineage.priority.map_or(Value::Null, |p| Value::Int(i64::from(p))));
+        Call { args: prev.into_iter().collect(), options }
+    }
+
+    /// `sig.delay(*args)`: nothing but the arguments (a chord body with the
+    /// header's results, a replacement); parent and root come from the
+    /// running task when the messages are sent.
+    pub fn delay(args: Vec<Value>) -> Call {
+        Call { args, options: Map::new() }
+    }
+}
+
 /// Applies signatures through a producer, with a result backend for chords.
 pub struct Applier<'a> {
     producer: &'a Producer,
     chords: Option<&'a dyn ChordSizes>,
-}
-
-/// Group membership given to a task sent as part of a group or chord header.
-#[derive(Clone, Debug)]
-struct Member {
-    group_id: String,
-    index: i64,
-    chord: Option<Signature>,
 }
 
 impl<'a> Applier<'a> {
@@ -130,9 +211,55 @@ impl<'a> Applier<'a> {
         Applier { producer, chords }
     }
 
+    /// Plans applying `sig` with `call` (nothing is sent yet).
+    pub fn plan(&self, sig: &Signature, call: Call) -> Result<Plan, CanvasError> {
+        plan(&self.producer.config().reply_to, sig, call)
+    }
+
+    /// Sends the planned messages and writes the chord sizes, in order; a
+    /// message without a parent or root gets `current`'s (the running task,
+    /// as `send_task` inside a task).
+    pub async fn perform(&self, plan: &Plan, current: &Lineage) -> Result<(), CanvasError> {
+        for op in &plan.ops {
+            match op {
+                Op::Send { task, args, kwargs, options } => {
+                    let mut send = crate::apply::send_options(task, options)?;
+                    if send.parent_id.is_none() {
+                        send.parent_id.clone_from(&current.parent_id);
+                    }
+                    if send.root_id.is_none() {
+                        send.root_id.clone_from(&current.root_id);
+                    }
+                    if send.priority.is_none() {
+                        send.priority = current.priority;
+                    }
+                    self.producer.send_task(task, args.clone(), kwargs.clone(), send).await?;
+                }
+                Op::ChordSize { group_id, size } => {
+                    let chords = self.chords.ok_or_else(|| CanvasError::NoBackend(group_id.clone()))?;
+                    chords
+                        .set_chord_size(group_id, *size)
+                        .await
+                        .map_err(|reason| CanvasError::ChordSize { group_id: group_id.clone(), reason })?;
+                }
+                Op::ApplyChord { header } => {
+                    if let Some(chords) = self.chords {
+                        chords
+                            .apply_chord(header)
+                            .await
+                            .map_err(|reason| CanvasError::ChordSize { group_id: header.id.clone(), reason })?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Applies `sig` with `prev` prepended to its arguments (unless it is
     /// immutable), followed by `rest` (a chain in Celery's reversed order:
-    /// the next step last).
+    /// the next step last), as the tracer applies the next step of a chain
+    /// (explicit `parent_id` and `root_id` from `lineage`). Returns the first
+    /// child (see [`Plan::applied`]).
     pub fn apply<'s>(
         &'s self,
         sig: Signature,
@@ -141,276 +268,28 @@ impl<'a> Applier<'a> {
         lineage: &'s Lineage,
     ) -> BoxFuture<'s, Result<Applied, CanvasError>> {
         Box::pin(async move {
-            let mut sig = sig;
-            let mut rest = rest;
-            if rest.is_empty() && !matches!(sig.kind(), SignatureKind::Task | SignatureKind::Other) {
-                // A canvas body that carries the rest of an outer chain.
-                if let Some(Value::List(chain)) = sig.options.shift_remove("chain") {
-                    rest = parse_all(&sig, &chain)?;
-                }
-            }
-            match sig.kind() {
-                SignatureKind::Group => {
-                    match rest.pop() {
-                        // group(...) | next: a chord whose body is the next step.
-                        Some(mut body) => {
-                            if !rest.is_empty() {
-                                set_list(&mut body.options, "chain", &rest);
-                            }
-                            self.chord(sig_members(&sig, "tasks")?, body, group_id(&sig), prev, Vec::new(), lineage)
-                                .await
-                        }
-                        None => self.group(&sig, prev, lineage).await,
-                    }
-                }
-                SignatureKind::Chord => {
-                    let header = match sig.kwargs.get("header") {
-                        Some(v @ Value::Map(_)) => {
-                            let group = Signature::from_value(v).map_err(|e| invalid(&sig, e.to_string()))?;
-                            let mut members = sig_members(&group, "tasks")?;
-                            if group.kind() != SignatureKind::Group {
-                                members = vec![group];
-                            }
-                            members
-                        }
-                        Some(Value::List(items)) => parse_all(&sig, items)?,
-                        _ => return Err(invalid(&sig, "a chord without a header".into())),
-                    };
-                    let mut body = match sig.kwargs.get("body") {
-                        Some(v) => Signature::from_value(v).map_err(|e| invalid(&sig, e.to_string()))?,
-                        None => return Err(invalid(&sig, "a chord without a body".into())),
-                    };
-                    // The chord's own links (a chain's `link` lands on its
-                    // last step, a chord) go on its body, as `chord.run` does.
-                    let mut links = Map::new();
-                    for key in ["link", "link_error"] {
-                        if let Some(v) = sig.options.get(key).filter(|v| !v.is_null()) {
-                            links.insert(key.into(), v.clone());
-                        }
-                    }
-                    if !links.is_empty() {
-                        let node = crate::engine::Node::from_value(&body.to_value())
-                            .map_err(|e| invalid(&sig, e.0.clone()))?;
-                        let node = crate::engine::add_body_callbacks(node, &mut links);
-                        body = Signature::from_value(&node.to_value()).map_err(|e| invalid(&sig, e.to_string()))?;
-                    }
-                    let gid = sig
-                        .kwargs
-                        .get("header")
-                        .and_then(|h| h.as_map())
-                        .and_then(|h| h.get("options"))
-                        .and_then(Value::as_map)
-                        .and_then(|o| o.get("task_id"))
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                        .or_else(|| option_str(&sig.options, "task_id"));
-                    self.chord(header, body, gid, prev, rest, lineage).await
-                }
-                SignatureKind::Chain => {
-                    let mut steps = sig_members(&sig, "tasks")?;
-                    if steps.is_empty() {
-                        // An empty chain: go on with what follows, if anything.
-                        return match rest.pop() {
-                            Some(next) => self.apply(next, prev, rest, lineage).await,
-                            None => Ok(Applied::Group(uuid::Uuid::new_v4().to_string(), Vec::new())),
-                        };
-                    }
-                    // The chain's own options (links, routing) belong to its steps:
-                    // `link` to the last, the rest to each, as Celery's chain.run does.
-                    spread_chain_options(&sig, &mut steps);
-                    let first = steps.remove(0);
-                    rest.extend(steps.into_iter().rev());
-                    self.apply(first, prev, rest, lineage).await
-                }
-                SignatureKind::Task | SignatureKind::Other => self.send(sig, prev, rest, None, lineage).await,
-            }
+            let rest = (!rest.is_empty()).then_some(rest);
+            let plan = self.plan(&sig, Call::step(prev, rest, lineage))?;
+            self.perform(&plan, lineage).await?;
+            Ok(plan.applied())
         })
-    }
-
-    /// Sends every member of a group (flattened), as its members.
-    async fn group(&self, sig: &Signature, prev: Option<Value>, lineage: &Lineage) -> Result<Applied, CanvasError> {
-        let gid = group_id(sig).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let members = sig_members(sig, "tasks")?;
-        let mut applied = Vec::with_capacity(members.len());
-        for (member, index) in flatten(members)? {
-            let m = Member { group_id: gid.clone(), index, chord: None };
-            applied.push(self.member(member, prev.clone(), m, lineage).await?);
-        }
-        Ok(Applied::Group(gid, applied))
-    }
-
-    /// Sets the chord's size, then sends its header with the body attached.
-    async fn chord(
-        &self,
-        header: Vec<Signature>,
-        mut body: Signature,
-        gid: Option<String>,
-        prev: Option<Value>,
-        rest: Vec<Signature>,
-        lineage: &Lineage,
-    ) -> Result<Applied, CanvasError> {
-        let gid = gid.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        body.options.insert("group_id".into(), Value::Str(gid.clone()));
-        if !body.options.contains_key("task_id") {
-            body.options.insert("task_id".into(), Value::Str(uuid::Uuid::new_v4().to_string()));
-        }
-        if let Some(root) = &lineage.root_id {
-            body.options.insert("root_id".into(), Value::Str(root.clone()));
-        }
-        if !rest.is_empty() {
-            set_list(&mut body.options, "chain", &rest);
-        }
-        let members = flatten(header)?;
-        let size: u64 = members.iter().map(|(m, _)| descend(m)).sum();
-        if members.is_empty() {
-            // An empty header: the body runs at once with no results.
-            self.apply(body, Some(Value::List(Vec::new())), Vec::new(), lineage).await?;
-            return Ok(Applied::Group(gid, Vec::new()));
-        }
-        let chords = self.chords.ok_or_else(|| CanvasError::NoBackend(gid.clone()))?;
-        chords
-            .set_chord_size(&gid, size)
-            .await
-            .map_err(|reason| CanvasError::ChordSize { group_id: gid.clone(), reason })?;
-        let mut applied = Vec::with_capacity(members.len());
-        for (member, index) in members {
-            let m = Member { group_id: gid.clone(), index, chord: Some(body.clone()) };
-            applied.push(self.member(member, prev.clone(), m, lineage).await?);
-        }
-        Ok(Applied::Group(gid, applied))
-    }
-
-    /// Sends one group or chord-header member.
-    async fn member(
-        &self,
-        mut member: Signature,
-        prev: Option<Value>,
-        m: Member,
-        lineage: &Lineage,
-    ) -> Result<Applied, CanvasError> {
-        match member.kind() {
-            SignatureKind::Chain => {
-                // The membership goes on the chain's last step.
-                let mut steps = sig_members(&member, "tasks")?;
-                spread_chain_options(&member, &mut steps);
-                let Some(last) = steps.last_mut() else { return Ok(Applied::Group(m.group_id, Vec::new())) };
-                last.options.insert("group_id".into(), Value::Str(m.group_id.clone()));
-                last.options.insert("group_index".into(), Value::Int(m.index));
-                if let Some(chord) = &m.chord {
-                    last.options.insert("chord".into(), chord.to_value());
-                }
-                let first = steps.remove(0);
-                let rest: Vec<Signature> = steps.into_iter().rev().collect();
-                if rest.is_empty() {
-                    return Box::pin(self.member(first, prev, m, lineage)).await;
-                }
-                self.apply(first, prev, rest, lineage).await
-            }
-            SignatureKind::Chord => {
-                // A chord in a group: its body is the part that counts.
-                if let Some(Value::Map(body)) = member.kwargs.get_mut("body") {
-                    if let Some(Value::Map(options)) = body.get_mut("options") {
-                        options.insert("group_index".into(), Value::Int(m.index));
-                        if let Some(chord) = &m.chord {
-                            options.insert("chord".into(), chord.to_value());
-                        }
-                    }
-                }
-                self.apply(member, prev, Vec::new(), lineage).await
-            }
-            _ => self.send(member, prev, Vec::new(), Some(m), lineage).await,
-        }
-    }
-
-    /// Sends a plain task signature.
-    async fn send(
-        &self,
-        sig: Signature,
-        prev: Option<Value>,
-        rest: Vec<Signature>,
-        member: Option<Member>,
-        lineage: &Lineage,
-    ) -> Result<Applied, CanvasError> {
-        let mut args = sig.args.clone();
-        if let (Some(prev), false) = (prev, sig.immutable) {
-            args.insert(0, prev);
-        }
-        let mut options = send_options(&sig, lineage)?;
-        if !rest.is_empty() {
-            options.chain = rest;
-        }
-        if let Some(m) = member {
-            options.group_id = Some(m.group_id);
-            options.group_index = Some(m.index);
-            if m.chord.is_some() {
-                options.chord = m.chord;
-            }
-        }
-        let id = self.producer.send_task(&sig.task, args, sig.kwargs.clone(), options).await?;
-        Ok(Applied::Task(id))
     }
 }
 
-/// The options of a plain signature as the producer's [`SendOptions`], with
-/// the lineage's parent and root (Celery's `apply_async(parent_id=...,
-/// root_id=...)` from the tracer).
-pub fn send_options(sig: &Signature, lineage: &Lineage) -> Result<SendOptions, CanvasError> {
-    let o = &sig.options;
-    let mut options = SendOptions {
-        task_id: option_str(o, "task_id"),
-        queue: option_str(o, "queue"),
-        exchange: option_str(o, "exchange"),
-        routing_key: option_str(o, "routing_key"),
-        priority: o.get("priority").and_then(Value::as_i64).and_then(|p| u8::try_from(p).ok()).or(lineage.priority),
-        countdown: o
-            .get("countdown")
-            .and_then(Value::as_f64)
-            .and_then(|s| std::time::Duration::try_from_secs_f64(s.max(0.0)).ok()),
-        eta: match o.get("eta") {
-            Some(Value::DateTime(d)) => Some(*d),
-            Some(Value::Str(s)) => PyDateTime::parse_iso(s).ok(),
-            _ => None,
-        },
-        expires: match o.get("expires") {
-            Some(Value::DateTime(d)) => Some(Expires::At(*d)),
-            Some(Value::Str(s)) => PyDateTime::parse_iso(s).ok().map(Expires::At),
-            Some(v) => {
-                v.as_f64().and_then(|s| std::time::Duration::try_from_secs_f64(s.max(0.0)).ok()).map(Expires::In)
-            }
-            None => None,
-        },
-        time_limit: o.get("time_limit").and_then(Value::as_f64),
-        soft_time_limit: o.get("soft_time_limit").and_then(Value::as_f64),
-        ignore_result: o.get("ignore_result").and_then(|v| match v {
-            Value::Bool(b) => Some(*b),
-            _ => None,
-        }),
-        shadow: option_str(o, "shadow"),
-        parent_id: lineage.parent_id.clone(),
-        root_id: lineage.root_id.clone(),
-        group_id: option_str(o, "group_id"),
-        group_index: o.get("group_index").and_then(Value::as_i64),
-        replaced_task_nesting: o.get("replaced_task_nesting").and_then(Value::as_i64),
-        ..SendOptions::default()
+/// Plans applying `sig` with `call`, as a worker whose replies go to
+/// `reply_to` (the `reply_to` frozen into the signatures).
+pub fn plan(reply_to: &str, sig: &Signature, call: Call) -> Result<Plan, CanvasError> {
+    let node = Node::from_value(&sig.to_value()).map_err(|e| invalid(sig, e.0))?;
+    let mut engine = Engine::new(reply_to);
+    let applied = engine.apply_async(node, call.args, Map::new(), call.options).map_err(|e| invalid(sig, e.0))?;
+    let applied_of = |engine: &Engine, r| Applied::from_tuple(&engine.tuple(r));
+    let result = match applied {
+        Some(r) => applied_of(&engine, r),
+        // An empty chain sends nothing.
+        None => Applied::Group(uuid::Uuid::new_v4().to_string(), Vec::new()),
     };
-    if let Some(Value::Map(headers)) = o.get("headers") {
-        options.headers = headers.clone();
-    }
-    options.chain = list_option(sig, "chain")?;
-    options.link = list_option(sig, "link")?;
-    options.link_error = list_option(sig, "link_error")?;
-    if let Some(chord @ Value::Map(_)) = o.get("chord") {
-        options.chord = Some(Signature::from_value(chord).map_err(|e| invalid(sig, e.to_string()))?);
-    }
-    // Stamps: `stamped_headers` names the option keys that are stamps.
-    if let Some(Value::List(names)) = o.get("stamped_headers") {
-        for name in names.iter().filter_map(Value::as_str) {
-            if let Some(v) = o.get(name) {
-                options.stamps.insert(name.to_owned(), v.clone());
-            }
-        }
-    }
-    Ok(options)
+    let trail = engine.trail.iter().map(|r| applied_of(&engine, *r)).collect();
+    Ok(Plan { ops: std::mem::take(&mut engine.ops), trail, result })
 }
 
 /// Gives every task, group and chord body in `sig` a `task_id` where it has
@@ -442,131 +321,167 @@ fn freeze_value(value: &mut Value) {
     }
 }
 
-/// How many header parts a signature counts for in a chord (`_chord._descend`).
-pub fn descend(sig: &Signature) -> u64 {
-    match sig.kind() {
-        SignatureKind::Group => sig_members(sig, "tasks").map(|m| m.iter().map(descend).sum()).unwrap_or(0),
-        SignatureKind::Chain => sig_members(sig, "tasks")
-            .map(|steps| steps.iter().rev().map(descend).find(|n| *n > 0).unwrap_or(0))
-            .unwrap_or(0),
-        SignatureKind::Chord => match sig.kwargs.get("body").map(Signature::from_value) {
-            Some(Ok(body)) => descend(&body),
-            _ => 0,
-        },
-        SignatureKind::Task | SignatureKind::Other => 1,
-    }
-}
-
-/// Nested groups unrolled, each task with its index in its own group (so
-/// `group(group(a, b), c)` gives indexes 0, 1, 1, as Celery's `_prepared`).
-fn flatten(members: Vec<Signature>) -> Result<Vec<(Signature, i64)>, CanvasError> {
-    let mut out = Vec::with_capacity(members.len());
-    for (index, member) in members.into_iter().enumerate() {
-        if member.kind() == SignatureKind::Group {
-            let inner = sig_members(&member, "tasks")?;
-            out.extend(flatten(inner)?);
-        } else {
-            out.push((member, i64::try_from(index).unwrap_or(i64::MAX)));
-        }
-    }
-    Ok(out)
-}
-
-/// A chain's own options spread over its steps: links to the last step,
-/// error links and routing to every step that has none.
-fn spread_chain_options(chain: &Signature, steps: &mut [Signature]) {
-    let Some(last) = steps.len().checked_sub(1) else { return };
-    for (key, value) in &chain.options {
-        match key.as_str() {
-            "link" => {
-                if let Some(step) = steps.get_mut(last) {
-                    step.options.entry(key.clone()).or_insert_with(|| value.clone());
-                }
-            }
-            "task_id" => {
-                // A frozen chain's id is its last task's.
-                if let Some(step) = steps.get_mut(last) {
-                    step.options.entry(key.clone()).or_insert_with(|| value.clone());
-                }
-            }
-            "link_error" | "queue" | "exchange" | "routing_key" | "priority" | "stamped_headers" => {
-                for step in steps.iter_mut() {
-                    step.options.entry(key.clone()).or_insert_with(|| value.clone());
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-fn group_id(sig: &Signature) -> Option<String> {
-    option_str(&sig.options, "task_id")
-}
-
-fn option_str(options: &Map, key: &str) -> Option<String> {
-    options.get(key).and_then(Value::as_str).map(str::to_owned)
-}
-
 fn invalid(sig: &Signature, reason: String) -> CanvasError {
     CanvasError::Invalid { task: sig.task.clone(), reason }
 }
 
-fn parse_all(sig: &Signature, items: &[Value]) -> Result<Vec<Signature>, CanvasError> {
-    items.iter().map(|v| Signature::from_value(v).map_err(|e| invalid(sig, e.to_string()))).collect()
-}
-
-/// The signatures in `kwargs[key]` (a group's or chain's `tasks`).
-fn sig_members(sig: &Signature, key: &str) -> Result<Vec<Signature>, CanvasError> {
-    match sig.kwargs.get(key) {
-        Some(Value::List(items)) => parse_all(sig, items),
-        Some(Value::Null) | None => Ok(Vec::new()),
-        Some(other) => Err(invalid(sig, format!("{key} is a {}, not a list", other.type_name()))),
-    }
-}
-
-/// The signatures under `options[key]`: one, a list, or none.
-fn list_option(sig: &Signature, key: &str) -> Result<Vec<Signature>, CanvasError> {
-    match sig.options.get(key) {
-        Some(Value::List(items)) => parse_all(sig, items),
-        Some(v @ Value::Map(_)) => Ok(vec![Signature::from_value(v).map_err(|e| invalid(sig, e.to_string()))?]),
-        _ => Ok(Vec::new()),
-    }
-}
-
-fn set_list(options: &mut Map, key: &str, sigs: &[Signature]) {
-    options.insert(key.into(), Value::List(sigs.iter().map(Signature::to_value).collect()));
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use celeriac_protocol::json;
+
     use super::*;
 
-    fn task(name: &str) -> Signature {
-        Signature::new(name)
+    /// Ids of the signatures handed to the worker (pinned by the capture).
+    const PINNED: &str = "00000007-";
+
+    /// Keys sorted at every level, so two equal values encode the same.
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Map(m) => {
+                let mut m: Map = m.iter().map(|(k, v)| (k.clone(), sorted(v))).collect();
+                m.sort_keys();
+                Value::Map(m)
+            }
+            Value::List(items) => Value::List(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
     }
 
-    fn canvas(kind: &str, key: &str, members: Vec<Signature>) -> Signature {
-        let mut sig = Signature::new(format!("celery.{kind}"));
-        sig.subtask_type = Some(kind.into());
-        sig.kwargs.insert(key.into(), Value::List(members.iter().map(Signature::to_value).collect()));
-        sig
+    /// The JSON text with the ids that are not pinned numbered by first appearance.
+    fn numbered(value: &Value) -> String {
+        let text = json::to_string(&sorted(value)).unwrap();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut out = String::new();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find('"') {
+            out.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            let end = rest.find('"').unwrap_or(rest.len());
+            let word = &rest[..end];
+            let is_uuid = word.len() == 36 && word.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+            if is_uuid && !word.starts_with(PINNED) {
+                let n = seen.len();
+                let n = *seen.entry(word.to_owned()).or_insert(n);
+                out.push_str(&format!("<id-{n}>"));
+            } else {
+                out.push_str(word);
+            }
+            out.push('"');
+            rest = rest.get(end + 1..).unwrap_or("");
+        }
+        out.push_str(rest);
+        out
     }
 
+    fn ops_value(plan: &Plan) -> Value {
+        let one = |key: &str, v: Value| {
+            let mut m = Map::new();
+            m.insert(key.into(), v);
+            Value::Map(m)
+        };
+        Value::List(
+            plan.ops
+                .iter()
+                .map(|op| match op {
+                    Op::Send { task, args, kwargs, options } => {
+                        // `add_to_parent` is `send_task`'s, not the message's (the capture drops it).
+                        let mut options = options.clone();
+                        options.shift_remove("add_to_parent");
+                        one(
+                            "send",
+                            Value::List(vec![
+                                Value::Str(task.clone()),
+                                Value::List(args.clone()),
+                                Value::Map(kwargs.clone()),
+                                Value::Map(options),
+                            ]),
+                        )
+                    }
+                    Op::ChordSize { group_id, size } => one(
+                        "chord_size",
+                        Value::List(vec![Value::Str(group_id.clone()), Value::Int(i64::try_from(*size).unwrap())]),
+                    ),
+                    Op::ApplyChord { header } => one("apply_chord", header.to_value()),
+                })
+                .collect(),
+        )
+    }
+
+    /// What a worker sends for a chain step, a link, a chord body or an
+    /// errback group is what Celery 5.7's canvas code sends for it
+    /// (`client/tests/python/worker_apply.py` recorded Celery).
     #[test]
-    fn chord_sizes_count_as_celery_does() {
-        assert_eq!(descend(&task("a")), 1);
-        assert_eq!(descend(&canvas("group", "tasks", vec![task("a"), task("b")])), 2);
-        // A chain counts as its last non-empty step.
-        let chain = canvas("chain", "tasks", vec![task("a"), canvas("group", "tasks", vec![task("b"), task("c")])]);
-        assert_eq!(descend(&chain), 2);
-        assert_eq!(descend(&canvas("chain", "tasks", vec![])), 0);
+    fn plans_match_what_celery_applies() {
+        let fixture = json::from_str(include_str!("../tests/fixtures/worker_apply.json")).unwrap();
+        let cases = fixture.as_map().unwrap()["cases"].as_list().unwrap();
+        assert!(cases.len() >= 9);
+        for case in cases {
+            let case = case.as_map().unwrap();
+            let name = case["name"].as_str().unwrap();
+            let sig = Signature::from_value(&case["sig"]).unwrap();
+            let call = Call {
+                args: case["args"].as_list().unwrap().to_vec(),
+                options: case["options"].as_map().unwrap().clone(),
+            };
+            let plan = plan("reply-oid", &sig, call).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(numbered(&ops_value(&plan)), numbered(&case["ops"]), "{name}");
+        }
     }
 
+    /// The tracer's call: `chain` only for a chain step, parent, root and
+    /// priority always (`None` when unset), as trace.py passes them.
     #[test]
-    fn nested_groups_flatten_with_inner_indexes() {
-        let nested = canvas("group", "tasks", vec![task("a"), task("b")]);
-        let flat = flatten(vec![nested, task("c")]).unwrap();
-        let got: Vec<(String, i64)> = flat.into_iter().map(|(s, i)| (s.task, i)).collect();
-        assert_eq!(got, [("a".into(), 0), ("b".into(), 1), ("c".into(), 1)]);
+    fn step_calls_pass_what_the_tracer_passes() {
+        let lineage = Lineage { parent_id: Some("p".into()), root_id: Some("r".into()), priority: None };
+        let link = Call::step(Some(Value::Int(1)), None, &lineage);
+        assert_eq!(link.args, [Value::Int(1)]);
+        assert!(!link.options.contains_key("chain"));
+        assert_eq!(link.options["parent_id"], Value::Str("p".into()));
+        assert_eq!(link.options["priority"], Value::Null);
+        let step = Call::step(Some(Value::Null), Some(Vec::new()), &lineage);
+        assert_eq!(step.args, [Value::Null]);
+        assert_eq!(step.options["chain"], Value::List(Vec::new()));
+        assert!(Call::delay(vec![Value::Int(2)]).options.is_empty());
+    }
+
+    /// A chord body applied with `delay` carries no parent: the running task's
+    /// is filled in when it is sent; the trail names the chord's header group.
+    #[test]
+    fn chord_trail_is_its_header_group() {
+        let mut header = Signature::new("celery.group");
+        header.subtask_type = Some("group".into());
+        header.kwargs.insert("tasks".into(), Value::List(vec![Signature::new("t.a").to_value()]));
+        let mut c = Signature::new("celery.chord");
+        c.subtask_type = Some("chord".into());
+        c.kwargs.insert("header".into(), header.to_value());
+        c.kwargs.insert("body".into(), Signature::new("t.b").to_value());
+        c.kwargs.insert("kwargs".into(), Value::Map(Map::new()));
+        let plan = plan("reply-oid", &c, Call::delay(Vec::new())).unwrap();
+        let [Applied::Group(gid, members)] = plan.trail() else { panic!("trail {:?}", plan.trail()) };
+        assert_eq!(members.len(), 1);
+        let sent: Vec<_> = plan.messages().collect();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].2.get("group_id"), Some(&Value::Str(gid.clone())));
+        assert!(sent[0].2.get("parent_id").is_none());
+        assert!(matches!(plan.result(), Applied::Task(_)));
+    }
+
+    /// Hostile signatures are refused, not panicked on.
+    #[test]
+    fn hostile_signatures_are_errors() {
+        let mut group = Signature::new("celery.group");
+        group.subtask_type = Some("group".into());
+        group.kwargs.insert("tasks".into(), Value::Int(3));
+        assert!(plan("r", &group, Call::default()).is_err());
+        let mut deep = Signature::new("t.leaf");
+        for _ in 0..100 {
+            let mut chain = Signature::new("celery.chain");
+            chain.subtask_type = Some("chain".into());
+            chain.kwargs.insert("tasks".into(), Value::List(vec![deep.to_value()]));
+            deep = chain;
+        }
+        assert!(plan("r", &deep, Call::default()).is_err());
     }
 }

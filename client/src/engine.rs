@@ -166,6 +166,10 @@ pub(crate) struct Engine {
     pub(crate) ops: Vec<Op>,
     /// Placeholder ids for chord bodies being frozen (see `freeze_chord`).
     refs: u64,
+    /// What a task applying this canvas records as its children, in order
+    /// (Celery's `add_trail`: each message sent with `add_to_parent`, each
+    /// group applied with it).
+    pub(crate) trail: Vec<R>,
 }
 
 fn uuid() -> String {
@@ -1070,7 +1074,7 @@ struct Prepare {
 impl Engine {
     /// An engine freezing `reply_to` into signatures (the app's `thread_oid`).
     pub(crate) fn new(reply_to: impl Into<String>) -> Engine {
-        Engine { reply_to: reply_to.into(), results: Vec::new(), ops: Vec::new(), refs: 0 }
+        Engine { reply_to: reply_to.into(), results: Vec::new(), ops: Vec::new(), refs: 0, trail: Vec::new() }
     }
 
     fn task_result(&mut self, id: String) -> R {
@@ -1523,8 +1527,13 @@ impl Engine {
         };
         let id = opt_str(&options, "task_id").unwrap_or_else(uuid);
         options.insert("task_id".into(), Value::Str(id.clone()));
+        let add_to_parent = options.get("add_to_parent").is_none_or(Value::is_truthy);
         self.ops.push(Op::Send { task: node.task, args, kwargs, options });
-        self.task_result(id)
+        let r = self.task_result(id);
+        if add_to_parent {
+            self.trail.push(r);
+        }
+        r
     }
 
     /// `_chain.run`.
@@ -1609,6 +1618,7 @@ impl Engine {
         if opt_some(&options, "link_error").is_some() {
             return Err(Refused("Cannot add link to group: do that on individual tasks".into()));
         }
+        let add_to_parent = options.get("add_to_parent").is_none_or(Value::is_truthy);
         for named in ["add_to_parent", "producer", "link", "link_error"] {
             options.shift_remove(named);
         }
@@ -1618,12 +1628,14 @@ impl Engine {
         let (options, gid, root_id) = Engine::freeze_gid(&node, options);
         let prepared = self.prepared(node.members(), &[], &gid, &root_id);
         let results = self.apply_tasks(prepared, &gid, args, kwargs, options)?;
-        if let [only] = results.as_slice() {
-            if self.res(*only).is_some_and(|r| r.members.is_some()) {
-                return Ok(*only);
-            }
+        let result = match results.as_slice() {
+            [only] if self.res(*only).is_some_and(|r| r.members.is_some()) => *only,
+            _ => self.group_result(gid, results),
+        };
+        if add_to_parent {
+            self.trail.push(result);
         }
-        Ok(self.group_result(gid, results))
+        Ok(result)
     }
 
     /// `group._prepared`: the members (nested groups unrolled), each a clone

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use celeriac_backend::{BackendError, ChordClaim, ChordOutcome, RedisBackend};
-use celeriac_protocol::result::{ResultMeta, State};
+use celeriac_protocol::result::{GroupMeta, ResultMeta, ResultTuple, State};
 use celeriac_protocol::Value;
 use futures_util::future::BoxFuture;
 
@@ -97,6 +97,14 @@ pub trait ResultStore: Send + Sync + 'static {
         })
     }
 
+    /// Saves a chord's header group result when a part of it is a group
+    /// (Celery's `apply_chord`), so the join keeps the nesting. A store that
+    /// cannot join chords has nothing to save.
+    fn apply_chord(&self, header: &ResultTuple) -> BoxFuture<'static, Result<(), StoreError>> {
+        let _ = header;
+        Box::pin(async { Ok(()) })
+    }
+
     /// Raises the size of chord `group_id` by one (Celery's `add_to_chord`:
     /// `INCR .t`), before a new part is sent.
     fn add_to_chord(&self, group_id: &str) -> BoxFuture<'static, Result<(), StoreError>> {
@@ -161,6 +169,11 @@ impl ResultStore for RedisBackend {
         Box::pin(async move { backend.set_chord_size(&group_id, size).await.map_err(StoreError::from) })
     }
 
+    fn apply_chord(&self, header: &ResultTuple) -> BoxFuture<'static, Result<(), StoreError>> {
+        let (backend, meta) = (self.clone(), GroupMeta::new(header.clone()));
+        Box::pin(async move { backend.apply_chord(meta.group_id(), &meta).await.map(drop).map_err(StoreError::from) })
+    }
+
     fn add_to_chord(&self, group_id: &str) -> BoxFuture<'static, Result<(), StoreError>> {
         let (backend, group_id) = (self.clone(), group_id.to_owned());
         Box::pin(async move { backend.add_to_chord(&group_id).await.map(drop).map_err(StoreError::from) })
@@ -178,6 +191,11 @@ pub(crate) struct ChordSizesOf(pub Arc<dyn ResultStore>);
 impl celeriac_client::ChordSizes for ChordSizesOf {
     fn set_chord_size(&self, group_id: &str, size: u64) -> BoxFuture<'_, Result<(), String>> {
         let fut = self.0.set_chord_size(group_id, size);
+        Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+    }
+
+    fn apply_chord(&self, header: &ResultTuple) -> BoxFuture<'_, Result<(), String>> {
+        let fut = self.0.apply_chord(header);
         Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
     }
 }

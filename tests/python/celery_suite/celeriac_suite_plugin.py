@@ -42,7 +42,10 @@ Exclusions (``exclusions.txt`` beside this file, or ``CELERIAC_SUITE_EXCLUSIONS`
 are applied in ``pytest_collection_modifyitems``: ``deselect`` lines are tests no
 external worker can pass; ``celeriac`` lines are, when ``CELERIAC_SUITE_WORKER_KIND``
 is ``celeriac``, strict xfails for what celeriac does not do yet (a test that then
-passes fails the run, so its line gets removed). With ``CELERIAC_SUITE_CHECK_STALE=1``
+passes fails the run, so its line gets removed); ``slow <test> <seconds> <reason>``
+lines give a test that is slow by design (it waits out timeouts to prove that
+something does not happen) a longer per-test limit than
+``CELERIAC_SUITE_TEST_TIMEOUT``, with any worker. With ``CELERIAC_SUITE_CHECK_STALE=1``
 (set by ``run.py`` for a whole-file run) a line that matches no collected test is
 an error.
 """
@@ -60,7 +63,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-KINDS = ("deselect", "celeriac")
+KINDS = ("deselect", "celeriac", "slow")
 
 
 def _env_float(name, default):
@@ -277,6 +280,12 @@ def load_exclusions(path):
         parts = line.split(None, 2)
         if len(parts) < 3 or parts[0] not in KINDS:
             raise pytest.UsageError(f"{path}:{number}: expected '<{'|'.join(KINDS)}> <test id> <reason>'")
+        if parts[0] == "slow":
+            seconds = parts[2].split(None, 1)[0]
+            try:
+                float(seconds)
+            except ValueError:
+                raise pytest.UsageError(f"{path}:{number}: expected 'slow <test id> <seconds> <reason>'") from None
         exclusions.append(Exclusion(parts[0], parts[1], parts[2], number))
     return exclusions
 
@@ -297,7 +306,8 @@ def pytest_configure(config):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     """Fail a test whose call runs past CELERIAC_SUITE_TEST_TIMEOUT (see the module docstring)."""
-    limit = _env_float("CELERIAC_SUITE_TEST_TIMEOUT", 60.0)
+    # A test slow by design (a ``slow`` line in the exclusions) gets its own, longer limit.
+    limit = max(_env_float("CELERIAC_SUITE_TEST_TIMEOUT", 60.0), getattr(item, "celeriac_slow_limit", 0.0))
 
     def expired(signum, frame):
         signal.setitimer(signal.ITIMER_REAL, 2.0)  # again, should a subtest swallow this one
@@ -325,6 +335,9 @@ def pytest_collection_modifyitems(session, config, items):
         for exclusion in exclusions:
             if _matches(exclusion, item):
                 exclusion.matched += 1
+                if exclusion.kind == "slow":
+                    item.celeriac_slow_limit = float(exclusion.reason.split(None, 1)[0])
+                    continue
                 hit = hit or exclusion
         if hit is not None and hit.kind == "deselect":
             deselected.append(item)

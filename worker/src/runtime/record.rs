@@ -17,7 +17,7 @@ use std::time::Duration;
 use celeriac_backend::ChordOutcome;
 use celeriac_broker::backoff::Backoff;
 use celeriac_broker::{BrokerError, Delivery, Settlement};
-use celeriac_client::{Applied, Applier, CanvasError, Lineage};
+use celeriac_client::{Applied, Applier, Call, CanvasError, Lineage};
 use celeriac_config::UnknownTaskPolicy;
 use celeriac_protocol::result::{ExceptionInfo, Extended, ResultMeta};
 use celeriac_protocol::task::Embed;
@@ -31,6 +31,17 @@ use super::settle::{settle_now, AckPolicy, Ending, Recorded};
 use super::Shared;
 use crate::store::{ChordPartReturn, ChordSizesOf, StoreError};
 use crate::{Task, TaskError};
+
+/// The running task as the parent of what it sends: Celery's tracer passes
+/// `parent_id=request.id, root_id=request.root_id or request.id`.
+fn lineage_of(task: &TaskMessage) -> Lineage {
+    let id = &task.headers.id;
+    Lineage {
+        parent_id: Some(id.clone()),
+        root_id: Some(task.headers.root_id.clone().unwrap_or_else(|| id.clone())),
+        priority: None,
+    }
+}
 
 /// Header of a message handed on by workers that do not know its task.
 const UNKNOWN_HOPS: &str = "x-celeriac-unknown-hops";
@@ -209,7 +220,8 @@ impl Shared {
             }
         };
         info!("Task {name}[{id}] replaced by {}", sig.task);
-        match self.apply_child(sig, None, Vec::new(), task, stop).await {
+        // Celery's `sig.delay()`: parent and root are the replaced task's.
+        match self.apply_child(sig, Call::delay(Vec::new()), task, stop).await {
             Ok(_) => (Ending::Ignored, Recorded::Yes),
             Err(Unsent::Outage) => (Ending::Succeeded, Recorded::No),
             Err(Unsent::Never(why)) => {
@@ -278,9 +290,12 @@ impl Shared {
         let mut group = Signature::new("celery.group");
         group.subtask_type = Some("group".into());
         group.kwargs.insert("tasks".into(), Value::List(old_style));
+        // `group(errbacks).apply_async((request.id,), parent_id=request.id,
+        // root_id=request.root_id or request.id)`.
         let id = Value::Str(failed.headers.id.clone());
-        match self.apply_child(group, Some(id), Vec::new(), failed.parent, stop).await {
-            Ok(applied) => (Recorded::Yes, Some(applied)),
+        let call = Call::step(Some(id), None, &lineage_of(failed.parent));
+        match self.apply_child(group, call, failed.parent, stop).await {
+            Ok(applied) => (Recorded::Yes, applied.into_iter().next()),
             Err(Unsent::Outage) => (Recorded::No, None),
             Err(Unsent::Never(_)) => {
                 self.count_refused("callback_not_sent");
@@ -561,8 +576,8 @@ impl Shared {
     ) -> (Vec<Applied>, Result<(), Unsent>) {
         let mut sent = Vec::new();
         let mut outcome = Ok(());
-        let mut keep = |applied: Result<Applied, Unsent>| match applied {
-            Ok(applied) => sent.push(applied),
+        let mut keep = |applied: Result<Vec<Applied>, Unsent>| match applied {
+            Ok(applied) => sent.extend(applied),
             // A permanent failure outweighs an outage.
             Err(e @ Unsent::Never(_)) => outcome = Err(e),
             Err(Unsent::Outage) => {
@@ -571,66 +586,70 @@ impl Shared {
                 }
             }
         };
+        let lineage = lineage_of(task);
+        let link = || Call::step(Some(result.clone()), None, &lineage);
         let callbacks = task.embed.callbacks.as_deref().unwrap_or_default();
         if let [one] = callbacks {
-            keep(self.apply_child(one.clone(), Some(result.clone()), Vec::new(), task, stop).await);
+            keep(self.apply_child(one.clone(), link(), task, stop).await);
         } else if !callbacks.is_empty() {
             let (groups, plain): (Vec<&Signature>, Vec<&Signature>) =
                 callbacks.iter().partition(|s| s.kind() == celeriac_protocol::signature::SignatureKind::Group);
             for group in groups {
-                keep(self.apply_child(group.clone(), Some(result.clone()), Vec::new(), task, stop).await);
+                keep(self.apply_child(group.clone(), link(), task, stop).await);
             }
             if !plain.is_empty() {
                 let mut group = Signature::new("celery.group");
                 group.subtask_type = Some("group".into());
                 group.kwargs.insert("tasks".into(), Value::List(plain.iter().map(|s| s.to_value()).collect()));
-                keep(self.apply_child(group, Some(result.clone()), Vec::new(), task, stop).await);
+                keep(self.apply_child(group, link(), task, stop).await);
             }
         }
         if let Some(chain) = &task.embed.chain {
             if let Some((next, rest)) = chain.split_last() {
-                keep(self.apply_child(next.clone(), Some(result.clone()), rest.to_vec(), task, stop).await);
+                let call = Call::step(Some(result.clone()), Some(rest.to_vec()), &lineage);
+                keep(self.apply_child(next.clone(), call, task, stop).await);
             }
         }
         (sent, outcome)
     }
 
     /// Applies `sig` (a task, a group, a chain or a chord) as a child of
-    /// `parent`, with `prev` prepended to its arguments unless it is immutable,
-    /// followed by `rest`; retried through a broker outage with the same ids
-    /// until the worker stops. Why it was not applied otherwise (logged).
+    /// `parent`, as Celery's `sig.apply_async(*call)` inside `parent`: planned
+    /// once, then sent, through a broker outage with the same ids until the
+    /// worker stops. Returns what `parent` records as its children; why it
+    /// was not applied otherwise (logged).
     async fn apply_child(
         &self,
-        mut sig: Signature,
-        prev: Option<Value>,
-        rest: Vec<Signature>,
+        sig: Signature,
+        call: Call,
         parent: &TaskMessage,
         stop: &CancellationToken,
-    ) -> Result<Applied, Unsent> {
-        Box::pin(self.apply_child_inner(std::mem::take(&mut sig), prev, rest, parent, stop)).await
+    ) -> Result<Vec<Applied>, Unsent> {
+        Box::pin(self.apply_child_inner(sig, call, parent, stop)).await
     }
 
     async fn apply_child_inner(
         &self,
-        mut sig: Signature,
-        prev: Option<Value>,
-        rest: Vec<Signature>,
+        sig: Signature,
+        call: Call,
         parent: &TaskMessage,
         stop: &CancellationToken,
-    ) -> Result<Applied, Unsent> {
-        celeriac_client::freeze(&mut sig);
+    ) -> Result<Vec<Applied>, Unsent> {
         let (id, name) = (&parent.headers.id, &parent.headers.task);
-        let lineage = Lineage {
-            parent_id: Some(id.clone()),
-            root_id: Some(parent.headers.root_id.clone().unwrap_or_else(|| id.clone())),
-            priority: None,
-        };
+        let lineage = lineage_of(parent);
         let chords = self.services.results.clone().map(ChordSizesOf);
         let applier = Applier::new(&self.producer, chords.as_ref().map(|c| c as &dyn celeriac_client::ChordSizes));
+        let plan = match applier.plan(&sig, call) {
+            Ok(plan) => plan,
+            Err(e) => {
+                error!("could not send {} after {name}[{id}]: {e}", sig.task);
+                return Err(Unsent::Never(e.to_string()));
+            }
+        };
         let mut backoff = outage_backoff();
         loop {
-            match applier.apply(sig.clone(), prev.clone(), rest.clone(), &lineage).await {
-                Ok(applied) => return Ok(applied),
+            match applier.perform(&plan, &lineage).await {
+                Ok(()) => return Ok(plan.trail().to_vec()),
                 Err(CanvasError::Broker(e)) if worth_retrying(&e) && stop.is_cancelled() => {
                     error!("could not send {} after {name}[{id}]: {e}; the worker is stopping", sig.task);
                     return Err(Unsent::Outage);
@@ -756,7 +775,9 @@ impl Shared {
         match joined {
             Ok(ChordOutcome::Ready(ready)) => {
                 let joined = Some(Value::List(ready.results));
-                match Box::pin(self.apply_child(body.clone(), joined, Vec::new(), task, stop)).await {
+                // Celery's `callback.delay(results)`.
+                let call = Call::delay(joined.into_iter().collect());
+                match Box::pin(self.apply_child(body.clone(), call, task, stop)).await {
                     Ok(_) => {}
                     // The claim expires; a redelivered header task finishes the join.
                     Err(Unsent::Outage) => return Recorded::No,
@@ -1141,5 +1162,28 @@ fn traceback_of(err: &TaskError) -> Option<String> {
             Some(format!("Traceback (most recent call last):\n  (celeriac task)\n{exc_type}: {message}\n"))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As the tracer: the running task is the parent, its root (or itself
+    /// when it has none) the root; a chain step passes them explicitly and
+    /// `chain` (even empty), a chord body's `delay` passes nothing.
+    #[test]
+    fn children_are_applied_with_the_tracers_arguments() {
+        let mut task = TaskMessage::new("t.add", "tid");
+        let lineage = lineage_of(&task);
+        assert_eq!(lineage.parent_id.as_deref(), Some("tid"));
+        assert_eq!(lineage.root_id.as_deref(), Some("tid"));
+        task.headers.root_id = Some("root".into());
+        let lineage = lineage_of(&task);
+        assert_eq!(lineage.root_id.as_deref(), Some("root"));
+        let step = Call::step(Some(Value::Int(3)), Some(Vec::new()), &lineage);
+        assert_eq!(step.options.get("chain"), Some(&Value::List(Vec::new())));
+        assert_eq!(step.options.get("root_id"), Some(&Value::Str("root".into())));
+        assert!(Call::delay(vec![Value::Int(3)]).options.is_empty());
     }
 }
