@@ -231,12 +231,13 @@ impl WorkerServices for Services {
 
     fn apply(
         &self,
-        mut sig: celeriac_protocol::Signature,
+        sig: celeriac_protocol::Signature,
         lineage: celeriac_client::Lineage,
     ) -> BoxFuture<'static, Result<celeriac_client::Applied, TaskError>> {
         let (producer, results) = (self.producer.clone(), self.results.clone());
         Box::pin(async move {
-            celeriac_client::freeze(&mut sig);
+            // Frozen by the applier as Celery's apply_async freezes it: a
+            // group inside a chord header takes the outer group's id then.
             let chords = results.map(crate::store::ChordSizesOf);
             let applier = celeriac_client::Applier::new(
                 &producer,
