@@ -337,6 +337,9 @@ def pytest_collection_modifyitems(session, config, items):
                 exclusion.matched += 1
                 if exclusion.kind == "slow":
                     item.celeriac_slow_limit = float(exclusion.reason.split(None, 1)[0])
+                    if os.environ.get("CELERIAC_SUITE_SKIP_SLOW") == "1":
+                        # scripts/test's budget: these pass, but wait out minutes of timeouts.
+                        item.add_marker(pytest.mark.skip(reason=f"slow by design: {exclusion.reason}"))
                     continue
                 hit = hit or exclusion
         if hit is not None and hit.kind == "deselect":
