@@ -81,6 +81,9 @@ impl Window {
         if let Some(name) = names.iter().find(|n| ***n == *queue) {
             return name.clone();
         }
+        // Names no parked delivery uses any more go (queues come and go
+        // with add_consumer/cancel_consumer).
+        names.retain(|n| Arc::strong_count(n) > 1);
         let name: Arc<str> = Arc::from(queue);
         names.push(name.clone());
         name

@@ -34,7 +34,7 @@ pub use command::{Command, CommandError};
 pub use request::{Request, RequestError};
 
 use crate::runtime::Shared;
-use crate::state::Phase;
+use crate::state::{Phase, WorkerState};
 use command::{Rate, TaskKey, MAX_CONCURRENCY, MAX_REVOKE_IDS};
 
 /// The request exchange (`<control_exchange>.pidbox`).
@@ -261,6 +261,18 @@ impl Pidbox {
     }
 
     /// Runs a checked command.
+    /// The scheduled requests' info, read back from up to hundreds of
+    /// thousands of held messages on a blocking thread, not a runtime one.
+    async fn scheduled(state: Arc<WorkerState>) -> Vec<(String, u8, Map)> {
+        match tokio::task::spawn_blocking(move || state.scheduled()).await {
+            Ok(scheduled) => scheduled,
+            Err(e) => {
+                warn!("inspect scheduled: reading the held requests failed ({e}); answering none");
+                Vec::new()
+            }
+        }
+    }
+
     async fn act(&self, command: Command, shutdown: &CancellationToken) -> Result<Reply, CommandError> {
         let shared = &self.shared;
         let value = |v: Value| Ok(Reply::Value(v));
@@ -272,9 +284,8 @@ impl Pidbox {
             Command::Active { safe } => value(infos(shared.state.active(), safe)),
             Command::Reserved => value(infos(shared.state.reserved(), false)),
             Command::Scheduled => value(Value::List(
-                shared
-                    .state
-                    .scheduled()
+                Self::scheduled(shared.state.clone())
+                    .await
                     .into_iter()
                     .map(|(eta, _, info)| {
                         let mut m = Map::new();
@@ -537,7 +548,7 @@ impl Pidbox {
             let started = std::time::Instant::now();
             let marking =
                 futures_util::stream::iter(kept).for_each_concurrent(REVOKE_BACKEND_CONCURRENCY, |id| async move {
-                    let running = matches!(shared.state.query(id), Some((Phase::Active { .. }, _)));
+                    let running = shared.state.is_active(id);
                     if running {
                         return;
                     }

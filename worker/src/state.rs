@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use celeriac_broker::Delivery;
 use celeriac_protocol::event::now_timestamp;
+use celeriac_protocol::limits::DecodeLimits;
 use celeriac_protocol::{Envelope, Map, TaskMessage, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -45,7 +46,8 @@ pub enum Phase {
 enum Info {
     /// Boxed: a held ETA task's entry should not carry a map's room.
     Map(Box<Map>),
-    Packed(Box<str>),
+    /// Shared, so `inspect` copies it out of the lock for the price of a count.
+    Packed(Arc<str>),
     /// The envelope's kombu JSON text; the info is rebuilt from it on demand.
     Message(Arc<str>),
 }
@@ -60,27 +62,27 @@ impl Info {
             return;
         }
         if matches!(celeriac_protocol::json::from_str(&text), Ok(Value::Map(back)) if back == **map) {
-            *self = Info::Packed(text.into_boxed_str());
+            *self = Info::Packed(Arc::from(text));
         }
     }
 
     /// The map, unpacked first if need be.
-    fn map_mut(&mut self, hostname: &str) -> &mut Map {
+    fn map_mut(&mut self, hostname: &str, limits: &DecodeLimits) -> &mut Map {
         if !matches!(self, Info::Map(_)) {
-            *self = Info::Map(Box::new(self.to_map(hostname)));
+            *self = Info::Map(Box::new(self.to_map(hostname, limits)));
         }
         match self {
             Info::Map(map) => map,
             // Not reached: unpacked above.
             Info::Packed(_) | Info::Message(_) => {
                 *self = Info::Map(Box::default());
-                self.map_mut(hostname)
+                self.map_mut(hostname, limits)
             }
         }
     }
 
     /// A copy of the map.
-    fn to_map(&self, hostname: &str) -> Map {
+    fn to_map(&self, hostname: &str, limits: &DecodeLimits) -> Map {
         match self {
             Info::Map(map) => map.as_ref().clone(),
             Info::Packed(text) => match celeriac_protocol::json::from_str(text) {
@@ -88,16 +90,20 @@ impl Info {
                 // `pack` read it back before keeping it.
                 _ => Map::new(),
             },
-            // `share` rebuilt it before keeping it.
-            Info::Message(envelope) => rebuild_info(envelope, hostname).unwrap_or_default(),
+            // `parked` rebuilt it before keeping it.
+            Info::Message(envelope) => rebuild_info(envelope, hostname, limits).unwrap_or_else(|| {
+                tracing::warn!("the request info of a held ETA task did not read back from its message");
+                Map::new()
+            }),
         }
     }
 }
 
 /// `Request.info()` read again from a held message's kombu JSON text.
-fn rebuild_info(envelope: &str, hostname: &str) -> Option<Map> {
+/// Decoded within the worker's own limits, which admitted it.
+fn rebuild_info(envelope: &str, hostname: &str, limits: &DecodeLimits) -> Option<Map> {
     let envelope = celeriac_protocol::Envelope::from_slice(envelope.as_bytes()).ok()?;
-    let task = TaskMessage::from_message(&envelope.message).ok()?;
+    let task = TaskMessage::from_message_with(&envelope.message, limits).ok()?;
     Some(request_info(&task, &envelope, hostname))
 }
 
@@ -109,8 +115,8 @@ struct Tracked {
     /// `None` when it has none (most requests).
     stamps: Option<Box<Map>>,
     phase: Phase,
-    /// Made when the request is received, dropped while it waits for its
-    /// ETA (nothing terminates a task that is not running) and made again
+    /// Made when the request is received, dropped while the ETA timer holds
+    /// it (nothing terminates a task that is not running) and made again
     /// when it is due.
     terminate: Option<CancellationToken>,
     /// The signal a `revoke --terminate` named (15 for SIGTERM).
@@ -131,6 +137,9 @@ pub struct WorkerState {
     /// The worker's name, for the `hostname` of rebuilt request info (set
     /// by the first request received).
     hostname: OnceLock<Box<str>>,
+    /// The worker's decoding limits, for rebuilt request info (set by the
+    /// first request parked).
+    limits: OnceLock<DecodeLimits>,
 }
 
 impl WorkerState {
@@ -144,6 +153,7 @@ impl WorkerState {
             revoked: Revoked::load(statedb),
             revoked_stamps: RevokedStamps::default(),
             hostname: OnceLock::new(),
+            limits: OnceLock::new(),
         }
     }
 
@@ -173,12 +183,12 @@ impl WorkerState {
     /// `stats["total"]` and the heartbeat's `processed` include running tasks).
     pub fn set_phase(&self, id: &str, phase: Phase) {
         let mut accepted = None;
-        let hostname = self.hostname();
+        let (hostname, limits) = (self.hostname(), self.limits());
         {
             let mut r = lock(&self.requests);
             if let Some(t) = r.get_mut(id).and_then(|held| held.last_mut()) {
                 if let Phase::Active { time_start, acknowledged } = &phase {
-                    let info = t.info.map_mut(hostname);
+                    let info = t.info.map_mut(hostname, limits);
                     info.insert("time_start".into(), Value::Float(*time_start));
                     info.insert("acknowledged".into(), Value::Bool(*acknowledged));
                     info.insert("worker_pid".into(), Value::Int(i64::from(std::process::id())));
@@ -186,11 +196,10 @@ impl WorkerState {
                         accepted = info.get("name").and_then(Value::as_str).map(str::to_owned);
                     }
                 }
-                if matches!(phase, Phase::Scheduled { .. }) {
-                    // Packed or shared when the timer holds its message (`parked`).
-                    t.terminate = None;
-                } else {
-                    t.info.map_mut(hostname);
+                // A scheduled one's is packed or shared once the timer holds
+                // its message (`parked`).
+                if !matches!(phase, Phase::Scheduled { .. }) {
+                    t.info.map_mut(hostname, limits);
                 }
                 t.phase = phase;
             }
@@ -201,27 +210,52 @@ impl WorkerState {
         }
     }
 
-    /// A scheduled request (the latest under `id`) is now held by the ETA
-    /// timer as `envelope` (its kombu JSON text, `None` if the timer keeps
-    /// it parsed): its info is rebuilt from that text from now on instead of
-    /// being kept twice, or packed when there is no text.
+    /// A scheduled request (the latest scheduled under `id`) is now held by
+    /// the ETA timer as `envelope` (its kombu JSON text, `None` if the timer
+    /// keeps it parsed): its info is rebuilt from that text from now on
+    /// instead of being kept twice, or packed when there is no text; its
+    /// terminate token is dropped until it is due.
     ///
-    /// The text is kept only if the info rebuilt from it is the map held now
-    /// (it is, for a request just received): one parse per held task, done
-    /// outside the state's lock, that makes every later rebuild exact.
-    pub(crate) fn parked(&self, id: &str, envelope: Option<Arc<str>>) {
-        let rebuilt = envelope.as_deref().and_then(|text| rebuild_info(text, self.hostname()));
+    /// The text is kept only if the info rebuilt from it (within `limits`,
+    /// the worker's, which admitted it) is the map held now, as it is for a
+    /// request just received: one parse per held task, done outside the
+    /// state's lock, that makes every later rebuild exact.
+    pub(crate) fn parked(&self, id: &str, envelope: Option<Arc<str>>, limits: &DecodeLimits) {
+        let limits = self.limits.get_or_init(|| limits.clone());
+        let rebuilt = envelope.as_deref().and_then(|text| rebuild_info(text, self.hostname(), limits));
         let mut r = lock(&self.requests);
-        let Some(t) = r.get_mut(id).and_then(|held| held.last_mut()) else { return };
-        if !matches!(t.phase, Phase::Scheduled { .. }) {
-            return;
-        }
+        let Some(t) = r.get_mut(id).and_then(|held| latest_scheduled(held)) else { return };
+        t.terminate = None;
         match (envelope, rebuilt) {
             (Some(text), Some(rebuilt)) if matches!(&t.info, Info::Map(map) if **map == rebuilt) => {
                 t.info = Info::Message(text);
             }
             _ => t.info.pack(),
         }
+    }
+
+    /// A held request (the latest scheduled under `id`) is due: reserved
+    /// again with `info` (built by the caller from the message it has
+    /// parsed anyway, outside the lock); returns its terminate token, made
+    /// again. A fresh token if the request is no longer held.
+    pub(crate) fn due(&self, id: &str, task: &TaskMessage, delivery: &Delivery) -> CancellationToken {
+        let info = request_info(task, &delivery.envelope, self.hostname());
+        let mut r = lock(&self.requests);
+        let Some(t) = r.get_mut(id).and_then(|held| latest_scheduled(held)) else {
+            return CancellationToken::new();
+        };
+        t.phase = Phase::Reserved;
+        t.info = Info::Map(Box::new(info));
+        t.terminate.get_or_insert_with(CancellationToken::new).clone()
+    }
+
+    /// Whether a request under `id` is running (no info copied or rebuilt).
+    pub fn is_active(&self, id: &str) -> bool {
+        lock(&self.requests).get(id).is_some_and(|held| held.iter().any(|t| matches!(t.phase, Phase::Active { .. })))
+    }
+
+    fn limits(&self) -> &DecodeLimits {
+        self.limits.get_or_init(DecodeLimits::any_content)
     }
 
     fn hostname(&self) -> &str {
@@ -264,8 +298,8 @@ impl WorkerState {
             let r = lock(&self.requests);
             r.values().flatten().filter(|t| which(&t.phase)).map(|t| (t.phase.clone(), t.info.clone())).collect()
         };
-        let hostname = self.hostname();
-        let mut out: Vec<(Phase, Map)> = held.into_iter().map(|(p, info)| (p, info.to_map(hostname))).collect();
+        let (hostname, limits) = (self.hostname(), self.limits());
+        let mut out: Vec<(Phase, Map)> = held.into_iter().map(|(p, info)| (p, info.to_map(hostname, limits))).collect();
         out.sort_by(|a, b| a.1.get("id").map(Value::as_str).cmp(&b.1.get("id").map(Value::as_str)));
         out
     }
@@ -305,18 +339,7 @@ impl WorkerState {
             let running = held.iter().find(|t| matches!(t.phase, Phase::Active { .. }));
             running.or(held.last()).map(|t| (t.phase.clone(), t.info.clone()))?
         };
-        Some((phase, info.to_map(self.hostname())))
-    }
-
-    /// The token that terminates the request held under `id` (the latest
-    /// received), for a parked ETA task's second pass; a fresh token if none
-    /// is held.
-    pub(crate) fn terminate_token(&self, id: &str) -> CancellationToken {
-        let mut r = lock(&self.requests);
-        match r.get_mut(id).and_then(|held| held.last_mut()) {
-            Some(t) => t.terminate.get_or_insert_with(CancellationToken::new).clone(),
-            None => CancellationToken::new(),
-        }
+        Some((phase, info.to_map(self.hostname(), self.limits())))
     }
 
     /// Terminates `id` if it is running, recording `signum` for its
@@ -391,6 +414,12 @@ impl WorkerState {
     pub fn revoked(&self) -> &Revoked {
         &self.revoked
     }
+}
+
+/// The latest request under one id that waits for its ETA (duplicates of an
+/// id can be received meanwhile).
+fn latest_scheduled(held: &mut [Tracked]) -> Option<&mut Tracked> {
+    held.iter_mut().rev().find(|t| matches!(t.phase, Phase::Scheduled { .. }))
 }
 
 /// `Request.info()`: what `inspect active/reserved/scheduled` show of a request.
@@ -841,8 +870,8 @@ mod tests {
         let mut info = Info::Map(Box::new(map.clone()));
         info.pack();
         assert!(matches!(info, Info::Packed(_)));
-        assert_eq!(info.to_map("h"), map);
-        info.map_mut("h").insert("acknowledged".into(), Value::Bool(true));
+        assert_eq!(info.to_map("h", &DecodeLimits::any_content()), map);
+        info.map_mut("h", &DecodeLimits::any_content()).insert("acknowledged".into(), Value::Bool(true));
         assert!(matches!(info, Info::Map(_)), "unpacked to be changed");
         // An info always reads back as it was (what JSON would carry
         // differently stays a map).
@@ -852,7 +881,7 @@ mod tests {
             map.insert("args".into(), Value::List(vec![odd.clone()]));
             let mut info = Info::Map(Box::new(map.clone()));
             info.pack();
-            assert_eq!(info.to_map("h"), map, "{odd:?}");
+            assert_eq!(info.to_map("h", &DecodeLimits::any_content()), map, "{odd:?}");
         }
     }
 
@@ -960,7 +989,7 @@ mod tests {
             // Without the message's text (a timer that keeps it parsed) the
             // info is packed instead.
             let text = parked.envelope_text().filter(|_| id == &ids[0]);
-            state.parked(id, text);
+            state.parked(id, text, &DecodeLimits::any_content());
             let shared = lock(&state.requests).get(id.as_str()).map(|h| matches!(h[0].info, Info::Message(_)));
             let packed = lock(&state.requests).get(id.as_str()).map(|h| matches!(h[0].info, Info::Packed(_)));
             assert_eq!((shared, packed), (Some(id == &ids[0]), Some(id != &ids[0])));
@@ -976,16 +1005,43 @@ mod tests {
             }
             assert!(lock(&state.requests)[id.as_str()][0].terminate.is_none(), "no token while it waits");
             // Due: reserved again, its info a map, a terminate token made.
-            state.set_phase(id, Phase::Reserved);
-            let token = state.terminate_token(id);
+            let mut again = parked.unpark().unwrap();
+            let token = state.due(id, &task, &again);
             assert!(!token.is_cancelled());
-            assert_eq!(state.reserved().len(), 1);
+            assert_eq!(state.reserved(), [before.clone()]);
             state.set_phase(id, Phase::Active { time_start: 1.0, acknowledged: false });
             assert!(state.terminate(id, 15));
             assert!(token.is_cancelled(), "the token made at due is the one terminate cancels");
             state.finished(id, "tasks.add", true);
-            parked.unpark().unwrap().ack().await.unwrap();
+            again.ack().await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_id_received_while_one_waits_for_its_eta_keeps_its_own_terminate_token() {
+        use celeriac_broker::{Broker, MemoryBroker, Producer, ProducerConfig, SendOptions};
+        let broker = Broker::Memory(MemoryBroker::default());
+        broker.declare_queue("celery", "celery", "celery").await.unwrap();
+        let producer = Producer::new(broker.clone(), ProducerConfig::default());
+        let id = producer.send_task("tasks.add", Vec::new(), Map::new(), SendOptions::default()).await.unwrap();
+        let options = SendOptions { task_id: Some(id.clone()), ..SendOptions::default() };
+        producer.send_task("tasks.add", Vec::new(), Map::new(), options).await.unwrap();
+        let mut consumer = broker.consumer(&["celery".to_owned()], 2);
+        let (first, mut second) = (consumer.next().await.unwrap().unwrap(), consumer.next().await.unwrap().unwrap());
+        let task = TaskMessage::from_message(first.message()).unwrap();
+        let state = WorkerState::new(None);
+        state.received(&task, &first, "w@h");
+        state.set_phase(&id, Phase::Scheduled { eta: "2026-12-03T00:00:00+00:00".into(), priority: 0 });
+        // The duplicate arrives before the first is parked.
+        let token = state.received(&task, &second, "w@h");
+        let parked = first.park();
+        state.parked(&id, parked.envelope_text(), &DecodeLimits::any_content());
+        state.set_phase(&id, Phase::Active { time_start: 1.0, acknowledged: false });
+        assert!(state.terminate(&id, 15));
+        assert!(token.is_cancelled(), "the running duplicate's own token is cancelled");
+        state.finished(&id, "tasks.add", true);
+        second.ack().await.unwrap();
+        parked.unpark().unwrap().ack().await.unwrap();
     }
 
     #[test]

@@ -35,6 +35,11 @@ impl Acceptance {
         });
         Acceptance { limits: DecodeLimits::new(accept, max_size) }
     }
+
+    /// The decoding bounds (also those a held message is read again within).
+    pub(crate) fn limits(&self) -> &DecodeLimits {
+        &self.limits
+    }
 }
 
 /// A message that will not run (see the module docs).

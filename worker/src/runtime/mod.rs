@@ -649,7 +649,7 @@ impl Shared {
             Ok(Flow::Done) => {}
             Ok(Flow::Park(eta, id)) => {
                 let delivery = delivery.park();
-                self.state.parked(&id, delivery.envelope_text());
+                self.state.parked(&id, delivery.envelope_text(), self.acceptance.limits());
                 let parked = timer::Parked { delivery, eta };
                 if let Err(mpsc::error::SendError(mut parked)) = lane.park.send(parked) {
                     // The timer has stopped with the worker: restored on shutdown.
@@ -705,10 +705,7 @@ impl Shared {
                     }
                     terminate
                 }
-                Pass::Due => {
-                    self.state.set_phase(id, crate::state::Phase::Reserved);
-                    self.state.terminate_token(id)
-                }
+                Pass::Due => self.state.due(id, &task, delivery),
             };
             let tracked = Tracked { state: &self.state, id, name, kept: false };
             if pass == Pass::Due {
