@@ -1008,7 +1008,7 @@ mod tests {
             let mut again = parked.unpark().unwrap();
             let token = state.due(id, &task, &again);
             assert!(!token.is_cancelled());
-            assert_eq!(state.reserved(), [before.clone()]);
+            assert_eq!(state.reserved(), std::slice::from_ref(&before));
             state.set_phase(id, Phase::Active { time_start: 1.0, acknowledged: false });
             assert!(state.terminate(id, 15));
             assert!(token.is_cancelled(), "the token made at due is the one terminate cancels");
