@@ -4,7 +4,11 @@
 //!
 //! ```text
 //! amqp-bench [--smoke] [--drain N] [--only celeriac,prefork,rusty] [--no-markdown] [--ceiling]
+//!            [-c N] [--prefetch-multiplier N]
 //! ```
+//!
+//! `-c` and `--prefetch-multiplier` change celeriac's worker settings (the
+//! defaults are the Redis drain's: `-c 64 --prefetch-multiplier 4`).
 //!
 //! `--ceiling` then measures what RabbitMQ itself allows on this machine,
 //! with no worker: a bare lapin consumer draining the same number of tasks
@@ -44,6 +48,10 @@ fn main() -> ExitCode {
                 markdown = None;
                 true
             }
+            "-c" => it.next().and_then(|v| v.parse().ok()).map(|n| plan.celeriac_concurrency = n).is_some(),
+            "--prefetch-multiplier" => {
+                it.next().and_then(|v| v.parse().ok()).map(|n| plan.celeriac_prefetch_multiplier = n).is_some()
+            }
             "--ceiling" => {
                 ceiling = true;
                 true
@@ -52,7 +60,8 @@ fn main() -> ExitCode {
         };
         if !fine {
             eprintln!(
-                "usage: amqp-bench [--smoke] [--drain N] [--only celeriac,prefork,rusty] [--no-markdown] [--ceiling]"
+                "usage: amqp-bench [--smoke] [--drain N] [--only celeriac,prefork,rusty] [--no-markdown] [--ceiling] \
+                 [-c N] [--prefetch-multiplier N]"
             );
             return ExitCode::from(2);
         }

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use celeriac_protocol::envelope::{BodyEncoding, DeliveryInfo};
 use celeriac_protocol::Envelope;
 use futures_util::stream::{BoxStream, SelectAll};
 use futures_util::StreamExt as _;
@@ -255,9 +256,19 @@ impl Session<'_> {
             }
         };
         self.remember_reply_route(&message);
-        let mut envelope = Envelope::new(message, d.exchange.as_str(), d.routing_key.as_str());
-        envelope.delivery_tag = tag.to_string();
-        envelope.delivery_info.redelivered = Some(d.redelivered);
+        // Built here rather than with `Envelope::new`, which makes a uuid tag
+        // only to have it replaced by the broker's.
+        let envelope = Envelope {
+            message,
+            delivery_info: DeliveryInfo {
+                exchange: d.exchange.as_str().to_owned(),
+                routing_key: d.routing_key.as_str().to_owned(),
+                redelivered: Some(d.redelivered),
+                ..DeliveryInfo::default()
+            },
+            delivery_tag: tag.to_string(),
+            body_encoding: BodyEncoding::Base64,
+        };
         let seq = self.window.hold(&envelope.delivery_tag, Some(self.session.to_string()));
         let delivery = Delivery::new(envelope, queue, self.settler.clone() as Settler, self.window.clone(), seq);
         if self.tx.send(Ok(delivery)).is_err() {

@@ -185,6 +185,7 @@ impl ServerCertVerifier for AnyCertificate {
 
 /// Connects `uri` (TCP, then the TLS handshake through `connector`), as
 /// lapin's own `connect_with_config` does but with our rustls configuration.
+#[allow(clippy::result_large_err)] // lapin's connector type, not ours to shrink
 pub(crate) fn connect_fn(
     connector: RustlsConnector,
 ) -> Box<dyn FnOnce(&lapin::uri::AMQPUri) -> lapin::tcp::HandshakeResult + Send + Sync> {
