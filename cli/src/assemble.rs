@@ -312,6 +312,23 @@ mod tests {
     }
 
     #[test]
+    fn broker_use_ssl_on_amqps_takes_py_amqps_names() {
+        // cert_reqs = CERT_NONE: no CA needed (a warning at startup).
+        let s = settings("broker_url = \"amqps://localhost\"\n[broker_use_ssl]\ncert_reqs = \"CERT_NONE\"\n");
+        assert!(broker(&s).is_ok());
+        // The files are read at startup: a missing one is named.
+        let s = settings(
+            "broker_url = \"amqps://localhost\"\n[broker_use_ssl]\nca_certs = \"/nonexistent/ca.pem\"\n\
+             certfile = \"/nonexistent/client.pem\"\nkeyfile = \"/nonexistent/client.key\"\n",
+        );
+        let err = broker(&s).map(drop).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/"), "{err}");
+        let s = settings("broker_url = \"amqps://localhost\"\n[broker_use_ssl]\ncert_reqs = \"sometimes\"\n");
+        let err = broker(&s).map(drop).unwrap_err().to_string();
+        assert!(err.contains("broker_use_ssl.cert_reqs") && err.contains("CERT_NONE"), "{err}");
+    }
+
+    #[test]
     fn sentinel_with_tls_settings_is_tls_for_the_broker_and_the_backend() {
         let s = settings(
             "broker_url = \"sentinel://:s3cret@127.0.0.1:26379/0\"\n\
