@@ -25,7 +25,7 @@ use std::time::Duration;
 use celeriac_protocol::envelope::{BodyEncoding, DeliveryInfo};
 use celeriac_protocol::Envelope;
 use futures_util::stream::{BoxStream, SelectAll};
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use lapin::Channel;
@@ -187,11 +187,22 @@ impl Session<'_> {
                         return Err(inner.error("consuming", lapin::Error::InvalidChannelState(channel.status().state())));
                     }
                 }
-                item = streams.next(), if !streams.is_empty() => match item {
-                    Some((queue, Ok(delivery))) => self.deliver(queue, delivery).await?,
-                    Some((_, Err(e))) => return Err(inner.error("consuming", e)),
-                    None => {}
-                },
+                item = streams.next(), if !streams.is_empty() => {
+                    // Then what else is ready already (up to a prefetch window's worth),
+                    // without going round the select for each.
+                    let mut item = item;
+                    let mut budget = self.window.prefetch().clamp(1, 1024);
+                    while let Some(next) = item.take() {
+                        match next {
+                            (queue, Ok(delivery)) => self.deliver(queue, delivery).await?,
+                            (_, Err(e)) => return Err(inner.error("consuming", e)),
+                        }
+                        budget -= 1;
+                        if budget > 0 {
+                            item = streams.next().now_or_never().flatten();
+                        }
+                    }
+                }
             }
         }
     }
