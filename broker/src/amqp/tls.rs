@@ -190,7 +190,12 @@ pub(crate) fn connect_fn(
     connector: RustlsConnector,
 ) -> Box<dyn FnOnce(&lapin::uri::AMQPUri) -> lapin::tcp::HandshakeResult + Send + Sync> {
     Box::new(move |uri: &lapin::uri::AMQPUri| {
-        let address = format!("{}:{}", uri.authority.host, uri.authority.port);
+        let host = &uri.authority.host;
+        let address = if host.contains(':') {
+            format!("[{host}]:{}", uri.authority.port) // an IPv6 address
+        } else {
+            format!("{host}:{}", uri.authority.port)
+        };
         let stream = match uri.query.connection_timeout {
             Some(ms) => TcpStream::connect_timeout(address, std::time::Duration::from_millis(ms)),
             None => TcpStream::connect(address),
