@@ -78,7 +78,7 @@ pub fn broker(settings: &Settings) -> Result<Broker, CliError> {
 
 /// The RabbitMQ broker for an `amqp://`/`amqps://` `broker_url`: the
 /// topology settings (`task_queues`, `task_default_*`, quorum queues), the
-/// connection settings and `broker_use_ssl`'s CA.
+/// connection settings and `broker_use_ssl` (CA, client certificate, `cert_reqs`).
 fn amqp_broker(settings: &Settings) -> Result<Broker, CliError> {
     use celeriac_broker::amqp::{AmqpOptions, QueueSpec};
     let mut o = AmqpOptions::from_url(&settings.broker_url)?;
@@ -110,17 +110,19 @@ fn amqp_broker(settings: &Settings) -> Result<Broker, CliError> {
         o.queues.insert(name.clone(), spec);
     }
     if let Some(ssl) = &settings.broker_use_ssl {
-        if ssl.ssl_certfile.is_some() || ssl.ssl_keyfile.is_some() {
-            return Err(CliError::Setting(
-                "broker_use_ssl: client certificates are not supported on amqps:// yet; use user and password".into(),
-            ));
+        // `cert_reqs` left at its default does not undo an `ssl_cert_reqs` of the URL.
+        let cert_reqs = Some(&ssl.ssl_cert_reqs).filter(|r| !r.eq_ignore_ascii_case("required"));
+        let pairs = [
+            ("cert_reqs", cert_reqs),
+            ("ca_certs", ssl.ssl_ca_certs.as_ref()),
+            ("certfile", ssl.ssl_certfile.as_ref()),
+            ("keyfile", ssl.ssl_keyfile.as_ref()),
+        ];
+        for (key, value) in pairs {
+            if let Some(value) = value {
+                o.tls.set(key, value).map_err(|e| CliError::Setting(format!("broker_use_ssl.{key}: {e}")))?;
+            }
         }
-        if ssl.ssl_cert_reqs.eq_ignore_ascii_case("none") || ssl.ssl_cert_reqs.eq_ignore_ascii_case("cert_none") {
-            return Err(CliError::Setting(
-                "broker_use_ssl: amqps:// always verifies the broker's certificate; give ssl_ca_certs instead of ssl_cert_reqs=none".into(),
-            ));
-        }
-        o.tls.ca_certs = ssl.ssl_ca_certs.as_ref().map(std::path::PathBuf::from);
     }
     Ok(Broker::new(celeriac_broker::AmqpBroker::new(o)?))
 }
@@ -307,6 +309,23 @@ mod tests {
 
     fn settings(toml: &str) -> Settings {
         celeriac_config::load_from_str(toml, "", Vec::new()).unwrap().settings
+    }
+
+    #[test]
+    fn broker_use_ssl_on_amqps_takes_py_amqps_names() {
+        // cert_reqs = CERT_NONE: no CA needed (a warning at startup).
+        let s = settings("broker_url = \"amqps://localhost\"\n[broker_use_ssl]\ncert_reqs = \"CERT_NONE\"\n");
+        assert!(broker(&s).is_ok());
+        // The files are read at startup: a missing one is named.
+        let s = settings(
+            "broker_url = \"amqps://localhost\"\n[broker_use_ssl]\nca_certs = \"/nonexistent/ca.pem\"\n\
+             certfile = \"/nonexistent/client.pem\"\nkeyfile = \"/nonexistent/client.key\"\n",
+        );
+        let err = broker(&s).map(drop).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/"), "{err}");
+        let s = settings("broker_url = \"amqps://localhost\"\n[broker_use_ssl]\ncert_reqs = \"sometimes\"\n");
+        let err = broker(&s).map(drop).unwrap_err().to_string();
+        assert!(err.contains("broker_use_ssl.cert_reqs") && err.contains("CERT_NONE"), "{err}");
     }
 
     #[test]

@@ -386,17 +386,23 @@ impl Default for RetryPolicySettings {
     }
 }
 
-/// TLS settings, under kombu's and redis-py's names.
+/// TLS settings, under kombu's and redis-py's names (`ssl_cert_reqs`, ...)
+/// or py-amqp's, which `broker_use_ssl` takes on RabbitMQ (`cert_reqs`,
+/// `ca_certs`, `certfile`, `keyfile`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsSettings {
-    /// `required` (default), `optional` or `none`.
+    /// `required` (default), `optional` or `none` (also `CERT_NONE`, ...).
+    #[serde(alias = "cert_reqs")]
     pub ssl_cert_reqs: String,
     /// CA bundle file.
+    #[serde(alias = "ca_certs")]
     pub ssl_ca_certs: Option<String>,
     /// Client certificate file.
+    #[serde(alias = "certfile")]
     pub ssl_certfile: Option<String>,
     /// Client key file.
+    #[serde(alias = "keyfile")]
     pub ssl_keyfile: Option<String>,
 }
 

@@ -38,7 +38,7 @@ pub use net::{free_port, wait_until};
 pub use process::LoggedProcess;
 pub use proxy::FaultProxy;
 pub use python::{python, python_calls, python_calls_on, repo_root, venv_python};
-pub use rabbitmq::{shared_amqp_url, shared_amqps, RabbitNode, AMQPS_URL_ENV, AMQP_CA_ENV, AMQP_URL_ENV};
+pub use rabbitmq::{shared_amqp_url, shared_amqps, NodeOptions, RabbitNode, AMQPS_URL_ENV, AMQP_CA_ENV, AMQP_URL_ENV};
 pub use redis::RedisServer;
 pub use sentinel::SentinelServer;
 pub use tls::TestCertificates;

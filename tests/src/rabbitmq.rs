@@ -34,6 +34,15 @@ pub const AMQPS_URL_ENV: &str = "CELERIAC_TEST_AMQPS_URL";
 /// The environment variable carrying the path of that private CA (PEM).
 pub const AMQP_CA_ENV: &str = "CELERIAC_TEST_AMQP_CA";
 
+/// How [`RabbitNode::start_with`] sets a node up.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeOptions {
+    /// The TLS listener asks for a client certificate and refuses a client
+    /// without one signed by the node's CA (`ssl_options.verify =
+    /// verify_peer`, `fail_if_no_peer_cert = true`); else it asks for none.
+    pub verify_clients: bool,
+}
+
 /// A running private RabbitMQ node, stopped on drop.
 #[derive(Debug)]
 pub struct RabbitNode {
@@ -52,6 +61,11 @@ impl RabbitNode {
     /// Starts a node and waits until it accepts AMQP connections, plain and
     /// over TLS.
     pub fn start() -> Result<RabbitNode, HarnessError> {
+        RabbitNode::start_with(NodeOptions::default())
+    }
+
+    /// [`RabbitNode::start`] with `options`.
+    pub fn start_with(options: NodeOptions) -> Result<RabbitNode, HarnessError> {
         let server_bin = ["/usr/lib/rabbitmq/bin/rabbitmq-server"]
             .iter()
             .map(PathBuf::from)
@@ -76,11 +90,13 @@ impl RabbitNode {
              ssl_options.cacertfile = {}\n\
              ssl_options.certfile = {}\n\
              ssl_options.keyfile = {}\n\
-             ssl_options.verify = verify_none\n\
-             ssl_options.fail_if_no_peer_cert = false\n",
+             ssl_options.verify = {}\n\
+             ssl_options.fail_if_no_peer_cert = {}\n",
             certificates.path("ca.pem"),
             certificates.path("server.pem"),
             certificates.path("server.key"),
+            if options.verify_clients { "verify_peer" } else { "verify_none" },
+            options.verify_clients,
         );
         std::fs::write(d.join("rabbitmq.conf"), conf).map_err(|e| HarnessError::io("writing rabbitmq.conf", e))?;
 
@@ -147,6 +163,36 @@ impl RabbitNode {
     /// The private CA (PEM) that signed the TLS listener's certificate.
     pub fn ca_file(&self) -> PathBuf {
         self.certificates.file("ca.pem")
+    }
+
+    /// The certificates of the TLS listener: its CA (`ca.pem`) and a client
+    /// certificate it signed (`client.pem`, `client.key`).
+    pub fn certificates(&self) -> &TestCertificates {
+        &self.certificates
+    }
+
+    /// Freezes the node (SIGSTOP to its process group, the Erlang VM
+    /// included): connections stay open but nothing answers, not even
+    /// heartbeats, until [`RabbitNode::resume`].
+    pub fn pause(&self) -> Result<(), HarnessError> {
+        self.signal_group("-STOP")
+    }
+
+    /// Lets a [`RabbitNode::pause`]d node run again (SIGCONT).
+    pub fn resume(&self) -> Result<(), HarnessError> {
+        self.signal_group("-CONT")
+    }
+
+    fn signal_group(&self, signal: &str) -> Result<(), HarnessError> {
+        let status = Command::new("kill")
+            .args([signal, "--", &format!("-{}", self.server.id())])
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| HarnessError::io("running kill", e))?;
+        if !status.success() {
+            return Err(HarnessError::io(format!("kill {signal}"), std::io::Error::other(status.to_string())));
+        }
+        Ok(())
     }
 
     /// The process id of `rabbitmq-server` (the Erlang VM runs below it).

@@ -384,3 +384,98 @@ async fn amqps_verifies_the_brokers_certificate() {
     let text = format!("{err} {err:?}").to_lowercase();
     assert!(text.contains("certificate") || text.contains("unknownissuer"), "{text}");
 }
+
+/// Acks finishing out of order go out batched (`basic.ack(multiple=true)`)
+/// and settle exactly the finished deliveries: after a reconnect only the
+/// ones still running (and the requeued one) come back, the rejected one
+/// never does, and nothing acked is delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_acks_settle_exactly_the_finished_deliveries() {
+    let Some(url) = celeriac_tests::amqp() else { return };
+    let q = unique("batch");
+    let amqp = AmqpBroker::from_url(&url).unwrap();
+    let b = Broker::new(amqp.clone());
+    b.declare_queue(&q, &q, &q).await.unwrap();
+    let producer = Producer::new(b.clone(), ProducerConfig::default());
+    const N: usize = 40;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let options = SendOptions { queue: Some(q.clone()), ..SendOptions::default() };
+        ids.push(producer.send_task("tasks.add", vec![Value::Int(i as i64)], Map::new(), options).await.unwrap());
+    }
+    let mut consumer = b.consumer(std::slice::from_ref(&q), N);
+    let mut got = Vec::new();
+    for _ in 0..N {
+        got.push(next(&mut consumer).await);
+    }
+    let id_of = |d: &celeriac_broker::Delivery| match d.message().headers.get("id") {
+        Some(Value::Str(s)) => s.clone(),
+        other => panic!("no id: {other:?}"),
+    };
+    assert_eq!(got.iter().map(id_of).collect::<Vec<_>>(), ids, "delivered in order");
+    // Still running: two near the end; requeued: one; rejected: one; the rest acked
+    // in a shuffled order, all at once.
+    let (running, requeued, rejected) = ([ids[36].clone(), ids[37].clone()], ids[20].clone(), ids[30].clone());
+    let mut acks = Vec::new();
+    let mut kept = Vec::new();
+    for mut d in got {
+        let id = id_of(&d);
+        if running.contains(&id) {
+            kept.push(d);
+        } else if id == requeued {
+            d.requeue().await.unwrap();
+        } else if id == rejected {
+            d.reject().await.unwrap();
+        } else {
+            acks.push(d);
+        }
+    }
+    // The requeued one comes straight back (there is room): it runs now too.
+    let again = next(&mut consumer).await;
+    assert_eq!(id_of(&again), requeued);
+    assert!(again.redelivered());
+    kept.push(again);
+    let mut seed = 7u64;
+    for i in (1..acks.len()).rev() {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        acks.swap(i, (seed >> 33) as usize % (i + 1));
+    }
+    let acked: Vec<String> = acks.iter().map(id_of).collect();
+    let results = futures_util::future::join_all(acks.iter_mut().map(|d| d.ack())).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let (count, frames) = amqp.ack_counts();
+    assert_eq!(count, acked.len() as u64);
+    assert!(frames < count / 4, "{count} acks in {frames} frames: not batched");
+
+    // The connection goes: RabbitMQ requeues what was not settled.
+    amqp.close().await;
+    let mut back = Vec::new();
+    for _ in 0..3 {
+        let d = next(&mut consumer).await;
+        assert!(d.redelivered());
+        back.push(d);
+    }
+    let mut back_ids: Vec<String> = back.iter().map(id_of).collect();
+    back_ids.sort();
+    let mut want = vec![running[0].clone(), running[1].clone(), requeued.clone()];
+    want.sort();
+    assert_eq!(back_ids, want, "exactly the unsettled ones come back");
+    for d in &mut back {
+        d.ack().await.unwrap();
+    }
+    // Anything else coming back would be queued ahead of this one.
+    let options = SendOptions { queue: Some(q.clone()), ..SendOptions::default() };
+    let last = producer.send_task("tasks.add", vec![], Map::new(), options).await.unwrap();
+    let mut d = next(&mut consumer).await;
+    assert_eq!(id_of(&d), last, "no acked or rejected message was delivered again");
+    d.ack().await.unwrap();
+    assert!(!acked.contains(&rejected));
+    for mut d in kept {
+        // Their channel is gone (RabbitMQ redelivered them above): never acked on the new one.
+        let err = d.ack().await.unwrap_err();
+        assert!(matches!(err, celeriac_broker::BrokerError::ChannelGone { .. }), "{err}");
+    }
+    consumer.close().await;
+    assert_eq!(b.queue_len(&q).await.unwrap(), 0);
+    b.delete_queue(&q).await.unwrap();
+}

@@ -3,8 +3,19 @@
 //! node, the table written into BENCHMARKS.md between its AMQP markers.
 //!
 //! ```text
-//! amqp-bench [--smoke] [--drain N] [--only celeriac,prefork,rusty] [--no-markdown]
+//! amqp-bench [--smoke] [--drain N] [--only celeriac,prefork,rusty] [--no-markdown] [--ceiling]
+//!            [-c N] [--prefetch-multiplier N]
 //! ```
+//!
+//! `-c` and `--prefetch-multiplier` change celeriac's worker settings (the
+//! defaults are the Redis drain's: `-c 64 --prefetch-multiplier 4`).
+//!
+//! `--ceiling` then measures what RabbitMQ itself allows on this machine,
+//! with no worker: a bare lapin consumer draining the same number of tasks
+//! with `no_ack` (autoack), with one `basic.ack` per delivery, and with one
+//! `basic.ack(multiple=true)` per 64 deliveries; and celeriac's AMQP
+//! consumer alone (acking each delivery at once, batched as the worker's
+//! acks are). Printed only, not written into BENCHMARKS.md.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +33,7 @@ fn main() -> ExitCode {
         if args.iter().any(|a| a == "--smoke") { Plan::smoke(worker, rusty) } else { Plan::full(worker, rusty) };
     plan.peers = vec![Peer::Celeriac, Peer::PythonPrefork, Peer::Rusty];
     let mut markdown = Some(celeriac_tests::repo_root().join("BENCHMARKS.md"));
+    let mut ceiling = false;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let fine = match flag.as_str() {
@@ -36,10 +48,21 @@ fn main() -> ExitCode {
                 markdown = None;
                 true
             }
+            "-c" => it.next().and_then(|v| v.parse().ok()).map(|n| plan.celeriac_concurrency = n).is_some(),
+            "--prefetch-multiplier" => {
+                it.next().and_then(|v| v.parse().ok()).map(|n| plan.celeriac_prefetch_multiplier = n).is_some()
+            }
+            "--ceiling" => {
+                ceiling = true;
+                true
+            }
             _ => false,
         };
         if !fine {
-            eprintln!("usage: amqp-bench [--smoke] [--drain N] [--only celeriac,prefork,rusty] [--no-markdown]");
+            eprintln!(
+                "usage: amqp-bench [--smoke] [--drain N] [--only celeriac,prefork,rusty] [--no-markdown] [--ceiling] \
+                 [-c N] [--prefetch-multiplier N]"
+            );
             return ExitCode::from(2);
         }
     }
@@ -73,6 +96,14 @@ fn main() -> ExitCode {
         }
         runs.push((peer, run));
     }
+    if ceiling {
+        for mode in [Raw::AutoAck, Raw::AckEach, Raw::AckMultiple, Raw::Transport] {
+            match runtime.block_on(raw_drain(&node.url(), plan.drain_tasks, mode)) {
+                Ok(rate) => eprintln!("amqp-bench: ceiling, {} — {rate:.0} tasks/s", mode.label()),
+                Err(e) => eprintln!("amqp-bench: ceiling, {} failed: {e}", mode.label()),
+            }
+        }
+    }
     let section = amqp::markdown(&plan, &runs, &version, &machine, celeriac_bench::machine::load_average());
     println!("{section}");
     if let Some(path) = markdown {
@@ -91,4 +122,102 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// How `--ceiling` drains.
+#[derive(Clone, Copy, Debug)]
+enum Raw {
+    /// lapin, `no_ack`.
+    AutoAck,
+    /// lapin, `basic.ack` per delivery.
+    AckEach,
+    /// lapin, `basic.ack(multiple=true)` per 64 deliveries.
+    AckMultiple,
+    /// celeriac's AMQP consumer, each delivery acked at once.
+    Transport,
+}
+
+impl Raw {
+    fn label(self) -> &'static str {
+        match self {
+            Raw::AutoAck => "lapin consumer, autoack (no_ack)",
+            Raw::AckEach => "lapin consumer, one basic.ack per delivery",
+            Raw::AckMultiple => "lapin consumer, basic.ack(multiple) per 64 deliveries",
+            Raw::Transport => "celeriac AMQP consumer alone, acks batched",
+        }
+    }
+}
+
+/// Fills the bench queue with `tasks` no-op tasks, then drains it as `mode`
+/// says, prefetch 256; the rate from the first `basic.consume` to the last delivery handled.
+async fn raw_drain(url: &str, tasks: usize, mode: Raw) -> Result<f64, String> {
+    use celeriac_broker::{AmqpBroker, Broker, Producer, ProducerConfig};
+    use futures_util::StreamExt as _;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+
+    let amqp = AmqpBroker::from_url(url).map_err(|e| e.to_string())?;
+    let broker = Broker::new(amqp.clone());
+    let queue = amqp::QUEUE;
+    let _ = broker.delete_queue(queue).await;
+    broker.declare_queue(queue, queue, queue).await.map_err(|e| e.to_string())?;
+    let producer = Producer::new(broker.clone(), ProducerConfig::default());
+    celeriac_bench::load::send_many(
+        &producer,
+        "bench.noop",
+        vec![],
+        &celeriac_bench::load::to_queue(queue),
+        tasks,
+        256,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let start = std::time::Instant::now();
+    if let Raw::Transport = mode {
+        let mut consumer = broker.consumer(&[queue.to_owned()], 256);
+        let mut acks = futures_util::stream::FuturesUnordered::new();
+        let mut received = 0;
+        while received < tasks || !acks.is_empty() {
+            tokio::select! {
+                Some(d) = consumer.next(), if received < tasks => {
+                    let mut d = d.map_err(|e| e.to_string())?;
+                    received += 1;
+                    acks.push(async move { d.ack().await });
+                }
+                Some(done) = acks.next() => done.map_err(|e| e.to_string())?,
+            }
+        }
+        let rate = tasks as f64 / start.elapsed().as_secs_f64();
+        let (acked, frames) = amqp.ack_counts();
+        eprintln!("amqp-bench: ceiling, transport: {acked} acks in {frames} basic.ack frames");
+        consumer.close().await;
+        return Ok(rate);
+    }
+    let properties = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let conn = lapin::Connection::connect(url, properties).await.map_err(|e| e.to_string())?;
+    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    channel.basic_qos(256, BasicQosOptions { global: true }).await.map_err(|e| e.to_string())?;
+    let no_ack = matches!(mode, Raw::AutoAck);
+    let mut consumer = channel
+        .basic_consume(queue, "ceiling", BasicConsumeOptions { no_ack, ..Default::default() }, Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut received = 0;
+    while received < tasks {
+        let delivery = consumer.next().await.ok_or("the consumer ended")?.map_err(|e| e.to_string())?;
+        received += 1;
+        let tag = delivery.delivery_tag;
+        match mode {
+            Raw::AckEach => channel.basic_ack(tag, BasicAckOptions { multiple: false }).await,
+            Raw::AckMultiple if received % 64 == 0 || received == tasks => {
+                channel.basic_ack(tag, BasicAckOptions { multiple: true }).await
+            }
+            _ => Ok(()),
+        }
+        .map_err(|e| e.to_string())?;
+    }
+    let rate = tasks as f64 / start.elapsed().as_secs_f64();
+    let _ = conn.close(200, "done").await;
+    Ok(rate)
 }

@@ -5,7 +5,9 @@
 //! and lowered as ETA messages are held and released.
 //!
 //! Deliveries are settled on the channel they came on (`basic.ack`,
-//! `basic.reject` with or without requeue). When that channel is gone (a
+//! `basic.reject` with or without requeue). Acks ready together go out as one
+//! `basic.ack(multiple=true)` when no lower tag of the channel is still open
+//! (see `acks`); a reject or requeue is always one `basic.reject` of its tag. When that channel is gone (a
 //! lost connection, a closed channel) RabbitMQ has already put its unacked
 //! messages back, so a settle of such a delivery fails
 //! ([`BrokerError::ChannelGone`]) instead of acking a different message that
@@ -16,18 +18,21 @@
 //! settled, as it does when a Python worker stops.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use celeriac_protocol::envelope::{BodyEncoding, DeliveryInfo};
 use celeriac_protocol::Envelope;
 use futures_util::stream::{BoxStream, SelectAll};
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use lapin::Channel;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::acks::{AckBook, AckFrame, NotOpen};
 use super::{convert, AmqpInner, QueueType};
 use crate::consumer::{Consumer, Feed};
 use crate::delivery::Delivery;
@@ -44,7 +49,7 @@ pub(crate) fn start(inner: Arc<AmqpInner>, queues: &[String], prefetch: usize) -
     let window = Arc::new(Window::new(queues, prefetch, None, QueueOrderStrategy::RoundRobin));
     let (tx, rx) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
-    let settler = Arc::new(AmqpSettler { current: Mutex::new(None), url: inner.masked.clone() });
+    let settler = Arc::new(AmqpSettler::new(inner.masked.clone(), inner.ack_stats.clone()));
     let task = tokio::spawn(run(inner, window.clone(), tx, stop.clone(), settler.clone()));
     Consumer::new(window, rx, stop, vec![task], settler as Settler)
 }
@@ -66,7 +71,11 @@ async fn run(inner: Arc<AmqpInner>, window: Arc<Window>, tx: Feed, stop: Cancell
         }
         let delay = backoff.next_delay();
         if error.is_transient() {
-            tracing::warn!(error = %error, retry_in = ?delay, "consumer: connection to broker lost; reconnecting");
+            tracing::warn!(
+                error = %error,
+                retry_in = ?delay,
+                "consumer: Connection to broker lost. Trying to re-establish the connection..."
+            );
         } else {
             tracing::error!(error = %error, retry_in = ?delay, "consumer: cannot consume; trying again");
         }
@@ -178,11 +187,22 @@ impl Session<'_> {
                         return Err(inner.error("consuming", lapin::Error::InvalidChannelState(channel.status().state())));
                     }
                 }
-                item = streams.next(), if !streams.is_empty() => match item {
-                    Some((queue, Ok(delivery))) => self.deliver(&channel, queue, delivery).await?,
-                    Some((_, Err(e))) => return Err(inner.error("consuming", e)),
-                    None => {}
-                },
+                item = streams.next(), if !streams.is_empty() => {
+                    // Then what else is ready already (up to a prefetch window's worth),
+                    // without going round the select for each.
+                    let mut item = item;
+                    let mut budget = self.window.prefetch().clamp(1, 1024);
+                    while let Some(next) = item.take() {
+                        match next {
+                            (queue, Ok(delivery)) => self.deliver(queue, delivery).await?,
+                            (_, Err(e)) => return Err(inner.error("consuming", e)),
+                        }
+                        budget -= 1;
+                        if budget > 0 {
+                            item = streams.next().now_or_never().flatten();
+                        }
+                    }
+                }
             }
         }
     }
@@ -225,22 +245,17 @@ impl Session<'_> {
         Ok(())
     }
 
-    async fn deliver(&self, channel: &Channel, queue: String, d: lapin::message::Delivery) -> Result<(), BrokerError> {
+    async fn deliver(&self, queue: String, d: lapin::message::Delivery) -> Result<(), BrokerError> {
         let tag = d.delivery_tag;
+        self.settler.seen(self.session, tag);
         if !self.window.is_active(&queue) {
             // Cancelled while this was on its way: back to the queue.
-            return channel
-                .basic_reject(tag, BasicRejectOptions { requeue: true })
-                .await
-                .map_err(|e| self.inner.error("requeueing", e));
+            return self.settler.reject_tag(self.session, tag, true).await;
         }
         let message = match convert::from_delivery(&d.properties, d.data) {
             Ok(message) => message,
             Err(_) => {
-                channel
-                    .basic_reject(tag, BasicRejectOptions { requeue: false })
-                    .await
-                    .map_err(|e| self.inner.error("rejecting", e))?;
+                self.settler.reject_tag(self.session, tag, false).await?;
                 let _ = self.tx.send(Err(BrokerError::Undecodable {
                     queue,
                     kind: "too_deep",
@@ -252,9 +267,19 @@ impl Session<'_> {
             }
         };
         self.remember_reply_route(&message);
-        let mut envelope = Envelope::new(message, d.exchange.as_str(), d.routing_key.as_str());
-        envelope.delivery_tag = tag.to_string();
-        envelope.delivery_info.redelivered = Some(d.redelivered);
+        // Built here rather than with `Envelope::new`, which makes a uuid tag
+        // only to have it replaced by the broker's.
+        let envelope = Envelope {
+            message,
+            delivery_info: DeliveryInfo {
+                exchange: d.exchange.as_str().to_owned(),
+                routing_key: d.routing_key.as_str().to_owned(),
+                redelivered: Some(d.redelivered),
+                ..DeliveryInfo::default()
+            },
+            delivery_tag: tag.to_string(),
+            body_encoding: BodyEncoding::Base64,
+        };
         let seq = self.window.hold(&envelope.delivery_tag, Some(self.session.to_string()));
         let delivery = Delivery::new(envelope, queue, self.settler.clone() as Settler, self.window.clone(), seq);
         if self.tx.send(Ok(delivery)).is_err() {
@@ -264,31 +289,86 @@ impl Session<'_> {
     }
 }
 
+/// What waits for an ack frame to be sent.
+type AckWaiter = oneshot::Sender<Result<(), lapin::Error>>;
+
+/// The consumer's current channel and its tags' bookkeeping.
+#[derive(Debug)]
+struct Current {
+    session: u64,
+    channel: Channel,
+    book: AckBook<AckWaiter>,
+}
+
 /// Settles deliveries on the channel they came on (see the module docs).
 /// A held delivery records its channel's session in its first score.
+///
+/// Acks go through the channel's [`AckBook`]: an ack asked for while
+/// another is being sent waits for it and then goes out with every ack
+/// that gathered meanwhile, as one `basic.ack(multiple=true)` where the
+/// book allows it.
 #[derive(Debug)]
 pub(crate) struct AmqpSettler {
-    current: Mutex<Option<(u64, Channel)>>,
+    current: Mutex<Option<Current>>,
+    /// Held by whoever sends the gathered acks (one sender at a time keeps
+    /// the frames in the order they were planned).
+    sending: tokio::sync::Mutex<()>,
     url: String,
+    stats: Arc<AckStats>,
+}
+
+/// Acks sent by a broker handle's consumers, and in how many frames.
+#[derive(Debug, Default)]
+pub(crate) struct AckStats {
+    /// Deliveries acked.
+    pub acked: AtomicU64,
+    /// `basic.ack` frames sent for them.
+    pub frames: AtomicU64,
 }
 
 impl AmqpSettler {
+    pub(crate) fn new(url: String, stats: Arc<AckStats>) -> AmqpSettler {
+        AmqpSettler { current: Mutex::new(None), sending: tokio::sync::Mutex::new(()), url, stats }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Current>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn set(&self, session: u64, channel: Channel) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((session, channel));
+        *self.lock() = Some(Current { session, channel, book: AckBook::default() });
     }
 
     fn clear(&self) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.lock() = None;
     }
 
-    /// The channel `held` came on and its tag, if that channel is still open.
-    fn channel_for(&self, held: &Held) -> Result<(Channel, u64), BrokerError> {
+    /// Records a delivery of channel `session`.
+    fn seen(&self, session: u64, tag: u64) {
+        if let Some(c) = self.lock().as_mut().filter(|c| c.session == session) {
+            c.book.seen(tag);
+        }
+    }
+
+    /// The session and tag `held` came with.
+    fn parse(held: &Held) -> Result<(u64, u64), BrokerError> {
         let gone = || BrokerError::ChannelGone { tag: held.tag.clone() };
         let session: u64 = held.scores.first().and_then(|s| s.parse().ok()).ok_or_else(gone)?;
         let tag: u64 = held.tag.parse().map_err(|_| gone())?;
-        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        match current.as_ref() {
-            Some((s, channel)) if *s == session && channel.status().connected() => Ok((channel.clone(), tag)),
+        Ok((session, tag))
+    }
+
+    /// Runs `f` on the current channel if it is still `session`'s and open.
+    fn with_current<T>(
+        &self,
+        session: u64,
+        tag: u64,
+        f: impl FnOnce(&mut Current) -> Result<T, NotOpen>,
+    ) -> Result<T, BrokerError> {
+        let gone = || BrokerError::ChannelGone { tag: tag.to_string() };
+        let mut current = self.lock();
+        match current.as_mut() {
+            Some(c) if c.session == session && c.channel.status().connected() => f(c).map_err(|_| gone()),
             _ => Err(gone()),
         }
     }
@@ -297,17 +377,59 @@ impl AmqpSettler {
         BrokerError::Amqp { url: self.url.clone(), source: e }
     }
 
+    async fn ack_tag(&self, session: u64, tag: u64) -> Result<(), BrokerError> {
+        let (tx, mut rx) = oneshot::channel();
+        self.with_current(session, tag, |c| c.book.request_ack(tag, tx))?;
+        let gone = || BrokerError::ChannelGone { tag: tag.to_string() };
+        let sending = self.sending.lock().await;
+        match rx.try_recv() {
+            Ok(result) => return result.map_err(|e| self.lapin_error(e)),
+            Err(oneshot::error::TryRecvError::Closed) => return Err(gone()),
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
+        // Nobody sent it yet: send it, with every ack gathered meanwhile.
+        let planned = {
+            let mut current = self.lock();
+            current.as_mut().filter(|c| c.session == session).map(|c| (c.channel.clone(), c.book.plan()))
+        };
+        if let Some((channel, plan)) = planned {
+            for (frame, waiters) in plan {
+                let multiple = matches!(frame, AckFrame::Multiple(_));
+                let result = channel.basic_ack(frame.tag(), BasicAckOptions { multiple }).await;
+                if result.is_ok() {
+                    self.stats.acked.fetch_add(waiters.len() as u64, Ordering::Relaxed);
+                    self.stats.frames.fetch_add(1, Ordering::Relaxed);
+                }
+                for waiter in waiters {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+        }
+        drop(sending);
+        rx.await.map_err(|_| gone())?.map_err(|e| self.lapin_error(e))
+    }
+
+    /// Exactly one `basic.reject` of `tag`; no multiple ack covers it meanwhile.
+    async fn reject_tag(&self, session: u64, tag: u64, requeue: bool) -> Result<(), BrokerError> {
+        let channel = self.with_current(session, tag, |c| c.book.begin_other(tag).map(|()| c.channel.clone()))?;
+        let result = channel.basic_reject(tag, BasicRejectOptions { requeue }).await;
+        if let Some(c) = self.lock().as_mut().filter(|c| c.session == session) {
+            c.book.finish_other(tag);
+        }
+        result.map_err(|e| self.lapin_error(e))
+    }
+
     async fn reject(&self, held: &Held, requeue: bool) -> Result<(), BrokerError> {
-        let (channel, tag) = self.channel_for(held)?;
-        channel.basic_reject(tag, BasicRejectOptions { requeue }).await.map_err(|e| self.lapin_error(e))
+        let (session, tag) = Self::parse(held)?;
+        self.reject_tag(session, tag, requeue).await
     }
 }
 
 impl Settle for AmqpSettler {
     fn ack<'a>(&'a self, held: &'a Held) -> BrokerFuture<'a, ()> {
         Box::pin(async move {
-            let (channel, tag) = self.channel_for(held)?;
-            channel.basic_ack(tag, BasicAckOptions { multiple: false }).await.map_err(|e| self.lapin_error(e))
+            let (session, tag) = Self::parse(held)?;
+            self.ack_tag(session, tag).await
         })
     }
 
@@ -319,12 +441,15 @@ impl Settle for AmqpSettler {
         Box::pin(AmqpSettler::reject(self, held, true))
     }
 
-    /// Nothing to do: RabbitMQ has no visibility timeout (mind its
-    /// `consumer_timeout` for ETAs further out than 30 minutes).
-    /// Nothing to refresh on RabbitMQ, but a delivery whose channel has
-    /// closed is no longer ours: RabbitMQ has redelivered it.
+    /// Nothing to refresh on RabbitMQ (it has no visibility timeout; mind its
+    /// `consumer_timeout` for ETAs further out than 30 minutes), but a
+    /// delivery whose channel has closed is no longer ours: RabbitMQ has
+    /// redelivered it.
     fn extend<'a>(&'a self, _window: &'a Window, _seq: u64, held: &'a Held) -> BrokerFuture<'a, ()> {
-        Box::pin(async move { self.channel_for(held).map(|_| ()) })
+        Box::pin(async move {
+            let (session, tag) = Self::parse(held)?;
+            self.with_current(session, tag, |_| Ok(()))
+        })
     }
 
     /// Requeues each held delivery whose channel is open; the others were

@@ -115,7 +115,7 @@ pub(crate) fn from_amqp(value: &AMQPValue, depth: usize) -> Result<Value, TooDee
 
 /// A field table as a map.
 pub(crate) fn from_table(table: &FieldTable, depth: usize) -> Result<Map, TooDeep> {
-    let mut map = Map::new();
+    let mut map = Map::with_capacity(table.inner().len());
     for (key, value) in table {
         map.insert(key.as_str().to_owned(), from_amqp(value, depth)?);
     }
@@ -180,7 +180,7 @@ pub(crate) fn from_delivery(properties: &BasicProperties, body: Vec<u8>) -> Resu
         Some(table) => from_table(table, 1)?,
         None => Map::new(),
     };
-    let mut props = Map::new();
+    let mut props = Map::with_capacity(4);
     let text = |v: &Option<ShortString>| v.as_ref().map(|s| Value::Str(s.as_str().to_owned()));
     let pairs = [
         ("correlation_id", text(properties.correlation_id())),

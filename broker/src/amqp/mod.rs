@@ -10,17 +10,21 @@
 //! - `consumer`: a channel per consumer with `basic.qos` following the
 //!   prefetch window (global for classic queues, per consumer for quorum
 //!   queues), deliveries acked/rejected on the channel they came on;
+//! - `acks`: which ready acks go out together as one `basic.ack(multiple=true)`;
 //! - `subscribe`: exclusive auto-delete queues bound to the remote-control
 //!   fanout or the events topic exchange;
 //! - `delayed`: Celery 5.5's native delayed delivery for quorum queues;
 //! - `convert`: messages to and from AMQP properties and field tables;
+//! - `tls`: `amqps://` with `broker_use_ssl` (CA, client certificate, `cert_reqs`);
 //! - `options`: URLs (failover lists), queue specs and settings.
 
+mod acks;
 mod consumer;
 mod convert;
 pub mod delayed;
 pub mod options;
 mod subscribe;
+mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -76,6 +80,8 @@ pub(crate) struct AmqpInner {
     tags: AtomicU64,
     /// Where results of consumed tasks go (see [`AmqpBroker::reply_to`]).
     pub replies: Mutex<ReplyRoutes>,
+    /// Acks sent by the consumers, and in how many frames.
+    pub ack_stats: Arc<consumer::AckStats>,
 }
 
 /// Most reply routes remembered; the oldest are forgotten first.
@@ -229,21 +235,18 @@ impl AmqpInner {
             .with_connection_name(LongString::from("celeriac"))
             .with_executor(tokio_executor_trait::Tokio::current())
             .with_reactor(tokio_reactor_trait::Tokio);
-        let mut tls = lapin::tcp::OwnedTLSConfig::default();
-        if endpoint.tls {
-            if let Some(path) = &self.options.tls.ca_certs {
-                let pem = std::fs::read_to_string(path).map_err(|source| BrokerError::TlsFile {
-                    what: "CA certificates",
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                tls.cert_chain = Some(pem);
+        let connecting = async {
+            if endpoint.tls {
+                let connector = tls::connector(&self.options.tls)?;
+                Connection::connector(uri, tls::connect_fn(connector), properties)
+                    .await
+                    .map_err(|e| tls::explain(&e, &endpoint.masked()).unwrap_or_else(|| self.error("connecting", e)))
+            } else {
+                Connection::connect_uri(uri, properties).await.map_err(|e| self.error("connecting", e))
             }
-        }
-        let connecting = Connection::connect_uri_with_config(uri, properties, tls);
+        };
         match tokio::time::timeout(self.options.connect_timeout, connecting).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(self.error("connecting", e)),
+            Ok(result) => result,
             Err(_) => Err(BrokerError::Amqp {
                 url: endpoint.masked(),
                 source: lapin::Error::IOError(Arc::new(std::io::Error::new(
@@ -494,20 +497,25 @@ pub(crate) fn lapin_kind(kind: ExchangeKind) -> lapin::ExchangeKind {
     }
 }
 
-/// Logs when RabbitMQ blocks the connection (a resource alarm: publishes
-/// wait) and when it lets it go, until the connection ends.
+/// Logs when RabbitMQ blocks the connection (a memory or disk alarm:
+/// RabbitMQ stops reading from publishing connections, so publishes and
+/// their confirms wait) and when it lets it go, until the connection ends.
+/// py-amqp's words for the reason are "connection blocked, see broker logs".
 fn watch_blocked(conn: Arc<Connection>) {
     tokio::spawn(async move {
         let mut blocked = false;
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
         while conn.status().connected() {
             tick.tick().await;
             let now = conn.status().blocked();
             if now != blocked {
                 if now {
-                    tracing::warn!("RabbitMQ blocked the connection (memory or disk alarm); publishing waits until it is unblocked");
+                    tracing::warn!(
+                        "Connection to broker blocked: connection blocked, see broker logs (a RabbitMQ memory or \
+                         disk alarm); publishing waits until it is unblocked"
+                    );
                 } else {
-                    tracing::info!("RabbitMQ unblocked the connection");
+                    tracing::info!("Connection to broker unblocked");
                 }
                 blocked = now;
             }
@@ -525,6 +533,13 @@ impl AmqpBroker {
     /// A broker for `options`; connects lazily, on first use.
     pub fn new(options: AmqpOptions) -> Result<AmqpBroker, BrokerError> {
         options.validate()?;
+        if options.endpoints.iter().any(|e| e.tls) {
+            // The files are read now too, so a bad one stops the start.
+            tls::connector(&options.tls)?;
+            if let Some(warning) = options.tls.cert_reqs.warning("broker") {
+                tracing::warn!("{warning}");
+            }
+        }
         let masked = options.endpoints.iter().map(AmqpEndpoint::masked).collect::<Vec<_>>().join(";");
         Ok(AmqpBroker {
             inner: Arc::new(AmqpInner {
@@ -538,6 +553,7 @@ impl AmqpBroker {
                 declared: Mutex::new((0, HashSet::new())),
                 tags: AtomicU64::new(0),
                 replies: Mutex::new(ReplyRoutes::default()),
+                ack_stats: Arc::default(),
             }),
         })
     }
@@ -697,6 +713,21 @@ impl AmqpBroker {
         queue: &str,
     ) -> Result<Subscription, BrokerError> {
         subscribe::subscribe(self.inner.clone(), exchange, binding_key, Some(queue.to_owned())).await
+    }
+
+    /// Deliveries acked by this handle's consumers, and the `basic.ack`
+    /// frames that carried them (fewer when acks were batched as
+    /// `multiple=true`).
+    pub fn ack_counts(&self) -> (u64, u64) {
+        let s = &self.inner.ack_stats;
+        (s.acked.load(Ordering::Relaxed), s.frames.load(Ordering::Relaxed))
+    }
+
+    /// Whether the connection is up now (false before first use, and from
+    /// when a lost connection is noticed, by a failed read or missed
+    /// heartbeats, until it is made again).
+    pub async fn is_connected(&self) -> bool {
+        self.inner.link.lock().await.as_ref().is_some_and(Link::alive)
     }
 
     /// Connections lost and replaced since start.

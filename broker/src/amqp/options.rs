@@ -6,7 +6,9 @@
 //!   paths are percent-decoded;
 //! - failover: several URLs joined by `;` (`amqp://h1;amqp://h2`), tried in
 //!   turn on every (re)connect, as kombu's `failover_strategy=round-robin`;
-//! - query: `heartbeat`, `connection_timeout` (ms), `frame_max`, `channel_max`.
+//! - query: `heartbeat`, `connection_timeout` (ms), `frame_max`, `channel_max`,
+//!   and for TLS `ssl_cert_reqs` (`none`/`CERT_NONE`, ...), `ssl_ca_certs`,
+//!   `ssl_certfile`, `ssl_keyfile`.
 //!
 //! The topology options (queue arguments, quorum queues, exchange types) come
 //! from the Celery settings through [`AmqpOptions`].
@@ -16,6 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use celeriac_protocol::Value;
+use celeriac_redisconn::CertReqs;
 
 use crate::error::BrokerError;
 use crate::exchange::ExchangeKind;
@@ -99,11 +102,48 @@ impl QueueSpec {
     }
 }
 
-/// TLS for `amqps://` (`broker_use_ssl`).
+/// TLS for `amqps://` (`broker_use_ssl`, or the `ssl_*` options of the
+/// URL), as py-amqp's `SSLTransport` takes it (see the `tls` module).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AmqpTls {
-    /// CA certificates (PEM) to verify the server with, beside the system's.
+    /// Whether the broker's certificate is verified (`cert_reqs`; `CERT_NONE` accepts any).
+    pub cert_reqs: CertReqs,
+    /// CA certificates (PEM) to verify the broker with, instead of the system's (`ca_certs`).
     pub ca_certs: Option<PathBuf>,
+    /// Client certificate (PEM) for brokers that ask for one (`certfile`).
+    pub certfile: Option<PathBuf>,
+    /// The client certificate's unencrypted PEM key (`keyfile`; default: a key inside `certfile`).
+    pub keyfile: Option<PathBuf>,
+}
+
+impl AmqpTls {
+    /// Sets one of `ssl_cert_reqs`/`cert_reqs`, `ssl_ca_certs`/`ca_certs`,
+    /// `ssl_certfile`/`certfile`, `ssl_keyfile`/`keyfile` (other keys: `false`).
+    /// `cert_reqs` takes what Celery accepts: `required`/`CERT_REQUIRED`,
+    /// `optional`/`CERT_OPTIONAL`, `none`/`CERT_NONE`, in any case, or
+    /// Python's `ssl.CERT_*` numbers 2, 1, 0.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<bool, BrokerError> {
+        match key.strip_prefix("ssl_").unwrap_or(key) {
+            "cert_reqs" => {
+                self.cert_reqs = match value.trim() {
+                    "0" => CertReqs::None,
+                    "1" => CertReqs::Optional,
+                    "2" => CertReqs::Required,
+                    text => text.parse().map_err(|_| {
+                        BrokerError::Config(format!(
+                            "{key}={value:?} names no certificate requirement; use CERT_REQUIRED, CERT_OPTIONAL or \
+                             CERT_NONE (or required, optional, none)"
+                        ))
+                    })?,
+                }
+            }
+            "ca_certs" => self.ca_certs = Some(value.into()),
+            "certfile" => self.certfile = Some(value.into()),
+            "keyfile" => self.keyfile = Some(value.into()),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
 }
 
 /// Everything the AMQP transport is configured with.
@@ -181,9 +221,20 @@ pub fn is_amqp_url(url: &str) -> bool {
 }
 
 impl AmqpOptions {
-    /// Options for `url` (one URL or a `;`-separated failover list), defaults otherwise.
+    /// Options for `url` (one URL or a `;`-separated failover list), defaults
+    /// otherwise; `ssl_*` options in an `amqps://` URL's query set [`AmqpOptions::tls`].
     pub fn from_url(url: &str) -> Result<AmqpOptions, BrokerError> {
-        Ok(AmqpOptions { endpoints: parse_urls(url)?, ..AmqpOptions::default() })
+        let mut tls = AmqpTls::default();
+        for one in url.split(';').map(str::trim).filter(|u| !u.is_empty()) {
+            let query = one.split_once('?').map_or("", |(_, q)| q);
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                if key.starts_with("ssl_") {
+                    tls.set(key, &decode(one, value)?)?;
+                }
+            }
+        }
+        Ok(AmqpOptions { endpoints: parse_urls(url)?, tls, ..AmqpOptions::default() })
     }
 
     /// The remote-control fanout exchange (`celery.pidbox`).
@@ -279,6 +330,7 @@ fn parse_one(url: &str) -> Result<AmqpEndpoint, BrokerError> {
             "connection_timeout" => endpoint.connection_timeout_ms = Some(number()?),
             "frame_max" => endpoint.frame_max = Some(u32::try_from(number()?).unwrap_or(u32::MAX)),
             "channel_max" => endpoint.channel_max = Some(u16::try_from(number()?).unwrap_or(u16::MAX)),
+            key if key.starts_with("ssl_") => {} // AmqpOptions::from_url reads them
             other => tracing::debug!(option = other, "ignoring an AMQP URL option celeriac does not use"),
         }
     }
@@ -323,6 +375,24 @@ mod tests {
         assert!(parse_urls("http://h").is_err());
         assert!(parse_urls("amqp://h/%zz").is_err());
         assert!(is_amqp_url("amqp://a;amqp://b") && is_amqp_url("pyamqp://x") && !is_amqp_url("redis://x"));
+    }
+
+    #[test]
+    fn tls_options_come_from_the_query_and_take_celerys_spellings() {
+        let o = AmqpOptions::from_url("amqps://h?ssl_cert_reqs=CERT_NONE&ssl_ca_certs=%2Fca.pem&heartbeat=5").unwrap();
+        assert_eq!(o.tls.cert_reqs, CertReqs::None);
+        assert_eq!(o.tls.ca_certs.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert_eq!(o.endpoints[0].heartbeat, Some(5));
+        let mut tls = AmqpTls::default();
+        for (value, want) in [("none", CertReqs::None), ("0", CertReqs::None), ("CERT_OPTIONAL", CertReqs::Optional)] {
+            assert!(tls.set("cert_reqs", value).unwrap());
+            assert_eq!(tls.cert_reqs, want, "{value}");
+        }
+        assert!(tls.set("ssl_certfile", "/c.pem").unwrap() && tls.set("keyfile", "/k.pem").unwrap());
+        assert!(!tls.set("ssl_version", "x").unwrap());
+        let err = tls.set("cert_reqs", "maybe").unwrap_err().to_string();
+        assert!(err.contains("CERT_NONE"), "{err}");
+        assert!(AmqpOptions::from_url("amqps://h?ssl_cert_reqs=sometimes").is_err());
     }
 
     #[test]
