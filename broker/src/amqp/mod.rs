@@ -237,10 +237,11 @@ impl AmqpInner {
             .with_reactor(tokio_reactor_trait::Tokio);
         let connecting = async {
             if endpoint.tls {
-                let connector = tls::connector(&self.options.tls)?;
-                Connection::connector(uri, tls::connect_fn(connector), properties)
-                    .await
-                    .map_err(|e| tls::explain(&e, &endpoint.masked()).unwrap_or_else(|| self.error("connecting", e)))
+                let (connector, asked) = tls::connector(&self.options.tls)?;
+                Connection::connector(uri, tls::connect_fn(connector), properties).await.map_err(|e| {
+                    tls::explain(&e, &endpoint.masked())
+                        .unwrap_or_else(|| self.error("connecting", tls::with_cert_hint(e, &asked)))
+                })
             } else {
                 Connection::connect_uri(uri, properties).await.map_err(|e| self.error("connecting", e))
             }

@@ -16,39 +16,76 @@
 //! change; they are not retried as a lost connection is.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use celeriac_redisconn::CertReqs;
 use lapin::tcp::{RustlsConnector, TcpStream};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::options::AmqpTls;
 use crate::error::BrokerError;
 
-/// Reads the files named by `tls` and builds the connector, once per connection attempt.
-pub(crate) fn connector(tls: &AmqpTls) -> Result<RustlsConnector, BrokerError> {
+/// Set when the broker asked for a client certificate during the
+/// handshake, with whether we had one to give: a connection the broker then
+/// drops (often seen as a broken pipe or a reset rather than its TLS alert,
+/// depending on timing) is explained by [`with_cert_hint`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CertAsked(Arc<AtomicU8>);
+
+// 0: not asked (yet).
+const ASKED_NONE: u8 = 1;
+const ASKED_SENT: u8 = 2;
+
+/// Our side of client authentication: the configured certificate, if any,
+/// given when the broker asks, and the asking remembered.
+#[derive(Debug)]
+struct ClientCert {
+    key: Option<Arc<CertifiedKey>>,
+    asked: CertAsked,
+}
+
+impl ResolvesClientCert for ClientCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.asked.0.store(if self.key.is_some() { ASKED_SENT } else { ASKED_NONE }, Ordering::Relaxed);
+        self.key.clone()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.key.is_some()
+    }
+}
+
+/// Reads the files named by `tls` and builds the connector, once per
+/// connection attempt, with what tells whether the broker asked for a
+/// client certificate we do not have.
+pub(crate) fn connector(tls: &AmqpTls) -> Result<(RustlsConnector, CertAsked), BrokerError> {
+    let asked = CertAsked::default();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| BrokerError::Config(format!("TLS: {e}")))?;
     let builder = if tls.cert_reqs == CertReqs::None {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider.clone())))
     } else {
         builder.with_root_certificates(roots(tls)?)
     };
-    let config = match client_identity(tls)? {
-        Some((certs, key)) => builder.with_client_auth_cert(certs, key).map_err(|e| {
+    let key = match client_identity(tls)? {
+        Some((certs, key)) => Some(Arc::new(CertifiedKey::from_der(certs, key, &provider).map_err(|e| {
             BrokerError::Config(format!(
                 "broker_use_ssl: the client certificate (certfile) and key (keyfile) do not go together: {e}"
             ))
-        })?,
-        None => builder.with_no_client_auth(),
+        })?)),
+        None => None,
     };
-    Ok(RustlsConnector::from(config))
+    let config = builder.with_client_cert_resolver(Arc::new(ClientCert { key, asked: asked.clone() }));
+    Ok((RustlsConnector::from(config), asked))
 }
 
 /// `ca_certs`, or the system's CAs.
@@ -230,6 +267,30 @@ pub(crate) fn explain(error: &lapin::Error, endpoint: &str) -> Option<BrokerErro
         return None;
     };
     Some(BrokerError::Config(format!("TLS with {endpoint} failed: {text}; {hint}")))
+}
+
+/// A connection the broker dropped after asking for a client certificate
+/// we do not have (seen as a broken pipe or a reset rather than a TLS
+/// alert, depending on timing) says so. It stays a lost connection, retried
+/// as one: the broker may also have gone away for another reason.
+pub(crate) fn with_cert_hint(error: lapin::Error, asked: &CertAsked) -> lapin::Error {
+    let hint = match asked.0.load(Ordering::Relaxed) {
+        ASKED_NONE => {
+            "the broker asked for a client certificate and none is configured: if it requires one, set \
+             broker_use_ssl certfile and keyfile"
+        }
+        ASKED_SENT => {
+            "the broker asked for our client certificate (certfile) and got it: if it does not trust it, use \
+             one signed by a CA the broker's ssl_options.cacertfile names"
+        }
+        _ => return error,
+    };
+    match error {
+        lapin::Error::IOError(io) => {
+            lapin::Error::IOError(Arc::new(std::io::Error::new(io.kind(), format!("{io} ({hint})"))))
+        }
+        other => other,
+    }
 }
 
 /// The rustls error inside an I/O error, as text.
