@@ -244,6 +244,10 @@ pub async fn memory(env: &Env, peer: Peer) -> Result<Memory, BenchError> {
 
 /// Key of the celeriac producer's awaited-loop row in [`enqueue`]'s result.
 pub const ENQUEUE_RUST_LOOP: &str = "celeriac Producer, awaited loop";
+/// Key of the celeriac producer's awaited loop on a current-thread runtime
+/// (no wake-ups between threads: what a sender-only program gets with
+/// `#[tokio::main(flavor = "current_thread")]`).
+pub const ENQUEUE_RUST_LOOP_CURRENT: &str = "celeriac Producer, awaited loop, current-thread runtime";
 /// Key of the celeriac producer's row with sends in flight together.
 pub const ENQUEUE_RUST_CONCURRENT: &str = "celeriac Producer, 256 sends in flight";
 /// Key of Python's row.
@@ -267,6 +271,13 @@ pub async fn enqueue(env: &Env) -> BTreeMap<&'static str, Outcome<Enqueue>> {
         };
         out.insert(key, run.await.map_err(|e| e.to_string()));
     }
+    let current = async {
+        env.probe.flush().await?;
+        let took = awaited_on_current_thread(env.broker.clone(), queue, count).await?;
+        check_count(env, queue, count + 1).await?;
+        Ok::<_, BenchError>(Enqueue { count, seconds: took.as_secs_f64() })
+    };
+    out.insert(ENQUEUE_RUST_LOOP_CURRENT, current.await.map_err(|e| e.to_string()));
     if let Some(python) = &env.plan.python {
         let mut cmd = std::process::Command::new(python);
         cmd.arg("produce.py").args([&env.broker, queue, &count.to_string()]).current_dir(&env.plan.python_dir);
@@ -276,6 +287,29 @@ pub async fn enqueue(env: &Env) -> BTreeMap<&'static str, Outcome<Enqueue>> {
     cmd.args(["produce", &env.broker, queue, &count.to_string()]);
     out.insert(ENQUEUE_RUSTY, external(env, cmd, queue, count).await.map_err(|e| e.to_string()));
     out
+}
+
+/// The awaited loop (one warm-up send, then `count` timed) with its own
+/// producer on a current-thread runtime in a thread of its own.
+async fn awaited_on_current_thread(broker: String, queue: &str, count: usize) -> Result<Duration, BenchError> {
+    let queue = queue.to_owned();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let took = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| BenchError::io("starting a current-thread runtime", e))
+            .and_then(|rt| {
+                rt.block_on(async {
+                    let producer = load::producer(&broker)?;
+                    let options = load::to_queue(&queue);
+                    load::send_many(&producer, "bench.noop", vec![], &options, 1, 1).await?;
+                    load::send_many(&producer, "bench.noop", vec![], &options, count, 1).await
+                })
+            });
+        let _ = tx.send(took);
+    });
+    rx.await.map_err(|_| BenchError::Other("the current-thread producer's thread ended early".into()))?
 }
 
 async fn check_count(env: &Env, queue: &str, want: usize) -> Result<(), BenchError> {
