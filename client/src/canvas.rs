@@ -24,6 +24,7 @@ use celeriac_protocol::signature::SignatureKind;
 use celeriac_protocol::{Map, Signature, Value};
 use futures_util::future::BoxFuture;
 
+pub use crate::engine::PlanLimits;
 use crate::engine::{Engine, Node, Op};
 
 /// Why a canvas could not be applied.
@@ -203,17 +204,25 @@ impl Call {
 pub struct Applier<'a> {
     producer: &'a Producer,
     chords: Option<&'a dyn ChordSizes>,
+    limits: PlanLimits,
 }
 
 impl<'a> Applier<'a> {
     /// Applies through `producer`; chords record their size in `chords`.
     pub fn new(producer: &'a Producer, chords: Option<&'a dyn ChordSizes>) -> Applier<'a> {
-        Applier { producer, chords }
+        Applier { producer, chords, limits: PlanLimits::default() }
+    }
+
+    /// Refuses canvases whose plan would exceed `limits` (a worker passes
+    /// its `worker_max_message_size` as the largest message).
+    pub fn with_limits(mut self, limits: PlanLimits) -> Applier<'a> {
+        self.limits = limits;
+        self
     }
 
     /// Plans applying `sig` with `call` (nothing is sent yet).
     pub fn plan(&self, sig: &Signature, call: Call) -> Result<Plan, CanvasError> {
-        plan(&self.producer.config().reply_to, sig, call)
+        plan_within(&self.producer.config().reply_to, sig, call, self.limits)
     }
 
     /// Sends the planned messages and writes the chord sizes, in order; a
@@ -279,9 +288,18 @@ impl<'a> Applier<'a> {
 /// Plans applying `sig` with `call`, as a worker whose replies go to
 /// `reply_to` (the `reply_to` frozen into the signatures).
 pub fn plan(reply_to: &str, sig: &Signature, call: Call) -> Result<Plan, CanvasError> {
+    plan_within(reply_to, sig, call, PlanLimits::default())
+}
+
+/// [`plan`], refused with [`CanvasError::Invalid`] when it would produce more
+/// than `limits` allow (nothing is sent then).
+pub fn plan_within(reply_to: &str, sig: &Signature, call: Call, limits: PlanLimits) -> Result<Plan, CanvasError> {
     let node = Node::from_value(&sig.to_value()).map_err(|e| invalid(sig, e.0))?;
-    let mut engine = Engine::new(reply_to);
+    let mut engine = Engine::with_limits(reply_to, limits);
     let applied = engine.apply_async(node, call.args, Map::new(), call.options).map_err(|e| invalid(sig, e.0))?;
+    if let Some(why) = engine.over_limits() {
+        return Err(invalid(sig, why.to_owned()));
+    }
     let applied_of = |engine: &Engine, r| Applied::from_tuple(&engine.tuple(r));
     let result = match applied {
         Some(r) => applied_of(&engine, r),
@@ -466,6 +484,62 @@ mod tests {
         assert_eq!(sent[0].2.get("group_id"), Some(&Value::Str(gid.clone())));
         assert!(sent[0].2.get("parent_id").is_none());
         assert!(matches!(plan.result(), Applied::Task(_)));
+    }
+
+    fn chord_sig(header: Vec<Signature>, body: Signature) -> Signature {
+        let mut group = Signature::new("celery.group");
+        group.subtask_type = Some("group".into());
+        group.kwargs.insert("tasks".into(), Value::List(header.iter().map(Signature::to_value).collect()));
+        let mut c = Signature::new("celery.chord");
+        c.subtask_type = Some("chord".into());
+        c.kwargs.insert("header".into(), group.to_value());
+        c.kwargs.insert("body".into(), body.to_value());
+        c.kwargs.insert("kwargs".into(), Value::Map(Map::new()));
+        c
+    }
+
+    /// Two-part chords nested in each other's bodies: every header part
+    /// carries a copy of the frozen body, so the plan doubles per level. A
+    /// few hundred bytes of message would need terabytes; the plan is
+    /// refused once it passes its budget, quickly and with a clear error.
+    #[test]
+    fn exponential_canvases_are_refused_within_the_budget() {
+        let mut sig = Signature::new("t.leaf");
+        for level in 0..40 {
+            sig = chord_sig(vec![Signature::new(format!("t.a{level}")), Signature::new("t.b")], sig);
+        }
+        assert!(json::to_string(&sig.to_value()).unwrap().len() < 100_000);
+        let started = std::time::Instant::now();
+        let limits = PlanLimits { total_bytes: 2 << 20, message_bytes: 1 << 20 };
+        let err = plan_within("r", &sig, Call::default(), limits).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, CanvasError::Invalid { .. }), "{err:?}");
+        assert!(text.contains("more than 2097152 bytes"), "{text}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "took {:?}", started.elapsed());
+        // A few levels fit, and plan as before.
+        let mut small = Signature::new("t.leaf");
+        for _ in 0..3 {
+            small = chord_sig(vec![Signature::new("t.a"), Signature::new("t.b")], small);
+        }
+        let planned = plan_within("r", &small, Call::default(), limits).unwrap();
+        assert_eq!(planned.messages().count(), 2);
+    }
+
+    /// One message bigger than `worker_max_message_size` is refused before
+    /// anything is sent.
+    #[test]
+    fn messages_over_the_size_limit_are_refused() {
+        let mut big = Signature::new("t.big");
+        big.args.push(Value::Str("x".repeat(10_000)));
+        let limits = PlanLimits { total_bytes: 1 << 20, message_bytes: 4096 };
+        let err = plan_within("r", &big, Call::default(), limits).unwrap_err();
+        assert!(err.to_string().contains("worker_max_message_size"), "{err}");
+        let mut group = Signature::new("celery.group");
+        group.subtask_type = Some("group".into());
+        let members = vec![Signature::new("t.ok").to_value(), big.to_value()];
+        group.kwargs.insert("tasks".into(), Value::List(members));
+        assert!(plan_within("r", &group, Call::default(), limits).is_err());
+        assert!(plan_within("r", &Signature::new("t.ok"), Call::default(), limits).is_ok());
     }
 
     /// Hostile signatures are refused, not panicked on.

@@ -165,6 +165,9 @@ impl Client {
                 task: sig.name().to_owned(),
                 reason: "an empty chain sends nothing".into(),
             })?;
+        if let Some(why) = engine.over_limits() {
+            return Err(CanvasError::Invalid { task: sig.name().to_owned(), reason: why.to_owned() });
+        }
         for op in std::mem::take(&mut engine.ops) {
             // Boxed: the producer's and backend's futures are deep, and a
             // caller's async fn that awaits several canvases would otherwise

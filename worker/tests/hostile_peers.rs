@@ -3,6 +3,8 @@
 //!
 //! - a late-ack task whose callback can never be published fails, as in
 //!   Celery, instead of holding its prefetch slot for the worker's life;
+//! - a callback bigger than `worker_max_message_size` fails the task
+//!   before anything is sent;
 //! - a result backend answering `LOADING` (a Redis restarted with
 //!   persistence) is waited for: the late-ack message is not acked away;
 //! - a message that cannot even be dead-lettered is refused once and left
@@ -129,6 +131,47 @@ async fn a_callback_that_can_never_be_sent_fails_the_task_instead_of_holding_its
     stop.cancel();
     run.await.unwrap();
     assert_eq!((memory.queue_len("celery"), memory.unacked_len()), (0, 0));
+}
+
+/// A link whose message would be bigger than `worker_max_message_size`
+/// (the task's large result is prepended to its arguments) is refused before
+/// anything is sent: every worker would refuse the message. The task fails
+/// with the reason and the late-ack message is settled. (A canvas whose plan
+/// would grow past the planning budget, such as chords nested in chord
+/// bodies, is refused the same way; see the client's unit tests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_too_large_to_send_fails_the_task_before_sending_anything() {
+    init_log();
+    async fn big() -> Result<String, TaskError> {
+        Ok("x".repeat(300 * 1024))
+    }
+    let memory = MemoryBroker::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let broker = Broker::Memory(memory.clone());
+    let producer = Producer::new(broker.clone(), ProducerConfig::default());
+    let registry = Registry::new().with(Task::new("tasks.add", add)).with(Task::new("tasks.big", big));
+    let config = WorkerConfig {
+        acks_late: true,
+        max_message_size: 256 * 1024,
+        shutdown_timeout: Duration::from_secs(2),
+        ..WorkerConfig::default()
+    };
+    let results: Arc<dyn ResultStore> = Arc::new(Results(tx));
+    let worker = Worker::new(registry, broker, producer, Some(results), config);
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let run = tokio::spawn(async move { worker.run(token).await.unwrap() });
+    let mut t = TaskMessage::new("tasks.big", "too-large".to_owned());
+    t.embed.callbacks = Some(vec![Signature::new("tasks.add")]);
+    memory.publish("", "celery", &message(&t, ContentType::Json)).unwrap();
+    let meta = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    let exc = meta.exception().unwrap().unwrap();
+    assert_eq!((meta.status, exc.exc_type.as_str()), (State::Failure, "OperationalError"));
+    let why = exc.exc_message.first().and_then(Value::as_str).unwrap_or_default().to_owned();
+    assert!(why.contains("worker_max_message_size"), "{why}");
+    stop.cancel();
+    run.await.unwrap();
+    assert_eq!((memory.queue_len("celery"), memory.unacked_len()), (0, 0), "nothing sent, the message settled");
 }
 
 /// A fake Redis that answers connection set-up but `-LOADING` to every data

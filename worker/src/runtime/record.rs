@@ -17,7 +17,7 @@ use std::time::Duration;
 use celeriac_backend::ChordOutcome;
 use celeriac_broker::backoff::Backoff;
 use celeriac_broker::{BrokerError, Delivery, Settlement};
-use celeriac_client::{Applied, Applier, Call, CanvasError, Lineage};
+use celeriac_client::{Applied, Applier, Call, CanvasError, Lineage, PlanLimits};
 use celeriac_config::UnknownTaskPolicy;
 use celeriac_protocol::result::{ExceptionInfo, Extended, ResultMeta};
 use celeriac_protocol::task::Embed;
@@ -638,7 +638,15 @@ impl Shared {
         let (id, name) = (&parent.headers.id, &parent.headers.task);
         let lineage = lineage_of(parent);
         let chords = self.services.results.clone().map(ChordSizesOf);
-        let applier = Applier::new(&self.producer, chords.as_ref().map(|c| c as &dyn celeriac_client::ChordSizes));
+        // No message bigger than a worker accepts; the whole plan within a
+        // budget (a hostile canvas cannot grow the worker's memory).
+        let defaults = PlanLimits::default();
+        let limits = PlanLimits {
+            total_bytes: defaults.total_bytes.max(self.config.max_message_size),
+            message_bytes: self.config.max_message_size,
+        };
+        let applier = Applier::new(&self.producer, chords.as_ref().map(|c| c as &dyn celeriac_client::ChordSizes))
+            .with_limits(limits);
         let plan = match applier.plan(&sig, call) {
             Ok(plan) => plan,
             Err(e) => {
