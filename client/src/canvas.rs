@@ -18,7 +18,7 @@
 //! message planned without a `parent_id` or `root_id` gets the running
 //! task's ([`Lineage`]).
 
-use celeriac_broker::{BrokerError, Producer};
+use celeriac_broker::{BrokerError, Producer, SendOptions};
 use celeriac_protocol::result::ResultTuple;
 use celeriac_protocol::signature::SignatureKind;
 use celeriac_protocol::{Map, Signature, Value};
@@ -137,6 +137,9 @@ impl Applied {
 #[derive(Clone, Debug)]
 pub struct Plan {
     ops: Vec<Op>,
+    /// The producer's options of each op that sends, checked while planning
+    /// (`None` for the other ops).
+    sends: Vec<Option<SendOptions>>,
     trail: Vec<Applied>,
     result: Applied,
 }
@@ -220,19 +223,29 @@ impl<'a> Applier<'a> {
         self
     }
 
-    /// Plans applying `sig` with `call` (nothing is sent yet).
+    /// Plans applying `sig` with `call` (nothing is sent yet). Everything
+    /// that can be checked is checked here, so that a canvas that cannot be
+    /// applied is refused before its first message goes out: every message's
+    /// options, and a result backend for its chords.
     pub fn plan(&self, sig: &Signature, call: Call) -> Result<Plan, CanvasError> {
-        plan_within(&self.producer.config().reply_to, sig, call, self.limits)
+        let plan = plan_within(&self.producer.config().reply_to, sig, call, self.limits)?;
+        if self.chords.is_none() {
+            if let Some(Op::ChordSize { group_id, .. }) = plan.ops.iter().find(|op| matches!(op, Op::ChordSize { .. }))
+            {
+                return Err(CanvasError::NoBackend(group_id.clone()));
+            }
+        }
+        Ok(plan)
     }
 
     /// Sends the planned messages and writes the chord sizes, in order; a
     /// message without a parent or root gets `current`'s (the running task,
     /// as `send_task` inside a task).
     pub async fn perform(&self, plan: &Plan, current: &Lineage) -> Result<(), CanvasError> {
-        for op in &plan.ops {
+        for (op, send) in plan.ops.iter().zip(&plan.sends) {
             match op {
-                Op::Send { task, args, kwargs, options } => {
-                    let mut send = crate::apply::send_options(task, options)?;
+                Op::Send { task, args, kwargs, .. } => {
+                    let mut send = send.clone().unwrap_or_default();
                     if send.parent_id.is_none() {
                         send.parent_id.clone_from(&current.parent_id);
                     }
@@ -307,7 +320,15 @@ pub fn plan_within(reply_to: &str, sig: &Signature, call: Call, limits: PlanLimi
         None => Applied::Group(uuid::Uuid::new_v4().to_string(), Vec::new()),
     };
     let trail = engine.trail.iter().map(|r| applied_of(&engine, *r)).collect();
-    Ok(Plan { ops: std::mem::take(&mut engine.ops), trail, result })
+    let ops = std::mem::take(&mut engine.ops);
+    let sends = ops
+        .iter()
+        .map(|op| match op {
+            Op::Send { task, options, .. } => crate::apply::send_options(task, options).map(Some),
+            _ => Ok(None),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Plan { ops, sends, trail, result })
 }
 
 /// Gives every task, group and chord body in `sig` a `task_id` where it has
@@ -540,6 +561,30 @@ mod tests {
         group.kwargs.insert("tasks".into(), Value::List(members));
         assert!(plan_within("r", &group, Call::default(), limits).is_err());
         assert!(plan_within("r", &Signature::new("t.ok"), Call::default(), limits).is_ok());
+    }
+
+    /// A bad option on the third member is refused while planning: nothing
+    /// of the group is sent (it was found after two messages went out).
+    #[tokio::test]
+    async fn options_are_checked_before_anything_is_sent() {
+        let memory = celeriac_broker::MemoryBroker::default();
+        let producer = Producer::new(celeriac_broker::Broker::Memory(memory.clone()), Default::default());
+        let applier = Applier::new(&producer, None);
+        let mut bad = Signature::new("t.c");
+        bad.options.insert("priority".into(), Value::Str("high".into()));
+        let mut group = Signature::new("celery.group");
+        group.subtask_type = Some("group".into());
+        let members = vec![Signature::new("t.a").to_value(), Signature::new("t.b").to_value(), bad.to_value()];
+        group.kwargs.insert("tasks".into(), Value::List(members));
+        let err = applier.plan(&group, Call::default()).unwrap_err();
+        assert!(err.to_string().contains("priority"), "{err}");
+        // A chord with no result backend: refused before its header is sent.
+        let chord = chord_sig(vec![Signature::new("t.a"), Signature::new("t.b")], Signature::new("t.c"));
+        assert!(matches!(applier.plan(&chord, Call::default()), Err(CanvasError::NoBackend(_))));
+        // A valid group is planned and sent as before.
+        let ok = applier.plan(&chord_sig(Vec::new(), Signature::new("t.c")), Call::default()).unwrap();
+        applier.perform(&ok, &Lineage::default()).await.unwrap();
+        assert_eq!(memory.queue_len("celery"), 1);
     }
 
     /// Hostile signatures are refused, not panicked on.

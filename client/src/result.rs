@@ -168,11 +168,25 @@ impl Client {
         if let Some(why) = engine.over_limits() {
             return Err(CanvasError::Invalid { task: sig.name().to_owned(), reason: why.to_owned() });
         }
-        for op in std::mem::take(&mut engine.ops) {
+        // Checked before the first message goes out: every message's
+        // options, and a backend for the chords.
+        let ops = std::mem::take(&mut engine.ops);
+        let mut checked = Vec::with_capacity(ops.len());
+        for op in ops {
+            let send = match &op {
+                Op::Send { task, options, .. } => Some(crate::apply::send_options(task, options)?),
+                Op::ChordSize { group_id, .. } if self.backend.is_none() => {
+                    return Err(CanvasError::NoBackend(group_id.clone()))
+                }
+                _ => None,
+            };
+            checked.push((op, send));
+        }
+        for (op, send) in checked {
             // Boxed: the producer's and backend's futures are deep, and a
             // caller's async fn that awaits several canvases would otherwise
             // need a higher `recursion_limit` to compute its own layout.
-            let perform: BoxFuture<'_, Result<(), CanvasError>> = Box::pin(self.perform(op));
+            let perform: BoxFuture<'_, Result<(), CanvasError>> = Box::pin(self.perform(op, send));
             perform.await?;
         }
         Ok(self.canvas_result(&engine, res))
@@ -188,10 +202,10 @@ impl Client {
         Ok(self.canvas_result(&engine, res))
     }
 
-    async fn perform(&self, op: Op) -> Result<(), CanvasError> {
+    async fn perform(&self, op: Op, send: Option<SendOptions>) -> Result<(), CanvasError> {
         match op {
-            Op::Send { task, args, kwargs, options } => {
-                let send = crate::apply::send_options(&task, &options)?;
+            Op::Send { task, args, kwargs, .. } => {
+                let send = send.unwrap_or_default();
                 self.producer.send_task(&task, args, kwargs, send).await?;
             }
             Op::ChordSize { group_id, size } => {
