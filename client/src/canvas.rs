@@ -308,6 +308,8 @@ pub fn plan(reply_to: &str, sig: &Signature, call: Call) -> Result<Plan, CanvasE
 /// than `limits` allow (nothing is sent then).
 pub fn plan_within(reply_to: &str, sig: &Signature, call: Call, limits: PlanLimits) -> Result<Plan, CanvasError> {
     let node = Node::from_value(&sig.to_value()).map_err(|e| invalid(sig, e.0))?;
+    node.check_links(0).map_err(|e| invalid(sig, e.0))?;
+    crate::engine::check_link_options(&sig.task, &call.options, 0).map_err(|e| invalid(sig, e.0))?;
     let mut engine = Engine::with_limits(reply_to, limits);
     let applied = engine.apply_async(node, call.args, Map::new(), call.options).map_err(|e| invalid(sig, e.0))?;
     if let Some(why) = engine.over_limits() {
@@ -585,6 +587,57 @@ mod tests {
         let ok = applier.plan(&chord_sig(Vec::new(), Signature::new("t.c")), Call::default()).unwrap();
         applier.perform(&ok, &Lineage::default()).await.unwrap();
         assert_eq!(memory.queue_len("celery"), 1);
+    }
+
+    /// A `link` or `link_error` that is not a signature, anywhere in the
+    /// canvas (a chain step's, a chord body's, a link's own), is refused as
+    /// Celery raises on it, instead of being dropped while planning.
+    #[test]
+    fn malformed_links_are_refused() {
+        let chain = |steps: Vec<Signature>| {
+            let mut c = Signature::new("celery.chain");
+            c.subtask_type = Some("chain".into());
+            c.kwargs.insert("tasks".into(), Value::List(steps.iter().map(Signature::to_value).collect()));
+            c
+        };
+        let with = |mut s: Signature, key: &str, v: Value| {
+            s.options.insert(key.into(), v);
+            s
+        };
+        let bad_link = with(Signature::new("t.cb"), "link_error", Value::Int(7));
+        for (name, sig) in [
+            (
+                "a chain's errback",
+                with(chain(vec![Signature::new("t.a"), Signature::new("t.b")]), "link_error", Value::Int(3)),
+            ),
+            ("a chain's link", with(chain(vec![Signature::new("t.a"), Signature::new("t.b")]), "link", "x".into())),
+            (
+                "a chord's link",
+                with(
+                    chord_sig(vec![Signature::new("t.a")], Signature::new("t.b")),
+                    "link",
+                    Value::List(vec![Value::Int(1)]),
+                ),
+            ),
+            (
+                "a chord body's errback",
+                chord_sig(vec![Signature::new("t.a")], with(Signature::new("t.b"), "link_error", Value::Bool(true))),
+            ),
+            ("a link's own errback", with(Signature::new("t.a"), "link", bad_link.to_value())),
+        ] {
+            let err = plan("r", &sig, Call::default()).unwrap_err();
+            assert!(err.to_string().contains("is not a signature"), "{name}: {err}");
+        }
+        let mut call = Call::default();
+        call.options.insert("link_error".into(), Value::List(vec![Value::Int(2)]));
+        assert!(plan("r", &Signature::new("t.a"), call).is_err());
+        // Signatures and None are fine.
+        let good = with(
+            chain(vec![Signature::new("t.a"), Signature::new("t.b")]),
+            "link_error",
+            Signature::new("t.e").to_value(),
+        );
+        assert!(plan("r", &with(good, "link", Value::Null), Call::default()).is_ok());
     }
 
     /// Hostile signatures are refused, not panicked on.

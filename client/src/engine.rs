@@ -201,6 +201,27 @@ fn str_value(s: &Option<String>) -> Value {
     s.clone().map_or(Value::Null, Value::Str)
 }
 
+/// Refuses a `link` or `link_error` in `options` (of `task`) that is not a
+/// signature, or holds one that is not (see [`Node::check_links`]); `None`
+/// entries are nothing, as when the message is sent.
+pub(crate) fn check_link_options(task: &str, options: &Map, depth: usize) -> Result<(), Refused> {
+    for key in ["link", "link_error"] {
+        for (i, entry) in maybe_list(options.get(key).cloned()).iter().enumerate() {
+            if entry.is_null() {
+                continue;
+            }
+            let sig = Node::from_value(entry).map_err(|e| {
+                Refused(format!(
+                    "{key} entry {i} of {task} is not a signature ({}): {e}; give a signature dict, as Celery requires",
+                    entry.type_name()
+                ))
+            })?;
+            sig.check_links(depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
 /// `maybe_list`: a list as is, `None` as nothing, anything else as a list of one.
 fn maybe_list(value: Option<Value>) -> Vec<Value> {
     match value {
@@ -483,6 +504,24 @@ impl Node {
             }
         }
         Ok(node)
+    }
+
+    /// Refuses a `link` or `link_error` entry anywhere in the canvas that is
+    /// not a signature: Celery raises on one when it applies the canvas,
+    /// and planning would otherwise drop it silently.
+    pub(crate) fn check_links(&self, depth: usize) -> Result<(), Refused> {
+        if depth > 64 {
+            return Err(Refused("links are nested more than 64 levels deep".into()));
+        }
+        check_link_options(&self.task, &self.options, depth)?;
+        match &self.kind {
+            Kind::Group(tasks) | Kind::Chain(tasks) => tasks.iter().try_for_each(|t| t.check_links(depth + 1)),
+            Kind::Chord { header, body } => {
+                header.tasks().iter().try_for_each(|t| t.check_links(depth + 1))?;
+                body.as_ref().map_or(Ok(()), |b| b.check_links(depth + 1))
+            }
+            Kind::Task | Kind::Other(_) => Ok(()),
+        }
     }
 
     /// The names of the options that are stamps (`stamped_headers`).

@@ -157,6 +157,9 @@ impl Client {
         options: Map,
     ) -> Result<CanvasResult, CanvasError> {
         sig.check()?;
+        let refused = |e: crate::engine::Refused| CanvasError::Invalid { task: sig.name().to_owned(), reason: e.0 };
+        sig.node.check_links(0).map_err(refused)?;
+        crate::engine::check_link_options(sig.name(), &options, 0).map_err(refused)?;
         let mut engine = Engine::new(self.producer.config().reply_to.clone());
         let res = engine
             .apply_async(sig.node.clone(), args, kwargs, options)
