@@ -25,6 +25,7 @@ use celeriac_protocol::{Map, Signature, Value};
 use futures_util::future::BoxFuture;
 
 pub use crate::engine::PlanLimits;
+
 use crate::engine::{Engine, Node, Op};
 
 /// Why a canvas could not be applied.
@@ -40,6 +41,9 @@ pub enum CanvasError {
         group_id: String,
         /// What the backend said.
         reason: String,
+        /// The backend could not be reached (an outage): performing the plan
+        /// again when it is back resumes at this step.
+        transient: bool,
     },
     /// A chord needs a result backend that joins (Celery's Redis backend).
     #[error("chord {0} needs a result backend; set result_backend")]
@@ -54,34 +58,62 @@ pub enum CanvasError {
     },
 }
 
+impl CanvasError {
+    /// Whether waiting can help: the broker or the result backend could not
+    /// be reached. Performing the same plan again resumes where it stopped.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CanvasError::Broker(e) => e.is_transient(),
+            CanvasError::ChordSize { transient, .. } => *transient,
+            CanvasError::NoBackend(_) | CanvasError::Invalid { .. } => false,
+        }
+    }
+}
+
+/// Why the result backend did not record a chord's bookkeeping.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ChordSizeError {
+    /// What the backend said.
+    pub message: String,
+    /// It could not be reached (an outage): worth retrying.
+    pub transient: bool,
+}
+
+impl From<celeriac_backend::BackendError> for ChordSizeError {
+    fn from(e: celeriac_backend::BackendError) -> ChordSizeError {
+        ChordSizeError { transient: e.is_connection(), message: e.to_string() }
+    }
+}
+
 /// Where a chord's bookkeeping goes: the result backend's join
 /// (`set_chord_size`, `apply_chord`).
 pub trait ChordSizes: Send + Sync {
     /// Records that chord `group_id` completes after `size` header parts.
-    fn set_chord_size(&self, group_id: &str, size: u64) -> BoxFuture<'_, Result<(), String>>;
+    fn set_chord_size(&self, group_id: &str, size: u64) -> BoxFuture<'_, Result<(), ChordSizeError>>;
 
     /// Celery's `backend.apply_chord(header_result)`: saves the header's
     /// group result when one of its parts is a group, so the join returns
     /// the nested results (see `RedisBackend::apply_chord`).
-    fn apply_chord(&self, header: &ResultTuple) -> BoxFuture<'_, Result<(), String>>;
+    fn apply_chord(&self, header: &ResultTuple) -> BoxFuture<'_, Result<(), ChordSizeError>>;
 }
 
 impl ChordSizes for celeriac_backend::RedisBackend {
-    fn set_chord_size(&self, group_id: &str, size: u64) -> BoxFuture<'_, Result<(), String>> {
+    fn set_chord_size(&self, group_id: &str, size: u64) -> BoxFuture<'_, Result<(), ChordSizeError>> {
         let group_id = group_id.to_owned();
         Box::pin(async move {
-            celeriac_backend::RedisBackend::set_chord_size(self, &group_id, size).await.map_err(|e| e.to_string())
+            celeriac_backend::RedisBackend::set_chord_size(self, &group_id, size).await.map_err(ChordSizeError::from)
         })
     }
 
-    fn apply_chord(&self, header: &ResultTuple) -> BoxFuture<'_, Result<(), String>> {
+    fn apply_chord(&self, header: &ResultTuple) -> BoxFuture<'_, Result<(), ChordSizeError>> {
         let header = header.clone();
         Box::pin(async move {
             let meta = celeriac_protocol::GroupMeta::new(header);
             celeriac_backend::RedisBackend::apply_chord(self, meta.group_id(), &meta)
                 .await
                 .map(drop)
-                .map_err(|e| e.to_string())
+                .map_err(ChordSizeError::from)
         })
     }
 }
@@ -142,6 +174,10 @@ pub struct Plan {
     sends: Vec<Option<SendOptions>>,
     trail: Vec<Applied>,
     result: Applied,
+    /// How many ops were performed: performing again resumes here, so what
+    /// went out before an outage is not sent (nor a chord size written)
+    /// twice.
+    done: usize,
 }
 
 impl Plan {
@@ -154,6 +190,17 @@ impl Plan {
     /// The canvas's result: a task (a chain's last, a chord's body) or a group.
     pub fn result(&self) -> &Applied {
         &self.result
+    }
+
+    /// How many steps (messages, chord sizes) were performed; all of them
+    /// once [`Plan::is_done`].
+    pub fn performed(&self) -> usize {
+        self.done
+    }
+
+    /// Whether every step was performed.
+    pub fn is_done(&self) -> bool {
+        self.done >= self.ops.len()
     }
 
     /// The first child, else the result: what one applied canvas is named as.
@@ -240,9 +287,11 @@ impl<'a> Applier<'a> {
 
     /// Sends the planned messages and writes the chord sizes, in order; a
     /// message without a parent or root gets `current`'s (the running task,
-    /// as `send_task` inside a task).
-    pub async fn perform(&self, plan: &Plan, current: &Lineage) -> Result<(), CanvasError> {
-        for (op, send) in plan.ops.iter().zip(&plan.sends) {
+    /// as `send_task` inside a task). After an error, performing the same
+    /// plan again resumes at the step that failed: the steps before it are
+    /// not repeated (a chord size written again would reset the join).
+    pub async fn perform(&self, plan: &mut Plan, current: &Lineage) -> Result<(), CanvasError> {
+        while let (Some(op), Some(send)) = (plan.ops.get(plan.done), plan.sends.get(plan.done)) {
             match op {
                 Op::Send { task, args, kwargs, .. } => {
                     let mut send = send.clone().unwrap_or_default();
@@ -259,20 +308,23 @@ impl<'a> Applier<'a> {
                 }
                 Op::ChordSize { group_id, size } => {
                     let chords = self.chords.ok_or_else(|| CanvasError::NoBackend(group_id.clone()))?;
-                    chords
-                        .set_chord_size(group_id, *size)
-                        .await
-                        .map_err(|reason| CanvasError::ChordSize { group_id: group_id.clone(), reason })?;
+                    chords.set_chord_size(group_id, *size).await.map_err(|e| CanvasError::ChordSize {
+                        group_id: group_id.clone(),
+                        reason: e.message,
+                        transient: e.transient,
+                    })?;
                 }
                 Op::ApplyChord { header } => {
                     if let Some(chords) = self.chords {
-                        chords
-                            .apply_chord(header)
-                            .await
-                            .map_err(|reason| CanvasError::ChordSize { group_id: header.id.clone(), reason })?;
+                        chords.apply_chord(header).await.map_err(|e| CanvasError::ChordSize {
+                            group_id: header.id.clone(),
+                            reason: e.message,
+                            transient: e.transient,
+                        })?;
                     }
                 }
             }
+            plan.done += 1;
         }
         Ok(())
     }
@@ -291,8 +343,8 @@ impl<'a> Applier<'a> {
     ) -> BoxFuture<'s, Result<Applied, CanvasError>> {
         Box::pin(async move {
             let rest = (!rest.is_empty()).then_some(rest);
-            let plan = self.plan(&sig, Call::step(prev, rest, lineage))?;
-            self.perform(&plan, lineage).await?;
+            let mut plan = self.plan(&sig, Call::step(prev, rest, lineage))?;
+            self.perform(&mut plan, lineage).await?;
             Ok(plan.applied())
         })
     }
@@ -330,7 +382,7 @@ pub fn plan_within(reply_to: &str, sig: &Signature, call: Call, limits: PlanLimi
             _ => Ok(None),
         })
         .collect::<Result<_, _>>()?;
-    Ok(Plan { ops, sends, trail, result })
+    Ok(Plan { ops, sends, trail, result, done: 0 })
 }
 
 /// Gives every task, group and chord body in `sig` a `task_id` where it has
@@ -585,7 +637,8 @@ mod tests {
         assert!(matches!(applier.plan(&chord, Call::default()), Err(CanvasError::NoBackend(_))));
         // A valid group is planned and sent as before.
         let ok = applier.plan(&chord_sig(Vec::new(), Signature::new("t.c")), Call::default()).unwrap();
-        applier.perform(&ok, &Lineage::default()).await.unwrap();
+        let mut ok = ok;
+        applier.perform(&mut ok, &Lineage::default()).await.unwrap();
         assert_eq!(memory.queue_len("celery"), 1);
     }
 
@@ -638,6 +691,65 @@ mod tests {
             Signature::new("t.e").to_value(),
         );
         assert!(plan("r", &with(good, "link", Value::Null), Call::default()).is_ok());
+    }
+
+    /// A result backend that fails the first `set_chord_size` as an outage.
+    #[derive(Default)]
+    struct Blip {
+        sizes: std::sync::Mutex<Vec<(String, u64)>>,
+        headers: std::sync::atomic::AtomicUsize,
+    }
+
+    impl ChordSizes for Blip {
+        fn set_chord_size(&self, group_id: &str, size: u64) -> BoxFuture<'_, Result<(), ChordSizeError>> {
+            let mut sizes = self.sizes.lock().unwrap();
+            sizes.push((group_id.to_owned(), size));
+            let first = sizes.len() == 1;
+            Box::pin(async move {
+                if first {
+                    Err(ChordSizeError { message: "Connection refused".into(), transient: true })
+                } else {
+                    Ok(())
+                }
+            })
+        }
+
+        fn apply_chord(&self, _header: &ResultTuple) -> BoxFuture<'_, Result<(), ChordSizeError>> {
+            self.headers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// A result-backend blip while a chord's size is written is an outage
+    /// (transient, retried), and performing the plan again resumes at that
+    /// step: the header parts sent before it are not sent twice, the size is
+    /// written once more only because it failed.
+    #[tokio::test]
+    async fn a_retry_resumes_at_the_step_that_failed() {
+        let memory = celeriac_broker::MemoryBroker::default();
+        let producer = Producer::new(celeriac_broker::Broker::Memory(memory.clone()), Default::default());
+        let blip = Blip::default();
+        let applier = Applier::new(&producer, Some(&blip));
+        let parts = vec![Signature::new("t.a"), Signature::new("t.b"), Signature::new("t.c")];
+        let mut plan = applier.plan(&chord_sig(parts, Signature::new("t.body")), Call::default()).unwrap();
+        let err = applier.perform(&mut plan, &Lineage::default()).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(!plan.is_done());
+        // The size goes before the last part: two parts went out.
+        assert_eq!(memory.queue_len("celery"), 2);
+        applier.perform(&mut plan, &Lineage::default()).await.unwrap();
+        assert!(plan.is_done());
+        assert_eq!(memory.queue_len("celery"), 3, "no part sent twice");
+        let sizes = blip.sizes.lock().unwrap().clone();
+        assert_eq!(sizes.len(), 2);
+        assert_eq!(sizes[0], sizes[1]);
+        assert_eq!(sizes[1].1, 3);
+        assert_eq!(blip.headers.load(std::sync::atomic::Ordering::SeqCst), 1, "apply_chord not repeated");
+        // Done: performing again sends nothing.
+        applier.perform(&mut plan, &Lineage::default()).await.unwrap();
+        assert_eq!(memory.queue_len("celery"), 3);
+        let permanent = CanvasError::ChordSize { group_id: "g".into(), reason: "bad".into(), transient: false };
+        assert!(!permanent.is_transient());
     }
 
     /// Hostile signatures are refused, not panicked on.

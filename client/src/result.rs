@@ -213,18 +213,18 @@ impl Client {
             }
             Op::ChordSize { group_id, size } => {
                 let backend = self.backend.as_ref().ok_or_else(|| CanvasError::NoBackend(group_id.clone()))?;
-                backend
-                    .set_chord_size(&group_id, size)
-                    .await
-                    .map_err(|e| CanvasError::ChordSize { group_id, reason: e.to_string() })?;
+                backend.set_chord_size(&group_id, size).await.map_err(|e| CanvasError::ChordSize {
+                    group_id,
+                    transient: e.is_connection(),
+                    reason: e.to_string(),
+                })?;
             }
             Op::ApplyChord { header } => {
                 if let Some(backend) = &self.backend {
                     let group_id = header.id.clone();
-                    backend
-                        .apply_chord(&group_id, &celeriac_protocol::GroupMeta::new(header))
-                        .await
-                        .map_err(|e| CanvasError::ChordSize { group_id, reason: e.to_string() })?;
+                    backend.apply_chord(&group_id, &celeriac_protocol::GroupMeta::new(header)).await.map_err(|e| {
+                        CanvasError::ChordSize { group_id, transient: e.is_connection(), reason: e.to_string() }
+                    })?;
                 }
             }
         }

@@ -65,6 +65,16 @@ fn worth_retrying(e: &BrokerError) -> bool {
     e.is_transient() || matches!(e, BrokerError::GaveUp { .. })
 }
 
+/// A canvas step that failed for an outage of the broker or the result
+/// backend (recording a chord's size): retried until they are back.
+fn canvas_outage(e: &CanvasError) -> bool {
+    match e {
+        CanvasError::Broker(e) => worth_retrying(e),
+        CanvasError::ChordSize { transient, .. } => *transient,
+        CanvasError::NoBackend(_) | CanvasError::Invalid { .. } => false,
+    }
+}
+
 impl Shared {
     /// Records how `task` ended; returns the ending and whether what had to
     /// be stored was.
@@ -647,7 +657,7 @@ impl Shared {
         };
         let applier = Applier::new(&self.producer, chords.as_ref().map(|c| c as &dyn celeriac_client::ChordSizes))
             .with_limits(limits);
-        let plan = match applier.plan(&sig, call) {
+        let mut plan = match applier.plan(&sig, call) {
             Ok(plan) => plan,
             Err(e) => {
                 error!("could not send {} after {name}[{id}]: {e}", sig.task);
@@ -656,16 +666,28 @@ impl Shared {
         };
         let mut backoff = outage_backoff();
         loop {
-            match applier.perform(&plan, &lineage).await {
-                Ok(()) => return Ok(plan.trail().to_vec()),
-                Err(CanvasError::Broker(e)) if worth_retrying(&e) && stop.is_cancelled() => {
+            // A retry resumes at the step that failed (the plan's cursor):
+            // what went out is not sent again, a chord size not rewritten.
+            match applier.perform(&mut plan, &lineage).await {
+                Ok(()) => {
+                    if backoff.attempts() > 0 {
+                        info!("sent {} after {name}[{id}] after {} failed attempt(s)", sig.task, backoff.attempts());
+                    }
+                    return Ok(plan.trail().to_vec());
+                }
+                Err(e) if canvas_outage(&e) && stop.is_cancelled() => {
                     error!("could not send {} after {name}[{id}]: {e}; the worker is stopping", sig.task);
                     return Err(Unsent::Outage);
                 }
-                Err(CanvasError::Broker(e)) if worth_retrying(&e) => {
+                Err(e) if canvas_outage(&e) => {
                     let delay = backoff.next_delay();
                     if backoff.attempts() == 1 {
-                        warn!("could not send {} after {name}[{id}]: {e}; retrying until the broker is back", sig.task);
+                        warn!(
+                            "could not send {} after {name}[{id}] ({} step(s) done): {e}; \
+                             retrying from there until the broker and result backend are back",
+                            sig.task,
+                            plan.performed()
+                        );
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
