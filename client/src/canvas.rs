@@ -573,17 +573,17 @@ mod tests {
         c
     }
 
-    /// Two-part chords nested in each other's bodies: every header part
-    /// carries a copy of the frozen body, so the plan doubles per level. A
-    /// few hundred bytes of message would need terabytes; the plan is
-    /// refused once it passes its budget, quickly and with a clear error.
+    /// Every header part carries a copy of the chord's body: a chord of many
+    /// parts with a big body (or chords nested so that bodies are copied at
+    /// every level) multiplies a small message. Past its budget the plan is
+    /// refused, quickly and with a clear error, before anything is sent.
     #[test]
-    fn exponential_canvases_are_refused_within_the_budget() {
-        let mut sig = Signature::new("t.leaf");
-        for level in 0..40 {
-            sig = chord_sig(vec![Signature::new(format!("t.a{level}")), Signature::new("t.b")], sig);
-        }
-        assert!(json::to_string(&sig.to_value()).unwrap().len() < 100_000);
+    fn canvases_over_the_budget_are_refused() {
+        let mut body = Signature::new("t.body");
+        body.args.push(Value::Str("x".repeat(10_000)));
+        let parts: Vec<Signature> = (0..2000).map(|i| Signature::new(format!("t.p{i}"))).collect();
+        let sig = chord_sig(parts, body);
+        assert!(json::to_string(&sig.to_value()).unwrap().len() < 400_000);
         let started = std::time::Instant::now();
         let limits = PlanLimits { total_bytes: 2 << 20, message_bytes: 1 << 20 };
         let err = plan_within("r", &sig, Call::default(), limits).unwrap_err();
@@ -591,12 +591,23 @@ mod tests {
         assert!(matches!(err, CanvasError::Invalid { .. }), "{err:?}");
         assert!(text.contains("more than 2097152 bytes"), "{text}");
         assert!(started.elapsed() < std::time::Duration::from_secs(60), "took {:?}", started.elapsed());
-        // A few levels fit, and plan as before.
-        let mut small = Signature::new("t.leaf");
-        for _ in 0..3 {
-            small = chord_sig(vec![Signature::new("t.a"), Signature::new("t.b")], small);
+        // Within a budget that holds it, it plans as before.
+        let roomy = PlanLimits { total_bytes: 256 << 20, message_bytes: 1 << 20 };
+        assert_eq!(plan_within("r", &sig, Call::default(), roomy).unwrap().messages().count(), 2000);
+    }
+
+    /// Two-part chords nested 40 deep in each other's bodies plan in linear
+    /// size: each header part's copy of the body leaves out the nested
+    /// chords' own header copies (stripped before sending anyway), which
+    /// used to double what was built at every level.
+    #[test]
+    fn nested_chord_bodies_plan_without_exponential_copies() {
+        let mut sig = Signature::new("t.leaf");
+        for level in 0..40 {
+            sig = chord_sig(vec![Signature::new(format!("t.a{level}")), Signature::new("t.b")], sig);
         }
-        let planned = plan_within("r", &small, Call::default(), limits).unwrap();
+        let limits = PlanLimits { total_bytes: 8 << 20, message_bytes: 1 << 20 };
+        let planned = plan_within("r", &sig, Call::default(), limits).unwrap();
         assert_eq!(planned.messages().count(), 2);
     }
 
@@ -750,6 +761,58 @@ mod tests {
         assert_eq!(memory.queue_len("celery"), 3);
         let permanent = CanvasError::ChordSize { group_id: "g".into(), reason: "bad".into(), transient: false };
         assert!(!permanent.is_transient());
+    }
+
+    /// The depth of a value (a scalar is 0).
+    fn depth_of(v: &Value) -> usize {
+        match v {
+            Value::List(items) => 1 + items.iter().map(depth_of).max().unwrap_or(0),
+            Value::Map(m) => 1 + m.values().map(depth_of).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// One-part chords nested `n` deep in headers, or in bodies.
+    fn nested(n: usize, in_header: bool) -> Signature {
+        let mut sig = Signature::new("t.leaf");
+        for _ in 0..n {
+            sig = if in_header {
+                chord_sig(vec![sig], Signature::new("t.body"))
+            } else {
+                chord_sig(vec![Signature::new("t.part")], sig)
+            };
+        }
+        sig
+    }
+
+    /// The deepest canvases the planner accepts are planned and encoded on a
+    /// 2 MiB stack (a tokio worker thread's) in a debug build, and every
+    /// message they produce decodes within the receiving worker's depth
+    /// ceiling; one level more is refused.
+    #[test]
+    fn the_deepest_accepted_canvases_fit_a_small_stack_and_the_decoders_depth() {
+        let handle = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                // A header level is two levels of signatures (the group, its
+                // member), a body level one; 64 is the planner's cap.
+                for (in_header, deepest) in [(true, 32), (false, 63)] {
+                    let refused = plan("r", &nested(deepest + 1, in_header), Call::default()).unwrap_err();
+                    assert!(refused.to_string().contains("nested"), "{refused}");
+                    let planned = plan("r", &nested(deepest, in_header), Call::default()).unwrap();
+                    let mut deepest_message = 0;
+                    for (task, args, options) in planned.messages() {
+                        let body = Value::List(vec![Value::List(args.to_vec()), Value::Map(options.clone())]);
+                        let text = json::to_string(&body).unwrap();
+                        let back = json::from_str(&text).unwrap_or_else(|e| panic!("{task}: {e}"));
+                        deepest_message = deepest_message.max(depth_of(&back));
+                    }
+                    assert!(deepest_message < celeriac_protocol::limits::MAX_DEPTH_CEILING);
+                    eprintln!("in_header={in_header}: {deepest} levels, messages {deepest_message} deep");
+                }
+            })
+            .unwrap();
+        handle.join().unwrap();
     }
 
     /// Hostile signatures are refused, not panicked on.

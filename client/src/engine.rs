@@ -1513,7 +1513,13 @@ impl Engine {
                 parent_id: None,
             },
         );
-        let frozen_body = body.to_value();
+        // The copy holds the body's own chords without their header parts'
+        // bodies: those are stripped before anything carrying this body is
+        // sent, and copying them at every level made nested chord bodies
+        // grow exponentially while planning.
+        let mut stripped = body.clone();
+        stripped.strip_chord_header_links();
+        let frozen_body = stripped.to_value();
         if let Header::Group(group) = header {
             // Every header part gets a copy of the frozen body.
             let copies = group.count_value(&placeholder);
