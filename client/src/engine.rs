@@ -170,6 +170,13 @@ pub(crate) struct Engine {
     /// (Celery's `add_trail`: each message sent with `add_to_parent`, each
     /// group applied with it).
     pub(crate) trail: Vec<R>,
+    /// How much the plan may produce.
+    limits: PlanLimits,
+    /// Approximate bytes produced and copied so far.
+    used: usize,
+    /// Why the plan went over its limits: nothing more is produced, and
+    /// applying refuses the canvas.
+    over: Option<String>,
 }
 
 fn uuid() -> String {
@@ -194,6 +201,27 @@ fn str_value(s: &Option<String>) -> Value {
     s.clone().map_or(Value::Null, Value::Str)
 }
 
+/// Refuses a `link` or `link_error` in `options` (of `task`) that is not a
+/// signature, or holds one that is not (see [`Node::check_links`]); `None`
+/// entries are nothing, as when the message is sent.
+pub(crate) fn check_link_options(task: &str, options: &Map, depth: usize) -> Result<(), Refused> {
+    for key in ["link", "link_error"] {
+        for (i, entry) in maybe_list(options.get(key).cloned()).iter().enumerate() {
+            if entry.is_null() {
+                continue;
+            }
+            let sig = Node::from_value(entry).map_err(|e| {
+                Refused(format!(
+                    "{key} entry {i} of {task} is not a signature ({}): {e}; give a signature dict, as Celery requires",
+                    entry.type_name()
+                ))
+            })?;
+            sig.check_links(depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
 /// `maybe_list`: a list as is, `None` as nothing, anything else as a list of one.
 fn maybe_list(value: Option<Value>) -> Vec<Value> {
     match value {
@@ -201,6 +229,68 @@ fn maybe_list(value: Option<Value>) -> Vec<Value> {
         Some(Value::List(items)) => items,
         Some(other) => vec![other],
     }
+}
+
+/// How much one plan may produce: what keeps a small hostile canvas (chords
+/// nested in chord headers, each part carrying a copy of the body) from
+/// growing into gigabytes before anything is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanLimits {
+    /// The most the plan may hold and copy while it is built, in approximate
+    /// encoded bytes (the messages, and the chord bodies copied into header
+    /// parts).
+    pub total_bytes: usize,
+    /// The largest single message, in approximate encoded bytes (a worker
+    /// sets its `worker_max_message_size`: a bigger one would be refused by
+    /// every worker that receives it).
+    pub message_bytes: usize,
+}
+
+impl Default for PlanLimits {
+    fn default() -> PlanLimits {
+        PlanLimits { total_bytes: 128 * 1024 * 1024, message_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+/// The approximate JSON size of `value` in bytes, counted up to a little past
+/// `limit` (what is over the limit is not walked).
+pub(crate) fn weight(value: &Value, limit: usize) -> usize {
+    let mut total = 0usize;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        if total > limit {
+            break;
+        }
+        total = total.saturating_add(match v {
+            Value::Null | Value::Bool(_) => 5,
+            Value::Int(_) | Value::Float(_) => 20,
+            Value::BigInt(b) => b.as_str().len(),
+            Value::Decimal(d) => d.as_str().len() + 2,
+            Value::Str(s) => s.len() + 3,
+            Value::Bytes(b) => b.len().saturating_mul(4) / 3 + 4,
+            Value::List(items) => {
+                stack.extend(items.iter());
+                2 + items.len()
+            }
+            Value::Map(map) => {
+                stack.extend(map.values());
+                map.keys().fold(2usize, |n, k| n.saturating_add(k.len() + 4))
+            }
+            Value::DateTime(_) | Value::Date(_) | Value::Time(_) | Value::Uuid(_) => 40,
+        });
+    }
+    total
+}
+
+/// The approximate size of a message's arguments and options.
+fn message_weight(args: &[Value], kwargs: &Map, options: &Map, limit: usize) -> usize {
+    let list: usize = args.iter().map(|a| weight(a, limit)).fold(0, usize::saturating_add);
+    let maps = [kwargs, options]
+        .iter()
+        .flat_map(|m| m.iter())
+        .map(|(k, v)| k.len().saturating_add(weight(v, limit)))
+        .fold(0, usize::saturating_add);
+    list.saturating_add(maps)
 }
 
 impl Node {
@@ -414,6 +504,24 @@ impl Node {
             }
         }
         Ok(node)
+    }
+
+    /// Refuses a `link` or `link_error` entry anywhere in the canvas that is
+    /// not a signature: Celery raises on one when it applies the canvas,
+    /// and planning would otherwise drop it silently.
+    pub(crate) fn check_links(&self, depth: usize) -> Result<(), Refused> {
+        if depth > 64 {
+            return Err(Refused("links are nested more than 64 levels deep".into()));
+        }
+        check_link_options(&self.task, &self.options, depth)?;
+        match &self.kind {
+            Kind::Group(tasks) | Kind::Chain(tasks) => tasks.iter().try_for_each(|t| t.check_links(depth + 1)),
+            Kind::Chord { header, body } => {
+                header.tasks().iter().try_for_each(|t| t.check_links(depth + 1))?;
+                body.as_ref().map_or(Ok(()), |b| b.check_links(depth + 1))
+            }
+            Kind::Task | Kind::Other(_) => Ok(()),
+        }
     }
 
     /// The names of the options that are stamps (`stamped_headers`).
@@ -790,6 +898,23 @@ impl Node {
         }
     }
 
+    /// How many times `value` (a placeholder) occurs in the options of this tree.
+    fn count_value(&self, value: &Value) -> usize {
+        let own: usize = self.options.values().map(|v| count_in(v, value)).sum();
+        let nested: usize = match &self.kind {
+            Kind::Group(tasks) | Kind::Chain(tasks) => tasks.iter().map(|t| t.count_value(value)).sum(),
+            Kind::Chord { header, body } => {
+                let header: usize = match header {
+                    Header::List(tasks) => tasks.iter().map(|t| t.count_value(value)).sum(),
+                    Header::Group(group) => group.count_value(value),
+                };
+                header + body.as_ref().map_or(0, |b| b.count_value(value))
+            }
+            _ => 0,
+        };
+        own + nested
+    }
+
     /// Replaces every occurrence of `from` (a placeholder) in the options of
     /// this tree with `to`.
     fn replace_value(&mut self, from: &Value, to: &Value) {
@@ -809,6 +934,17 @@ impl Node {
             }
             _ => {}
         }
+    }
+}
+
+fn count_in(v: &Value, value: &Value) -> usize {
+    if v == value {
+        return 1;
+    }
+    match v {
+        Value::List(items) => items.iter().map(|i| count_in(i, value)).sum(),
+        Value::Map(map) => map.values().map(|i| count_in(i, value)).sum(),
+        _ => 0,
     }
 }
 
@@ -1074,7 +1210,53 @@ struct Prepare {
 impl Engine {
     /// An engine freezing `reply_to` into signatures (the app's `thread_oid`).
     pub(crate) fn new(reply_to: impl Into<String>) -> Engine {
-        Engine { reply_to: reply_to.into(), results: Vec::new(), ops: Vec::new(), refs: 0, trail: Vec::new() }
+        Engine::with_limits(reply_to, PlanLimits::default())
+    }
+
+    /// An engine that refuses to produce more than `limits` allow.
+    pub(crate) fn with_limits(reply_to: impl Into<String>, limits: PlanLimits) -> Engine {
+        Engine {
+            reply_to: reply_to.into(),
+            results: Vec::new(),
+            ops: Vec::new(),
+            refs: 0,
+            trail: Vec::new(),
+            limits,
+            used: 0,
+            over: None,
+        }
+    }
+
+    /// Why the plan went over its limits, if it did.
+    pub(crate) fn over_limits(&self) -> Option<&str> {
+        self.over.as_deref()
+    }
+
+    /// Counts `bytes` more produced (`what` names them for the error);
+    /// false once the plan is over its total.
+    fn charge(&mut self, bytes: usize, what: &str) -> bool {
+        if self.over.is_some() {
+            return false;
+        }
+        self.used = self.used.saturating_add(bytes);
+        if self.used > self.limits.total_bytes {
+            self.over = Some(format!(
+                "applying this canvas would produce more than {} bytes ({what}): \
+                 chord bodies are copied into every header part, so nested chords grow fast; \
+                 make the canvas smaller or flatter",
+                self.limits.total_bytes
+            ));
+            return false;
+        }
+        true
+    }
+
+    /// The refusal for a plan over its limits.
+    fn refused(&self) -> Result<(), Refused> {
+        match &self.over {
+            Some(why) => Err(Refused(why.clone())),
+            None => Ok(()),
+        }
     }
 
     fn task_result(&mut self, id: String) -> R {
@@ -1127,6 +1309,10 @@ impl Engine {
 
     /// `sig.freeze(...)`, as each canvas type freezes.
     pub(crate) fn freeze(&mut self, node: &mut Node, f: Freeze) -> R {
+        if self.over.is_some() {
+            // Refused anyway: nothing more is built.
+            return self.task_result(String::new());
+        }
         match node.kind {
             Kind::Task | Kind::Other(_) => self.freeze_sig(node, f),
             Kind::Group(_) => {
@@ -1203,7 +1389,12 @@ impl Engine {
         let mut new_tasks = Vec::new();
         let mut results = Vec::new();
         let mut index = 0;
+        // Each member gets a copy of the chord body.
+        let chord_weight = f.chord.as_ref().map_or(0, |c| weight(c, self.limits.total_bytes));
         while let Some(task) = stack.pop_front() {
+            if !self.charge(chord_weight, "chord bodies copied into header parts") {
+                break;
+            }
             let mut task = task.clone_sig();
             match &task.kind {
                 Kind::Group(_) => {
@@ -1322,9 +1513,20 @@ impl Engine {
                 parent_id: None,
             },
         );
-        let frozen_body = body.to_value();
+        // The copy holds the body's own chords without their header parts'
+        // bodies: those are stripped before anything carrying this body is
+        // sent, and copying them at every level made nested chord bodies
+        // grow exponentially while planning.
+        let mut stripped = body.clone();
+        stripped.strip_chord_header_links();
+        let frozen_body = stripped.to_value();
         if let Header::Group(group) = header {
-            group.replace_value(&placeholder, &frozen_body);
+            // Every header part gets a copy of the frozen body.
+            let copies = group.count_value(&placeholder);
+            let size = weight(&frozen_body, self.limits.total_bytes).saturating_mul(copies);
+            if self.over.is_none() && self.charge(size, "chord bodies copied into header parts") {
+                group.replace_value(&placeholder, &frozen_body);
+            }
         }
         // Link the body's first result without a parent to the header.
         let mut at = body_result;
@@ -1505,6 +1707,7 @@ impl Engine {
         kwargs: Map,
         options: Map,
     ) -> Result<Option<R>, Refused> {
+        self.refused()?;
         match node.kind {
             Kind::Task | Kind::Other(_) => Ok(Some(self.apply_sig(node, args, kwargs, options))),
             Kind::Chain(_) => {
@@ -1528,7 +1731,19 @@ impl Engine {
         let id = opt_str(&options, "task_id").unwrap_or_else(uuid);
         options.insert("task_id".into(), Value::Str(id.clone()));
         let add_to_parent = options.get("add_to_parent").is_none_or(Value::is_truthy);
-        self.ops.push(Op::Send { task: node.task, args, kwargs, options });
+        let limit = self.limits.message_bytes;
+        let size = message_weight(&args, &kwargs, &options, limit);
+        if size > limit {
+            if self.over.is_none() {
+                self.over = Some(format!(
+                    "the message for {} would be more than {limit} bytes (worker_max_message_size), \
+                     which workers refuse; send large data out of band",
+                    node.task
+                ));
+            }
+        } else if self.charge(size, "messages") {
+            self.ops.push(Op::Send { task: node.task, args, kwargs, options });
+        }
         let r = self.task_result(id);
         if add_to_parent {
             self.trail.push(r);
@@ -1695,7 +1910,17 @@ impl Engine {
         let n = prepared.len();
         let mut size = 0u64;
         let mut results = Vec::with_capacity(n);
+        let limit = self.limits.total_bytes;
+        let copied = chord.as_ref().map_or(0, |c| weight(c, limit)).saturating_add(message_weight(
+            &args,
+            &kwargs,
+            &Map::new(),
+            limit,
+        ));
         for (position, (sig, res)) in prepared.into_iter().enumerate() {
+            if !self.charge(copied, "arguments and chord bodies copied into group members") {
+                return Err(Refused(self.over.clone().unwrap_or_default()));
+            }
             let chord_obj = chord.clone().or_else(|| opt_some(&sig.options, "chord"));
             size += sig.descend();
             if chord_obj.is_some() && position + 1 == n {

@@ -54,7 +54,7 @@ mod engine;
 pub mod result;
 pub mod signature;
 
-pub use canvas::{freeze, Applied, Applier, Call, CanvasError, ChordSizes, Lineage, Plan};
+pub use canvas::{freeze, Applied, Applier, Call, CanvasError, ChordSizeError, ChordSizes, Lineage, Plan, PlanLimits};
 pub use celeriac_broker::{Expires, Producer, ProducerConfig, SendOptions};
 pub use result::{AsyncResult, CanvasResult, Client, ConnectError, GroupResult, ResultError};
 pub use signature::{chain, chord, group, Signature};

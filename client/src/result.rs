@@ -157,6 +157,9 @@ impl Client {
         options: Map,
     ) -> Result<CanvasResult, CanvasError> {
         sig.check()?;
+        let refused = |e: crate::engine::Refused| CanvasError::Invalid { task: sig.name().to_owned(), reason: e.0 };
+        sig.node.check_links(0).map_err(refused)?;
+        crate::engine::check_link_options(sig.name(), &options, 0).map_err(refused)?;
         let mut engine = Engine::new(self.producer.config().reply_to.clone());
         let res = engine
             .apply_async(sig.node.clone(), args, kwargs, options)
@@ -165,11 +168,28 @@ impl Client {
                 task: sig.name().to_owned(),
                 reason: "an empty chain sends nothing".into(),
             })?;
-        for op in std::mem::take(&mut engine.ops) {
+        if let Some(why) = engine.over_limits() {
+            return Err(CanvasError::Invalid { task: sig.name().to_owned(), reason: why.to_owned() });
+        }
+        // Checked before the first message goes out: every message's
+        // options, and a backend for the chords.
+        let ops = std::mem::take(&mut engine.ops);
+        let mut checked = Vec::with_capacity(ops.len());
+        for op in ops {
+            let send = match &op {
+                Op::Send { task, options, .. } => Some(crate::apply::send_options(task, options)?),
+                Op::ChordSize { group_id, .. } if self.backend.is_none() => {
+                    return Err(CanvasError::NoBackend(group_id.clone()))
+                }
+                _ => None,
+            };
+            checked.push((op, send));
+        }
+        for (op, send) in checked {
             // Boxed: the producer's and backend's futures are deep, and a
             // caller's async fn that awaits several canvases would otherwise
             // need a higher `recursion_limit` to compute its own layout.
-            let perform: BoxFuture<'_, Result<(), CanvasError>> = Box::pin(self.perform(op));
+            let perform: BoxFuture<'_, Result<(), CanvasError>> = Box::pin(self.perform(op, send));
             perform.await?;
         }
         Ok(self.canvas_result(&engine, res))
@@ -185,26 +205,26 @@ impl Client {
         Ok(self.canvas_result(&engine, res))
     }
 
-    async fn perform(&self, op: Op) -> Result<(), CanvasError> {
+    async fn perform(&self, op: Op, send: Option<SendOptions>) -> Result<(), CanvasError> {
         match op {
-            Op::Send { task, args, kwargs, options } => {
-                let send = crate::apply::send_options(&task, &options)?;
+            Op::Send { task, args, kwargs, .. } => {
+                let send = send.unwrap_or_default();
                 self.producer.send_task(&task, args, kwargs, send).await?;
             }
             Op::ChordSize { group_id, size } => {
                 let backend = self.backend.as_ref().ok_or_else(|| CanvasError::NoBackend(group_id.clone()))?;
-                backend
-                    .set_chord_size(&group_id, size)
-                    .await
-                    .map_err(|e| CanvasError::ChordSize { group_id, reason: e.to_string() })?;
+                backend.set_chord_size(&group_id, size).await.map_err(|e| CanvasError::ChordSize {
+                    group_id,
+                    transient: e.is_connection(),
+                    reason: e.to_string(),
+                })?;
             }
             Op::ApplyChord { header } => {
                 if let Some(backend) = &self.backend {
                     let group_id = header.id.clone();
-                    backend
-                        .apply_chord(&group_id, &celeriac_protocol::GroupMeta::new(header))
-                        .await
-                        .map_err(|e| CanvasError::ChordSize { group_id, reason: e.to_string() })?;
+                    backend.apply_chord(&group_id, &celeriac_protocol::GroupMeta::new(header)).await.map_err(|e| {
+                        CanvasError::ChordSize { group_id, transient: e.is_connection(), reason: e.to_string() }
+                    })?;
                 }
             }
         }

@@ -185,17 +185,24 @@ impl ResultStore for RedisBackend {
     }
 }
 
-/// A worker's result store as the canvas applier's chord sizes.
+/// A worker's result store as the canvas applier's chord sizes (an outage
+/// stays transient, so the applier's caller retries it).
 pub(crate) struct ChordSizesOf(pub Arc<dyn ResultStore>);
 
+impl From<StoreError> for celeriac_client::ChordSizeError {
+    fn from(e: StoreError) -> celeriac_client::ChordSizeError {
+        celeriac_client::ChordSizeError { message: e.message, transient: e.transient }
+    }
+}
+
 impl celeriac_client::ChordSizes for ChordSizesOf {
-    fn set_chord_size(&self, group_id: &str, size: u64) -> BoxFuture<'_, Result<(), String>> {
+    fn set_chord_size(&self, group_id: &str, size: u64) -> BoxFuture<'_, Result<(), celeriac_client::ChordSizeError>> {
         let fut = self.0.set_chord_size(group_id, size);
-        Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+        Box::pin(async move { fut.await.map_err(Into::into) })
     }
 
-    fn apply_chord(&self, header: &ResultTuple) -> BoxFuture<'_, Result<(), String>> {
+    fn apply_chord(&self, header: &ResultTuple) -> BoxFuture<'_, Result<(), celeriac_client::ChordSizeError>> {
         let fut = self.0.apply_chord(header);
-        Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+        Box::pin(async move { fut.await.map_err(Into::into) })
     }
 }

@@ -3,6 +3,10 @@
 //!
 //! - a late-ack task whose callback can never be published fails, as in
 //!   Celery, instead of holding its prefetch slot for the worker's life;
+//! - a callback bigger than `worker_max_message_size` fails the task
+//!   before anything is sent;
+//! - a result-backend blip while a callback chord's size is written is
+//!   retried, resuming where it stopped (no header part sent twice);
 //! - a result backend answering `LOADING` (a Redis restarted with
 //!   persistence) is waited for: the late-ack message is not acked away;
 //! - a message that cannot even be dead-lettered is refused once and left
@@ -129,6 +133,130 @@ async fn a_callback_that_can_never_be_sent_fails_the_task_instead_of_holding_its
     stop.cancel();
     run.await.unwrap();
     assert_eq!((memory.queue_len("celery"), memory.unacked_len()), (0, 0));
+}
+
+/// A link whose message would be bigger than `worker_max_message_size`
+/// (the task's large result is prepended to its arguments) is refused before
+/// anything is sent: every worker would refuse the message. The task fails
+/// with the reason and the late-ack message is settled. (A canvas whose plan
+/// would grow past the planning budget, such as chords nested in chord
+/// bodies, is refused the same way; see the client's unit tests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_too_large_to_send_fails_the_task_before_sending_anything() {
+    init_log();
+    async fn big() -> Result<String, TaskError> {
+        Ok("x".repeat(300 * 1024))
+    }
+    let memory = MemoryBroker::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let broker = Broker::Memory(memory.clone());
+    let producer = Producer::new(broker.clone(), ProducerConfig::default());
+    let registry = Registry::new().with(Task::new("tasks.add", add)).with(Task::new("tasks.big", big));
+    let config = WorkerConfig {
+        acks_late: true,
+        max_message_size: 256 * 1024,
+        shutdown_timeout: Duration::from_secs(2),
+        ..WorkerConfig::default()
+    };
+    let results: Arc<dyn ResultStore> = Arc::new(Results(tx));
+    let worker = Worker::new(registry, broker, producer, Some(results), config);
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let run = tokio::spawn(async move { worker.run(token).await.unwrap() });
+    let mut t = TaskMessage::new("tasks.big", "too-large".to_owned());
+    t.embed.callbacks = Some(vec![Signature::new("tasks.add")]);
+    memory.publish("", "celery", &message(&t, ContentType::Json)).unwrap();
+    let meta = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    let exc = meta.exception().unwrap().unwrap();
+    assert_eq!((meta.status, exc.exc_type.as_str()), (State::Failure, "OperationalError"));
+    let why = exc.exc_message.first().and_then(Value::as_str).unwrap_or_default().to_owned();
+    assert!(why.contains("worker_max_message_size"), "{why}");
+    stop.cancel();
+    run.await.unwrap();
+    assert_eq!((memory.queue_len("celery"), memory.unacked_len()), (0, 0), "nothing sent, the message settled");
+}
+
+/// Final results, and a result backend that is unreachable the first time a
+/// chord's size is written.
+struct ChordBlip {
+    results: mpsc::UnboundedSender<ResultMeta>,
+    sizes: Arc<std::sync::Mutex<Vec<(String, u64)>>>,
+}
+
+impl ResultStore for ChordBlip {
+    fn store(&self, meta: Arc<ResultMeta>) -> BoxFuture<'static, Result<(), StoreError>> {
+        if meta.status.is_ready() {
+            let _ = self.results.send(Arc::unwrap_or_clone(meta));
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn set_chord_size(&self, group_id: &str, size: u64) -> BoxFuture<'static, Result<(), StoreError>> {
+        let mut sizes = self.sizes.lock().unwrap();
+        sizes.push((group_id.to_owned(), size));
+        let first = sizes.len() == 1;
+        Box::pin(async move {
+            if first {
+                Err(StoreError::unreachable("Error connecting to the result backend: Connection refused"))
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+/// A short result-backend outage while a callback chord's size is written
+/// is retried like a broker outage, and the retry resumes there: the header
+/// parts sent before it are not sent again (each runs once), the task
+/// succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_backend_blip_while_sizing_a_chord_is_retried_from_where_it_stopped() {
+    init_log();
+    let memory = MemoryBroker::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = ChordBlip { results: tx, sizes: sizes.clone() };
+    let config = WorkerConfig { acks_late: true, ..WorkerConfig::default() };
+    let (stop, run) = start(Broker::Memory(memory.clone()), Some(Arc::new(store)), config);
+    let part = |i: i64| {
+        let mut s = Signature::new("tasks.add");
+        s.args = vec![i.into(), 1.into()];
+        s.immutable = true;
+        s
+    };
+    let mut t = add_task("blip");
+    t.embed.callbacks = Some(vec![chord_of(vec![part(1), part(2), part(3)], Signature::new("tasks.add"))]);
+    memory.publish("", "celery", &message(&t, ContentType::Json)).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let meta = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+        assert_eq!(meta.status, State::Success, "{meta:?}");
+        seen.push((meta.task_id.clone(), meta.result.clone()));
+    }
+    // The parts sent before the blip may finish before the task does.
+    assert_eq!(seen.iter().filter(|(id, _)| id == "blip").count(), 1);
+    let mut parts: Vec<Value> = seen.iter().filter(|(id, _)| id != "blip").map(|(_, r)| r.clone()).collect();
+    parts.sort_by_key(|v| v.as_i64());
+    assert_eq!(parts, [Value::Int(2), Value::Int(3), Value::Int(4)]);
+    stop.cancel();
+    run.await.unwrap();
+    assert!(rx.try_recv().is_err(), "no header part ran twice");
+    assert_eq!((memory.queue_len("celery"), memory.unacked_len()), (0, 0));
+    let sizes = sizes.lock().unwrap().clone();
+    assert_eq!(sizes.len(), 2, "written again only because it failed: {sizes:?}");
+    assert_eq!(sizes[1].1, 3);
+}
+
+fn chord_of(header: Vec<Signature>, body: Signature) -> Signature {
+    let mut group = Signature::new("celery.group");
+    group.subtask_type = Some("group".into());
+    group.kwargs.insert("tasks".into(), Value::List(header.iter().map(Signature::to_value).collect()));
+    let mut c = Signature::new("celery.chord");
+    c.subtask_type = Some("chord".into());
+    c.kwargs.insert("header".into(), group.to_value());
+    c.kwargs.insert("body".into(), body.to_value());
+    c.kwargs.insert("kwargs".into(), Value::Map(Map::new()));
+    c
 }
 
 /// A fake Redis that answers connection set-up but `-LOADING` to every data

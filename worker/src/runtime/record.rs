@@ -17,7 +17,7 @@ use std::time::Duration;
 use celeriac_backend::ChordOutcome;
 use celeriac_broker::backoff::Backoff;
 use celeriac_broker::{BrokerError, Delivery, Settlement};
-use celeriac_client::{Applied, Applier, Call, CanvasError, Lineage};
+use celeriac_client::{Applied, Applier, Call, CanvasError, Lineage, PlanLimits};
 use celeriac_config::UnknownTaskPolicy;
 use celeriac_protocol::result::{ExceptionInfo, Extended, ResultMeta};
 use celeriac_protocol::task::Embed;
@@ -63,6 +63,16 @@ fn outage_backoff() -> Backoff {
 /// Whether an error of the broker is an outage worth waiting out.
 fn worth_retrying(e: &BrokerError) -> bool {
     e.is_transient() || matches!(e, BrokerError::GaveUp { .. })
+}
+
+/// A canvas step that failed for an outage of the broker or the result
+/// backend (recording a chord's size): retried until they are back.
+fn canvas_outage(e: &CanvasError) -> bool {
+    match e {
+        CanvasError::Broker(e) => worth_retrying(e),
+        CanvasError::ChordSize { transient, .. } => *transient,
+        CanvasError::NoBackend(_) | CanvasError::Invalid { .. } => false,
+    }
 }
 
 impl Shared {
@@ -638,8 +648,16 @@ impl Shared {
         let (id, name) = (&parent.headers.id, &parent.headers.task);
         let lineage = lineage_of(parent);
         let chords = self.services.results.clone().map(ChordSizesOf);
-        let applier = Applier::new(&self.producer, chords.as_ref().map(|c| c as &dyn celeriac_client::ChordSizes));
-        let plan = match applier.plan(&sig, call) {
+        // No message bigger than a worker accepts; the whole plan within a
+        // budget (a hostile canvas cannot grow the worker's memory).
+        let defaults = PlanLimits::default();
+        let limits = PlanLimits {
+            total_bytes: defaults.total_bytes.max(self.config.max_message_size),
+            message_bytes: self.config.max_message_size,
+        };
+        let applier = Applier::new(&self.producer, chords.as_ref().map(|c| c as &dyn celeriac_client::ChordSizes))
+            .with_limits(limits);
+        let mut plan = match applier.plan(&sig, call) {
             Ok(plan) => plan,
             Err(e) => {
                 error!("could not send {} after {name}[{id}]: {e}", sig.task);
@@ -648,16 +666,28 @@ impl Shared {
         };
         let mut backoff = outage_backoff();
         loop {
-            match applier.perform(&plan, &lineage).await {
-                Ok(()) => return Ok(plan.trail().to_vec()),
-                Err(CanvasError::Broker(e)) if worth_retrying(&e) && stop.is_cancelled() => {
+            // A retry resumes at the step that failed (the plan's cursor):
+            // what went out is not sent again, a chord size not rewritten.
+            match applier.perform(&mut plan, &lineage).await {
+                Ok(()) => {
+                    if backoff.attempts() > 0 {
+                        info!("sent {} after {name}[{id}] after {} failed attempt(s)", sig.task, backoff.attempts());
+                    }
+                    return Ok(plan.trail().to_vec());
+                }
+                Err(e) if canvas_outage(&e) && stop.is_cancelled() => {
                     error!("could not send {} after {name}[{id}]: {e}; the worker is stopping", sig.task);
                     return Err(Unsent::Outage);
                 }
-                Err(CanvasError::Broker(e)) if worth_retrying(&e) => {
+                Err(e) if canvas_outage(&e) => {
                     let delay = backoff.next_delay();
                     if backoff.attempts() == 1 {
-                        warn!("could not send {} after {name}[{id}]: {e}; retrying until the broker is back", sig.task);
+                        warn!(
+                            "could not send {} after {name}[{id}] ({} step(s) done): {e}; \
+                             retrying from there until the broker and result backend are back",
+                            sig.task,
+                            plan.performed()
+                        );
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
