@@ -212,6 +212,8 @@ pub(crate) struct Services {
     producer: Producer,
     /// The worker's tasks, for in-process calls (`celery.map`).
     registry: Registry,
+    /// What a canvas a task applies may build (`worker_max_message_size`).
+    plan_limits: celeriac_client::PlanLimits,
 }
 
 impl WorkerServices for Services {
@@ -234,7 +236,7 @@ impl WorkerServices for Services {
         sig: celeriac_protocol::Signature,
         lineage: celeriac_client::Lineage,
     ) -> BoxFuture<'static, Result<celeriac_client::Applied, TaskError>> {
-        let (producer, results) = (self.producer.clone(), self.results.clone());
+        let (producer, results, limits) = (self.producer.clone(), self.results.clone(), self.plan_limits);
         Box::pin(async move {
             // Frozen by the applier as Celery's apply_async freezes it: a
             // group inside a chord header takes the outer group's id then.
@@ -242,7 +244,8 @@ impl WorkerServices for Services {
             let applier = celeriac_client::Applier::new(
                 &producer,
                 chords.as_ref().map(|c| c as &dyn celeriac_client::ChordSizes),
-            );
+            )
+            .with_limits(limits);
             applier
                 .apply(sig, None, Vec::new(), &lineage)
                 .await
@@ -306,6 +309,7 @@ impl Worker {
             state: state.clone(),
             producer: producer.clone(),
             registry: registry.clone(),
+            plan_limits: record::plan_limits(config.max_message_size),
         });
         let events =
             Events::start(broker.clone(), &config.hostname, config.send_task_events, config.heartbeat_interval);

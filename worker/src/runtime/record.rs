@@ -648,15 +648,8 @@ impl Shared {
         let (id, name) = (&parent.headers.id, &parent.headers.task);
         let lineage = lineage_of(parent);
         let chords = self.services.results.clone().map(ChordSizesOf);
-        // No message bigger than a worker accepts; the whole plan within a
-        // budget (a hostile canvas cannot grow the worker's memory).
-        let defaults = PlanLimits::default();
-        let limits = PlanLimits {
-            total_bytes: defaults.total_bytes.max(self.config.max_message_size),
-            message_bytes: self.config.max_message_size,
-        };
         let applier = Applier::new(&self.producer, chords.as_ref().map(|c| c as &dyn celeriac_client::ChordSizes))
-            .with_limits(limits);
+            .with_limits(plan_limits(self.config.max_message_size));
         let mut plan = match applier.plan(&sig, call) {
             Ok(plan) => plan,
             Err(e) => {
@@ -1193,6 +1186,14 @@ fn traceback_of(err: &TaskError) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// What a canvas the worker applies may build: no message bigger than a
+/// worker accepts (`worker_max_message_size`), the whole plan within a
+/// budget, so a hostile canvas cannot grow the worker's memory.
+pub(crate) fn plan_limits(max_message_size: usize) -> PlanLimits {
+    let defaults = PlanLimits::default();
+    PlanLimits { total_bytes: defaults.total_bytes.max(max_message_size), message_bytes: max_message_size }
 }
 
 #[cfg(test)]
