@@ -174,9 +174,17 @@ impl BrokerError {
     }
 
     /// Whether retrying (after reconnecting) may succeed: lost connections,
-    /// timeouts, a server still loading its data, a failover in progress.
+    /// timeouts, a server still loading its data, a failover in progress
+    /// (RabbitMQ nacks publishes to a quorum queue while it elects a new
+    /// leader: the message was not stored, and sending it again is right).
     pub fn is_transient(&self) -> bool {
-        matches!(self, BrokerError::Connection { .. } | BrokerError::Amqp { .. } | BrokerError::ChannelGone { .. })
+        matches!(
+            self,
+            BrokerError::Connection { .. }
+                | BrokerError::Amqp { .. }
+                | BrokerError::ChannelGone { .. }
+                | BrokerError::Nacked { .. }
+        )
     }
 
     /// Sorts a Redis error into [`BrokerError::Auth`], [`BrokerError::Connection`]
