@@ -26,7 +26,7 @@ use futures_util::future::BoxFuture;
 
 pub use crate::engine::PlanLimits;
 
-use crate::engine::{Engine, Node, Op};
+use crate::engine::{Engine, Ids, Node, Op};
 
 /// Why a canvas could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +225,11 @@ pub struct Call {
     /// `send_task`/`apply_async` options (`chain`, `parent_id`, `root_id`,
     /// `priority`, ...).
     pub options: Map,
+    /// Where the ids the plan gives to signatures without one come from:
+    /// random (Celery's `uuid()`) when `None`; else name-based UUIDs (v5) of
+    /// this seed and their order, so that planning the same canvas with the
+    /// same seed gives the same ids (see [`Call::with_stable_ids`]).
+    pub id_seed: Option<String>,
 }
 
 impl Call {
@@ -239,14 +244,25 @@ impl Call {
         options.insert("parent_id".into(), lineage.parent_id.clone().map_or(Value::Null, Value::Str));
         options.insert("root_id".into(), lineage.root_id.clone().map_or(Value::Null, Value::Str));
         options.insert("priority".into(), lineage.priority.map_or(Value::Null, |p| Value::Int(i64::from(p))));
-        Call { args: prev.into_iter().collect(), options }
+        Call { args: prev.into_iter().collect(), options, id_seed: None }
     }
 
     /// `sig.delay(*args)`: nothing but the arguments (a chord body with the
     /// header's results, a replacement); parent and root come from the
     /// running task when the messages are sent.
     pub fn delay(args: Vec<Value>) -> Call {
-        Call { args, options: Map::new() }
+        Call { args, options: Map::new(), id_seed: None }
+    }
+
+    /// Ids for what the plan must name itself (a group of callbacks, a
+    /// chord's header group, a link's task) derived from `seed` instead of
+    /// random. A worker applying a task's callbacks seeds them with the task
+    /// id and which callback it is: when the worker dies mid-send and the
+    /// message is redelivered, the parts sent again carry the ids they had,
+    /// and the results and chord counters are not doubled under new ids.
+    pub fn with_stable_ids(mut self, seed: impl Into<String>) -> Call {
+        self.id_seed = Some(seed.into());
+        self
     }
 }
 
@@ -362,7 +378,8 @@ pub fn plan_within(reply_to: &str, sig: &Signature, call: Call, limits: PlanLimi
     let node = Node::from_value(&sig.to_value()).map_err(|e| invalid(sig, e.0))?;
     node.check_links(0).map_err(|e| invalid(sig, e.0))?;
     crate::engine::check_link_options(&sig.task, &call.options, 0).map_err(|e| invalid(sig, e.0))?;
-    let mut engine = Engine::with_limits(reply_to, limits);
+    let ids = call.id_seed.as_deref().map_or(Ids::Random, Ids::derived);
+    let mut engine = Engine::with_limits(reply_to, limits).with_ids(ids);
     let applied = engine.apply_async(node, call.args, Map::new(), call.options).map_err(|e| invalid(sig, e.0))?;
     if let Some(why) = engine.over_limits() {
         return Err(invalid(sig, why.to_owned()));
@@ -371,7 +388,7 @@ pub fn plan_within(reply_to: &str, sig: &Signature, call: Call, limits: PlanLimi
     let result = match applied {
         Some(r) => applied_of(&engine, r),
         // An empty chain sends nothing.
-        None => Applied::Group(uuid::Uuid::new_v4().to_string(), Vec::new()),
+        None => Applied::Group(engine.new_id(), Vec::new()),
     };
     let trail = engine.trail.iter().map(|r| applied_of(&engine, *r)).collect();
     let ops = std::mem::take(&mut engine.ops);
@@ -514,12 +531,17 @@ mod tests {
             let case = case.as_map().unwrap();
             let name = case["name"].as_str().unwrap();
             let sig = Signature::from_value(&case["sig"]).unwrap();
-            let call = Call {
-                args: case["args"].as_list().unwrap().to_vec(),
-                options: case["options"].as_map().unwrap().clone(),
-            };
-            let plan = plan("reply-oid", &sig, call).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(numbered(&ops_value(&plan)), numbered(&case["ops"]), "{name}");
+            // Random ids, and ids derived from a seed (what a worker uses):
+            // the same plan either way.
+            for seed in [None, Some(format!("{name}/chain"))] {
+                let call = Call {
+                    args: case["args"].as_list().unwrap().to_vec(),
+                    options: case["options"].as_map().unwrap().clone(),
+                    id_seed: seed,
+                };
+                let plan = plan("reply-oid", &sig, call).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(numbered(&ops_value(&plan)), numbered(&case["ops"]), "{name}");
+            }
         }
     }
 
@@ -559,6 +581,33 @@ mod tests {
         assert_eq!(sent[0].2.get("group_id"), Some(&Value::Str(gid.clone())));
         assert!(sent[0].2.get("parent_id").is_none());
         assert!(matches!(plan.result(), Applied::Task(_)));
+    }
+
+    /// A seeded plan names what it must name (a chord's header group, its
+    /// parts, its body) the same each time; another seed, or none, differently.
+    #[test]
+    fn seeded_plans_give_the_same_ids_again() {
+        let c = chord_sig(vec![Signature::new("t.a"), Signature::new("t.b")], Signature::new("t.c"));
+        let seeded = |seed: &str| {
+            let plan = plan("r", &c, Call::delay(vec![Value::Int(1)]).with_stable_ids(seed)).unwrap();
+            (plan.ops.clone(), plan.result().clone())
+        };
+        let (ops, result) = seeded("parent-id/chain");
+        assert_eq!(seeded("parent-id/chain"), (ops.clone(), result.clone()));
+        assert_ne!(seeded("parent-id/links").1, result);
+        assert_ne!(plan("r", &c, Call::delay(vec![Value::Int(1)])).unwrap().ops, ops);
+        // Still UUIDs as Celery writes them, and all different.
+        let mut ids: Vec<String> = plan("r", &c, Call::delay(Vec::new()).with_stable_ids("x"))
+            .unwrap()
+            .messages()
+            .map(|(_, _, options)| options.get("task_id").and_then(Value::as_str).unwrap().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 2);
+        for id in &ids {
+            assert_eq!(uuid::Uuid::parse_str(id).unwrap().hyphenated().to_string(), *id);
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), 2);
     }
 
     fn chord_sig(header: Vec<Signature>, body: Signature) -> Signature {

@@ -177,10 +177,45 @@ pub(crate) struct Engine {
     /// Why the plan went over its limits: nothing more is produced, and
     /// applying refuses the canvas.
     over: Option<String>,
+    /// Where new ids come from.
+    ids: Ids,
 }
 
-fn uuid() -> String {
-    uuid::Uuid::new_v4().to_string()
+/// Where the ids a plan gives to signatures without one come from.
+#[derive(Clone, Debug)]
+pub(crate) enum Ids {
+    /// A random UUID each (Celery's `uuid()`).
+    Random,
+    /// The `n`-th id of a plan is a name-based UUID (v5) of a seed and `n`:
+    /// planning is pure, so planning the same canvas with the same seed again
+    /// (a worker applying a redelivered message's callbacks) gives the same ids.
+    Derived {
+        /// UUID v5 of the seed, the namespace of this plan's ids.
+        namespace: uuid::Uuid,
+        /// How many ids were made so far.
+        made: u64,
+    },
+}
+
+/// The namespace of seeded plan ids (a fixed, random UUID of celeriac's).
+const PLAN_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5c1e_7a3b_90d2_4f6e_8a41_2b9c_d0e7_f316);
+
+impl Ids {
+    /// Ids derived from `seed` (see [`Ids::Derived`]).
+    pub(crate) fn derived(seed: &str) -> Ids {
+        Ids::Derived { namespace: uuid::Uuid::new_v5(&PLAN_ID_NAMESPACE, seed.as_bytes()), made: 0 }
+    }
+
+    /// The next id, in the canonical hyphenated form Celery uses.
+    fn next(&mut self) -> String {
+        match self {
+            Ids::Random => uuid::Uuid::new_v4().to_string(),
+            Ids::Derived { namespace, made } => {
+                *made += 1;
+                uuid::Uuid::new_v5(namespace, &made.to_be_bytes()).to_string()
+            }
+        }
+    }
 }
 
 /// A string option read as Python's truthiness does: missing, null and `""`
@@ -1224,7 +1259,19 @@ impl Engine {
             limits,
             used: 0,
             over: None,
+            ids: Ids::Random,
         }
+    }
+
+    /// Makes the ids this plan gives from `ids` instead of at random.
+    pub(crate) fn with_ids(mut self, ids: Ids) -> Engine {
+        self.ids = ids;
+        self
+    }
+
+    /// A new id for a signature that has none.
+    pub(crate) fn new_id(&mut self) -> String {
+        self.ids.next()
     }
 
     /// Why the plan went over its limits, if it did.
@@ -1331,7 +1378,10 @@ impl Engine {
             Some(Value::Str(id)) => id.clone(),
             Some(_) => String::new(),
             None => {
-                let id = f.id.unwrap_or_else(uuid);
+                let id = match f.id {
+                    Some(id) => id,
+                    None => self.new_id(),
+                };
                 o.insert("task_id".into(), Value::Str(id.clone()));
                 id
             }
@@ -1364,7 +1414,7 @@ impl Engine {
         let gid = match opt_str(o, "task_id") {
             Some(id) => id,
             None => {
-                let id = uuid();
+                let id = self.new_id();
                 o.insert("task_id".into(), Value::Str(id.clone()));
                 id
             }
@@ -1728,7 +1778,7 @@ impl Engine {
         } else {
             (node.args, node.kwargs, node.options)
         };
-        let id = opt_str(&options, "task_id").unwrap_or_else(uuid);
+        let id = opt_str(&options, "task_id").unwrap_or_else(|| self.new_id());
         options.insert("task_id".into(), Value::Str(id.clone()));
         let add_to_parent = options.get("add_to_parent").is_none_or(Value::is_truthy);
         let limit = self.limits.message_bytes;
@@ -1808,7 +1858,7 @@ impl Engine {
 
     /// `group._freeze_gid`: the group's options with these, its id as
     /// `group_id`.
-    fn freeze_gid(node: &Node, options: Map) -> (Map, String, Option<String>) {
+    fn freeze_gid(&mut self, node: &Node, options: Map) -> (Map, String, Option<String>) {
         let mut merged = node.options.clone();
         for (k, v) in options {
             if !IMMUTABLE_OPTIONS.contains(&k.as_str()) || !node.options.contains_key(&k) {
@@ -1818,7 +1868,7 @@ impl Engine {
         let gid = match merged.shift_remove("task_id") {
             Some(Value::Str(id)) => id,
             Some(other) if other.is_truthy() => other.as_str().unwrap_or_default().to_owned(),
-            _ => uuid(),
+            _ => self.new_id(),
         };
         merged.insert("group_id".into(), Value::Str(gid.clone()));
         let root_id = opt_str(&merged, "root_id");
@@ -1840,7 +1890,7 @@ impl Engine {
         if node.members().is_empty() {
             return Ok(self.freeze(&mut node, Freeze::default()));
         }
-        let (options, gid, root_id) = Engine::freeze_gid(&node, options);
+        let (options, gid, root_id) = self.freeze_gid(&node, options);
         let prepared = self.prepared(node.members(), &[], &gid, &root_id);
         let results = self.apply_tasks(prepared, &gid, args, kwargs, options)?;
         let result = match results.as_slice() {
@@ -1983,7 +2033,8 @@ impl Engine {
             Header::Group(group) => group.clone_sig(),
             Header::List(tasks) => {
                 let mut o = Map::new();
-                o.insert("task_id".into(), Value::Str(opt_str(&node.options, "task_id").unwrap_or_else(uuid)));
+                let id = opt_str(&node.options, "task_id").unwrap_or_else(|| self.new_id());
+                o.insert("task_id".into(), Value::Str(id));
                 Node::group(tasks.clone(), o)
             }
         };
@@ -2014,7 +2065,7 @@ impl Engine {
         mut header_delay: Map,
         options: Map,
     ) -> Result<R, Refused> {
-        let group_id = opt_str(&header.options, "task_id").unwrap_or_else(uuid);
+        let group_id = opt_str(&header.options, "task_id").unwrap_or_else(|| self.new_id());
         let root_id = opt_str(&body.options, "root_id");
         let mut opts = chord.options.clone();
         opts.extend(options);
@@ -2036,7 +2087,7 @@ impl Engine {
         if body.is_chain() {
             body.unroll_chords();
         }
-        let body_task_id = task_id.unwrap_or_else(uuid);
+        let body_task_id = task_id.unwrap_or_else(|| self.new_id());
         let body_res = self.freeze(
             &mut body,
             Freeze {

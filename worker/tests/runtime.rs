@@ -314,3 +314,39 @@ async fn a_failure_fails_the_rest_of_its_chain_as_celery_does() {
     s.stop.cancel();
     s.run.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_message_run_twice_sends_its_callbacks_under_the_same_ids() {
+    // Two links without ids go out as one group the worker names itself (its
+    // id and its members' ids). A message delivered twice (the worker that
+    // sent its callbacks died before the ack) must name them the same again,
+    // or the callbacks run twice under fresh ids and their results double.
+    let mut s = start(UnknownTaskPolicy::Reject);
+    let link = |n: i64| {
+        let mut sig = celeriac_protocol::Signature::new("tasks.add");
+        sig.args = vec![n.into()];
+        sig
+    };
+    for _ in 0..2 {
+        let options = SendOptions {
+            task_id: Some("twice-sent".into()),
+            link: vec![link(10), link(100)],
+            ..SendOptions::default()
+        };
+        s.producer.send_task("tasks.add", vec![1.into(), 2.into()], Map::new(), options).await.unwrap();
+    }
+    let mut seen: std::collections::BTreeMap<String, (Value, usize)> = std::collections::BTreeMap::new();
+    while seen.values().map(|(_, n)| n).sum::<usize>() < 6 {
+        let meta = next_final(&mut s.results).await;
+        assert_eq!(meta.status, State::Success, "{meta:?}");
+        seen.entry(meta.task_id.clone()).or_insert((meta.result.clone(), 0)).1 += 1;
+    }
+    let runs: Vec<(String, i64, usize)> =
+        seen.into_iter().map(|(id, (value, n))| (id, value.as_i64().unwrap(), n)).collect();
+    assert_eq!(runs.len(), 3, "each callback kept its id on the second run: {runs:?}");
+    let mut values: Vec<(i64, usize)> = runs.iter().map(|(_, v, n)| (*v, *n)).collect();
+    values.sort_unstable();
+    assert_eq!(values, vec![(3, 2), (13, 2), (103, 2)]);
+    s.stop.cancel();
+    s.run.await.unwrap();
+}

@@ -231,7 +231,8 @@ impl Shared {
         };
         info!("Task {name}[{id}] replaced by {}", sig.task);
         // Celery's `sig.delay()`: parent and root are the replaced task's.
-        match self.apply_child(sig, Call::delay(Vec::new()), task, stop).await {
+        let call = Call::delay(Vec::new()).with_stable_ids(format!("{id}/replace"));
+        match self.apply_child(sig, call, task, stop).await {
             Ok(_) => (Ending::Ignored, Recorded::Yes),
             Err(Unsent::Outage) => (Ending::Succeeded, Recorded::No),
             Err(Unsent::Never(why)) => {
@@ -303,7 +304,8 @@ impl Shared {
         // `group(errbacks).apply_async((request.id,), parent_id=request.id,
         // root_id=request.root_id or request.id)`.
         let id = Value::Str(failed.headers.id.clone());
-        let call = Call::step(Some(id), None, &lineage_of(failed.parent));
+        let seed = format!("{}/errbacks", failed.headers.id);
+        let call = Call::step(Some(id), None, &lineage_of(failed.parent)).with_stable_ids(seed);
         match self.apply_child(group, call, failed.parent, stop).await {
             Ok(applied) => (Recorded::Yes, applied.into_iter().next()),
             Err(Unsent::Outage) => (Recorded::No, None),
@@ -597,26 +599,31 @@ impl Shared {
             }
         };
         let lineage = lineage_of(task);
-        let link = || Call::step(Some(result.clone()), None, &lineage);
+        // Ids the plans make are derived from the task id and which callback
+        // it is: a redelivered message sends its callbacks under the same ids.
+        let id = &task.headers.id;
+        let link =
+            |which: &str| Call::step(Some(result.clone()), None, &lineage).with_stable_ids(format!("{id}/{which}"));
         let callbacks = task.embed.callbacks.as_deref().unwrap_or_default();
         if let [one] = callbacks {
-            keep(self.apply_child(one.clone(), link(), task, stop).await);
+            keep(self.apply_child(one.clone(), link("link"), task, stop).await);
         } else if !callbacks.is_empty() {
             let (groups, plain): (Vec<&Signature>, Vec<&Signature>) =
                 callbacks.iter().partition(|s| s.kind() == celeriac_protocol::signature::SignatureKind::Group);
-            for group in groups {
-                keep(self.apply_child(group.clone(), link(), task, stop).await);
+            for (n, group) in groups.into_iter().enumerate() {
+                keep(self.apply_child(group.clone(), link(&format!("link-group-{n}")), task, stop).await);
             }
             if !plain.is_empty() {
                 let mut group = Signature::new("celery.group");
                 group.subtask_type = Some("group".into());
                 group.kwargs.insert("tasks".into(), Value::List(plain.iter().map(|s| s.to_value()).collect()));
-                keep(self.apply_child(group, link(), task, stop).await);
+                keep(self.apply_child(group, link("links"), task, stop).await);
             }
         }
         if let Some(chain) = &task.embed.chain {
             if let Some((next, rest)) = chain.split_last() {
-                let call = Call::step(Some(result.clone()), Some(rest.to_vec()), &lineage);
+                let call = Call::step(Some(result.clone()), Some(rest.to_vec()), &lineage)
+                    .with_stable_ids(format!("{id}/chain"));
                 keep(self.apply_child(next.clone(), call, task, stop).await);
             }
         }
@@ -799,7 +806,9 @@ impl Shared {
             Ok(ChordOutcome::Ready(ready)) => {
                 let joined = Some(Value::List(ready.results));
                 // Celery's `callback.delay(results)`.
-                let call = Call::delay(joined.into_iter().collect());
+                // Whichever part's task joins (again, after an outage), the
+                // body's own ids are the same.
+                let call = Call::delay(joined.into_iter().collect()).with_stable_ids(format!("{group_id}/body"));
                 match Box::pin(self.apply_child(body.clone(), call, task, stop)).await {
                     Ok(_) => {}
                     // The claim expires; a redelivered header task finishes the join.
