@@ -350,3 +350,37 @@ async fn a_message_run_twice_sends_its_callbacks_under_the_same_ids() {
     s.stop.cancel();
     s.run.await.unwrap();
 }
+
+static STARTED: std::sync::Mutex<Vec<i64>> = std::sync::Mutex::new(Vec::new());
+
+async fn record_start(Args((n,)): Args<(i64,)>) -> Result<i64, TaskError> {
+    STARTED.lock().unwrap().push(n);
+    tokio::task::yield_now().await;
+    Ok(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_get_slots_in_the_order_their_messages_arrived() {
+    // One slot, several messages prefetched, their runners on two threads:
+    // a message read after another must not take the slot first (a Python
+    // worker's pool gets them in order; Celery's test_expired relies on it).
+    let broker = Broker::Memory(MemoryBroker::default());
+    let producer = Producer::new(broker.clone(), ProducerConfig::default());
+    for n in 0..300 {
+        producer.send_task("tasks.record_start", vec![n.into()], Map::new(), SendOptions::default()).await.unwrap();
+    }
+    let registry = Registry::new().with(Task::new("tasks.record_start", record_start));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let config = WorkerConfig { concurrency: 1, prefetch_multiplier: 16, ..WorkerConfig::default() };
+    let worker = Worker::new(registry, broker.clone(), producer.clone(), Some(Arc::new(Channel(tx))), config);
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let run = tokio::spawn(async move { worker.run(token).await.unwrap() });
+    for _ in 0..300 {
+        next_final(&mut rx).await;
+    }
+    let started = STARTED.lock().unwrap().clone();
+    assert_eq!(started, (0..300).collect::<Vec<i64>>());
+    stop.cancel();
+    run.await.unwrap();
+}

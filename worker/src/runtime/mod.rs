@@ -180,6 +180,8 @@ pub(crate) struct Shared {
     pub(crate) events: Arc<Events>,
     /// Execution slots (`-c`), grown and shrunk by remote control.
     pub(crate) permits: Arc<Semaphore>,
+    /// The order in which tasks get slots: the order they arrived.
+    pub(crate) line: Arc<schedule::Line>,
     /// The slots there are now.
     pub(crate) concurrency: AtomicUsize,
     /// The running consumer's window and queues, for remote control.
@@ -342,6 +344,7 @@ impl Worker {
             state,
             events,
             permits: Arc::new(Semaphore::new(concurrency)),
+            line: Arc::default(),
             concurrency: AtomicUsize::new(concurrency),
             consumer: Mutex::new(None),
             time_limits: Mutex::default(),
@@ -459,11 +462,15 @@ impl Worker {
                     break;
                 }
                 Some(parked) = due.recv() => {
-                    running.spawn(Box::pin(shared.clone().handle_due(parked, lane.clone())));
+                    let ticket = shared.line.ticket();
+                    running.spawn(Box::pin(shared.clone().handle_due(parked, lane.clone(), ticket)));
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        running.spawn(Box::pin(shared.clone().handle(delivery, lane.clone(), Pass::Received)));
+                        // Its place in line for a slot is taken now, in the
+                        // order the consumer hands deliveries over.
+                        let ticket = shared.line.ticket();
+                        running.spawn(Box::pin(shared.clone().handle(delivery, lane.clone(), Pass::Received, ticket)));
                     }
                     Some(Err(e)) => {
                         if let BrokerError::Undecodable { kind, .. } = &e {
@@ -647,8 +654,8 @@ impl Shared {
     /// Takes one delivery through the stages (see the module docs). A panic
     /// in the runner itself (never in a task's handler: those are caught as
     /// lost executions) fails the task and dead-letters its message.
-    async fn handle(self: Arc<Self>, mut delivery: Delivery, lane: Arc<Lane>, pass: Pass) {
-        let run = AssertUnwindSafe(self.process(&mut delivery, &lane, pass)).catch_unwind().await;
+    async fn handle(self: Arc<Self>, mut delivery: Delivery, lane: Arc<Lane>, pass: Pass, ticket: schedule::Ticket) {
+        let run = AssertUnwindSafe(self.process(&mut delivery, &lane, pass, ticket)).catch_unwind().await;
         match run {
             Ok(Flow::Done) => {}
             Ok(Flow::Park(eta, id)) => {
@@ -673,9 +680,14 @@ impl Shared {
 
     /// A parked delivery whose ETA has come: parsed again, then through the
     /// rest of the stages.
-    async fn handle_due(self: Arc<Self>, parked: celeriac_broker::ParkedDelivery, lane: Arc<Lane>) {
+    async fn handle_due(
+        self: Arc<Self>,
+        parked: celeriac_broker::ParkedDelivery,
+        lane: Arc<Lane>,
+        ticket: schedule::Ticket,
+    ) {
         match parked.unpark() {
-            Ok(delivery) => self.handle(delivery, lane, Pass::Due).await,
+            Ok(delivery) => self.handle(delivery, lane, Pass::Due, ticket).await,
             Err(mut parked) => {
                 // Never seen (parking checks the text reads back): left to
                 // the visibility timeout rather than run without its message.
@@ -685,7 +697,7 @@ impl Shared {
         }
     }
 
-    async fn process(&self, delivery: &mut Delivery, lane: &Lane, pass: Pass) -> Flow {
+    async fn process(&self, delivery: &mut Delivery, lane: &Lane, pass: Pass, ticket: schedule::Ticket) -> Flow {
         let stop = &lane.stop;
         let task = match admit::decode(delivery.message(), &self.acceptance) {
             Ok(task) => task,
@@ -751,7 +763,7 @@ impl Shared {
                         tracked.keep();
                         return Flow::Park(eta, id.to_owned());
                     }
-                    Box::pin(self.run_task(delivery, def, &task, stop, terminate)).await;
+                    Box::pin(self.run_task(delivery, def, &task, stop, terminate, ticket)).await;
                 }
             }
             Flow::Done
@@ -768,8 +780,9 @@ impl Shared {
         task: &celeriac_protocol::TaskMessage,
         stop: &CancellationToken,
         terminate: CancellationToken,
+        ticket: schedule::Ticket,
     ) {
-        let Some(permit) = Box::pin(self.schedule(task, stop)).await else {
+        let Some(permit) = Box::pin(self.schedule(task, ticket, stop)).await else {
             delivery.leave_unacked(); // the worker stops: restored on shutdown
             return;
         };
