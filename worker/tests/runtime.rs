@@ -384,3 +384,43 @@ async fn tasks_get_slots_in_the_order_their_messages_arrived() {
     stop.cancel();
     run.await.unwrap();
 }
+
+/// A result store that never finishes storing a REVOKED state (a backend
+/// gone quiet), and passes every other state on.
+struct HangsOnRevoked(mpsc::UnboundedSender<ResultMeta>);
+
+impl ResultStore for HangsOnRevoked {
+    fn store(&self, meta: std::sync::Arc<ResultMeta>) -> BoxFuture<'static, Result<(), StoreError>> {
+        if meta.status == State::Revoked {
+            return Box::pin(std::future::pending());
+        }
+        let _ = self.0.send(std::sync::Arc::unwrap_or_clone(meta));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discarded_task_waiting_on_its_result_does_not_hold_the_line_for_slots() {
+    // Only the wait for a slot keeps the tasks behind in line: an expired
+    // task whose REVOKED state cannot be stored (yet) gives its place up.
+    let broker = Broker::Memory(MemoryBroker::default());
+    let producer = Producer::new(broker.clone(), ProducerConfig::default());
+    let expired = SendOptions {
+        expires: Some(celeriac_broker::Expires::At(celeriac_protocol::time::PyDateTime::now_utc())),
+        ..SendOptions::default()
+    };
+    producer.send_task("tasks.add", vec![1.into(), 1.into()], Map::new(), expired).await.unwrap();
+    let id = producer.send_task("tasks.add", vec![2.into(), 3.into()], Map::new(), SendOptions::default()).await.unwrap();
+    let registry = Registry::new().with(Task::new("tasks.add", add));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let config = WorkerConfig { concurrency: 1, shutdown_timeout: Duration::from_secs(1), ..WorkerConfig::default() };
+    let worker = Worker::new(registry, broker.clone(), producer.clone(), Some(Arc::new(HangsOnRevoked(tx))), config);
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let run = tokio::spawn(async move { worker.run(token).await.unwrap() });
+    let meta = next_final(&mut rx).await;
+    assert_eq!((meta.task_id.as_str(), meta.status), (id.as_str(), State::Success));
+    assert_eq!(meta.result, Value::Int(5));
+    stop.cancel();
+    run.await.unwrap();
+}

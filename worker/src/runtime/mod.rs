@@ -462,15 +462,14 @@ impl Worker {
                     break;
                 }
                 Some(parked) = due.recv() => {
-                    let ticket = shared.line.ticket();
-                    running.spawn(Box::pin(shared.clone().handle_due(parked, lane.clone(), ticket)));
+                    running.spawn(Box::pin(shared.clone().handle_due(parked, lane.clone())));
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         // Its place in line for a slot is taken now, in the
                         // order the consumer hands deliveries over.
                         let ticket = shared.line.ticket();
-                        running.spawn(Box::pin(shared.clone().handle(delivery, lane.clone(), Pass::Received, ticket)));
+                        running.spawn(Box::pin(shared.clone().handle(delivery, lane.clone(), Pass::Received(ticket))));
                     }
                     Some(Err(e)) => {
                         if let BrokerError::Undecodable { kind, .. } = &e {
@@ -634,11 +633,15 @@ struct Lane {
 }
 
 /// Which pass through the stages a delivery is on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Pass {
-    /// Just received: recorded, reported, admitted.
-    Received,
-    /// Its ETA has come (it was received and admitted before it was parked).
+    /// Just received: recorded, reported, admitted. With its place in line
+    /// for a slot, taken in the order the consumer handed deliveries over;
+    /// given up before anything that can wait (a refusal, a discard): only
+    /// the wait for a slot may hold the line.
+    Received(schedule::Ticket),
+    /// Its ETA has come (it was received and admitted before it was parked);
+    /// it takes its place in line once its visibility is refreshed.
     Due,
 }
 
@@ -654,8 +657,8 @@ impl Shared {
     /// Takes one delivery through the stages (see the module docs). A panic
     /// in the runner itself (never in a task's handler: those are caught as
     /// lost executions) fails the task and dead-letters its message.
-    async fn handle(self: Arc<Self>, mut delivery: Delivery, lane: Arc<Lane>, pass: Pass, ticket: schedule::Ticket) {
-        let run = AssertUnwindSafe(self.process(&mut delivery, &lane, pass, ticket)).catch_unwind().await;
+    async fn handle(self: Arc<Self>, mut delivery: Delivery, lane: Arc<Lane>, pass: Pass) {
+        let run = AssertUnwindSafe(self.process(&mut delivery, &lane, pass)).catch_unwind().await;
         match run {
             Ok(Flow::Done) => {}
             Ok(Flow::Park(eta, id)) => {
@@ -680,14 +683,9 @@ impl Shared {
 
     /// A parked delivery whose ETA has come: parsed again, then through the
     /// rest of the stages.
-    async fn handle_due(
-        self: Arc<Self>,
-        parked: celeriac_broker::ParkedDelivery,
-        lane: Arc<Lane>,
-        ticket: schedule::Ticket,
-    ) {
+    async fn handle_due(self: Arc<Self>, parked: celeriac_broker::ParkedDelivery, lane: Arc<Lane>) {
         match parked.unpark() {
-            Ok(delivery) => self.handle(delivery, lane, Pass::Due, ticket).await,
+            Ok(delivery) => self.handle(delivery, lane, Pass::Due).await,
             Err(mut parked) => {
                 // Never seen (parking checks the text reads back): left to
                 // the visibility timeout rather than run without its message.
@@ -697,11 +695,17 @@ impl Shared {
         }
     }
 
-    async fn process(&self, delivery: &mut Delivery, lane: &Lane, pass: Pass, ticket: schedule::Ticket) -> Flow {
+    async fn process(&self, delivery: &mut Delivery, lane: &Lane, pass: Pass) -> Flow {
         let stop = &lane.stop;
+        // Its place in line for a slot (a due task takes one further down).
+        let (due, ticket) = match pass {
+            Pass::Received(ticket) => (false, Some(ticket)),
+            Pass::Due => (true, None),
+        };
         let task = match admit::decode(delivery.message(), &self.acceptance) {
             Ok(task) => task,
             Err(refusal) => {
+                drop(ticket);
                 Box::pin(self.refuse(delivery, &refusal)).await;
                 return Flow::Done;
             }
@@ -709,22 +713,21 @@ impl Shared {
         let (id, name) = (task.headers.id.as_str(), task.headers.task.as_str());
         let span = tracing::info_span!("task", %id, %name);
         async {
-            let terminate = match pass {
-                Pass::Received => {
-                    info!("Task {name}[{id}] received");
-                    let terminate = self.state.received(&task, delivery, &self.config.hostname);
-                    if let Some(metrics) = &self.metrics {
-                        metrics.note_queue(id, &delivery.queue);
-                    }
-                    if self.reporting() {
-                        self.report("task-received", &task, task_received_fields(&task));
-                    }
-                    terminate
+            let terminate = if due {
+                self.state.due(id, &task, delivery)
+            } else {
+                info!("Task {name}[{id}] received");
+                let terminate = self.state.received(&task, delivery, &self.config.hostname);
+                if let Some(metrics) = &self.metrics {
+                    metrics.note_queue(id, &delivery.queue);
                 }
-                Pass::Due => self.state.due(id, &task, delivery),
+                if self.reporting() {
+                    self.report("task-received", &task, task_received_fields(&task));
+                }
+                terminate
             };
             let tracked = Tracked { state: &self.state, id, name, kept: false };
-            if pass == Pass::Due {
+            if due {
                 // A full visibility timeout from the start, as for any task;
                 // and one that is no longer ours (restored to another
                 // consumer, its channel closed) is not run here.
@@ -738,14 +741,24 @@ impl Shared {
                 }
             }
             let now = jiff::Timestamp::now();
-            let verdict = match pass {
-                Pass::Received => admit::admit(&self.registry, &self.state, &task, now),
+            let verdict = if due {
                 // Admitted before it was parked: only revocation and expiry
                 // can have changed.
-                Pass::Due => match self.registry.get(name) {
+                match self.registry.get(name) {
                     Some(def) => admit::still_wanted(&self.state, &task, now).unwrap_or(admit::Verdict::Run(def)),
                     None => admit::Verdict::Unknown,
-                },
+                }
+            } else {
+                admit::admit(&self.registry, &self.state, &task, now)
+            };
+            let ticket = match verdict {
+                admit::Verdict::Run(_) => ticket,
+                // Nothing to wait for a slot: the line goes on while this
+                // one is handed on or discarded (which can wait out an outage).
+                _ => {
+                    drop(ticket);
+                    None
+                }
             };
             match verdict {
                 admit::Verdict::Unknown => Box::pin(self.unknown(delivery, &task, stop)).await,
@@ -756,13 +769,14 @@ impl Shared {
                     Box::pin(self.discard(delivery, &task, record::Discard::Expired, stop)).await
                 }
                 admit::Verdict::Run(def) => {
-                    if let Some(eta) = schedule::eta_ahead(&task, now).filter(|_| pass == Pass::Received) {
+                    if let Some(eta) = schedule::eta_ahead(&task, now).filter(|_| !due) {
                         let text = task.headers.eta.as_ref().map(PyDateTime::to_iso).unwrap_or_default();
                         let priority = delivery.message().priority;
                         self.state.set_phase(id, crate::state::Phase::Scheduled { eta: text, priority });
                         tracked.keep();
                         return Flow::Park(eta, id.to_owned());
                     }
+                    let ticket = ticket.unwrap_or_else(|| self.line.ticket());
                     Box::pin(self.run_task(delivery, def, &task, stop, terminate, ticket)).await;
                 }
             }
