@@ -127,7 +127,7 @@ def main() -> int:
     else:
         kind, template = "custom", args.worker
 
-    log_dir = Path(args.log_dir)
+    log_dir = Path(args.log_dir).resolve()  # pytest runs in the suite's directory
     log_dir.mkdir(parents=True, exist_ok=True)
     worker_log = log_dir / f"worker-{kind}-{args.broker}.log"
     amqp_url = os.environ.get("CELERIAC_TEST_AMQP_URL", "")
