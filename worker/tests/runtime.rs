@@ -410,7 +410,8 @@ async fn a_discarded_task_waiting_on_its_result_does_not_hold_the_line_for_slots
         ..SendOptions::default()
     };
     producer.send_task("tasks.add", vec![1.into(), 1.into()], Map::new(), expired).await.unwrap();
-    let id = producer.send_task("tasks.add", vec![2.into(), 3.into()], Map::new(), SendOptions::default()).await.unwrap();
+    let id =
+        producer.send_task("tasks.add", vec![2.into(), 3.into()], Map::new(), SendOptions::default()).await.unwrap();
     let registry = Registry::new().with(Task::new("tasks.add", add));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let config = WorkerConfig { concurrency: 1, shutdown_timeout: Duration::from_secs(1), ..WorkerConfig::default() };
@@ -421,6 +422,87 @@ async fn a_discarded_task_waiting_on_its_result_does_not_hold_the_line_for_slots
     let meta = next_final(&mut rx).await;
     assert_eq!((meta.task_id.as_str(), meta.status), (id.as_str(), State::Success));
     assert_eq!(meta.result, Value::Int(5));
+    stop.cancel();
+    run.await.unwrap();
+}
+
+/// Replaces itself with `add(n, n) | add(1) | again(n - 1)` until `n` is 0;
+/// every round keeps the task's id (the chain's last task takes it), and the
+/// plan names the two `add`s.
+async fn again(ctx: Ctx, Args((n,)): Args<(i64,)>) -> Result<&'static str, TaskError> {
+    use celeriac_client::{chain, Signature as Sig};
+    if n == 0 {
+        return Ok("done");
+    }
+    let replacement = chain([
+        Sig::new("tasks.add").args((n, n)),
+        Sig::new("tasks.add").args((1,)),
+        Sig::new("tasks.again").args((n - 1,)).si(),
+    ]);
+    Err(ctx.replace(replacement.to_wire().unwrap()))
+}
+
+#[tokio::test]
+async fn a_task_that_replaces_itself_names_each_rounds_callbacks_afresh() {
+    // Each round's replacement is planned under the same task id; its
+    // `replaced_task_nesting` tells the rounds apart, so every round's steps
+    // get ids of their own (as Python's fresh uuids), not the last round's.
+    let broker = Broker::Memory(MemoryBroker::default());
+    let producer = Producer::new(broker.clone(), ProducerConfig::default());
+    let registry = Registry::new().with(Task::new("tasks.add", add)).with(Task::new("tasks.again", again));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let config = WorkerConfig { concurrency: 2, ..WorkerConfig::default() };
+    let worker = Worker::new(registry, broker.clone(), producer.clone(), Some(Arc::new(Channel(tx))), config);
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let run = tokio::spawn(async move { worker.run(token).await.unwrap() });
+    let id = producer.send_task("tasks.again", vec![3.into()], Map::new(), SendOptions::default()).await.unwrap();
+    let mut adds = std::collections::BTreeSet::new();
+    loop {
+        let meta = next_final(&mut rx).await;
+        assert_eq!(meta.status, State::Success, "{meta:?}");
+        if meta.task_id == id {
+            assert_eq!(meta.result, Value::Str("done".into()));
+            break;
+        }
+        adds.insert(meta.task_id.clone());
+    }
+    assert_eq!(adds.len(), 6, "three rounds of two steps, each under its own id: {adds:?}");
+    stop.cancel();
+    run.await.unwrap();
+}
+
+async fn nap() -> Result<(), TaskError> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_expires_waiting_for_a_slot_gives_the_slot_on_before_it_is_discarded() {
+    // The only slot is busy; the next task expires while it waits, and its
+    // REVOKED state cannot be stored (yet): the task after it still runs.
+    let broker = Broker::Memory(MemoryBroker::default());
+    let producer = Producer::new(broker.clone(), ProducerConfig::default());
+    producer.send_task("tasks.nap", vec![], Map::new(), SendOptions::default()).await.unwrap();
+    let expires = SendOptions {
+        expires: Some(celeriac_broker::Expires::In(Duration::from_millis(100))),
+        ..SendOptions::default()
+    };
+    producer.send_task("tasks.add", vec![1.into(), 1.into()], Map::new(), expires).await.unwrap();
+    let id =
+        producer.send_task("tasks.add", vec![2.into(), 3.into()], Map::new(), SendOptions::default()).await.unwrap();
+    let registry = Registry::new().with(Task::new("tasks.add", add)).with(Task::new("tasks.nap", nap));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let config = WorkerConfig { concurrency: 1, shutdown_timeout: Duration::from_secs(1), ..WorkerConfig::default() };
+    let worker = Worker::new(registry, broker.clone(), producer.clone(), Some(Arc::new(HangsOnRevoked(tx))), config);
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let run = tokio::spawn(async move { worker.run(token).await.unwrap() });
+    let mut last = next_final(&mut rx).await;
+    if last.task_id != id {
+        last = next_final(&mut rx).await; // the nap's
+    }
+    assert_eq!((last.task_id.as_str(), last.status, &last.result), (id.as_str(), State::Success, &Value::Int(5)));
     stop.cancel();
     run.await.unwrap();
 }

@@ -801,12 +801,15 @@ impl Shared {
             return;
         };
         // Revoked or expired while it waited for its rate limit or a slot?
-        match admit::still_wanted(&self.state, task, jiff::Timestamp::now()) {
-            Some(admit::Verdict::Revoked) => {
-                return Box::pin(self.discard(delivery, task, record::Discard::Revoked, stop)).await;
-            }
-            Some(_) => return Box::pin(self.discard(delivery, task, record::Discard::Expired, stop)).await,
-            None => {}
+        // Then the slot goes on to the next task at once: discarding stores
+        // REVOKED, which can wait out an outage.
+        if let Some(verdict) = admit::still_wanted(&self.state, task, jiff::Timestamp::now()) {
+            drop(permit);
+            let why = match verdict {
+                admit::Verdict::Revoked => record::Discard::Revoked,
+                _ => record::Discard::Expired,
+            };
+            return Box::pin(self.discard(delivery, task, why, stop)).await;
         }
         let policy = self.ack_policy(def);
         if policy.acks_early() {

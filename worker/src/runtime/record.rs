@@ -231,7 +231,7 @@ impl Shared {
         };
         info!("Task {name}[{id}] replaced by {}", sig.task);
         // Celery's `sig.delay()`: parent and root are the replaced task's.
-        let call = Call::delay(Vec::new()).with_stable_ids(format!("{id}/replace"));
+        let call = Call::delay(Vec::new()).with_stable_ids(seed_of(&task.headers, "replace"));
         match self.apply_child(sig, call, task, stop).await {
             Ok(_) => (Ending::Ignored, Recorded::Yes),
             Err(Unsent::Outage) => (Ending::Succeeded, Recorded::No),
@@ -304,8 +304,8 @@ impl Shared {
         // `group(errbacks).apply_async((request.id,), parent_id=request.id,
         // root_id=request.root_id or request.id)`.
         let id = Value::Str(failed.headers.id.clone());
-        let seed = format!("{}/errbacks", failed.headers.id);
-        let call = Call::step(Some(id), None, &lineage_of(failed.parent)).with_stable_ids(seed);
+        let call =
+            Call::step(Some(id), None, &lineage_of(failed.parent)).with_stable_ids(seed_of(failed.headers, "errbacks"));
         match self.apply_child(group, call, failed.parent, stop).await {
             Ok(applied) => (Recorded::Yes, applied.into_iter().next()),
             Err(Unsent::Outage) => (Recorded::No, None),
@@ -599,11 +599,11 @@ impl Shared {
             }
         };
         let lineage = lineage_of(task);
-        // Ids the plans make are derived from the task id and which callback
+        // Ids the plans make are derived from the message and which callback
         // it is: a redelivered message sends its callbacks under the same ids.
-        let id = &task.headers.id;
+        let headers = &task.headers;
         let link =
-            |which: &str| Call::step(Some(result.clone()), None, &lineage).with_stable_ids(format!("{id}/{which}"));
+            |which: &str| Call::step(Some(result.clone()), None, &lineage).with_stable_ids(seed_of(headers, which));
         let callbacks = task.embed.callbacks.as_deref().unwrap_or_default();
         if let [one] = callbacks {
             keep(self.apply_child(one.clone(), link("link"), task, stop).await);
@@ -623,7 +623,7 @@ impl Shared {
         if let Some(chain) = &task.embed.chain {
             if let Some((next, rest)) = chain.split_last() {
                 let call = Call::step(Some(result.clone()), Some(rest.to_vec()), &lineage)
-                    .with_stable_ids(format!("{id}/chain"));
+                    .with_stable_ids(seed_of(headers, "chain"));
                 keep(self.apply_child(next.clone(), call, task, stop).await);
             }
         }
@@ -1126,6 +1126,16 @@ struct FailedRequest<'a> {
     delivery: Option<&'a Delivery>,
     /// The parent of what is sent (its id and root id).
     parent: &'a TaskMessage,
+}
+
+/// The seed of the ids a worker's plan makes for `which` callback of the
+/// message with these headers (see `Call::with_stable_ids`): the same for the
+/// same message delivered again, different for each retry (`retries`) and each
+/// round of a task that replaces itself (`replaced_task_nesting`), whose
+/// messages keep the task id. (A task sent again under the same id by its
+/// producer, with the same headers, gets the same callback ids.)
+fn seed_of(headers: &TaskHeaders, which: &str) -> String {
+    format!("{}/{}/{}/{which}", headers.id, headers.retries, headers.replaced_task_nesting)
 }
 
 /// The members of a group signature (`kwargs.tasks`).

@@ -71,6 +71,9 @@ pub(crate) struct Line {
     state: Mutex<LineState>,
 }
 
+/// Room the line keeps when it empties.
+const SPARE: usize = 1024;
+
 #[derive(Debug, Default)]
 struct LineState {
     /// The number of the first ticket not through yet.
@@ -158,6 +161,13 @@ impl Drop for Ticket {
             let first = state.first;
             if let Some(next) = state.waiting.remove(&first) {
                 let _ = next.send(());
+            }
+            // After a burst (a wide prefetch window), give the room back.
+            if state.through.is_empty() && state.through.capacity() > SPARE {
+                state.through.shrink_to(SPARE);
+            }
+            if state.waiting.is_empty() && state.waiting.capacity() > SPARE {
+                state.waiting.shrink_to(SPARE);
             }
         }
     }
@@ -254,5 +264,16 @@ mod tests {
         assert_eq!(order, sorted);
         assert_eq!(order.len(), 200 - (0..200).filter(|n| n % 7 == 3).count());
         assert_eq!(line.len(), 0);
+    }
+
+    #[test]
+    fn an_emptied_line_gives_back_the_room_of_a_burst() {
+        let line = Arc::new(Line::default());
+        let tickets: Vec<Ticket> = (0..20_000).map(|_| line.ticket()).collect();
+        assert!(line.lock().through.capacity() >= 20_000);
+        drop(tickets);
+        let state = line.lock();
+        assert!(state.through.is_empty());
+        assert!(state.through.capacity() <= 2 * SPARE, "{}", state.through.capacity());
     }
 }
