@@ -78,9 +78,30 @@ async fn limited(Args((tx,)): Args<(String,)>) -> Result<String, TaskError> {
     Ok(tx)
 }
 
-fn start_with(config: WorkerConfig) -> Setup {
+/// An in-memory broker and a producer on it.
+fn memory_broker() -> (Broker, Producer) {
     let broker = Broker::Memory(MemoryBroker::default());
     let producer = Producer::new(broker.clone(), ProducerConfig::default());
+    (broker, producer)
+}
+
+/// Runs a worker of `registry` on `broker` storing into `store` until the
+/// returned token is cancelled (then await the handle).
+fn run_worker(
+    broker: &Broker,
+    producer: &Producer,
+    registry: Registry,
+    store: Arc<dyn ResultStore>,
+    config: WorkerConfig,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let worker = Worker::new(registry, broker.clone(), producer.clone(), Some(store), config);
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    (stop, tokio::spawn(async move { worker.run(token).await.unwrap() }))
+}
+
+fn start_with(config: WorkerConfig) -> Setup {
+    let (broker, producer) = memory_broker();
     let registry = Registry::new()
         .with(Task::new("tasks.add", add))
         .with(Task::new("tasks.flaky", flaky))
@@ -92,10 +113,7 @@ fn start_with(config: WorkerConfig) -> Setup {
         .with(Task::new("tasks.fails_once", fails_once));
     let (tx, rx) = mpsc::unbounded_channel();
     let config = WorkerConfig { shutdown_timeout: Duration::from_secs(5), ..config };
-    let worker = Worker::new(registry, broker.clone(), producer.clone(), Some(Arc::new(Channel(tx))), config);
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    let run = tokio::spawn(async move { worker.run(token).await.unwrap() });
+    let (stop, run) = run_worker(&broker, &producer, registry, Arc::new(Channel(tx)), config);
     Setup { producer, broker, results: rx, stop, run }
 }
 
@@ -364,18 +382,14 @@ async fn tasks_get_slots_in_the_order_their_messages_arrived() {
     // One slot, several messages prefetched, their runners on two threads:
     // a message read after another must not take the slot first (a Python
     // worker's pool gets them in order; Celery's test_expired relies on it).
-    let broker = Broker::Memory(MemoryBroker::default());
-    let producer = Producer::new(broker.clone(), ProducerConfig::default());
+    let (broker, producer) = memory_broker();
     for n in 0..300 {
         producer.send_task("tasks.record_start", vec![n.into()], Map::new(), SendOptions::default()).await.unwrap();
     }
     let registry = Registry::new().with(Task::new("tasks.record_start", record_start));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let config = WorkerConfig { concurrency: 1, prefetch_multiplier: 16, ..WorkerConfig::default() };
-    let worker = Worker::new(registry, broker.clone(), producer.clone(), Some(Arc::new(Channel(tx))), config);
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    let run = tokio::spawn(async move { worker.run(token).await.unwrap() });
+    let (stop, run) = run_worker(&broker, &producer, registry, Arc::new(Channel(tx)), config);
     for _ in 0..300 {
         next_final(&mut rx).await;
     }
@@ -403,8 +417,7 @@ impl ResultStore for HangsOnRevoked {
 async fn a_discarded_task_waiting_on_its_result_does_not_hold_the_line_for_slots() {
     // Only the wait for a slot keeps the tasks behind in line: an expired
     // task whose REVOKED state cannot be stored (yet) gives its place up.
-    let broker = Broker::Memory(MemoryBroker::default());
-    let producer = Producer::new(broker.clone(), ProducerConfig::default());
+    let (broker, producer) = memory_broker();
     let expired = SendOptions {
         expires: Some(celeriac_broker::Expires::At(celeriac_protocol::time::PyDateTime::now_utc())),
         ..SendOptions::default()
@@ -415,10 +428,7 @@ async fn a_discarded_task_waiting_on_its_result_does_not_hold_the_line_for_slots
     let registry = Registry::new().with(Task::new("tasks.add", add));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let config = WorkerConfig { concurrency: 1, shutdown_timeout: Duration::from_secs(1), ..WorkerConfig::default() };
-    let worker = Worker::new(registry, broker.clone(), producer.clone(), Some(Arc::new(HangsOnRevoked(tx))), config);
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    let run = tokio::spawn(async move { worker.run(token).await.unwrap() });
+    let (stop, run) = run_worker(&broker, &producer, registry, Arc::new(HangsOnRevoked(tx)), config);
     let meta = next_final(&mut rx).await;
     assert_eq!((meta.task_id.as_str(), meta.status), (id.as_str(), State::Success));
     assert_eq!(meta.result, Value::Int(5));
@@ -447,15 +457,11 @@ async fn a_task_that_replaces_itself_names_each_rounds_callbacks_afresh() {
     // Each round's replacement is planned under the same task id; its
     // `replaced_task_nesting` tells the rounds apart, so every round's steps
     // get ids of their own (as Python's fresh uuids), not the last round's.
-    let broker = Broker::Memory(MemoryBroker::default());
-    let producer = Producer::new(broker.clone(), ProducerConfig::default());
+    let (broker, producer) = memory_broker();
     let registry = Registry::new().with(Task::new("tasks.add", add)).with(Task::new("tasks.again", again));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let config = WorkerConfig { concurrency: 2, ..WorkerConfig::default() };
-    let worker = Worker::new(registry, broker.clone(), producer.clone(), Some(Arc::new(Channel(tx))), config);
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    let run = tokio::spawn(async move { worker.run(token).await.unwrap() });
+    let (stop, run) = run_worker(&broker, &producer, registry, Arc::new(Channel(tx)), config);
     let id = producer.send_task("tasks.again", vec![3.into()], Map::new(), SendOptions::default()).await.unwrap();
     let mut adds = std::collections::BTreeSet::new();
     loop {
@@ -481,8 +487,7 @@ async fn nap() -> Result<(), TaskError> {
 async fn a_task_that_expires_waiting_for_a_slot_gives_the_slot_on_before_it_is_discarded() {
     // The only slot is busy; the next task expires while it waits, and its
     // REVOKED state cannot be stored (yet): the task after it still runs.
-    let broker = Broker::Memory(MemoryBroker::default());
-    let producer = Producer::new(broker.clone(), ProducerConfig::default());
+    let (broker, producer) = memory_broker();
     producer.send_task("tasks.nap", vec![], Map::new(), SendOptions::default()).await.unwrap();
     let expires = SendOptions {
         expires: Some(celeriac_broker::Expires::In(Duration::from_millis(100))),
@@ -494,10 +499,7 @@ async fn a_task_that_expires_waiting_for_a_slot_gives_the_slot_on_before_it_is_d
     let registry = Registry::new().with(Task::new("tasks.add", add)).with(Task::new("tasks.nap", nap));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let config = WorkerConfig { concurrency: 1, shutdown_timeout: Duration::from_secs(1), ..WorkerConfig::default() };
-    let worker = Worker::new(registry, broker.clone(), producer.clone(), Some(Arc::new(HangsOnRevoked(tx))), config);
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    let run = tokio::spawn(async move { worker.run(token).await.unwrap() });
+    let (stop, run) = run_worker(&broker, &producer, registry, Arc::new(HangsOnRevoked(tx)), config);
     let mut last = next_final(&mut rx).await;
     if last.task_id != id {
         last = next_final(&mut rx).await; // the nap's

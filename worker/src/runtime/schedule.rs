@@ -94,7 +94,7 @@ impl Line {
         let mut state = self.lock();
         let number = state.first + state.through.len() as u64;
         state.through.push_back(false);
-        Ticket { number, line: self.clone(), through: false }
+        Ticket { number, line: self.clone() }
     }
 
     /// Tickets taken and not through yet.
@@ -109,13 +109,12 @@ impl Line {
 pub(crate) struct Ticket {
     number: u64,
     line: Arc<Line>,
-    through: bool,
 }
 
 impl Ticket {
     /// Waits until every earlier ticket is through; false when `stop` comes
     /// first.
-    async fn turn(&mut self, stop: &CancellationToken) -> bool {
+    async fn turn(&self, stop: &CancellationToken) -> bool {
         let waiting = {
             let mut state = self.line.lock();
             if state.first == self.number {
@@ -141,10 +140,6 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if self.through {
-            return;
-        }
-        self.through = true;
         let mut state = self.line.lock();
         state.waiting.remove(&self.number);
         let Some(offset) = self.number.checked_sub(state.first) else { return };
@@ -188,7 +183,7 @@ mod tests {
     async fn turns_come_in_ticket_order_whatever_order_they_are_awaited() {
         let line = Arc::new(Line::default());
         let stop = CancellationToken::new();
-        let (mut a, mut b, mut c) = (line.ticket(), line.ticket(), line.ticket());
+        let (a, b, c) = (line.ticket(), line.ticket(), line.ticket());
         // The third and the second ask first: they wait for the first.
         let mut c_turn = Box::pin(async move { c.turn(&CancellationToken::new()).await });
         assert!(pending(&mut c_turn).await);
@@ -210,7 +205,7 @@ mod tests {
     #[tokio::test]
     async fn a_ticket_given_up_out_of_order_lets_the_line_through_once_the_earlier_ones_are() {
         let line = Arc::new(Line::default());
-        let (a, b, mut c) = (line.ticket(), line.ticket(), line.ticket());
+        let (a, b, c) = (line.ticket(), line.ticket(), line.ticket());
         // The second is given up (parked for its ETA) while the first still waits.
         drop(b);
         let mut c_turn = Box::pin(async move { c.turn(&CancellationToken::new()).await });
@@ -219,14 +214,14 @@ mod tests {
         assert!(c_turn.await);
         assert_eq!(line.len(), 0);
         // A fresh ticket on an empty line goes straight through.
-        let mut d = line.ticket();
+        let d = line.ticket();
         assert!(d.turn(&CancellationToken::new()).await);
     }
 
     #[tokio::test]
     async fn a_stop_ends_the_wait_and_gives_the_place_up() {
         let line = Arc::new(Line::default());
-        let (a, mut b, mut c) = (line.ticket(), line.ticket(), line.ticket());
+        let (a, b, c) = (line.ticket(), line.ticket(), line.ticket());
         let stop = CancellationToken::new();
         stop.cancel();
         assert!(!b.turn(&stop).await);
@@ -244,7 +239,7 @@ mod tests {
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut runners = tokio::task::JoinSet::new();
         for n in 0..200u32 {
-            let mut ticket = line.ticket();
+            let ticket = line.ticket();
             let order = order.clone();
             runners.spawn(async move {
                 if n % 7 == 3 {
