@@ -610,6 +610,31 @@ mod tests {
         assert_eq!(ids.len(), 2);
     }
 
+    /// A seed is built from network fields (task id, `retries`,
+    /// `replaced_task_nesting`): any text, of any length, gives valid,
+    /// distinct ids.
+    #[test]
+    fn hostile_seeds_still_give_valid_distinct_ids() {
+        let c = chord_sig(vec![Signature::new("t.a"), Signature::new("t.b")], Signature::new("t.c"));
+        let huge = "x".repeat(1 << 20);
+        let seeds = [
+            String::new(),
+            "\0/\u{ffff}/-9223372036854775808/link".to_owned(),
+            format!("{huge}/9223372036854775807/0/chain"),
+            "NaN/inf/1e300/links".to_owned(),
+        ];
+        let mut all = std::collections::HashSet::new();
+        for seed in &seeds {
+            let plan = plan("r", &c, Call::delay(Vec::new()).with_stable_ids(seed.as_str())).unwrap();
+            for (_, _, options) in plan.messages() {
+                let id = options.get("task_id").and_then(Value::as_str).unwrap();
+                assert_eq!(uuid::Uuid::parse_str(id).unwrap().hyphenated().to_string(), id);
+                assert!(all.insert(id.to_owned()), "{id} came twice");
+            }
+        }
+        assert_eq!(all.len(), 2 * seeds.len());
+    }
+
     fn chord_sig(header: Vec<Signature>, body: Signature) -> Signature {
         let mut group = Signature::new("celery.group");
         group.subtask_type = Some("group".into());
