@@ -301,7 +301,9 @@ fn redbeat_beat(redis: &RedisServer, name: &str) -> LoggedProcess {
     let python = celeriac_tests::python().unwrap();
     let mut command = Command::new(python);
     command
-        .args(["-m", "celery", "-A", "beat_app", "beat", "-S", "redbeat.RedBeatScheduler", "--loglevel", "INFO"])
+        // DEBUG: RedBeat then logs each tick (lock extended, entries selected,
+        // sleep), so a failure shows where a stalled RedBeat spent its time.
+        .args(["-m", "celery", "-A", "beat_app", "beat", "-S", "redbeat.RedBeatScheduler", "--loglevel", "DEBUG"])
         .args(["-s", &redis.dir().join(format!("{name}-schedule")).display().to_string()])
         .current_dir(apps_dir())
         .env("PYTHONPATH", apps_dir())
