@@ -102,7 +102,11 @@ where
     if let Command::Tasks(args) = cli.command {
         return exit(ops::manifest::run(args, extra));
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let threads = match &cli.command {
+        Command::Worker(args) => args.runtime_threads,
+        _ => None,
+    };
+    let runtime = match runtime(threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("celeriac: cannot start the async runtime: {e}");
@@ -127,6 +131,29 @@ where
     // Background tasks (a blocked BRPOP, a subscription) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     exit(outcome)
+}
+
+/// The async runtime: one thread (`--runtime-threads 1`: the main loop,
+/// the consumer and every task on the thread that started them), else
+/// tokio's multi-thread scheduler with that many threads (default: one per
+/// CPU, or `TOKIO_WORKER_THREADS`). Blocking tasks run on tokio's blocking
+/// pool with either.
+fn runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    // tokio panics on a value it cannot use; say what is wrong instead.
+    if let Some(value) = std::env::var_os("TOKIO_WORKER_THREADS").filter(|_| threads.is_none()) {
+        let usable = value.to_str().and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > 0);
+        if !usable {
+            let value = value.to_string_lossy();
+            return Err(std::io::Error::other(format!(
+                "TOKIO_WORKER_THREADS={value:?} is not a number of threads above 0"
+            )));
+        }
+    }
+    match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(usize::from(n)).enable_all().build(),
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    }
 }
 
 fn exit(outcome: Result<(), CliError>) -> ExitCode {

@@ -74,6 +74,12 @@ pub struct WorkerArgs {
     /// a custom binary's own sets. Default: `builtin` and the binary's own.
     #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub tasks: Vec<String>,
+    /// Threads that run the worker's async runtime (1 to 1024; default: one
+    /// per CPU, or `TOKIO_WORKER_THREADS`). 1 runs everything on one thread,
+    /// with no wake-ups between threads: the fastest on a small machine
+    /// shared with the broker (README, "Choosing `--runtime-threads`").
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub runtime_threads: Option<u16>,
 }
 
 /// Expands Celery's node-name placeholders against `host` (`%h` the host,

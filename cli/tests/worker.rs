@@ -176,6 +176,48 @@ fn unknown_flags_tasks_and_settings_are_refused_clearly() {
     assert!(err.contains("worker_prefetch_multiplier"), "{err}");
     let err = run(&["worker", "-b", "memory://", "-l", "LOUD"], &[]);
     assert!(err.contains("LOUD"), "{err}");
+    for threads in ["0", "1025", "-1", "1e3", "many"] {
+        let err = run(&["worker", "-b", "memory://", "--runtime-threads", threads], &[]);
+        assert!(err.contains("--runtime-threads"), "{threads}: {err}");
+    }
+    for threads in ["0", "two", ""] {
+        let err = run(&["worker", "-b", "memory://"], &[("TOKIO_WORKER_THREADS", threads)]);
+        assert!(err.contains("TOKIO_WORKER_THREADS") && !err.contains("panicked"), "{threads:?}: {err}");
+    }
+}
+
+/// `--runtime-threads 1`: the consumer, the main loop, remote control and
+/// every task on one thread. Results, failures, retries, hard and soft
+/// time limits, `celery inspect ping` and a warm shutdown behave as on the
+/// default runtime.
+#[test]
+fn a_worker_on_one_runtime_thread_behaves_as_on_many() {
+    let (Some(redis), Some(_)) = (celeriac_tests::redis(), celeriac_tests::python_peer()) else { return };
+    let url = redis.url();
+    let mut worker =
+        celeriac_worker(&redis, &url, &["-c", "8", "--runtime-threads", "1", "-n", "one@runtime-test"], &[]);
+    let out = python_calls(
+        &url,
+        json!([
+            {"name": "t.integration.tasks.add", "args": [2, 40]},
+            {"name": "t.integration.tasks.fail", "args": ["disk full"]},
+            {"name": "t.integration.tasks.retry_once"},
+            {"name": "t.integration.tasks.sleeping", "args": [30], "options": {"time_limit": 1}},
+            {"name": "t.integration.tasks.sleeping", "args": [30], "options": {"soft_time_limit": 1}},
+        ]),
+        true,
+    );
+    let log = worker.log();
+    assert_eq!(out[0]["result"], json!(42), "{:?}\n{log}", out[0]);
+    assert_eq!(out[1]["exc_type"], json!("ExpectedException"), "{:?}\n{log}", out[1]);
+    assert_eq!(out[2]["result"], json!(1), "{:?}\n{log}", out[2]);
+    assert_eq!(out[3]["exc_type"], json!("TimeLimitExceeded"), "{:?}\n{log}", out[3]);
+    assert_eq!(out[4]["exc_type"], json!("SoftTimeLimitExceeded"), "{:?}\n{log}", out[4]);
+    let (ok, pong, err) = celery(&url, &["inspect", "ping", "--json", "-t", "10", "-d", "one@runtime-test"]);
+    assert!(ok && pong.contains("pong"), "celery inspect ping: {pong}\n{err}\n{log}");
+    worker.signal("TERM");
+    let status = worker.wait_timeout(WAIT).expect("the worker did not stop");
+    assert!(status.success(), "exit status {status:?}\n{}", worker.log());
 }
 
 #[test]

@@ -301,7 +301,7 @@ impl Pidbox {
             Command::Registered { items, builtins } => value(self.registered(&items, builtins)),
             Command::ActiveQueues => value(self.active_queues()),
             Command::Revoked => value(Value::List(shared.state.revoked().ids().into_iter().map(Value::Str).collect())),
-            Command::QueryTask { ids } => value(self.query_task(ids)),
+            Command::QueryTask { ids } => value(Self::query_task(shared.state.clone(), ids).await),
             Command::Conf => value(self.conf()),
             Command::Report => ok(self.report()),
             Command::Revoke { ids, terminate, signal, .. } => self.revoke(ids, terminate, signal).await,
@@ -501,10 +501,25 @@ impl Pidbox {
         Value::List(queues.iter().map(|q| queue_dict(q)).collect())
     }
 
-    fn query_task(&self, ids: Vec<String>) -> Value {
+    /// `query_task`: each id once (a request may repeat one many times),
+    /// on a blocking thread, since a held ETA request's info is read back
+    /// from its message.
+    async fn query_task(state: Arc<WorkerState>, ids: Vec<String>) -> Value {
+        let answer = tokio::task::spawn_blocking(move || Self::query_ids(&state, ids)).await;
+        answer.unwrap_or_else(|e| {
+            warn!("inspect query_task: reading the requests failed ({e}); answering none");
+            Value::Map(Map::new())
+        })
+    }
+
+    fn query_ids(state: &WorkerState, ids: Vec<String>) -> Value {
         let mut m = Map::new();
+        let mut seen = std::collections::HashSet::new();
         for id in ids {
-            if let Some((phase, info)) = self.shared.state.query(&id) {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            if let Some((phase, info)) = state.query(&id) {
                 let state = match phase {
                     Phase::Active { .. } => "active",
                     Phase::Reserved => "reserved",

@@ -572,16 +572,11 @@ fn sane_time(at: f64, now: f64) -> f64 {
 pub struct Revoked {
     ids: Mutex<LimitedSet>,
     file: Option<PathBuf>,
-    /// Held while a snapshot is taken and written, so writes land in order;
-    /// holds when the file was last written.
-    saving: Mutex<Option<std::time::Instant>>,
+    /// Held while a snapshot is taken and written, so writes land in order.
+    saving: Mutex<()>,
     /// Changed since the file was last written.
     dirty: std::sync::atomic::AtomicBool,
 }
-
-/// The file is written at most this often when revokes come in a flood; the
-/// worker flushes what is left every second and at shutdown.
-const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Revoked {
     fn load(file: Option<PathBuf>) -> Revoked {
@@ -603,12 +598,7 @@ impl Revoked {
                 Err(e) => tracing::warn!("{e}"),
             }
         }
-        Revoked {
-            ids: Mutex::new(set),
-            file,
-            saving: Mutex::new(None),
-            dirty: std::sync::atomic::AtomicBool::new(false),
-        }
+        Revoked { ids: Mutex::new(set), file, saving: Mutex::new(()), dirty: std::sync::atomic::AtomicBool::new(false) }
     }
 
     /// Whether `id` is revoked.
@@ -616,8 +606,8 @@ impl Revoked {
         lock(&self.ids).contains(id)
     }
 
-    /// Revokes `ids` (now), saving the state file (at most once a second:
-    /// [`Revoked::flush`] writes what is left). Ids longer than
+    /// Revokes `ids` (now); the state file is written by the next
+    /// [`Revoked::flush`] (the worker's, every second). Ids longer than
     /// [`MAX_TASK_ID_LEN`] are left out; of more than [`REVOKES_MAX`], the last
     /// ones are kept.
     pub fn add<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
@@ -642,11 +632,9 @@ impl Revoked {
             }
             set.purge(now);
         }
+        // Written by the worker's flush, every second on a blocking thread:
+        // never here, on the runtime thread that answers remote control.
         self.dirty.store(true, std::sync::atomic::Ordering::Release);
-        let recent = lock(&self.saving).is_some_and(|at| at.elapsed() < SAVE_EVERY);
-        if !recent {
-            self.flush();
-        }
     }
 
     /// Writes the state file if something changed since it was last
@@ -682,8 +670,7 @@ impl Revoked {
     /// Writes the state file (see [`write_state_file`]); failures are logged.
     fn save(&self) {
         let Some(path) = &self.file else { return };
-        let mut saving = lock(&self.saving);
-        *saving = Some(std::time::Instant::now());
+        let _saving = lock(&self.saving);
         let mut revoked = Map::new();
         for (id, at) in self.entries() {
             revoked.insert(id, Value::Float(at));
@@ -922,6 +909,7 @@ mod tests {
         let state = WorkerState::new(Some(path.clone()));
         state.revoked().add(["a", "b"]);
         assert!(state.revoked().contains("a"));
+        state.revoked().flush(); // as the worker does every second
         let again = WorkerState::new(Some(path));
         assert_eq!(again.revoked().ids(), ["a", "b"]);
         assert!(!again.revoked().contains("c"));
@@ -1054,9 +1042,8 @@ mod tests {
         let state = WorkerState::new(Some(path.clone()));
         state.revoked().add(["a"]);
         state.revoked().add(["b"]);
-        // Written at once the first time, then at most once a second: the
-        // second revoke waits for a flush (the worker flushes every second).
-        assert_eq!(read_state_file(&path).unwrap().len(), 1);
+        // Revoking writes nothing itself: the worker flushes every second.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
         state.revoked().flush();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{mode:o}");

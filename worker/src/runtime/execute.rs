@@ -89,8 +89,11 @@ impl Shared {
                 None => std::future::pending().await,
             }
         };
+        // The limit and a termination first: a handler that held the thread
+        // past its hard limit (on one runtime thread nothing else runs
+        // meanwhile) has timed out even if it returned before this is polled.
         let outcome = tokio::select! {
-            joined = &mut handle => joined_outcome(joined),
+            biased;
             _ = hard => {
                 handle.abort();
                 Outcome::TimedOut(limits.hard.unwrap_or_default())
@@ -99,6 +102,7 @@ impl Shared {
                 handle.abort();
                 Outcome::Terminated
             }
+            joined = &mut handle => joined_outcome(joined),
         };
         if let Some(t) = soft_timer {
             t.abort();

@@ -560,7 +560,7 @@ async fn gauges(shared: Arc<Shared>, metrics: Arc<Metrics>, stop: CancellationTo
 }
 
 /// Writes the revoked ids to the state file every second when they changed
-/// (revokes write it at most once a second themselves), and once more at the end.
+/// (revokes only mark it changed), on a blocking thread, and once more at the end.
 async fn flush_statedb(shared: Arc<Shared>, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     loop {
