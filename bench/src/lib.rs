@@ -33,7 +33,8 @@ use std::time::Duration;
 pub use peers::Peer;
 pub use report::Report;
 
-/// The list rusty-celery's `bench.stamp` pushes `"<sent> <started>"` to.
+/// The list rusty-celery's `bench.stamp` pushes `"<sent> <started>"` to (and
+/// transport-drain `"<sent> <received>"`).
 pub const RUSTY_STAMPS: &str = "bench:stamps";
 
 /// The wall-clock time as Unix seconds (what `time.time()` gives in Python).
@@ -94,6 +95,8 @@ pub struct Plan {
     pub celeriac_concurrency: usize,
     /// celeriac's `--prefetch-multiplier`.
     pub celeriac_prefetch_multiplier: usize,
+    /// celeriac's `--runtime-threads` (None: its default, one per CPU).
+    pub celeriac_runtime_threads: Option<u16>,
     /// Python Celery's `-c` (prefork and threads).
     pub python_concurrency: usize,
     /// rusty-celery's prefetch count.
@@ -109,9 +112,12 @@ pub struct Plan {
     pub transport: bool,
     /// How many times a short drain (under 15 s) is run; the median counts.
     pub drain_repeats: usize,
-    /// Also drain with celeriac at this `-c` (the Python peers' window), to
-    /// show what the concurrency setting does.
+    /// Also drain with celeriac at this `-c` and its default runtime (the
+    /// defaults a user gets on this machine), to show what the settings do.
     pub celeriac_narrow: Option<usize>,
+    /// Also drain with celeriac's `-c` and its default runtime (one thread
+    /// per CPU), to show what `--runtime-threads` does.
+    pub celeriac_multi: bool,
     /// The Python interpreter with Celery (None: the Python peers are skipped).
     pub python: Option<PathBuf>,
     /// `bench/python`.
@@ -138,11 +144,13 @@ impl Plan {
             peers: Peer::ALL.to_vec(),
             celeriac_concurrency: 64,
             celeriac_prefetch_multiplier: 4,
+            celeriac_runtime_threads: Some(1),
             python_concurrency: 2,
             rusty_prefetch: 8,
             transport_drain: bench_worker.with_file_name("transport-drain"),
             transport: true,
-            celeriac_narrow: Some(2),
+            celeriac_narrow: std::thread::available_parallelism().map(usize::from).ok().or(Some(2)),
+            celeriac_multi: true,
             drain_repeats: 3,
             bench_worker,
             rusty_worker,
@@ -196,12 +204,23 @@ pub async fn run(plan: &Plan) -> Result<Report, BenchError> {
         eprintln!("bench: celeriac -c {c} — drain");
         let mut narrow = env.clone();
         narrow.plan.celeriac_concurrency = c;
+        narrow.plan.celeriac_runtime_threads = None;
         report.narrow =
             Some((c, phases::drain_median(&narrow, Peer::Celeriac, false).await.map_err(|e| e.to_string())));
+    }
+    if plan.celeriac_multi && plan.celeriac_runtime_threads.is_some() && plan.peers.contains(&Peer::Celeriac) {
+        eprintln!("bench: celeriac, default runtime — drain");
+        let mut multi = env.clone();
+        multi.plan.celeriac_runtime_threads = None;
+        report.multi = Some(phases::drain_median(&multi, Peer::Celeriac, false).await.map_err(|e| e.to_string()));
     }
     if plan.transport {
         eprintln!("bench: {} — drain", Peer::Transport.label());
         report.transport = Some(phases::drain_median(&env, Peer::Transport, false).await.map_err(|e| e.to_string()));
+        eprintln!("bench: {} — latency", Peer::Transport.label());
+        report.transport_latency = Some(phases::latency(&env, Peer::Transport).await.map_err(|e| e.to_string()));
+        eprintln!("bench: {} — latency", Peer::Bare.label());
+        report.bare_latency = Some(phases::latency(&env, Peer::Bare).await.map_err(|e| e.to_string()));
     }
     eprintln!("bench: enqueue");
     report.enqueue = phases::enqueue(&env).await;

@@ -23,6 +23,9 @@ pub enum Peer {
     /// celeriac's Redis transport alone: consume and ack, no task runtime
     /// (a diagnostic, not a worker).
     Transport,
+    /// A bare `BRPOP` loop on the queue, recording nothing in `unacked`:
+    /// the floor of enqueue → delivered on this machine (a diagnostic).
+    Bare,
 }
 
 impl Peer {
@@ -37,6 +40,7 @@ impl Peer {
             Peer::PythonThreads => "threads",
             Peer::Rusty => "rusty",
             Peer::Transport => "transport",
+            Peer::Bare => "bare",
         }
     }
 
@@ -53,6 +57,7 @@ impl Peer {
             Peer::PythonThreads => "Python threads",
             Peer::Rusty => "rusty-celery",
             Peer::Transport => "celeriac transport only",
+            Peer::Bare => "bare BRPOP client",
         }
     }
 
@@ -63,7 +68,7 @@ impl Peer {
 
     /// Whether it can store results in the Redis backend.
     pub fn stores_results(self) -> bool {
-        !matches!(self, Peer::Rusty | Peer::Transport)
+        !matches!(self, Peer::Rusty | Peer::Transport | Peer::Bare)
     }
 
     /// The hashes that hold its in-flight messages: kombu's `unacked` (and its
@@ -71,6 +76,7 @@ impl Peer {
     pub fn inflight_keys(self, queue: &str) -> Vec<String> {
         match self {
             Peer::Rusty => vec![format!("_celery.{queue}_process_map")],
+            Peer::Bare => Vec::new(),
             _ => vec!["unacked".into()],
         }
     }
@@ -79,8 +85,10 @@ impl Peer {
     pub fn settings(self, plan: &Plan) -> String {
         match self {
             Peer::Celeriac => format!(
-                "`-c {} --prefetch-multiplier {}`, async no-op",
-                plan.celeriac_concurrency, plan.celeriac_prefetch_multiplier
+                "`-c {} --prefetch-multiplier {}{}`, async no-op",
+                plan.celeriac_concurrency,
+                plan.celeriac_prefetch_multiplier,
+                plan.celeriac_runtime_threads.map(|n| format!(" --runtime-threads {n}")).unwrap_or_default()
             ),
             Peer::PythonPrefork => format!("`-P prefork -c {}`, prefetch multiplier 4", plan.python_concurrency),
             Peer::PythonThreads => format!("`-P threads -c {}`, prefetch multiplier 4", plan.python_concurrency),
@@ -89,6 +97,7 @@ impl Peer {
                 "`RedisBroker` consumer, prefetch {}, every delivery acked at once",
                 plan.celeriac_concurrency * plan.celeriac_prefetch_multiplier
             ),
+            Peer::Bare => "one redis-rs connection in `BRPOP`, nothing recorded, nothing acked".into(),
         }
     }
 
@@ -102,6 +111,9 @@ impl Peer {
                     .args(["-c", &plan.celeriac_concurrency.to_string()])
                     .args(["--prefetch-multiplier", &plan.celeriac_prefetch_multiplier.to_string()])
                     .env("CELERIAC_TASK_ACKS_LATE", "1");
+                if let Some(n) = plan.celeriac_runtime_threads {
+                    c.args(["--runtime-threads", &n.to_string()]);
+                }
                 match backend {
                     Some(url) => c.args(["--result-backend", url]),
                     None => c.env("CELERIAC_TASK_IGNORE_RESULT", "1"),
@@ -125,6 +137,11 @@ impl Peer {
                 let mut c = Command::new(&plan.transport_drain);
                 let prefetch = plan.celeriac_concurrency * plan.celeriac_prefetch_multiplier;
                 c.args([broker, queue, &prefetch.to_string()]);
+                c
+            }
+            Peer::Bare => {
+                let mut c = Command::new(&plan.transport_drain);
+                c.args([broker, queue, "0", "--bare"]);
                 c
             }
             Peer::Rusty => {

@@ -34,11 +34,17 @@ fn every_phase_runs_for_every_peer() {
     let markdown = report.markdown();
     assert!(markdown.contains("| drain 500 no-op tasks"), "{markdown}");
     assert!(markdown.contains("| celeriac transport only |"), "{markdown}");
-    assert!(markdown.contains("| target (issue 7) |"), "{markdown}");
+    assert!(markdown.contains("| target | issue | measured | met |"), "{markdown}");
+    assert!(markdown.contains(" --runtime-threads 1`"), "{markdown}");
+    assert!(markdown.contains("a bare `BRPOP` client that records nothing, the floor"), "{markdown}");
     let json = report.json();
     assert_eq!(json["drain"]["celeriac"]["tasks"], 500);
     assert!(json["drain_transport_only"]["tasks_per_second"].as_f64().unwrap() > 0.0);
     assert!(json["drain_celeriac_narrow"]["drain"]["tasks_per_second"].as_f64().unwrap() > 0.0);
+    assert!(json["drain_celeriac_default_runtime"]["tasks_per_second"].as_f64().unwrap() > 0.0);
+    for floor in ["latency_transport_only", "latency_bare_brpop"] {
+        assert!(json[floor]["start_p50_ms"].as_f64().unwrap() > 0.0, "{floor}: {}", json[floor]);
+    }
     assert!(json["memory"]["celeriac"]["idle_rss_kib"].as_u64().unwrap() > 0);
     let doc = celeriac_bench::report::splice("# Benchmarks\n\nnotes\n", &markdown);
     assert_eq!(

@@ -5,7 +5,7 @@
 //! ```text
 //! celeriac-bench [--smoke] [--only celeriac,prefork,threads,rusty]
 //!                [--drain N] [--enqueue N] [--latency N] [--eta N]
-//!                [--celeriac-c N] [--celeriac-prefetch N] [--rusty-prefetch N]
+//!                [--celeriac-c N] [--celeriac-prefetch N] [--celeriac-threads N] [--rusty-prefetch N]
 //!                [--markdown PATH | --no-markdown] [--json PATH]
 //! ```
 
@@ -17,7 +17,7 @@ use celeriac_bench::{report, Peer, Plan};
 fn usage() -> ExitCode {
     eprintln!(
         "usage: celeriac-bench [--smoke] [--only celeriac,prefork,threads,rusty] [--drain N] [--enqueue N] \
-         [--latency N] [--eta N] [--celeriac-c N] [--celeriac-prefetch N] [--rusty-prefetch N] \
+         [--latency N] [--eta N] [--celeriac-c N] [--celeriac-prefetch N] [--celeriac-threads N] [--rusty-prefetch N] \
          [--markdown PATH | --no-markdown] [--json PATH]"
     );
     ExitCode::from(2)
@@ -55,6 +55,14 @@ fn main() -> ExitCode {
             "--eta" => number(&mut plan.eta_tasks),
             "--celeriac-c" => number(&mut plan.celeriac_concurrency),
             "--celeriac-prefetch" => number(&mut plan.celeriac_prefetch_multiplier),
+            // celeriac's --runtime-threads; 0: its default (a thread per CPU).
+            "--celeriac-threads" => match value().and_then(|v| v.parse::<u16>().ok()) {
+                Some(n) => {
+                    plan.celeriac_runtime_threads = (n > 0).then_some(n);
+                    true
+                }
+                None => false,
+            },
             "--rusty-prefetch" => number(&mut plan.rusty_prefetch),
             "--only" => match value() {
                 Some(list) => {
