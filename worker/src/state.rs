@@ -330,6 +330,12 @@ impl WorkerState {
         lock(&self.requests).values().flatten().filter(|t| matches!(t.phase, Phase::Active { .. })).count()
     }
 
+    /// Number of requests reserved and not started (without copying their
+    /// info, as [`WorkerState::reserved`] does).
+    pub fn reserved_count(&self) -> usize {
+        lock(&self.requests).values().flatten().filter(|t| matches!(t.phase, Phase::Reserved)).count()
+    }
+
     /// The phase and info of `id`, if the worker holds it (`query_task`):
     /// its running request if one is, else the latest received.
     pub fn query(&self, id: &str) -> Option<(Phase, Map)> {
@@ -929,19 +935,19 @@ mod tests {
         let state = WorkerState::new(None);
         state.received(&task, &delivery, "w@h");
         assert_eq!((state.processed(), state.totals().len()), (0, 0), "a reserved request is not processed");
-        assert_eq!(state.reserved().len(), 1);
+        assert_eq!((state.reserved().len(), state.reserved_count()), (1, 1));
         assert_eq!(state.reserved()[0].get("worker_pid"), Some(&Value::Null), "no process runs it yet");
         let active = Phase::Active { time_start: 1.0, acknowledged: true };
         state.set_phase(&id, active.clone());
         state.set_phase(&id, active);
         assert_eq!(state.processed(), 1, "counted once, when it became active");
         assert_eq!(state.totals().get("tasks.add"), Some(&1));
-        assert_eq!((state.active_count(), state.reserved().len()), (1, 0));
+        assert_eq!((state.active_count(), state.reserved().len(), state.reserved_count()), (1, 0, 0));
         assert_eq!(state.active()[0].get("worker_pid"), Some(&Value::Int(i64::from(std::process::id()))));
         // Its retry arrives (same id) before this run is done with it.
         state.received(&task, &delivery, "w@h");
         state.finished(&id, "tasks.add", true);
-        assert_eq!((state.active_count(), state.reserved().len()), (0, 1), "the retry is still held");
+        assert_eq!((state.active_count(), state.reserved_count()), (0, 1), "the retry is still held");
         state.set_phase(&id, Phase::Active { time_start: 2.0, acknowledged: true });
         assert_eq!(state.processed(), 2, "the retry's run counts too");
         assert!(state.terminate(&id, 15), "the retry can be terminated");

@@ -549,7 +549,7 @@ async fn gauges(shared: Arc<Shared>, metrics: Arc<Metrics>, stop: CancellationTo
         }
         let state = &shared.state;
         metrics.set_gauge("celery_worker_tasks_active", state.active_count() as f64);
-        metrics.set_gauge("celeriac_worker_reserved", state.reserved().len() as f64);
+        metrics.set_gauge("celeriac_worker_reserved", state.reserved_count() as f64);
         metrics.set_gauge("celeriac_worker_scheduled", shared.scheduled.load(Ordering::Relaxed) as f64);
         metrics.set_gauge("celeriac_worker_processed_total", state.processed() as f64);
         metrics.set_gauge("celeriac_worker_concurrency", shared.concurrency.load(Ordering::Relaxed) as f64);
