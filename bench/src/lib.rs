@@ -37,6 +37,13 @@ pub use report::Report;
 /// transport-drain `"<sent> <received>"`).
 pub const RUSTY_STAMPS: &str = "bench:stamps";
 
+/// Reports that the `bench.stamp` sent at `sent` was in hand at `at`: the
+/// line `"<sent> <at>"` on [`RUSTY_STAMPS`], for the latency phase of the
+/// peers without a result backend.
+pub async fn push_stamp(conn: &mut redis::aio::MultiplexedConnection, sent: f64, at: f64) -> redis::RedisResult<()> {
+    redis::cmd("RPUSH").arg(RUSTY_STAMPS).arg(format!("{sent} {at}")).query_async(conn).await
+}
+
 /// The wall-clock time as Unix seconds (what `time.time()` gives in Python).
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)

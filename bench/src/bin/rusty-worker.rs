@@ -32,11 +32,7 @@ async fn stamp(sent: f64) -> TaskResult<()> {
     let started = celeriac_bench::unix_now();
     if let Some(client) = STAMPS.get() {
         if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            let _: Result<(), _> = redis::cmd("RPUSH")
-                .arg(celeriac_bench::RUSTY_STAMPS)
-                .arg(format!("{sent} {started}"))
-                .query_async(&mut conn)
-                .await;
+            let _ = celeriac_bench::push_stamp(&mut conn, sent, started).await;
         }
     }
     Ok(())

@@ -42,20 +42,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match next {
             Ok(mut delivery) => {
                 let received = celeriac_bench::unix_now();
-                let sent = stamp_sent(delivery.message());
-                let mut stamps = stamps.clone();
+                // Only a stamp task costs more than the ack (the drain's no-ops do not).
+                let stamp = stamp_sent(delivery.message()).map(|sent| (sent, stamps.clone()));
                 tokio::spawn(async move {
                     if let Err(e) = delivery.ack().await {
                         eprintln!("transport-drain: ack failed: {e}");
                     }
-                    if let Some(sent) = sent {
-                        let line = format!("{sent} {received}");
-                        let pushed: Result<(), _> = redis::cmd("RPUSH")
-                            .arg(celeriac_bench::RUSTY_STAMPS)
-                            .arg(line)
-                            .query_async(&mut stamps)
-                            .await;
-                        if let Err(e) = pushed {
+                    if let Some((sent, mut stamps)) = stamp {
+                        if let Err(e) = celeriac_bench::push_stamp(&mut stamps, sent, received).await {
                             eprintln!("transport-drain: stamp not recorded: {e}");
                         }
                     }
@@ -83,8 +77,7 @@ async fn bare_brpop(
         let received = celeriac_bench::unix_now();
         let Ok(envelope) = celeriac_protocol::Envelope::from_slice(&raw) else { continue };
         if let Some(sent) = stamp_sent(&envelope.message) {
-            let line = format!("{sent} {received}");
-            let () = redis::cmd("RPUSH").arg(celeriac_bench::RUSTY_STAMPS).arg(line).query_async(&mut stamps).await?;
+            celeriac_bench::push_stamp(&mut stamps, sent, received).await?;
         }
     }
 }
@@ -92,7 +85,7 @@ async fn bare_brpop(
 /// The `sent` argument of a `bench.stamp` message (protocol 2 body
 /// `[args, kwargs, embed]`), read only for that task.
 fn stamp_sent(message: &celeriac_protocol::Message) -> Option<f64> {
-    if message.headers.get("task") != Some(&Value::Str("bench.stamp".into())) {
+    if !matches!(message.headers.get("task"), Some(Value::Str(name)) if name == "bench.stamp") {
         return None;
     }
     let Ok(Value::List(body)) = message.decode_body(1 << 20) else { return None };
