@@ -879,6 +879,28 @@ fn rusage() -> Map {
 mod tests {
     use super::*;
 
+    /// One `query_task` request repeating an id 200,000 times (a few MB on
+    /// the wire) answers that id once, and unknown ids not at all.
+    #[tokio::test]
+    async fn query_task_answers_each_id_once_however_often_it_is_asked() {
+        use celeriac_broker::{Broker, MemoryBroker, Producer, ProducerConfig, SendOptions};
+        let broker = Broker::Memory(MemoryBroker::default());
+        broker.declare_queue("celery", "celery", "celery").await.unwrap();
+        let producer = Producer::new(broker.clone(), ProducerConfig::default());
+        let id = producer.send_task("tasks.add", Vec::new(), Map::new(), SendOptions::default()).await.unwrap();
+        let mut consumer = broker.consumer(&["celery".to_owned()], 1);
+        let delivery = consumer.next().await.unwrap().unwrap();
+        let task = celeriac_protocol::TaskMessage::from_message(delivery.message()).unwrap();
+        let state = Arc::new(WorkerState::new(None));
+        state.received(&task, &delivery, "w@h");
+        let mut ids = vec![id.clone(); 200_000];
+        ids.extend(["", "nope", &"x".repeat(100_000)].map(String::from));
+        let Value::Map(answer) = Pidbox::query_task(state, ids).await else { panic!("not a map") };
+        assert_eq!(answer.keys().collect::<Vec<_>>(), [&id]);
+        let Some(Value::List(entry)) = answer.get(&id) else { panic!("{answer:?}") };
+        assert_eq!(entry[0], Value::Str("reserved".into()));
+    }
+
     #[test]
     fn flags_are_true_as_in_python() {
         assert!(Value::Int(1).is_truthy(), "Flower's terminate=1");
